@@ -1,0 +1,152 @@
+package apikey
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/moodmnky/caddy-apikey/headers"
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("apikey", parseCaddyfile)
+	// Before basic_auth puts apikey with the other auth handlers, ahead of
+	// respond and reverse_proxy, so no "order" line is needed.
+	httpcaddyfile.RegisterDirectiveOrder("apikey", httpcaddyfile.Before, "basic_auth")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(Handler)
+	err := handler.UnmarshalCaddyfile(h.Dispenser)
+	return handler, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	apikey [<matcher>] {
+//	    keys file <path>
+//	    key_from header <Name> [<scheme>]
+//	    service <name>
+//	    allow_types dev|prod ...
+//	    upstream_auth <value>
+//	    upstream_auth bearer <token>
+//	    upstream_auth header <Name> <value>
+//	}
+//
+// key_from may repeat; every other subdirective is given at most once.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.Errf("apikey takes its settings in a block, not %q", d.Val())
+	}
+
+	var (
+		seen     = map[string]bool{}
+		authArgs []string
+		authLine int
+	)
+	for d.NextBlock(0) {
+		sub := d.Val()
+		if seen[sub] && sub != "key_from" {
+			return d.Errf("%s given more than once", sub)
+		}
+		seen[sub] = true
+
+		switch sub {
+		case "keys":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			modID := "http.apikey.sources." + name
+			if _, err := caddy.GetModule(modID); err != nil {
+				return d.Errf("unknown key source %q (available: file)", name)
+			}
+			unm, err := caddyfile.UnmarshalModule(d, modID)
+			if err != nil {
+				return err
+			}
+			h.KeysRaw = caddyconfig.JSONModuleObject(unm, "source", name, nil)
+
+		case "key_from":
+			args := d.RemainingArgs()
+			if len(args) < 2 || len(args) > 3 || args[0] != "header" {
+				return d.Errf("want key_from header <Name> [<scheme>], got %d arguments", len(args))
+			}
+			loc := headers.KeyLocation{Header: args[1]}
+			if len(args) == 3 {
+				loc.Scheme = args[2]
+			}
+			if _, err := loc.Canonical(); err != nil {
+				return d.Errf("key_from: %v", err)
+			}
+			h.KeyFrom = append(h.KeyFrom, loc)
+
+		case "service":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Service = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+
+		case "allow_types":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, a := range args {
+				if _, err := keystore.ParseType(a); err != nil {
+					return d.Errf("allow_types: %v", err)
+				}
+			}
+			h.AllowTypes = args
+
+		case "upstream_auth":
+			authArgs = d.RemainingArgs()
+			authLine = d.Line()
+			switch {
+			case len(authArgs) == 1:
+			case len(authArgs) == 2 && authArgs[0] == "bearer":
+			case len(authArgs) == 3 && authArgs[0] == "header":
+			default:
+				return d.Err("want upstream_auth <value>, upstream_auth bearer <token> or upstream_auth header <Name> <value>")
+			}
+
+		default:
+			return d.Errf("unrecognized apikey subdirective %q", sub)
+		}
+	}
+
+	if h.KeysRaw == nil {
+		return d.Err("apikey needs a key source, e.g. keys file /etc/caddy/keys.json")
+	}
+
+	switch {
+	case len(authArgs) == 1:
+		preset, ok := headers.PresetFor(h.Service)
+		if !ok {
+			return fmt.Errorf("%s:%d - Error during parsing: upstream_auth <value> needs a service with a preset (%s); otherwise use upstream_auth bearer <token> or upstream_auth header <Name> <value>",
+				d.File(), authLine, strings.Join(headers.PresetNames(), ", "))
+		}
+		cred := preset.Credential(authArgs[0])
+		h.UpstreamAuth = &cred
+	case len(authArgs) == 2:
+		cred := headers.Credential{Header: "Authorization", Value: "Bearer " + authArgs[1]}
+		h.UpstreamAuth = &cred
+	case len(authArgs) == 3:
+		cred := headers.Credential{Header: authArgs[1], Value: authArgs[2]}
+		h.UpstreamAuth = &cred
+	}
+	return nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

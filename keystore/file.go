@@ -1,0 +1,185 @@
+package keystore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func init() {
+	caddy.RegisterModule(FileSource{})
+}
+
+// FileSource reads keys from a JSON key file: one object with a "keys" array
+// of key records. The file is read when the config loads; a file that cannot
+// be read or has a bad record fails the config load with an error naming the
+// file, the record and the field.
+type FileSource struct {
+	// Path of the key file. A relative path is relative to Caddy's working
+	// directory.
+	Path string `json:"path,omitempty"`
+
+	set *Set
+}
+
+// CaddyModule returns the Caddy module information.
+func (FileSource) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.apikey.sources.file",
+		New: func() caddy.Module { return new(FileSource) },
+	}
+}
+
+// Provision loads the key file.
+func (f *FileSource) Provision(caddy.Context) error {
+	if f.Path == "" {
+		return errors.New("key file: path is required")
+	}
+	set, err := LoadFile(f.Path)
+	if err != nil {
+		return err
+	}
+	f.set = set
+	return nil
+}
+
+// Lookup finds a key by digest. A file source never fails a lookup.
+func (f *FileSource) Lookup(_ context.Context, d Digest) (Match, error) {
+	return f.set.Lookup(d), nil
+}
+
+// Keys returns the loaded keys.
+func (f *FileSource) Keys() []*Key { return f.set.Keys() }
+
+// UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:
+//
+//	keys file <path>
+func (f *FileSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // source name
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	f.Path = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(d.Nesting()) {
+		return d.Errf("keys file takes no block, found %q", d.Val())
+	}
+	return nil
+}
+
+// LoadFile reads and validates a key file.
+func LoadFile(path string) (*Set, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %w", path, err)
+	}
+	records, err := ParseRecords(data)
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %w", path, err)
+	}
+	set, err := NewSet(records)
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %w", path, err)
+	}
+	return set, nil
+}
+
+// ParseRecords decodes a key file's JSON. Unknown fields are errors, so that
+// a misspelt "revoked" cannot leave a key working.
+func ParseRecords(data []byte) ([]Record, error) {
+	var doc struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&doc); err != nil {
+		return nil, describeJSONError(data, err)
+	}
+	if dec.More() {
+		return nil, errors.New("unexpected data after the top-level object")
+	}
+	if doc.Keys == nil {
+		return nil, errors.New(`no "keys" array: want {"keys": [ ... ]}`)
+	}
+	records := make([]Record, len(doc.Keys))
+	for i, raw := range doc.Keys {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&records[i]); err != nil {
+			var idOnly struct {
+				ID string `json:"id"`
+			}
+			_ = json.Unmarshal(raw, &idOnly)
+			return nil, &RecordError{Index: i, ID: idOnly.ID, Err: describeRecordError(err)}
+		}
+	}
+	return records, nil
+}
+
+func describeJSONError(data []byte, err error) error {
+	var syntax *json.SyntaxError
+	if errors.As(err, &syntax) {
+		line, col := position(data, syntax.Offset)
+		return fmt.Errorf("invalid JSON at line %d, column %d: %v", line, col, syntax)
+	}
+	var typ *json.UnmarshalTypeError
+	if errors.As(err, &typ) {
+		line, col := position(data, typ.Offset)
+		return fmt.Errorf("invalid JSON at line %d, column %d: %q must be %s, not %s", line, col, typ.Field, typ.Type, typ.Value)
+	}
+	if errors.Is(err, io.EOF) {
+		return errors.New("the file is empty")
+	}
+	return fmt.Errorf("invalid JSON: %v", err)
+}
+
+func describeRecordError(err error) error {
+	var typ *json.UnmarshalTypeError
+	if errors.As(err, &typ) {
+		return &FieldError{Field: typ.Field, Err: fmt.Errorf("must be %s, not %s", jsonKind(typ.Type.String()), typ.Value)}
+	}
+	if field, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return &FieldError{Field: strings.Trim(field, `"`), Err: errors.New("unknown field")}
+	}
+	return err
+}
+
+func jsonKind(goType string) string {
+	switch {
+	case goType == "string":
+		return "a string"
+	case goType == "bool":
+		return "true or false"
+	case strings.HasPrefix(goType, "[]"):
+		return "an array"
+	}
+	return "an object"
+}
+
+// position turns a byte offset into a 1-based line and column.
+func position(data []byte, offset int64) (line, col int) {
+	if offset > int64(len(data)) {
+		offset = int64(len(data))
+	}
+	before := data[:offset]
+	line = bytes.Count(before, []byte("\n")) + 1
+	col = int(offset) - bytes.LastIndexByte(before, '\n')
+	return line, col
+}
+
+// Interface guards
+var (
+	_ Source                = (*FileSource)(nil)
+	_ caddy.Provisioner     = (*FileSource)(nil)
+	_ caddyfile.Unmarshaler = (*FileSource)(nil)
+)

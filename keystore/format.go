@@ -1,0 +1,158 @@
+// Package keystore holds the API key format, key records, and the sources
+// that look keys up by their hash.
+package keystore
+
+import (
+	"crypto/rand"
+	"fmt"
+	"hash/crc32"
+	"strings"
+)
+
+// Type is the kind of a key, told by its prefix.
+type Type uint8
+
+// Key types. The zero Type means "not set" in a record.
+const (
+	Dev Type = iota + 1
+	Prod
+)
+
+const (
+	devPrefix  = "DEV_API_"
+	prodPrefix = "PROD_API_"
+
+	// RandomLen is the number of random base62 characters in a key.
+	RandomLen = 30
+	// ChecksumLen is the number of base62 characters of the CRC-32 checksum.
+	ChecksumLen = 6
+
+	base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+
+// String returns "dev" or "prod".
+func (t Type) String() string {
+	switch t {
+	case Dev:
+		return "dev"
+	case Prod:
+		return "prod"
+	}
+	return ""
+}
+
+// Prefix returns the prefix keys of this type start with.
+func (t Type) Prefix() string {
+	switch t {
+	case Dev:
+		return devPrefix
+	case Prod:
+		return prodPrefix
+	}
+	return ""
+}
+
+// ParseType reads "dev" or "prod".
+func ParseType(s string) (Type, error) {
+	switch s {
+	case "dev":
+		return Dev, nil
+	case "prod":
+		return Prod, nil
+	}
+	return 0, fmt.Errorf("unknown key type %q (want dev or prod)", s)
+}
+
+// base62Value maps a byte to its base62 digit value, or -1.
+var base62Value = func() (v [256]int8) {
+	for i := range v {
+		v[i] = -1
+	}
+	for i := 0; i < len(base62); i++ {
+		v[base62[i]] = int8(i)
+	}
+	return v
+}()
+
+// Check reports the type of a presented key if it is well formed: a known
+// prefix, exactly 36 base62 characters after it, and a checksum that matches.
+// It does no lookup: a well-formed key may still be unknown.
+func Check(key string) (Type, bool) {
+	var t Type
+	switch {
+	case strings.HasPrefix(key, devPrefix):
+		t = Dev
+	case strings.HasPrefix(key, prodPrefix):
+		t = Prod
+	default:
+		return 0, false
+	}
+	body := key[len(t.Prefix()):]
+	if len(body) != RandomLen+ChecksumLen {
+		return 0, false
+	}
+	for i := 0; i < len(body); i++ {
+		if base62Value[body[i]] < 0 {
+			return 0, false
+		}
+	}
+	var sum uint64
+	for i := RandomLen; i < len(body); i++ {
+		sum = sum*62 + uint64(base62Value[body[i]])
+	}
+	if sum != uint64(checksum(key[:len(key)-ChecksumLen])) {
+		return 0, false
+	}
+	return t, true
+}
+
+// HasKnownPrefix reports whether s starts like a key, well formed or not.
+func HasKnownPrefix(s string) bool {
+	return strings.HasPrefix(s, devPrefix) || strings.HasPrefix(s, prodPrefix)
+}
+
+// Generate returns a new key of type t, with its random part from crypto/rand.
+func Generate(t Type) (string, error) {
+	prefix := t.Prefix()
+	if prefix == "" {
+		return "", fmt.Errorf("unknown key type %d", t)
+	}
+	buf := make([]byte, 0, len(prefix)+RandomLen+ChecksumLen)
+	buf = append(buf, prefix...)
+	var random [64]byte
+	for len(buf) < len(prefix)+RandomLen {
+		if _, err := rand.Read(random[:]); err != nil {
+			return "", fmt.Errorf("reading random bytes: %w", err)
+		}
+		for _, b := range random {
+			// 248 = 4*62: rejecting the rest keeps every digit equally likely.
+			if b < 248 && len(buf) < len(prefix)+RandomLen {
+				buf = append(buf, base62[b%62])
+			}
+		}
+	}
+	buf = appendChecksum(buf, checksum(string(buf)))
+	return string(buf), nil
+}
+
+// appendChecksum writes sum in base62, most significant digit first,
+// left-padded with '0' to ChecksumLen characters.
+func appendChecksum(dst []byte, sum uint32) []byte {
+	var digits [ChecksumLen]byte
+	n := uint64(sum)
+	for i := ChecksumLen - 1; i >= 0; i-- {
+		digits[i] = base62[n%62]
+		n /= 62
+	}
+	return append(dst, digits[:]...)
+}
+
+// checksum is CRC-32 (IEEE) of s, computed over the string directly so that
+// checking a presented key does not copy it.
+func checksum(s string) uint32 {
+	crc := ^uint32(0)
+	for i := 0; i < len(s); i++ {
+		crc = crc32.IEEETable[byte(crc)^s[i]] ^ (crc >> 8)
+	}
+	return ^crc
+}

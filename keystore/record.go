@@ -1,0 +1,321 @@
+package keystore
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// Record is one key as written in a key file or returned by a key service.
+type Record struct {
+	// ID names the key in logs, metrics and placeholders. Required, unique.
+	ID string `json:"id"`
+	// Name is a human description, for example the owner.
+	Name string `json:"name,omitempty"`
+	// Hash is "sha256:" and the lowercase hex SHA-256 of the whole key. Required.
+	Hash string `json:"hash"`
+	// Type is "dev" or "prod". It defaults to the type of the key's prefix; a
+	// record whose type contradicts the presented key's prefix does not match.
+	Type string `json:"type,omitempty"`
+	// Role is reader, writer, admin or custom. Required.
+	Role string `json:"role"`
+	// Services the key may reach; "*" means all. Empty means none once a
+	// route names a service.
+	Services []string `json:"services,omitempty"`
+	// Permissions are "METHOD PATH" entries (METHOD may be "*"; PATH follows
+	// Caddy's path matcher, e.g. "/api/*"). For role custom they are all the
+	// key may do; for the other roles they narrow what the role allows.
+	Permissions []string `json:"permissions,omitempty"`
+	// AllowedIPs are CIDRs or single addresses the key may be used from,
+	// matched against Caddy's client IP. Empty means any.
+	AllowedIPs []string `json:"allowed_ips,omitempty"`
+	// ExpiresAt is an RFC 3339 time after which the key is refused.
+	ExpiresAt string `json:"expires_at,omitempty"`
+	// Revoked refuses the key.
+	Revoked bool `json:"revoked,omitempty"`
+	// PreviousHashes keep old secrets of a rotated key working, as the same
+	// key, until their valid_until.
+	PreviousHashes []PreviousHash `json:"previous_hashes,omitempty"`
+}
+
+// PreviousHash is a secret a key had before a rotation.
+type PreviousHash struct {
+	// Hash of the old key, in the same form as Record.Hash.
+	Hash string `json:"hash"`
+	// ValidUntil is the RFC 3339 time the old key stops working.
+	ValidUntil string `json:"valid_until"`
+}
+
+// Role decides which methods a key may use.
+type Role uint8
+
+// Roles, from least to most.
+const (
+	Reader Role = iota + 1
+	Writer
+	Admin
+	Custom
+)
+
+var roleNames = [...]string{Reader: "reader", Writer: "writer", Admin: "admin", Custom: "custom"}
+
+// String returns the role as written in records.
+func (r Role) String() string {
+	if int(r) < len(roleNames) {
+		return roleNames[r]
+	}
+	return ""
+}
+
+// ParseRole reads a role name.
+func ParseRole(s string) (Role, error) {
+	for r, name := range roleNames {
+		if name != "" && name == s {
+			return Role(r), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown role %q (want reader, writer, admin or custom)", s)
+}
+
+// allowsMethod reports whether the role itself allows the method.
+func (r Role) allowsMethod(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return r == Reader || r == Writer || r == Admin
+	case http.MethodPost, http.MethodPut, http.MethodPatch:
+		return r == Writer || r == Admin
+	}
+	return r == Admin
+}
+
+// Key is a validated record, ready to authorize requests.
+type Key struct {
+	ID   string
+	Name string
+	// Type is the record's type, or 0 when the prefix decides.
+	Type      Type
+	Role      Role
+	Revoked   bool
+	ExpiresAt time.Time // zero: never
+	Digest    Digest
+	Previous  []PreviousDigest
+
+	services    []string
+	allServices bool
+	permissions []permission
+	allowedIPs  []netip.Prefix
+}
+
+// PreviousDigest is a parsed PreviousHash.
+type PreviousDigest struct {
+	Digest     Digest
+	ValidUntil time.Time
+}
+
+type permission struct {
+	method string // upper case, or "*"
+	path   caddyhttp.MatchPath
+}
+
+// FieldError says which field of a record is wrong. Its message never holds
+// a hash or a key.
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+func fieldErr(field string, format string, args ...any) error {
+	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// Compile validates a record and turns it into a Key.
+func Compile(rec Record) (*Key, error) {
+	k := &Key{ID: rec.ID, Name: rec.Name, Revoked: rec.Revoked}
+	if strings.TrimSpace(rec.ID) == "" {
+		return nil, fieldErr("id", "is required")
+	}
+	if rec.Hash == "" {
+		return nil, fieldErr("hash", "is required")
+	}
+	d, err := ParseDigest(rec.Hash)
+	if err != nil {
+		return nil, &FieldError{Field: "hash", Err: err}
+	}
+	k.Digest = d
+	if rec.Type != "" {
+		if k.Type, err = ParseType(rec.Type); err != nil {
+			return nil, &FieldError{Field: "type", Err: err}
+		}
+	}
+	if rec.Role == "" {
+		return nil, fieldErr("role", "is required")
+	}
+	if k.Role, err = ParseRole(rec.Role); err != nil {
+		return nil, &FieldError{Field: "role", Err: err}
+	}
+	for i, s := range rec.Services {
+		switch {
+		case s == "*":
+			k.allServices = true
+		case strings.TrimSpace(s) == "":
+			return nil, fieldErr(fmt.Sprintf("services[%d]", i), "is empty")
+		default:
+			k.services = append(k.services, s)
+		}
+	}
+	for i, p := range rec.Permissions {
+		perm, err := parsePermission(p)
+		if err != nil {
+			return nil, &FieldError{Field: fmt.Sprintf("permissions[%d]", i), Err: err}
+		}
+		k.permissions = append(k.permissions, perm)
+	}
+	if k.Role == Custom && len(k.permissions) == 0 {
+		return nil, fieldErr("permissions", "role custom needs at least one permission")
+	}
+	for i, s := range rec.AllowedIPs {
+		prefix, err := parseIPOrCIDR(s)
+		if err != nil {
+			return nil, &FieldError{Field: fmt.Sprintf("allowed_ips[%d]", i), Err: err}
+		}
+		k.allowedIPs = append(k.allowedIPs, prefix)
+	}
+	if rec.ExpiresAt != "" {
+		if k.ExpiresAt, err = parseTime(rec.ExpiresAt); err != nil {
+			return nil, &FieldError{Field: "expires_at", Err: err}
+		}
+	}
+	for i, ph := range rec.PreviousHashes {
+		field := fmt.Sprintf("previous_hashes[%d]", i)
+		pd, err := ParseDigest(ph.Hash)
+		if err != nil {
+			return nil, &FieldError{Field: field + ".hash", Err: err}
+		}
+		if pd == d {
+			return nil, fieldErr(field+".hash", "is the key's current hash")
+		}
+		if ph.ValidUntil == "" {
+			return nil, fieldErr(field+".valid_until", "is required")
+		}
+		until, err := parseTime(ph.ValidUntil)
+		if err != nil {
+			return nil, &FieldError{Field: field + ".valid_until", Err: err}
+		}
+		k.Previous = append(k.Previous, PreviousDigest{Digest: pd, ValidUntil: until})
+	}
+	return k, nil
+}
+
+func parseTime(s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is not an RFC 3339 time such as 2027-01-01T00:00:00Z", s)
+	}
+	return t, nil
+}
+
+func parseIPOrCIDR(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a valid CIDR", s)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a valid IP address or CIDR", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+var errPermissionForm = errors.New(`want "METHOD /path", e.g. "GET /api/*" or "* /v1/*"`)
+
+func parsePermission(s string) (permission, error) {
+	fields := strings.Fields(s)
+	if len(fields) != 2 {
+		return permission{}, fmt.Errorf("%q: %w", s, errPermissionForm)
+	}
+	method, path := strings.ToUpper(fields[0]), fields[1]
+	if method != "*" {
+		for _, c := range method {
+			if c < 'A' || c > 'Z' {
+				return permission{}, fmt.Errorf("%q: method %q is not an HTTP method", s, fields[0])
+			}
+		}
+	}
+	if path != "*" && !strings.HasPrefix(path, "/") && !strings.HasPrefix(path, "*") {
+		return permission{}, fmt.Errorf("%q: path must start with / or *", s)
+	}
+	m := caddyhttp.MatchPath{path}
+	if err := m.Provision(caddy.Context{}); err != nil {
+		return permission{}, fmt.Errorf("%q: %v", s, err)
+	}
+	return permission{method: method, path: m}, nil
+}
+
+// AllowsService reports whether the key may reach the named service.
+func (k *Key) AllowsService(service string) bool {
+	if k.allServices {
+		return true
+	}
+	for _, s := range k.services {
+		if s == service {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowsIP reports whether the key may be used from addr. A key without
+// allowed_ips may be used from anywhere.
+func (k *Key) AllowsIP(addr netip.Addr) bool {
+	if len(k.allowedIPs) == 0 {
+		return true
+	}
+	addr = addr.Unmap()
+	for _, p := range k.allowedIPs {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// Permits reports whether the key's role and permissions allow the request's
+// method on its path. r must carry Caddy's replacer, as requests in a handler do.
+func (k *Key) Permits(r *http.Request) bool {
+	if k.Role != Custom && !k.Role.allowsMethod(r.Method) {
+		return false
+	}
+	if len(k.permissions) == 0 {
+		return true
+	}
+	for _, p := range k.permissions {
+		if p.method != "*" && p.method != r.Method {
+			continue
+		}
+		if ok, _ := p.path.MatchWithError(r); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Expired reports whether the key is past its expires_at at now.
+func (k *Key) Expired(now time.Time) bool {
+	return !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt)
+}
+
+// RestrictsIP reports whether the key has allowed_ips.
+func (k *Key) RestrictsIP() bool { return len(k.allowedIPs) > 0 }

@@ -1,0 +1,112 @@
+package keystore
+
+import (
+	"context"
+	"fmt"
+)
+
+// Source looks keys up by digest. Lookup returns a zero Match and a nil
+// error for an unknown key; an error means the source could not answer,
+// which must never be reported to a client as an invalid key.
+type Source interface {
+	Lookup(ctx context.Context, d Digest) (Match, error)
+}
+
+// Match is the result of a lookup.
+type Match struct {
+	// Key is the matched key, or nil when the digest is unknown.
+	Key *Key
+	// Previous is the rotated-out secret that matched, or nil when the
+	// key's current secret matched.
+	Previous *PreviousDigest
+}
+
+// Set is an immutable set of keys indexed by every digest they answer to.
+type Set struct {
+	keys     []*Key
+	byDigest map[Digest]entry
+}
+
+type entry struct {
+	key      *Key
+	previous int // index into key.Previous, or -1 for the current digest
+}
+
+// RecordError names the record a problem was found in.
+type RecordError struct {
+	Index int
+	ID    string
+	Err   error
+}
+
+func (e *RecordError) Error() string {
+	if e.ID == "" {
+		return fmt.Sprintf("keys[%d]: %v", e.Index, e.Err)
+	}
+	return fmt.Sprintf("keys[%d] (id %q): %v", e.Index, e.ID, e.Err)
+}
+
+func (e *RecordError) Unwrap() error { return e.Err }
+
+// NewSet validates records and indexes them. Ids must be unique, and no two
+// records may answer to the same digest.
+func NewSet(records []Record) (*Set, error) {
+	s := &Set{byDigest: make(map[Digest]entry, len(records))}
+	ids := make(map[string]int, len(records))
+	for i, rec := range records {
+		k, err := Compile(rec)
+		if err != nil {
+			return nil, &RecordError{Index: i, ID: rec.ID, Err: err}
+		}
+		if first, dup := ids[k.ID]; dup {
+			return nil, &RecordError{Index: i, ID: k.ID, Err: fieldErr("id", "duplicates keys[%d]", first)}
+		}
+		ids[k.ID] = i
+		if err := s.index(k, k.Digest, -1, "hash", ids); err != nil {
+			return nil, &RecordError{Index: i, ID: k.ID, Err: err}
+		}
+		for j, p := range k.Previous {
+			if err := s.index(k, p.Digest, j, fmt.Sprintf("previous_hashes[%d].hash", j), ids); err != nil {
+				return nil, &RecordError{Index: i, ID: k.ID, Err: err}
+			}
+		}
+		s.keys = append(s.keys, k)
+	}
+	return s, nil
+}
+
+func (s *Set) index(k *Key, d Digest, previous int, field string, ids map[string]int) error {
+	if other, dup := s.byDigest[d]; dup {
+		return fieldErr(field, "the same hash is already used by keys[%d] (id %q)", ids[other.key.ID], other.key.ID)
+	}
+	s.byDigest[d] = entry{key: k, previous: previous}
+	return nil
+}
+
+// Lookup finds the key that answers to d.
+func (s *Set) Lookup(d Digest) Match {
+	e, ok := s.byDigest[d]
+	if !ok {
+		return Match{}
+	}
+	// The map found the entry by the digest of what the client sent, so its
+	// timing tells nothing about any stored key; the final comparison is
+	// constant-time all the same.
+	if e.previous < 0 {
+		if !e.key.Digest.Equal(d) {
+			return Match{}
+		}
+		return Match{Key: e.key}
+	}
+	p := &e.key.Previous[e.previous]
+	if !p.Digest.Equal(d) {
+		return Match{}
+	}
+	return Match{Key: e.key, Previous: p}
+}
+
+// Keys returns the keys in record order. The caller must not modify them.
+func (s *Set) Keys() []*Key { return s.keys }
+
+// Len returns the number of keys.
+func (s *Set) Len() int { return len(s.keys) }
