@@ -1,7 +1,6 @@
 package apikey
 
 import (
-	"fmt"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -46,10 +45,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("apikey takes its settings in a block, not %q", d.Val())
 	}
 
+	// Errors about the whole block point at the directive's line.
+	errNoKeys := d.Err("apikey needs a key source, e.g. keys file /etc/caddy/keys.json")
+
 	var (
-		seen     = map[string]bool{}
-		authArgs []string
-		authLine int
+		seen      = map[string]bool{}
+		authArgs  []string
+		errPreset error
 	)
 	for d.NextBlock(0) {
 		sub := d.Val()
@@ -111,7 +113,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 		case "upstream_auth":
 			authArgs = d.RemainingArgs()
-			authLine = d.Line()
+			errPreset = d.Errf("upstream_auth <value> needs a service with a preset (%s); otherwise use upstream_auth bearer <token> or upstream_auth header <Name> <value>",
+				strings.Join(headers.PresetNames(), ", "))
 			switch {
 			case len(authArgs) == 1:
 			case len(authArgs) == 2 && authArgs[0] == "bearer":
@@ -126,15 +129,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 
 	if h.KeysRaw == nil {
-		return d.Err("apikey needs a key source, e.g. keys file /etc/caddy/keys.json")
+		return errNoKeys
 	}
 
 	switch {
 	case len(authArgs) == 1:
 		preset, ok := headers.PresetFor(h.Service)
 		if !ok {
-			return fmt.Errorf("%s:%d - Error during parsing: upstream_auth <value> needs a service with a preset (%s); otherwise use upstream_auth bearer <token> or upstream_auth header <Name> <value>",
-				d.File(), authLine, strings.Join(headers.PresetNames(), ", "))
+			return errPreset
 		}
 		cred := preset.Credential(authArgs[0])
 		h.UpstreamAuth = &cred

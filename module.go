@@ -162,13 +162,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	h.credential.Apply(r.Header, repl)
 	repl.Set("http.auth.user.id", k.ID)
 	repl.Set("http.apikey.id", k.ID)
 	repl.Set("http.apikey.name", k.Name)
 	repl.Set("http.apikey.role", k.Role.String())
 	repl.Set("http.apikey.type", presented.String())
 	repl.Set("http.apikey.service", h.Service)
+	h.credential.Apply(r.Header, repl) // after the placeholders, which it may use
 
 	if match.Previous != nil {
 		// RFC 8594: tell the client this secret is on its way out, and when.

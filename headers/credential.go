@@ -64,6 +64,10 @@ func (c Credential) Prepare() (Prepared, error) {
 	}
 	value := caddy.NewReplacer().ReplaceKnown(c.Value, "")
 	if strings.TrimSpace(value) == "" || strings.HasSuffix(value, " ") {
+		if !strings.Contains(c.Value, "{") {
+			return Prepared{}, fmt.Errorf("upstream_auth: the value for %s is empty", c.Header)
+		}
+		// The unfilled value names placeholders, not secrets.
 		return Prepared{}, fmt.Errorf("upstream_auth: the value for %s is empty once placeholders are filled (from %q); is the variable or file set?", c.Header, c.Value)
 	}
 	if strings.ContainsAny(value, "\r\n") {

@@ -69,7 +69,7 @@ func (f *FileSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	f.Path = d.Val()
 	if d.NextArg() {
-		return d.ArgErr()
+		return d.Errf("keys file takes one path, found another argument %q", d.Val())
 	}
 	if d.NextBlock(d.Nesting()) {
 		return d.Errf("keys file takes no block, found %q", d.Val())
@@ -134,8 +134,13 @@ func describeJSONError(data []byte, err error) error {
 	}
 	var typ *json.UnmarshalTypeError
 	if errors.As(err, &typ) {
-		line, col := position(data, typ.Offset)
-		return fmt.Errorf("invalid JSON at line %d, column %d: %q must be %s, not %s", line, col, typ.Field, typ.Type, typ.Value)
+		if typ.Field == "" {
+			return fmt.Errorf(`the file must hold one JSON object, {"keys": [ ... ]}, not %s`, typ.Value)
+		}
+		return fmt.Errorf("%q must be an array of key records, not %s", typ.Field, typ.Value)
+	}
+	if field, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return fmt.Errorf(`unknown top-level field %s: want {"keys": [ ... ]}`, field)
 	}
 	if errors.Is(err, io.EOF) {
 		return errors.New("the file is empty")

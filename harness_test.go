@@ -1,0 +1,194 @@
+package apikey
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+// TestMain points HOME and the XDG directories at a temporary folder, so that
+// the Caddy instances the tests start never write into the real ones.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "caddy-apikey-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for _, v := range []string{"HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"} {
+		os.Setenv(v, filepath.Join(dir, strings.ToLower(v)))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startCaddy adapts a Caddyfile and runs it in this process until the test
+// ends. Tests that start Caddy must not run in parallel: there is one
+// running config per process.
+func startCaddy(t *testing.T, caddyfile string) {
+	t.Helper()
+	if err := loadCaddy(caddyfile); err != nil {
+		t.Fatalf("loading config: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := caddy.Stop(); err != nil {
+			t.Errorf("stopping caddy: %v", err)
+		}
+	})
+}
+
+func loadCaddy(caddyfile string) error {
+	cfg, err := adapt(caddyfile)
+	if err != nil {
+		return err
+	}
+	return caddy.Load(cfg, true)
+}
+
+// seenRequest is what the upstream received.
+type seenRequest struct {
+	Method string
+	Path   string
+	Header http.Header
+}
+
+// upstream is a real HTTP server that records every request it gets.
+type upstream struct {
+	*httptest.Server
+	mu   sync.Mutex
+	seen []seenRequest
+}
+
+func newUpstream(t *testing.T) *upstream {
+	u := &upstream{}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.seen = append(u.seen, seenRequest{Method: r.Method, Path: r.URL.Path, Header: r.Header.Clone()})
+		u.mu.Unlock()
+		io.WriteString(w, "upstream ok")
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+// addr is the upstream's host:port, for reverse_proxy.
+func (u *upstream) addr() string { return strings.TrimPrefix(u.URL, "http://") }
+
+func (u *upstream) count() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.seen)
+}
+
+func (u *upstream) last(t *testing.T) seenRequest {
+	t.Helper()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.seen) == 0 {
+		t.Fatal("the upstream received nothing")
+	}
+	return u.seen[len(u.seen)-1]
+}
+
+// testKey is a generated key and its record. Failure messages name the id,
+// never the secret.
+type testKey struct {
+	secret string
+	record keystore.Record
+}
+
+func newKey(t *testing.T, typ keystore.Type, rec keystore.Record) testKey {
+	t.Helper()
+	secret, err := keystore.Generate(typ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Hash = keystore.Sum(secret).Encode()
+	return testKey{secret: secret, record: rec}
+}
+
+// writeKeyFile writes records as a key file and returns its path.
+func writeKeyFile(t *testing.T, records ...keystore.Record) string {
+	t.Helper()
+	data, err := json.MarshalIndent(map[string]any{"keys": records}, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "keys.json")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// response is what a client got back from the gateway.
+type response struct {
+	status int
+	header http.Header
+	body   string
+	err    struct {
+		Status  int    `json:"status"`
+		Code    string `json:"code"`
+		Reason  string `json:"reason"`
+		Message string `json:"message"`
+	}
+}
+
+var client = &http.Client{Timeout: 10 * time.Second}
+
+// send makes one request; headers come as name, value pairs.
+func send(t *testing.T, method, url string, headers ...string) response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Add(headers[i], headers[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	r := response{status: resp.StatusCode, header: resp.Header, body: string(body)}
+	if resp.Header.Get("Content-Type") == "application/json" {
+		var wrapper struct {
+			Error *json.RawMessage `json:"error"`
+		}
+		if err := json.Unmarshal(body, &wrapper); err != nil || wrapper.Error == nil {
+			t.Fatalf("%s %s: error body is not {\"error\": {...}}: %q", method, url, body)
+		}
+		if err := json.Unmarshal(*wrapper.Error, &r.err); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r
+}
