@@ -192,3 +192,5 @@ func send(t *testing.T, method, url string, headers ...string) response {
 	}
 	return r
 }
+
+func writeFileBytes(path string, data []byte) error { return os.WriteFile(path, data, 0o600) }

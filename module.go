@@ -61,6 +61,8 @@ type Handler struct {
 	keyFrom    []headers.KeyLocation
 	allowTypes uint8 // bit per keystore.Type
 	credential headers.Prepared
+	// serviceValue is Service as an interface value, for the placeholder.
+	serviceValue any
 	denials    denials
 	logger     *zap.Logger
 }
@@ -119,6 +121,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 
+	h.serviceValue = h.Service
 	h.denials = newDenials(h.Service, allowed, locs)
 	return nil
 }
@@ -162,12 +165,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Set("http.auth.user.id", k.ID)
-	repl.Set("http.apikey.id", k.ID)
-	repl.Set("http.apikey.name", k.Name)
-	repl.Set("http.apikey.role", k.Role.String())
-	repl.Set("http.apikey.type", presented.String())
-	repl.Set("http.apikey.service", h.Service)
+	repl.Set("http.auth.user.id", k.IDValue)
+	repl.Set("http.apikey.id", k.IDValue)
+	repl.Set("http.apikey.name", k.NameValue)
+	repl.Set("http.apikey.role", roleValues[k.Role])
+	repl.Set("http.apikey.type", typeValues[presented])
+	repl.Set("http.apikey.service", h.serviceValue)
 	h.credential.Apply(r.Header, repl) // after the placeholders, which it may use
 
 	if match.Previous != nil {
@@ -180,6 +183,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	return next.ServeHTTP(w, r)
 }
+
+// Placeholder values for roles and types, boxed once.
+var (
+	roleValues = [...]any{keystore.Reader: "reader", keystore.Writer: "writer", keystore.Admin: "admin", keystore.Custom: "custom"}
+	typeValues = [...]any{keystore.Dev: "dev", keystore.Prod: "prod"}
+)
 
 // deny answers the request with d and logs the refusal: never the key or its
 // hash, only the key id when the key is known.

@@ -106,6 +106,10 @@ type Key struct {
 	Digest    Digest
 	Previous  []PreviousDigest
 
+	// IDValue and NameValue are ID and Name as interface values, made once
+	// so that setting placeholders costs no allocation per request.
+	IDValue, NameValue any
+
 	services    []string
 	allServices bool
 	permissions []permission
@@ -139,7 +143,7 @@ func fieldErr(field string, format string, args ...any) error {
 
 // Compile validates a record and turns it into a Key.
 func Compile(rec Record) (*Key, error) {
-	k := &Key{ID: rec.ID, Name: rec.Name, Revoked: rec.Revoked}
+	k := &Key{ID: rec.ID, Name: rec.Name, Revoked: rec.Revoked, IDValue: rec.ID, NameValue: rec.Name}
 	if strings.TrimSpace(rec.ID) == "" {
 		return nil, fieldErr("id", "is required")
 	}
