@@ -63,8 +63,8 @@ type Handler struct {
 	credential headers.Prepared
 	// serviceValue is Service as an interface value, for the placeholder.
 	serviceValue any
-	denials    denials
-	logger     *zap.Logger
+	denials      denials
+	logger       *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
