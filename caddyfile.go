@@ -2,6 +2,7 @@ package apikey
 
 import (
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
 func init() {
@@ -36,9 +38,18 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    upstream_auth <value>
 //	    upstream_auth bearer <token>
 //	    upstream_auth header <Name> <value>
+//	    quota dev|prod <n>/day
+//	    rate dev|prod <n>/s|m|h
+//	    quota_timezone <IANA zone>
+//	    failed_auth_limit <n>/s|m|h | off
+//	    counters memory {
+//	        file <path>
+//	        persist_interval <duration>
+//	    }
 //	}
 //
-// key_from may repeat; every other subdirective is given at most once.
+// key_from may repeat, and quota and rate once per key type; every other
+// subdirective is given at most once.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
@@ -55,7 +66,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	)
 	for d.NextBlock(0) {
 		sub := d.Val()
-		if seen[sub] && sub != "key_from" {
+		if seen[sub] && sub != "key_from" && sub != "quota" && sub != "rate" {
 			return d.Errf("%s given more than once", sub)
 		}
 		seen[sub] = true
@@ -122,6 +133,78 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				return d.Err("want upstream_auth <value>, upstream_auth bearer <token> or upstream_auth header <Name> <value>")
 			}
+
+		case "quota":
+			var typ, value string
+			if !d.AllArgs(&typ, &value) {
+				return d.Errf("want quota dev|prod <n>/day")
+			}
+			if _, err := keystore.ParseType(typ); err != nil {
+				return d.Errf("quota: %v", err)
+			}
+			n, err := ratelimit.ParseDaily(value)
+			if err != nil {
+				return d.Err(err.Error())
+			}
+			if _, dup := h.Quota[typ]; dup {
+				return d.Errf("quota %s given more than once", typ)
+			}
+			if h.Quota == nil {
+				h.Quota = map[string]int64{}
+			}
+			h.Quota[typ] = n
+
+		case "rate":
+			var typ, value string
+			if !d.AllArgs(&typ, &value) {
+				return d.Errf("want rate dev|prod <n>/s|m|h")
+			}
+			if _, err := keystore.ParseType(typ); err != nil {
+				return d.Errf("rate: %v", err)
+			}
+			if _, err := ratelimit.ParseRate(value); err != nil {
+				return d.Err(err.Error())
+			}
+			if _, dup := h.Rate[typ]; dup {
+				return d.Errf("rate %s given more than once", typ)
+			}
+			if h.Rate == nil {
+				h.Rate = map[string]string{}
+			}
+			h.Rate[typ] = value
+
+		case "quota_timezone":
+			if !d.AllArgs(&h.QuotaTimezone) {
+				return d.ArgErr()
+			}
+			if _, err := time.LoadLocation(h.QuotaTimezone); err != nil {
+				return d.Errf("quota_timezone: unknown time zone %q (want an IANA name such as Europe/Berlin)", h.QuotaTimezone)
+			}
+
+		case "failed_auth_limit":
+			if !d.AllArgs(&h.FailedAuthLimit) {
+				return d.ArgErr()
+			}
+			if h.FailedAuthLimit != "off" {
+				if _, err := ratelimit.ParseRate(h.FailedAuthLimit); err != nil {
+					return d.Errf("failed_auth_limit: %v (or off)", err)
+				}
+			}
+
+		case "counters":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			modID := "http.apikey.counters." + name
+			if _, err := caddy.GetModule(modID); err != nil {
+				return d.Errf("unknown counter store %q (available: memory)", name)
+			}
+			unm, err := caddyfile.UnmarshalModule(d, modID)
+			if err != nil {
+				return err
+			}
+			h.CountersRaw = caddyconfig.JSONModuleObject(unm, "store", name, nil)
 
 		default:
 			return d.Errf("unrecognized apikey subdirective %q", sub)

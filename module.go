@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"time"
+	_ "time/tzdata" // quota_timezone must work on hosts without a zone database
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
 func init() {
@@ -57,6 +59,29 @@ type Handler struct {
 	// replacing whatever the client sent in that header.
 	UpstreamAuth *headers.Credential `json:"upstream_auth,omitempty"`
 
+	// Quota is the daily request quota per key type, e.g. {"dev": 10000}.
+	// Defaults: dev 5000, prod 50000. A key record's quota_per_day wins.
+	// A key spends one budget across every apikey route.
+	Quota map[string]int64 `json:"quota,omitempty"`
+
+	// Rate is the burst rate per key type, e.g. {"dev": "10/s"}, with units
+	// s, m and h. None by default. A key record's rate wins.
+	Rate map[string]string `json:"rate,omitempty"`
+
+	// QuotaTimezone is the IANA time zone whose midnight resets daily
+	// quotas. Default: UTC.
+	QuotaTimezone string `json:"quota_timezone,omitempty"`
+
+	// FailedAuthLimit throttles client addresses that fail authentication
+	// (missing, invalid, expired or revoked key): after this many failures,
+	// e.g. "20/m" (the default), the address gets 429 for the rest of the
+	// period, even with a valid key. "off" disables it.
+	FailedAuthLimit string `json:"failed_auth_limit,omitempty"`
+
+	// Counters is the counter store, named by its "store" field. Default:
+	// {"store": "memory"}.
+	CountersRaw json.RawMessage `json:"counters,omitempty" caddy:"namespace=http.apikey.counters inline_key=store"`
+
 	source     keystore.Source
 	keyFrom    []headers.KeyLocation
 	allowTypes uint8 // bit per keystore.Type
@@ -65,6 +90,12 @@ type Handler struct {
 	serviceValue any
 	denials      denials
 	logger       *zap.Logger
+
+	limits       limits
+	counters     ratelimit.Store
+	failLimit    ratelimit.Rate
+	failures     *ratelimit.Failures
+	failuresHeld bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -121,13 +152,46 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 
+	if err := h.provisionLimits(); err != nil {
+		return err
+	}
+	if h.CountersRaw == nil {
+		h.CountersRaw = json.RawMessage(`{"store": "memory"}`)
+	}
+	mod, err = ctx.LoadModule(h, "CountersRaw")
+	if err != nil {
+		return fmt.Errorf("counters: %w", err)
+	}
+	if h.counters, ok = mod.(ratelimit.Store); !ok {
+		return fmt.Errorf("counters: module %T is not a counter store", mod)
+	}
+
 	h.serviceValue = h.Service
 	h.denials = newDenials(h.Service, allowed, locs)
 	return nil
 }
 
+// Cleanup lets go of the shared failed-authentication tracker. The key
+// source and counter store are modules; Caddy cleans them up itself.
+func (h *Handler) Cleanup() error {
+	if h.failuresHeld {
+		h.failuresHeld = false
+		_, err := failuresPool.Delete(failuresPoolKey)
+		return err
+	}
+	return nil
+}
+
 // ServeHTTP admits or refuses the request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.failures != nil {
+		if wait, blocked := h.failures.Blocked(clientIP(r), h.failLimit); blocked {
+			h.logDenial(r, decisionRateLimited, "failed_auth", nil)
+			writeTooMany(w, decisionRateLimited, throttleMessage(wait), wait)
+			return nil
+		}
+	}
+
 	key, found := headers.TakeKey(r.Header, h.keyFrom)
 	if !found {
 		return h.deny(w, r, h.denials.missing, nil)
@@ -164,6 +228,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.deny(w, r, h.denials.method, k)
 	}
 
+	// Only requests that pass every check above spend from the budget.
+	policy := h.limits.policy(k, presented)
+	res, err := h.counters.Take(r.Context(), k.ID, policy)
+	if err != nil {
+		h.logger.Error("counter store failed", zap.String("key_id", k.ID), zap.Error(err))
+		return h.deny(w, r, h.denials.unavailable, k)
+	}
+	headers.WriteRateLimit(w.Header(), res, now)
+	if !res.Allowed {
+		if res.DeniedBy == ratelimit.DailyLimit {
+			h.logDenial(r, decisionQuotaExceeded, "", k)
+			writeTooMany(w, decisionQuotaExceeded, quotaMessage(res), res.RetryAfter)
+		} else {
+			h.logDenial(r, decisionRateLimited, "burst", k)
+			writeTooMany(w, decisionRateLimited, burstMessage(policy, res), res.RetryAfter)
+		}
+		return nil
+	}
+
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Set("http.auth.user.id", k.IDValue)
 	repl.Set("http.apikey.id", k.IDValue)
@@ -190,26 +273,35 @@ var (
 	typeValues = [...]any{keystore.Dev: "dev", keystore.Prod: "prod"}
 )
 
-// deny answers the request with d and logs the refusal: never the key or its
-// hash, only the key id when the key is known.
+// deny answers the request with d and logs the refusal. A failed
+// authentication counts against the client address.
 func (h *Handler) deny(w http.ResponseWriter, r *http.Request, d *denial, k *keystore.Key) error {
+	if d.status == http.StatusUnauthorized && h.failures != nil {
+		h.failures.Fail(clientIP(r), h.failLimit)
+	}
+	h.logDenial(r, d.code, d.reason, k)
+	d.write(w)
+	return nil
+}
+
+// logDenial logs a refusal at info: never the key or its hash, only the key
+// id when the key is known.
+func (h *Handler) logDenial(r *http.Request, decision, reason string, k *keystore.Key) {
 	if c := h.logger.Check(zapcore.InfoLevel, "request denied"); c != nil {
 		fields := []zap.Field{
-			zap.String("decision", d.code),
+			zap.String("decision", decision),
 			zap.String("method", r.Method),
 			zap.String("path", r.URL.Path),
 			zap.Stringer("client_ip", clientIP(r)),
 		}
-		if d.reason != "" {
-			fields = append(fields, zap.String("reason", d.reason))
+		if reason != "" {
+			fields = append(fields, zap.String("reason", reason))
 		}
 		if k != nil {
 			fields = append(fields, zap.String("key_id", k.ID))
 		}
 		c.Write(fields...)
 	}
-	d.write(w)
-	return nil
 }
 
 // clientIP is Caddy's idea of the client address, which honours the
@@ -226,5 +318,6 @@ func clientIP(r *http.Request) netip.Addr {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -18,6 +18,9 @@ const (
 	decisionRevokedKey  = "revoked_key"
 	decisionForbidden   = "forbidden"
 	decisionUnavailable = "unavailable"
+
+	decisionRateLimited   = "rate_limited"
+	decisionQuotaExceeded = "quota_exceeded"
 )
 
 // Reasons a 403 gives.

@@ -71,7 +71,7 @@ func (f *FileSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("keys file takes one path, found another argument %q", d.Val())
 	}
-	if d.NextBlock(d.Nesting()) {
+	if d.NextBlock(0) {
 		return d.Errf("keys file takes no block, found %q", d.Val())
 	}
 	return nil

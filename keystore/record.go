@@ -10,6 +10,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
 // Record is one key as written in a key file or returned by a key service.
@@ -42,6 +44,10 @@ type Record struct {
 	// PreviousHashes keep old secrets of a rotated key working, as the same
 	// key, until their valid_until.
 	PreviousHashes []PreviousHash `json:"previous_hashes,omitempty"`
+	// QuotaPerDay overrides the route's daily quota for this key.
+	QuotaPerDay *int64 `json:"quota_per_day,omitempty"`
+	// Rate overrides the route's burst rate for this key, e.g. "20/s".
+	Rate string `json:"rate,omitempty"`
 }
 
 // PreviousHash is a secret a key had before a rotation.
@@ -105,6 +111,12 @@ type Key struct {
 	ExpiresAt time.Time // zero: never
 	Digest    Digest
 	Previous  []PreviousDigest
+
+	// QuotaPerDay is the key's own daily quota, when HasQuota.
+	QuotaPerDay int64
+	HasQuota    bool
+	// Rate is the key's own burst rate; the zero Rate when it has none.
+	Rate ratelimit.Rate
 
 	// IDValue and NameValue are ID and Name as interface values, made once
 	// so that setting placeholders costs no allocation per request.
@@ -196,6 +208,17 @@ func Compile(rec Record) (*Key, error) {
 	if rec.ExpiresAt != "" {
 		if k.ExpiresAt, err = parseTime(rec.ExpiresAt); err != nil {
 			return nil, &FieldError{Field: "expires_at", Err: err}
+		}
+	}
+	if rec.QuotaPerDay != nil {
+		if *rec.QuotaPerDay < 0 {
+			return nil, fieldErr("quota_per_day", "must not be negative")
+		}
+		k.QuotaPerDay, k.HasQuota = *rec.QuotaPerDay, true
+	}
+	if rec.Rate != "" {
+		if k.Rate, err = ratelimit.ParseRate(rec.Rate); err != nil {
+			return nil, &FieldError{Field: "rate", Err: err}
 		}
 	}
 	for i, ph := range rec.PreviousHashes {

@@ -1,0 +1,119 @@
+package ratelimit
+
+import (
+	"hash/maphash"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// maxFailureEntries bounds the addresses tracked per shard, so a flood from
+// many addresses cannot grow memory without end.
+const maxFailureEntries = 4096
+
+// Failures counts failed authentications per client address and blocks an
+// address that reaches the limit for the rest of its window. IPv6 clients
+// are counted per /64, since one host usually holds the whole /64.
+type Failures struct {
+	now     func() time.Time
+	seed    maphash.Seed
+	tracked atomic.Int64 // lets Blocked skip the lock when nothing failed
+	shards  [shardCount]failureShard
+}
+
+type failureShard struct {
+	mu      sync.Mutex
+	entries map[netip.Prefix]*failureWindow
+}
+
+type failureWindow struct {
+	start int64 // Unix nanoseconds of the first failure in the window
+	count int64
+}
+
+// NewFailures returns an empty tracker. now is the clock; nil means time.Now.
+func NewFailures(now func() time.Time) *Failures {
+	if now == nil {
+		now = time.Now
+	}
+	f := &Failures{now: now, seed: maphash.MakeSeed()}
+	for i := range f.shards {
+		f.shards[i].entries = make(map[netip.Prefix]*failureWindow)
+	}
+	return f
+}
+
+func failureKey(addr netip.Addr) netip.Prefix {
+	addr = addr.Unmap()
+	bits := 32
+	if addr.Is6() {
+		bits = 64
+	}
+	p, _ := addr.Prefix(bits)
+	return p
+}
+
+func (f *Failures) shard(p netip.Prefix) *failureShard {
+	a := p.Addr().As16()
+	return &f.shards[maphash.Bytes(f.seed, a[:])%shardCount]
+}
+
+// Blocked reports whether addr has reached limit in its current window, and
+// how long until the window ends.
+func (f *Failures) Blocked(addr netip.Addr, limit Rate) (time.Duration, bool) {
+	if f.tracked.Load() == 0 || !addr.IsValid() {
+		return 0, false
+	}
+	key := failureKey(addr)
+	now := f.now().UnixNano()
+	sh := f.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	w := sh.entries[key]
+	if w == nil {
+		return 0, false
+	}
+	end := w.start + int64(limit.Period)
+	if now >= end || w.count < limit.Limit {
+		return 0, false
+	}
+	return time.Duration(end - now), true
+}
+
+// Fail counts one failed authentication from addr.
+func (f *Failures) Fail(addr netip.Addr, limit Rate) {
+	if !addr.IsValid() {
+		return
+	}
+	key := failureKey(addr)
+	now := f.now().UnixNano()
+	sh := f.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	w := sh.entries[key]
+	if w != nil && now >= w.start+int64(limit.Period) {
+		w.start, w.count = now, 0
+	}
+	if w == nil {
+		if len(sh.entries) >= maxFailureEntries {
+			f.sweepLocked(sh, now, limit.Period)
+			if len(sh.entries) >= maxFailureEntries {
+				return // full of live windows: this address goes uncounted
+			}
+		}
+		w = &failureWindow{start: now}
+		sh.entries[key] = w
+		f.tracked.Add(1)
+	}
+	w.count++
+}
+
+func (f *Failures) sweepLocked(sh *failureShard, now int64, period time.Duration) {
+	for k, w := range sh.entries {
+		if now >= w.start+int64(period) {
+			delete(sh.entries, k)
+			f.tracked.Add(-1)
+		}
+	}
+}

@@ -1,0 +1,131 @@
+package ratelimit
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// counterFileVersion is written into every counter file; a file of another
+// version is not trusted.
+const counterFileVersion = 1
+
+type counterFile struct {
+	Version  int                     `json:"version"`
+	SavedAt  time.Time               `json:"saved_at"`
+	Counters map[string]savedCounter `json:"counters"`
+}
+
+type savedCounter struct {
+	WindowStart int64 `json:"window_start"`
+	Count       int64 `json:"count"`
+	TAT         int64 `json:"tat,omitempty"`
+	LastSeen    int64 `json:"last_seen"`
+}
+
+// ErrCorrupt marks a counter file that cannot be trusted.
+var ErrCorrupt = errors.New("counter file is corrupt")
+
+// Save writes every counter to path atomically: a crash leaves either the
+// old file or the new one, never half of one.
+func (m *Memory) Save(path string) error {
+	f := counterFile{Version: counterFileVersion, SavedAt: m.now().UTC(), Counters: map[string]savedCounter{}}
+	for i := range m.shards {
+		sh := &m.shards[i]
+		sh.mu.Lock()
+		for key, c := range sh.counters {
+			f.Counters[key] = savedCounter{WindowStart: c.windowStart, Count: c.count, TAT: c.tat, LastSeen: c.lastSeen}
+		}
+		sh.mu.Unlock()
+	}
+	data, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	return writeAtomic(path, data)
+}
+
+// Load adds the counters saved in path. A missing file loads nothing. A file
+// that does not parse or holds impossible values is not used at all, and
+// the error wraps ErrCorrupt.
+func (m *Memory) Load(path string) (int, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var f counterFile
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if dec.More() {
+		return 0, fmt.Errorf("%w: data after the counters", ErrCorrupt)
+	}
+	if f.Version != counterFileVersion {
+		return 0, fmt.Errorf("%w: version %d, want %d", ErrCorrupt, f.Version, counterFileVersion)
+	}
+	if f.Counters == nil {
+		return 0, fmt.Errorf("%w: no counters object", ErrCorrupt)
+	}
+	for key, c := range f.Counters {
+		if key == "" || c.Count < 0 || c.WindowStart <= 0 || c.LastSeen <= 0 || c.TAT < 0 {
+			return 0, fmt.Errorf("%w: impossible values for key id %q", ErrCorrupt, key)
+		}
+	}
+	for key, c := range f.Counters {
+		sh := m.shard(key)
+		sh.mu.Lock()
+		sh.counters[key] = &counter{windowStart: c.WindowStart, count: c.Count, tat: c.TAT, lastSeen: c.LastSeen}
+		sh.mu.Unlock()
+	}
+	return len(f.Counters), nil
+}
+
+// SetAside renames a corrupt file out of the way, keeping it for a person
+// to look at, and returns its new name.
+func SetAside(path string, now time.Time) (string, error) {
+	aside := path + ".corrupt-" + now.UTC().Format("20060102T150405Z")
+	return aside, os.Rename(path, aside)
+}
+
+// writeAtomic writes data to a temporary file beside path, syncs it, and
+// renames it over path.
+func writeAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // a no-op once renamed
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}

@@ -1,0 +1,60 @@
+package ratelimit
+
+import (
+	"context"
+	"time"
+)
+
+// Store keeps request counters per key. A store may be remote, may fail, and
+// may be shared by several Caddy instances: Take returns an error when it
+// cannot answer, and the caller decides what that means for the request.
+type Store interface {
+	// Take spends one request of key's budget if every limit of p allows
+	// it. It is atomic: either every limit is charged or none is.
+	Take(ctx context.Context, key string, p Policy) (Result, error)
+}
+
+// Policy is the limits that apply to one key.
+type Policy struct {
+	// Daily is the number of requests a key may make per window.
+	Daily int64
+	// Window is the daily window.
+	Window Window
+	// Burst, when set, limits short bursts with GCRA.
+	Burst Rate
+}
+
+// Limit names which limit refused a request.
+type Limit uint8
+
+// Limits.
+const (
+	NoLimit Limit = iota
+	DailyLimit
+	BurstLimit
+)
+
+// Usage is where one limit stands after a Take.
+type Usage struct {
+	// Limit is the number of requests the window allows.
+	Limit int64
+	// Remaining is how many more requests the window allows now.
+	Remaining int64
+	// Reset is when the window's budget is whole again: the end of the
+	// daily window, or when a burst bucket has refilled.
+	Reset time.Time
+	// Window is the length of the window this usage counts in.
+	Window time.Duration
+}
+
+// Result is the outcome of a Take.
+type Result struct {
+	Allowed bool
+	// DeniedBy names the limit that refused the request, when !Allowed.
+	DeniedBy Limit
+	// RetryAfter is how long until a request would pass, when !Allowed.
+	RetryAfter time.Duration
+	Daily      Usage
+	// Burst is the zero Usage when the policy has no burst rate.
+	Burst Usage
+}
