@@ -180,3 +180,32 @@ func TestCompileNamesTheField(t *testing.T) {
 		}
 	}
 }
+
+func TestQuotaAndRateFields(t *testing.T) {
+	_, h := hashOf(t, Dev)
+	n := int64(250)
+	k, err := Compile(Record{ID: "k", Hash: h, Role: "reader", QuotaPerDay: &n, Rate: "20/s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !k.HasQuota || k.QuotaPerDay != 250 || k.Rate.Limit != 20 || k.Rate.Period != time.Second {
+		t.Errorf("quota %v %d, rate %+v", k.HasQuota, k.QuotaPerDay, k.Rate)
+	}
+	zero := int64(0)
+	if k, err := Compile(Record{ID: "k", Hash: h, Role: "reader", QuotaPerDay: &zero}); err != nil || !k.HasQuota {
+		t.Errorf("a zero quota_per_day is not kept: %v", err)
+	}
+	if k, _ := Compile(Record{ID: "k", Hash: h, Role: "reader"}); k.HasQuota || !k.Rate.IsZero() {
+		t.Error("a key without quota fields has limits of its own")
+	}
+	neg := int64(-1)
+	for field, rec := range map[string]Record{
+		"quota_per_day": {ID: "k", Hash: h, Role: "reader", QuotaPerDay: &neg},
+		"rate":          {ID: "k", Hash: h, Role: "reader", Rate: "20/day"},
+	} {
+		var fe *FieldError
+		if _, err := Compile(rec); !errors.As(err, &fe) || fe.Field != field {
+			t.Errorf("%s: %v", field, err)
+		}
+	}
+}
