@@ -184,7 +184,7 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP admits or refuses the request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if h.failures != nil {
+	if h.failures != nil && h.failures.Active() {
 		if wait, blocked := h.failures.Blocked(clientIP(r), h.failLimit); blocked {
 			h.logDenial(r, decisionRateLimited, "failed_auth", nil)
 			writeTooMany(w, decisionRateLimited, throttleMessage(wait), wait)

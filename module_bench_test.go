@@ -19,7 +19,7 @@ import (
 // read the key, check it, look it up, authorize, set the credential.
 func BenchmarkServeHTTP(b *testing.B) {
 	t := &testing.T{}
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_bench", Role: "writer", Services: []string{"ollama"}})
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_bench", Role: "writer", Services: []string{"ollama"}, QuotaPerDay: int64p(1 << 62)})
 	dir := b.TempDir()
 	path := dir + "/keys.json"
 	data, _ := json.Marshal(map[string]any{"keys": []keystore.Record{key.record}})

@@ -13,25 +13,44 @@ import (
 // with a "daily" item and, when the key has a burst rate, a "burst" item;
 // and X-RateLimit-Limit, -Remaining and -Reset (Unix seconds) for the daily quota.
 func WriteRateLimit(h http.Header, res ratelimit.Result, now time.Time) {
-	var buf [160]byte
+	// All five values are written into one buffer and one string, and the
+	// header slices share one backing array (each capped at its own element,
+	// so a later append cannot reach a neighbour): two allocations in all.
+	var buf [256]byte
+	b := buf[:0]
+	var ends [5]int
 
-	b := appendPolicyItem(buf[:0], "daily", res.Daily)
+	b = appendPolicyItem(b, "daily", res.Daily)
 	if res.Burst.Limit > 0 {
 		b = append(b, ", "...)
 		b = appendPolicyItem(b, "burst", res.Burst)
 	}
-	h["Ratelimit-Policy"] = []string{string(b)}
-
-	b = appendUsageItem(buf[:0], "daily", res.Daily, now)
+	ends[0] = len(b)
+	b = appendUsageItem(b, "daily", res.Daily, now)
 	if res.Burst.Limit > 0 {
 		b = append(b, ", "...)
 		b = appendUsageItem(b, "burst", res.Burst, now)
 	}
-	h["Ratelimit"] = []string{string(b)}
+	ends[1] = len(b)
+	b = strconv.AppendInt(b, res.Daily.Limit, 10)
+	ends[2] = len(b)
+	b = strconv.AppendInt(b, res.Daily.Remaining, 10)
+	ends[3] = len(b)
+	b = strconv.AppendInt(b, res.Daily.Reset.Unix(), 10)
+	ends[4] = len(b)
 
-	h["X-Ratelimit-Limit"] = []string{strconv.FormatInt(res.Daily.Limit, 10)}
-	h["X-Ratelimit-Remaining"] = []string{strconv.FormatInt(res.Daily.Remaining, 10)}
-	h["X-Ratelimit-Reset"] = []string{strconv.FormatInt(res.Daily.Reset.Unix(), 10)}
+	all := string(b)
+	vals := make([]string, 5)
+	from := 0
+	for i, end := range ends {
+		vals[i] = all[from:end]
+		from = end
+	}
+	h["Ratelimit-Policy"] = vals[0:1:1]
+	h["Ratelimit"] = vals[1:2:2]
+	h["X-Ratelimit-Limit"] = vals[2:3:3]
+	h["X-Ratelimit-Remaining"] = vals[3:4:4]
+	h["X-Ratelimit-Reset"] = vals[4:5:5]
 }
 
 func appendPolicyItem(b []byte, name string, u ratelimit.Usage) []byte {

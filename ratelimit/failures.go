@@ -59,6 +59,10 @@ func (f *Failures) shard(p netip.Prefix) *failureShard {
 	return &f.shards[maphash.Bytes(f.seed, a[:])%shardCount]
 }
 
+// Active reports whether any address has failed recently, so that callers
+// can skip working out the address when none has.
+func (f *Failures) Active() bool { return f.tracked.Load() > 0 }
+
 // Blocked reports whether addr has reached limit in its current window, and
 // how long until the window ends.
 func (f *Failures) Blocked(addr netip.Addr, limit Rate) (time.Duration, bool) {

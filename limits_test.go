@@ -1,0 +1,368 @@
+package apikey
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+func int64p(n int64) *int64 { return &n }
+
+// quotaSite is a Caddyfile with two apikey routes (two services) in front of
+// one upstream, counters in their own file, and extra apikey settings.
+func quotaSite(port int, keyFile, countersFile, upstream, extra string) string {
+	return fmt.Sprintf(`{
+	admin off
+	persist_config off
+	servers {
+		trusted_proxies static 127.0.0.1/32
+	}
+}
+http://127.0.0.1:%[1]d {
+	handle_path /ollama/* {
+		apikey {
+			keys file %[2]s
+			service ollama
+			counters memory {
+				file %[3]s
+			}
+			%[5]s
+		}
+		reverse_proxy %[4]s
+	}
+	handle_path /n8n/* {
+		apikey {
+			keys file %[2]s
+			service n8n
+			counters memory {
+				file %[3]s
+			}
+			%[5]s
+		}
+		reverse_proxy %[4]s
+	}
+}`, port, keyFile, countersFile, upstream, extra)
+}
+
+type quotaGateway struct {
+	url, caddyfile, counters string
+	up                       *upstream
+}
+
+func startQuotaGateway(t *testing.T, extra string, records ...keystore.Record) *quotaGateway {
+	t.Helper()
+	g := &quotaGateway{up: newUpstream(t), counters: filepath.Join(t.TempDir(), "counters.json")}
+	port := freePort(t)
+	g.url = fmt.Sprintf("http://127.0.0.1:%d", port)
+	g.caddyfile = quotaSite(port, writeKeyFile(t, records...), g.counters, g.up.addr(), extra)
+	startCaddy(t, g.caddyfile)
+	return g
+}
+
+func nextUTCMidnight(now time.Time) time.Time {
+	y, m, d := now.UTC().Date()
+	return time.Date(y, m, d+1, 0, 0, 0, 0, time.UTC)
+}
+
+// TestQuotaHeadersAndExhaustion: headers on every counted response, 429
+// quota_exceeded with Retry-After at the end, and refusals spend nothing.
+func TestQuotaHeadersAndExhaustion(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_q3", Role: "reader", Services: []string{"ollama"}, QuotaPerDay: int64p(3)})
+	g := startQuotaGateway(t, "", key.record)
+	reset := nextUTCMidnight(time.Now())
+
+	for i := 1; i <= 3; i++ {
+		r := send(t, "GET", g.url+"/ollama/api/tags", bearer(key)...)
+		if r.status != 200 {
+			t.Fatalf("request %d: %d %s", i, r.status, r.body)
+		}
+		if got := r.header.Get("X-RateLimit-Remaining"); got != strconv.Itoa(3-i) {
+			t.Errorf("request %d: X-RateLimit-Remaining %q", i, got)
+		}
+		if got := r.header.Get("X-RateLimit-Limit"); got != "3" {
+			t.Errorf("X-RateLimit-Limit %q", got)
+		}
+		if got := r.header.Get("X-RateLimit-Reset"); got != strconv.FormatInt(reset.Unix(), 10) {
+			t.Errorf("X-RateLimit-Reset %q, want %d", got, reset.Unix())
+		}
+		if got := r.header.Get("RateLimit-Policy"); got != `"daily";q=3;w=86400` {
+			t.Errorf("RateLimit-Policy %q", got)
+		}
+		if got := r.header.Get("RateLimit"); !strings.HasPrefix(got, fmt.Sprintf(`"daily";r=%d;t=`, 3-i)) {
+			t.Errorf("RateLimit %q", got)
+		}
+		if i == 2 {
+			// A 403 (method) and a 401 in between spend nothing.
+			if r := send(t, "POST", g.url+"/ollama/api/chat", bearer(key)...); r.status != 403 || r.header.Get("X-RateLimit-Remaining") != "" {
+				t.Fatalf("POST by a reader: %d, remaining header %q", r.status, r.header.Get("X-RateLimit-Remaining"))
+			}
+			if r := send(t, "GET", g.url+"/n8n/x", bearer(key)...); r.status != 403 {
+				t.Fatalf("n8n: %d", r.status)
+			}
+		}
+	}
+
+	before := g.up.count()
+	r := send(t, "GET", g.url+"/ollama/api/tags", bearer(key)...)
+	if r.status != 429 || r.err.Code != "quota_exceeded" {
+		t.Fatalf("4th request: %d %q", r.status, r.err.Code)
+	}
+	if g.up.count() != before {
+		t.Error("a refused request reached the upstream")
+	}
+	retry, err := strconv.Atoi(r.header.Get("Retry-After"))
+	if want := time.Until(reset).Seconds(); err != nil || float64(retry) < want-2 || float64(retry) > want+2 {
+		t.Errorf("Retry-After %q, want about %.0f", r.header.Get("Retry-After"), want)
+	}
+	if !strings.Contains(r.err.Message, reset.Format(time.RFC3339)) {
+		t.Errorf("message %q does not say when the quota resets", r.err.Message)
+	}
+	if r.header.Get("X-RateLimit-Remaining") != "0" || r.header.Get("RateLimit-Policy") == "" {
+		t.Error("a 429 lacks the rate-limit headers")
+	}
+}
+
+// TestQuotaPrecedenceAndBurst: the key record's quota and rate win over the
+// route's, the route's over the defaults; a burst refusal is rate_limited.
+func TestQuotaPrecedenceAndBurst(t *testing.T) {
+	routeQuota := newKey(t, keystore.Dev, keystore.Record{ID: "k_route_quota", Role: "reader", Services: []string{"*"}})
+	ownQuota := newKey(t, keystore.Dev, keystore.Record{ID: "k_own_quota", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(4)})
+	ownRate := newKey(t, keystore.Prod, keystore.Record{ID: "k_own_rate", Role: "reader", Services: []string{"*"}, Rate: "2/m"})
+	defaults := newKey(t, keystore.Prod, keystore.Record{ID: "k_defaults", Role: "reader", Services: []string{"*"}})
+	g := startQuotaGateway(t, "quota dev 2/day\n\t\t\trate prod 100/s", routeQuota.record, ownQuota.record, ownRate.record, defaults.record)
+
+	count := func(k testKey) (passed int, last response) {
+		for i := 0; i < 6; i++ {
+			last = send(t, "GET", g.url+"/ollama/api/tags", bearer(k)...)
+			if last.status == 200 {
+				passed++
+			}
+		}
+		return passed, last
+	}
+	if n, _ := count(routeQuota); n != 2 {
+		t.Errorf("route quota dev 2/day: %d passed", n)
+	}
+	if n, _ := count(ownQuota); n != 4 {
+		t.Errorf("quota_per_day 4 over the route's 2: %d passed", n)
+	}
+	n, last := count(ownRate)
+	if n != 2 || last.status != 429 || last.err.Code != "rate_limited" {
+		t.Fatalf("rate 2/m: %d passed, last %d %q", n, last.status, last.err.Code)
+	}
+	if got := last.header.Get("RateLimit-Policy"); got != `"daily";q=50000;w=86400, "burst";q=2;w=60` {
+		t.Errorf("RateLimit-Policy %q", got)
+	}
+	if retry, _ := strconv.Atoi(last.header.Get("Retry-After")); retry < 29 || retry > 31 {
+		t.Errorf("Retry-After %q, want 30", last.header.Get("Retry-After"))
+	}
+	if last.header.Get("X-RateLimit-Remaining") != "49998" {
+		t.Errorf("burst refusals spent daily quota: remaining %q", last.header.Get("X-RateLimit-Remaining"))
+	}
+	r := send(t, "GET", g.url+"/ollama/api/tags", bearer(defaults)...)
+	if got := r.header.Get("RateLimit-Policy"); got != `"daily";q=50000;w=86400, "burst";q=100;w=1` {
+		t.Errorf("prod defaults with route rate: %q", got)
+	}
+}
+
+// TestRoutesShareOneBudget: a key spends one quota across services.
+func TestRoutesShareOneBudget(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_shared", Role: "reader", Services: []string{"ollama", "n8n"}, QuotaPerDay: int64p(3)})
+	g := startQuotaGateway(t, "", key.record)
+	for i, path := range []string{"/ollama/a", "/n8n/b", "/ollama/c"} {
+		if r := send(t, "GET", g.url+path, bearer(key)...); r.status != 200 {
+			t.Fatalf("request %d: %d", i+1, r.status)
+		}
+	}
+	for _, path := range []string{"/n8n/d", "/ollama/e"} {
+		if r := send(t, "GET", g.url+path, bearer(key)...); r.status != 429 {
+			t.Errorf("%s after the budget: %d", path, r.status)
+		}
+	}
+}
+
+// TestQuotaExactUnderConcurrency: with quota N, hundreds of concurrent
+// requests get exactly N passes through a real Caddy.
+func TestQuotaExactUnderConcurrency(t *testing.T) {
+	const quota, requests = 150, 450
+	key := newKey(t, keystore.Prod, keystore.Record{ID: "k_concurrent", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(quota)})
+	g := startQuotaGateway(t, "", key.record)
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	codes := map[int]int{}
+	start := make(chan struct{})
+	for i := 0; i < requests; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			req, _ := http.NewRequest("GET", g.url+"/ollama/x", nil)
+			req.Header.Set("Authorization", "Bearer "+key.secret)
+			resp, err := client.Do(req)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				codes[-1]++
+				return
+			}
+			resp.Body.Close()
+			codes[resp.StatusCode]++
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if codes[200] != quota || codes[429] != requests-quota {
+		t.Fatalf("status counts %v, want %d×200 and %d×429", codes, quota, requests-quota)
+	}
+	if g.up.count() != quota {
+		t.Errorf("the upstream got %d requests, want %d", g.up.count(), quota)
+	}
+}
+
+// TestCountsSurviveReload loads a changed config through the admin API and
+// keeps counting.
+func TestCountsSurviveReload(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_reload", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(5)})
+	adminPort := freePort(t)
+	g := &quotaGateway{up: newUpstream(t), counters: filepath.Join(t.TempDir(), "counters.json")}
+	port := freePort(t)
+	g.url = fmt.Sprintf("http://127.0.0.1:%d", port)
+	keyFile := writeKeyFile(t, key.record)
+	site := func(extra string) string {
+		return strings.Replace(quotaSite(port, keyFile, g.counters, g.up.addr(), extra),
+			"admin off", fmt.Sprintf("admin 127.0.0.1:%d", adminPort), 1)
+	}
+	startCaddy(t, site(""))
+
+	for i := 0; i < 3; i++ {
+		if r := send(t, "GET", g.url+"/ollama/x", bearer(key)...); r.status != 200 {
+			t.Fatalf("before reload: %d", r.status)
+		}
+	}
+	// A real change: the new config sets a burst rate on every route.
+	resp, err := client.Post(fmt.Sprintf("http://127.0.0.1:%d/load", adminPort), "text/caddyfile",
+		bytes.NewBufferString(site("rate dev 100/s")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("admin /load: %d", resp.StatusCode)
+	}
+	r := send(t, "GET", g.url+"/ollama/x", bearer(key)...)
+	if r.status != 200 || r.header.Get("X-RateLimit-Remaining") != "1" {
+		t.Fatalf("after reload: %d, remaining %q (want 1: the reload kept the count)", r.status, r.header.Get("X-RateLimit-Remaining"))
+	}
+	if !strings.Contains(r.header.Get("RateLimit-Policy"), `"burst";q=100;w=1`) {
+		t.Error("the new config is not in force")
+	}
+	send(t, "GET", g.url+"/n8n/x", bearer(key)...)
+	if r := send(t, "GET", g.url+"/ollama/x", bearer(key)...); r.status != 429 {
+		t.Errorf("6th request after reload: %d", r.status)
+	}
+}
+
+// TestCountsSurviveRestart stops Caddy and starts it again on the same
+// counter file; a corrupt counter file is set aside and Caddy still starts.
+func TestCountsSurviveRestart(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_restart", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(4)})
+	up := newUpstream(t)
+	port := freePort(t)
+	url := fmt.Sprintf("http://127.0.0.1:%d/ollama/x", port)
+	counters := filepath.Join(t.TempDir(), "counters.json")
+	cfg := quotaSite(port, writeKeyFile(t, key.record), counters, up.addr(), "")
+
+	if err := loadCaddy(cfg); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		send(t, "GET", url, bearer(key)...)
+	}
+	if err := stopCaddy(); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := os.ReadFile(counters); err != nil || !strings.Contains(string(data), `"k_restart"`) {
+		t.Fatalf("counters not saved at shutdown: %v", err)
+	}
+
+	startCaddy(t, cfg)
+	r := send(t, "GET", url, bearer(key)...)
+	if r.status != 200 || r.header.Get("X-RateLimit-Remaining") != "0" {
+		t.Fatalf("after restart: %d, remaining %q, want 200 and 0", r.status, r.header.Get("X-RateLimit-Remaining"))
+	}
+	if r := send(t, "GET", url, bearer(key)...); r.status != 429 {
+		t.Fatalf("5th request after restart: %d", r.status)
+	}
+	if err := stopCaddy(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Corrupt the file: Caddy starts, sets it aside, counts from zero.
+	if err := os.WriteFile(counters, []byte(`{"version":1,"counters":{"k_restart":{"count":`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startCaddy(t, cfg)
+	if r := send(t, "GET", url, bearer(key)...); r.status != 200 || r.header.Get("X-RateLimit-Remaining") != "3" {
+		t.Fatalf("after a corrupt file: %d, remaining %q, want 200 and 3", r.status, r.header.Get("X-RateLimit-Remaining"))
+	}
+	aside, _ := filepath.Glob(counters + ".corrupt-*")
+	if len(aside) != 1 {
+		t.Fatalf("corrupt file not set aside: %v", aside)
+	}
+	if data, _ := os.ReadFile(aside[0]); !strings.HasPrefix(string(data), `{"version":1,"counters":{"k_restart"`) {
+		t.Error("the set-aside file lost its content")
+	}
+}
+
+// TestFailedAuthThrottle: after failed_auth_limit failures an address gets
+// 429 even with a valid key; other addresses do not; "off" turns it off.
+func TestFailedAuthThrottle(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_valid", Role: "reader", Services: []string{"*"}})
+	revoked := newKey(t, keystore.Dev, keystore.Record{ID: "k_revoked", Role: "reader", Services: []string{"*"}, Revoked: true})
+	g := startQuotaGateway(t, "failed_auth_limit 3/m", key.record, revoked.record)
+	from := func(ip string, h ...string) response {
+		return send(t, "GET", g.url+"/ollama/x", append([]string{"X-Forwarded-For", ip}, h...)...)
+	}
+	attacker, bystander := "198.51.100.66", "198.51.100.77"
+
+	from(attacker)                                  // missing
+	from(attacker, "X-API-Key", "DEV_API_nonsense") // invalid
+	from(attacker, "X-API-Key", revoked.secret)     // revoked
+	if r := from(attacker, bearer(key)...); r.status != 429 || r.err.Code != "rate_limited" {
+		t.Fatalf("valid key from a throttled address: %d %q", r.status, r.err.Code)
+	} else if retry, _ := strconv.Atoi(r.header.Get("Retry-After")); retry < 55 || retry > 60 {
+		t.Errorf("Retry-After %q, want the rest of the minute", r.header.Get("Retry-After"))
+	}
+	if r := from(bystander, bearer(key)...); r.status != 200 {
+		t.Errorf("another address: %d", r.status)
+	}
+	// 403s are not failed authentications.
+	for i := 0; i < 5; i++ {
+		send(t, "POST", g.url+"/ollama/x", "X-Forwarded-For", bystander, "Authorization", "Bearer "+key.secret)
+	}
+	if r := from(bystander, bearer(key)...); r.status != 200 {
+		t.Errorf("403s throttled an address: %d", r.status)
+	}
+	if err := stopCaddy(); err != nil {
+		t.Fatal(err)
+	}
+
+	off := newKey(t, keystore.Dev, keystore.Record{ID: "k_valid2", Role: "reader", Services: []string{"*"}})
+	g = startQuotaGateway(t, "failed_auth_limit off", off.record)
+	for i := 0; i < 30; i++ {
+		from(attacker, "X-API-Key", "DEV_API_nonsense")
+	}
+	if r := from(attacker, bearer(off)...); r.status != 200 {
+		t.Errorf("failed_auth_limit off still throttles: %d", r.status)
+	}
+}
