@@ -74,6 +74,9 @@ func TestExample(t *testing.T) {
 			if c.name == "rotated: old secret in grace" && r.header.Get("Deprecation") != "true" {
 				t.Error("no Deprecation header")
 			}
+			if c.name == "reader" && r.header.Get("X-RateLimit-Limit") != "100" {
+				t.Errorf("the demo reader's quota is %q, README says 100", r.header.Get("X-RateLimit-Limit"))
+			}
 		})
 	}
 }
