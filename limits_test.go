@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -364,5 +366,68 @@ func TestFailedAuthThrottle(t *testing.T) {
 	}
 	if r := from(attacker, bearer(off)...); r.status != 200 {
 		t.Errorf("failed_auth_limit off still throttles: %d", r.status)
+	}
+}
+
+// TestCountersSavedPeriodically: with a short persist_interval the counter
+// file follows the traffic while Caddy runs; the default file is in Caddy's
+// data directory.
+func TestCountersSavedPeriodically(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_periodic", Role: "reader", Services: []string{"*"}})
+	up := newUpstream(t)
+	port := freePort(t)
+	counters := filepath.Join(t.TempDir(), "counters.json")
+	cfg := strings.Replace(quotaSite(port, writeKeyFile(t, key.record), counters, up.addr(), ""),
+		"file "+counters, "file "+counters+"\n\t\t\t\tpersist_interval 100ms", -1)
+	startCaddy(t, cfg)
+	for i := 0; i < 2; i++ {
+		send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/ollama/x", port), bearer(key)...)
+	}
+	readWhenContains(t, counters, `"k_periodic":{"window_start":`)
+	if data, _ := os.ReadFile(counters); !strings.Contains(string(data), `"count":2`) {
+		t.Errorf("saved counters %s, want a count of 2", data)
+	}
+}
+
+func TestCountersDefaultFileInDataDir(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_default_file", Role: "reader"})
+	port := freePort(t)
+	if err := loadCaddy(fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+	}
+	respond "ok"
+}`, port, writeKeyFile(t, key.record))); err != nil {
+		t.Fatal(err)
+	}
+	send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), bearer(key)...)
+	if err := stopCaddy(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(os.Getenv("XDG_DATA_HOME"), "caddy", "apikey", "counters.json")
+	if data, err := os.ReadFile(path); err != nil || !strings.Contains(string(data), `"k_default_file"`) {
+		t.Fatalf("default counter file %s: %v", path, err)
+	}
+}
+
+// TestHalfProvisionedHandlerLetsGo: a config that fails after the handler
+// took the shared failed-auth tracker gives it back.
+func TestHalfProvisionedHandlerLetsGo(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_half", Role: "reader"})
+	cfg := fmt.Sprintf(`{"admin": {"disabled": true}, "apps": {"http": {"servers": {"s": {
+		"listen": ["127.0.0.1:%d"],
+		"routes": [{"handle": [{"handler": "apikey",
+			"keys": {"source": "file", "path": %q},
+			"counters": {"store": "memory", "persist_interval": -1}}]}]}}}}}`, freePort(t), writeKeyFile(t, key.record))
+	err := caddy.Load([]byte(cfg), true)
+	if err == nil || !strings.Contains(err.Error(), "persist_interval must be positive") {
+		t.Fatalf("load: %v", err)
+	}
+	if n, ok := failuresPool.References(failuresPoolKey); ok || n != 0 {
+		t.Errorf("the failed config still holds the failed-auth tracker (%d references)", n)
 	}
 }
