@@ -1,6 +1,7 @@
 package apikey
 
 import (
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +33,16 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	apikey [<matcher>] {
 //	    keys file <path>
+//	    keys http <url> {
+//	        header <Name> <value>
+//	        timeout <duration>
+//	    }
+//	    cache {
+//	        max_keys <n>
+//	        ttl <duration>
+//	        negative_ttl <duration>
+//	        stale <duration>
+//	    }
 //	    key_from header <Name> [<scheme>]
 //	    service <name>
 //	    allow_types dev|prod ...
@@ -63,6 +74,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		seen      = map[string]bool{}
 		authArgs  []string
 		errPreset error
+		keys      caddyfile.Unmarshaler // the key source, encoded once the cache is known
+		keysName  string
+		cache     *keystore.CacheConfig
+		errCache  error
 	)
 	for d.NextBlock(0) {
 		sub := d.Val()
@@ -76,16 +91,25 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
-			name := d.Val()
-			modID := "http.apikey.sources." + name
+			keysName = d.Val()
+			modID := "http.apikey.sources." + keysName
 			if _, err := caddy.GetModule(modID); err != nil {
-				return d.Errf("unknown key source %q (available: file)", name)
+				return d.Errf("unknown key source %q (available: file, http)", keysName)
 			}
-			unm, err := caddyfile.UnmarshalModule(d, modID)
-			if err != nil {
+			var err error
+			if keys, err = caddyfile.UnmarshalModule(d, modID); err != nil {
 				return err
 			}
-			h.KeysRaw = caddyconfig.JSONModuleObject(unm, "source", name, nil)
+
+		case "cache":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			errCache = d.Err("cache applies to a remote key source (keys http <url>); a key file is already in memory")
+			var err error
+			if cache, err = parseCacheBlock(d); err != nil {
+				return err
+			}
 
 		case "key_from":
 			args := d.RemainingArgs()
@@ -211,9 +235,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 
-	if h.KeysRaw == nil {
+	if keys == nil {
 		return errNoKeys
 	}
+	if cache != nil {
+		remote, ok := keys.(*keystore.HTTPSource)
+		if !ok {
+			return errCache
+		}
+		remote.Cache = cache
+	}
+	h.KeysRaw = caddyconfig.JSONModuleObject(keys, "source", keysName, nil)
 
 	switch {
 	case len(authArgs) == 1:
@@ -231,6 +263,57 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		h.UpstreamAuth = &cred
 	}
 	return nil
+}
+
+// parseCacheBlock reads:
+//
+//	cache {
+//	    max_keys <n>
+//	    ttl <duration>
+//	    negative_ttl <duration>
+//	    stale <duration>
+//	}
+func parseCacheBlock(d *caddyfile.Dispenser) (*keystore.CacheConfig, error) {
+	var c keystore.CacheConfig
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if seen[sub] {
+			return nil, d.Errf("cache: %s given more than once", sub)
+		}
+		seen[sub] = true
+		var v string
+		if !d.AllArgs(&v) {
+			return nil, d.ArgErr()
+		}
+		var target *caddy.Duration
+		switch sub {
+		case "max_keys":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 {
+				return nil, d.Errf("cache: max_keys %q is not a positive whole number", v)
+			}
+			c.MaxKeys = n
+			continue
+		case "ttl":
+			target = &c.TTL
+		case "negative_ttl":
+			target = &c.NegativeTTL
+		case "stale":
+			target = &c.Stale
+		default:
+			return nil, d.Errf("unrecognized cache option %q", sub)
+		}
+		dur, err := caddy.ParseDuration(v)
+		if err != nil || dur <= 0 {
+			return nil, d.Errf("cache: %s %q is not a positive duration", sub, v)
+		}
+		*target = caddy.Duration(dur)
+	}
+	if c.Stale != 0 && c.Stale < c.TTL {
+		return nil, d.Errf("cache: stale must be at least ttl")
+	}
+	return &c, nil
 }
 
 // Interface guard

@@ -202,7 +202,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	match, err := h.source.Lookup(r.Context(), keystore.Sum(key))
 	if err != nil {
-		h.logger.Error("key source failed", zap.Error(err))
+		// The source logs its failures, once per interval; the refusal
+		// is logged below like any other.
 		return h.deny(w, r, h.denials.unavailable, nil)
 	}
 	k := match.Key

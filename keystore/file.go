@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -22,12 +23,19 @@ func init() {
 // of key records. The file is read when the config loads; a file that cannot
 // be read or has a bad record fails the config load with an error naming the
 // file, the record and the field.
+//
+// While Caddy runs, the file is watched: a change (an in-place write, or a
+// new file renamed over it) takes effect within about a second, without a
+// reload. A changed file that fails to parse or validate is rejected whole
+// and logged; the last good keys stay in force until a good version appears.
+// Every route naming the same file shares one loaded copy and one watcher.
 type FileSource struct {
 	// Path of the key file. A relative path is relative to Caddy's working
 	// directory.
 	Path string `json:"path,omitempty"`
 
-	set *Set
+	keys    *watchedFile
+	poolKey string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -38,26 +46,44 @@ func (FileSource) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision loads the key file.
+// Provision loads the key file, or joins the routes that already watch it.
 func (f *FileSource) Provision(caddy.Context) error {
 	if f.Path == "" {
 		return errors.New("key file: path is required")
 	}
-	set, err := LoadFile(f.Path)
+	path, err := filepath.Abs(f.Path)
+	if err != nil {
+		return fmt.Errorf("key file %s: %w", f.Path, err)
+	}
+	val, _, err := filePool.LoadOrNew(path, func() (caddy.Destructor, error) {
+		return watchFile(f.Path, path)
+	})
 	if err != nil {
 		return err
 	}
-	f.set = set
+	f.keys, f.poolKey = val.(*watchedFile), path
 	return nil
 }
 
-// Lookup finds a key by digest. A file source never fails a lookup.
-func (f *FileSource) Lookup(_ context.Context, d Digest) (Match, error) {
-	return f.set.Lookup(d), nil
+// Cleanup lets go of the shared copy; the last route to let go stops the
+// watcher. It copes with a source whose Provision failed.
+func (f *FileSource) Cleanup() error {
+	if f.poolKey == "" {
+		return nil
+	}
+	_, err := filePool.Delete(f.poolKey)
+	f.poolKey = ""
+	return err
 }
 
-// Keys returns the loaded keys.
-func (f *FileSource) Keys() []*Key { return f.set.Keys() }
+// Lookup finds a key by digest in the current version of the file. A file
+// source never fails a lookup.
+func (f *FileSource) Lookup(_ context.Context, d Digest) (Match, error) {
+	return f.keys.set.Load().Lookup(d), nil
+}
+
+// Keys returns the keys of the current version of the file.
+func (f *FileSource) Keys() []*Key { return f.keys.set.Load().Keys() }
 
 // UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:
 //
@@ -113,17 +139,33 @@ func ParseRecords(data []byte) ([]Record, error) {
 	}
 	records := make([]Record, len(doc.Keys))
 	for i, raw := range doc.Keys {
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&records[i]); err != nil {
-			var idOnly struct {
-				ID string `json:"id"`
-			}
-			_ = json.Unmarshal(raw, &idOnly)
-			return nil, &RecordError{Index: i, ID: idOnly.ID, Err: describeRecordError(err)}
+		rec, err := DecodeRecord(raw)
+		if err != nil {
+			return nil, &RecordError{Index: i, ID: rec.ID, Err: err}
 		}
+		records[i] = rec
 	}
 	return records, nil
+}
+
+// DecodeRecord decodes one key record strictly: unknown fields and wrong
+// types are errors that name the field. On error the record's id is kept
+// when it could be read, for the message.
+func DecodeRecord(raw []byte) (Record, error) {
+	var rec Record
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rec); err != nil {
+		var idOnly struct {
+			ID string `json:"id"`
+		}
+		_ = json.Unmarshal(raw, &idOnly)
+		return Record{ID: idOnly.ID}, describeRecordError(err)
+	}
+	if dec.More() {
+		return Record{ID: rec.ID}, errors.New("unexpected data after the record")
+	}
+	return rec, nil
 }
 
 func describeJSONError(data []byte, err error) error {
@@ -186,5 +228,6 @@ func position(data []byte, offset int64) (line, col int) {
 var (
 	_ Source                = (*FileSource)(nil)
 	_ caddy.Provisioner     = (*FileSource)(nil)
+	_ caddy.CleanerUpper    = (*FileSource)(nil)
 	_ caddyfile.Unmarshaler = (*FileSource)(nil)
 )

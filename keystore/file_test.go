@@ -30,6 +30,7 @@ func TestLoadFileAndLookup(t *testing.T) {
 	if err := fs.Provision(caddyContext()); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { fs.Cleanup() })
 	m, err := fs.Lookup(context.Background(), Sum(cur))
 	if err != nil || m.Key == nil || m.Key.ID != "k_one" || m.Previous != nil {
 		t.Fatalf("current key: %+v, %v", m, err)

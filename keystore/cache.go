@@ -1,0 +1,244 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/dgraph-io/ristretto/v2"
+	"golang.org/x/sync/singleflight"
+)
+
+// CacheConfig bounds and times the cache in front of a remote key source.
+type CacheConfig struct {
+	// MaxKeys bounds the known keys held, and separately the unknown ones.
+	// Default: 100000.
+	MaxKeys int64 `json:"max_keys,omitempty"`
+	// TTL is how long an answer is fresh and served with no I/O. Default: 1m.
+	TTL caddy.Duration `json:"ttl,omitempty"`
+	// NegativeTTL is how long "unknown key" is remembered. Default: 10s.
+	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
+	// Stale is how long after its last successful fetch a known key may
+	// still be served while the source fails. Default: 1h. At least TTL.
+	Stale caddy.Duration `json:"stale,omitempty"`
+}
+
+// Cache defaults.
+const (
+	DefaultCacheMaxKeys     = 100000
+	DefaultCacheTTL         = time.Minute
+	DefaultCacheNegativeTTL = 10 * time.Second
+	DefaultCacheStale       = time.Hour
+)
+
+// withDefaults fills unset fields and checks the rest.
+func (c CacheConfig) withDefaults() (CacheConfig, error) {
+	if c.MaxKeys == 0 {
+		c.MaxKeys = DefaultCacheMaxKeys
+	}
+	if c.TTL == 0 {
+		c.TTL = caddy.Duration(DefaultCacheTTL)
+	}
+	if c.NegativeTTL == 0 {
+		c.NegativeTTL = caddy.Duration(DefaultCacheNegativeTTL)
+	}
+	if c.Stale == 0 {
+		c.Stale = caddy.Duration(DefaultCacheStale)
+	}
+	switch {
+	case c.MaxKeys < 0:
+		return c, errors.New("cache: max_keys must be positive")
+	case c.TTL < 0 || c.NegativeTTL < 0 || c.Stale < 0:
+		return c, errors.New("cache: durations must be positive")
+	case c.Stale < c.TTL:
+		return c, fmt.Errorf("cache: stale (%v) must be at least ttl (%v)", time.Duration(c.Stale), time.Duration(c.TTL))
+	}
+	return c, nil
+}
+
+// ErrUnavailable wraps every failure of a remote source: the key could not
+// be checked, which is not the same as the key being invalid.
+var ErrUnavailable = errors.New("key source unavailable")
+
+// fetchFunc asks the remote source about one digest. A zero Match and a nil
+// error mean the source does not know the key.
+type fetchFunc func(ctx context.Context, d Digest) (Match, error)
+
+// Cache answers lookups from memory and asks the remote source only on a
+// miss (one call per digest however many requests wait for it) or, in the
+// background, when an answer has gone past its TTL. Known and unknown keys
+// are held in two ristretto caches, each bounded by MaxKeys, so a flood of
+// made-up keys can only push out other made-up keys.
+type Cache struct {
+	cfg   CacheConfig
+	fetch fetchFunc
+	now   func() time.Time
+
+	known, unknown *ristretto.Cache[uint64, *cacheEntry]
+	calls          singleflight.Group
+
+	// Purges mark entries fetched before them as gone; kept as an immutable
+	// map swapped on purge, so lookups take no lock.
+	purgedAll atomic.Int64 // Unix nanoseconds
+	purgedIDs atomic.Pointer[map[string]int64]
+	purgeMu   sync.Mutex
+
+	background context.Context
+	cancel     context.CancelFunc
+	onError    func(error)
+}
+
+type cacheEntry struct {
+	digest  Digest
+	match   Match // zero for an unknown key
+	fetched int64 // Unix nanoseconds of the fetch that produced it
+}
+
+func newCache(cfg CacheConfig, fetch fetchFunc, now func() time.Time, onError func(error)) (*Cache, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if now == nil {
+		now = time.Now
+	}
+	if onError == nil {
+		onError = func(error) {}
+	}
+	newStore := func() (*ristretto.Cache[uint64, *cacheEntry], error) {
+		return ristretto.NewCache(&ristretto.Config[uint64, *cacheEntry]{
+			NumCounters: 10 * cfg.MaxKeys,
+			MaxCost:     cfg.MaxKeys,
+			BufferItems: 64,
+			// The key is already 64 bits of SHA-256; entries carry the whole
+			// digest, compared on every hit.
+			KeyToHash:          func(k uint64) (uint64, uint64) { return k, 0 },
+			IgnoreInternalCost: true,
+		})
+	}
+	c := &Cache{cfg: cfg, fetch: fetch, now: now, onError: onError}
+	if c.known, err = newStore(); err != nil {
+		return nil, err
+	}
+	if c.unknown, err = newStore(); err != nil {
+		c.known.Close()
+		return nil, err
+	}
+	empty := map[string]int64{}
+	c.purgedIDs.Store(&empty)
+	c.background, c.cancel = context.WithCancel(context.Background())
+	return c, nil
+}
+
+func cacheKey(d Digest) uint64 {
+	return uint64(d[0]) | uint64(d[1])<<8 | uint64(d[2])<<16 | uint64(d[3])<<24 |
+		uint64(d[4])<<32 | uint64(d[5])<<40 | uint64(d[6])<<48 | uint64(d[7])<<56
+}
+
+// get returns the entry for d, or nil when there is none or it was purged.
+func (c *Cache) get(d Digest) *cacheEntry {
+	k := cacheKey(d)
+	e, ok := c.known.Get(k)
+	if !ok {
+		if e, ok = c.unknown.Get(k); !ok {
+			return nil
+		}
+	}
+	if !e.digest.Equal(d) || e.fetched <= c.purgedAll.Load() {
+		return nil
+	}
+	if e.match.Key != nil {
+		if at, ok := (*c.purgedIDs.Load())[e.match.Key.ID]; ok && e.fetched <= at {
+			return nil
+		}
+	}
+	return e
+}
+
+// Lookup answers from the cache when it can. A failing source shows as an
+// error wrapping ErrUnavailable, never as an unknown key.
+func (c *Cache) Lookup(ctx context.Context, d Digest) (Match, error) {
+	if e := c.get(d); e != nil {
+		age := time.Duration(c.now().UnixNano() - e.fetched)
+		switch {
+		case e.match.Key == nil && age < time.Duration(c.cfg.NegativeTTL):
+			return Match{}, nil
+		case e.match.Key != nil && age < time.Duration(c.cfg.TTL):
+			return e.match, nil
+		case e.match.Key != nil && age < time.Duration(c.cfg.Stale):
+			// Stale while revalidate: answer now, refresh once behind.
+			c.refresh(d)
+			return e.match, nil
+		}
+	}
+	ch := c.calls.DoChan(string(d[:]), func() (any, error) { return c.fetchAndStore(d) })
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			// A known key whose entry is past stale has nothing left to give.
+			return Match{}, res.Err
+		}
+		return res.Val.(Match), nil
+	case <-ctx.Done():
+		return Match{}, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	}
+}
+
+// refresh starts one background fetch for d unless one is running.
+func (c *Cache) refresh(d Digest) {
+	c.calls.DoChan(string(d[:]), func() (any, error) { return c.fetchAndStore(d) })
+}
+
+// fetchAndStore asks the source and remembers the answer. On failure the
+// old entry is left alone, so a known key keeps working until it is stale.
+func (c *Cache) fetchAndStore(d Digest) (Match, error) {
+	started := c.now().UnixNano()
+	m, err := c.fetch(c.background, d)
+	if err != nil {
+		err = fmt.Errorf("%w: %v", ErrUnavailable, err)
+		c.onError(err)
+		return Match{}, err
+	}
+	e := &cacheEntry{digest: d, match: m, fetched: started}
+	k := cacheKey(d)
+	if m.Key != nil {
+		c.unknown.Del(k)
+		c.known.Set(k, e, 1)
+		c.known.Wait()
+	} else {
+		c.known.Del(k)
+		c.unknown.Set(k, e, 1)
+		c.unknown.Wait()
+	}
+	return m, nil
+}
+
+// Purge drops every cached answer about the key id: the next request asks
+// the source again.
+func (c *Cache) Purge(id string) {
+	c.purgeMu.Lock()
+	defer c.purgeMu.Unlock()
+	old := *c.purgedIDs.Load()
+	next := make(map[string]int64, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[id] = c.now().UnixNano()
+	c.purgedIDs.Store(&next)
+}
+
+// PurgeAll drops every cached answer.
+func (c *Cache) PurgeAll() {
+	c.purgedAll.Store(c.now().UnixNano())
+}
+
+// Close stops background refreshes and frees the caches.
+func (c *Cache) Close() {
+	c.cancel()
+	c.known.Close()
+	c.unknown.Close()
+}

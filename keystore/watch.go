@@ -1,0 +1,126 @@
+package keystore
+
+import (
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// filePool shares one loaded copy and one watcher per key file among every
+// route and config that names it, across config reloads.
+var filePool = caddy.NewUsagePool()
+
+// pollInterval is how often a watched key file is checked. A stat poll
+// rather than inotify: it follows renames, symlink swaps (as Kubernetes does
+// with mounted secrets) and network filesystems alike.
+var pollInterval = 500 * time.Millisecond
+
+// watchedFile is a key file's current good version and the goroutine that
+// watches for the next.
+type watchedFile struct {
+	name string // as configured, for messages
+	path string // absolute
+	set  atomic.Pointer[Set]
+
+	stamp fileStamp // of the version last read, good or bad
+	stop  chan struct{}
+	done  chan struct{}
+	once  sync.Once
+}
+
+// fileStamp tells versions of a file apart without reading it.
+type fileStamp struct {
+	info    os.FileInfo
+	size    int64
+	modTime time.Time
+}
+
+func stampOf(path string) (fileStamp, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{}, err
+	}
+	return fileStamp{info: info, size: info.Size(), modTime: info.ModTime()}, nil
+}
+
+func (s fileStamp) same(o fileStamp) bool {
+	if s.info == nil || o.info == nil {
+		return s.info == nil && o.info == nil
+	}
+	return s.size == o.size && s.modTime.Equal(o.modTime) && os.SameFile(s.info, o.info)
+}
+
+func fileLogger() *zap.Logger {
+	// The current default logger: a pooled watcher outlives the config that
+	// started it.
+	return caddy.Log().Named("http.apikey.sources.file")
+}
+
+// watchFile loads the file and starts watching it. A file that does not
+// load fails here, so a bad file at startup fails the config load.
+func watchFile(name, path string) (*watchedFile, error) {
+	stamp, _ := stampOf(path)
+	set, err := LoadFile(name)
+	if err != nil {
+		return nil, err
+	}
+	w := &watchedFile{name: name, path: path, stamp: stamp, stop: make(chan struct{}), done: make(chan struct{})}
+	w.set.Store(set)
+	go w.run()
+	return w, nil
+}
+
+func (w *watchedFile) run() {
+	defer close(w.done)
+	t := time.NewTicker(pollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-t.C:
+			w.check()
+		}
+	}
+}
+
+// check reloads the file if it changed since it was last read. A version
+// that does not load is logged once and the last good keys stay.
+func (w *watchedFile) check() {
+	stamp, err := stampOf(w.path)
+	if err != nil {
+		if w.stamp.info != nil {
+			fileLogger().Error("key file cannot be read; keeping the last good keys",
+				zap.String("file", w.name), zap.Error(err))
+		}
+		w.stamp = fileStamp{}
+		return
+	}
+	if stamp.same(w.stamp) {
+		return
+	}
+	w.stamp = stamp
+	set, err := LoadFile(w.name)
+	if err != nil {
+		fileLogger().Error("key file rejected; keeping the last good keys", zap.Error(err))
+		return
+	}
+	w.set.Store(set)
+	fileLogger().Info("key file reloaded", zap.String("file", w.name), zap.Int("keys", set.Len()))
+}
+
+// Destruct stops the watcher.
+func (w *watchedFile) Destruct() error {
+	w.once.Do(func() { close(w.stop) })
+	<-w.done
+	return nil
+}
+
+// FilePoolReferences reports how many sources share the copy of a key file
+// (by absolute path); for tests and diagnostics.
+func FilePoolReferences(path string) (int, bool) { return filePool.References(path) }

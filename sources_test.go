@@ -1,0 +1,475 @@
+package apikey
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+// writeKeyFileAtomic replaces a key file the way the README asks writers
+// to: a temporary file in the same folder, renamed over the old one.
+func writeKeyFileAtomic(t *testing.T, path string, records ...keystore.Record) {
+	t.Helper()
+	data, err := json.MarshalIndent(map[string]any{"keys": records}, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// eventually retries check until it passes or 2 seconds (the issue's bound
+// for a key-file change) have passed.
+func eventually(t *testing.T, what string, check func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for !check() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 2s", what)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// TestKeyFileLiveReload adds, revokes, rotates and breaks the key file while
+// a steady client keeps sending a key that is valid in every version: that
+// client must never see anything but 200.
+func TestKeyFileLiveReload(t *testing.T) {
+	steady := newKey(t, keystore.Dev, keystore.Record{ID: "k_steady", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(1 << 40)})
+	a := newKey(t, keystore.Dev, keystore.Record{ID: "k_a", Role: "reader", Services: []string{"*"}})
+	b := newKey(t, keystore.Dev, keystore.Record{ID: "k_b", Role: "reader", Services: []string{"*"}})
+	up := newUpstream(t)
+	port := freePort(t)
+	logPath := filepath.Join(t.TempDir(), "caddy.log")
+	keyFile := writeKeyFile(t, steady.record, a.record)
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+	log {
+		output file %[1]s
+	}
+}
+http://127.0.0.1:%[2]d {
+	handle /one/* {
+		apikey {
+			keys file %[3]s
+			failed_auth_limit off
+		}
+		reverse_proxy %[4]s
+	}
+	handle /two/* {
+		apikey {
+			keys file %[3]s
+			failed_auth_limit off
+		}
+		reverse_proxy %[4]s
+	}
+}`, logPath, port, keyFile, up.addr()))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	status := func(path string, k testKey) int { return send(t, "GET", base+path, bearer(k)...).status }
+
+	// Both routes share one loaded copy and one watcher.
+	abs, _ := filepath.Abs(keyFile)
+	if refs, _ := keystore.FilePoolReferences(abs); refs != 2 {
+		t.Errorf("%d references to the key file, want 2 (one per route)", refs)
+	}
+
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	var sent atomic.Int64
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			for _, path := range []string{"/one/x", "/two/x"} {
+				req, _ := http.NewRequest("GET", base+path, nil)
+				req.Header.Set("Authorization", "Bearer "+steady.secret)
+				resp, err := client.Do(req)
+				sent.Add(1)
+				if err != nil || resp.StatusCode != 200 {
+					bad.Add(1)
+				}
+				if resp != nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		}
+	}()
+
+	if status("/one/x", a) != 200 || status("/one/x", b) != 401 {
+		t.Fatal("initial keys wrong")
+	}
+
+	// Add b.
+	writeKeyFileAtomic(t, keyFile, steady.record, a.record, b.record)
+	eventually(t, "added key works", func() bool { return status("/two/x", b) == 200 })
+
+	// Revoke a.
+	revoked := a.record
+	revoked.Revoked = true
+	writeKeyFileAtomic(t, keyFile, steady.record, revoked, b.record)
+	eventually(t, "revoked key refused", func() bool {
+		r := send(t, "GET", base+"/one/x", bearer(a)...)
+		return r.status == 401 && r.err.Code == "revoked_key"
+	})
+
+	// Rotate b: a new secret, the old one in grace.
+	b2 := newKey(t, keystore.Dev, keystore.Record{})
+	rotated := b.record
+	rotated.Hash = b2.record.Hash
+	rotated.PreviousHashes = []keystore.PreviousHash{{Hash: b.record.Hash, ValidUntil: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}}
+	writeKeyFileAtomic(t, keyFile, steady.record, revoked, rotated)
+	eventually(t, "rotated key works", func() bool { return status("/one/x", b2) == 200 })
+	if r := send(t, "GET", base+"/one/x", bearer(b)...); r.status != 200 || r.header.Get("Deprecation") != "true" {
+		t.Errorf("old secret after rotation: %d, Deprecation %q", r.status, r.header.Get("Deprecation"))
+	}
+
+	// Break the file, in place: the last good keys stay, and the error is
+	// logged with the file, record and field.
+	if err := os.WriteFile(keyFile, []byte(`{"keys": [{"id": "k_steady", "hash": "`+steady.record.Hash+`", "role": "reader"}, {"id": "k_x", "hash": "sha256:zz", "role": "reader"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := readWhenContains(t, logPath, "key file rejected")
+	if !strings.Contains(logs, `keys[1] (id \"k_x\"): hash: must be`) || !strings.Contains(logs, keyFile) {
+		t.Errorf("the rejection does not name the file, record and field:\n%s", logs)
+	}
+	if status("/one/x", b2) != 200 {
+		t.Error("a broken file replaced the last good keys")
+	}
+
+	// A slow in-place writer: the watcher may see half a file, which is
+	// rejected, then the whole one.
+	data, _ := json.Marshal(map[string]any{"keys": []keystore.Record{steady.record, a.record}})
+	f, err := os.OpenFile(keyFile, os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(data[:len(data)/2])
+	time.Sleep(2 * pollIntervalForTests())
+	f.Write(data[len(data)/2:])
+	f.Close()
+	eventually(t, "the completed in-place write is read", func() bool { return status("/two/x", a) == 200 })
+	if status("/two/x", b2) != 401 {
+		t.Error("a key no longer in the file still works")
+	}
+
+	stop.Store(true)
+	wg.Wait()
+	if bad.Load() != 0 {
+		t.Fatalf("%d of %d requests with a key valid in every version failed", bad.Load(), sent.Load())
+	}
+	if sent.Load() < 20 {
+		t.Fatalf("only %d requests were sent during the changes", sent.Load())
+	}
+}
+
+func pollIntervalForTests() time.Duration { return 500 * time.Millisecond }
+
+// fakeKeyService is a real HTTP server speaking the key service protocol,
+// with switches for the failures the gateway must ride out.
+type fakeKeyService struct {
+	*httptest.Server
+	mu      sync.Mutex
+	records map[string]keystore.Record // by every hash a record answers to
+	mode    string                     // "", "down", "slow", "malformed", "badfield"
+	delay   time.Duration
+	calls   atomic.Int64
+	bodies  []string
+	auth    []string
+}
+
+func newFakeKeyService(t *testing.T, records ...keystore.Record) *fakeKeyService {
+	s := &fakeKeyService{records: map[string]keystore.Record{}}
+	for _, r := range records {
+		s.records[r.Hash] = r
+		for _, p := range r.PreviousHashes {
+			s.records[p.Hash] = r
+		}
+	}
+	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *fakeKeyService) setMode(mode string) {
+	s.mu.Lock()
+	s.mode = mode
+	s.mu.Unlock()
+}
+
+func (s *fakeKeyService) serve(w http.ResponseWriter, r *http.Request) {
+	s.calls.Add(1)
+	body, _ := io.ReadAll(r.Body)
+	s.mu.Lock()
+	s.bodies = append(s.bodies, string(body))
+	s.auth = append(s.auth, r.Header.Get("Authorization"))
+	mode, delay := s.mode, s.delay
+	var req struct {
+		Hash string `json:"hash"`
+	}
+	json.Unmarshal(body, &req)
+	rec, known := s.records[req.Hash]
+	s.mu.Unlock()
+	if delay > 0 {
+		time.Sleep(delay)
+	}
+	switch {
+	case r.Method != "POST":
+		http.Error(w, "POST only", http.StatusMethodNotAllowed)
+	case mode == "down":
+		http.Error(w, "down", http.StatusInternalServerError)
+	case mode == "malformed":
+		io.WriteString(w, `{"id": "k_broken", "hash": `)
+	case mode == "badfield":
+		rec.Role = "superuser"
+		json.NewEncoder(w).Encode(rec)
+	case !known:
+		http.Error(w, "unknown", http.StatusNotFound)
+	default:
+		json.NewEncoder(w).Encode(rec)
+	}
+}
+
+type remoteGateway struct {
+	url, logPath string
+	svc          *fakeKeyService
+	up           *upstream
+}
+
+func startRemoteGateway(t *testing.T, cache string, records ...keystore.Record) *remoteGateway {
+	t.Setenv("APIKEY_TEST_KEYSVC_TOKEN", "keysvc-token-0003")
+	g := &remoteGateway{svc: newFakeKeyService(t, records...), up: newUpstream(t), logPath: filepath.Join(t.TempDir(), "caddy.log")}
+	port := freePort(t)
+	g.url = fmt.Sprintf("http://127.0.0.1:%d/x", port)
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+	log {
+		output file %[1]s
+	}
+}
+http://127.0.0.1:%[2]d {
+	apikey {
+		keys http %[3]s/lookup {
+			header Authorization "Bearer {env.APIKEY_TEST_KEYSVC_TOKEN}"
+			timeout 300ms
+		}
+		cache {
+			%[4]s
+		}
+		failed_auth_limit off
+		counters memory {
+			file %[5]s
+		}
+	}
+	reverse_proxy %[6]s
+}`, g.logPath, port, g.svc.URL, cache, filepath.Join(t.TempDir(), "counters.json"), g.up.addr()))
+	return g
+}
+
+// TestHTTPSourceProtocolAndCache: hit, miss, negative caching, the request
+// the service gets, rotation, and expiry checked against the clock.
+func TestHTTPSourceProtocolAndCache(t *testing.T) {
+	known := newKey(t, keystore.Dev, keystore.Record{ID: "k_remote", Role: "reader"})
+	old := newKey(t, keystore.Dev, keystore.Record{})
+	known.record.PreviousHashes = []keystore.PreviousHash{{Hash: old.record.Hash, ValidUntil: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}}
+	soon := newKey(t, keystore.Dev, keystore.Record{ID: "k_soon", Role: "reader", ExpiresAt: time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339)})
+	g := startRemoteGateway(t, "ttl 1h\n\t\t\tstale 2h\n\t\t\tnegative_ttl 1h", known.record, soon.record)
+
+	if r := send(t, "GET", g.url, bearer(known)...); r.status != 200 {
+		t.Fatalf("known key: %d %s", r.status, r.body)
+	}
+	g.svc.mu.Lock()
+	body, auth := g.svc.bodies[0], g.svc.auth[0]
+	g.svc.mu.Unlock()
+	if body != `{"hash":"`+known.record.Hash+`"}` {
+		t.Errorf("the service got %s, want the hash", body)
+	}
+	if strings.Contains(body, known.secret) {
+		t.Error("the raw key left the gateway")
+	}
+	if auth != "Bearer keysvc-token-0003" {
+		t.Errorf("the service got Authorization %q", auth)
+	}
+	for i := 0; i < 5; i++ {
+		send(t, "GET", g.url, bearer(known)...)
+	}
+	if n := g.svc.calls.Load(); n != 1 {
+		t.Errorf("cache hits made %d calls, want 1", n)
+	}
+
+	unknown := newKey(t, keystore.Dev, keystore.Record{})
+	for i := 0; i < 3; i++ {
+		if r := send(t, "GET", g.url, bearer(unknown)...); r.status != 401 || r.err.Code != "invalid_key" {
+			t.Fatalf("unknown key: %d %q", r.status, r.err.Code)
+		}
+	}
+	if n := g.svc.calls.Load(); n != 2 {
+		t.Errorf("404 not cached: %d calls, want 2", n)
+	}
+	// Malformed keys never reach the service.
+	send(t, "GET", g.url, "X-API-Key", "DEV_API_not_a_key")
+	if n := g.svc.calls.Load(); n != 2 {
+		t.Errorf("a malformed key reached the service")
+	}
+
+	if r := send(t, "GET", g.url, bearer(old)...); r.status != 200 || r.header.Get("Deprecation") != "true" {
+		t.Errorf("old secret via the service: %d, Deprecation %q", r.status, r.header.Get("Deprecation"))
+	}
+
+	// Expiry is checked per request against the clock, not when fetched.
+	if r := send(t, "GET", g.url, bearer(soon)...); r.status != 200 {
+		t.Fatalf("key before expiry: %d", r.status)
+	}
+	calls := g.svc.calls.Load()
+	time.Sleep(time.Until(time.Now().Add(1600 * time.Millisecond).Truncate(time.Second)))
+	eventually(t, "cached key expires", func() bool {
+		r := send(t, "GET", g.url, bearer(soon)...)
+		return r.status == 401 && r.err.Code == "expired_key"
+	})
+	if g.svc.calls.Load() != calls {
+		t.Error("expiry needed a call to the service")
+	}
+}
+
+// TestHTTPSourceSingleflight: 100 concurrent first requests for one key make
+// one call.
+func TestHTTPSourceSingleflight(t *testing.T) {
+	k := newKey(t, keystore.Prod, keystore.Record{ID: "k_many", Role: "reader"})
+	g := startRemoteGateway(t, "ttl 1h\n\t\t\tstale 2h", k.record)
+	g.svc.mu.Lock()
+	g.svc.delay = 150 * time.Millisecond
+	g.svc.mu.Unlock()
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	for i := 0; i < 100; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("GET", g.url, nil)
+			req.Header.Set("X-API-Key", k.secret)
+			resp, err := client.Do(req)
+			if err == nil {
+				if resp.StatusCode == 200 {
+					ok.Add(1)
+				}
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 100 || g.svc.calls.Load() != 1 {
+		t.Fatalf("%d of 100 passed with %d calls; want 100 and 1", ok.Load(), g.svc.calls.Load())
+	}
+}
+
+// TestHTTPSourceStaleWhileRevalidate: past ttl the cached record is served
+// at once while one background refresh runs.
+func TestHTTPSourceStaleWhileRevalidate(t *testing.T) {
+	k := newKey(t, keystore.Dev, keystore.Record{ID: "k_swr", Role: "reader"})
+	g := startRemoteGateway(t, "ttl 300ms\n\t\t\tstale 1h", k.record)
+	send(t, "GET", g.url, bearer(k)...)
+	time.Sleep(400 * time.Millisecond)
+	g.svc.mu.Lock()
+	g.svc.delay = 250 * time.Millisecond // a refresh in the request path would show
+	g.svc.mu.Unlock()
+	for i := 0; i < 5; i++ {
+		start := time.Now()
+		if r := send(t, "GET", g.url, bearer(k)...); r.status != 200 {
+			t.Fatalf("stale request: %d", r.status)
+		}
+		if d := time.Since(start); d > 200*time.Millisecond {
+			t.Errorf("a stale hit waited %v for the service", d)
+		}
+	}
+	eventually(t, "one background refresh", func() bool { return g.svc.calls.Load() == 2 })
+	time.Sleep(300 * time.Millisecond)
+	if n := g.svc.calls.Load(); n != 2 {
+		t.Errorf("%d calls, want 2: one fetch and one refresh", n)
+	}
+}
+
+// TestHTTPSourceFailures: with the service down, a warm key works and a cold
+// one gets 503 (never 401); a slow service is cut at the timeout; malformed
+// answers and records with a bad field are failures, logged once per interval.
+func TestHTTPSourceFailures(t *testing.T) {
+	warm := newKey(t, keystore.Dev, keystore.Record{ID: "k_warm", Role: "reader"})
+	cold := newKey(t, keystore.Dev, keystore.Record{ID: "k_cold", Role: "reader"})
+	g := startRemoteGateway(t, "ttl 100ms\n\t\t\tstale 1h", warm.record, cold.record)
+	if r := send(t, "GET", g.url, bearer(warm)...); r.status != 200 {
+		t.Fatalf("warming: %d", r.status)
+	}
+	time.Sleep(150 * time.Millisecond) // past ttl: every request now tries a refresh
+
+	for _, mode := range []string{"down", "malformed", "badfield"} {
+		g.svc.setMode(mode)
+		for i := 0; i < 3; i++ {
+			if r := send(t, "GET", g.url, bearer(warm)...); r.status != 200 {
+				t.Errorf("%s: warm key got %d", mode, r.status)
+			}
+			r := send(t, "GET", g.url, bearer(cold)...)
+			if r.status != 503 || r.err.Code != "unavailable" || r.header.Get("Retry-After") == "" {
+				t.Errorf("%s: cold key got %d %q (Retry-After %q), want 503 unavailable", mode, r.status, r.err.Code, r.header.Get("Retry-After"))
+			}
+		}
+	}
+
+	g.svc.setMode("slow")
+	g.svc.mu.Lock()
+	g.svc.delay = 2 * time.Second
+	g.svc.mu.Unlock()
+	start := time.Now()
+	r := send(t, "GET", g.url, bearer(cold)...)
+	if elapsed := time.Since(start); r.status != 503 || elapsed > 800*time.Millisecond {
+		t.Errorf("slow service: %d after %v, want 503 soon after the 300ms timeout", r.status, elapsed)
+	}
+
+	logs := readWhenContains(t, g.logPath, "key service failed")
+	if n := strings.Count(logs, "key service failed"); n != 1 {
+		t.Errorf("the failure was logged %d times, want once per interval", n)
+	}
+	if strings.Contains(logs, warm.secret) || strings.Contains(logs, strings.TrimPrefix(cold.record.Hash, "sha256:")) {
+		t.Error("a key or hash reached the log")
+	}
+
+	// The service recovers; the cold key is admitted.
+	g.svc.mu.Lock()
+	g.svc.delay = 0
+	g.svc.mu.Unlock()
+	g.svc.setMode("")
+	if r := send(t, "GET", g.url, bearer(cold)...); r.status != 200 {
+		t.Errorf("after recovery: %d", r.status)
+	}
+}
+
+// TestHTTPSourceBadFieldIsLogged: a record with a bad field names the field.
+func TestHTTPSourceBadFieldIsLogged(t *testing.T) {
+	k := newKey(t, keystore.Dev, keystore.Record{ID: "k_field", Role: "reader"})
+	g := startRemoteGateway(t, "ttl 1m", k.record)
+	g.svc.setMode("badfield")
+	if r := send(t, "GET", g.url, bearer(k)...); r.status != 503 {
+		t.Fatalf("bad record: %d", r.status)
+	}
+	logs := readWhenContains(t, g.logPath, "key service failed")
+	if !strings.Contains(logs, `record (id \"k_field\") is invalid: role: unknown role \"superuser\"`) {
+		t.Errorf("the log does not name the record and field:\n%s", logs)
+	}
+}
