@@ -151,6 +151,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			errPreset = d.Errf("upstream_auth <value> needs a service with a preset (%s); otherwise use upstream_auth bearer <token> or upstream_auth header <Name> <value>",
 				strings.Join(headers.PresetNames(), ", "))
 			switch {
+			case len(authArgs) == 1 && (authArgs[0] == "bearer" || authArgs[0] == "header"):
+				return d.Errf("upstream_auth %s: missing arguments", authArgs[0])
 			case len(authArgs) == 1:
 			case len(authArgs) == 2 && authArgs[0] == "bearer":
 			case len(authArgs) == 3 && authArgs[0] == "header":

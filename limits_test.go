@@ -103,9 +103,11 @@ func TestQuotaHeadersAndExhaustion(t *testing.T) {
 			t.Errorf("RateLimit %q", got)
 		}
 		if i == 2 {
-			// A 403 (method) and a 401 in between spend nothing.
-			if r := send(t, "POST", g.url+"/ollama/api/chat", bearer(key)...); r.status != 403 || r.header.Get("X-RateLimit-Remaining") != "" {
-				t.Fatalf("POST by a reader: %d, remaining header %q", r.status, r.header.Get("X-RateLimit-Remaining"))
+			// 403s in between spend nothing, and carry the key's
+			// rate-limit headers like every authenticated response.
+			if r := send(t, "POST", g.url+"/ollama/api/chat", bearer(key)...); r.status != 403 || r.header.Get("X-RateLimit-Remaining") != "1" ||
+				!strings.HasPrefix(r.header.Get("RateLimit"), `"daily";r=1;t=`) {
+				t.Fatalf("POST by a reader: %d, X-RateLimit-Remaining %q, RateLimit %q", r.status, r.header.Get("X-RateLimit-Remaining"), r.header.Get("RateLimit"))
 			}
 			if r := send(t, "GET", g.url+"/n8n/x", bearer(key)...); r.status != 403 {
 				t.Fatalf("n8n: %d", r.status)
@@ -392,7 +394,7 @@ func TestCountersSavedPeriodically(t *testing.T) {
 func TestCountersDefaultFileInDataDir(t *testing.T) {
 	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_default_file", Role: "reader"})
 	port := freePort(t)
-	if err := loadCaddy(fmt.Sprintf(`{
+	cfg := fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -401,16 +403,24 @@ http://127.0.0.1:%d {
 		keys file %s
 	}
 	respond "ok"
-}`, port, writeKeyFile(t, key.record))); err != nil {
+}`, port, writeKeyFile(t, key.record))
+	if err := loadCaddy(cfg); err != nil {
 		t.Fatal(err)
 	}
-	send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), bearer(key)...)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	send(t, "GET", url, bearer(key)...)
+	send(t, "GET", url, bearer(key)...)
 	if err := stopCaddy(); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(os.Getenv("XDG_DATA_HOME"), "caddy", "apikey", "counters.json")
 	if data, err := os.ReadFile(path); err != nil || !strings.Contains(string(data), `"k_default_file"`) {
 		t.Fatalf("default counter file %s: %v", path, err)
+	}
+	// Started again on the same data directory, the count goes on.
+	startCaddy(t, cfg)
+	if r := send(t, "GET", url, bearer(key)...); r.header.Get("X-RateLimit-Remaining") != "4997" {
+		t.Errorf("after a restart on the same data directory: remaining %q, want 4997", r.header.Get("X-RateLimit-Remaining"))
 	}
 }
 

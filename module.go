@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 	_ "time/tzdata" // quota_timezone must work on hosts without a zone database
 
@@ -171,6 +172,28 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// Validate checks the settings Provision does not need to look at twice.
+func (h *Handler) Validate() error {
+	seen := map[string]bool{}
+	for i, loc := range h.keyFrom {
+		if seen[loc.Header] {
+			return fmt.Errorf("key_from[%d]: header %s is listed twice", i, loc.Header)
+		}
+		seen[loc.Header] = true
+	}
+	types := map[string]bool{}
+	for _, t := range h.AllowTypes {
+		if types[t] {
+			return fmt.Errorf("allow_types: %s is listed twice", t)
+		}
+		types[t] = true
+	}
+	if strings.ContainsAny(h.Service, " \t\"\\") {
+		return fmt.Errorf("service: %q must be one word without quotes", h.Service)
+	}
+	return nil
+}
+
 // Cleanup lets go of the shared failed-authentication tracker. The key
 // source and counter store are modules; Caddy cleans them up itself.
 func (h *Handler) Cleanup() error {
@@ -211,6 +234,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.deny(w, r, h.denials.invalid, nil)
 	}
 
+	if match.Previous != nil {
+		// RFC 8594: every response to an old secret says it is on its way
+		// out, and when.
+		w.Header().Set("Deprecation", "true")
+		w.Header().Set("Sunset", match.Previous.ValidUntil.UTC().Format(http.TimeFormat))
+	}
+
 	now := time.Now()
 	switch {
 	case k.Revoked:
@@ -219,24 +249,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.deny(w, r, h.denials.expired, k)
 	case match.Previous != nil && !now.Before(match.Previous.ValidUntil):
 		return h.deny(w, r, h.denials.rotatedOut, k)
+	}
+
+	// The key is authenticated: from here on every response carries its
+	// rate-limit headers, refusals included.
+	policy := h.limits.policy(k, presented)
+	switch {
 	case h.allowTypes&(1<<presented) == 0:
-		return h.deny(w, r, h.denials.keyType, k)
+		return h.forbid(w, r, h.denials.keyType, k, policy)
 	case k.RestrictsIP() && !k.AllowsIP(clientIP(r)):
-		return h.deny(w, r, h.denials.ip, k)
+		return h.forbid(w, r, h.denials.ip, k, policy)
 	case h.Service != "" && !k.AllowsService(h.Service):
-		return h.deny(w, r, h.denials.service, k)
+		return h.forbid(w, r, h.denials.service, k, policy)
 	case !k.Permits(r):
-		return h.deny(w, r, h.denials.method, k)
+		return h.forbid(w, r, h.denials.method, k, policy)
 	}
 
 	// Only requests that pass every check above spend from the budget.
-	policy := h.limits.policy(k, presented)
 	res, err := h.counters.Take(r.Context(), k.ID, policy)
 	if err != nil {
-		h.logger.Error("counter store failed", zap.String("key_id", k.ID), zap.Error(err))
+		// The store logs its failures, once per change of state.
 		return h.deny(w, r, h.denials.unavailable, k)
 	}
-	headers.WriteRateLimit(w.Header(), res, now)
+	if !res.Uncounted {
+		headers.WriteRateLimit(w.Header(), res, res.Now)
+	}
 	if !res.Allowed {
 		if res.DeniedBy == ratelimit.DailyLimit {
 			h.logDenial(r, decisionQuotaExceeded, "", k)
@@ -257,11 +294,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl.Set("http.apikey.service", h.serviceValue)
 	h.credential.Apply(r.Header, repl) // after the placeholders, which it may use
 
-	if match.Previous != nil {
-		// RFC 8594: tell the client this secret is on its way out, and when.
-		w.Header().Set("Deprecation", "true")
-		w.Header().Set("Sunset", match.Previous.ValidUntil.UTC().Format(http.TimeFormat))
-	}
 	if c := h.logger.Check(zapcore.DebugLevel, "request allowed"); c != nil {
 		c.Write(zap.String("key_id", k.ID), zap.String("method", r.Method), zap.String("path", r.URL.Path))
 	}
@@ -283,6 +315,15 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, d *denial, k *key
 	h.logDenial(r, d.code, d.reason, k)
 	d.write(w)
 	return nil
+}
+
+// forbid answers 403 to an authenticated key, with its rate-limit headers
+// (read without spending).
+func (h *Handler) forbid(w http.ResponseWriter, r *http.Request, d *denial, k *keystore.Key, p ratelimit.Policy) error {
+	if res, err := h.counters.Peek(r.Context(), k.ID, p); err == nil && !res.Uncounted {
+		headers.WriteRateLimit(w.Header(), res, res.Now)
+	}
+	return h.deny(w, r, d, k)
 }
 
 // logDenial logs a refusal at info: never the key or its hash, only the key
@@ -319,6 +360,7 @@ func clientIP(r *http.Request) netip.Addr {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -9,13 +9,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
 // gatewayKeys are the keys the integration tests use, one per situation.
 type gatewayKeys struct {
 	reader, writer, admin, custom, revoked, expired, notYetExpired,
-	ipBound, noServices, mistyped, rotatedNew, rotatedGrace, rotatedEnded testKey
+	ipBound, noServices, mistyped, rotatedNew, rotatedGrace, rotatedEnded, ollamaOnlyProd testKey
 }
 
 func makeGatewayKeys(t *testing.T) (gatewayKeys, []keystore.Record) {
@@ -34,6 +36,7 @@ func makeGatewayKeys(t *testing.T) (gatewayKeys, []keystore.Record) {
 	k.ipBound = newKey(t, keystore.Dev, keystore.Record{ID: "k_ip_bound", Role: "admin", Services: []string{"*"},
 		AllowedIPs: []string{"203.0.113.0/24", "2001:db8::1"}})
 	k.noServices = newKey(t, keystore.Dev, keystore.Record{ID: "k_no_services", Role: "admin"})
+	k.ollamaOnlyProd = newKey(t, keystore.Prod, keystore.Record{ID: "k_ollama_only", Role: "admin", Services: []string{"ollama"}})
 	// A record that says prod, holding the hash of a dev key.
 	k.mistyped = newKey(t, keystore.Dev, keystore.Record{ID: "k_mistyped", Role: "admin", Type: "prod", Services: []string{"*"}})
 
@@ -48,7 +51,7 @@ func makeGatewayKeys(t *testing.T) (gatewayKeys, []keystore.Record) {
 
 	var records []keystore.Record
 	for _, key := range []testKey{k.reader, k.writer, k.admin, k.custom, k.revoked, k.expired, k.notYetExpired,
-		k.ipBound, k.noServices, k.mistyped, k.rotatedNew} {
+		k.ipBound, k.noServices, k.mistyped, k.rotatedNew, k.ollamaOnlyProd} {
 		records = append(records, key.record)
 	}
 	return k, records
@@ -174,7 +177,8 @@ func TestResponses(t *testing.T) {
 		{"reader not allowed n8n", "GET", "/n8n/api/v1/workflows", bearer(k.reader), 403, "forbidden", "key_type", false, false},
 		{"dev key on prod-only route", "GET", "/n8n/api/v1/workflows", bearer(k.admin), 403, "forbidden", "key_type", false, false},
 		{"key without services", "GET", "/ollama/api/tags", bearer(k.noServices), 403, "forbidden", "service", false, false},
-		{"key without the service", "GET", "/n8n/api/v1/workflows", []string{"Authorization", "Bearer " + k.writer.secret}, 200, "", "", false, true},
+		{"key whose services lack the route's", "GET", "/n8n/api/v1/workflows", bearer(k.ollamaOnlyProd), 403, "forbidden", "service", false, false},
+		{"prod writer with n8n", "GET", "/n8n/api/v1/workflows", bearer(k.writer), 200, "", "", false, true},
 		{"ip not allowed", "GET", "/ollama/api/tags", bearer(k.ipBound), 403, "forbidden", "ip", false, false},
 		{"custom: allowed GET", "GET", "/ollama/api/tags", bearer(k.custom), 200, "", "", false, true},
 		{"custom: allowed POST", "POST", "/ollama/api/chat", bearer(k.custom), 200, "", "", false, true},
@@ -282,6 +286,19 @@ func TestAdmittedRequestCarriesUpstreamCredentialNotKey(t *testing.T) {
 		assertNoKey(t, got, k.writer)
 	})
 
+	t.Run("key sent twice never reaches the upstream", func(t *testing.T) {
+		for _, hs := range [][]string{
+			{"X-API-Key", k.writer.secret, "Authorization", k.writer.secret},
+			{"X-API-Key", k.writer.secret, "Authorization", "Token " + k.writer.secret},
+			{"Authorization", "Bearer " + k.writer.secret, "X-API-Key", "junk", "X-API-Key", k.writer.secret},
+		} {
+			if r := send(t, "GET", g.url+"/n8n/api/v1/workflows", hs...); r.status != 200 {
+				t.Fatalf("status %d", r.status)
+			}
+			assertNoKey(t, g.up.last(t), k.writer)
+		}
+	})
+
 	t.Run("key in both default headers is removed from both", func(t *testing.T) {
 		send(t, "GET", g.url+"/plain/x", "X-Gateway-Key", k.admin.secret, "Authorization", "Token "+k.admin.secret)
 		got := g.up.last(t)
@@ -340,6 +357,12 @@ func TestRotationGrace(t *testing.T) {
 	}
 	if id := g.up.last(t).Header.Get("X-Seen-Id"); id != "k_rotated" {
 		t.Errorf("old secret admitted as %q, want the same key id", id)
+	}
+
+	// A refusal to an old secret says so too.
+	r = send(t, "POST", g.url+"/ollama/api/chat", bearer(k.rotatedGrace)...)
+	if r.status != 403 || r.header.Get("Deprecation") != "true" || r.header.Get("Sunset") == "" {
+		t.Errorf("403 to an old secret: %d, Deprecation %q, Sunset %q", r.status, r.header.Get("Deprecation"), r.header.Get("Sunset"))
 	}
 
 	r = send(t, "GET", g.url+"/ollama/api/tags", bearer(k.rotatedEnded)...)
@@ -504,5 +527,27 @@ http://127.0.0.1:%d {
 	}
 	if r := send(t, "GET", url, bearer(key)...); r.status != 200 || r.body != "secret content" {
 		t.Fatalf("with a key: %d %q", r.status, r.body)
+	}
+}
+
+// TestValidate: settings that provision but make no sense fail the load.
+func TestValidate(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_v", Role: "reader"})
+	keyFile := writeKeyFile(t, key.record)
+	for name, c := range map[string]struct{ extra, want string }{
+		"key_from twice":    {`"key_from": [{"header": "X-Api-Key"}, {"header": "x-api-key"}]`, "key_from[1]: header X-Api-Key is listed twice"},
+		"allow_types twice": {`"allow_types": ["dev", "dev"]`, "allow_types: dev is listed twice"},
+		"service spaces":    {`"service": "my service"`, `service: "my service" must be one word`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg := fmt.Sprintf(`{"admin": {"disabled": true}, "apps": {"http": {"servers": {"s": {
+				"listen": ["127.0.0.1:%d"],
+				"routes": [{"handle": [{"handler": "apikey", "keys": {"source": "file", "path": %q}, %s}]}]}}}}}`,
+				freePort(t), keyFile, c.extra)
+			err := caddy.Load([]byte(cfg), true)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("load: %v, want %q", err, c.want)
+			}
+		})
 	}
 }

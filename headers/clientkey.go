@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-
-	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
 // KeyLocation is a request header a client key may be read from.
@@ -60,12 +58,13 @@ func (loc KeyLocation) value(v string) (string, bool) {
 	return v, v != ""
 }
 
-// TakeKey reads the client key from the first location that carries one and
-// removes that header from h, so the key never reaches the upstream. Other
-// locations holding something shaped like a key are removed too. locs must
-// be canonical. found is false when no location carries a value.
+// TakeKey reads the client key from the first location that carries one
+// and removes it, so the key never reaches the upstream: the header it came
+// from goes, and so does every other key location with a value that holds
+// the key (in any position, with or without a scheme). locs must be
+// canonical. found is false when no location carries a value.
 func TakeKey(h http.Header, locs []KeyLocation) (key string, found bool) {
-	for i, loc := range locs {
+	for _, loc := range locs {
 		vals := h[loc.Header]
 		if len(vals) == 0 {
 			continue
@@ -75,14 +74,21 @@ func TakeKey(h http.Header, locs []KeyLocation) (key string, found bool) {
 			continue
 		}
 		delete(h, loc.Header)
-		for _, other := range locs[i+1:] {
-			if vals := h[other.Header]; len(vals) > 0 {
-				if v, ok := other.value(vals[0]); ok && keystore.HasKnownPrefix(v) {
-					delete(h, other.Header)
-				}
+		for _, other := range locs {
+			if holdsKey(h[other.Header], k) {
+				delete(h, other.Header)
 			}
 		}
 		return k, true
 	}
 	return "", false
+}
+
+func holdsKey(vals []string, key string) bool {
+	for _, v := range vals {
+		if strings.Contains(v, key) {
+			return true
+		}
+	}
+	return false
 }

@@ -27,14 +27,17 @@ func TestTakeKeyDefaults(t *testing.T) {
 		left   []string // headers that must remain
 		gone   []string // headers that must be removed
 	}{
-		"bearer":            {http.Header{"Authorization": {"Bearer " + testKey}}, true, nil, []string{"Authorization"}},
-		"bearer lowercase":  {http.Header{"Authorization": {"bearer " + testKey}}, true, nil, []string{"Authorization"}},
-		"x-api-key":         {http.Header{"X-Api-Key": {testKey}}, true, nil, []string{"X-Api-Key"}},
-		"basic then header": {http.Header{"Authorization": {"Basic dXNlcjpwYXNz"}, "X-Api-Key": {testKey}}, true, []string{"Authorization"}, []string{"X-Api-Key"}},
-		"both carry a key":  {http.Header{"Authorization": {"Bearer " + testKey}, "X-Api-Key": {testKey}}, true, nil, []string{"Authorization", "X-Api-Key"}},
-		"bearer no token":   {http.Header{"Authorization": {"Bearer "}}, false, []string{"Authorization"}, nil},
-		"scheme glued":      {http.Header{"Authorization": {"Bearer" + testKey}}, false, []string{"Authorization"}, nil},
-		"nothing":           {http.Header{"Accept": {"*/*"}}, false, []string{"Accept"}, nil},
+		"bearer":                      {http.Header{"Authorization": {"Bearer " + testKey}}, true, nil, []string{"Authorization"}},
+		"bearer lowercase":            {http.Header{"Authorization": {"bearer " + testKey}}, true, nil, []string{"Authorization"}},
+		"x-api-key":                   {http.Header{"X-Api-Key": {testKey}}, true, nil, []string{"X-Api-Key"}},
+		"basic then header":           {http.Header{"Authorization": {"Basic dXNlcjpwYXNz"}, "X-Api-Key": {testKey}}, true, []string{"Authorization"}, []string{"X-Api-Key"}},
+		"both carry a key":            {http.Header{"Authorization": {"Bearer " + testKey}, "X-Api-Key": {testKey}}, true, nil, []string{"Authorization", "X-Api-Key"}},
+		"bare key in Authorization":   {http.Header{"X-Api-Key": {testKey}, "Authorization": {testKey}}, true, nil, []string{"X-Api-Key", "Authorization"}},
+		"key in later value":          {http.Header{"Authorization": {"Bearer " + testKey}, "X-Api-Key": {"junk", testKey}}, true, nil, []string{"Authorization", "X-Api-Key"}},
+		"other scheme in earlier loc": {http.Header{"X-Api-Key": {testKey}, "Authorization": {"Token " + testKey}}, true, nil, []string{"X-Api-Key", "Authorization"}},
+		"bearer no token":             {http.Header{"Authorization": {"Bearer "}}, false, []string{"Authorization"}, nil},
+		"scheme glued":                {http.Header{"Authorization": {"Bearer" + testKey}}, false, []string{"Authorization"}, nil},
+		"nothing":                     {http.Header{"Accept": {"*/*"}}, false, []string{"Accept"}, nil},
 	} {
 		t.Run(name, func(t *testing.T) {
 			key, found := TakeKey(c.header, locs)

@@ -51,33 +51,88 @@ func (p Preset) Credential(value string) Credential {
 
 // Prepared is a Credential ready for requests.
 type Prepared struct {
-	header  string
-	value   string
-	dynamic bool // value still holds request placeholders
+	header string
+	value  string // the whole value, when it has no request placeholders
+	parts  []part // the value in pieces, when it has
 }
 
-// Prepare checks c and resolves its global placeholders. The resolved value
-// never appears in an error.
+// part is a piece of a value: literal text (global placeholders already
+// filled in) or a request placeholder to fill per request.
+type part struct {
+	literal     string
+	placeholder string
+}
+
+// globalPrefixes name the placeholders that do not depend on the request.
+var globalPrefixes = []string{"env.", "file.", "system."}
+
+// Prepare checks c and fills its global placeholders. Placeholders are found
+// in the configured value, never in what they expand to, so a secret that
+// happens to contain braces stays as it is. The secret never appears in an
+// error.
 func (c Credential) Prepare() (Prepared, error) {
 	if c.Header == "" || strings.ContainsAny(c.Header, " \t:") {
 		return Prepared{}, fmt.Errorf("upstream_auth: invalid header name %q", c.Header)
 	}
-	value := caddy.NewReplacer().ReplaceKnown(c.Value, "")
-	if strings.TrimSpace(value) == "" || strings.HasSuffix(value, " ") {
+	global := caddy.NewReplacer()
+	var parts []part
+	var lit strings.Builder
+	dynamic := false
+	for rest := c.Value; rest != ""; {
+		i := strings.IndexByte(rest, '{')
+		if i < 0 {
+			lit.WriteString(rest)
+			break
+		}
+		if i > 0 && rest[i-1] == '\\' { // an escaped brace is literal
+			lit.WriteString(rest[:i-1])
+			lit.WriteByte('{')
+			rest = rest[i+1:]
+			continue
+		}
+		j := strings.IndexByte(rest[i:], '}')
+		if j < 0 {
+			lit.WriteString(rest)
+			break
+		}
+		lit.WriteString(rest[:i])
+		name := rest[i+1 : i+j]
+		rest = rest[i+j+1:]
+		if isGlobal(name) {
+			lit.WriteString(global.ReplaceKnown("{"+name+"}", ""))
+			continue
+		}
+		parts = append(parts, part{literal: lit.String()}, part{placeholder: name})
+		lit.Reset()
+		dynamic = true
+	}
+	value := lit.String()
+	if dynamic {
+		parts = append(parts, part{literal: value})
+		value = ""
+	}
+	for _, p := range append(parts, part{literal: value}) {
+		if strings.ContainsAny(p.literal, "\r\n") {
+			return Prepared{}, errors.New("upstream_auth: the value contains a line break")
+		}
+	}
+	if !dynamic && (strings.TrimSpace(value) == "" || strings.HasSuffix(value, " ")) {
 		if !strings.Contains(c.Value, "{") {
 			return Prepared{}, fmt.Errorf("upstream_auth: the value for %s is empty", c.Header)
 		}
-		// The unfilled value names placeholders, not secrets.
+		// The configured value names placeholders, not secrets.
 		return Prepared{}, fmt.Errorf("upstream_auth: the value for %s is empty once placeholders are filled (from %q); is the variable or file set?", c.Header, c.Value)
 	}
-	if strings.ContainsAny(value, "\r\n") {
-		return Prepared{}, errors.New("upstream_auth: the value contains a line break")
+	return Prepared{header: http.CanonicalHeaderKey(c.Header), value: value, parts: parts}, nil
+}
+
+func isGlobal(name string) bool {
+	for _, p := range globalPrefixes {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
 	}
-	return Prepared{
-		header:  http.CanonicalHeaderKey(c.Header),
-		value:   value,
-		dynamic: strings.Contains(value, "{"),
-	}, nil
+	return false
 }
 
 // Apply sets the credential on h, replacing what the client sent.
@@ -86,8 +141,16 @@ func (p Prepared) Apply(h http.Header, repl *caddy.Replacer) {
 		return
 	}
 	v := p.value
-	if p.dynamic {
-		v = repl.ReplaceAll(v, "")
+	if p.parts != nil {
+		var b strings.Builder
+		for _, pt := range p.parts {
+			if pt.placeholder == "" {
+				b.WriteString(pt.literal)
+			} else if s, ok := repl.GetString(pt.placeholder); ok {
+				b.WriteString(s)
+			}
+		}
+		v = b.String()
 	}
 	h[p.header] = []string{v}
 }

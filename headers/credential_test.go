@@ -100,3 +100,27 @@ func TestPrepareRejectsEmpty(t *testing.T) {
 		t.Errorf("line break: %v", err)
 	}
 }
+
+// TestPrepareLeavesBracesInSecrets: a secret that contains braces, even one
+// shaped like a placeholder, is sent exactly as it is.
+func TestPrepareLeavesBracesInSecrets(t *testing.T) {
+	t.Setenv("APIKEY_TEST_BRACED", "s3cr{et}-{http.request.header.X-Evil}")
+	p, err := Credential{Header: "X-Token", Value: "{env.APIKEY_TEST_BRACED}"}.Prepare()
+	if err != nil {
+		t.Fatal(err)
+	}
+	repl := caddy.NewReplacer()
+	repl.Set("http.request.header.X-Evil", "injected")
+	h := http.Header{}
+	p.Apply(h, repl)
+	if got := h.Get("X-Token"); got != "s3cr{et}-{http.request.header.X-Evil}" {
+		t.Errorf("the secret was changed: %q", got)
+	}
+	// Escaped braces in the config are literal.
+	p, _ = Credential{Header: "X-Token", Value: `a\{b}`}.Prepare()
+	h = http.Header{}
+	p.Apply(h, caddy.NewReplacer())
+	if got := h.Get("X-Token"); got != "a{b}" {
+		t.Errorf("escaped brace: %q", got)
+	}
+}

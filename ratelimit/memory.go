@@ -24,12 +24,10 @@ type shard struct {
 	counters map[string]*counter
 }
 
-// counter is one key's state: O(1) memory whatever its traffic.
+// counter is one key's state and when it was last used.
 type counter struct {
-	windowStart int64 // Unix seconds: start of the daily window count belongs to
-	count       int64 // requests admitted in that window
-	tat         int64 // GCRA theoretical arrival time, Unix nanoseconds
-	lastSeen    int64 // Unix seconds
+	state
+	lastSeen int64 // Unix seconds
 }
 
 // NewMemory returns an empty store. now is the clock; nil means time.Now.
@@ -51,7 +49,6 @@ func (m *Memory) shard(key string) *shard {
 // Take spends one request of key's budget if p allows it. It never fails.
 func (m *Memory) Take(_ context.Context, key string, p Policy) (Result, error) {
 	now := m.now()
-	start, end := p.Window.Bounds(now)
 	sh := m.shard(key)
 	sh.mu.Lock()
 	c := sh.counters[key]
@@ -59,61 +56,24 @@ func (m *Memory) Take(_ context.Context, key string, p Policy) (Result, error) {
 		c = new(counter)
 		sh.counters[key] = c
 	}
-	res := c.take(now, start, end, p)
+	var res Result
+	c.state, res = decide(c.state, now, p)
+	c.lastSeen = now.Unix()
 	sh.mu.Unlock()
 	return res, nil
 }
 
-// take is the whole decision for one request: both limits are checked
-// before either is charged, so a refused request spends nothing.
-func (c *counter) take(now, start, end time.Time, p Policy) Result {
-	// A later window starts a new count. An earlier one (another route's
-	// time zone) keeps counting in the current window rather than flip-flop.
-	if ws := start.Unix(); ws > c.windowStart {
-		c.windowStart, c.count = ws, 0
+// Peek reports where key stands under p without spending anything.
+func (m *Memory) Peek(_ context.Context, key string, p Policy) (Result, error) {
+	now := m.now()
+	sh := m.shard(key)
+	sh.mu.Lock()
+	var s state
+	if c := sh.counters[key]; c != nil {
+		s = c.state
 	}
-	nowNs := now.UnixNano()
-	c.lastSeen = now.Unix()
-
-	res := Result{Daily: Usage{Limit: p.Daily, Reset: end, Window: end.Sub(start)}}
-	dailyOK := c.count < p.Daily
-
-	burstOK, newTAT, interval := true, int64(0), int64(0)
-	if !p.Burst.IsZero() {
-		// GCRA: each request pushes the theoretical arrival time one
-		// emission interval on; a burst of up to Limit fits in one Period.
-		interval = int64(p.Burst.Period) / p.Burst.Limit
-		newTAT = max(c.tat, nowNs) + interval
-		burstOK = newTAT-nowNs <= int64(p.Burst.Period)
-	}
-
-	if dailyOK && burstOK {
-		res.Allowed = true
-		c.count++
-		if interval > 0 {
-			c.tat = newTAT
-		}
-	}
-
-	res.Daily.Remaining = max(p.Daily-c.count, 0)
-	if interval > 0 {
-		backlog := max(c.tat-nowNs, 0) // time until the bucket is full again
-		res.Burst = Usage{
-			Limit:     p.Burst.Limit,
-			Remaining: max((int64(p.Burst.Period)-backlog)/interval, 0),
-			Reset:     now.Add(time.Duration(backlog)),
-			Window:    p.Burst.Period,
-		}
-	}
-
-	switch {
-	case res.Allowed:
-	case !dailyOK:
-		res.DeniedBy, res.RetryAfter = DailyLimit, end.Sub(now)
-	default:
-		res.DeniedBy, res.RetryAfter = BurstLimit, time.Duration(newTAT-nowNs-int64(p.Burst.Period))
-	}
-	return res
+	sh.mu.Unlock()
+	return peek(s, now, p), nil
 }
 
 // Reset forgets a key's counters.
@@ -154,13 +114,13 @@ func (m *Memory) Len() int {
 	return n
 }
 
-// Count returns a key's admitted requests in the window that holds now.
-func (m *Memory) Count(key string, w Window) int64 {
-	start, _ := w.Bounds(m.now())
+// Count returns a key's admitted requests in its current daily window.
+func (m *Memory) Count(key string) int64 {
+	now := m.now().Unix()
 	sh := m.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if c := sh.counters[key]; c != nil && c.windowStart >= start.Unix() {
+	if c := sh.counters[key]; c != nil && now < c.windowEnd {
 		return c.count
 	}
 	return 0

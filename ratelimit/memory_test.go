@@ -32,8 +32,8 @@ func TestDailyQuotaAndReset(t *testing.T) {
 	if res.Daily.Window != 24*time.Hour || res.Daily.Remaining != 0 {
 		t.Errorf("usage %+v", res.Daily)
 	}
-	if m.Count("k", p.Window) != 3 {
-		t.Errorf("refused request was counted: %d", m.Count("k", p.Window))
+	if m.Count("k") != 3 {
+		t.Errorf("refused request was counted: %d", m.Count("k"))
 	}
 	// Other keys have their own budget.
 	if res, _ := m.Take(ctx, "other", p); !res.Allowed {
@@ -99,7 +99,7 @@ func TestGCRABurstAndSteadyRate(t *testing.T) {
 	if res.Burst.Reset.Sub(clock.Now()) != time.Second {
 		t.Errorf("burst reset in %v", res.Burst.Reset.Sub(clock.Now()))
 	}
-	if m.Count("k", p.Window) != 10 {
+	if m.Count("k") != 10 {
 		t.Errorf("the refused request spent daily quota")
 	}
 
@@ -245,5 +245,48 @@ func BenchmarkMemoryBytesPerKey(b *testing.B) {
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/key")
 		runtime.KeepAlive(m)
+	}
+}
+
+// TestRoutesInOtherZonesShareOneWindow: a key that alternates between a UTC
+// route and a Berlin route gets one budget per window, not one per zone.
+func TestRoutesInOtherZonesShareOneWindow(t *testing.T) {
+	berlin, _ := time.LoadLocation("Europe/Berlin")
+	clock := newClock(time.Date(2026, 11, 27, 23, 30, 0, 0, time.UTC)) // 00:30 on the 28th in Berlin
+	m := NewMemory(clock.Now)
+	utcRoute := Policy{Daily: 2, Window: DayIn(nil)}
+	berlinRoute := Policy{Daily: 2, Window: DayIn(berlin)}
+	if res, _ := m.Take(ctx, "k", utcRoute); !res.Allowed {
+		t.Fatal("first refused")
+	}
+	if res, _ := m.Take(ctx, "k", berlinRoute); !res.Allowed {
+		t.Fatal("second refused")
+	}
+	res, _ := m.Take(ctx, "k", berlinRoute)
+	if res.Allowed {
+		t.Fatal("the Berlin route gave a second budget")
+	}
+	// The reset reported is the window's own end: midnight UTC.
+	if !res.Daily.Reset.Equal(time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("reset %v", res.Daily.Reset)
+	}
+	clock.Set(time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC))
+	if res, _ := m.Take(ctx, "k", berlinRoute); !res.Allowed {
+		t.Error("not reset when the window ended")
+	}
+}
+
+func TestPeekSpendsNothing(t *testing.T) {
+	m := NewMemory(nil)
+	p := Policy{Daily: 5, Window: DayIn(nil), Burst: Rate{Limit: 2, Period: time.Second}}
+	m.Take(ctx, "k", p)
+	for i := 0; i < 10; i++ {
+		res, _ := m.Peek(ctx, "k", p)
+		if res.Daily.Remaining != 4 || res.Burst.Remaining != 1 {
+			t.Fatalf("peek: %+v", res)
+		}
+	}
+	if res, _ := m.Peek(ctx, "never", p); res.Daily.Remaining != 5 || res.Daily.Reset.IsZero() {
+		t.Errorf("peek at an unseen key: %+v", res.Daily)
 	}
 }

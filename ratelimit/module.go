@@ -101,6 +101,11 @@ func (s *MemoryStore) Take(ctx context.Context, key string, p Policy) (Result, e
 	return s.counters.Take(ctx, key, p)
 }
 
+// Peek reports where key stands under p without spending anything.
+func (s *MemoryStore) Peek(ctx context.Context, key string, p Policy) (Result, error) {
+	return s.counters.Peek(ctx, key, p)
+}
+
 // Memory returns the counters, for management.
 func (s *MemoryStore) Memory() *Memory { return s.counters.Memory }
 

@@ -23,10 +23,14 @@ type counterFile struct {
 
 type savedCounter struct {
 	WindowStart int64 `json:"window_start"`
+	WindowEnd   int64 `json:"window_end"`
 	Count       int64 `json:"count"`
 	TAT         int64 `json:"tat,omitempty"`
 	LastSeen    int64 `json:"last_seen"`
 }
+
+// maxWindow is the longest a daily window can be (25 hours), with an hour to spare.
+const maxWindow = 26 * time.Hour
 
 // ErrCorrupt marks a counter file that cannot be trusted.
 var ErrCorrupt = errors.New("counter file is corrupt")
@@ -39,7 +43,7 @@ func (m *Memory) Save(path string) error {
 		sh := &m.shards[i]
 		sh.mu.Lock()
 		for key, c := range sh.counters {
-			f.Counters[key] = savedCounter{WindowStart: c.windowStart, Count: c.count, TAT: c.tat, LastSeen: c.lastSeen}
+			f.Counters[key] = savedCounter{WindowStart: c.windowStart, WindowEnd: c.windowEnd, Count: c.count, TAT: c.tat, LastSeen: c.lastSeen}
 		}
 		sh.mu.Unlock()
 	}
@@ -76,15 +80,24 @@ func (m *Memory) Load(path string) (int, error) {
 	if f.Counters == nil {
 		return 0, fmt.Errorf("%w: no counters object", ErrCorrupt)
 	}
+	// Nothing may lie further ahead than a day (a window, with room for a
+	// clock that moved back) or a burst period can reach.
+	now := m.now()
+	latest := now.Add(maxWindow).Unix()
 	for key, c := range f.Counters {
-		if key == "" || c.Count < 0 || c.WindowStart <= 0 || c.LastSeen <= 0 || c.TAT < 0 {
+		if key == "" || c.Count < 0 || c.WindowStart <= 0 || c.LastSeen <= 0 || c.TAT < 0 ||
+			c.WindowEnd <= c.WindowStart || c.WindowEnd-c.WindowStart > int64(maxWindow/time.Second) ||
+			c.WindowStart > latest || c.LastSeen > latest || c.TAT > now.Add(maxWindow).UnixNano() {
 			return 0, fmt.Errorf("%w: impossible values for key id %q", ErrCorrupt, key)
 		}
 	}
 	for key, c := range f.Counters {
 		sh := m.shard(key)
 		sh.mu.Lock()
-		sh.counters[key] = &counter{windowStart: c.WindowStart, count: c.Count, tat: c.TAT, lastSeen: c.LastSeen}
+		sh.counters[key] = &counter{
+			state:    state{windowStart: c.WindowStart, windowEnd: c.WindowEnd, count: c.Count, tat: c.TAT},
+			lastSeen: c.LastSeen,
+		}
 		sh.mu.Unlock()
 	}
 	return len(f.Counters), nil

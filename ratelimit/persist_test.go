@@ -29,8 +29,8 @@ func TestSaveAndLoadKeepCounts(t *testing.T) {
 	if err != nil || n != 2 {
 		t.Fatalf("loaded %d, %v", n, err)
 	}
-	if restored.Count("k_a", p.Window) != 2 || restored.Count("k_b", p.Window) != 1 {
-		t.Fatalf("counts %d, %d", restored.Count("k_a", p.Window), restored.Count("k_b", p.Window))
+	if restored.Count("k_a") != 2 || restored.Count("k_b") != 1 {
+		t.Fatalf("counts %d, %d", restored.Count("k_a"), restored.Count("k_b"))
 	}
 	// The burst state came back too: k_a used its 2 per minute.
 	if res, _ := restored.Take(ctx, "k_a", p); res.Allowed || res.DeniedBy != BurstLimit {
@@ -38,7 +38,7 @@ func TestSaveAndLoadKeepCounts(t *testing.T) {
 	}
 	// A saved count from yesterday does not count today.
 	clock.Set(time.Date(2026, 11, 28, 0, 0, 1, 0, time.UTC))
-	if restored.Count("k_b", p.Window) != 0 {
+	if restored.Count("k_b") != 0 {
 		t.Error("yesterday's count carried over")
 	}
 }
@@ -52,13 +52,16 @@ func TestLoadMissingFileIsEmpty(t *testing.T) {
 
 func TestLoadRefusesCorruptFiles(t *testing.T) {
 	for name, content := range map[string]string{
-		"truncated":      `{"version":1,"saved_at":"2026-11-27T12:00:00Z","counters":{"k_a":{"window_start":17`,
-		"not json":       "\x00\x01garbage",
-		"empty":          ``,
-		"wrong version":  `{"version":7,"saved_at":"2026-11-27T12:00:00Z","counters":{}}`,
-		"negative count": `{"version":1,"saved_at":"2026-11-27T12:00:00Z","counters":{"k_a":{"window_start":1795000000,"count":-5,"last_seen":1795000000}}}`,
-		"no counters":    `{"version":1,"saved_at":"2026-11-27T12:00:00Z"}`,
-		"unknown field":  `{"version":1,"saved_at":"2026-11-27T12:00:00Z","counters":{},"extra":1}`,
+		"truncated":        `{"version":1,"saved_at":"2026-11-27T12:00:00Z","counters":{"k_a":{"window_start":17`,
+		"not json":         "\x00\x01garbage",
+		"empty":            ``,
+		"wrong version":    `{"version":7,"saved_at":"2026-11-27T12:00:00Z","counters":{}}`,
+		"negative count":   `{"version":1,"saved_at":"2026-11-27T12:00:00Z","counters":{"k_a":{"window_start":1795000000,"count":-5,"last_seen":1795000000}}}`,
+		"no counters":      `{"version":1,"saved_at":"2026-11-27T12:00:00Z"}`,
+		"unknown field":    `{"version":1,"saved_at":"2026-11-27T12:00:00Z","counters":{},"extra":1}`,
+		"window far ahead": `{"version":1,"saved_at":"2026-11-27T12:00:00Z","counters":{"k_a":{"window_start":4102444800,"window_end":4102531200,"count":1,"last_seen":1795000000}}}`,
+		"window too long":  `{"version":1,"saved_at":"2026-11-27T12:00:00Z","counters":{"k_a":{"window_start":1795000000,"window_end":1796000000,"count":1,"last_seen":1795000000}}}`,
+		"tat far ahead":    `{"version":1,"saved_at":"2026-11-27T12:00:00Z","counters":{"k_a":{"window_start":1795000000,"window_end":1795086400,"count":1,"tat":4102444800000000000,"last_seen":1795000000}}}`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "counters.json")

@@ -12,6 +12,9 @@ type Store interface {
 	// Take spends one request of key's budget if every limit of p allows
 	// it. It is atomic: either every limit is charged or none is.
 	Take(ctx context.Context, key string, p Policy) (Result, error)
+
+	// Peek reports where key stands under p without spending anything.
+	Peek(ctx context.Context, key string, p Policy) (Result, error)
 }
 
 // Policy is the limits that apply to one key.
@@ -50,6 +53,11 @@ type Usage struct {
 // Result is the outcome of a Take.
 type Result struct {
 	Allowed bool
+	// Uncounted is set when the request was let through without counting
+	// (a shared store failing with on_failure open); the usages are empty.
+	Uncounted bool
+	// Now is the store's clock at the decision; resets are relative to it.
+	Now time.Time
 	// DeniedBy names the limit that refused the request, when !Allowed.
 	DeniedBy Limit
 	// RetryAfter is how long until a request would pass, when !Allowed.

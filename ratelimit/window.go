@@ -4,7 +4,8 @@ import "time"
 
 // Window is the calendar day in a time zone: it starts at local midnight and
 // lasts until the next one, so it is 23 or 25 hours long on days when the
-// clocks change.
+// clocks change. Where a change skips midnight itself (as in Santiago or
+// Havana), the day starts at the first instant that exists, 01:00.
 type Window struct {
 	loc *time.Location
 }
@@ -27,9 +28,47 @@ func (w Window) Location() *time.Location {
 
 // Bounds returns the start and end of the window that holds now.
 func (w Window) Bounds(now time.Time) (start, end time.Time) {
-	local := now.In(w.Location())
-	y, m, d := local.Date()
-	start = time.Date(y, m, d, 0, 0, 0, 0, w.Location())
-	end = time.Date(y, m, d+1, 0, 0, 0, 0, w.Location())
-	return start, end
+	loc := w.Location()
+	y, m, d := now.In(loc).Date()
+	return dayStart(y, m, d, loc), dayStart(y, m, d+1, loc)
+}
+
+// dayStart returns the first instant of a local calendar day.
+func dayStart(y int, m time.Month, d int, loc *time.Location) time.Time {
+	t := time.Date(y, m, d, 0, 0, 0, 0, loc)
+	want := time.Date(y, m, d, 0, 0, 0, 0, time.UTC) // the date, normalized
+	if sameDate(t.In(loc), want) {
+		return t
+	}
+	// Midnight does not exist that day: time.Date gave an instant of the
+	// day before. The day starts at the clock change, within a few hours:
+	// find the first second whose local date is the day.
+	lo, hi := t.Unix(), t.Unix()+6*3600
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		if dateBefore(time.Unix(mid, 0).In(loc), want) {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return time.Unix(lo, 0).In(loc)
+}
+
+func sameDate(a, b time.Time) bool {
+	ay, am, ad := a.Date()
+	by, bm, bd := b.Date()
+	return ay == by && am == bm && ad == bd
+}
+
+func dateBefore(a, b time.Time) bool {
+	ay, am, ad := a.Date()
+	by, bm, bd := b.Date()
+	if ay != by {
+		return ay < by
+	}
+	if am != bm {
+		return am < bm
+	}
+	return ad < bd
 }

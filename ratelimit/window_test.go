@@ -48,3 +48,38 @@ func TestDayWindowDST(t *testing.T) {
 		t.Errorf("window start %v", start)
 	}
 }
+
+// TestDayWindowMidnightSkipped: in Santiago the clocks went from 00:00 to
+// 01:00 on 2024-09-08, so that day had no midnight and started at 01:00.
+func TestDayWindowMidnightSkipped(t *testing.T) {
+	for _, c := range []struct {
+		zone string
+		day  time.Time // local noon of the day whose midnight was skipped
+	}{
+		{"America/Santiago", time.Date(2024, 9, 8, 12, 0, 0, 0, time.UTC)},
+		{"America/Havana", time.Date(2024, 3, 10, 12, 0, 0, 0, time.UTC)},
+		{"America/Asuncion", time.Date(2024, 10, 6, 12, 0, 0, 0, time.UTC)},
+	} {
+		loc, err := time.LoadLocation(c.zone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := DayIn(loc)
+		y, m, d := c.day.Date()
+		noon := time.Date(y, m, d, 12, 0, 0, 0, loc)
+		start, end := w.Bounds(noon)
+		if got := start.In(loc); got.Hour() != 1 || got.Day() != d {
+			t.Errorf("%s: the day without midnight starts at %v, want 01:00 local", c.zone, got)
+		}
+		if end.Sub(start) != 23*time.Hour {
+			t.Errorf("%s: the day without midnight is %v long, want 23h", c.zone, end.Sub(start))
+		}
+		// The last half hour of the day before: its window ends in the future,
+		// exactly when the next day starts.
+		before := start.Add(-30 * time.Minute)
+		pStart, pEnd := w.Bounds(before)
+		if !pEnd.Equal(start) || !pEnd.After(before) || pEnd.Sub(pStart) != 24*time.Hour {
+			t.Errorf("%s: at %v the window is %v .. %v", c.zone, before.In(loc), pStart.In(loc), pEnd.In(loc))
+		}
+	}
+}
