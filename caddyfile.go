@@ -224,7 +224,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			name := d.Val()
 			modID := "http.apikey.counters." + name
 			if _, err := caddy.GetModule(modID); err != nil {
-				return d.Errf("unknown counter store %q (available: memory)", name)
+				return d.Errf("unknown counter store %q (available: memory, redis)", name)
 			}
 			unm, err := caddyfile.UnmarshalModule(d, modID)
 			if err != nil {

@@ -37,22 +37,29 @@ func decide(s state, now time.Time, p Policy) (state, Result) {
 		burstOK = newTAT-nowNs <= int64(p.Burst.Period)
 	}
 
-	res := Result{Allowed: dailyOK && burstOK}
-	if res.Allowed {
+	allowed := dailyOK && burstOK
+	if allowed {
 		s.count++
 		if !p.Burst.IsZero() {
 			s.tat = newTAT
 		}
 	}
+	return s, s.result(now, p, allowed, newTAT)
+}
+
+// result reports a decision already taken on s (the state after it); for a
+// burst refusal, refusedTAT is the arrival time the request would have needed.
+func (s state) result(now time.Time, p Policy, allowed bool, refusedTAT int64) Result {
+	res := Result{Allowed: allowed}
 	s.report(&res, now, p)
 	switch {
-	case res.Allowed:
-	case !dailyOK:
+	case allowed:
+	case s.count >= p.Daily:
 		res.DeniedBy, res.RetryAfter = DailyLimit, time.Unix(s.windowEnd, 0).Sub(now)
 	default:
-		res.DeniedBy, res.RetryAfter = BurstLimit, time.Duration(newTAT-nowNs-int64(p.Burst.Period))
+		res.DeniedBy, res.RetryAfter = BurstLimit, time.Duration(refusedTAT-now.UnixNano()-int64(p.Burst.Period))
 	}
-	return s, res
+	return res
 }
 
 // peek reports where a key stands without spending anything.

@@ -1,0 +1,438 @@
+package ratelimit
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func init() {
+	caddy.RegisterModule(RedisStore{})
+}
+
+// Defaults of the Redis store.
+const (
+	DefaultRedisKeyPrefix = "apikey:"
+	DefaultRedisTimeout   = 50 * time.Millisecond
+	DefaultRedisOnFailure = "local"
+)
+
+// probeInterval is how often a Redis that failed is asked whether it is back.
+const probeInterval = 250 * time.Millisecond
+
+// ErrUnavailable means the store could not count the request.
+var ErrUnavailable = errors.New("counter store unavailable")
+
+// redisPool shares one client (and its local fallback counters) per Redis
+// configuration among every route, across config reloads.
+var redisPool = caddy.NewUsagePool()
+
+// RedisStore keeps counters in Redis (or Valkey, or a Redis Cluster), so that
+// several Caddy instances share one budget per key. Each request is one
+// round trip: a Lua script that reads the server's clock, picks the daily
+// window, checks both limits, counts, and sets the key's expiry, atomically.
+type RedisStore struct {
+	// Addresses of the server, host:port. Several mean a Redis Cluster.
+	Addresses []string `json:"addresses,omitempty"`
+	// Username for Redis ACLs.
+	Username string `json:"username,omitempty"`
+	// Password; global placeholders such as {env.REDIS_PASSWORD} are filled
+	// when the config loads.
+	Password string `json:"password,omitempty"`
+	// DB is the database number (not for a cluster).
+	DB int `json:"db,omitempty"`
+	// TLS connects with TLS.
+	TLS bool `json:"tls,omitempty"`
+	// KeyPrefix starts every Redis key the store writes. Default: "apikey:".
+	KeyPrefix string `json:"key_prefix,omitempty"`
+	// Timeout bounds each call, connecting included. Default: 50ms.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// OnFailure says what happens to requests while Redis fails: "closed"
+	// refuses them with 503, "open" lets them through uncounted, "local"
+	// (the default) counts them in this instance's memory until Redis
+	// answers again.
+	OnFailure string `json:"on_failure,omitempty"`
+
+	shared  *sharedRedis
+	poolKey string
+	now     func() time.Time // this instance's clock; only picks candidate windows
+}
+
+// CaddyModule returns the Caddy module information.
+func (RedisStore) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.apikey.counters.redis",
+		New: func() caddy.Module { return new(RedisStore) },
+	}
+}
+
+// Provision checks the settings and joins (or opens) the shared client. It
+// does not need Redis to be up.
+func (s *RedisStore) Provision(ctx caddy.Context) error {
+	if len(s.Addresses) == 0 {
+		return errors.New("counters redis: at least one address is required")
+	}
+	switch s.OnFailure {
+	case "":
+		s.OnFailure = DefaultRedisOnFailure
+	case "open", "closed", "local":
+	default:
+		return fmt.Errorf("counters redis: on_failure %q: want open, closed or local", s.OnFailure)
+	}
+	if s.KeyPrefix == "" {
+		s.KeyPrefix = DefaultRedisKeyPrefix
+	}
+	timeout := time.Duration(s.Timeout)
+	if timeout == 0 {
+		timeout = DefaultRedisTimeout
+	}
+	if timeout < 0 {
+		return errors.New("counters redis: timeout must be positive")
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	password := caddy.NewReplacer().ReplaceKnown(s.Password, "")
+	key := s.identity(password, timeout)
+	val, _, err := redisPool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return openRedis(s, password, timeout), nil
+	})
+	if err != nil {
+		return err
+	}
+	s.shared, s.poolKey = val.(*sharedRedis), key
+	return nil
+}
+
+// identity names a Redis configuration; the password only by its hash.
+func (s *RedisStore) identity(password string, timeout time.Duration) string {
+	sum := sha256.Sum256([]byte(password))
+	return fmt.Sprintf("%q|%s|%d|%v|%s|%v|%s", s.Addresses, s.Username, s.DB, s.TLS, s.KeyPrefix, timeout, hex.EncodeToString(sum[:8]))
+}
+
+// Cleanup lets go of the shared client. It copes with a failed Provision.
+func (s *RedisStore) Cleanup() error {
+	if s.poolKey == "" {
+		return nil
+	}
+	_, err := redisPool.Delete(s.poolKey)
+	s.poolKey = ""
+	return err
+}
+
+// Take counts the request in Redis, or as on_failure says while Redis fails.
+func (s *RedisStore) Take(ctx context.Context, key string, p Policy) (Result, error) {
+	return s.call(ctx, key, p, false)
+}
+
+// Peek reads where key stands in Redis without spending anything.
+func (s *RedisStore) Peek(ctx context.Context, key string, p Policy) (Result, error) {
+	return s.call(ctx, key, p, true)
+}
+
+func (s *RedisStore) call(ctx context.Context, key string, p Policy, peekOnly bool) (Result, error) {
+	sh := s.shared
+	if !sh.down.Load() {
+		res, err := sh.run(ctx, key, p, s.now(), peekOnly)
+		if err == nil {
+			return res, nil
+		}
+		if ctx.Err() != nil {
+			return Result{}, err // the client went away; Redis is not to blame
+		}
+		sh.markDown(err)
+	}
+	switch s.OnFailure {
+	case "open":
+		return Result{Allowed: true, Uncounted: true, Now: time.Now()}, nil
+	case "local":
+		if peekOnly {
+			return sh.local.Peek(ctx, key, p)
+		}
+		return sh.local.Take(ctx, key, p)
+	}
+	return Result{}, ErrUnavailable
+}
+
+// UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
+//
+//	counters redis {
+//	    address <host:port> ...
+//	    username <name>
+//	    password <value>
+//	    db <n>
+//	    tls
+//	    key_prefix <prefix>
+//	    timeout <duration>
+//	    on_failure open|closed|local
+//	}
+func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // store name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		sub := d.Val()
+		if seen[sub] {
+			return d.Errf("%s given more than once", sub)
+		}
+		seen[sub] = true
+		switch sub {
+		case "address":
+			s.Addresses = d.RemainingArgs()
+			if len(s.Addresses) == 0 {
+				return d.ArgErr()
+			}
+		case "username":
+			if !d.AllArgs(&s.Username) {
+				return d.ArgErr()
+			}
+		case "password":
+			if !d.AllArgs(&s.Password) {
+				return d.ArgErr()
+			}
+		case "db":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return d.Errf("db: %q is not a database number", v)
+			}
+			s.DB = n
+		case "tls":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			s.TLS = true
+		case "key_prefix":
+			if !d.AllArgs(&s.KeyPrefix) {
+				return d.ArgErr()
+			}
+		case "timeout":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("timeout: %q is not a positive duration", v)
+			}
+			s.Timeout = caddy.Duration(dur)
+		case "on_failure":
+			if !d.AllArgs(&s.OnFailure) {
+				return d.ArgErr()
+			}
+			if s.OnFailure != "open" && s.OnFailure != "closed" && s.OnFailure != "local" {
+				return d.Errf("on_failure %q: want open, closed or local", s.OnFailure)
+			}
+		default:
+			return d.Errf("unrecognized counters redis option %q", sub)
+		}
+	}
+	if len(s.Addresses) == 0 {
+		return d.Err("counters redis needs an address")
+	}
+	return nil
+}
+
+// sharedRedis is the pooled part: the client, the local fallback counters,
+// and whether Redis is known to be failing.
+type sharedRedis struct {
+	client  redis.UniversalClient
+	prefix  string
+	timeout time.Duration
+	mode    string // on_failure of the store that opened it, for the log
+	local   *Memory
+
+	down    atomic.Bool
+	stop    chan struct{}
+	probing sync.WaitGroup
+	once    sync.Once
+}
+
+func openRedis(s *RedisStore, password string, timeout time.Duration) *sharedRedis {
+	opts := &redis.UniversalOptions{
+		Addrs:    s.Addresses,
+		Username: s.Username,
+		Password: password,
+		DB:       s.DB,
+		// No retries: a call whose answer was lost may have counted, and a
+		// retry would count the request twice.
+		MaxRetries:            -1,
+		DialTimeout:           timeout,
+		ReadTimeout:           timeout,
+		WriteTimeout:          timeout,
+		PoolTimeout:           timeout,
+		ContextTimeoutEnabled: true,
+		PoolSize:              16 * runtime.GOMAXPROCS(0),
+		MinIdleConns:          runtime.GOMAXPROCS(0),
+	}
+	if s.TLS {
+		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	return &sharedRedis{
+		client:  redis.NewUniversalClient(opts),
+		prefix:  s.KeyPrefix,
+		timeout: timeout,
+		mode:    s.OnFailure,
+		local:   NewMemory(nil),
+		stop:    make(chan struct{}),
+	}
+}
+
+func redisLogger() *zap.Logger { return caddy.Log().Named("http.apikey.counters.redis") }
+
+// markDown notes that Redis failed, logs it once, and starts asking it
+// whether it is back.
+func (sh *sharedRedis) markDown(err error) {
+	if !sh.down.CompareAndSwap(false, true) {
+		return
+	}
+	redisLogger().Warn("redis is failing; requests are handled as on_failure says until it answers again",
+		zap.String("on_failure", sh.mode), zap.Error(err))
+	sh.probing.Add(1)
+	go sh.probe()
+}
+
+func (sh *sharedRedis) probe() {
+	defer sh.probing.Done()
+	t := time.NewTicker(probeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-sh.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), sh.timeout)
+			err := sh.client.Ping(ctx).Err()
+			cancel()
+			if err == nil {
+				sh.down.Store(false)
+				redisLogger().Info("redis answers again; counting in redis")
+				return
+			}
+		}
+	}
+}
+
+// Destruct stops the prober and closes the client.
+func (sh *sharedRedis) Destruct() error {
+	sh.once.Do(func() { close(sh.stop) })
+	sh.probing.Wait()
+	return sh.client.Close()
+}
+
+// takeScript is the whole decision, run atomically on the server with the
+// server's clock. It mirrors decide(): the daily window runs to its own end;
+// both limits are checked before either is charged; the key's expiry is set
+// in the same step. ARGV: daily limit, burst limit, burst period (µs), peek
+// (1 or 0), then candidate windows as start,end pairs (Unix seconds)
+// computed by the instance around its own clock; the one holding the
+// server's time is used, so instance clocks that differ cannot move a reset.
+var takeScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now_s = tonumber(t[1])
+local now_us = now_s * 1000000 + tonumber(t[2])
+local daily = tonumber(ARGV[1])
+local blimit = tonumber(ARGV[2])
+local bperiod = tonumber(ARGV[3])
+local peek = ARGV[4] == '1'
+local st = redis.call('HMGET', KEYS[1], 'ws', 'we', 'n', 't')
+local ws = tonumber(st[1]) or 0
+local we = tonumber(st[2]) or 0
+local n = tonumber(st[3]) or 0
+local tat = tonumber(st[4]) or 0
+if now_s >= we then
+  local found = false
+  for i = 5, #ARGV, 2 do
+    local s, e = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+    if now_s >= s and now_s < e then
+      ws, we, n, found = s, e, 0, true
+      break
+    end
+  end
+  if not found then
+    return redis.error_reply('ERR apikey: no daily window holds the server time; is this instance clock off by over a day?')
+  end
+end
+local newtat = 0
+if blimit > 0 then
+  newtat = math.max(tat, now_us) + math.floor(bperiod / blimit)
+end
+local allowed = 0
+if not peek then
+  if n < daily and (blimit == 0 or newtat - now_us <= bperiod) then
+    allowed = 1
+    n = n + 1
+    if blimit > 0 then tat = newtat end
+  end
+  redis.call('HSET', KEYS[1], 'ws', ws, 'we', we, 'n', n, 't', tat)
+  redis.call('EXPIREAT', KEYS[1], we + 86400)
+end
+return {allowed, n, ws, we, tat, newtat, now_s, tonumber(t[2])}
+`)
+
+// run makes the one round trip of a request.
+func (sh *sharedRedis) run(ctx context.Context, key string, p Policy, local time.Time, peekOnly bool) (Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, sh.timeout)
+	defer cancel()
+	args := make([]any, 0, 10)
+	peekArg := "0"
+	if peekOnly {
+		peekArg = "1"
+	}
+	args = append(args, p.Daily, p.Burst.Limit, int64(p.Burst.Period/time.Microsecond), peekArg)
+	for _, day := range []time.Time{local.AddDate(0, 0, -1), local, local.AddDate(0, 0, 1)} {
+		start, end := p.Window.Bounds(day)
+		args = append(args, start.Unix(), end.Unix())
+	}
+	// The braces make a hash tag: in a cluster, all of a key's state is in
+	// one slot (it is one hash anyway).
+	redisKey := RedisKey(sh.prefix, key)
+	vals, err := takeScript.Run(ctx, sh.client, []string{redisKey}, args...).Int64Slice()
+	if err != nil {
+		return Result{}, err
+	}
+	if len(vals) != 8 {
+		return Result{}, fmt.Errorf("redis script answered %d values, want 8", len(vals))
+	}
+	s := state{windowStart: vals[2], windowEnd: vals[3], count: vals[1], tat: vals[4] * int64(time.Microsecond)}
+	now := time.Unix(vals[6], vals[7]*int64(time.Microsecond))
+	if peekOnly {
+		res := Result{Allowed: true}
+		s.report(&res, now, p)
+		return res, nil
+	}
+	return s.result(now, p, vals[0] == 1, vals[5]*int64(time.Microsecond)), nil
+}
+
+// RedisKey is the Redis key holding a key id's counters, for operators.
+func RedisKey(prefix, keyID string) string {
+	return prefix + "{" + keyID + "}"
+}
+
+
+// Interface guards
+var (
+	_ Store                 = (*RedisStore)(nil)
+	_ caddy.Provisioner     = (*RedisStore)(nil)
+	_ caddy.CleanerUpper    = (*RedisStore)(nil)
+	_ caddyfile.Unmarshaler = (*RedisStore)(nil)
+)

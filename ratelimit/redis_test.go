@@ -1,0 +1,205 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/moodmnky/caddy-apikey/internal/redistest"
+)
+
+// newRedisStore is one instance's store, with its own client and clock.
+// Tests of exactness under load use a generous timeout: with -race on two
+// cores, hundreds of concurrent first calls can take longer than 50ms to
+// get a connection, and that is not what they test.
+func newRedisStore(t *testing.T, addr, mode string, now func() time.Time, timeout ...time.Duration) *RedisStore {
+	t.Helper()
+	s := &RedisStore{Addresses: []string{addr}, KeyPrefix: "test:", OnFailure: mode, now: now}
+	if now == nil {
+		s.now = time.Now
+	}
+	d := DefaultRedisTimeout
+	if len(timeout) > 0 {
+		d = timeout[0]
+	}
+	s.shared = openRedis(s, "", d)
+	t.Cleanup(func() { s.shared.Destruct() })
+	return s
+}
+
+func TestRedisQuotaAndBurst(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newRedisStore(t, srv.Addr(), "closed", nil)
+	p := Policy{Daily: 3, Window: DayIn(nil)}
+	for i := 1; i <= 3; i++ {
+		res, err := s.Take(ctx, "k_a", p)
+		if err != nil || !res.Allowed || res.Daily.Remaining != int64(3-i) {
+			t.Fatalf("request %d: %+v %v", i, res, err)
+		}
+	}
+	res, err := s.Take(ctx, "k_a", p)
+	if err != nil || res.Allowed || res.DeniedBy != DailyLimit || res.RetryAfter <= 0 {
+		t.Fatalf("4th: %+v %v", res, err)
+	}
+	_, end := p.Window.Bounds(time.Now())
+	if !res.Daily.Reset.Equal(end) || res.Daily.Window != 24*time.Hour {
+		t.Errorf("reset %v window %v, want %v and 24h", res.Daily.Reset, res.Daily.Window, end)
+	}
+	if peeked, _ := s.Peek(ctx, "k_a", p); peeked.Daily.Remaining != 0 {
+		t.Errorf("peek: %+v", peeked.Daily)
+	}
+
+	// The key's hash expires a day after its window ends.
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	ttl, err := c.TTL(ctx, RedisKey("test:", "k_a")).Result()
+	if want := time.Until(end) + 24*time.Hour; err != nil || ttl < want-5*time.Second || ttl > want+5*time.Second {
+		t.Errorf("TTL %v, want about %v (%v)", ttl, want, err)
+	}
+
+	b := Policy{Daily: 100, Window: DayIn(nil), Burst: Rate{Limit: 5, Period: time.Minute}}
+	passed := 0
+	var last Result
+	for i := 0; i < 8; i++ {
+		last, _ = s.Take(ctx, "k_burst", b)
+		if last.Allowed {
+			passed++
+		}
+	}
+	if passed != 5 || last.DeniedBy != BurstLimit || last.RetryAfter < 11*time.Second || last.RetryAfter > 12*time.Second {
+		t.Errorf("burst 5/m: %d passed, last %+v", passed, last)
+	}
+	if last.Daily.Remaining != 95 {
+		t.Errorf("burst refusals spent daily quota: %d left", last.Daily.Remaining)
+	}
+}
+
+// TestRedisExactAcrossInstances: two clients (two instances) sharing one
+// Redis give exactly N passes in all under concurrency.
+func TestRedisExactAcrossInstances(t *testing.T) {
+	srv := redistest.Start(t)
+	a := newRedisStore(t, srv.Addr(), "closed", nil, 2*time.Second)
+	b := newRedisStore(t, srv.Addr(), "closed", nil, 2*time.Second)
+	p := Policy{Daily: 150, Window: DayIn(nil)}
+	var passed, failed atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < 400; i++ {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := s.Take(context.Background(), "k_shared", p)
+			switch {
+			case err != nil:
+				if failed.Add(1) == 1 {
+					t.Logf("first failure: %v", err)
+				}
+			case res.Allowed:
+				passed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if passed.Load() != 150 || failed.Load() != 0 {
+		t.Fatalf("%d passed, %d failed; want 150 and 0", passed.Load(), failed.Load())
+	}
+}
+
+// TestRedisClockSkew: instances whose clocks differ by hours, across a
+// midnight, agree on the window and its reset: Redis's clock decides.
+func TestRedisClockSkew(t *testing.T) {
+	srv := redistest.Start(t)
+	ahead := newRedisStore(t, srv.Addr(), "closed", func() time.Time { return time.Now().Add(20 * time.Hour) })
+	behind := newRedisStore(t, srv.Addr(), "closed", func() time.Time { return time.Now().Add(-20 * time.Hour) })
+	berlin, _ := time.LoadLocation("Europe/Berlin")
+	for _, w := range []Window{DayIn(nil), DayIn(berlin)} {
+		p := Policy{Daily: 10, Window: w}
+		key := "k_skew_" + w.Location().String()
+		r1, err1 := ahead.Take(ctx, key, p)
+		r2, err2 := behind.Take(ctx, key, p)
+		if err1 != nil || err2 != nil {
+			t.Fatal(err1, err2)
+		}
+		_, want := w.Bounds(time.Now())
+		if !r1.Daily.Reset.Equal(want) || !r2.Daily.Reset.Equal(want) {
+			t.Errorf("%s: resets %v and %v, want %v for both", w.Location(), r1.Daily.Reset, r2.Daily.Reset, want)
+		}
+		if r2.Daily.Remaining != 8 {
+			t.Errorf("%s: the instances counted apart: %d left", w.Location(), r2.Daily.Remaining)
+		}
+	}
+}
+
+// TestRedisFailureModes kills and freezes Redis under each on_failure mode.
+func TestRedisFailureModes(t *testing.T) {
+	srv := redistest.Start(t)
+	p := Policy{Daily: 1000, Window: DayIn(nil)}
+	closed := newRedisStore(t, srv.Addr(), "closed", nil)
+	open := newRedisStore(t, srv.Addr(), "open", nil)
+	local := newRedisStore(t, srv.Addr(), "local", nil)
+	for _, s := range []*RedisStore{closed, open, local} {
+		if res, err := s.Take(ctx, "k_f", p); err != nil || !res.Allowed {
+			t.Fatalf("%s before the failure: %v", s.OnFailure, err)
+		}
+	}
+
+	check := func(when string) {
+		t.Helper()
+		start := time.Now()
+		if _, err := closed.Take(ctx, "k_f", p); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("%s: closed: %v, want ErrUnavailable", when, err)
+		}
+		if res, err := open.Take(ctx, "k_f", p); err != nil || !res.Allowed || !res.Uncounted {
+			t.Errorf("%s: open: %+v %v", when, res, err)
+		}
+		res, err := local.Take(ctx, "k_f", p)
+		if err != nil || !res.Allowed || res.Uncounted || res.Daily.Remaining != 999 {
+			t.Errorf("%s: local: %+v %v (want the first request in local memory)", when, res, err)
+		}
+		local.shared.local.Reset("k_f")
+		if d := time.Since(start); d > 3*DefaultRedisTimeout+300*time.Millisecond {
+			t.Errorf("%s: three calls took %v", when, d)
+		}
+	}
+
+	srv.Freeze() // calls hang: each must give up at the timeout
+	check("frozen")
+	srv.Thaw()
+	for _, s := range []*RedisStore{closed, open, local} {
+		waitUp(t, s)
+	}
+
+	srv.Kill() // connections drop
+	check("killed")
+	srv.Restart() // empty: the restarted server lost its counts
+	for _, s := range []*RedisStore{closed, open, local} {
+		waitUp(t, s)
+	}
+	res, err := local.Take(ctx, "k_f", p)
+	if err != nil || res.Daily.Remaining != 999 {
+		t.Fatalf("counting did not resume in redis: %+v %v", res.Daily, err)
+	}
+	if res, _ := closed.Take(ctx, "k_f", p); res.Daily.Remaining != 998 {
+		t.Errorf("the instances do not share the restarted redis: %d left", res.Daily.Remaining)
+	}
+}
+
+// waitUp waits for the store's prober to find Redis back.
+func waitUp(t *testing.T, s *RedisStore) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.shared.down.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: redis never came back", s.OnFailure)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

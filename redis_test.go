@@ -1,0 +1,230 @@
+package apikey
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/moodmnky/caddy-apikey/internal/redistest"
+	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/ratelimit"
+)
+
+var (
+	caddyBinOnce sync.Once
+	caddyBin     string
+	caddyBinErr  error
+)
+
+// builtCaddy builds cmd/caddy once per test run.
+func builtCaddy(t *testing.T) string {
+	t.Helper()
+	caddyBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "caddy-apikey-bin-")
+		if err != nil {
+			caddyBinErr = err
+			return
+		}
+		caddyBin = filepath.Join(dir, "caddy")
+		out, err := exec.Command("go", "build", "-o", caddyBin, "./cmd/caddy").CombinedOutput()
+		if err != nil {
+			caddyBinErr = fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
+		}
+	})
+	if caddyBinErr != nil {
+		t.Fatal(caddyBinErr)
+	}
+	return caddyBin
+}
+
+// runCaddyProcess runs the built Caddy on a Caddyfile until the test ends,
+// and waits until it accepts connections on port.
+func runCaddyProcess(t *testing.T, caddyfile string, port int) {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfg, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(builtCaddy(t), "run", "--config", cfg, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	logFile, _ := os.Create(filepath.Join(dir, "caddy.log"))
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logFile.Close()
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond); err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(dir, "caddy.log"))
+			t.Fatalf("caddy did not start:\n%s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func redisSite(port int, keyFile, redisAddr, upstream, redisExtra string) string {
+	return fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+		failed_auth_limit off
+		counters redis {
+			address %s
+			%s
+		}
+	}
+	reverse_proxy %s
+}`, port, keyFile, redisAddr, redisExtra, upstream)
+}
+
+// TestTwoInstancesShareOneBudget runs two Caddy processes on one Redis: a
+// key with quota N gets exactly N passes in all under concurrent load.
+func TestTwoInstancesShareOneBudget(t *testing.T) {
+	const quota, requests = 120, 300
+	srv := redistest.Start(t)
+	key := newKey(t, keystore.Prod, keystore.Record{ID: "k_two_instances", Role: "reader", QuotaPerDay: int64p(quota)})
+	keyFile := writeKeyFile(t, key.record)
+	up := newUpstream(t)
+	ports := []int{freePort(t), freePort(t)}
+	for _, port := range ports {
+		runCaddyProcess(t, redisSite(port, keyFile, srv.Addr(), up.addr(), "timeout 2s\n\t\t\ton_failure closed"), port)
+	}
+
+	var mu sync.Mutex
+	codes := map[int]int{}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := 0; i < requests; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/x", ports[i%2]), nil)
+			req.Header.Set("X-API-Key", key.secret)
+			resp, err := client.Do(req)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				codes[-1]++
+				return
+			}
+			resp.Body.Close()
+			codes[resp.StatusCode]++
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if codes[200] != quota || codes[429] != requests-quota {
+		t.Fatalf("across two instances: %v, want %d×200 and %d×429", codes, quota, requests-quota)
+	}
+	// Both instances report the same state from Redis.
+	for _, port := range ports {
+		r := send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/x", port), "X-API-Key", key.secret)
+		if r.status != 429 || r.header.Get("X-RateLimit-Remaining") != "0" {
+			t.Errorf("instance on %d: %d, remaining %q", port, r.status, r.header.Get("X-RateLimit-Remaining"))
+		}
+	}
+}
+
+// TestRedisOutageThroughCaddy kills and freezes Redis under live traffic
+// for each on_failure mode: the stated behaviour, no request hanging past
+// the timeout plus a margin, and counting back in Redis once it returns.
+func TestRedisOutageThroughCaddy(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	const margin = 400 * time.Millisecond // -race on two cores
+	srv := redistest.Start(t)
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rc.Close()
+	up := newUpstream(t)
+
+	for _, mode := range []string{"local", "closed", "open"} {
+		t.Run(mode, func(t *testing.T) {
+			key := newKey(t, keystore.Dev, keystore.Record{ID: "k_outage_" + mode, Role: "reader"})
+			port := freePort(t)
+			logPath := filepath.Join(t.TempDir(), "caddy.log")
+			cfg := strings.Replace(redisSite(port, writeKeyFile(t, key.record), srv.Addr(), up.addr(),
+				fmt.Sprintf("timeout %v\n\t\t\ton_failure %s", timeout, mode)),
+				"persist_config off", "persist_config off\n\tlog {\n\t\toutput file "+logPath+"\n\t}", 1)
+			startCaddy(t, cfg)
+			url := fmt.Sprintf("http://127.0.0.1:%d/x", port)
+			redisCount := func() string {
+				v, _ := rc.HGet(context.Background(), ratelimit.RedisKey(ratelimit.DefaultRedisKeyPrefix, key.record.ID), "n").Result()
+				return v
+			}
+
+			if r := send(t, "GET", url, bearer(key)...); r.status != 200 || r.header.Get("X-RateLimit-Remaining") != "4999" {
+				t.Fatalf("before the outage: %d, remaining %q", r.status, r.header.Get("X-RateLimit-Remaining"))
+			}
+			if redisCount() != "1" {
+				t.Fatalf("not counted in redis: %q", redisCount())
+			}
+
+			for _, outage := range []string{"frozen", "killed"} {
+				if outage == "frozen" {
+					srv.Freeze()
+				} else {
+					srv.Kill()
+				}
+				for i := 0; i < 5; i++ {
+					began := time.Now()
+					r := send(t, "GET", url, bearer(key)...)
+					if took := time.Since(began); took > timeout+margin {
+						t.Errorf("%s: a request took %v", outage, took)
+					}
+					switch mode {
+					case "local":
+						if r.status != 200 || r.header.Get("X-RateLimit-Limit") != "5000" {
+							t.Errorf("%s: local: %d, limit header %q", outage, r.status, r.header.Get("X-RateLimit-Limit"))
+						}
+					case "closed":
+						if r.status != 503 || r.err.Code != "unavailable" || r.header.Get("Retry-After") == "" {
+							t.Errorf("%s: closed: %d %q", outage, r.status, r.err.Code)
+						}
+					case "open":
+						if r.status != 200 || r.header.Get("RateLimit") != "" {
+							t.Errorf("%s: open: %d, RateLimit %q (want none: uncounted)", outage, r.status, r.header.Get("RateLimit"))
+						}
+					}
+				}
+				if outage == "frozen" {
+					srv.Thaw()
+				} else {
+					srv.Restart()
+				}
+				// Back in Redis once the prober sees it answer.
+				eventually(t, mode+": counting resumes in redis after "+outage, func() bool {
+					before := redisCount()
+					send(t, "GET", url, bearer(key)...)
+					return redisCount() != before && redisCount() != ""
+				})
+			}
+			logs := readWhenContains(t, logPath, "redis answers again")
+			if n := strings.Count(logs, "redis is failing"); n != 2 {
+				t.Errorf("the switch was logged %d times for two outages, want 2", n)
+			}
+		})
+	}
+}
