@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -47,9 +48,9 @@ func builtCaddy(t *testing.T) string {
 	return caddyBin
 }
 
-// runCaddyProcess runs the built Caddy on a Caddyfile until the test ends,
-// and waits until it accepts connections on port.
-func runCaddyProcess(t *testing.T, caddyfile string, port int) {
+// runCaddyProcess runs the built Caddy on a Caddyfile, from the repository
+// root, until the test ends, and waits until it accepts connections on port.
+func runCaddyProcess(t *testing.T, caddyfile string, port int, env ...string) {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "Caddyfile")
@@ -57,7 +58,7 @@ func runCaddyProcess(t *testing.T, caddyfile string, port int) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(builtCaddy(t), "run", "--config", cfg, "--adapter", "caddyfile")
-	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	cmd.Env = append(append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir), env...)
 	logFile, _ := os.Create(filepath.Join(dir, "caddy.log"))
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
@@ -100,21 +101,24 @@ http://127.0.0.1:%d {
 }`, port, keyFile, redisAddr, redisExtra, upstream)
 }
 
-// TestTwoInstancesShareOneBudget runs two Caddy processes on one Redis: a
-// key with quota N gets exactly N passes in all under concurrent load.
+// TestTwoInstancesShareOneBudget runs examples/redis/Caddyfile twice, as two
+// Caddy processes on one Redis: the demo reader (100 requests a day) gets
+// exactly 100 passes in all under concurrent load across both.
 func TestTwoInstancesShareOneBudget(t *testing.T) {
-	const quota, requests = 120, 300
+	const quota, requests = 100, 250
 	srv := redistest.Start(t)
-	key := newKey(t, keystore.Prod, keystore.Record{ID: "k_two_instances", Role: "reader", QuotaPerDay: int64p(quota)})
-	keyFile := writeKeyFile(t, key.record)
-	up := newUpstream(t)
+	cfg, err := os.ReadFile("examples/redis/Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
 	ports := []int{freePort(t), freePort(t)}
 	for _, port := range ports {
-		runCaddyProcess(t, redisSite(port, keyFile, srv.Addr(), up.addr(), "timeout 2s\n\t\t\ton_failure closed"), port)
+		runCaddyProcess(t, string(cfg), port, "PORT="+strconv.Itoa(port), "ADMIN_PORT="+strconv.Itoa(freePort(t)), "REDIS="+srv.Addr())
 	}
 
 	var mu sync.Mutex
 	codes := map[int]int{}
+	perInstance := map[int]int{}
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	for i := 0; i < requests; i++ {
@@ -122,8 +126,10 @@ func TestTwoInstancesShareOneBudget(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/x", ports[i%2]), nil)
-			req.Header.Set("X-API-Key", key.secret)
+			port := ports[i%2]
+			req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/api/tags", port), nil)
+			req.Host = fmt.Sprintf("localhost:%d", port)
+			req.Header.Set("X-API-Key", demoReader)
 			resp, err := client.Do(req)
 			mu.Lock()
 			defer mu.Unlock()
@@ -133,6 +139,9 @@ func TestTwoInstancesShareOneBudget(t *testing.T) {
 			}
 			resp.Body.Close()
 			codes[resp.StatusCode]++
+			if resp.StatusCode == 200 {
+				perInstance[port]++
+			}
 		}()
 	}
 	close(start)
@@ -140,11 +149,21 @@ func TestTwoInstancesShareOneBudget(t *testing.T) {
 	if codes[200] != quota || codes[429] != requests-quota {
 		t.Fatalf("across two instances: %v, want %d×200 and %d×429", codes, quota, requests-quota)
 	}
+	if perInstance[ports[0]] == 0 || perInstance[ports[1]] == 0 {
+		t.Errorf("one instance admitted nothing: %v", perInstance)
+	}
 	// Both instances report the same state from Redis.
 	for _, port := range ports {
-		r := send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/x", port), "X-API-Key", key.secret)
-		if r.status != 429 || r.header.Get("X-RateLimit-Remaining") != "0" {
-			t.Errorf("instance on %d: %d, remaining %q", port, r.status, r.header.Get("X-RateLimit-Remaining"))
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/api/tags", port), nil)
+		req.Host = fmt.Sprintf("localhost:%d", port)
+		req.Header.Set("X-API-Key", demoReader)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 429 || resp.Header.Get("X-RateLimit-Remaining") != "0" {
+			t.Errorf("instance on %d: %d, remaining %q", port, resp.StatusCode, resp.Header.Get("X-RateLimit-Remaining"))
 		}
 	}
 }
