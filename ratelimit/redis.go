@@ -428,7 +428,6 @@ func RedisKey(prefix, keyID string) string {
 	return prefix + "{" + keyID + "}"
 }
 
-
 // Interface guards
 var (
 	_ Store                 = (*RedisStore)(nil)
