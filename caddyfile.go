@@ -57,6 +57,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        file <path>
 //	        persist_interval <duration>
 //	    }
+//	    counters redis { ... }
+//	    usage_depth <n>
+//	    usage_retention <duration>
+//	    usage_file <path>
+//	    audit_log <path>
+//	    metrics per_key
 //	}
 //
 // key_from may repeat, and quota and rate once per key type; every other
@@ -231,6 +237,45 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.CountersRaw = caddyconfig.JSONModuleObject(unm, "store", name, nil)
+
+		case "usage_depth":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return d.Errf("usage_depth: %q is not a positive whole number", v)
+			}
+			h.UsageDepth = n
+
+		case "usage_retention":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("usage_retention: %q is not a positive duration (e.g. 30d)", v)
+			}
+			h.UsageRetention = caddy.Duration(dur)
+
+		case "usage_file":
+			if !d.AllArgs(&h.UsageFile) {
+				return d.ArgErr()
+			}
+
+		case "audit_log":
+			if !d.AllArgs(&h.AuditLog) {
+				return d.ArgErr()
+			}
+
+		case "metrics":
+			var v string
+			if !d.AllArgs(&v) || v != "per_key" {
+				return d.Err("want metrics per_key")
+			}
+			h.Metrics = &MetricsOptions{PerKey: true}
 
 		default:
 			return d.Errf("unrecognized apikey subdirective %q", sub)

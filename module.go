@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"time"
 	_ "time/tzdata" // quota_timezone must work on hosts without a zone database
@@ -19,9 +20,11 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
+	"github.com/moodmnky/caddy-apikey/usage"
 )
 
 func init() {
@@ -83,6 +86,25 @@ type Handler struct {
 	// {"store": "memory"}.
 	CountersRaw json.RawMessage `json:"counters,omitempty" caddy:"namespace=http.apikey.counters inline_key=store"`
 
+	// UsageDepth is how many path segments name an endpoint in usage
+	// counts; segments that look like ids count as ":id". Default: 2.
+	UsageDepth int `json:"usage_depth,omitempty"`
+
+	// UsageRetention is how long hourly usage counts are kept. Default: 30
+	// days.
+	UsageRetention caddy.Duration `json:"usage_retention,omitempty"`
+
+	// UsageFile is where usage counts are saved (every 10s and at
+	// shutdown). Default: apikey/usage.json in Caddy's data directory.
+	UsageFile string `json:"usage_file,omitempty"`
+
+	// AuditLog is a file that gets a JSON line, chained by SHA-256, for
+	// every refusal and every management change made through the admin API.
+	AuditLog string `json:"audit_log,omitempty"`
+
+	// Metrics adjusts the Prometheus metrics.
+	Metrics *MetricsOptions `json:"metrics,omitempty"`
+
 	source     keystore.Source
 	keyFrom    []headers.KeyLocation
 	allowTypes uint8 // bit per keystore.Type
@@ -97,6 +119,22 @@ type Handler struct {
 	failLimit    ratelimit.Rate
 	failures     *ratelimit.Failures
 	failuresHeld bool
+
+	requests   routeCounters
+	perKey     bool
+	usage      *usageTracker
+	usageKey   string
+	usageDepth int
+	audit      *audit.Writer
+	auditKey   string
+	events     emitter
+}
+
+// MetricsOptions adjusts the handler's metrics.
+type MetricsOptions struct {
+	// PerKey adds caddy_apikey_requests_by_key_total, labelled by key id.
+	// Off by default: one series per key may be many.
+	PerKey bool `json:"per_key,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -167,6 +205,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("counters: module %T is not a counter store", mod)
 	}
 
+	if err := h.provisionTracking(ctx); err != nil {
+		return err
+	}
+
 	h.serviceValue = h.Service
 	h.denials = newDenials(h.Service, allowed, locs)
 	return nil
@@ -194,22 +236,86 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup lets go of the shared failed-authentication tracker. The key
-// source and counter store are modules; Caddy cleans them up itself.
+// Cleanup lets go of what the handler shares with other routes: the
+// failed-authentication tracker, usage counts, the audit log writer, its
+// place in the admin API. The key source and counter store are modules;
+// Caddy cleans them up itself. It copes with a half-provisioned handler.
 func (h *Handler) Cleanup() error {
+	unregister(h)
+	var errs []error
 	if h.failuresHeld {
 		h.failuresHeld = false
 		_, err := failuresPool.Delete(failuresPoolKey)
+		errs = append(errs, err)
+	}
+	if h.usageKey != "" {
+		_, err := usagePool.Delete(h.usageKey)
+		h.usageKey = ""
+		errs = append(errs, err)
+	}
+	if h.auditKey != "" {
+		_, err := auditPool.Delete(h.auditKey)
+		h.auditKey = ""
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// provisionTracking sets up metrics, usage counts, the audit log and events.
+func (h *Handler) provisionTracking(ctx caddy.Context) error {
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	h.requests = newRouteCounters(h.Service)
+	h.perKey = h.Metrics != nil && h.Metrics.PerKey
+
+	h.usageDepth = h.UsageDepth
+	if h.usageDepth == 0 {
+		h.usageDepth = usage.DefaultDepth
+	}
+	if h.usageDepth < 0 {
+		return errors.New("usage_depth must be positive")
+	}
+	retention := time.Duration(h.UsageRetention)
+	if retention == 0 {
+		retention = usage.DefaultRetention
+	}
+	if retention < 0 {
+		return errors.New("usage_retention must be positive")
+	}
+	path := h.UsageFile
+	if path == "" {
+		path = defaultUsageFile()
+	}
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return fmt.Errorf("usage_file: %w", err)
+	}
+	val, _, err := usagePool.LoadOrNew(path, func() (caddy.Destructor, error) {
+		return openUsage(path, retention), nil
+	})
+	if err != nil {
 		return err
 	}
+	h.usage, h.usageKey = val.(*usageTracker), path
+
+	if h.AuditLog != "" {
+		if h.audit, err = openAudit(h.AuditLog); err != nil {
+			return fmt.Errorf("audit_log: %w", err)
+		}
+		h.auditKey = h.audit.Path()
+	}
+	h.events = newEmitter(ctx)
+	register(h)
 	return nil
 }
 
 // ServeHTTP admits or refuses the request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	now := time.Now()
 	if h.failures != nil && h.failures.Active() {
 		if wait, blocked := h.failures.Blocked(clientIP(r), h.failLimit); blocked {
-			h.logDenial(r, decisionRateLimited, "failed_auth", nil)
+			h.refused(r, now, decisionRateLimited, "failed_auth", nil, 0, nil)
 			writeTooMany(w, decisionRateLimited, throttleMessage(wait), wait)
 			return nil
 		}
@@ -217,21 +323,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	key, found := headers.TakeKey(r.Header, h.keyFrom)
 	if !found {
-		return h.deny(w, r, h.denials.missing, nil)
+		return h.deny(w, r, now, h.denials.missing, nil, 0)
 	}
 	presented, ok := keystore.Check(key)
 	if !ok {
-		return h.deny(w, r, h.denials.invalid, nil)
+		return h.deny(w, r, now, h.denials.invalid, nil, 0)
 	}
 	match, err := h.source.Lookup(r.Context(), keystore.Sum(key))
 	if err != nil {
 		// The source logs its failures, once per interval; the refusal
 		// is logged below like any other.
-		return h.deny(w, r, h.denials.unavailable, nil)
+		return h.deny(w, r, now, h.denials.unavailable, nil, presented)
 	}
 	k := match.Key
 	if k == nil || (k.Type != 0 && k.Type != presented) {
-		return h.deny(w, r, h.denials.invalid, nil)
+		return h.deny(w, r, now, h.denials.invalid, nil, presented)
 	}
 
 	if match.Previous != nil {
@@ -239,16 +345,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// out, and when.
 		w.Header().Set("Deprecation", "true")
 		w.Header().Set("Sunset", match.Previous.ValidUntil.UTC().Format(http.TimeFormat))
+		if h.events.on() && deprecatedDue(k.ID, now) {
+			h.events.emit(eventDeprecatedKey, map[string]any{"key_id": k.ID, "service": h.Service,
+				"valid_until": match.Previous.ValidUntil.UTC().Format(time.RFC3339)})
+		}
 	}
 
-	now := time.Now()
 	switch {
 	case k.Revoked:
-		return h.deny(w, r, h.denials.revoked, k)
+		return h.deny(w, r, now, h.denials.revoked, k, presented)
 	case k.Expired(now):
-		return h.deny(w, r, h.denials.expired, k)
+		return h.deny(w, r, now, h.denials.expired, k, presented)
 	case match.Previous != nil && !now.Before(match.Previous.ValidUntil):
-		return h.deny(w, r, h.denials.rotatedOut, k)
+		return h.deny(w, r, now, h.denials.rotatedOut, k, presented)
 	}
 
 	// The key is authenticated: from here on every response carries its
@@ -256,30 +365,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	policy := h.limits.policy(k, presented)
 	switch {
 	case h.allowTypes&(1<<presented) == 0:
-		return h.forbid(w, r, h.denials.keyType, k, policy)
+		return h.forbid(w, r, now, h.denials.keyType, k, presented, policy)
 	case k.RestrictsIP() && !k.AllowsIP(clientIP(r)):
-		return h.forbid(w, r, h.denials.ip, k, policy)
+		return h.forbid(w, r, now, h.denials.ip, k, presented, policy)
 	case h.Service != "" && !k.AllowsService(h.Service):
-		return h.forbid(w, r, h.denials.service, k, policy)
+		return h.forbid(w, r, now, h.denials.service, k, presented, policy)
 	case !k.Permits(r):
-		return h.forbid(w, r, h.denials.method, k, policy)
+		return h.forbid(w, r, now, h.denials.method, k, presented, policy)
 	}
 
 	// Only requests that pass every check above spend from the budget.
 	res, err := h.counters.Take(r.Context(), k.ID, policy)
 	if err != nil {
 		// The store logs its failures, once per change of state.
-		return h.deny(w, r, h.denials.unavailable, k)
+		return h.deny(w, r, now, h.denials.unavailable, k, presented)
 	}
 	if !res.Uncounted {
 		headers.WriteRateLimit(w.Header(), res, res.Now)
 	}
 	if !res.Allowed {
 		if res.DeniedBy == ratelimit.DailyLimit {
-			h.logDenial(r, decisionQuotaExceeded, "", k)
+			h.refused(r, now, decisionQuotaExceeded, "", k, presented, &res)
 			writeTooMany(w, decisionQuotaExceeded, quotaMessage(res), res.RetryAfter)
 		} else {
-			h.logDenial(r, decisionRateLimited, "burst", k)
+			h.refused(r, now, decisionRateLimited, "burst", k, presented, &res)
 			writeTooMany(w, decisionRateLimited, burstMessage(policy, res), res.RetryAfter)
 		}
 		return nil
@@ -294,6 +403,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl.Set("http.apikey.service", h.serviceValue)
 	h.credential.Apply(r.Header, repl) // after the placeholders, which it may use
 
+	h.usage.Add(k.ID, h.Service, r.Method, usage.Endpoint(r.URL.Path, h.usageDepth), now)
+	h.counted(allowedIndex, k, presented, now)
+	if !res.Uncounted && h.events.on() {
+		if level := quotaWarning(k.ID, res.Daily.Limit-res.Daily.Remaining, res.Daily.Limit, res.Daily.Reset); level > 0 {
+			h.events.emit(eventQuotaWarning, map[string]any{"key_id": k.ID, "service": h.Service, "percent": level,
+				"used": res.Daily.Limit - res.Daily.Remaining, "limit": res.Daily.Limit, "reset": res.Daily.Reset.UTC().Format(time.RFC3339)})
+		}
+	}
 	if c := h.logger.Check(zapcore.DebugLevel, "request allowed"); c != nil {
 		c.Write(zap.String("key_id", k.ID), zap.String("method", r.Method), zap.String("path", r.URL.Path))
 	}
@@ -306,35 +423,47 @@ var (
 	typeValues = [...]any{keystore.Dev: "dev", keystore.Prod: "prod"}
 )
 
-// deny answers the request with d and logs the refusal. A failed
-// authentication counts against the client address.
-func (h *Handler) deny(w http.ResponseWriter, r *http.Request, d *denial, k *keystore.Key) error {
+// deny answers the request with d. A failed authentication counts against
+// the client address.
+func (h *Handler) deny(w http.ResponseWriter, r *http.Request, now time.Time, d *denial, k *keystore.Key, t keystore.Type) error {
 	if d.status == http.StatusUnauthorized && h.failures != nil {
 		h.failures.Fail(clientIP(r), h.failLimit)
 	}
-	h.logDenial(r, d.code, d.reason, k)
+	h.refused(r, now, d.code, d.reason, k, t, nil)
 	d.write(w)
 	return nil
 }
 
 // forbid answers 403 to an authenticated key, with its rate-limit headers
 // (read without spending).
-func (h *Handler) forbid(w http.ResponseWriter, r *http.Request, d *denial, k *keystore.Key, p ratelimit.Policy) error {
+func (h *Handler) forbid(w http.ResponseWriter, r *http.Request, now time.Time, d *denial, k *keystore.Key, t keystore.Type, p ratelimit.Policy) error {
 	if res, err := h.counters.Peek(r.Context(), k.ID, p); err == nil && !res.Uncounted {
 		headers.WriteRateLimit(w.Header(), res, res.Now)
 	}
-	return h.deny(w, r, d, k)
+	return h.deny(w, r, now, d, k, t)
 }
 
-// logDenial logs a refusal at info: never the key or its hash, only the key
-// id when the key is known.
-func (h *Handler) logDenial(r *http.Request, decision, reason string, k *keystore.Key) {
+// counted records a decision in the metrics.
+func (h *Handler) counted(decision int, k *keystore.Key, t keystore.Type, start time.Time) {
+	h.requests[decision][t].Inc()
+	if h.perKey && k != nil {
+		metrics.requestsByKey.WithLabelValues(k.ID, h.Service, decisions[decision]).Inc()
+	}
+	metrics.checkDuration.Observe(time.Since(start).Seconds())
+}
+
+// refused records a refusal everywhere it is recorded: the log (at info),
+// the metrics, the audit log and the events. Never the key or its hash;
+// the key id when the key is known.
+func (h *Handler) refused(r *http.Request, start time.Time, decision, reason string, k *keystore.Key, t keystore.Type, res *ratelimit.Result) {
+	h.counted(decisionIndexes[decision], k, t, start)
+	ip := clientIP(r)
 	if c := h.logger.Check(zapcore.InfoLevel, "request denied"); c != nil {
 		fields := []zap.Field{
 			zap.String("decision", decision),
 			zap.String("method", r.Method),
 			zap.String("path", r.URL.Path),
-			zap.Stringer("client_ip", clientIP(r)),
+			zap.Stringer("client_ip", ip),
 		}
 		if reason != "" {
 			fields = append(fields, zap.String("reason", reason))
@@ -343,6 +472,31 @@ func (h *Handler) logDenial(r *http.Request, decision, reason string, k *keystor
 			fields = append(fields, zap.String("key_id", k.ID))
 		}
 		c.Write(fields...)
+	}
+	if h.audit == nil && !h.events.on() {
+		return
+	}
+	data := map[string]any{"decision": decision, "service": h.Service, "method": r.Method,
+		"path": r.URL.Path, "client_ip": ip.String()}
+	if reason != "" {
+		data["reason"] = reason
+	}
+	if k != nil {
+		data["key_id"] = k.ID
+	}
+	if h.audit != nil {
+		entry := audit.Entry{"event": "request.denied"}
+		for name, v := range data {
+			entry[name] = v
+		}
+		h.audit.Log(entry)
+	}
+	if h.events.on() {
+		h.events.emit(eventDenied, data)
+		if decision == decisionQuotaExceeded && res != nil {
+			h.events.emit(eventQuotaExceeded, map[string]any{"key_id": k.ID, "service": h.Service,
+				"limit": res.Daily.Limit, "reset": res.Daily.Reset.UTC().Format(time.RFC3339)})
+		}
 	}
 }
 

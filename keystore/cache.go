@@ -166,15 +166,19 @@ func (c *Cache) Lookup(ctx context.Context, d Digest) (Match, error) {
 		age := time.Duration(c.now().UnixNano() - e.fetched)
 		switch {
 		case e.match.Key == nil && age < time.Duration(c.cfg.NegativeTTL):
+			observeCache("negative_hit")
 			return Match{}, nil
 		case e.match.Key != nil && age < time.Duration(c.cfg.TTL):
+			observeCache("hit")
 			return e.match, nil
 		case e.match.Key != nil && age < time.Duration(c.cfg.Stale):
 			// Stale while revalidate: answer now, refresh once behind.
+			observeCache("stale")
 			c.refresh(d)
 			return e.match, nil
 		}
 	}
+	observeCache("miss")
 	ch := c.calls.DoChan(string(d[:]), func() (any, error) { return c.fetchAndStore(d) })
 	select {
 	case res := <-ch:

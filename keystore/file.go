@@ -82,6 +82,13 @@ func (f *FileSource) Lookup(_ context.Context, d Digest) (Match, error) {
 	return f.keys.set.Load().Lookup(d), nil
 }
 
+// Reload reads the file now if it changed, rather than at the next poll;
+// for changes made by the admin API.
+func (f *FileSource) Reload() { f.keys.check() }
+
+// AbsPath is the file's absolute path.
+func (f *FileSource) AbsPath() string { return f.keys.path }
+
 // Keys returns the keys of the current version of the file.
 func (f *FileSource) Keys() []*Key { return f.keys.set.Load().Keys() }
 

@@ -4,6 +4,7 @@ package keystore
 
 import (
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"strings"
@@ -155,4 +156,33 @@ func checksum(s string) uint32 {
 		crc = crc32.IEEETable[byte(crc)^s[i]] ^ (crc >> 8)
 	}
 	return ^crc
+}
+
+// Diagnose says what is wrong with a presented key, for people checking a
+// key by hand; Check is the fast yes or no.
+func Diagnose(key string) (Type, error) {
+	var t Type
+	switch {
+	case key == "":
+		return 0, errors.New("empty")
+	case strings.HasPrefix(key, devPrefix):
+		t = Dev
+	case strings.HasPrefix(key, prodPrefix):
+		t = Prod
+	default:
+		return 0, fmt.Errorf("unknown prefix: keys start with %s or %s", devPrefix, prodPrefix)
+	}
+	body := key[len(t.Prefix()):]
+	if len(body) != RandomLen+ChecksumLen {
+		return t, fmt.Errorf("wrong length: %d characters after the prefix, want %d", len(body), RandomLen+ChecksumLen)
+	}
+	for i := 0; i < len(body); i++ {
+		if base62Value[body[i]] < 0 {
+			return t, fmt.Errorf("character %d is not in 0-9A-Za-z", len(t.Prefix())+i+1)
+		}
+	}
+	if _, ok := Check(key); !ok {
+		return t, errors.New("the checksum does not match: the key was mistyped or cut")
+	}
+	return t, nil
 }

@@ -280,6 +280,7 @@ func redactURLError(err error) error {
 // logFailure logs a service failure at most once per interval, with how
 // many were not logged since.
 func (s *keyService) logFailure(err error) {
+	observeSourceError("http")
 	now := time.Now().UnixNano()
 	last := s.lastLogged.Load()
 	if now-last < int64(failureLogInterval) || !s.lastLogged.CompareAndSwap(last, now) {

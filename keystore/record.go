@@ -346,3 +346,36 @@ func (k *Key) Expired(now time.Time) bool {
 
 // RestrictsIP reports whether the key has allowed_ips.
 func (k *Key) RestrictsIP() bool { return len(k.allowedIPs) > 0 }
+
+// Key statuses, as the CLI and the admin API report them.
+const (
+	StatusActive        = "active"
+	StatusExpired       = "expired"
+	StatusRevoked       = "revoked"
+	StatusRotationGrace = "rotation_grace"
+)
+
+// Status is the key's state at now: revoked, expired, in rotation grace (an
+// old secret still works), or active.
+func (k *Key) Status(now time.Time) string {
+	switch {
+	case k.Revoked:
+		return StatusRevoked
+	case k.Expired(now):
+		return StatusExpired
+	}
+	for _, p := range k.Previous {
+		if now.Before(p.ValidUntil) {
+			return StatusRotationGrace
+		}
+	}
+	return StatusActive
+}
+
+// Services returns the services the key may reach; ["*"] for all.
+func (k *Key) Services() []string {
+	if k.allServices {
+		return []string{"*"}
+	}
+	return k.services
+}

@@ -27,7 +27,8 @@ type watchedFile struct {
 	path string // absolute
 	set  atomic.Pointer[Set]
 
-	stamp fileStamp // of the version last read, good or bad
+	mu    sync.Mutex // one check at a time: the watcher's, or an admin's
+	stamp fileStamp  // of the version last read, good or bad
 	stop  chan struct{}
 	done  chan struct{}
 	once  sync.Once
@@ -92,6 +93,8 @@ func (w *watchedFile) run() {
 // check reloads the file if it changed since it was last read. A version
 // that does not load is logged once and the last good keys stay.
 func (w *watchedFile) check() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	stamp, err := stampOf(w.path)
 	if err != nil {
 		if w.stamp.info != nil {
@@ -107,6 +110,7 @@ func (w *watchedFile) check() {
 	w.stamp = stamp
 	set, err := LoadFile(w.name)
 	if err != nil {
+		observeSourceError("file")
 		fileLogger().Error("key file rejected; keeping the last good keys", zap.Error(err))
 		return
 	}

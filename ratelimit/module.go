@@ -12,6 +12,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
 )
 
 func init() {
@@ -106,6 +108,12 @@ func (s *MemoryStore) Peek(ctx context.Context, key string, p Policy) (Result, e
 	return s.counters.Peek(ctx, key, p)
 }
 
+// Reset forgets a key's counters.
+func (s *MemoryStore) Reset(_ context.Context, key string) error {
+	s.counters.Reset(key)
+	return nil
+}
+
 // Memory returns the counters, for management.
 func (s *MemoryStore) Memory() *Memory { return s.counters.Memory }
 
@@ -172,7 +180,7 @@ func openPersistedMemory(path string, interval time.Duration) *persistedMemory {
 	n, err := p.Load(path)
 	switch {
 	case errors.Is(err, ErrCorrupt):
-		aside, renameErr := SetAside(path, time.Now())
+		aside, renameErr := atomicfile.SetAside(path, time.Now())
 		logger().Error("counter file is corrupt; set it aside and started counting from zero",
 			zap.String("file", path), zap.String("set_aside_as", aside), zap.NamedError("rename_error", renameErr), zap.Error(err))
 	case err != nil:

@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
 )
 
 // counterFileVersion is written into every counter file; a file of another
@@ -51,7 +52,7 @@ func (m *Memory) Save(path string) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(path, data)
+	return atomicfile.WriteFile(path, data, 0o600)
 }
 
 // Load adds the counters saved in path. A missing file loads nothing. A file
@@ -101,44 +102,4 @@ func (m *Memory) Load(path string) (int, error) {
 		sh.mu.Unlock()
 	}
 	return len(f.Counters), nil
-}
-
-// SetAside renames a corrupt file out of the way, keeping it for a person
-// to look at, and returns its new name.
-func SetAside(path string, now time.Time) (string, error) {
-	aside := path + ".corrupt-" + now.UTC().Format("20060102T150405Z")
-	return aside, os.Rename(path, aside)
-}
-
-// writeAtomic writes data to a temporary file beside path, syncs it, and
-// renames it over path.
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // a no-op once renamed
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
 )
 
 func TestSaveAndLoadKeepCounts(t *testing.T) {
@@ -85,7 +87,7 @@ func TestLoadRefusesCorruptFiles(t *testing.T) {
 func TestSetAside(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "counters.json")
 	os.WriteFile(path, []byte("bad"), 0o600)
-	aside, err := SetAside(path, time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
+	aside, err := atomicfile.SetAside(path, time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -168,6 +168,14 @@ func (s *RedisStore) call(ctx context.Context, key string, p Policy, peekOnly bo
 	return Result{}, ErrUnavailable
 }
 
+// Reset forgets a key's counters, in Redis and in the local fallback.
+func (s *RedisStore) Reset(ctx context.Context, key string) error {
+	s.shared.local.Reset(key)
+	ctx, cancel := context.WithTimeout(ctx, s.shared.timeout)
+	defer cancel()
+	return s.shared.client.Del(ctx, RedisKey(s.shared.prefix, key)).Err()
+}
+
 // UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
 //
 //	counters redis {

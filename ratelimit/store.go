@@ -17,6 +17,11 @@ type Store interface {
 	Peek(ctx context.Context, key string, p Policy) (Result, error)
 }
 
+// Resetter is a store that can forget a key's counters.
+type Resetter interface {
+	Reset(ctx context.Context, key string) error
+}
+
 // Policy is the limits that apply to one key.
 type Policy struct {
 	// Daily is the number of requests a key may make per window.

@@ -1,0 +1,298 @@
+package apikey
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/moodmnky/caddy-apikey/audit"
+	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/ratelimit"
+	"github.com/moodmnky/caddy-apikey/usage"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// active are the provisioned handlers, for the admin API. During a reload
+// the old and the new config's handlers are both here for a moment; they
+// share their sources, stores and usage counts.
+var active = struct {
+	mu       sync.Mutex
+	handlers map[*Handler]struct{}
+}{handlers: map[*Handler]struct{}{}}
+
+func register(h *Handler) {
+	active.mu.Lock()
+	active.handlers[h] = struct{}{}
+	active.mu.Unlock()
+}
+
+func unregister(h *Handler) {
+	active.mu.Lock()
+	delete(active.handlers, h)
+	active.mu.Unlock()
+}
+
+func activeHandlers() []*Handler {
+	active.mu.Lock()
+	defer active.mu.Unlock()
+	hs := make([]*Handler, 0, len(active.handlers))
+	for h := range active.handlers {
+		hs = append(hs, h)
+	}
+	return hs
+}
+
+// adminAPI serves /apikey/ on Caddy's admin endpoint:
+//
+//	GET    /apikey/keys                  the keys (never their hashes), status and today's quota use
+//	GET    /apikey/usage?key=&service=&from=&to=&by=hour|day
+//	POST   /apikey/keys/<id>/revoke      revokes a key in its key file
+//	POST   /apikey/cache/purge[?id=]     drops cached key-service answers
+//	DELETE /apikey/quota/<id>            resets a key's counters
+type adminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.apikey",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (a adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/apikey/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+}
+
+func apiError(status int, format string, args ...any) error {
+	return caddy.APIError{HTTPStatus: status, Err: fmt.Errorf(format, args...)}
+}
+
+func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	path := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/apikey/"), "/")
+	parts := strings.Split(path, "/")
+	switch {
+	case path == "keys":
+		return expect(r, http.MethodGet, func() error { return a.keys(w) })
+	case path == "usage":
+		return expect(r, http.MethodGet, func() error { return a.usage(w, r) })
+	case len(parts) == 3 && parts[0] == "keys" && parts[2] == "revoke" && parts[1] != "":
+		return expect(r, http.MethodPost, func() error { return a.revoke(w, parts[1]) })
+	case path == "cache/purge":
+		return expect(r, http.MethodPost, func() error { return a.purge(w, r.URL.Query().Get("id")) })
+	case len(parts) == 2 && parts[0] == "quota" && parts[1] != "":
+		return expect(r, http.MethodDelete, func() error { return a.resetQuota(w, r, parts[1]) })
+	}
+	return apiError(http.StatusNotFound, "no apikey admin endpoint %s", r.URL.Path)
+}
+
+func expect(r *http.Request, method string, serve func() error) error {
+	if r.Method != method {
+		return apiError(http.StatusMethodNotAllowed, "%s needs %s, not %s", r.URL.Path, method, r.Method)
+	}
+	return serve()
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// keyEntry is one key in GET /apikey/keys.
+type keyEntry struct {
+	keyListing
+	Source string `json:"source"`
+}
+
+func (adminAPI) keys(w http.ResponseWriter) error {
+	now := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	seen := map[string]bool{}
+	list := []keyEntry{}
+	for _, h := range activeHandlers() {
+		src, ok := h.source.(*keystore.FileSource)
+		if !ok || seen[src.AbsPath()] {
+			continue
+		}
+		seen[src.AbsPath()] = true
+		for _, k := range src.Keys() {
+			e := keyEntry{keyListing: listingOf(k, now), Source: src.AbsPath()}
+			t := k.Type
+			if t == 0 {
+				t = keystore.Dev // a record without type: the dev limit is shown
+			}
+			if res, err := h.counters.Peek(ctx, k.ID, h.limits.policy(k, t)); err == nil && !res.Uncounted {
+				e.Quota = quotaOf(res)
+			}
+			list = append(list, e)
+		}
+	}
+	return writeJSON(w, map[string]any{"keys": list})
+}
+
+func (adminAPI) usage(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	query := usage.Query{KeyID: q.Get("key"), Service: q.Get("service"), To: time.Now()}
+	var err error
+	if s := q.Get("to"); s != "" {
+		if query.To, err = parseTimeParam(s); err != nil {
+			return apiError(http.StatusBadRequest, "to: %v", err)
+		}
+	}
+	query.From = query.To.Add(-24 * time.Hour)
+	if s := q.Get("from"); s != "" {
+		if query.From, err = parseTimeParam(s); err != nil {
+			return apiError(http.StatusBadRequest, "from: %v", err)
+		}
+	}
+	if !query.From.Before(query.To) {
+		return apiError(http.StatusBadRequest, "from must be before to")
+	}
+	switch by := q.Get("by"); by {
+	case "", "hour":
+	case "day":
+		query.ByDay = true
+	default:
+		return apiError(http.StatusBadRequest, "by: %q is not hour or day", by)
+	}
+	for name := range q {
+		switch name {
+		case "key", "service", "from", "to", "by":
+		default:
+			return apiError(http.StatusBadRequest, "unknown parameter %q (want key, service, from, to, by)", name)
+		}
+	}
+	rows := []usage.Row{}
+	seen := map[*usageTracker]bool{}
+	for _, h := range activeHandlers() {
+		if h.usage != nil && !seen[h.usage] {
+			seen[h.usage] = true
+			rows = append(rows, h.usage.Report(query)...)
+		}
+	}
+	by := "hour"
+	if query.ByDay {
+		by = "day"
+	}
+	return writeJSON(w, map[string]any{"from": query.From.UTC(), "to": query.To.UTC(), "by": by, "rows": rows})
+}
+
+// parseTimeParam reads RFC 3339 or a date (YYYY-MM-DD, UTC midnight).
+func parseTimeParam(s string) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	if t, err := time.Parse("2006-01-02", s); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor a date such as 2026-11-27", s)
+}
+
+func (adminAPI) revoke(w http.ResponseWriter, id string) error {
+	var readOnly bool
+	for _, h := range activeHandlers() {
+		src, ok := h.source.(*keystore.FileSource)
+		if !ok {
+			readOnly = true
+			continue
+		}
+		found := false
+		for _, k := range src.Keys() {
+			if k.ID == id {
+				found = true
+				break
+			}
+		}
+		if !found {
+			continue
+		}
+		if err := RevokeInFile(src.AbsPath(), id); err != nil {
+			if errors.Is(err, keystore.ErrUnknownID) {
+				return apiError(http.StatusNotFound, "%v", err)
+			}
+			return apiError(http.StatusInternalServerError, "%v", err)
+		}
+		src.Reload()
+		auditAll(audit.Entry{"event": "key.revoked", "key_id": id, "file": src.AbsPath()})
+		return writeJSON(w, map[string]any{"id": id, "revoked": true, "file": src.AbsPath()})
+	}
+	if readOnly {
+		return apiError(http.StatusNotImplemented, "key %q is not in a key file; keys from a key service are read-only here: revoke it in the service, then purge the cache", id)
+	}
+	return apiError(http.StatusNotFound, "no key has id %q", id)
+}
+
+func (adminAPI) purge(w http.ResponseWriter, id string) error {
+	caches := map[*keystore.Cache]bool{}
+	for _, h := range activeHandlers() {
+		if src, ok := h.source.(*keystore.HTTPSource); ok {
+			caches[src.CacheOf()] = true
+		}
+	}
+	for c := range caches {
+		if id == "" {
+			c.PurgeAll()
+		} else {
+			c.Purge(id)
+		}
+	}
+	entry := audit.Entry{"event": "cache.purged", "caches": len(caches)}
+	what := "all"
+	if id != "" {
+		entry["key_id"], what = id, id
+	}
+	auditAll(entry)
+	return writeJSON(w, map[string]any{"purged": what, "caches": len(caches)})
+}
+
+func (adminAPI) resetQuota(w http.ResponseWriter, r *http.Request, id string) error {
+	stores := map[ratelimit.Resetter]bool{}
+	for _, h := range activeHandlers() {
+		if rs, ok := h.counters.(ratelimit.Resetter); ok {
+			stores[rs] = true
+		}
+	}
+	for s := range stores {
+		if err := s.Reset(r.Context(), id); err != nil {
+			return apiError(http.StatusServiceUnavailable, "resetting the counters of %q: %v", id, err)
+		}
+	}
+	auditAll(audit.Entry{"event": "quota.reset", "key_id": id})
+	return writeJSON(w, map[string]any{"id": id, "reset": true, "stores": len(stores)})
+}
+
+// auditAll records a management change, made through the admin API, in
+// every audit log the running config names.
+func auditAll(e audit.Entry) {
+	e["actor"] = "admin_api"
+	seen := map[*audit.Writer]bool{}
+	for _, h := range activeHandlers() {
+		if h.audit != nil && !seen[h.audit] {
+			seen[h.audit] = true
+			entry := audit.Entry{}
+			for k, v := range e {
+				entry[k] = v
+			}
+			if err := h.audit.LogNow(entry); err != nil {
+				caddy.Log().Named("admin.api.apikey").Error("writing the audit log failed")
+			}
+		}
+	}
+}
+
+// Interface guard
+var _ caddy.AdminRouter = (*adminAPI)(nil)
+

@@ -1,0 +1,471 @@
+package apikey
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	"github.com/moodmnky/caddy-apikey/audit"
+	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/ratelimit"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "apikey",
+		Usage: "new|rotate|revoke|list|check|hash|audit ...",
+		Short: "Issues, rotates, revokes and checks API keys",
+		Long: `
+Manages the key file of the apikey handler. Every change locks the file, is
+written atomically (a temporary file in the same folder, synced, renamed
+over the old one), keeps the records and fields it does not touch and the
+file's mode, and is refused with exit status 1, leaving the file as it was,
+when the id is unknown or taken or the file is invalid. A running Caddy
+picks the change up within a second.
+
+A key is printed once, alone on stdout, when it is made; only its hash is
+kept. check and hash read the key from stdin, never from the command line,
+so it stays out of shell history.
+
+With --audit-log, changes are also appended to that audit log (use the
+path of the Caddyfile's audit_log).
+`,
+		CobraFunc: func(cmd *cobra.Command) {
+			cmd.AddCommand(newCommand(), rotateCommand(), revokeCommand(), listCommand(),
+				checkCommand(), hashCommand(), auditCommand())
+		},
+	})
+}
+
+// stderr and stdin are variables so that tests could swap them; the
+// commands are tested as the built binary.
+var (
+	stdin  io.Reader = os.Stdin
+	stderr io.Writer = os.Stderr
+)
+
+func addKeysFlag(c *cobra.Command) {
+	c.Flags().String("keys", "", "the key file (required)")
+	_ = c.MarkFlagRequired("keys")
+}
+
+func addAuditFlag(c *cobra.Command) {
+	c.Flags().String("audit-log", "", "append the change to this audit log")
+}
+
+func auditChange(c *cobra.Command, e audit.Entry) error {
+	path, _ := c.Flags().GetString("audit-log")
+	if path == "" {
+		return nil
+	}
+	e["actor"] = "cli"
+	if err := audit.Append(path, e); err != nil {
+		return fmt.Errorf("the change was made, but writing the audit log failed: %w", err)
+	}
+	return nil
+}
+
+func newCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:          "new --keys <file> --type dev|prod --role reader|writer|admin|custom [flags]",
+		Short:        "Makes a key, prints it once and adds its hashed record to the key file",
+		Args:         cobra.NoArgs,
+		SilenceUsage: true,
+		RunE:         runNew,
+	}
+	addKeysFlag(c)
+	addAuditFlag(c)
+	f := c.Flags()
+	f.String("type", "", "dev or prod (required)")
+	f.String("role", "", "reader, writer, admin or custom (required)")
+	f.String("id", "", "the key id (default: generated)")
+	f.String("name", "", "a description, e.g. the owner")
+	f.String("services", "", `comma-separated services the key may reach, or "*"`)
+	f.StringArray("permission", nil, `"METHOD /path" the key may use (repeatable; required for custom)`)
+	f.StringArray("allowed-ip", nil, "CIDR or address the key may be used from (repeatable)")
+	f.String("expires", "", "RFC 3339 time, or a duration from now such as 90d or 12h")
+	f.Int64("quota-per-day", -1, "the key's own daily quota")
+	f.String("rate", "", "the key's own burst rate, e.g. 20/s")
+	_ = c.MarkFlagRequired("type")
+	_ = c.MarkFlagRequired("role")
+	return c
+}
+
+func runNew(c *cobra.Command, _ []string) error {
+	f := c.Flags()
+	path, _ := f.GetString("keys")
+	typeName, _ := f.GetString("type")
+	typ, err := keystore.ParseType(typeName)
+	if err != nil {
+		return err
+	}
+	rec := keystore.Record{Type: typeName}
+	rec.Role, _ = f.GetString("role")
+	rec.ID, _ = f.GetString("id")
+	rec.Name, _ = f.GetString("name")
+	if s, _ := f.GetString("services"); s != "" {
+		for _, svc := range strings.Split(s, ",") {
+			rec.Services = append(rec.Services, strings.TrimSpace(svc))
+		}
+	}
+	rec.Permissions, _ = f.GetStringArray("permission")
+	rec.AllowedIPs, _ = f.GetStringArray("allowed-ip")
+	if s, _ := f.GetString("expires"); s != "" {
+		at, err := parseWhen(s, time.Now())
+		if err != nil {
+			return fmt.Errorf("--expires: %w", err)
+		}
+		rec.ExpiresAt = at.Format(time.RFC3339)
+	}
+	if n, _ := f.GetInt64("quota-per-day"); n >= 0 && f.Changed("quota-per-day") {
+		rec.QuotaPerDay = &n
+	} else if f.Changed("quota-per-day") {
+		return errors.New("--quota-per-day must not be negative")
+	}
+	rec.Rate, _ = f.GetString("rate")
+
+	key, err := keystore.Generate(typ)
+	if err != nil {
+		return err
+	}
+	rec.Hash = keystore.Sum(key).Encode()
+	check := rec
+	if check.ID == "" {
+		check.ID = "k_new"
+	}
+	if _, err := keystore.Compile(check); err != nil {
+		return fmt.Errorf("the new record is invalid: %w", err)
+	}
+
+	err = keystore.EditKeyFile(path, func(kf *keystore.KeyFile) error {
+		if rec.ID == "" {
+			for rec.ID == "" || kf.Find(rec.ID) != nil {
+				rec.ID = newID()
+			}
+		} else if kf.Find(rec.ID) != nil {
+			return fmt.Errorf("a key with id %q is already in %s", rec.ID, path)
+		}
+		return kf.Add(rec)
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Println(key)
+	fmt.Fprintf(stderr, "Added key %s (%s, %s) to %s.\nThe key above is shown once and not stored anywhere: only its hash is kept. Give it to its owner now.\n",
+		rec.ID, typeName, rec.Role, path)
+	return auditChange(c, audit.Entry{"event": "key.created", "key_id": rec.ID, "type": typeName, "role": rec.Role, "file": path})
+}
+
+// newID makes an id such as k_7fq2xk9m3a.
+func newID() string {
+	const alphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+	b := make([]byte, 10)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return "k_" + string(b)
+}
+
+// parseWhen reads an RFC 3339 time or a duration from now ("90d", "12h").
+func parseWhen(s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	d, err := caddy.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor a positive duration such as 90d", s)
+	}
+	return now.Add(d).UTC().Truncate(time.Second), nil
+}
+
+func rotateCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:          "rotate --keys <file> --id <id> [--grace 24h]",
+		Short:        "Gives a key a new secret; the old one works until the grace period ends",
+		Args:         cobra.NoArgs,
+		SilenceUsage: true,
+		RunE: func(c *cobra.Command, _ []string) error {
+			path, _ := c.Flags().GetString("keys")
+			id, _ := c.Flags().GetString("id")
+			graceText, _ := c.Flags().GetString("grace")
+			grace, err := caddy.ParseDuration(graceText)
+			if err != nil || grace < 0 {
+				return fmt.Errorf("--grace: %q is not a duration", graceText)
+			}
+			var key string
+			var until time.Time
+			err = keystore.EditKeyFile(path, func(kf *keystore.KeyFile) error {
+				r := kf.Find(id)
+				if r == nil {
+					return fmt.Errorf("%w: %q is not in %s", keystore.ErrUnknownID, id, path)
+				}
+				rec, err := r.Decode()
+				if err != nil {
+					return err
+				}
+				typ, err := recordType(rec)
+				if err != nil {
+					return err
+				}
+				if key, err = keystore.Generate(typ); err != nil {
+					return err
+				}
+				now := time.Now().UTC()
+				until = now.Add(grace).Truncate(time.Second)
+				// Old secrets whose grace is over are dropped; the rest stay.
+				previous := []keystore.PreviousHash{{Hash: rec.Hash, ValidUntil: until.Format(time.RFC3339)}}
+				for _, p := range rec.PreviousHashes {
+					if t, err := time.Parse(time.RFC3339, p.ValidUntil); err == nil && now.Before(t) {
+						previous = append(previous, p)
+					}
+				}
+				if err := r.Set("hash", keystore.Sum(key).Encode()); err != nil {
+					return err
+				}
+				return r.Set("previous_hashes", previous)
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Println(key)
+			fmt.Fprintf(stderr, "Rotated key %s in %s. The old secret works until %s.\nThe new key above is shown once and not stored anywhere: give it to its owner now.\n",
+				id, path, until.Format(time.RFC3339))
+			return auditChange(c, audit.Entry{"event": "key.rotated", "key_id": id, "old_valid_until": until.Format(time.RFC3339), "file": path})
+		},
+	}
+	addKeysFlag(c)
+	addAuditFlag(c)
+	c.Flags().String("id", "", "the key id (required)")
+	c.Flags().String("grace", "24h", "how long the old secret keeps working")
+	_ = c.MarkFlagRequired("id")
+	return c
+}
+
+// recordType is a record's type: its own, or its hash cannot tell, so a
+// record without one must say it for a rotation to keep the key's prefix.
+func recordType(rec keystore.Record) (keystore.Type, error) {
+	if rec.Type == "" {
+		return 0, fmt.Errorf("key %q has no \"type\" in the file, so its new secret's prefix is unknown; add \"type\": \"dev\" or \"prod\" first", rec.ID)
+	}
+	return keystore.ParseType(rec.Type)
+}
+
+func revokeCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:          "revoke --keys <file> --id <id>",
+		Short:        "Revokes a key: it is refused from the next request",
+		Args:         cobra.NoArgs,
+		SilenceUsage: true,
+		RunE: func(c *cobra.Command, _ []string) error {
+			path, _ := c.Flags().GetString("keys")
+			id, _ := c.Flags().GetString("id")
+			if err := RevokeInFile(path, id); err != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "Revoked key %s in %s.\n", id, path)
+			return auditChange(c, audit.Entry{"event": "key.revoked", "key_id": id, "file": path})
+		},
+	}
+	addKeysFlag(c)
+	addAuditFlag(c)
+	c.Flags().String("id", "", "the key id (required)")
+	_ = c.MarkFlagRequired("id")
+	return c
+}
+
+// RevokeInFile marks a key revoked in a key file.
+func RevokeInFile(path, id string) error {
+	return keystore.EditKeyFile(path, func(kf *keystore.KeyFile) error {
+		r := kf.Find(id)
+		if r == nil {
+			return fmt.Errorf("%w: %q is not in %s", keystore.ErrUnknownID, id, path)
+		}
+		return r.Set("revoked", true)
+	})
+}
+
+// keyListing is one key as list and the admin API show it: never a hash.
+type keyListing struct {
+	ID        string   `json:"id"`
+	Name      string   `json:"name,omitempty"`
+	Type      string   `json:"type,omitempty"`
+	Role      string   `json:"role"`
+	Services  []string `json:"services"`
+	Status    string   `json:"status"`
+	ExpiresAt string   `json:"expires_at,omitempty"`
+	// GraceUntil is when the last old secret stops working, in rotation grace.
+	GraceUntil string `json:"grace_until,omitempty"`
+	// Quota is today's use, where the admin API knows it.
+	Quota *quotaUse `json:"quota,omitempty"`
+}
+
+type quotaUse struct {
+	Limit     int64  `json:"limit"`
+	Used      int64  `json:"used"`
+	Remaining int64  `json:"remaining"`
+	Reset     string `json:"reset"`
+}
+
+func listingOf(k *keystore.Key, now time.Time) keyListing {
+	l := keyListing{ID: k.ID, Name: k.Name, Type: k.Type.String(), Role: k.Role.String(),
+		Services: k.Services(), Status: k.Status(now)}
+	if l.Services == nil {
+		l.Services = []string{}
+	}
+	if !k.ExpiresAt.IsZero() {
+		l.ExpiresAt = k.ExpiresAt.UTC().Format(time.RFC3339)
+	}
+	for _, p := range k.Previous {
+		if now.Before(p.ValidUntil) && p.ValidUntil.UTC().Format(time.RFC3339) > l.GraceUntil {
+			l.GraceUntil = p.ValidUntil.UTC().Format(time.RFC3339)
+		}
+	}
+	return l
+}
+
+func quotaOf(res ratelimit.Result) *quotaUse {
+	return &quotaUse{Limit: res.Daily.Limit, Used: res.Daily.Limit - res.Daily.Remaining,
+		Remaining: res.Daily.Remaining, Reset: res.Daily.Reset.UTC().Format(time.RFC3339)}
+}
+
+func listCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:          "list --keys <file> [--json]",
+		Short:        "Lists the keys in a key file, without their hashes",
+		Args:         cobra.NoArgs,
+		SilenceUsage: true,
+		RunE: func(c *cobra.Command, _ []string) error {
+			path, _ := c.Flags().GetString("keys")
+			asJSON, _ := c.Flags().GetBool("json")
+			set, err := keystore.LoadFile(path)
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			list := make([]keyListing, 0, set.Len())
+			for _, k := range set.Keys() {
+				list = append(list, listingOf(k, now))
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(list)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tTYPE\tROLE\tSTATUS\tSERVICES\tEXPIRES\tNAME")
+			for _, l := range list {
+				typ := l.Type
+				if typ == "" {
+					typ = "(prefix)"
+				}
+				expires := l.ExpiresAt
+				if expires == "" {
+					expires = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, typ, l.Role, l.Status, strings.Join(l.Services, ","), expires, l.Name)
+			}
+			return tw.Flush()
+		},
+	}
+	addKeysFlag(c)
+	c.Flags().Bool("json", false, "print JSON")
+	return c
+}
+
+// readKey reads a key from stdin: a prompt without echo on a terminal, the
+// first line otherwise.
+func readKey() (string, error) {
+	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprint(stderr, "Key: ")
+		b, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(stderr)
+		return strings.TrimSpace(string(b)), err
+	}
+	line, err := bufio.NewReader(stdin).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	return strings.TrimSpace(line), nil
+}
+
+func checkCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:          "check",
+		Short:        "Reads a key from stdin and says whether its format and checksum are right",
+		Args:         cobra.NoArgs,
+		SilenceUsage: true,
+		RunE: func(*cobra.Command, []string) error {
+			key, err := readKey()
+			if err != nil {
+				return err
+			}
+			typ, err := keystore.Diagnose(key)
+			if err != nil {
+				return fmt.Errorf("invalid key: %w", err)
+			}
+			fmt.Printf("valid %s key: format and checksum are right\n", typ)
+			return nil
+		},
+	}
+}
+
+func hashCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:          "hash",
+		Short:        `Reads a key from stdin and prints its "sha256:" hash, as records hold it`,
+		Args:         cobra.NoArgs,
+		SilenceUsage: true,
+		RunE: func(*cobra.Command, []string) error {
+			key, err := readKey()
+			if err != nil {
+				return err
+			}
+			if _, err := keystore.Diagnose(key); err != nil {
+				return fmt.Errorf("invalid key: %w", err)
+			}
+			fmt.Println(keystore.Sum(key).Encode())
+			return nil
+		},
+	}
+}
+
+func auditCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "audit",
+		Short: "Works with the audit log",
+	}
+	c.AddCommand(&cobra.Command{
+		Use:          "verify <path>",
+		Short:        "Checks the audit log's chain and names the first bad line",
+		Args:         cobra.ExactArgs(1),
+		SilenceUsage: true,
+		RunE: func(_ *cobra.Command, args []string) error {
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			n, head, err := audit.Verify(f)
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			fmt.Printf("%s: %d lines, chain intact; last line's sha256 %s\n", args[0], n, head)
+			return nil
+		},
+	})
+	return c
+}

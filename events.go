@@ -1,0 +1,107 @@
+package apikey
+
+import (
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+)
+
+// Event names, for `events { on <name> ... }`.
+const (
+	eventDenied        = "apikey_denied"
+	eventQuotaExceeded = "apikey_quota_exceeded"
+	eventQuotaWarning  = "apikey_quota_warning"
+	eventDeprecatedKey = "apikey_deprecated_key_used"
+)
+
+// deprecatedEventEvery limits apikey_deprecated_key_used to once per key per
+// hour: an old secret in use is worth a nudge, not an event per request.
+const deprecatedEventEvery = time.Hour
+
+// emitter sends the handler's events when the config has an events app.
+type emitter struct {
+	app *caddyevents.App
+	ctx caddy.Context
+}
+
+func newEmitter(ctx caddy.Context) emitter {
+	app, err := ctx.AppIfConfigured("events")
+	if err != nil {
+		return emitter{}
+	}
+	events, _ := app.(*caddyevents.App)
+	return emitter{app: events, ctx: ctx}
+}
+
+func (e emitter) on() bool { return e.app != nil }
+
+func (e emitter) emit(name string, data map[string]any) {
+	if e.app != nil {
+		e.app.Emit(e.ctx, name, data)
+	}
+}
+
+// warnings remembers, per key, the highest quota warning sent in the key's
+// current window, so each level is sent once per window. Shared by every
+// route; only touched when a key has used 80% of its quota.
+var warnings = struct {
+	mu   sync.Mutex
+	sent map[string]warningSent
+}{sent: map[string]warningSent{}}
+
+type warningSent struct {
+	windowEnd int64
+	percent   int64
+}
+
+// quotaWarning returns the warning level (80 or 90) that a key has just
+// reached in its window and that was not sent yet, or 0.
+func quotaWarning(keyID string, used, limit int64, reset time.Time) int64 {
+	if limit <= 0 {
+		return 0
+	}
+	level := int64(0)
+	switch {
+	case used*10 >= limit*9:
+		level = 90
+	case used*10 >= limit*8:
+		level = 80
+	default:
+		return 0
+	}
+	warnings.mu.Lock()
+	defer warnings.mu.Unlock()
+	prev := warnings.sent[keyID]
+	if prev.windowEnd == reset.Unix() && prev.percent >= level {
+		return 0
+	}
+	warnings.sent[keyID] = warningSent{windowEnd: reset.Unix(), percent: level}
+	if len(warnings.sent) > 100000 {
+		now := time.Now().Unix()
+		for id, w := range warnings.sent {
+			if w.windowEnd < now {
+				delete(warnings.sent, id)
+			}
+		}
+	}
+	return level
+}
+
+var deprecatedSeen = struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+}{last: map[string]time.Time{}}
+
+// deprecatedDue reports whether apikey_deprecated_key_used should be sent
+// for the key now.
+func deprecatedDue(keyID string, now time.Time) bool {
+	deprecatedSeen.mu.Lock()
+	defer deprecatedSeen.mu.Unlock()
+	if last, ok := deprecatedSeen.last[keyID]; ok && now.Sub(last) < deprecatedEventEvery {
+		return false
+	}
+	deprecatedSeen.last[keyID] = now
+	return true
+}

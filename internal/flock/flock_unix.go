@@ -1,0 +1,30 @@
+//go:build unix
+
+// Package flock takes exclusive locks that other processes respect, for
+// files that are replaced by rename.
+package flock
+
+import (
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// Lock takes an exclusive lock for path on a lock file beside it (the
+// key file itself is replaced by rename, so it cannot hold the lock). It
+// waits for another holder to finish.
+func Lock(path string) (unlock func(), err error) {
+	lockPath := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".lock")
+	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
+}

@@ -1,0 +1,86 @@
+package usage
+
+import (
+	"errors"
+	"os"
+	"testing"
+	"time"
+)
+
+func TestEndpoint(t *testing.T) {
+	for path, want := range map[string]string{
+		"/":                     "/",
+		"":                      "/",
+		"/api":                  "/api",
+		"/api/tags":             "/api/tags",
+		"/api/tags/extra/more":  "/api/tags",
+		"/api/v1/workflows/123": "/api/v1",
+		"/users/123/orders":     "/users/:id",
+		"/items/550e8400-e29b-41d4-a716-446655440000": "/items/:id",
+		"/blobs/0123456789abcdef0123":                 "/blobs/:id",
+		"/blobs/cafe":                                 "/blobs/cafe",
+		"//double//slash":                             "//double//slash",
+		"/123/456/789":                                "/:id/:id",
+	} {
+		if got := Endpoint(path, 2); got != want {
+			t.Errorf("Endpoint(%q) = %q, want %q", path, got, want)
+		}
+	}
+	if got := Endpoint("/a/b/c/d", 3); got != "/a/b/c" {
+		t.Errorf("depth 3: %q", got)
+	}
+}
+
+func TestEndpointAllocatesOnlyToRewrite(t *testing.T) {
+	if n := testing.AllocsPerRun(100, func() { Endpoint("/api/chat/stream", 2) }); n != 0 {
+		t.Errorf("%v allocations for a plain path", n)
+	}
+}
+
+func TestReportAndPrune(t *testing.T) {
+	c := New()
+	t0 := time.Date(2026, 11, 27, 10, 15, 0, 0, time.UTC)
+	c.Add("k_a", "ollama", "GET", "/api/tags", t0)
+	c.Add("k_a", "ollama", "GET", "/api/tags", t0.Add(10*time.Minute))
+	c.Add("k_a", "ollama", "POST", "/api/chat", t0.Add(time.Hour))
+	c.Add("k_b", "n8n", "GET", "/api/v1", t0.Add(2*time.Hour))
+	c.Add("k_a", "ollama", "GET", "/api/tags", t0.Add(-48*time.Hour))
+
+	rows := c.Report(Query{From: t0.Add(-time.Hour), To: t0.Add(24 * time.Hour)})
+	if len(rows) != 3 || rows[0].Requests != 2 || rows[0].Time != time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC) {
+		t.Fatalf("hourly: %+v", rows)
+	}
+	rows = c.Report(Query{KeyID: "k_a", From: t0.Add(-72 * time.Hour), To: t0.Add(24 * time.Hour), ByDay: true})
+	if len(rows) != 3 || rows[1].Time != time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC) || rows[1].Requests != 2 || rows[2].Requests != 1 || rows[2].Method != "POST" {
+		t.Fatalf("daily for k_a: %+v", rows)
+	}
+	if rows := c.Report(Query{Service: "n8n", From: t0, To: t0.Add(24 * time.Hour)}); len(rows) != 1 || rows[0].KeyID != "k_b" {
+		t.Fatalf("by service: %+v", rows)
+	}
+	c.Prune(t0.Add(-time.Hour))
+	if rows := c.Report(Query{From: t0.Add(-72 * time.Hour), To: t0.Add(24 * time.Hour)}); len(rows) != 3 {
+		t.Fatalf("after prune: %+v", rows)
+	}
+}
+
+func TestSaveLoad(t *testing.T) {
+	c := New()
+	now := time.Now()
+	c.Add("k_a", "ollama", "GET", "/api/tags", now)
+	c.Add("k_a", "ollama", "GET", "/api/tags", now)
+	path := t.TempDir() + "/usage.json"
+	if err := c.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	back := New()
+	if err := back.Load(path, now); err != nil {
+		t.Fatal(err)
+	}
+	if rows := back.Report(Query{From: now.Add(-time.Hour), To: now.Add(time.Hour)}); len(rows) != 1 || rows[0].Requests != 2 {
+		t.Fatalf("%+v", rows)
+	}
+	os.WriteFile(path, []byte(`{"version":1,"counts":[{"key_id":"k","hour":7,"requests":1}]}`), 0o600)
+	if err := New().Load(path, now); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("a bad hour loaded: %v", err)
+	}
+}
