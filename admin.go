@@ -295,4 +295,3 @@ func auditAll(e audit.Entry) {
 
 // Interface guard
 var _ caddy.AdminRouter = (*adminAPI)(nil)
-
