@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +69,15 @@ var ErrUnavailable = errors.New("key source unavailable")
 // error mean the source does not know the key.
 type fetchFunc func(ctx context.Context, d Digest) (Match, error)
 
+// maxConcurrentFetches bounds the calls a cache makes to its source at once:
+// past it a miss fails at once (503) rather than opening yet another
+// connection, so a flood of made-up keys cannot pile up calls.
+const maxConcurrentFetches = 64
+
+// refreshBackoff is how long a known key waits before asking again after a
+// background refresh failed.
+const refreshBackoff = time.Second
+
 // Cache answers lookups from memory and asks the remote source only on a
 // miss (one call per digest however many requests wait for it) or, in the
 // background, when an answer has gone past its TTL. Known and unknown keys
@@ -77,16 +87,22 @@ type Cache struct {
 	cfg   CacheConfig
 	fetch fetchFunc
 	now   func() time.Time
+	epoch time.Time // ages are measured from here, on the monotonic clock
 
 	known, unknown *ristretto.Cache[uint64, *cacheEntry]
 	calls          singleflight.Group
+	slots          chan struct{} // one per fetch in flight
 
 	// Purges mark entries fetched before them as gone; kept as an immutable
 	// map swapped on purge, so lookups take no lock.
-	purgedAll atomic.Int64 // Unix nanoseconds
+	purgedAll atomic.Int64 // clock reading, as fetched
 	purgedIDs atomic.Pointer[map[string]int64]
 	purgeMu   sync.Mutex
 
+	// closing guards the ristretto caches: stores take it shared, Close
+	// takes it whole, so nothing touches a closed cache.
+	closing    sync.RWMutex
+	closed     bool
 	background context.Context
 	cancel     context.CancelFunc
 	onError    func(error)
@@ -95,7 +111,9 @@ type Cache struct {
 type cacheEntry struct {
 	digest  Digest
 	match   Match // zero for an unknown key
-	fetched int64 // Unix nanoseconds of the fetch that produced it
+	fetched int64 // clock reading of the fetch that produced it
+	// refreshAfter holds background refreshes off after one failed.
+	refreshAfter atomic.Int64
 }
 
 func newCache(cfg CacheConfig, fetch fetchFunc, now func() time.Time, onError func(error)) (*Cache, error) {
@@ -111,7 +129,7 @@ func newCache(cfg CacheConfig, fetch fetchFunc, now func() time.Time, onError fu
 	}
 	newStore := func() (*ristretto.Cache[uint64, *cacheEntry], error) {
 		return ristretto.NewCache(&ristretto.Config[uint64, *cacheEntry]{
-			NumCounters: 10 * cfg.MaxKeys,
+			NumCounters: min(10*cfg.MaxKeys, 10_000_000),
 			MaxCost:     cfg.MaxKeys,
 			BufferItems: 64,
 			// The key is already 64 bits of SHA-256; entries carry the whole
@@ -120,7 +138,8 @@ func newCache(cfg CacheConfig, fetch fetchFunc, now func() time.Time, onError fu
 			IgnoreInternalCost: true,
 		})
 	}
-	c := &Cache{cfg: cfg, fetch: fetch, now: now, onError: onError}
+	c := &Cache{cfg: cfg, fetch: fetch, now: now, epoch: now(), onError: onError,
+		slots: make(chan struct{}, maxConcurrentFetches)}
 	if c.known, err = newStore(); err != nil {
 		return nil, err
 	}
@@ -130,9 +149,14 @@ func newCache(cfg CacheConfig, fetch fetchFunc, now func() time.Time, onError fu
 	}
 	empty := map[string]int64{}
 	c.purgedIDs.Store(&empty)
+	c.purgedAll.Store(math.MinInt64) // nothing purged yet
 	c.background, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }
+
+// clock reads the time since the cache began, on the monotonic clock, so a
+// wall clock that steps back cannot make old answers look fresh.
+func (c *Cache) clock() int64 { return int64(c.now().Sub(c.epoch)) }
 
 func cacheKey(d Digest) uint64 {
 	return uint64(d[0]) | uint64(d[1])<<8 | uint64(d[2])<<16 | uint64(d[3])<<24 |
@@ -163,7 +187,8 @@ func (c *Cache) get(d Digest) *cacheEntry {
 // error wrapping ErrUnavailable, never as an unknown key.
 func (c *Cache) Lookup(ctx context.Context, d Digest) (Match, error) {
 	if e := c.get(d); e != nil {
-		age := time.Duration(c.now().UnixNano() - e.fetched)
+		now := c.clock()
+		age := time.Duration(now - e.fetched)
 		switch {
 		case e.match.Key == nil && age < time.Duration(c.cfg.NegativeTTL):
 			observeCache("negative_hit")
@@ -174,7 +199,9 @@ func (c *Cache) Lookup(ctx context.Context, d Digest) (Match, error) {
 		case e.match.Key != nil && age < time.Duration(c.cfg.Stale):
 			// Stale while revalidate: answer now, refresh once behind.
 			observeCache("stale")
-			c.refresh(d)
+			if now >= e.refreshAfter.Load() {
+				c.refresh(d, e)
+			}
 			return e.match, nil
 		}
 	}
@@ -192,20 +219,40 @@ func (c *Cache) Lookup(ctx context.Context, d Digest) (Match, error) {
 	}
 }
 
-// refresh starts one background fetch for d unless one is running.
-func (c *Cache) refresh(d Digest) {
-	c.calls.DoChan(string(d[:]), func() (any, error) { return c.fetchAndStore(d) })
+// refresh starts one background fetch for d unless one is running; after a
+// failure the entry waits refreshBackoff before the next try.
+func (c *Cache) refresh(d Digest, e *cacheEntry) {
+	c.calls.DoChan(string(d[:]), func() (any, error) {
+		m, err := c.fetchAndStore(d)
+		if err != nil {
+			e.refreshAfter.Store(c.clock() + int64(refreshBackoff))
+		}
+		return m, err
+	})
 }
+
+var errTooManyFetches = fmt.Errorf("%w: too many calls to the key source in flight", ErrUnavailable)
 
 // fetchAndStore asks the source and remembers the answer. On failure the
 // old entry is left alone, so a known key keeps working until it is stale.
 func (c *Cache) fetchAndStore(d Digest) (Match, error) {
-	started := c.now().UnixNano()
+	select {
+	case c.slots <- struct{}{}:
+		defer func() { <-c.slots }()
+	default:
+		return Match{}, errTooManyFetches
+	}
+	started := c.clock()
 	m, err := c.fetch(c.background, d)
 	if err != nil {
 		err = fmt.Errorf("%w: %v", ErrUnavailable, err)
 		c.onError(err)
 		return Match{}, err
+	}
+	c.closing.RLock()
+	defer c.closing.RUnlock()
+	if c.closed {
+		return m, nil
 	}
 	e := &cacheEntry{digest: d, match: m, fetched: started}
 	k := cacheKey(d)
@@ -226,23 +273,33 @@ func (c *Cache) fetchAndStore(d Digest) (Match, error) {
 func (c *Cache) Purge(id string) {
 	c.purgeMu.Lock()
 	defer c.purgeMu.Unlock()
+	now := c.clock()
 	old := *c.purgedIDs.Load()
 	next := make(map[string]int64, len(old)+1)
-	for k, v := range old {
-		next[k] = v
+	for k, at := range old {
+		// Past stale, every entry fetched before the purge is gone anyway.
+		if time.Duration(now-at) < time.Duration(c.cfg.Stale) {
+			next[k] = at
+		}
 	}
-	next[id] = c.now().UnixNano()
+	next[id] = now
 	c.purgedIDs.Store(&next)
 }
 
 // PurgeAll drops every cached answer.
 func (c *Cache) PurgeAll() {
-	c.purgedAll.Store(c.now().UnixNano())
+	c.purgedAll.Store(c.clock())
 }
 
 // Close stops background refreshes and frees the caches.
 func (c *Cache) Close() {
 	c.cancel()
+	c.closing.Lock()
+	defer c.closing.Unlock()
+	if c.closed {
+		return
+	}
+	c.closed = true
 	c.known.Close()
 	c.unknown.Close()
 }

@@ -240,3 +240,51 @@ func TestCacheConfigChecks(t *testing.T) {
 		}
 	}
 }
+
+// TestCacheBoundsCallsInFlight: many distinct cold keys against a slow
+// source make at most maxConcurrentFetches calls at once; the rest fail
+// fast as unavailable.
+func TestCacheBoundsCallsInFlight(t *testing.T) {
+	cache, r, _, _ := newTestCache(t, CacheConfig{})
+	r.delay = 300 * time.Millisecond
+	var wg sync.WaitGroup
+	var unavailable atomic.Int64
+	for i := 0; i < 3*maxConcurrentFetches; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k, _ := Generate(Dev)
+			if _, err := cache.Lookup(context.Background(), Sum(k)); errors.Is(err, ErrUnavailable) {
+				unavailable.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if calls := r.calls.Load(); calls > maxConcurrentFetches {
+		t.Errorf("%d calls in flight, bound is %d", calls, maxConcurrentFetches)
+	}
+	if unavailable.Load() < 2*maxConcurrentFetches {
+		t.Errorf("%d lookups were refused, want the %d over the bound", unavailable.Load(), 2*maxConcurrentFetches)
+	}
+}
+
+// TestCacheStaleRefreshBacksOff: while the source fails, a stale key does
+// not make a call per request.
+func TestCacheStaleRefreshBacksOff(t *testing.T) {
+	cache, r, clk, d := newTestCache(t, CacheConfig{TTL: caddy.Duration(time.Minute), Stale: caddy.Duration(time.Hour)})
+	cache.Lookup(context.Background(), d)
+	r.set(true)
+	clk.advance(2 * time.Minute)
+	cache.Lookup(context.Background(), d)
+	waitCalls(t, r, 2)
+	for i := 0; i < 20; i++ {
+		cache.Lookup(context.Background(), d)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n := r.calls.Load(); n != 2 {
+		t.Fatalf("%d calls, want 2: refreshes wait after a failure", n)
+	}
+	clk.advance(refreshBackoff)
+	cache.Lookup(context.Background(), d)
+	waitCalls(t, r, 3)
+}

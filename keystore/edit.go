@@ -62,7 +62,7 @@ func EditKeyFile(path string, change func(*KeyFile) error) error {
 			return fmt.Errorf("key file %s is invalid, so it was left as it is: %w", path, err)
 		}
 	}
-	kf, err := parseKeyFile(data)
+	kf, err := parseEditable(data)
 	if err != nil {
 		return fmt.Errorf("key file %s: %w", path, err)
 	}
@@ -159,7 +159,7 @@ func (r *RecordFields) Set(name string, value any) error {
 	return nil
 }
 
-func parseKeyFile(data []byte) (*KeyFile, error) {
+func parseEditable(data []byte) (*KeyFile, error) {
 	top, err := parseObject(data)
 	if err != nil {
 		return nil, err

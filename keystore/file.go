@@ -116,13 +116,14 @@ func LoadFile(path string) (*Set, error) {
 	if err != nil {
 		return nil, fmt.Errorf("key file %s: %w", path, err)
 	}
-	records, err := ParseRecords(data)
+	return parseKeyFile(path, data)
+}
+
+// parseKeyFile validates a key file's content; errors name the file.
+func parseKeyFile(name string, data []byte) (*Set, error) {
+	set, err := ParseAndValidate(data)
 	if err != nil {
-		return nil, fmt.Errorf("key file %s: %w", path, err)
-	}
-	set, err := NewSet(records)
-	if err != nil {
-		return nil, fmt.Errorf("key file %s: %w", path, err)
+		return nil, fmt.Errorf("key file %s: %w", name, err)
 	}
 	return set, nil
 }

@@ -102,3 +102,30 @@ func TestLoadFileErrors(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 }
+
+// TestWatcherSeesSameSizeRewrite: an in-place rewrite of the same size
+// within one tick of the filesystem clock is still seen.
+func TestWatcherSeesSameSizeRewrite(t *testing.T) {
+	a, aHash := hashOf(t, Dev)
+	b, bHash := hashOf(t, Dev)
+	path := writeFile(t, `{"keys": [{"id": "k_one", "hash": "`+aHash+`", "role": "reader"}]}`)
+	info, _ := os.Stat(path)
+	fs := &FileSource{Path: path}
+	if err := fs.Provision(caddyContext()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fs.Cleanup() })
+
+	// Same size, same inode, and the old modification time put back.
+	if err := os.WriteFile(path, []byte(`{"keys": [{"id": "k_one", "hash": "`+bHash+`", "role": "reader"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Chtimes(path, info.ModTime(), info.ModTime())
+	fs.Reload()
+	if m, _ := fs.Lookup(context.Background(), Sum(b)); m.Key == nil {
+		t.Fatal("the same-size rewrite was missed")
+	}
+	if m, _ := fs.Lookup(context.Background(), Sum(a)); m.Key != nil {
+		t.Fatal("the old version is still in force")
+	}
+}

@@ -3,13 +3,13 @@ package keystore
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"sort"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -99,7 +99,7 @@ func (s *HTTPSource) Provision(caddy.Context) error {
 			headers.Add(name, repl.ReplaceKnown(v, ""))
 		}
 	}
-	key := s.identity(timeout, cacheCfg)
+	key := identity(s.URL, headers, timeout, cacheCfg)
 	val, _, err := httpPool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return newKeyService(s.URL, headers, timeout, cacheCfg)
 	})
@@ -111,18 +111,20 @@ func (s *HTTPSource) Provision(caddy.Context) error {
 }
 
 // identity names a configuration: routes with the same one share a cache.
-func (s *HTTPSource) identity(timeout time.Duration, c CacheConfig) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s|%v|%d|%v|%v|%v", s.URL, timeout, c.MaxKeys, time.Duration(c.TTL), time.Duration(c.NegativeTTL), time.Duration(c.Stale))
-	names := make([]string, 0, len(s.Headers))
-	for name := range s.Headers {
-		names = append(names, http.CanonicalHeaderKey(name))
+// It is built from the resolved headers (hashed), so a secret that changed
+// since the last load gets a new client.
+func identity(u string, headers http.Header, timeout time.Duration, c CacheConfig) string {
+	h := sha256.New()
+	names := make([]string, 0, len(headers))
+	for name := range headers {
+		names = append(names, name)
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		fmt.Fprintf(&b, "|%s=%q", name, s.Headers.Values(name))
+		fmt.Fprintf(h, "%s=%q;", name, headers[name])
 	}
-	return b.String()
+	return fmt.Sprintf("%s|%v|%d|%v|%v|%v|%x", u, timeout, c.MaxKeys, time.Duration(c.TTL),
+		time.Duration(c.NegativeTTL), time.Duration(c.Stale), h.Sum(nil))
 }
 
 // Cleanup lets go of the shared cache. It copes with a failed Provision.
@@ -203,7 +205,14 @@ type keyService struct {
 func newKeyService(u string, headers http.Header, timeout time.Duration, cfg CacheConfig) (*keyService, error) {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 64
-	svc := &keyService{url: u, headers: headers, client: &http.Client{Timeout: timeout, Transport: transport}}
+	svc := &keyService{url: u, headers: headers, client: &http.Client{
+		Timeout:   timeout,
+		Transport: transport,
+		// A redirect is an answer the protocol does not have: following
+		// it would turn a POST into a GET whose 404 reads as "unknown key",
+		// and carry the headers to another host. It is a failure.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
 	cache, err := newCache(cfg, svc.fetch, nil, svc.logFailure)
 	if err != nil {
 		return nil, err
@@ -264,6 +273,15 @@ func (s *keyService) fetch(ctx context.Context, d Digest) (Match, error) {
 	return Match{}, fmt.Errorf("the key service's record (id %q) does not answer to the hash asked about", rec.ID)
 }
 
+// safeURL is the URL without user info or query, which may hold secrets.
+func safeURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+}
+
 // redactURLError keeps the error's cause: url.Error would repeat the URL,
 // which is in the config anyway, and nothing else; it is kept short.
 func redactURLError(err error) error {
@@ -288,7 +306,7 @@ func (s *keyService) logFailure(err error) {
 		return
 	}
 	caddy.Log().Named("http.apikey.sources.http").Error("key service failed",
-		zap.String("url", s.url), zap.Error(err), zap.Int64("failures_not_logged", s.suppressed.Swap(0)))
+		zap.String("url", safeURL(s.url)), zap.Error(err), zap.Int64("failures_not_logged", s.suppressed.Swap(0)))
 }
 
 // Destruct stops background refreshes and frees the cache.

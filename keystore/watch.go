@@ -1,6 +1,8 @@
 package keystore
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -29,6 +31,7 @@ type watchedFile struct {
 
 	mu    sync.Mutex // one check at a time: the watcher's, or an admin's
 	stamp fileStamp  // of the version last read, good or bad
+	sum   [sha256.Size]byte
 	stop  chan struct{}
 	done  chan struct{}
 	once  sync.Once
@@ -66,11 +69,16 @@ func fileLogger() *zap.Logger {
 // load fails here, so a bad file at startup fails the config load.
 func watchFile(name, path string) (*watchedFile, error) {
 	stamp, _ := stampOf(path)
-	set, err := LoadFile(name)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %w", name, err)
+	}
+	set, err := parseKeyFile(name, data)
 	if err != nil {
 		return nil, err
 	}
-	w := &watchedFile{name: name, path: path, stamp: stamp, stop: make(chan struct{}), done: make(chan struct{})}
+	w := &watchedFile{name: name, path: path, stamp: stamp, sum: sha256.Sum256(data),
+		stop: make(chan struct{}), done: make(chan struct{})}
 	w.set.Store(set)
 	go w.run()
 	return w, nil
@@ -104,11 +112,22 @@ func (w *watchedFile) check() {
 		w.stamp = fileStamp{}
 		return
 	}
-	if stamp.same(w.stamp) {
+	// Size, time and identity tell most changes apart without reading. A
+	// file modified in the last moments may have changed again within one
+	// tick of the filesystem's clock at the same size: compare its content.
+	if stamp.same(w.stamp) && time.Since(stamp.modTime) > settleTime {
 		return
 	}
-	w.stamp = stamp
-	set, err := LoadFile(w.name)
+	data, err := os.ReadFile(w.path)
+	if err != nil {
+		return // gone between the stat and the read: the next poll sees it
+	}
+	sum := sha256.Sum256(data)
+	if stamp.same(w.stamp) && sum == w.sum {
+		return
+	}
+	w.stamp, w.sum = stamp, sum
+	set, err := parseKeyFile(w.name, data)
 	if err != nil {
 		observeSourceError("file")
 		fileLogger().Error("key file rejected; keeping the last good keys", zap.Error(err))
@@ -117,6 +136,10 @@ func (w *watchedFile) check() {
 	w.set.Store(set)
 	fileLogger().Info("key file reloaded", zap.String("file", w.name), zap.Int("keys", set.Len()))
 }
+
+// settleTime is how long after its last modification a file's content is
+// compared, not just its size and time.
+const settleTime = 2 * time.Second
 
 // Destruct stops the watcher.
 func (w *watchedFile) Destruct() error {
