@@ -460,6 +460,21 @@ func TestHTTPSourceFailures(t *testing.T) {
 	}
 }
 
+// TestHTTPSourceMalformedIsLogged: an answer that is not JSON is a failure,
+// logged.
+func TestHTTPSourceMalformedIsLogged(t *testing.T) {
+	k := newKey(t, keystore.Dev, keystore.Record{ID: "k_malformed", Role: "reader"})
+	g := startRemoteGateway(t, "ttl 1m", k.record)
+	g.svc.setMode("malformed")
+	if r := send(t, "GET", g.url, bearer(k)...); r.status != 503 {
+		t.Fatalf("malformed answer: %d", r.status)
+	}
+	logs := readWhenContains(t, g.logPath, "key service failed")
+	if !strings.Contains(logs, "is invalid") || !strings.Contains(logs, "unexpected EOF") {
+		t.Errorf("the log does not say the answer was malformed:\n%s", logs)
+	}
+}
+
 // TestHTTPSourceBadFieldIsLogged: a record with a bad field names the field.
 func TestHTTPSourceBadFieldIsLogged(t *testing.T) {
 	k := newKey(t, keystore.Dev, keystore.Record{ID: "k_field", Role: "reader"})

@@ -76,6 +76,20 @@ func (m *Memory) Peek(_ context.Context, key string, p Policy) (Result, error) {
 	return peek(s, now, p), nil
 }
 
+// Mirror sets a key's state to what a shared store answered, so that
+// counting locally can go on from there.
+func (m *Memory) Mirror(key string, s state) {
+	sh := m.shard(key)
+	sh.mu.Lock()
+	c := sh.counters[key]
+	if c == nil {
+		c = new(counter)
+		sh.counters[key] = c
+	}
+	c.state, c.lastSeen = s, m.now().Unix()
+	sh.mu.Unlock()
+}
+
 // Reset forgets a key's counters.
 func (m *Memory) Reset(key string) {
 	sh := m.shard(key)

@@ -55,6 +55,9 @@ func ParseRate(s string) (Rate, error) {
 	default:
 		return Rate{}, fmt.Errorf("rate %q: unit %q is not s, m or h", s, unit)
 	}
+	if period/time.Duration(limit) < time.Microsecond {
+		return Rate{}, fmt.Errorf("rate %q: more than one request per microsecond cannot be counted; leave the burst rate out instead", s)
+	}
 	return Rate{Limit: limit, Period: period}, nil
 }
 

@@ -147,14 +147,20 @@ func (s *RedisStore) Peek(ctx context.Context, key string, p Policy) (Result, er
 func (s *RedisStore) call(ctx context.Context, key string, p Policy, peekOnly bool) (Result, error) {
 	sh := s.shared
 	if !sh.down.Load() {
-		res, err := sh.run(ctx, key, p, s.now(), peekOnly)
+		res, st, err := sh.run(ctx, key, p, s.now(), peekOnly)
 		if err == nil {
+			sh.failures.Store(0)
+			if !peekOnly {
+				// Keep this instance's memory in step, so a switch to local
+				// counting goes on from here rather than from zero.
+				sh.local.Mirror(key, st)
+			}
 			return res, nil
 		}
 		if ctx.Err() != nil {
 			return Result{}, err // the client went away; Redis is not to blame
 		}
-		sh.markDown(err)
+		sh.failed(err)
 	}
 	switch s.OnFailure {
 	case "open":
@@ -269,10 +275,12 @@ type sharedRedis struct {
 	mode    string // on_failure of the store that opened it, for the log
 	local   *Memory
 
-	down    atomic.Bool
-	stop    chan struct{}
-	probing sync.WaitGroup
-	once    sync.Once
+	down     atomic.Bool
+	failures atomic.Int64 // transport failures in a row
+	lastLog  atomic.Int64 // when an answer error was last logged, Unix ns
+	stop     chan struct{}
+	probing  sync.WaitGroup
+	once     sync.Once
 }
 
 func openRedis(s *RedisStore, password string, timeout time.Duration) *sharedRedis {
@@ -281,9 +289,12 @@ func openRedis(s *RedisStore, password string, timeout time.Duration) *sharedRed
 		Username: s.Username,
 		Password: password,
 		DB:       s.DB,
-		// No retries: a call whose answer was lost may have counted, and a
-		// retry would count the request twice.
+		// No retries, by node or by cluster: a call whose answer was lost
+		// may have counted, and a retry would count the request twice. A
+		// cluster's MOVED answers are not followed either; during a
+		// resharding such calls fail and on_failure applies.
 		MaxRetries:            -1,
+		MaxRedirects:          -1,
 		DialTimeout:           timeout,
 		ReadTimeout:           timeout,
 		WriteTimeout:          timeout,
@@ -307,10 +318,26 @@ func openRedis(s *RedisStore, password string, timeout time.Duration) *sharedRed
 
 func redisLogger() *zap.Logger { return caddy.Log().Named("http.apikey.counters.redis") }
 
-// markDown notes that Redis failed, logs it once, and starts asking it
-// whether it is back.
-func (sh *sharedRedis) markDown(err error) {
-	if !sh.down.CompareAndSwap(false, true) {
+// downAfter is how many transport failures in a row switch the instance to
+// on_failure for every request: one slow call in a burst is not an outage.
+const downAfter = 3
+
+// failed handles a failed call. The request itself is handled as on_failure
+// says either way. An error Redis answered (WRONGTYPE, NOPERM, OOM, a script
+// error) belongs to that call and is logged at most every 10 seconds; a
+// transport failure (timeout, refused, reset) repeated downAfter times
+// marks Redis down, logged once, until the prober finds it back.
+func (sh *sharedRedis) failed(err error) {
+	var answered redis.Error
+	if errors.As(err, &answered) {
+		now := time.Now().UnixNano()
+		if last := sh.lastLog.Load(); now-last > int64(10*time.Second) && sh.lastLog.CompareAndSwap(last, now) {
+			redisLogger().Error("redis refused a call; this request is handled as on_failure says",
+				zap.String("on_failure", sh.mode), zap.Error(err))
+		}
+		return
+	}
+	if sh.failures.Add(1) < downAfter || !sh.down.CompareAndSwap(false, true) {
 		return
 	}
 	redisLogger().Warn("redis is failing; requests are handled as on_failure says until it answers again",
@@ -332,6 +359,7 @@ func (sh *sharedRedis) probe() {
 			err := sh.client.Ping(ctx).Err()
 			cancel()
 			if err == nil {
+				sh.failures.Store(0)
 				sh.down.Store(false)
 				redisLogger().Info("redis answers again; counting in redis")
 				return
@@ -398,7 +426,7 @@ return {allowed, n, ws, we, tat, newtat, now_s, tonumber(t[2])}
 `)
 
 // run makes the one round trip of a request.
-func (sh *sharedRedis) run(ctx context.Context, key string, p Policy, local time.Time, peekOnly bool) (Result, error) {
+func (sh *sharedRedis) run(ctx context.Context, key string, p Policy, local time.Time, peekOnly bool) (Result, state, error) {
 	ctx, cancel := context.WithTimeout(ctx, sh.timeout)
 	defer cancel()
 	args := make([]any, 0, 10)
@@ -416,19 +444,19 @@ func (sh *sharedRedis) run(ctx context.Context, key string, p Policy, local time
 	redisKey := RedisKey(sh.prefix, key)
 	vals, err := takeScript.Run(ctx, sh.client, []string{redisKey}, args...).Int64Slice()
 	if err != nil {
-		return Result{}, err
+		return Result{}, state{}, err
 	}
 	if len(vals) != 8 {
-		return Result{}, fmt.Errorf("redis script answered %d values, want 8", len(vals))
+		return Result{}, state{}, fmt.Errorf("redis script answered %d values, want 8", len(vals))
 	}
 	s := state{windowStart: vals[2], windowEnd: vals[3], count: vals[1], tat: vals[4] * int64(time.Microsecond)}
 	now := time.Unix(vals[6], vals[7]*int64(time.Microsecond))
 	if peekOnly {
 		res := Result{Allowed: true}
 		s.report(&res, now, p)
-		return res, nil
+		return res, s, nil
 	}
-	return s.result(now, p, vals[0] == 1, vals[5]*int64(time.Microsecond)), nil
+	return s.result(now, p, vals[0] == 1, vals[5]*int64(time.Microsecond)), s, nil
 }
 
 // RedisKey is the Redis key holding a key id's counters, for operators.

@@ -145,50 +145,98 @@ func TestRedisFailureModes(t *testing.T) {
 	closed := newRedisStore(t, srv.Addr(), "closed", nil)
 	open := newRedisStore(t, srv.Addr(), "open", nil)
 	local := newRedisStore(t, srv.Addr(), "local", nil)
-	for _, s := range []*RedisStore{closed, open, local} {
-		if res, err := s.Take(ctx, "k_f", p); err != nil || !res.Allowed {
-			t.Fatalf("%s before the failure: %v", s.OnFailure, err)
-		}
-	}
 
-	check := func(when string) {
+	outage := func(when string) {
 		t.Helper()
-		start := time.Now()
-		if _, err := closed.Take(ctx, "k_f", p); !errors.Is(err, ErrUnavailable) {
-			t.Errorf("%s: closed: %v, want ErrUnavailable", when, err)
+		// Where the local instance last saw the key in Redis.
+		seen, err := local.Take(ctx, "k_f", p)
+		if err != nil {
+			t.Fatalf("%s: before: %v", when, err)
 		}
-		if res, err := open.Take(ctx, "k_f", p); err != nil || !res.Allowed || !res.Uncounted {
-			t.Errorf("%s: open: %+v %v", when, res, err)
+		if when == "frozen" {
+			srv.Freeze()
+		} else {
+			srv.Kill()
 		}
-		res, err := local.Take(ctx, "k_f", p)
-		if err != nil || !res.Allowed || res.Uncounted || res.Daily.Remaining != 999 {
-			t.Errorf("%s: local: %+v %v (want the first request in local memory)", when, res, err)
+		for i := 1; i <= downAfter+2; i++ {
+			start := time.Now()
+			if _, err := closed.Take(ctx, "k_f", p); !errors.Is(err, ErrUnavailable) {
+				t.Errorf("%s: closed: %v, want ErrUnavailable", when, err)
+			}
+			if res, err := open.Take(ctx, "k_f", p); err != nil || !res.Allowed || !res.Uncounted {
+				t.Errorf("%s: open: %+v %v", when, res, err)
+			}
+			res, err := local.Take(ctx, "k_f", p)
+			// Local counting goes on from the count this instance last saw.
+			if err != nil || !res.Allowed || res.Uncounted || res.Daily.Remaining != seen.Daily.Remaining-int64(i) {
+				t.Errorf("%s: local call %d: remaining %d, want %d (%v)", when, i, res.Daily.Remaining, seen.Daily.Remaining-int64(i), err)
+			}
+			took := time.Since(start)
+			if took > 3*DefaultRedisTimeout+300*time.Millisecond {
+				t.Errorf("%s: three calls took %v", when, took)
+			}
+			// Once marked down, nobody waits on Redis.
+			if i > downAfter && took > 50*time.Millisecond {
+				t.Errorf("%s: call %d after Redis was marked down took %v", when, i, took)
+			}
 		}
-		local.shared.local.Reset("k_f")
-		if d := time.Since(start); d > 3*DefaultRedisTimeout+300*time.Millisecond {
-			t.Errorf("%s: three calls took %v", when, d)
+		for _, s := range []*RedisStore{closed, open, local} {
+			if !s.shared.down.Load() {
+				t.Errorf("%s: %s not marked down after %d failures", when, s.OnFailure, downAfter)
+			}
+		}
+		if when == "frozen" {
+			srv.Thaw()
+		} else {
+			srv.Restart() // empty: the restarted server lost its counts
+		}
+		for _, s := range []*RedisStore{closed, open, local} {
+			waitUp(t, s)
 		}
 	}
+	outage("frozen")
+	outage("killed")
 
-	srv.Freeze() // calls hang: each must give up at the timeout
-	check("frozen")
-	srv.Thaw()
-	for _, s := range []*RedisStore{closed, open, local} {
-		waitUp(t, s)
-	}
-
-	srv.Kill() // connections drop
-	check("killed")
-	srv.Restart() // empty: the restarted server lost its counts
-	for _, s := range []*RedisStore{closed, open, local} {
-		waitUp(t, s)
-	}
 	res, err := local.Take(ctx, "k_f", p)
 	if err != nil || res.Daily.Remaining != 999 {
 		t.Fatalf("counting did not resume in redis: %+v %v", res.Daily, err)
 	}
 	if res, _ := closed.Take(ctx, "k_f", p); res.Daily.Remaining != 998 {
 		t.Errorf("the instances do not share the restarted redis: %d left", res.Daily.Remaining)
+	}
+}
+
+// TestRedisAnsweredErrorsStayWithTheirCall: an error Redis answers (here
+// WRONGTYPE on one key) fails that call only; other keys keep counting in
+// Redis and the store is not marked down.
+func TestRedisAnsweredErrorsStayWithTheirCall(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newRedisStore(t, srv.Addr(), "closed", nil)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	c.Set(ctx, RedisKey("test:", "k_broken"), "not a hash", 0)
+	p := Policy{Daily: 10, Window: DayIn(nil)}
+	for i := 0; i < 5; i++ {
+		if _, err := s.Take(ctx, "k_broken", p); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("WRONGTYPE: %v", err)
+		}
+	}
+	if s.shared.down.Load() {
+		t.Fatal("an error about one key marked redis down")
+	}
+	if res, err := s.Take(ctx, "k_fine", p); err != nil || !res.Allowed {
+		t.Fatalf("another key after WRONGTYPE: %v", err)
+	}
+}
+
+// TestRedisRejectsRatesItCannotCount: a rate finer than a microsecond per
+// request would count nothing in Redis's microsecond arithmetic.
+func TestRedisRejectsRatesItCannotCount(t *testing.T) {
+	if _, err := ParseRate("2000000/s"); err == nil {
+		t.Fatal("2000000/s accepted")
+	}
+	if _, err := ParseRate("1000000/s"); err != nil {
+		t.Fatalf("1000000/s refused: %v", err)
 	}
 }
 
