@@ -249,7 +249,7 @@ func (s *fakeKeyService) serve(w http.ResponseWriter, r *http.Request) {
 }
 
 type remoteGateway struct {
-	url, logPath string
+	url, logPath, admin string
 	svc          *fakeKeyService
 	up           *upstream
 }
@@ -257,10 +257,11 @@ type remoteGateway struct {
 func startRemoteGateway(t *testing.T, cache string, records ...keystore.Record) *remoteGateway {
 	t.Setenv("APIKEY_TEST_KEYSVC_TOKEN", "keysvc-token-0003")
 	g := &remoteGateway{svc: newFakeKeyService(t, records...), up: newUpstream(t), logPath: filepath.Join(t.TempDir(), "caddy.log")}
-	port := freePort(t)
+	port, adminPort := freePort(t), freePort(t)
 	g.url = fmt.Sprintf("http://127.0.0.1:%d/x", port)
+	g.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	startCaddy(t, fmt.Sprintf(`{
-	admin off
+	admin 127.0.0.1:%[7]d
 	persist_config off
 	log {
 		output file %[1]s
@@ -281,7 +282,7 @@ http://127.0.0.1:%[2]d {
 		}
 	}
 	reverse_proxy %[6]s
-}`, g.logPath, port, g.svc.URL, cache, filepath.Join(t.TempDir(), "counters.json"), g.up.addr()))
+}`, g.logPath, port, g.svc.URL, cache, filepath.Join(t.TempDir(), "counters.json"), g.up.addr(), adminPort))
 	return g
 }
 
