@@ -3,8 +3,10 @@ package apikey
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 
 	"go.uber.org/zap"
@@ -12,45 +14,192 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
-// BenchmarkServeHTTP measures the handler's own cost for an admitted request:
-// read the key, check it, look it up, authorize, set the credential.
-func BenchmarkServeHTTP(b *testing.B) {
+// benchKeys makes n keys with a quota that benchmarks cannot use up.
+func benchKeys(b *testing.B, n int, rate string) []testKey {
 	t := &testing.T{}
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_bench", Role: "writer", Services: []string{"ollama"}, QuotaPerDay: int64p(1 << 62)})
-	dir := b.TempDir()
-	path := dir + "/keys.json"
-	data, _ := json.Marshal(map[string]any{"keys": []keystore.Record{key.record}})
-	if err := writeFileBytes(path, data); err != nil {
-		b.Fatal(err)
+	keys := make([]testKey, n)
+	for i := range keys {
+		keys[i] = newKey(t, keystore.Dev, keystore.Record{ID: fmt.Sprintf("k_bench_%d", i), Role: "writer",
+			Services: []string{"ollama"}, QuotaPerDay: int64p(1 << 50), Rate: rate})
 	}
+	return keys
+}
+
+// benchHandler provisions a handler outside Caddy's server, as Caddy would,
+// with its logger at info level and no output.
+func benchHandler(b *testing.B, keysJSON string, extra func(*Handler)) *Handler {
+	b.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	h := &Handler{
-		KeysRaw:      json.RawMessage(`{"source": "file", "path": "` + path + `"}`),
-		Service:      "ollama",
-		UpstreamAuth: nil,
+	b.Cleanup(cancel)
+	h := &Handler{KeysRaw: json.RawMessage(keysJSON), Service: "ollama", FailedAuthLimit: "20/m",
+		CountersRaw: json.RawMessage(`{"store": "memory", "file": "` + b.TempDir() + `/counters.json"}`),
+		UsageFile:   b.TempDir() + "/usage.json"}
+	if extra != nil {
+		extra(h)
 	}
 	if err := h.Provision(ctx); err != nil {
 		b.Fatal(err)
 	}
-	h.logger = zap.NewNop() // a production logger at info level, without the output
-	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error { return nil })
-	req := httptest.NewRequest("GET", "/api/tags", nil)
-	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), nil, nil)
-	w := httptest.NewRecorder()
-	auth := []string{"Bearer " + key.secret}
+	h.logger = zap.NewNop()
+	return h
+}
 
+func fileSourceJSON(b *testing.B, keys []testKey) string {
+	b.Helper()
+	records := make([]keystore.Record, len(keys))
+	for i, k := range keys {
+		records[i] = k.record
+	}
+	data, _ := json.Marshal(map[string]any{"keys": records})
+	path := b.TempDir() + "/keys.json"
+	if err := writeFileBytes(path, data); err != nil {
+		b.Fatal(err)
+	}
+	return `{"source": "file", "path": "` + path + `"}`
+}
+
+// benchRequest is a request as Caddy's server hands it to handlers.
+func benchRequest(path string) *http.Request {
+	req := httptest.NewRequest("GET", path, nil)
+	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), nil, nil)
+	caddyhttp.SetVar(req.Context(), caddyhttp.ClientIPVarKey, "192.0.2.10")
+	return req
+}
+
+var nextOK = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+
+// discard is a ResponseWriter that keeps the status and headers and drops
+// the body, so that benchmarks measure the handler, not a growing buffer.
+type discard struct {
+	h    http.Header
+	code int
+}
+
+func newDiscard() *discard                     { return &discard{h: http.Header{}} }
+func (d *discard) Header() http.Header         { return d.h }
+func (d *discard) WriteHeader(code int)        { d.code = code }
+func (d *discard) Write(b []byte) (int, error) { return len(b), nil }
+func (d *discard) reset()                      { clear(d.h); d.code = http.StatusOK }
+
+// runServe runs the handler b.N times with the key in Authorization.
+func runServe(b *testing.B, h *Handler, secret string, wantStatus int) {
+	b.Helper()
+	req := benchRequest("/api/tags")
+	w := newDiscard()
+	auth := []string{"Bearer " + secret}
 	b.ReportAllocs()
 	for b.Loop() {
+		w.reset()
 		req.Header["Authorization"] = auth
-		if err := h.ServeHTTP(w, req, next); err != nil {
+		if err := h.ServeHTTP(w, req, nextOK); err != nil {
 			b.Fatal(err)
 		}
 	}
-	if w.Code != http.StatusOK {
-		b.Fatalf("status %d", w.Code)
+	if w.code != wantStatus {
+		b.Fatalf("status %d, want %d", w.code, wantStatus)
 	}
+}
+
+// BenchmarkServeHTTP is the full check of an admitted request with a key
+// file: read the key, check its format and checksum, hash it, look it up,
+// check expiry, revocation, IP, role and service, count it, write the
+// rate-limit headers, set the placeholders, count usage and metrics.
+func BenchmarkServeHTTP(b *testing.B) {
+	keys := benchKeys(b, 1, "")
+	h := benchHandler(b, fileSourceJSON(b, keys), nil)
+	runServe(b, h, keys[0].secret, http.StatusOK)
+}
+
+// BenchmarkServeHTTPFull adds a burst rate and an upstream credential.
+func BenchmarkServeHTTPFull(b *testing.B) {
+	keys := benchKeys(b, 1, "1000000/s")
+	h := benchHandler(b, fileSourceJSON(b, keys), func(h *Handler) {
+		h.UpstreamAuth = &headers.Credential{Header: "Authorization", Value: "Bearer upstream-token"}
+	})
+	runServe(b, h, keys[0].secret, http.StatusOK)
+}
+
+// BenchmarkServeHTTPParallel runs admitted requests for 1,000 keys on every
+// core: the per-request work must not contend on a lock.
+func BenchmarkServeHTTPParallel(b *testing.B) {
+	keys := benchKeys(b, 1000, "")
+	h := benchHandler(b, fileSourceJSON(b, keys), nil)
+	auth := make([][]string, len(keys))
+	for i, k := range keys {
+		auth[i] = []string{"Bearer " + k.secret}
+	}
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		req := benchRequest("/api/tags")
+		w := newDiscard()
+		i := int(next.Add(1)) * 97
+		for pb.Next() {
+			w.reset()
+			req.Header["Authorization"] = auth[i%len(auth)]
+			i++
+			if err := h.ServeHTTP(w, req, nextOK); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkServeHTTPKeyService is the full check with an HTTP key service
+// behind a warm cache.
+func BenchmarkServeHTTPKeyService(b *testing.B) {
+	keys := benchKeys(b, 1, "")
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(keys[0].record)
+	}))
+	defer svc.Close()
+	h := benchHandler(b, `{"source": "http", "url": "`+svc.URL+`", "cache": {"ttl": 3600000000000, "stale": 7200000000000}}`, nil)
+	runServe(b, h, keys[0].secret, http.StatusOK)
+}
+
+// BenchmarkServeHTTPKeyServiceMiss is the miss path: every request asks
+// the key service (on loopback), as after a purge.
+func BenchmarkServeHTTPKeyServiceMiss(b *testing.B) {
+	keys := benchKeys(b, 1, "")
+	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(keys[0].record)
+	}))
+	defer svc.Close()
+	h := benchHandler(b, `{"source": "http", "url": "`+svc.URL+`"}`, nil)
+	cache := h.source.(*keystore.HTTPSource).CacheOf()
+	req := benchRequest("/api/tags")
+	w := newDiscard()
+	auth := []string{"Bearer " + keys[0].secret}
+	b.ReportAllocs()
+	for b.Loop() {
+		w.reset()
+		cache.PurgeAll()
+		req.Header["Authorization"] = auth
+		if err := h.ServeHTTP(w, req, nextOK); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if w.code != http.StatusOK {
+		b.Fatalf("status %d", w.code)
+	}
+}
+
+// BenchmarkRejectMalformed: a key that fails the format check is refused
+// before any lookup.
+func BenchmarkRejectMalformed(b *testing.B) {
+	keys := benchKeys(b, 1, "")
+	h := benchHandler(b, fileSourceJSON(b, keys), func(h *Handler) { h.FailedAuthLimit = "off" })
+	runServe(b, h, "DEV_API_thisisnotakeyatallnotakeyatallxyzw", http.StatusUnauthorized)
+}
+
+// BenchmarkRejectUnknown: a well-formed key that no record has.
+func BenchmarkRejectUnknown(b *testing.B) {
+	keys := benchKeys(b, 1, "")
+	unknown, _ := keystore.Generate(keystore.Dev)
+	h := benchHandler(b, fileSourceJSON(b, keys), func(h *Handler) { h.FailedAuthLimit = "off" })
+	runServe(b, h, unknown, http.StatusUnauthorized)
 }

@@ -111,16 +111,22 @@ func newDenials(service string, allowTypes []string, keyFrom []headers.KeyLocati
 	return d
 }
 
-// write sends the refusal. The body never holds the key.
+// write sends the refusal. The body never holds the key. The header values
+// share one allocation; they cannot be shared between responses, since
+// Caddy's header directive may edit values in place.
 func (d *denial) write(w http.ResponseWriter) {
+	vals := make([]string, 3)
+	vals[0], vals[1] = "application/json", "no-store"
 	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	if d.authenticate != "" {
-		h.Set("WWW-Authenticate", d.authenticate)
-	}
-	if d.retryAfter != "" {
-		h.Set("Retry-After", d.retryAfter)
+	h["Content-Type"] = vals[0:1:1]
+	h["Cache-Control"] = vals[1:2:2]
+	switch {
+	case d.authenticate != "":
+		vals[2] = d.authenticate
+		h["Www-Authenticate"] = vals[2:3:3]
+	case d.retryAfter != "":
+		vals[2] = d.retryAfter
+		h["Retry-After"] = vals[2:3:3]
 	}
 	w.WriteHeader(d.status)
 	_, _ = w.Write(d.body)

@@ -92,4 +92,4 @@ func (s state) report(res *Result, now time.Time, p Policy) {
 }
 
 // interval is GCRA's emission interval: the period shared out per request.
-func (r Rate) interval() int64 { return int64(r.Period) / r.Limit }
+func (r Rate) interval() int64 { return max(int64(r.Period)/r.Limit, 1) }

@@ -209,7 +209,7 @@ func TestSweepAndReset(t *testing.T) {
 // BenchmarkMemoryTake measures one quota check with a burst rate.
 func BenchmarkMemoryTake(b *testing.B) {
 	m := NewMemory(nil)
-	p := Policy{Daily: 1 << 62, Window: DayIn(nil), Burst: Rate{Limit: 1 << 40, Period: time.Second}}
+	p := Policy{Daily: 1 << 62, Window: DayIn(nil), Burst: Rate{Limit: 1000000, Period: time.Second}}
 	keys := make([]string, 1024)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("k_%d", i)

@@ -84,3 +84,12 @@ func TestSaveLoad(t *testing.T) {
 		t.Errorf("a bad hour loaded: %v", err)
 	}
 }
+
+func BenchmarkAdd(b *testing.B) {
+	c := New()
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		c.Add("k_bench", "ollama", "GET", Endpoint("/api/tags/x", DefaultDepth), now)
+	}
+}
