@@ -250,8 +250,8 @@ func (s *fakeKeyService) serve(w http.ResponseWriter, r *http.Request) {
 
 type remoteGateway struct {
 	url, logPath, admin string
-	svc          *fakeKeyService
-	up           *upstream
+	svc                 *fakeKeyService
+	up                  *upstream
 }
 
 func startRemoteGateway(t *testing.T, cache string, records ...keystore.Record) *remoteGateway {
