@@ -443,6 +443,22 @@ func TestLogsNeverHoldKeys(t *testing.T) {
 	}
 }
 
+// readWhenCount waits until a log holds want at least n times.
+func readWhenCount(t *testing.T, path, want string, n int) string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		data, _ := os.ReadFile(path)
+		if strings.Count(string(data), want) >= n {
+			return string(data)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never held %q %d times:\n%s", filepath.Base(path), want, n, data)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // readWhenContains waits for Caddy's buffered log writer to flush a line.
 func readWhenContains(t *testing.T, path, want string) string {
 	t.Helper()
