@@ -2,23 +2,21 @@ package apikey
 
 import (
 	"errors"
+	"math/rand/v2"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
-// metrics are package-wide, so that counts survive a config reload; each
-// config registers them in its own registry.
-var metrics = struct {
-	once          sync.Once
-	requests      *prometheus.CounterVec
-	requestsByKey *prometheus.CounterVec
-	cache         *prometheus.CounterVec
-	sourceErrors  *prometheus.CounterVec
-	checkDuration prometheus.Histogram
-}{}
+// The request counters and the duration histogram are counted in shards,
+// picked at random per request, and summed when Prometheus scrapes: a
+// single counter that every core adds to on every request would make the
+// cores wait on each other. They are package-wide, so that counts survive a
+// config reload; each config registers the collector in its own registry.
 
 // allowedIndex is the decision index of an admitted request.
 const allowedIndex = 0
@@ -29,13 +27,140 @@ var decisions = []string{
 	decisionForbidden, decisionRateLimited, decisionQuotaExceeded, decisionUnavailable,
 }
 
+const numDecisions = 9
+
+// decisionIndexes maps a decision to its index in decisions.
+var decisionIndexes = func() map[string]int {
+	if len(decisions) != numDecisions {
+		panic("numDecisions is out of date")
+	}
+	m := map[string]int{}
+	for i, d := range decisions {
+		m[d] = i
+	}
+	return m
+}()
+
+var keyTypeLabels = [3]string{"unknown", "dev", "prod"}
+
+const metricShards = 16
+
+// routeCounts are one service's request counts, by decision and key type.
+type routeCounts struct {
+	shards [metricShards]struct {
+		n [numDecisions][3]atomic.Uint64
+		_ [64]byte // keeps shards off each other's cache lines
+	}
+}
+
+func (rc *routeCounts) inc(decision int, t keystore.Type) {
+	rc.shards[rand.Uint32()%metricShards].n[decision][t].Add(1)
+}
+
+// durationBuckets are the histogram's upper bounds, in seconds.
+var durationBuckets = []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25}
+
+type durationHistogram struct {
+	shards [metricShards]struct {
+		buckets [15]atomic.Uint64 // the last counts what is above every bound
+		count   atomic.Uint64
+		sumNs   atomic.Uint64
+		_       [64]byte
+	}
+}
+
+func (h *durationHistogram) observe(d time.Duration) {
+	sh := &h.shards[rand.Uint32()%metricShards]
+	s := d.Seconds()
+	i := 0
+	for i < len(durationBuckets) && s > durationBuckets[i] {
+		i++
+	}
+	sh.buckets[i].Add(1)
+	sh.count.Add(1)
+	sh.sumNs.Add(uint64(max(d, 0)))
+}
+
+var metrics = struct {
+	once          sync.Once
+	mu            sync.Mutex
+	routes        map[string]*routeCounts // by service; never removed, so counts outlive reloads
+	duration      durationHistogram
+	collector     *collector
+	requestsByKey *prometheus.CounterVec
+	cache         *prometheus.CounterVec
+	sourceErrors  *prometheus.CounterVec
+}{routes: map[string]*routeCounts{}}
+
+// countsFor returns the shared counts of a service.
+func countsFor(service string) *routeCounts {
+	metrics.mu.Lock()
+	defer metrics.mu.Unlock()
+	rc := metrics.routes[service]
+	if rc == nil {
+		rc = new(routeCounts)
+		metrics.routes[service] = rc
+	}
+	return rc
+}
+
+// collector turns the sharded counts into Prometheus metrics on scrape.
+type collector struct {
+	requests, duration *prometheus.Desc
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.requests
+	ch <- c.duration
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	metrics.mu.Lock()
+	routes := make(map[string]*routeCounts, len(metrics.routes))
+	for s, rc := range metrics.routes {
+		routes[s] = rc
+	}
+	metrics.mu.Unlock()
+	for service, rc := range routes {
+		for d := range numDecisions {
+			for t, label := range keyTypeLabels {
+				var sum uint64
+				for i := range rc.shards {
+					sum += rc.shards[i].n[d][t].Load()
+				}
+				ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(sum), service, decisions[d], label)
+			}
+		}
+	}
+	var buckets [15]uint64
+	var count, sumNs uint64
+	for i := range metrics.duration.shards {
+		sh := &metrics.duration.shards[i]
+		for b := range buckets {
+			buckets[b] += sh.buckets[b].Load()
+		}
+		count += sh.count.Load()
+		sumNs += sh.sumNs.Load()
+	}
+	cumulative := map[float64]uint64{}
+	var running uint64
+	for b, bound := range durationBuckets {
+		running += buckets[b]
+		cumulative[bound] = running
+	}
+	ch <- prometheus.MustNewConstHistogram(c.duration, count, float64(sumNs)/float64(time.Second), cumulative)
+}
+
 func initMetrics() {
 	metrics.once.Do(func() {
 		const ns, sub = "caddy", "apikey"
-		metrics.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "requests_total",
-			Help: "Requests seen by the apikey handler, by service, decision and key type.",
-		}, []string{"service", "decision", "key_type"})
+		metrics.collector = &collector{
+			requests: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "requests_total"),
+				"Requests seen by the apikey handler, by service, decision and key type.",
+				[]string{"service", "decision", "key_type"}, nil),
+			duration: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "check_duration_seconds"),
+				"Time the apikey handler spends deciding on a request, before handing it on.", nil, nil),
+		}
 		metrics.requestsByKey = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "requests_by_key_total",
 			Help: "Requests by key id, service and decision; only from routes with metrics per_key.",
@@ -48,11 +173,6 @@ func initMetrics() {
 			Namespace: ns, Subsystem: sub, Name: "source_errors_total",
 			Help: "Failures of key sources: a rejected key file version, a failed key service call.",
 		}, []string{"source"})
-		metrics.checkDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: ns, Subsystem: sub, Name: "check_duration_seconds",
-			Help:    "Time the apikey handler spends deciding on a request, before handing it on.",
-			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
-		})
 		cacheResults := map[string]prometheus.Counter{}
 		for _, r := range []string{"hit", "stale", "negative_hit", "miss"} {
 			cacheResults[r] = metrics.cache.WithLabelValues(r)
@@ -72,7 +192,7 @@ func initMetrics() {
 // apikey route in the same config finds them there already.
 func registerMetrics(registry *prometheus.Registry) error {
 	initMetrics()
-	for _, c := range []prometheus.Collector{metrics.requests, metrics.requestsByKey, metrics.cache, metrics.sourceErrors, metrics.checkDuration} {
+	for _, c := range []prometheus.Collector{metrics.collector, metrics.requestsByKey, metrics.cache, metrics.sourceErrors} {
 		if err := registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
@@ -83,27 +203,3 @@ func registerMetrics(registry *prometheus.Registry) error {
 	return nil
 }
 
-// routeCounters are a route's request counters, resolved once so that
-// counting a request is one array index and one atomic add.
-type routeCounters [][3]prometheus.Counter
-
-// decisionIndexes maps a decision to its row in routeCounters.
-var decisionIndexes = func() map[string]int {
-	m := map[string]int{}
-	for i, d := range decisions {
-		m[d] = i
-	}
-	return m
-}()
-
-var keyTypeLabels = [3]string{"unknown", "dev", "prod"}
-
-func newRouteCounters(service string) routeCounters {
-	rc := make(routeCounters, len(decisions))
-	for i, d := range decisions {
-		for t, label := range keyTypeLabels {
-			rc[i][t] = metrics.requests.WithLabelValues(service, d, label)
-		}
-	}
-	return rc
-}

@@ -120,7 +120,7 @@ type Handler struct {
 	failures     *ratelimit.Failures
 	failuresHeld bool
 
-	requests   routeCounters
+	requests   *routeCounts
 	perKey     bool
 	usage      *usageTracker
 	usageKey   string
@@ -266,7 +266,7 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	h.requests = newRouteCounters(h.Service)
+	h.requests = countsFor(h.Service)
 	h.perKey = h.Metrics != nil && h.Metrics.PerKey
 
 	h.usageDepth = h.UsageDepth
@@ -445,11 +445,11 @@ func (h *Handler) forbid(w http.ResponseWriter, r *http.Request, now time.Time, 
 
 // counted records a decision in the metrics.
 func (h *Handler) counted(decision int, k *keystore.Key, t keystore.Type, start time.Time) {
-	h.requests[decision][t].Inc()
+	h.requests.inc(decision, t)
 	if h.perKey && k != nil {
 		metrics.requestsByKey.WithLabelValues(k.ID, h.Service, decisions[decision]).Inc()
 	}
-	metrics.checkDuration.Observe(time.Since(start).Seconds())
+	metrics.duration.observe(time.Since(start))
 }
 
 // refused records a refusal everywhere it is recorded: the log (at info),

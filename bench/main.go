@@ -40,6 +40,13 @@ type config struct {
 var configs = []config{
 	{"a", "reverse_proxy alone", `
 	reverse_proxy %[2]s`, false},
+	{"h", "control: reverse_proxy + five response headers like apikey's rate-limit headers, set by Caddy's header directive", `
+	header RateLimit-Policy "\"daily\";q=5000;w=86400"
+	header RateLimit "\"daily\";r=4999;t=64800"
+	header X-RateLimit-Limit 5000
+	header X-RateLimit-Remaining 4999
+	header X-RateLimit-Reset 1795910400
+	reverse_proxy %[2]s`, false},
 	{"b", "apikey (key file) + reverse_proxy", `
 	apikey {
 		keys file %[3]s
@@ -83,8 +90,8 @@ func main() {
 	concurrency := flag.Int("concurrency", 32, "requests in flight")
 	nkeys := flag.Int("keys", 1000, "key ids the load is spread over")
 	out := flag.String("out", "bench/results.md", "results file")
-	only := flag.String("configs", "a,b,c,d,e", "configurations to run")
-	profile := flag.String("profile", "", "write a CPU profile of Caddy during the last round's run of this configuration to bench/profile-<config>.txt")
+	only := flag.String("configs", "a,h,b,c,d,e", "configurations to run")
+	profile := flag.String("profile", "b,e", "configurations whose last run is CPU-profiled, written to bench/profile-<config>.txt")
 	flag.Parse()
 
 	work, err := os.MkdirTemp("", "caddy-apikey-bench-")
@@ -123,7 +130,7 @@ func main() {
 				headers = func(int) (string, string) { return "Authorization", basic }
 			}
 			prof := ""
-			if c.name == *profile && round == *rounds {
+			if slices.Contains(strings.Split(*profile, ","), c.name) && round == *rounds {
 				prof = filepath.Join("bench", "profile-"+c.name+".txt")
 			}
 			r := runConfig(bin, work, c, upstream, keyFile, redisAddr, string(hash), headers, *concurrency, *warmup, *duration, prof)
@@ -292,11 +299,21 @@ func writeProfile(bin, url, to string) {
 	io.Copy(f, resp.Body)
 	f.Close()
 	defer os.Remove(raw)
-	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount", "40", bin, raw).CombinedOutput()
+	// The handler's own share first (under apikey's ServeHTTP, leaving out
+	// reverse_proxy, which it calls), then the whole process.
+	mine, err := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount", "30", "-focus", `apikey\.\(\*Handler\)\.ServeHTTP`, "-ignore", "reverseproxy", bin, raw).CombinedOutput()
 	if err != nil {
-		log.Printf("pprof: %v\n%s", err, out)
+		log.Printf("pprof: %v\n%s", err, mine)
 		return
 	}
+	all, err := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount", "40", bin, raw).CombinedOutput()
+	if err != nil {
+		log.Printf("pprof: %v\n%s", err, all)
+		return
+	}
+	out := append([]byte("# The apikey handler's own work (-focus apikey.(*Handler).ServeHTTP -ignore reverseproxy)\n\n"), mine...)
+	out = append(out, []byte("\n# The whole Caddy process (-top -cum)\n\n")...)
+	out = append(out, all...)
 	check(os.WriteFile(to, out, 0o644))
 }
 

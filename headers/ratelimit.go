@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unsafe"
 
 	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
@@ -13,11 +14,12 @@ import (
 // with a "daily" item and, when the key has a burst rate, a "burst" item;
 // and X-RateLimit-Limit, -Remaining and -Reset (Unix seconds) for the daily quota.
 func WriteRateLimit(h http.Header, res ratelimit.Result, now time.Time) {
-	// All five values are written into one buffer and one string, and the
-	// header slices share one backing array (each capped at its own element,
-	// so a later append cannot reach a neighbour): two allocations in all.
-	var buf [256]byte
-	b := buf[:0]
+	// One allocation holds the five values' bytes and the slices that
+	// carry them; each slice is capped at its own element, so a later
+	// append elsewhere cannot reach a neighbour, and the bytes are never
+	// written again once the strings point at them.
+	block := new(rateLimitBlock)
+	b := block.buf[:0]
 	var ends [5]int
 
 	b = appendPolicyItem(b, "daily", res.Daily)
@@ -39,18 +41,31 @@ func WriteRateLimit(h http.Header, res ratelimit.Result, now time.Time) {
 	b = strconv.AppendInt(b, res.Daily.Reset.Unix(), 10)
 	ends[4] = len(b)
 
-	all := string(b)
-	vals := make([]string, 5)
-	from := 0
-	for i, end := range ends {
-		vals[i] = all[from:end]
-		from = end
+	if len(b) > len(block.buf) { // past the block: appends moved to the heap
+		all := string(b)
+		from := 0
+		for i, end := range ends {
+			block.vals[i] = all[from:end]
+			from = end
+		}
+	} else {
+		from := 0
+		for i, end := range ends {
+			block.vals[i] = unsafe.String(&block.buf[from], end-from)
+			from = end
+		}
 	}
-	h["Ratelimit-Policy"] = vals[0:1:1]
-	h["Ratelimit"] = vals[1:2:2]
-	h["X-Ratelimit-Limit"] = vals[2:3:3]
-	h["X-Ratelimit-Remaining"] = vals[3:4:4]
-	h["X-Ratelimit-Reset"] = vals[4:5:5]
+	h["Ratelimit-Policy"] = block.vals[0:1:1]
+	h["Ratelimit"] = block.vals[1:2:2]
+	h["X-Ratelimit-Limit"] = block.vals[2:3:3]
+	h["X-Ratelimit-Remaining"] = block.vals[3:4:4]
+	h["X-Ratelimit-Reset"] = block.vals[4:5:5]
+}
+
+// rateLimitBlock is the one allocation of WriteRateLimit.
+type rateLimitBlock struct {
+	vals [5]string
+	buf  [176]byte
 }
 
 func appendPolicyItem(b []byte, name string, u ratelimit.Usage) []byte {
