@@ -202,4 +202,3 @@ func registerMetrics(registry *prometheus.Registry) error {
 	}
 	return nil
 }
-
