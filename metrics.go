@@ -2,10 +2,11 @@ package apikey
 
 import (
 	"errors"
-	"math/rand/v2"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -13,7 +14,7 @@ import (
 )
 
 // The request counters and the duration histogram are counted in shards,
-// picked at random per request, and summed when Prometheus scrapes: a
+// picked per request, and summed when Prometheus scrapes: a
 // single counter that every core adds to on every request would make the
 // cores wait on each other. They are package-wide, so that counts survive a
 // config reload; each config registers the collector in its own registry.
@@ -53,8 +54,14 @@ type routeCounts struct {
 	}
 }
 
-func (rc *routeCounts) inc(decision int, t keystore.Type) {
-	rc.shards[rand.Uint32()%metricShards].n[decision][t].Add(1)
+func (rc *routeCounts) inc(shard uintptr, decision int, t keystore.Type) {
+	rc.shards[shard].n[decision][t].Add(1)
+}
+
+// shardOf picks a shard from the request's address: requests served at the
+// same moment are different objects, so they land apart, for free.
+func shardOf(r *http.Request) uintptr {
+	return uintptr(unsafe.Pointer(r)) >> 7 % metricShards
 }
 
 // durationBuckets are the histogram's upper bounds, in seconds.
@@ -69,8 +76,8 @@ type durationHistogram struct {
 	}
 }
 
-func (h *durationHistogram) observe(d time.Duration) {
-	sh := &h.shards[rand.Uint32()%metricShards]
+func (h *durationHistogram) observe(shard uintptr, d time.Duration) {
+	sh := &h.shards[shard]
 	s := d.Seconds()
 	i := 0
 	for i < len(durationBuckets) && s > durationBuckets[i] {

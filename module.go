@@ -404,7 +404,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.credential.Apply(r.Header, repl) // after the placeholders, which it may use
 
 	h.usage.Add(k.ID, h.Service, r.Method, usage.Endpoint(r.URL.Path, h.usageDepth), now)
-	h.counted(allowedIndex, k, presented, now)
+	h.counted(r, allowedIndex, k, presented, now)
 	if !res.Uncounted && h.events.on() {
 		if level := quotaWarning(k.ID, res.Daily.Limit-res.Daily.Remaining, res.Daily.Limit, res.Daily.Reset); level > 0 {
 			h.events.emit(eventQuotaWarning, map[string]any{"key_id": k.ID, "service": h.Service, "percent": level,
@@ -444,26 +444,26 @@ func (h *Handler) forbid(w http.ResponseWriter, r *http.Request, now time.Time, 
 }
 
 // counted records a decision in the metrics.
-func (h *Handler) counted(decision int, k *keystore.Key, t keystore.Type, start time.Time) {
-	h.requests.inc(decision, t)
+func (h *Handler) counted(r *http.Request, decision int, k *keystore.Key, t keystore.Type, start time.Time) {
+	shard := shardOf(r)
+	h.requests.inc(shard, decision, t)
 	if h.perKey && k != nil {
 		metrics.requestsByKey.WithLabelValues(k.ID, h.Service, decisions[decision]).Inc()
 	}
-	metrics.duration.observe(time.Since(start))
+	metrics.duration.observe(shard, time.Since(start))
 }
 
 // refused records a refusal everywhere it is recorded: the log (at info),
 // the metrics, the audit log and the events. Never the key or its hash;
 // the key id when the key is known.
 func (h *Handler) refused(r *http.Request, start time.Time, decision, reason string, k *keystore.Key, t keystore.Type, res *ratelimit.Result) {
-	h.counted(decisionIndexes[decision], k, t, start)
-	ip := clientIP(r)
+	h.counted(r, decisionIndexes[decision], k, t, start)
 	if c := h.logger.Check(zapcore.InfoLevel, "request denied"); c != nil {
 		fields := []zap.Field{
 			zap.String("decision", decision),
 			zap.String("method", r.Method),
 			zap.String("path", r.URL.Path),
-			zap.Stringer("client_ip", ip),
+			zap.Stringer("client_ip", clientIP(r)),
 		}
 		if reason != "" {
 			fields = append(fields, zap.String("reason", reason))
@@ -477,7 +477,7 @@ func (h *Handler) refused(r *http.Request, start time.Time, decision, reason str
 		return
 	}
 	data := map[string]any{"decision": decision, "service": h.Service, "method": r.Method,
-		"path": r.URL.Path, "client_ip": ip.String()}
+		"path": r.URL.Path, "client_ip": clientIP(r).String()}
 	if reason != "" {
 		data["reason"] = reason
 	}
