@@ -210,3 +210,38 @@ func send(t *testing.T, method, url string, headers ...string) response {
 }
 
 func writeFileBytes(path string, data []byte) error { return os.WriteFile(path, data, 0o600) }
+
+// burst sends n requests all at once and returns each one's status, -1 for
+// a transport error.
+func burst(n int, newRequest func(i int) *http.Request) []int {
+	statuses := make([]int, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := newRequest(i)
+			<-start
+			resp, err := client.Do(req)
+			if err != nil {
+				statuses[i] = -1
+				return
+			}
+			resp.Body.Close()
+			statuses[i] = resp.StatusCode
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return statuses
+}
+
+// tally counts statuses.
+func tally(statuses []int) map[int]int {
+	codes := map[int]int{}
+	for _, s := range statuses {
+		codes[s]++
+	}
+	return codes
+}

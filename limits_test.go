@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -201,30 +200,11 @@ func TestQuotaExactUnderConcurrency(t *testing.T) {
 	key := newKey(t, keystore.Prod, keystore.Record{ID: "k_concurrent", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(quota)})
 	g := startQuotaGateway(t, "", key.record)
 
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	codes := map[int]int{}
-	start := make(chan struct{})
-	for i := 0; i < requests; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			req, _ := http.NewRequest("GET", g.url+"/ollama/x", nil)
-			req.Header.Set("Authorization", "Bearer "+key.secret)
-			resp, err := client.Do(req)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				codes[-1]++
-				return
-			}
-			resp.Body.Close()
-			codes[resp.StatusCode]++
-		}()
-	}
-	close(start)
-	wg.Wait()
+	codes := tally(burst(requests, func(int) *http.Request {
+		req, _ := http.NewRequest("GET", g.url+"/ollama/x", nil)
+		req.Header.Set("Authorization", "Bearer "+key.secret)
+		return req
+	}))
 	if codes[200] != quota || codes[429] != requests-quota {
 		t.Fatalf("status counts %v, want %d×200 and %d×429", codes, quota, requests-quota)
 	}

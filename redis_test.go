@@ -120,34 +120,20 @@ func TestTwoInstancesShareOneBudget(t *testing.T) {
 			"REDIS="+srv.Addr(), "REDIS_TIMEOUT=2s")
 	}
 
-	var mu sync.Mutex
-	codes := map[int]int{}
+	statuses := burst(requests, func(i int) *http.Request {
+		port := ports[i%2]
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/api/tags", port), nil)
+		req.Host = fmt.Sprintf("localhost:%d", port)
+		req.Header.Set("X-API-Key", demoReader)
+		return req
+	})
+	codes := tally(statuses)
 	answered := map[int]int{}
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i := 0; i < requests; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			port := ports[i%2]
-			req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/api/tags", port), nil)
-			req.Host = fmt.Sprintf("localhost:%d", port)
-			req.Header.Set("X-API-Key", demoReader)
-			resp, err := client.Do(req)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				codes[-1]++
-				return
-			}
-			resp.Body.Close()
-			codes[resp.StatusCode]++
-			answered[port]++
-		}()
+	for i, s := range statuses {
+		if s > 0 {
+			answered[ports[i%2]]++
+		}
 	}
-	close(start)
-	wg.Wait()
 	if codes[200] != quota || codes[429] != requests-quota {
 		t.Fatalf("across two instances: %v, want %d×200 and %d×429", codes, quota, requests-quota)
 	}
