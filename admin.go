@@ -81,6 +81,12 @@ func apiError(status int, format string, args ...any) error {
 func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	path := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/apikey/"), "/")
 	parts := strings.Split(path, "/")
+	// A key pasted where a key id belongs must not reach the audit log.
+	for _, p := range append(parts, r.URL.Query().Get("id"), r.URL.Query().Get("key")) {
+		if keystore.HasKnownPrefix(p) {
+			return apiError(http.StatusBadRequest, "that looks like a key, not a key id; never send a key to the admin API")
+		}
+	}
 	switch {
 	case path == "keys":
 		return expect(r, http.MethodGet, func() error { return a.keys(w) })
@@ -161,10 +167,20 @@ func (adminAPI) usage(w http.ResponseWriter, r *http.Request) error {
 	if !query.From.Before(query.To) {
 		return apiError(http.StatusBadRequest, "from must be before to")
 	}
+	for name, t := range map[string]time.Time{"from": query.From, "to": query.To} {
+		if t.Year() < 2000 || t.Year() > 9999 {
+			return apiError(http.StatusBadRequest, "%s: %s is out of range", name, t.UTC().Format(time.RFC3339))
+		}
+	}
 	switch by := q.Get("by"); by {
 	case "", "hour":
 	case "day":
+		// Whole UTC days, so no day's row counts only part of it.
 		query.ByDay = true
+		query.From = query.From.UTC().Truncate(24 * time.Hour)
+		if end := query.To.UTC().Truncate(24 * time.Hour); !end.Equal(query.To) {
+			query.To = end.Add(24 * time.Hour)
+		}
 	default:
 		return apiError(http.StatusBadRequest, "by: %q is not hour or day", by)
 	}
@@ -236,6 +252,9 @@ func (adminAPI) revoke(w http.ResponseWriter, id string) error {
 }
 
 func (adminAPI) purge(w http.ResponseWriter, id string) error {
+	if id != "" && !knownID(id) {
+		return apiError(http.StatusNotFound, "no key has id %q (in a key file, or in a key service's cache)", id)
+	}
 	caches := map[*keystore.Cache]bool{}
 	for _, h := range activeHandlers() {
 		if src, ok := h.source.(*keystore.HTTPSource); ok {
@@ -259,6 +278,10 @@ func (adminAPI) purge(w http.ResponseWriter, id string) error {
 }
 
 func (adminAPI) resetQuota(w http.ResponseWriter, r *http.Request, id string) error {
+	if !knownID(id) {
+		return apiError(http.StatusNotFound, "no key has id %q (in a key file, or in a key service's cache)", id)
+	}
+	forgetWarnings(id)
 	stores := map[ratelimit.Resetter]bool{}
 	for _, h := range activeHandlers() {
 		if rs, ok := h.counters.(ratelimit.Resetter); ok {
@@ -272,6 +295,26 @@ func (adminAPI) resetQuota(w http.ResponseWriter, r *http.Request, id string) er
 	}
 	auditAll(audit.Entry{"event": "quota.reset", "key_id": id})
 	return writeJSON(w, map[string]any{"id": id, "reset": true, "stores": len(stores)})
+}
+
+// knownID reports whether a key file holds the id, or a key service's cache
+// has seen it.
+func knownID(id string) bool {
+	for _, h := range activeHandlers() {
+		switch src := h.source.(type) {
+		case *keystore.FileSource:
+			for _, k := range src.Keys() {
+				if k.ID == id {
+					return true
+				}
+			}
+		case *keystore.HTTPSource:
+			if src.CacheOf().Knows(id) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // auditAll records a management change, made through the admin API, in

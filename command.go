@@ -402,11 +402,19 @@ func readKey() (string, error) {
 	return strings.TrimSpace(line), nil
 }
 
+// noKeyArgs refuses arguments without repeating them: they may be a key.
+func noKeyArgs(c *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("%s reads the key from stdin, never from the command line (where shell history keeps it); run it without arguments and paste the key", c.Name())
+	}
+	return nil
+}
+
 func checkCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:          "check",
 		Short:        "Reads a key from stdin and says whether its format and checksum are right",
-		Args:         cobra.NoArgs,
+		Args:         noKeyArgs,
 		SilenceUsage: true,
 		RunE: func(*cobra.Command, []string) error {
 			key, err := readKey()
@@ -427,7 +435,7 @@ func hashCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:          "hash",
 		Short:        `Reads a key from stdin and prints its "sha256:" hash, as records hold it`,
-		Args:         cobra.NoArgs,
+		Args:         noKeyArgs,
 		SilenceUsage: true,
 		RunE: func(*cobra.Command, []string) error {
 			key, err := readKey()

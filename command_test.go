@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -252,8 +253,11 @@ func TestCLIConcurrentWritersLoseNothing(t *testing.T) {
 	}
 	wg.Wait()
 	set, err := keystore.LoadFile(keyFile)
-	if err != nil || set.Len() != n {
-		t.Fatalf("%v keys after %d concurrent writers (%v)", set.Len(), n, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if set.Len() != n {
+		t.Fatalf("%d keys after %d concurrent writers", set.Len(), n)
 	}
 }
 
@@ -293,5 +297,48 @@ func TestCLIAuditVerifyFindsTampering(t *testing.T) {
 	_, errOut, code := cli(t, "", "audit", "verify", auditLog)
 	if code != 1 || !strings.Contains(errOut, "line 3: does not follow line 2") {
 		t.Errorf("tampered log: exit %d, %q", code, errOut)
+	}
+}
+
+// TestCLINeverTakesAKeyFromArgv: check and hash refuse arguments, without
+// repeating them.
+func TestCLINeverTakesAKeyFromArgv(t *testing.T) {
+	k, _ := keystore.Generate(keystore.Dev)
+	for _, cmd := range []string{"check", "hash"} {
+		out, errOut, code := cli(t, "", cmd, k)
+		if code != 1 || strings.Contains(out+errOut, k) || !strings.Contains(errOut, "stdin") {
+			t.Errorf("%s with the key as an argument: exit %d, output %q %q", cmd, code, out, errOut)
+		}
+	}
+	// An id shaped like a key is refused too: ids are logged.
+	if _, errOut, code := cli(t, "", "new", "--keys", filepath.Join(t.TempDir(), "k.json"), "--type", "dev", "--role", "reader", "--id", k); code != 1 || strings.Contains(errOut, k) {
+		t.Errorf("a key as --id: exit %d, %q", code, errOut)
+	}
+}
+
+// TestCLIKeepsOwnerAndMakesFolders: a change made by root keeps the key
+// file's owner, so the server can still read it; the audit log and key file
+// may be in folders that do not exist yet.
+func TestCLIKeepsOwnerAndMakesFolders(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("changing a file's owner needs root (CI runs as root)")
+	}
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "new", "folder", "keys.json")
+	auditLog := filepath.Join(dir, "logs", "audit", "apikey.log")
+	newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_owned", "--audit-log", auditLog)
+	if _, err := os.Stat(auditLog); err != nil {
+		t.Fatalf("audit log in a new folder: %v", err)
+	}
+	const nobody = 65534
+	if err := os.Chown(keyFile, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := cli(t, "", "revoke", "--keys", keyFile, "--id", "k_owned"); code != 0 {
+		t.Fatalf("revoke: %s", errOut)
+	}
+	info, _ := os.Stat(keyFile)
+	if st := info.Sys().(*syscall.Stat_t); st.Uid != nobody || st.Gid != nobody {
+		t.Errorf("owner %d:%d after the change, want %d:%d", st.Uid, st.Gid, nobody, nobody)
 	}
 }

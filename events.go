@@ -89,6 +89,13 @@ func quotaWarning(keyID string, used, limit int64, reset time.Time) int64 {
 	return level
 }
 
+// forgetWarnings re-arms a key's quota warnings, after its quota was reset.
+func forgetWarnings(keyID string) {
+	warnings.mu.Lock()
+	delete(warnings.sent, keyID)
+	warnings.mu.Unlock()
+}
+
 var deprecatedSeen = struct {
 	mu   sync.Mutex
 	last map[string]time.Time

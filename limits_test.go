@@ -372,7 +372,8 @@ func TestCountersSavedPeriodically(t *testing.T) {
 }
 
 func TestCountersDefaultFileInDataDir(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_default_file", Role: "reader"})
+	// An id of its own on every run: the data directory is the process's.
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_default_file_" + strconv.FormatInt(time.Now().UnixNano(), 36), Role: "reader"})
 	port := freePort(t)
 	cfg := fmt.Sprintf(`{
 	admin off
@@ -394,7 +395,7 @@ http://127.0.0.1:%d {
 		t.Fatal(err)
 	}
 	path := filepath.Join(os.Getenv("XDG_DATA_HOME"), "caddy", "apikey", "counters.json")
-	if data, err := os.ReadFile(path); err != nil || !strings.Contains(string(data), `"k_default_file"`) {
+	if data, err := os.ReadFile(path); err != nil || !strings.Contains(string(data), `"`+key.record.ID+`"`) {
 		t.Fatalf("default counter file %s: %v", path, err)
 	}
 	// Started again on the same data directory, the count goes on.

@@ -59,9 +59,11 @@ func (rc *routeCounts) inc(shard uintptr, decision int, t keystore.Type) {
 }
 
 // shardOf picks a shard from the request's address: requests served at the
-// same moment are different objects, so they land apart, for free.
+// same moment are different objects, so they land apart, for free. The
+// address is mixed (Fibonacci hashing) so that allocation strides do not
+// favour some shards.
 func shardOf(r *http.Request) uintptr {
-	return uintptr(unsafe.Pointer(r)) >> 7 % metricShards
+	return uintptr(uint64(uintptr(unsafe.Pointer(r))) * 0x9E3779B97F4A7C15 >> 60)
 }
 
 // durationBuckets are the histogram's upper bounds, in seconds.
@@ -70,7 +72,6 @@ var durationBuckets = []float64{.00001, .000025, .00005, .0001, .00025, .0005, .
 type durationHistogram struct {
 	shards [metricShards]struct {
 		buckets [15]atomic.Uint64 // the last counts what is above every bound
-		count   atomic.Uint64
 		sumNs   atomic.Uint64
 		_       [64]byte
 	}
@@ -84,7 +85,6 @@ func (h *durationHistogram) observe(shard uintptr, d time.Duration) {
 		i++
 	}
 	sh.buckets[i].Add(1)
-	sh.count.Add(1)
 	sh.sumNs.Add(uint64(max(d, 0)))
 }
 
@@ -139,14 +139,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
+	// The count is the buckets' sum, so a scrape during traffic is never
+	// inconsistent.
 	var buckets [15]uint64
 	var count, sumNs uint64
 	for i := range metrics.duration.shards {
 		sh := &metrics.duration.shards[i]
 		for b := range buckets {
-			buckets[b] += sh.buckets[b].Load()
+			n := sh.buckets[b].Load()
+			buckets[b] += n
+			count += n
 		}
-		count += sh.count.Load()
 		sumNs += sh.sumNs.Load()
 	}
 	cumulative := map[float64]uint64{}

@@ -127,6 +127,7 @@ type Handler struct {
 	usageDepth int
 	audit      *audit.Writer
 	auditKey   string
+	unwatch    func() // stops auditing the key file's changes
 	events     emitter
 }
 
@@ -242,6 +243,10 @@ func (h *Handler) Validate() error {
 // Caddy cleans them up itself. It copes with a half-provisioned handler.
 func (h *Handler) Cleanup() error {
 	unregister(h)
+	if h.unwatch != nil {
+		h.unwatch()
+		h.unwatch = nil
+	}
 	var errs []error
 	if h.failuresHeld {
 		h.failuresHeld = false
@@ -304,6 +309,16 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 			return fmt.Errorf("audit_log: %w", err)
 		}
 		h.auditKey = h.audit.Path()
+		// Whoever changes the key file (the commands, an editor, a
+		// deployment), the change is recorded: once per file and log.
+		if src, ok := h.source.(*keystore.FileSource); ok {
+			writer, file := h.audit, src.AbsPath()
+			h.unwatch = src.OnChange(writer.Path(), func(changes []keystore.Change) {
+				for _, c := range changes {
+					writer.Log(audit.Entry{"event": c.Event, "key_id": c.ID, "actor": "key_file", "file": file})
+				}
+			})
+		}
 	}
 	h.events = newEmitter(ctx)
 	register(h)

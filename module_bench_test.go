@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -30,7 +32,8 @@ func benchKeys(b *testing.B, n int, rate string) []testKey {
 }
 
 // benchHandler provisions a handler outside Caddy's server, as Caddy would,
-// with its logger at info level and no output.
+// with logging off (a production logger at info level writes a line per
+// refusal: BenchmarkRejectMalformedLogged measures that).
 func benchHandler(b *testing.B, keysJSON string, extra func(*Handler)) *Handler {
 	b.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
@@ -193,6 +196,16 @@ func BenchmarkServeHTTPKeyServiceMiss(b *testing.B) {
 func BenchmarkRejectMalformed(b *testing.B) {
 	keys := benchKeys(b, 1, "")
 	h := benchHandler(b, fileSourceJSON(b, keys), func(h *Handler) { h.FailedAuthLimit = "off" })
+	runServe(b, h, "DEV_API_thisisnotakeyatallnotakeyatallxyzw", http.StatusUnauthorized)
+}
+
+// BenchmarkRejectMalformedLogged is BenchmarkRejectMalformed with Caddy's
+// default: a logger at info level, which writes a line per refusal (here to
+// io.Discard, JSON-encoded as Caddy would).
+func BenchmarkRejectMalformedLogged(b *testing.B) {
+	keys := benchKeys(b, 1, "")
+	h := benchHandler(b, fileSourceJSON(b, keys), func(h *Handler) { h.FailedAuthLimit = "off" })
+	h.logger = zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(io.Discard), zapcore.InfoLevel))
 	runServe(b, h, "DEV_API_thisisnotakeyatallnotakeyatallxyzw", http.StatusUnauthorized)
 }
 

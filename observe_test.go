@@ -242,6 +242,20 @@ func TestAdminRevokeAndQuotaReset(t *testing.T) {
 	if code, _ := adminCall(t, "POST", g.admin+"/apikey/keys/k_nobody/revoke"); code != 404 {
 		t.Errorf("revoking an unknown id: %d, want 404", code)
 	}
+	if code, _ := adminCall(t, "DELETE", g.admin+"/apikey/quota/k_nobody"); code != 404 {
+		t.Errorf("resetting an unknown id: %d, want 404", code)
+	}
+	// A key pasted where an id belongs is refused and never audited.
+	for _, req := range [][2]string{
+		{"DELETE", "/apikey/quota/" + r.secret},
+		{"POST", "/apikey/cache/purge?id=" + r.secret},
+		{"POST", "/apikey/keys/" + r.secret + "/revoke"},
+		{"GET", "/apikey/usage?key=" + r.secret},
+	} {
+		if code, body := adminCall(t, req[0], g.admin+req[1]); code != 400 || strings.Contains(body, r.secret) {
+			t.Errorf("%s with a key: %d %s", req[0], code, body)
+		}
+	}
 	if code, _ := adminCall(t, "GET", g.admin+"/apikey/keys/k_ops_writer/revoke"); code != 405 {
 		t.Errorf("GET on revoke: %d, want 405", code)
 	}
@@ -419,9 +433,12 @@ func takeEvents() []caddy.Event {
 
 // TestEvents subscribes to the handler's events through Caddy's events app.
 func TestEvents(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_events", Role: "reader", QuotaPerDay: int64p(10)})
+	// Ids of their own on every run: warnings are once per key per window,
+	// for the whole process.
+	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_events_" + suffix, Role: "reader", QuotaPerDay: int64p(10)})
 	old := newKey(t, keystore.Dev, keystore.Record{})
-	rotated := newKey(t, keystore.Dev, keystore.Record{ID: "k_events_rotated", Role: "reader",
+	rotated := newKey(t, keystore.Dev, keystore.Record{ID: "k_events_rotated_" + suffix, Role: "reader",
 		PreviousHashes: []keystore.PreviousHash{{Hash: old.record.Hash, ValidUntil: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}}})
 	port := freePort(t)
 	cfg, err := adapt(fmt.Sprintf(`{
@@ -469,20 +486,20 @@ http://127.0.0.1:%d {
 		switch e.Name() {
 		case eventQuotaWarning:
 			warnings = append(warnings, e.Data["percent"])
-			if e.Data["key_id"] != "k_events" || e.Data["limit"] != int64(10) {
+			if e.Data["key_id"] != key.record.ID || e.Data["limit"] != int64(10) {
 				t.Errorf("warning data %v", e.Data)
 			}
 		case eventQuotaExceeded:
-			if e.Data["key_id"] != "k_events" {
+			if e.Data["key_id"] != key.record.ID {
 				t.Errorf("quota exceeded data %v", e.Data)
 			}
 		case eventDeprecatedKey:
-			if e.Data["key_id"] != "k_events_rotated" || e.Data["valid_until"] == "" {
+			if e.Data["key_id"] != rotated.record.ID || e.Data["valid_until"] == "" {
 				t.Errorf("deprecated data %v", e.Data)
 			}
 		}
 		for _, v := range e.Data {
-			if s, ok := v.(string); ok && (strings.Contains(s, key.secret) || strings.Contains(s, "sha256:")) {
+			if s, ok := v.(string); ok && (strings.Contains(s, key.secret) || strings.Contains(s, old.secret) || strings.Contains(s, "sha256:")) {
 				t.Errorf("event %s carries a key or hash", e.Name())
 			}
 		}
@@ -512,5 +529,26 @@ func TestUsageSurvivesRestart(t *testing.T) {
 	_, body := adminCall(t, "GET", g.admin+"/apikey/usage?key=k_ops_reader")
 	if !regexp.MustCompile(`"requests":\s*3`).MatchString(body) {
 		t.Errorf("usage after a restart: %s", body)
+	}
+}
+
+// TestKeyFileChangesAreAudited: a change made to the key file by any means
+// (here the CLI, without --audit-log) is recorded by the running Caddy.
+func TestKeyFileChangesAreAudited(t *testing.T) {
+	g := startOpsGateway(t)
+	newKeyByCLI(t, "--keys", g.keyFile, "--type", "dev", "--role", "reader", "--id", "k_made_outside")
+	logs := readWhenContains(t, g.auditLog, `"key_id":"k_made_outside"`)
+	if !strings.Contains(logs, `"actor":"key_file","event":"key.created"`) {
+		t.Errorf("the new key is not audited as created through the key file:\n%s", logs)
+	}
+	if _, errOut, code := cli(t, "", "revoke", "--keys", g.keyFile, "--id", "k_ops_writer"); code != 0 {
+		t.Fatal(errOut)
+	}
+	logs = readWhenContains(t, g.auditLog, `"event":"key.revoked","file"`)
+	if strings.Count(logs, `"event":"key.created"`) != 1 {
+		t.Errorf("the creation was audited more than once (two routes share the file and the log):\n%s", logs)
+	}
+	if out, _, code := cli(t, "", "audit", "verify", g.auditLog); code != 0 {
+		t.Errorf("audit verify: %s", out)
 	}
 }

@@ -12,9 +12,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
 	"github.com/moodmnky/caddy-apikey/internal/flock"
 )
 
@@ -34,11 +34,10 @@ func Append(path string, entries ...Entry) error {
 	}
 	defer unlock()
 
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o600)
-	if err != nil {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR|os.O_APPEND, 0o600)
+	if err == nil {
+		atomicfile.MatchOwner(f, path) // a new log belongs to its folder's owner
+	} else if f, err = os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0); err != nil {
 		return err
 	}
 	defer f.Close()

@@ -260,18 +260,19 @@ func runConfig(bin, work string, c config, upstream, keyFile, redisAddr, hash st
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: concurrency, MaxConnsPerHost: concurrency, DisableCompression: true}}
 	load(client, url, header, concurrency, warmup, nil)
-	profiled := make(chan struct{})
+	profiled := make(chan []byte, 1)
 	if profileTo != "" {
 		go func() {
-			defer close(profiled)
-			writeProfile(bin, fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", adminPort, int(duration.Seconds())-1), profileTo)
+			profiled <- fetchProfile(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", adminPort, max(int(duration.Seconds())-1, 1)))
 		}()
 	} else {
-		close(profiled)
+		profiled <- nil
 	}
 	var lat [][]time.Duration
 	errs, n := load(client, url, header, concurrency, duration, &lat)
-	<-profiled
+	if raw := <-profiled; raw != nil {
+		writeProfile(bin, raw, profileTo) // after the load: pprof's own work must not disturb it
+	}
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
@@ -284,20 +285,26 @@ func runConfig(bin, work string, c config, upstream, keyFile, redisAddr, hash st
 	return r
 }
 
-// writeProfile fetches a CPU profile from Caddy's admin endpoint and writes
-// its top functions as text.
-func writeProfile(bin, url, to string) {
+// fetchProfile takes a CPU profile through Caddy's admin endpoint.
+func fetchProfile(url string) []byte {
 	resp, err := http.Get(url)
 	if err != nil {
 		log.Printf("profile: %v", err)
-		return
+		return nil
 	}
 	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		log.Printf("profile: %v", err)
+		return nil
+	}
+	return data
+}
+
+// writeProfile writes a profile's top functions as text.
+func writeProfile(bin string, data []byte, to string) {
 	raw := to + ".pb.gz"
-	f, err := os.Create(raw)
-	check(err)
-	io.Copy(f, resp.Body)
-	f.Close()
+	check(os.WriteFile(raw, data, 0o644))
 	defer os.Remove(raw)
 	// The handler's own share first (under apikey's ServeHTTP, leaving out
 	// reverse_proxy, which it calls), then the whole process.

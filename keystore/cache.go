@@ -99,6 +99,10 @@ type Cache struct {
 	purgedIDs atomic.Pointer[map[string]int64]
 	purgeMu   sync.Mutex
 
+	// ids are the key ids the source has named, for management; real keys
+	// only (unknown digests are never here), so it stays small.
+	ids sync.Map
+
 	// closing guards the ristretto caches: stores take it shared, Close
 	// takes it whole, so nothing touches a closed cache.
 	closing    sync.RWMutex
@@ -257,6 +261,7 @@ func (c *Cache) fetchAndStore(d Digest) (Match, error) {
 	e := &cacheEntry{digest: d, match: m, fetched: started}
 	k := cacheKey(d)
 	if m.Key != nil {
+		c.ids.Store(m.Key.ID, struct{}{})
 		c.unknown.Del(k)
 		c.known.Set(k, e, 1)
 		c.known.Wait()
@@ -284,6 +289,12 @@ func (c *Cache) Purge(id string) {
 	}
 	next[id] = now
 	c.purgedIDs.Store(&next)
+}
+
+// Knows reports whether the source has named this key id.
+func (c *Cache) Knows(id string) bool {
+	_, ok := c.ids.Load(id)
+	return ok
 }
 
 // PurgeAll drops every cached answer.

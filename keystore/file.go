@@ -86,6 +86,14 @@ func (f *FileSource) Lookup(_ context.Context, d Digest) (Match, error) {
 // for changes made by the admin API.
 func (f *FileSource) Reload() { f.keys.check() }
 
+// OnChange calls fn with the changes of every new version of the file that
+// loads. Registrations share a name (e.g. the audit log they write to), so
+// that routes using the same file and log record each change once. It
+// returns the function that lets go.
+func (f *FileSource) OnChange(name string, fn func([]Change)) (cancel func()) {
+	return f.keys.onChange(name, fn)
+}
+
 // AbsPath is the file's absolute path.
 func (f *FileSource) AbsPath() string { return f.keys.path }
 

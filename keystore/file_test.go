@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -127,5 +128,37 @@ func TestWatcherSeesSameSizeRewrite(t *testing.T) {
 	}
 	if m, _ := fs.Lookup(context.Background(), Sum(a)); m.Key != nil {
 		t.Fatal("the old version is still in force")
+	}
+}
+
+func TestDiff(t *testing.T) {
+	mk := func(recs ...Record) *Set {
+		s, err := NewSet(recs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	_, h1 := hashOf(t, Dev)
+	_, h2 := hashOf(t, Dev)
+	_, h3 := hashOf(t, Dev)
+	_, h4 := hashOf(t, Dev)
+	old := mk(
+		Record{ID: "k_same", Hash: h1, Role: "reader"},
+		Record{ID: "k_revoke", Hash: h2, Role: "reader"},
+		Record{ID: "k_gone", Hash: h3, Role: "reader"},
+	)
+	next := mk(
+		Record{ID: "k_same", Hash: h4, Role: "writer"},
+		Record{ID: "k_revoke", Hash: h2, Role: "reader", Revoked: true},
+		Record{ID: "k_new", Hash: h3, Role: "reader"},
+	)
+	got := fmt.Sprint(Diff(old, next))
+	want := "[{key.removed k_gone} {key.created k_new} {key.revoked k_revoke} {key.rotated k_same} {key.updated k_same}]"
+	if got != want {
+		t.Errorf("Diff = %s\nwant   %s", got, want)
+	}
+	if len(Diff(next, next)) != 0 {
+		t.Error("a set differs from itself")
 	}
 }

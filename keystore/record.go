@@ -122,6 +122,7 @@ type Key struct {
 	// so that setting placeholders costs no allocation per request.
 	IDValue, NameValue any
 
+	record      Record // as read, for telling versions apart
 	services    []string
 	allServices bool
 	permissions []permission
@@ -155,9 +156,13 @@ func fieldErr(field string, format string, args ...any) error {
 
 // Compile validates a record and turns it into a Key.
 func Compile(rec Record) (*Key, error) {
-	k := &Key{ID: rec.ID, Name: rec.Name, Revoked: rec.Revoked, IDValue: rec.ID, NameValue: rec.Name}
+	k := &Key{ID: rec.ID, Name: rec.Name, Revoked: rec.Revoked, IDValue: rec.ID, NameValue: rec.Name, record: rec}
 	if strings.TrimSpace(rec.ID) == "" {
 		return nil, fieldErr("id", "is required")
+	}
+	if HasKnownPrefix(rec.ID) {
+		// Ids are logged and audited; a key pasted as an id would be too.
+		return nil, fieldErr("id", "looks like a key; an id names a key and is not secret")
 	}
 	if rec.Hash == "" {
 		return nil, fieldErr("hash", "is required")

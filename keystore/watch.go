@@ -32,9 +32,12 @@ type watchedFile struct {
 	mu    sync.Mutex // one check at a time: the watcher's, or an admin's
 	stamp fileStamp  // of the version last read, good or bad
 	sum   [sha256.Size]byte
-	stop  chan struct{}
-	done  chan struct{}
-	once  sync.Once
+
+	listenMu  sync.Mutex
+	listeners map[string]*listener
+	stop      chan struct{}
+	done      chan struct{}
+	once      sync.Once
 }
 
 // fileStamp tells versions of a file apart without reading it.
@@ -133,8 +136,47 @@ func (w *watchedFile) check() {
 		fileLogger().Error("key file rejected; keeping the last good keys", zap.Error(err))
 		return
 	}
-	w.set.Store(set)
+	old := w.set.Swap(set)
 	fileLogger().Info("key file reloaded", zap.String("file", w.name), zap.Int("keys", set.Len()))
+	if changes := Diff(old, set); len(changes) > 0 {
+		w.listenMu.Lock()
+		for _, l := range w.listeners {
+			l.fn(changes)
+		}
+		w.listenMu.Unlock()
+	}
+}
+
+// listener hears the changes of every new version of the file.
+type listener struct {
+	fn   func([]Change)
+	refs int
+}
+
+// onChange registers fn under name (the first registration of a name
+// wins; later ones only count), and returns the function that lets go.
+func (w *watchedFile) onChange(name string, fn func([]Change)) func() {
+	w.listenMu.Lock()
+	defer w.listenMu.Unlock()
+	if w.listeners == nil {
+		w.listeners = map[string]*listener{}
+	}
+	l := w.listeners[name]
+	if l == nil {
+		l = &listener{fn: fn}
+		w.listeners[name] = l
+	}
+	l.refs++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			w.listenMu.Lock()
+			defer w.listenMu.Unlock()
+			if l.refs--; l.refs == 0 {
+				delete(w.listeners, name)
+			}
+		})
+	}
 }
 
 // settleTime is how long after its last modification a file's content is

@@ -10,8 +10,14 @@ import (
 )
 
 // WriteFile writes data to a temporary file beside path, syncs it, renames
-// it over path, and syncs the folder. The folder is made if missing.
+// it over path, and syncs the folder. The folder is made if missing. A path
+// that is a symbolic link has its target replaced, not the link. The new
+// file keeps the old one's owner and group (or, for a new file, takes the
+// folder's), so that a change made by root stays readable by the server.
 func WriteFile(path string, data []byte, mode fs.FileMode) error {
+	if target, err := filepath.EvalSymlinks(path); err == nil {
+		path = target
+	}
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -25,6 +31,7 @@ func WriteFile(path string, data []byte, mode fs.FileMode) error {
 		tmp.Close()
 		return err
 	}
+	matchOwner(tmp, path, dir)
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return err
@@ -51,4 +58,10 @@ func WriteFile(path string, data []byte, mode fs.FileMode) error {
 func SetAside(path string, now time.Time) (string, error) {
 	aside := path + ".corrupt-" + now.UTC().Format("20060102T150405Z")
 	return aside, os.Rename(path, aside)
+}
+
+// MatchOwner gives a file just created at path the owner and group of its
+// folder, as WriteFile does for new files (only when run as root).
+func MatchOwner(f *os.File, path string) {
+	matchOwner(f, path+".does-not-exist", filepath.Dir(path))
 }
