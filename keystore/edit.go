@@ -113,17 +113,6 @@ func (kf *KeyFile) Add(rec Record) error {
 	return nil
 }
 
-// IDs returns every record's id.
-func (kf *KeyFile) IDs() []string {
-	ids := make([]string, 0, len(kf.Records))
-	for _, r := range kf.Records {
-		var id string
-		_ = json.Unmarshal(r.Get("id"), &id)
-		ids = append(ids, id)
-	}
-	return ids
-}
-
 // Get returns a field's raw value, or nil.
 func (r *RecordFields) Get(name string) json.RawMessage {
 	for _, f := range r.fields {

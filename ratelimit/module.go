@@ -114,9 +114,6 @@ func (s *MemoryStore) Reset(_ context.Context, key string) error {
 	return nil
 }
 
-// Memory returns the counters, for management.
-func (s *MemoryStore) Memory() *Memory { return s.counters.Memory }
-
 // UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
 //
 //	counters memory {
