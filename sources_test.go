@@ -461,31 +461,24 @@ func TestHTTPSourceFailures(t *testing.T) {
 	}
 }
 
-// TestHTTPSourceMalformedIsLogged: an answer that is not JSON is a failure,
-// logged.
-func TestHTTPSourceMalformedIsLogged(t *testing.T) {
-	k := newKey(t, keystore.Dev, keystore.Record{ID: "k_malformed", Role: "reader"})
-	g := startRemoteGateway(t, "ttl 1m", k.record)
-	g.svc.setMode("malformed")
-	if r := send(t, "GET", g.url, bearer(k)...); r.status != 503 {
-		t.Fatalf("malformed answer: %d", r.status)
-	}
-	logs := readWhenContains(t, g.logPath, "key service failed")
-	if !strings.Contains(logs, "is invalid") || !strings.Contains(logs, "unexpected EOF") {
-		t.Errorf("the log does not say the answer was malformed:\n%s", logs)
-	}
-}
-
-// TestHTTPSourceBadFieldIsLogged: a record with a bad field names the field.
-func TestHTTPSourceBadFieldIsLogged(t *testing.T) {
-	k := newKey(t, keystore.Dev, keystore.Record{ID: "k_field", Role: "reader"})
-	g := startRemoteGateway(t, "ttl 1m", k.record)
-	g.svc.setMode("badfield")
-	if r := send(t, "GET", g.url, bearer(k)...); r.status != 503 {
-		t.Fatalf("bad record: %d", r.status)
-	}
-	logs := readWhenContains(t, g.logPath, "key service failed")
-	if !strings.Contains(logs, `record (id \"k_field\") is invalid: role: unknown role \"superuser\"`) {
-		t.Errorf("the log does not name the record and field:\n%s", logs)
+// TestHTTPSourceBadAnswersAreLogged: an answer that is not JSON, or a
+// record with a bad field, is a service failure (503), logged with what was
+// wrong.
+func TestHTTPSourceBadAnswersAreLogged(t *testing.T) {
+	for mode, want := range map[string]string{
+		"malformed": `record (id \"\") is invalid: unexpected EOF`,
+		"badfield":  `record (id \"k_bad_answer\") is invalid: role: unknown role \"superuser\"`,
+	} {
+		t.Run(mode, func(t *testing.T) {
+			k := newKey(t, keystore.Dev, keystore.Record{ID: "k_bad_answer", Role: "reader"})
+			g := startRemoteGateway(t, "ttl 1m", k.record)
+			g.svc.setMode(mode)
+			if r := send(t, "GET", g.url, bearer(k)...); r.status != 503 {
+				t.Fatalf("%s answer: %d, want 503", mode, r.status)
+			}
+			if logs := readWhenContains(t, g.logPath, "key service failed"); !strings.Contains(logs, want) {
+				t.Errorf("the log does not say what was wrong (%s):\n%s", want, logs)
+			}
+		})
 	}
 }
