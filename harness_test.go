@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -41,12 +42,70 @@ func TestMain(m *testing.M) {
 			os.Setenv("GOPATH", filepath.Join(home, "go"))
 		}
 	}
+	// Caddy computed its autosave path and default storage from HOME and
+	// the XDG folders when its package was initialized, before this ran:
+	// remember them (TestCaddyStaysOutOfHome checks they stay untouched),
+	// then point them into the temporary folder too.
+	realCaddyDirs = []string{filepath.Dir(caddy.ConfigAutosavePath), caddy.DefaultStorage.Path}
+	testHome = dir
 	for _, v := range []string{"HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"} {
 		os.Setenv(v, filepath.Join(dir, strings.ToLower(v)))
 	}
+	caddy.ConfigAutosavePath = filepath.Join(caddy.AppConfigDir(), "autosave.json")
+	caddy.DefaultStorage.Path = caddy.AppDataDir()
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// testHome is the temporary folder TestMain points HOME and the XDG folders
+// at; realCaddyDirs are the folders Caddy would have written to without it.
+var (
+	testHome      string
+	realCaddyDirs []string
+)
+
+// TestCaddyStaysOutOfHome loads and stops a config, as every Caddy test
+// does, and checks that Caddy's autosave and storage paths are in the
+// temporary folder, that the autosave landed there, and that nothing under
+// the real HOME's Caddy folders mentions this test's config or this
+// process's instance id (other Caddy processes may write there meanwhile).
+func TestCaddyStaysOutOfHome(t *testing.T) {
+	for name, p := range map[string]string{
+		"caddy.ConfigAutosavePath": caddy.ConfigAutosavePath,
+		"caddy.DefaultStorage":     caddy.DefaultStorage.Path,
+		"caddy.AppDataDir()":       caddy.AppDataDir(),
+		"caddy.AppConfigDir()":     caddy.AppConfigDir(),
+	} {
+		if rel, err := filepath.Rel(testHome, p); err != nil || !filepath.IsLocal(rel) {
+			t.Errorf("%s is %s, outside the tests' folder %s", name, p, testHome)
+		}
+	}
+	port := freePort(t)
+	marker := fmt.Sprintf("home-test-%d-%d", port, time.Now().UnixNano())
+	startCaddy(t, fmt.Sprintf("{\n\tadmin off\n}\nhttp://127.0.0.1:%d {\n\trespond %s\n}\n", port, marker))
+	if err := stopCaddy(); err != nil {
+		t.Fatal(err)
+	}
+	if saved, err := os.ReadFile(caddy.ConfigAutosavePath); err != nil || !strings.Contains(string(saved), marker) {
+		t.Errorf("the config was not autosaved in the tests' folder (%v), so the check below proves nothing", err)
+	}
+	id, err := caddy.InstanceID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range realCaddyDirs {
+		filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return nil // a folder that does not exist was not written to
+			}
+			data, _ := os.ReadFile(path)
+			if strings.Contains(string(data), marker) || strings.Contains(string(data), id.String()) {
+				t.Errorf("the tests wrote %s, under the real HOME", path)
+			}
+			return nil
+		})
+	}
 }
 
 // freePort returns a loopback port that was free a moment ago.
