@@ -40,22 +40,27 @@ var ErrUnknownID = errors.New("no key has this id")
 // be valid before and after the change; otherwise nothing is written. The
 // write is atomic (a temporary file in the same folder, synced, renamed over
 // the old one) and keeps the file's mode.
+//
+// A path that is a symbolic link is followed: the lock, the read and the
+// write are all of its target, so that writers naming the link and writers
+// naming the target take turns. Messages name path as given.
 func EditKeyFile(path string, change func(*KeyFile) error) error {
 	unlock, err := flock.Lock(path)
 	if err != nil {
 		return fmt.Errorf("locking key file %s: %w", path, err)
 	}
 	defer unlock()
+	target := flock.Resolve(path) // what Lock locked
 
 	mode := fs.FileMode(0o600)
-	data, err := os.ReadFile(path)
+	data, err := os.ReadFile(target)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		data = []byte(`{"keys": []}`)
 	case err != nil:
 		return fmt.Errorf("key file %s: %w", path, err)
 	default:
-		if info, err := os.Stat(path); err == nil {
+		if info, err := os.Stat(target); err == nil {
 			mode = info.Mode().Perm()
 		}
 		if _, err := ParseAndValidate(data); err != nil {
@@ -76,7 +81,7 @@ func EditKeyFile(path string, change func(*KeyFile) error) error {
 	if _, err := ParseAndValidate(out); err != nil {
 		return fmt.Errorf("the change would make key file %s invalid, so it was not written: %w", path, err)
 	}
-	return atomicfile.WriteFile(path, out, mode)
+	return atomicfile.WriteFile(target, out, mode)
 }
 
 // ParseAndValidate parses a key file's content and checks every record.

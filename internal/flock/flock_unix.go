@@ -10,14 +10,30 @@ import (
 	"syscall"
 )
 
-// Lock takes an exclusive lock for path on a lock file beside it (the
-// key file itself is replaced by rename, so it cannot hold the lock). It
+// Lock takes an exclusive lock for the file at path on a lock file beside
+// it (the file itself is replaced by rename, so it cannot hold the lock). It
 // waits for another holder to finish.
+//
+// A symbolic link is followed first (see Resolve): the lock belongs to the
+// file a write replaces, so writers that name the link and writers that name
+// its target wait for each other. A link swapped to another target while
+// Lock waited is followed again.
 //
 // The folder is made if missing. The lock file is readable by all and opened
 // read-only (flock needs no more), so that Caddy and an operator running the
 // commands as another user can both take it.
-func Lock(path string) (unlock func(), err error) {
+func Lock(path string) (func(), error) {
+	for attempt := 0; ; attempt++ {
+		target := Resolve(path)
+		unlock, err := lockBeside(target)
+		if err != nil || attempt == 3 || Resolve(path) == target {
+			return unlock, err
+		}
+		unlock() // the link moved while we waited: lock its new target
+	}
+}
+
+func lockBeside(path string) (func(), error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err
