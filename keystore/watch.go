@@ -32,6 +32,10 @@ type watchedFile struct {
 	mu    sync.Mutex // one check at a time: the watcher's, or an admin's
 	stamp fileStamp  // of the version last read, good or bad
 	sum   [sha256.Size]byte
+	// since is when stamp and sum were last found changed, on this
+	// process's monotonic clock: the file has been unchanged since.
+	since time.Time
+	reads int // times the file was read, for tests
 
 	listenMu  sync.Mutex
 	listeners map[string]*listener
@@ -80,7 +84,7 @@ func watchFile(name, path string) (*watchedFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &watchedFile{name: name, path: path, stamp: stamp, sum: sha256.Sum256(data),
+	w := &watchedFile{name: name, path: path, stamp: stamp, sum: sha256.Sum256(data), since: time.Now(),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	w.set.Store(set)
 	go w.run()
@@ -112,15 +116,13 @@ func (w *watchedFile) check() {
 			fileLogger().Error("key file cannot be read; keeping the last good keys",
 				zap.String("file", w.name), zap.Error(err))
 		}
-		w.stamp = fileStamp{}
+		w.stamp, w.since = fileStamp{}, time.Now()
 		return
 	}
-	// Size, time and identity tell most changes apart without reading. A
-	// file modified in the last moments may have changed again within one
-	// tick of the filesystem's clock at the same size: compare its content.
-	if stamp.same(w.stamp) && time.Since(stamp.modTime) > settleTime {
+	if stamp.same(w.stamp) && w.settled() {
 		return
 	}
+	w.reads++
 	data, err := os.ReadFile(w.path)
 	if err != nil {
 		return // gone between the stat and the read: the next poll sees it
@@ -129,7 +131,7 @@ func (w *watchedFile) check() {
 	if stamp.same(w.stamp) && sum == w.sum {
 		return
 	}
-	w.stamp, w.sum = stamp, sum
+	w.stamp, w.sum, w.since = stamp, sum, time.Now()
 	set, err := parseKeyFile(w.name, data)
 	if err != nil {
 		observeSourceError("file")
@@ -182,6 +184,18 @@ func (w *watchedFile) onChange(name string, fn func([]Change)) func() {
 // settleTime is how long after its last modification a file's content is
 // compared, not just its size and time.
 const settleTime = 2 * time.Second
+
+// settled reports whether the file's stamp (size, time and identity) alone
+// now tells its next change apart. Right after a write, a second write
+// within one tick of the filesystem's clock, at the same size, leaves the
+// stamp as it was: until then the content is compared too. The file is
+// settled once its modification time is settleTime in the past, or once
+// this watcher has seen it unchanged for settleTime on its own monotonic
+// clock: a file whose modification time is in the future (a skewed clock,
+// touch -d) is settled too, rather than read and hashed on every poll.
+func (w *watchedFile) settled() bool {
+	return time.Since(w.stamp.modTime) > settleTime || time.Since(w.since) > settleTime
+}
 
 // Destruct stops the watcher.
 func (w *watchedFile) Destruct() error {
