@@ -541,7 +541,7 @@ http://127.0.0.1:%[2]d {
 		apikey {
 			keys file %[3]s
 			service openai
-			#error_format openai
+			error_format openai
 			upstream_auth bearer %[4]s
 			failed_auth_limit off
 		}
@@ -551,7 +551,7 @@ http://127.0.0.1:%[2]d {
 		apikey {
 			keys file %[3]s
 			service openai
-			#error_format openai
+			error_format openai
 			upstream_auth bearer %[4]s
 			rate dev 1/s
 			failed_auth_limit off
