@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/internal/testtools"
 )
 
 // RequireEnv, when set, turns a missing redis-server from a skip into a
@@ -30,13 +32,7 @@ type Server struct {
 // Start runs redis-server on a free port until the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv(RequireEnv) != "" {
-			t.Fatalf("redis-server not found and %s is set: %v", RequireEnv, err)
-		}
-		t.Skipf("redis-server not found (install Debian's redis-server, or set %s to make this a failure)", RequireEnv)
-	}
+	bin := testtools.Require(t, "redis-server", RequireEnv, "install Debian's redis-server package")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
