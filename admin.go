@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -184,11 +185,23 @@ func (adminAPI) usage(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return apiError(http.StatusBadRequest, "by: %q is not hour or day", by)
 	}
+	limit := defaultUsagePage
+	if s := q.Get("limit"); s != "" {
+		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > maxUsagePage {
+			return apiError(http.StatusBadRequest, "limit: %q is not a whole number from 1 to %d", s, maxUsagePage)
+		}
+	}
+	var after *usage.Row
+	if s := q.Get("cursor"); s != "" {
+		if after, err = usage.ParseCursor(s); err != nil {
+			return apiError(http.StatusBadRequest, "cursor: not one this endpoint gave")
+		}
+	}
 	for name := range q {
 		switch name {
-		case "key", "service", "from", "to", "by":
+		case "key", "service", "from", "to", "by", "limit", "cursor":
 		default:
-			return apiError(http.StatusBadRequest, "unknown parameter %q (want key, service, from, to, by)", name)
+			return apiError(http.StatusBadRequest, "unknown parameter %q (want key, service, from, to, by, limit, cursor)", name)
 		}
 	}
 	rows := []usage.Row{}
@@ -199,12 +212,26 @@ func (adminAPI) usage(w http.ResponseWriter, r *http.Request) error {
 			rows = append(rows, h.usage.Report(query)...)
 		}
 	}
+	if len(seen) > 1 {
+		usage.SortRows(rows)
+	}
+	page, next := usage.Page(rows, after, limit)
 	by := "hour"
 	if query.ByDay {
 		by = "day"
 	}
-	return writeJSON(w, map[string]any{"from": query.From.UTC(), "to": query.To.UTC(), "by": by, "rows": rows})
+	answer := map[string]any{"from": query.From.UTC(), "to": query.To.UTC(), "by": by, "rows": page}
+	if next != "" {
+		answer["next_cursor"] = next
+	}
+	return writeJSON(w, answer)
 }
+
+// Usage pages: rows per answer by default, and at most.
+const (
+	defaultUsagePage = 1000
+	maxUsagePage     = 10000
+)
 
 // parseTimeParam reads RFC 3339 or a date (YYYY-MM-DD, UTC midnight).
 func parseTimeParam(s string) (time.Time, error) {

@@ -49,6 +49,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    upstream_auth <value>
 //	    upstream_auth bearer <token>
 //	    upstream_auth header <Name> <value>
+//	    upstream_auth [bearer | header <Name>] file <path>
+//	    error_format default|openai|ollama
+//	    preflight pass|authenticate
 //	    quota dev|prod <n>/day
 //	    rate dev|prod <n>/s|m|h
 //	    quota_timezone <IANA zone>
@@ -157,13 +160,31 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			errPreset = d.Errf("upstream_auth <value> needs a service with a preset (%s); otherwise use upstream_auth bearer <token> or upstream_auth header <Name> <value>",
 				strings.Join(headers.PresetNames(), ", "))
 			switch {
-			case len(authArgs) == 1 && (authArgs[0] == "bearer" || authArgs[0] == "header"):
+			case len(authArgs) == 1 && (authArgs[0] == "bearer" || authArgs[0] == "header" || authArgs[0] == "file"):
 				return d.Errf("upstream_auth %s: missing arguments", authArgs[0])
 			case len(authArgs) == 1:
-			case len(authArgs) == 2 && authArgs[0] == "bearer":
-			case len(authArgs) == 3 && authArgs[0] == "header":
+			case len(authArgs) == 2 && (authArgs[0] == "bearer" || authArgs[0] == "file"):
+			case len(authArgs) == 3 && authArgs[0] == "header" && authArgs[2] != "file":
+			case len(authArgs) == 3 && authArgs[0] == "bearer" && authArgs[1] == "file":
+			case len(authArgs) == 4 && authArgs[0] == "header" && authArgs[2] == "file":
 			default:
-				return d.Err("want upstream_auth <value>, upstream_auth bearer <token> or upstream_auth header <Name> <value>")
+				return d.Err("want upstream_auth <value>, upstream_auth bearer <token>, upstream_auth header <Name> <value>, or file <path> in place of the value")
+			}
+
+		case "error_format":
+			if !d.AllArgs(&h.ErrorFormat) {
+				return d.ArgErr()
+			}
+			if _, err := parseErrorFormat(h.ErrorFormat); err != nil {
+				return d.Err(err.Error())
+			}
+
+		case "preflight":
+			if !d.AllArgs(&h.Preflight) {
+				return d.ArgErr()
+			}
+			if h.Preflight != "pass" && h.Preflight != "authenticate" {
+				return d.Errf("preflight: %q is not pass or authenticate", h.Preflight)
 			}
 
 		case "quota":
@@ -294,21 +315,31 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	h.KeysRaw = caddyconfig.JSONModuleObject(keys, "source", keysName, nil)
 
+	bearer := headers.Preset{Header: "Authorization", Scheme: "Bearer"}
+	var cred headers.Credential
 	switch {
-	case len(authArgs) == 1:
+	case len(authArgs) == 0:
+		return nil
+	case len(authArgs) <= 2 && authArgs[0] != "bearer":
 		preset, ok := headers.PresetFor(h.Service)
 		if !ok {
 			return errPreset
 		}
-		cred := preset.Credential(authArgs[0])
-		h.UpstreamAuth = &cred
-	case len(authArgs) == 2:
-		cred := headers.Credential{Header: "Authorization", Value: "Bearer " + authArgs[1]}
-		h.UpstreamAuth = &cred
-	case len(authArgs) == 3:
-		cred := headers.Credential{Header: authArgs[1], Value: authArgs[2]}
-		h.UpstreamAuth = &cred
+		if len(authArgs) == 2 {
+			cred = preset.FileCredential(authArgs[1])
+		} else {
+			cred = preset.Credential(authArgs[0])
+		}
+	case len(authArgs) == 2: // bearer <token>
+		cred = bearer.Credential(authArgs[1])
+	case authArgs[0] == "bearer": // bearer file <path>
+		cred = bearer.FileCredential(authArgs[2])
+	case len(authArgs) == 3: // header <Name> <value>
+		cred = headers.Credential{Header: authArgs[1], Value: authArgs[2]}
+	default: // header <Name> file <path>
+		cred = headers.Credential{Header: authArgs[1], File: authArgs[3]}
 	}
+	h.UpstreamAuth = &cred
 	return nil
 }
 

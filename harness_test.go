@@ -255,13 +255,19 @@ func send(t *testing.T, method, url string, headers ...string) response {
 	body, _ := io.ReadAll(resp.Body)
 	r := response{status: resp.StatusCode, header: resp.Header, body: string(body)}
 	if resp.Header.Get("Content-Type") == "application/json" {
+		// Every error format: {"error": {...}} (default, openai) or
+		// {"error": "<message>", "code", "reason"} (ollama).
 		var wrapper struct {
-			Error *json.RawMessage `json:"error"`
+			Error  *json.RawMessage `json:"error"`
+			Code   string           `json:"code"`
+			Reason string           `json:"reason"`
 		}
 		if err := json.Unmarshal(body, &wrapper); err != nil || wrapper.Error == nil {
-			t.Fatalf("%s %s: error body is not {\"error\": {...}}: %q", method, url, body)
+			t.Fatalf("%s %s: error body has no \"error\": %q", method, url, body)
 		}
-		if err := json.Unmarshal(*wrapper.Error, &r.err); err != nil {
+		if err := json.Unmarshal(*wrapper.Error, &r.err.Message); err == nil {
+			r.err.Status, r.err.Code, r.err.Reason = resp.StatusCode, wrapper.Code, wrapper.Reason
+		} else if err := json.Unmarshal(*wrapper.Error, &r.err); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -3,10 +3,16 @@ package apikey
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"time"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/moodmnky/caddy-apikey/audit"
 
 	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
@@ -21,15 +27,54 @@ var (
 	defaultFailedAuthLimit = ratelimit.Rate{Limit: 20, Period: time.Minute}
 )
 
-// failuresPool shares one failed-authentication tracker among every apikey
-// route, across config reloads.
+// failuresPool shares one failed-authentication tracker per period among
+// every apikey route, across config reloads. Routes with different periods
+// keep their own windows, so neither resets the other's.
 var failuresPool = caddy.NewUsagePool()
 
-const failuresPoolKey = "apikey.failed_auth"
+func failuresPoolKey(period time.Duration) string { return "apikey.failed_auth/" + period.String() }
 
-type pooledFailures struct{ *ratelimit.Failures }
+// sweepEvery is how often ended blocks are reported and forgotten.
+const sweepEvery = time.Second
 
-func (pooledFailures) Destruct() error { return nil }
+// pooledFailures is a tracker and the goroutine that reports blocks as
+// they end: one log line (and audit entry) per block with the number of
+// requests it refused, instead of one per refused request.
+type pooledFailures struct {
+	*ratelimit.Failures
+	period time.Duration
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func newPooledFailures(period time.Duration) *pooledFailures {
+	p := &pooledFailures{Failures: ratelimit.NewFailures(nil), period: period,
+		stop: make(chan struct{}), done: make(chan struct{})}
+	go p.run()
+	return p
+}
+
+func (p *pooledFailures) run() {
+	defer close(p.done)
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+			if ended := p.Sweep(p.period); len(ended) > 0 {
+				reportBlocksEnded(p.Failures, ended)
+			}
+		}
+	}
+}
+
+func (p *pooledFailures) Destruct() error {
+	close(p.stop)
+	<-p.done
+	return nil
+}
 
 // limits is a route's resolved limit settings.
 type limits struct {
@@ -96,33 +141,17 @@ func (h *Handler) provisionLimits() error {
 		h.failLimit = r
 	}
 	if !h.failLimit.IsZero() {
-		val, _, err := failuresPool.LoadOrNew(failuresPoolKey, func() (caddy.Destructor, error) {
-			return pooledFailures{ratelimit.NewFailures(nil)}, nil
+		key := failuresPoolKey(h.failLimit.Period)
+		val, _, err := failuresPool.LoadOrNew(key, func() (caddy.Destructor, error) {
+			return newPooledFailures(h.failLimit.Period), nil
 		})
 		if err != nil {
 			return err
 		}
-		h.failures = val.(pooledFailures).Failures
-		h.failuresHeld = true
+		h.failures = val.(*pooledFailures).Failures
+		h.failuresKey = key
 	}
 	return nil
-}
-
-// writeTooMany answers 429 with Retry-After and a JSON body whose message
-// says when to come back. Built by hand: no JSON encoding per request.
-func writeTooMany(w http.ResponseWriter, code, message string, retryAfter time.Duration) {
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	headers.SetRetryAfter(h, retryAfter)
-	body := make([]byte, 0, 96+len(code)+len(message))
-	body = append(body, `{"error":{"status":429,"code":"`...)
-	body = append(body, code...)
-	body = append(body, `","message":`...)
-	body = strconv.AppendQuoteToASCII(body, message)
-	body = append(body, "}}\n"...)
-	w.WriteHeader(http.StatusTooManyRequests)
-	_, _ = w.Write(body)
 }
 
 func quotaMessage(res ratelimit.Result) string {
@@ -138,4 +167,61 @@ func burstMessage(p ratelimit.Policy, res ratelimit.Result) string {
 func throttleMessage(wait time.Duration) string {
 	return "Too many failed authentications from this address; retry in " +
 		strconv.FormatInt(max(headers.Seconds(wait), 1), 10) + " s."
+}
+
+// reportBlocksEnded logs each ended block once, with the requests it
+// refused, and records it in the audit logs of the routes that share the
+// tracker.
+func reportBlocksEnded(f *ratelimit.Failures, ended []ratelimit.BlockEnd) {
+	logger := caddy.Log().Named("http.handlers.apikey")
+	for _, e := range ended {
+		logger.Info("client address no longer throttled",
+			zap.Stringer("client", e.Prefix), zap.Int64("refused", e.Refused))
+	}
+	seen := map[*audit.Writer]bool{}
+	for _, h := range activeHandlers() {
+		if h.failures != f || h.audit == nil || seen[h.audit] {
+			continue
+		}
+		seen[h.audit] = true
+		for _, e := range ended {
+			h.audit.Log(audit.Entry{"event": "client.unthrottled", "client": e.Prefix.String(), "refused": e.Refused})
+		}
+	}
+}
+
+// throttled records, once, that a client address has just been blocked
+// after failed authentications: one log line, one audit entry, one event.
+// The requests it then sends are only counted in the metrics, and their
+// number is reported when the block ends.
+func (h *Handler) throttled(r *http.Request, addr netip.Addr) {
+	until := time.Now().Add(h.failLimit.Period).UTC().Format(time.RFC3339)
+	client := ratelimit.ClientPrefix(addr).String()
+	h.logger.Warn("client address throttled after failed authentications",
+		zap.String("client", client), zap.String("limit", h.failLimit.String()), zap.String("until", until))
+	if h.audit != nil {
+		h.audit.Log(audit.Entry{"event": "client.throttled", "client": client, "service": h.Service,
+			"limit": h.failLimit.String(), "until": until})
+	}
+	if h.events.on() {
+		h.events.emit(eventDenied, map[string]any{"decision": decisionRateLimited, "reason": "failed_auth",
+			"service": h.Service, "method": r.Method, "path": loggedPath(r.URL.Path), "client_ip": addr.String(), "until": until})
+	}
+}
+
+// maxLoggedPath bounds the request path in log lines, audit entries and
+// events, so a client cannot make them grow with long paths.
+const maxLoggedPath = 256
+
+// loggedPath is p cut to maxLoggedPath bytes (on a character boundary),
+// marked with "…" when cut.
+func loggedPath(p string) string {
+	if len(p) <= maxLoggedPath {
+		return p
+	}
+	cut := maxLoggedPath
+	for cut > 0 && !utf8.RuneStart(p[cut]) {
+		cut--
+	}
+	return p[:cut] + "…"
 }

@@ -418,7 +418,7 @@ func TestHalfProvisionedHandlerLetsGo(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "persist_interval must be positive") {
 		t.Fatalf("load: %v", err)
 	}
-	if n, ok := failuresPool.References(failuresPoolKey); ok || n != 0 {
+	if n, ok := failuresPool.References(failuresPoolKey(defaultFailedAuthLimit.Period)); ok || n != 0 {
 		t.Errorf("the failed config still holds the failed-auth tracker (%d references)", n)
 	}
 }

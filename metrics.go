@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/usage"
 )
 
 // The request counters and the duration histogram are counted in shards,
@@ -113,12 +114,13 @@ func countsFor(service string) *routeCounts {
 
 // collector turns the sharded counts into Prometheus metrics on scrape.
 type collector struct {
-	requests, duration *prometheus.Desc
+	requests, duration, usageFolded *prometheus.Desc
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.requests
 	ch <- c.duration
+	ch <- c.usageFolded
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -159,6 +161,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		cumulative[bound] = running
 	}
 	ch <- prometheus.MustNewConstHistogram(c.duration, count, float64(sumNs)/float64(time.Second), cumulative)
+
+	for reason, n := range map[string]*atomic.Uint64{"method": &usage.Folds.Method,
+		"endpoint_limit": &usage.Folds.Endpoint, "series_limit": &usage.Folds.Series} {
+		ch <- prometheus.MustNewConstMetric(c.usageFolded, prometheus.CounterValue, float64(n.Load()), reason)
+	}
 }
 
 func initMetrics() {
@@ -170,6 +177,9 @@ func initMetrics() {
 				[]string{"service", "decision", "key_type"}, nil),
 			duration: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "check_duration_seconds"),
 				"Time the apikey handler spends deciding on a request, before handing it on.", nil, nil),
+			usageFolded: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "usage_folded_total"),
+				"Requests whose usage count was folded by a bound: a made-up method (method), past a key's endpoints in an hour (endpoint_limit), past the total of counters (series_limit).",
+				[]string{"reason"}, nil),
 		}
 		metrics.requestsByKey = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "requests_by_key_total",

@@ -105,20 +105,38 @@ type Handler struct {
 	// Metrics adjusts the Prometheus metrics.
 	Metrics *MetricsOptions `json:"metrics,omitempty"`
 
-	source     keystore.Source
-	keyFrom    []headers.KeyLocation
-	allowTypes uint8 // bit per keystore.Type
-	credential headers.Prepared
+	// ErrorFormat shapes refusal bodies for the route's clients: "default"
+	// ({"error": {"status", "code", "reason", "message"}}), "openai"
+	// ({"error": {"message", "type", "param", "code"}}, for OpenAI's SDKs)
+	// or "ollama" ({"error": "<message>", "code"}, for Ollama's clients).
+	// Default: "ollama" for service ollama, "openai" for service openai,
+	// "default" otherwise.
+	ErrorFormat string `json:"error_format,omitempty"`
+
+	// Preflight says what happens to a CORS preflight (OPTIONS with Origin
+	// and Access-Control-Request-Method), which browsers send without
+	// credentials: "pass" (the default) hands it on to the next handler
+	// unauthenticated and uncounted, with the key headers removed;
+	// "authenticate" checks it like any request.
+	Preflight string `json:"preflight,omitempty"`
+
+	source       keystore.Source
+	clientLookup keystore.ClientLookup // source, when it limits lookups per client
+	keyFrom      []headers.KeyLocation
+	allowTypes   uint8 // bit per keystore.Type
+	credential   headers.Prepared
 	// serviceValue is Service as an interface value, for the placeholder.
 	serviceValue any
 	denials      denials
+	format       errorFormat
+	preflight    bool // pass preflights on
 	logger       *zap.Logger
 
-	limits       limits
-	counters     ratelimit.Store
-	failLimit    ratelimit.Rate
-	failures     *ratelimit.Failures
-	failuresHeld bool
+	limits      limits
+	counters    ratelimit.Store
+	failLimit   ratelimit.Rate
+	failures    *ratelimit.Failures
+	failuresKey string // its place in failuresPool, while held
 
 	requests   *routeCounts
 	perKey     bool
@@ -162,6 +180,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("keys: module %T is not a key source", mod)
 	}
 	h.source = source
+	h.clientLookup, _ = source.(keystore.ClientLookup)
 
 	locs := h.KeyFrom
 	if len(locs) == 0 {
@@ -210,8 +229,23 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 
+	h.format = defaultErrorFormats[h.Service]
+	if h.ErrorFormat != "" {
+		if h.format, err = parseErrorFormat(h.ErrorFormat); err != nil {
+			return fmt.Errorf("error_format: %w", err)
+		}
+	}
+	switch h.Preflight {
+	case "", "pass":
+		h.preflight = true
+	case "authenticate":
+	default:
+		return fmt.Errorf("preflight: %q is not pass or authenticate", h.Preflight)
+	}
+
 	h.serviceValue = h.Service
-	h.denials = newDenials(h.Service, allowed, locs)
+	h.denials = newDenials(h.format, h.Service, allowed, locs)
+	h.warnAboutServer(ctx)
 	return nil
 }
 
@@ -243,14 +277,16 @@ func (h *Handler) Validate() error {
 // Caddy cleans them up itself. It copes with a half-provisioned handler.
 func (h *Handler) Cleanup() error {
 	unregister(h)
+	forgetServerWarnings()
 	if h.unwatch != nil {
 		h.unwatch()
 		h.unwatch = nil
 	}
 	var errs []error
-	if h.failuresHeld {
-		h.failuresHeld = false
-		_, err := failuresPool.Delete(failuresPoolKey)
+	errs = append(errs, h.credential.Release())
+	if h.failuresKey != "" {
+		_, err := failuresPool.Delete(h.failuresKey)
+		h.failuresKey = ""
 		errs = append(errs, err)
 	}
 	if h.usageKey != "" {
@@ -328,10 +364,18 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 // ServeHTTP admits or refuses the request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	now := time.Now()
+	if h.preflight && r.Method == http.MethodOptions && isPreflight(r.Header) {
+		// Browsers send preflights without credentials: pass them on
+		// uncounted, and with no key a client may have added anyway.
+		headers.RemoveKeys(r.Header, h.keyFrom)
+		return next.ServeHTTP(w, r)
+	}
 	if h.failures != nil && h.failures.Active() {
 		if wait, blocked := h.failures.Blocked(clientIP(r), h.failLimit); blocked {
-			h.refused(r, now, decisionRateLimited, "failed_auth", nil, 0, nil)
-			writeTooMany(w, decisionRateLimited, throttleMessage(wait), wait)
+			// Logged, audited and sent as an event once, when the
+			// address was blocked; here only counted.
+			h.counted(r, decisionIndexes[decisionRateLimited], nil, 0, now)
+			writeTooMany(w, h.format, decisionRateLimited, "failed_auth", throttleMessage(wait), wait, false)
 			return nil
 		}
 	}
@@ -344,7 +388,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ok {
 		return h.deny(w, r, now, h.denials.invalid, nil, 0)
 	}
-	match, err := h.source.Lookup(r.Context(), keystore.Sum(key))
+	var match keystore.Match
+	var err error
+	if h.clientLookup != nil {
+		match, err = h.clientLookup.LookupFor(r.Context(), keystore.Sum(key), ratelimit.ClientPrefix(clientIP(r)))
+	} else {
+		match, err = h.source.Lookup(r.Context(), keystore.Sum(key))
+	}
+	if errors.Is(err, keystore.ErrClientBusy) {
+		return h.busy(w, r, now, presented)
+	}
 	if err != nil {
 		// The source logs its failures, once per interval; the refusal
 		// is logged below like any other.
@@ -385,7 +438,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.forbid(w, r, now, h.denials.ip, k, presented, policy)
 	case h.Service != "" && !k.AllowsService(h.Service):
 		return h.forbid(w, r, now, h.denials.service, k, presented, policy)
-	case !k.Permits(r):
+	case !k.Permits(r) || !permitsOverride(k, r):
 		return h.forbid(w, r, now, h.denials.method, k, presented, policy)
 	}
 
@@ -401,10 +454,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !res.Allowed {
 		if res.DeniedBy == ratelimit.DailyLimit {
 			h.refused(r, now, decisionQuotaExceeded, "", k, presented, &res)
-			writeTooMany(w, decisionQuotaExceeded, quotaMessage(res), res.RetryAfter)
+			writeTooMany(w, h.format, decisionQuotaExceeded, "", quotaMessage(res), res.RetryAfter, true)
 		} else {
 			h.refused(r, now, decisionRateLimited, "burst", k, presented, &res)
-			writeTooMany(w, decisionRateLimited, burstMessage(policy, res), res.RetryAfter)
+			writeTooMany(w, h.format, decisionRateLimited, "burst", burstMessage(policy, res), res.RetryAfter, false)
 		}
 		return nil
 	}
@@ -427,7 +480,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	if c := h.logger.Check(zapcore.DebugLevel, "request allowed"); c != nil {
-		c.Write(zap.String("key_id", k.ID), zap.String("method", r.Method), zap.String("path", r.URL.Path))
+		c.Write(zap.String("key_id", k.ID), zap.String("method", loggedMethod(r.Method)), zap.String("path", loggedPath(r.URL.Path)))
 	}
 	return next.ServeHTTP(w, r)
 }
@@ -441,11 +494,35 @@ var (
 // deny answers the request with d. A failed authentication counts against
 // the client address.
 func (h *Handler) deny(w http.ResponseWriter, r *http.Request, now time.Time, d *denial, k *keystore.Key, t keystore.Type) error {
-	if d.status == http.StatusUnauthorized && h.failures != nil {
-		h.failures.Fail(clientIP(r), h.failLimit)
-	}
 	h.refused(r, now, d.code, d.reason, k, t, nil)
+	if d.status == http.StatusUnauthorized {
+		h.failed(r)
+	}
 	d.write(w)
+	return nil
+}
+
+// failed counts a failed authentication against the client address, and
+// records the block it may start.
+func (h *Handler) failed(r *http.Request) {
+	if h.failures == nil {
+		return
+	}
+	addr := clientIP(r)
+	if h.failures.Fail(addr, h.failLimit) {
+		h.throttled(r, addr)
+	}
+}
+
+// busy refuses a key check because the client address already has as many
+// key checks waiting on the key source as it may: 429, counted against the
+// address like a failed authentication, so that a flood of made-up keys
+// ends in a block rather than in calls to the source.
+func (h *Handler) busy(w http.ResponseWriter, r *http.Request, now time.Time, t keystore.Type) error {
+	h.refused(r, now, decisionRateLimited, "key_checks_in_flight", nil, t, nil)
+	h.failed(r)
+	writeTooMany(w, h.format, decisionRateLimited, "key_checks_in_flight",
+		"Too many keys from this address are being checked at once; retry in 1 s.", time.Second, false)
 	return nil
 }
 
@@ -476,8 +553,8 @@ func (h *Handler) refused(r *http.Request, start time.Time, decision, reason str
 	if c := h.logger.Check(zapcore.InfoLevel, "request denied"); c != nil {
 		fields := []zap.Field{
 			zap.String("decision", decision),
-			zap.String("method", r.Method),
-			zap.String("path", r.URL.Path),
+			zap.String("method", loggedMethod(r.Method)),
+			zap.String("path", loggedPath(r.URL.Path)),
 			zap.Stringer("client_ip", clientIP(r)),
 		}
 		if reason != "" {
@@ -491,8 +568,8 @@ func (h *Handler) refused(r *http.Request, start time.Time, decision, reason str
 	if h.audit == nil && !h.events.on() {
 		return
 	}
-	data := map[string]any{"decision": decision, "service": h.Service, "method": r.Method,
-		"path": r.URL.Path, "client_ip": clientIP(r).String()}
+	data := map[string]any{"decision": decision, "service": h.Service, "method": loggedMethod(r.Method),
+		"path": loggedPath(r.URL.Path), "client_ip": clientIP(r).String()}
 	if reason != "" {
 		data["reason"] = reason
 	}

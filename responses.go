@@ -1,11 +1,12 @@
 package apikey
 
 import (
-	"bytes"
-	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
+	"unicode/utf8"
 
 	"github.com/moodmnky/caddy-apikey/headers"
 )
@@ -31,8 +32,127 @@ const (
 	reasonKeyType = "key_type"
 )
 
+// errorFormat is the shape of a refusal's JSON body, chosen per route so
+// that each ecosystem's client libraries show the gateway's message.
+type errorFormat uint8
+
+const (
+	// formatDefault: {"error": {"status", "code", "reason", "message"}}.
+	formatDefault errorFormat = iota
+	// formatOpenAI: {"error": {"message", "type", "param", "code"}}, as
+	// OpenAI's API and SDKs have it.
+	formatOpenAI
+	// formatOllama: {"error": "<message>", "code", "reason"}, as Ollama's
+	// API and clients have it.
+	formatOllama
+)
+
+var errorFormatNames = map[string]errorFormat{"default": formatDefault, "openai": formatOpenAI, "ollama": formatOllama}
+
+func parseErrorFormat(s string) (errorFormat, error) {
+	f, ok := errorFormatNames[s]
+	if !ok {
+		return 0, fmt.Errorf("unknown error format %q (want default, openai or ollama)", s)
+	}
+	return f, nil
+}
+
+// defaultErrorFormats is the error format a service's route gets when it
+// names none: Ollama's clients read a string "error".
+var defaultErrorFormats = map[string]errorFormat{"ollama": formatOllama, "openai": formatOpenAI}
+
+// openAIType is the OpenAI error "type" for a status.
+func openAIType(status int) string {
+	switch status {
+	case http.StatusUnauthorized:
+		return "authentication_error"
+	case http.StatusForbidden:
+		return "permission_error"
+	case http.StatusTooManyRequests:
+		return "rate_limit_error"
+	}
+	return "server_error"
+}
+
+// appendErrorBody appends a refusal's JSON body in format f. It encodes by
+// hand, so a 429 built per request costs no reflection.
+func appendErrorBody(b []byte, f errorFormat, status int, code, reason, message string) []byte {
+	switch f {
+	case formatOpenAI:
+		b = append(b, `{"error":{"message":`...)
+		b = appendJSONString(b, message)
+		b = append(b, `,"type":"`...)
+		b = append(b, openAIType(status)...)
+		b = append(b, `","param":null,"code":"`...)
+		b = append(b, code...)
+		b = append(b, '"')
+		if reason != "" {
+			b = append(b, `,"reason":"`...)
+			b = append(b, reason...)
+			b = append(b, '"')
+		}
+		b = append(b, "}}\n"...)
+	case formatOllama:
+		b = append(b, `{"error":`...)
+		b = appendJSONString(b, message)
+		b = append(b, `,"code":"`...)
+		b = append(b, code...)
+		b = append(b, '"')
+		if reason != "" {
+			b = append(b, `,"reason":"`...)
+			b = append(b, reason...)
+			b = append(b, '"')
+		}
+		b = append(b, "}\n"...)
+	default:
+		b = append(b, `{"error":{"status":`...)
+		b = strconv.AppendInt(b, int64(status), 10)
+		b = append(b, `,"code":"`...)
+		b = append(b, code...)
+		b = append(b, '"')
+		if reason != "" {
+			b = append(b, `,"reason":"`...)
+			b = append(b, reason...)
+			b = append(b, '"')
+		}
+		b = append(b, `,"message":`...)
+		b = appendJSONString(b, message)
+		b = append(b, "}}\n"...)
+	}
+	return b
+}
+
+// appendJSONString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
+
 // denial is one refusal, its body encoded once when the config loads so that
-// refusing a request costs no JSON encoding.
+// refusing a request costs no encoding.
 type denial struct {
 	status       int
 	code         string
@@ -42,23 +162,8 @@ type denial struct {
 	retryAfter   string // Retry-After, for 503s
 }
 
-type errorBody struct {
-	Error errorDetail `json:"error"`
-}
-
-type errorDetail struct {
-	Status  int    `json:"status"`
-	Code    string `json:"code"`
-	Reason  string `json:"reason,omitempty"`
-	Message string `json:"message"`
-}
-
-func newDenial(status int, code, reason, message string) *denial {
-	var body bytes.Buffer
-	enc := json.NewEncoder(&body)
-	enc.SetEscapeHTML(false) // keep "<key>" readable in messages
-	_ = enc.Encode(errorBody{Error: errorDetail{Status: status, Code: code, Reason: reason, Message: message}})
-	return &denial{status: status, code: code, reason: reason, body: body.Bytes()}
+func newDenial(f errorFormat, status int, code, reason, message string) *denial {
+	return &denial{status: status, code: code, reason: reason, body: appendErrorBody(nil, f, status, code, reason, message)}
 }
 
 // denials holds every refusal a handler can give.
@@ -68,7 +173,7 @@ type denials struct {
 	unavailable                                    *denial
 }
 
-func newDenials(service string, allowTypes []string, keyFrom []headers.KeyLocation) denials {
+func newDenials(f errorFormat, service string, allowTypes []string, keyFrom []headers.KeyLocation) denials {
 	realm := service
 	if realm == "" {
 		realm = "apikey"
@@ -82,25 +187,25 @@ func newDenials(service string, allowTypes []string, keyFrom []headers.KeyLocati
 	}
 
 	d := denials{
-		missing: newDenial(http.StatusUnauthorized, decisionMissingKey, "",
+		missing: newDenial(f, http.StatusUnauthorized, decisionMissingKey, "",
 			"No API key was sent; send it as "+strings.Join(where, " or ")+"."),
-		invalid: newDenial(http.StatusUnauthorized, decisionInvalidKey, "",
+		invalid: newDenial(f, http.StatusUnauthorized, decisionInvalidKey, "",
 			"The API key is not valid; check that it was copied whole and has not been replaced."),
-		expired: newDenial(http.StatusUnauthorized, decisionExpiredKey, "",
+		expired: newDenial(f, http.StatusUnauthorized, decisionExpiredKey, "",
 			"The API key has expired; ask the gateway's operator for a new key."),
-		rotatedOut: newDenial(http.StatusUnauthorized, decisionExpiredKey, "",
+		rotatedOut: newDenial(f, http.StatusUnauthorized, decisionExpiredKey, "",
 			"The API key was replaced in a rotation and its grace period has ended; use the new key."),
-		revoked: newDenial(http.StatusUnauthorized, decisionRevokedKey, "",
+		revoked: newDenial(f, http.StatusUnauthorized, decisionRevokedKey, "",
 			"The API key has been revoked; ask the gateway's operator for a new key."),
-		method: newDenial(http.StatusForbidden, decisionForbidden, reasonMethod,
+		method: newDenial(f, http.StatusForbidden, decisionForbidden, reasonMethod,
 			"The key's role or permissions do not allow this method on this path."),
-		service: newDenial(http.StatusForbidden, decisionForbidden, reasonService,
+		service: newDenial(f, http.StatusForbidden, decisionForbidden, reasonService,
 			"The key is not allowed to use the "+realm+" service."),
-		ip: newDenial(http.StatusForbidden, decisionForbidden, reasonIP,
+		ip: newDenial(f, http.StatusForbidden, decisionForbidden, reasonIP,
 			"The key may not be used from this client address."),
-		keyType: newDenial(http.StatusForbidden, decisionForbidden, reasonKeyType,
+		keyType: newDenial(f, http.StatusForbidden, decisionForbidden, reasonKeyType,
 			"This endpoint accepts only "+strings.Join(allowTypes, " or ")+" keys."),
-		unavailable: newDenial(http.StatusServiceUnavailable, decisionUnavailable, "",
+		unavailable: newDenial(f, http.StatusServiceUnavailable, decisionUnavailable, "",
 			"The key service is unavailable, so the key could not be checked; retry shortly."),
 	}
 	d.missing.authenticate = challenge
@@ -130,4 +235,22 @@ func (d *denial) write(w http.ResponseWriter) {
 	}
 	w.WriteHeader(d.status)
 	_, _ = w.Write(d.body)
+}
+
+// writeTooMany answers 429 with Retry-After and a body, in the route's
+// error format, whose message says when to come back. final marks a refusal
+// no retry can fix within seconds (a daily quota): it adds
+// "x-should-retry: false", which the official OpenAI SDKs obey instead of
+// sleeping until Retry-After.
+func writeTooMany(w http.ResponseWriter, f errorFormat, code, reason, message string, retryAfter time.Duration, final bool) {
+	h := w.Header()
+	h["Content-Type"] = []string{"application/json"}
+	h["Cache-Control"] = []string{"no-store"}
+	headers.SetRetryAfter(h, retryAfter)
+	if final {
+		h["X-Should-Retry"] = []string{"false"}
+	}
+	body := appendErrorBody(make([]byte, 0, 128+len(message)), f, http.StatusTooManyRequests, code, reason, message)
+	w.WriteHeader(http.StatusTooManyRequests)
+	_, _ = w.Write(body)
 }

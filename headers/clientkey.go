@@ -58,37 +58,28 @@ func (loc KeyLocation) value(v string) (string, bool) {
 	return v, v != ""
 }
 
-// TakeKey reads the client key from the first location that carries one
-// and removes it, so the key never reaches the upstream: the header it came
-// from goes, and so does every other key location with a value that holds
-// the key (in any position, with or without a scheme). locs must be
-// canonical. found is false when no location carries a value.
+// TakeKey reads the client key from the first location that carries one,
+// and removes every key location's header, whichever held the key used, so
+// that no client key (not even a second one) reaches the upstream. locs
+// must be canonical. found is false when no location carries a value.
 func TakeKey(h http.Header, locs []KeyLocation) (key string, found bool) {
 	for _, loc := range locs {
 		vals := h[loc.Header]
 		if len(vals) == 0 {
 			continue
 		}
-		k, ok := loc.value(vals[0])
-		if !ok {
-			continue
+		if k, ok := loc.value(vals[0]); ok {
+			key, found = k, true
+			break
 		}
-		delete(h, loc.Header)
-		for _, other := range locs {
-			if holdsKey(h[other.Header], k) {
-				delete(h, other.Header)
-			}
-		}
-		return k, true
 	}
-	return "", false
+	RemoveKeys(h, locs)
+	return key, found
 }
 
-func holdsKey(vals []string, key string) bool {
-	for _, v := range vals {
-		if strings.Contains(v, key) {
-			return true
-		}
+// RemoveKeys removes every key location's header.
+func RemoveKeys(h http.Header, locs []KeyLocation) {
+	for _, loc := range locs {
+		delete(h, loc.Header)
 	}
-	return false
 }

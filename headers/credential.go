@@ -16,7 +16,16 @@ type Credential struct {
 	// Value replaces whatever the client sent in Header. Global placeholders
 	// such as {env.N8N_API_KEY} and {file./run/secrets/token} are read once
 	// when the config loads; request placeholders are filled per request.
-	Value string `json:"value"`
+	// Empty when File is set.
+	Value string `json:"value,omitempty"`
+	// File, instead of Value, is a file that holds the secret (trailing
+	// line breaks and spaces are dropped). It is read when the config loads
+	// and watched: a rotated secret takes effect within a second, with no
+	// reload. A version that is empty or unreadable is logged and the last
+	// good secret stays.
+	File string `json:"file,omitempty"`
+	// Scheme goes before the secret read from File, e.g. "Bearer".
+	Scheme string `json:"scheme,omitempty"`
 }
 
 // Preset is how a known service takes its credential.
@@ -27,6 +36,7 @@ type Preset struct {
 
 var presets = map[string]Preset{
 	"ollama":    {Header: "Authorization", Scheme: "Bearer"},
+	"openai":    {Header: "Authorization", Scheme: "Bearer"},
 	"flowise":   {Header: "Authorization", Scheme: "Bearer"},
 	"langchain": {Header: "Authorization", Scheme: "Bearer"},
 	"n8n":       {Header: "X-N8N-API-KEY"},
@@ -39,7 +49,7 @@ func PresetFor(service string) (Preset, bool) {
 }
 
 // PresetNames lists the services that have a preset.
-func PresetNames() []string { return []string{"flowise", "langchain", "n8n", "ollama"} }
+func PresetNames() []string { return []string{"flowise", "langchain", "n8n", "ollama", "openai"} }
 
 // Credential builds the credential for a preset and a secret value.
 func (p Preset) Credential(value string) Credential {
@@ -49,11 +59,17 @@ func (p Preset) Credential(value string) Credential {
 	return Credential{Header: p.Header, Value: value}
 }
 
+// FileCredential builds the credential for a preset and a secret file.
+func (p Preset) FileCredential(path string) Credential {
+	return Credential{Header: p.Header, Scheme: p.Scheme, File: path}
+}
+
 // Prepared is a Credential ready for requests.
 type Prepared struct {
 	header string
-	value  string // the whole value, when it has no request placeholders
-	parts  []part // the value in pieces, when it has
+	value  string         // the whole value, when it has no request placeholders
+	parts  []part         // the value in pieces, when it has
+	file   *watchedSecret // the whole value, when it comes from a file
 }
 
 // part is a piece of a value: literal text (global placeholders already
@@ -73,6 +89,22 @@ var globalPrefixes = []string{"env.", "file.", "system."}
 func (c Credential) Prepare() (Prepared, error) {
 	if c.Header == "" || strings.ContainsAny(c.Header, " \t:") {
 		return Prepared{}, fmt.Errorf("upstream_auth: invalid header name %q", c.Header)
+	}
+	if c.File != "" {
+		if c.Value != "" {
+			return Prepared{}, errors.New("upstream_auth: value and file are exclusive")
+		}
+		if strings.ContainsAny(c.Scheme, " \t\r\n") {
+			return Prepared{}, fmt.Errorf("upstream_auth: invalid scheme %q: must be one word", c.Scheme)
+		}
+		w, err := watchSecret(c.File, c.Scheme)
+		if err != nil {
+			return Prepared{}, fmt.Errorf("upstream_auth: %w", err)
+		}
+		return Prepared{header: http.CanonicalHeaderKey(c.Header), file: w}, nil
+	}
+	if c.Scheme != "" {
+		return Prepared{}, errors.New("upstream_auth: scheme goes with file; put it in value instead")
 	}
 	global := caddy.NewReplacer()
 	var parts []part
@@ -141,7 +173,9 @@ func (p Prepared) Apply(h http.Header, repl *caddy.Replacer) {
 		return
 	}
 	v := p.value
-	if p.parts != nil {
+	if p.file != nil {
+		v = *p.file.value.Load()
+	} else if p.parts != nil {
 		var b strings.Builder
 		for _, pt := range p.parts {
 			if pt.placeholder == "" {
@@ -153,4 +187,16 @@ func (p Prepared) Apply(h http.Header, repl *caddy.Replacer) {
 		v = b.String()
 	}
 	h[p.header] = []string{v}
+}
+
+// Release lets go of the credential's secret file watcher, if any. Safe on
+// a zero Prepared and to call twice.
+func (p *Prepared) Release() error {
+	if p.file == nil {
+		return nil
+	}
+	w := p.file
+	p.file = nil
+	_, err := secretPool.Delete(w.poolKey)
+	return err
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,6 +75,49 @@ type fetchFunc func(ctx context.Context, d Digest) (Match, error)
 // connection, so a flood of made-up keys cannot pile up calls.
 const maxConcurrentFetches = 64
 
+// maxClientFetches bounds the distinct keys one client (an address, or an
+// IPv6 /64) may have waiting on the source at once, so one client cannot
+// take every slot of maxConcurrentFetches from the others.
+const maxClientFetches = 8
+
+// clientFlights counts, per client, the distinct digests it waits on. Only
+// misses touch it, and a client's entry goes when its last call ends, so it
+// holds no more than the requests in flight.
+type clientFlights struct {
+	mu sync.Mutex
+	m  map[netip.Prefix]map[Digest]int
+}
+
+func (f *clientFlights) enter(client netip.Prefix, d Digest) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.m == nil {
+		f.m = map[netip.Prefix]map[Digest]int{}
+	}
+	waits := f.m[client]
+	if waits[d] == 0 && len(waits) >= maxClientFetches {
+		return false
+	}
+	if waits == nil {
+		waits = map[Digest]int{}
+		f.m[client] = waits
+	}
+	waits[d]++
+	return true
+}
+
+func (f *clientFlights) leave(client netip.Prefix, d Digest) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	waits := f.m[client]
+	if waits[d]--; waits[d] <= 0 {
+		delete(waits, d)
+	}
+	if len(waits) == 0 {
+		delete(f.m, client)
+	}
+}
+
 // refreshBackoff is how long a known key waits before asking again after a
 // background refresh failed.
 const refreshBackoff = time.Second
@@ -92,6 +136,7 @@ type Cache struct {
 	known, unknown *ristretto.Cache[uint64, *cacheEntry]
 	calls          singleflight.Group
 	slots          chan struct{} // one per fetch in flight
+	flights        clientFlights
 
 	// Purges mark entries fetched before them as gone; kept as an immutable
 	// map swapped on purge, so lookups take no lock.
@@ -190,25 +235,53 @@ func (c *Cache) get(d Digest) *cacheEntry {
 // Lookup answers from the cache when it can. A failing source shows as an
 // error wrapping ErrUnavailable, never as an unknown key.
 func (c *Cache) Lookup(ctx context.Context, d Digest) (Match, error) {
+	if m, ok := c.cached(d); ok {
+		return m, nil
+	}
+	return c.miss(ctx, d)
+}
+
+// LookupFor is Lookup on behalf of a client, which may wait on at most
+// maxClientFetches distinct calls at once; past that it gets ErrClientBusy
+// without a call. Requests for a digest the client already waits on join
+// that call and take no new place.
+func (c *Cache) LookupFor(ctx context.Context, d Digest, client netip.Prefix) (Match, error) {
+	if m, ok := c.cached(d); ok {
+		return m, nil
+	}
+	if !c.flights.enter(client, d) {
+		return Match{}, ErrClientBusy
+	}
+	defer c.flights.leave(client, d)
+	return c.miss(ctx, d)
+}
+
+// cached answers from the cache, if it holds a usable answer.
+func (c *Cache) cached(d Digest) (Match, bool) {
 	if e := c.get(d); e != nil {
 		now := c.clock()
 		age := time.Duration(now - e.fetched)
 		switch {
 		case e.match.Key == nil && age < time.Duration(c.cfg.NegativeTTL):
 			observeCache("negative_hit")
-			return Match{}, nil
+			return Match{}, true
 		case e.match.Key != nil && age < time.Duration(c.cfg.TTL):
 			observeCache("hit")
-			return e.match, nil
+			return e.match, true
 		case e.match.Key != nil && age < time.Duration(c.cfg.Stale):
 			// Stale while revalidate: answer now, refresh once behind.
 			observeCache("stale")
 			if now >= e.refreshAfter.Load() {
 				c.refresh(d, e)
 			}
-			return e.match, nil
+			return e.match, true
 		}
 	}
+	return Match{}, false
+}
+
+// miss asks the source, joining a call for d that is already in flight.
+func (c *Cache) miss(ctx context.Context, d Digest) (Match, error) {
 	observeCache("miss")
 	ch := c.calls.DoChan(string(d[:]), func() (any, error) { return c.fetchAndStore(d) })
 	select {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"sort"
 	"sync/atomic"
@@ -140,6 +141,12 @@ func (s *HTTPSource) Cleanup() error {
 // Lookup answers from the cache, asking the service when it must.
 func (s *HTTPSource) Lookup(ctx context.Context, d Digest) (Match, error) {
 	return s.svc.cache.Lookup(ctx, d)
+}
+
+// LookupFor is Lookup on behalf of a client, bounding the calls it may
+// have waiting (see Cache.LookupFor).
+func (s *HTTPSource) LookupFor(ctx context.Context, d Digest, client netip.Prefix) (Match, error) {
+	return s.svc.cache.LookupFor(ctx, d, client)
 }
 
 // CacheOf returns the cache in front of the service, for purges.

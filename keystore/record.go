@@ -326,15 +326,19 @@ func (k *Key) AllowsIP(addr netip.Addr) bool {
 
 // Permits reports whether the key's role and permissions allow the request's
 // method on its path. r must carry Caddy's replacer, as requests in a handler do.
-func (k *Key) Permits(r *http.Request) bool {
-	if k.Role != Custom && !k.Role.allowsMethod(r.Method) {
+func (k *Key) Permits(r *http.Request) bool { return k.PermitsMethod(r, r.Method) }
+
+// PermitsMethod reports whether the key's role and permissions allow method
+// on the request's path, e.g. a method the request asks to be run as.
+func (k *Key) PermitsMethod(r *http.Request, method string) bool {
+	if k.Role != Custom && !k.Role.allowsMethod(method) {
 		return false
 	}
 	if len(k.permissions) == 0 {
 		return true
 	}
 	for _, p := range k.permissions {
-		if p.method != "*" && p.method != r.Method {
+		if p.method != "*" && p.method != method {
 			continue
 		}
 		if ok, _ := p.path.MatchWithError(r); ok {

@@ -2,7 +2,9 @@ package keystore
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/netip"
 )
 
 // Source looks keys up by digest. Lookup returns a zero Match and a nil
@@ -11,6 +13,22 @@ import (
 type Source interface {
 	Lookup(ctx context.Context, d Digest) (Match, error)
 }
+
+// ClientLookup is a Source whose misses cost a call to a remote service; it
+// bounds the calls one client may have waiting, so one client cannot take
+// every call slot from the others.
+type ClientLookup interface {
+	Source
+	// LookupFor is Lookup on behalf of client (an address, or an IPv6
+	// /64). It returns ErrClientBusy when client already waits on as many
+	// calls as it may.
+	LookupFor(ctx context.Context, d Digest, client netip.Prefix) (Match, error)
+}
+
+// ErrClientBusy refuses a lookup whose client already waits on as many
+// calls to the source as it may. It is the client's doing, not the
+// source's: not an ErrUnavailable.
+var ErrClientBusy = errors.New("too many key checks in flight for this client")
 
 // Match is the result of a lookup.
 type Match struct {

@@ -25,11 +25,20 @@ type Failures struct {
 type failureShard struct {
 	mu      sync.Mutex
 	entries map[netip.Prefix]*failureWindow
+	ended   []BlockEnd // blocks that ended when a new window began, for Sweep
 }
 
 type failureWindow struct {
-	start int64 // Unix nanoseconds of the first failure in the window
-	count int64
+	start   int64 // Unix nanoseconds of the first failure in the window
+	count   int64
+	refused int64 // requests refused while the address was blocked
+}
+
+// BlockEnd reports an address whose block is over, and how many requests
+// were refused while it lasted.
+type BlockEnd struct {
+	Prefix  netip.Prefix
+	Refused int64
 }
 
 // NewFailures returns an empty tracker. now is the clock; nil means time.Now.
@@ -43,6 +52,10 @@ func NewFailures(now func() time.Time) *Failures {
 	}
 	return f
 }
+
+// ClientPrefix is the unit clients are counted by: the address itself for
+// IPv4, its /64 for IPv6 (one host usually holds the whole /64).
+func ClientPrefix(addr netip.Addr) netip.Prefix { return failureKey(addr) }
 
 func failureKey(addr netip.Addr) netip.Prefix {
 	addr = addr.Unmap()
@@ -64,7 +77,8 @@ func (f *Failures) shard(p netip.Prefix) *failureShard {
 func (f *Failures) Active() bool { return f.tracked.Load() > 0 }
 
 // Blocked reports whether addr has reached limit in its current window, and
-// how long until the window ends.
+// how long until the window ends. A blocked request is counted, for the
+// report when the block ends (see Sweep).
 func (f *Failures) Blocked(addr netip.Addr, limit Rate) (time.Duration, bool) {
 	if f.tracked.Load() == 0 || !addr.IsValid() {
 		return 0, false
@@ -82,13 +96,16 @@ func (f *Failures) Blocked(addr netip.Addr, limit Rate) (time.Duration, bool) {
 	if now >= end || w.count < limit.Limit {
 		return 0, false
 	}
+	w.refused++
 	return time.Duration(end - now), true
 }
 
-// Fail counts one failed authentication from addr.
-func (f *Failures) Fail(addr netip.Addr, limit Rate) {
+// Fail counts one failed authentication from addr. It reports whether this
+// failure is the one that blocks the address, so that a block costs one log
+// line, not one per refused request.
+func (f *Failures) Fail(addr netip.Addr, limit Rate) (blocksNow bool) {
 	if !addr.IsValid() {
-		return
+		return false
 	}
 	key := failureKey(addr)
 	now := f.now().UnixNano()
@@ -97,13 +114,17 @@ func (f *Failures) Fail(addr netip.Addr, limit Rate) {
 	defer sh.mu.Unlock()
 	w := sh.entries[key]
 	if w != nil && now >= w.start+int64(limit.Period) {
-		w.start, w.count = now, 0
+		// A new window; a block that ended here is reported by the next sweep.
+		if w.refused > 0 && len(sh.ended) < maxFailureEntries {
+			sh.ended = append(sh.ended, BlockEnd{Prefix: key, Refused: w.refused})
+		}
+		w.start, w.count, w.refused = now, 0, 0
 	}
 	if w == nil {
 		if len(sh.entries) >= maxFailureEntries {
 			f.sweepLocked(sh, now, limit.Period)
 			if len(sh.entries) >= maxFailureEntries {
-				return // full of live windows: this address goes uncounted
+				return false // full of live windows: this address goes uncounted
 			}
 		}
 		w = &failureWindow{start: now}
@@ -111,11 +132,39 @@ func (f *Failures) Fail(addr netip.Addr, limit Rate) {
 		f.tracked.Add(1)
 	}
 	w.count++
+	return w.count == limit.Limit
+}
+
+// Sweep forgets windows that ended (period is the limit's) and reports the
+// blocks among them; call it now and then (the handler does, every second).
+func (f *Failures) Sweep(period time.Duration) []BlockEnd {
+	now := f.now().UnixNano()
+	var ended []BlockEnd
+	for i := range f.shards {
+		sh := &f.shards[i]
+		sh.mu.Lock()
+		ended = append(ended, sh.ended...)
+		sh.ended = sh.ended[:0]
+		for k, w := range sh.entries {
+			if now >= w.start+int64(period) {
+				if w.refused > 0 {
+					ended = append(ended, BlockEnd{Prefix: k, Refused: w.refused})
+				}
+				delete(sh.entries, k)
+				f.tracked.Add(-1)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return ended
 }
 
 func (f *Failures) sweepLocked(sh *failureShard, now int64, period time.Duration) {
 	for k, w := range sh.entries {
 		if now >= w.start+int64(period) {
+			if w.refused > 0 && len(sh.ended) < maxFailureEntries {
+				sh.ended = append(sh.ended, BlockEnd{Prefix: k, Refused: w.refused})
+			}
 			delete(sh.entries, k)
 			f.tracked.Add(-1)
 		}

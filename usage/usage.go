@@ -3,18 +3,46 @@
 package usage
 
 import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"hash/maphash"
+	"net/http"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// Defaults.
+// Defaults and bounds.
 const (
 	DefaultDepth     = 2
 	DefaultRetention = 30 * 24 * time.Hour
+
+	// MaxSegment is the longest path segment counted as it is: a longer one
+	// counts as ":id".
+	MaxSegment = 40
+	// MaxEndpointsPerKeyHour bounds the counters one key opens in an hour
+	// (service × method × endpoint); past it, new endpoints count as
+	// Other.
+	MaxEndpointsPerKeyHour = 100
+	// MaxSeries bounds every counter held; past it, new counters fold
+	// into one per hour under the key id Other.
+	MaxSeries = 100_000
+
+	// Other names what the bounds folded together.
+	Other = ":other"
+	// OtherMethod is every method that is not a standard one.
+	OtherMethod = "OTHER"
 )
+
+// Folds counts what the bounds folded, since the process started, for the
+// metrics: requests whose method was not standard, whose endpoint passed
+// the key's hourly bound, and whose counter passed MaxSeries.
+var Folds struct {
+	Method, Endpoint, Series atomic.Uint64
+}
 
 // Bucket names one counter: a key's requests to an endpoint in an hour.
 type Bucket struct {
@@ -27,14 +55,28 @@ type Bucket struct {
 
 const shards = 32
 
-// Counts holds the counters. Safe for concurrent use; adding takes one of
-// 32 locks, chosen by key id.
+// Counts holds the counters, bounded: MaxEndpointsPerKeyHour per key and
+// hour, MaxSeries in all. Safe for concurrent use; adding takes one of 32
+// locks, chosen by key id.
 type Counts struct {
 	seed   maphash.Seed
-	shards [shards]struct {
-		mu sync.Mutex
-		m  map[Bucket]int64
-	}
+	series atomic.Int64 // counters held, across shards
+	shards [shards]countShard
+
+	overflowMu sync.Mutex
+	overflow   map[int64]int64 // by hour: requests folded past MaxSeries
+}
+
+type countShard struct {
+	mu sync.Mutex
+	m  map[Bucket]int64
+	// perKeyHour counts each key's counters in each hour.
+	perKeyHour map[keyHour]int32
+}
+
+type keyHour struct {
+	keyID string
+	hour  int64
 }
 
 // New returns empty counts.
@@ -42,28 +84,108 @@ func New() *Counts {
 	c := &Counts{seed: maphash.MakeSeed()}
 	for i := range c.shards {
 		c.shards[i].m = make(map[Bucket]int64)
+		c.shards[i].perKeyHour = make(map[keyHour]int32)
 	}
 	return c
 }
 
-// Add counts one request.
+// Method is the method as usage counts it: a standard method, or
+// OtherMethod, so that made-up methods cannot open counters.
+func Method(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	}
+	return OtherMethod
+}
+
+// Add counts one request. method is folded by Method; endpoint should come
+// from Endpoint. A counter that does not exist yet is opened within the
+// bounds, or the request is folded into Other.
 func (c *Counts) Add(keyID, service, method, endpoint string, at time.Time) {
+	if m := Method(method); m != method {
+		Folds.Method.Add(1)
+		method = m
+	}
 	b := Bucket{KeyID: keyID, Service: service, Method: method, Endpoint: endpoint, Hour: at.Unix() / 3600 * 3600}
 	sh := &c.shards[maphash.String(c.seed, keyID)%shards]
 	sh.mu.Lock()
-	sh.m[b]++
-	sh.mu.Unlock()
+	defer sh.mu.Unlock()
+	if _, ok := sh.m[b]; ok {
+		sh.m[b]++
+		return
+	}
+	kh := keyHour{keyID, b.Hour}
+	if sh.perKeyHour[kh] >= MaxEndpointsPerKeyHour && b.Endpoint != Other {
+		Folds.Endpoint.Add(1)
+		b.Endpoint = Other
+		if _, ok := sh.m[b]; ok {
+			sh.m[b]++
+			return
+		}
+	}
+	if c.series.Load() >= MaxSeries {
+		Folds.Series.Add(1)
+		c.putOverflow(b.Hour, 1)
+		return
+	}
+	// The endpoint may be part of a long request path: keep only its own
+	// bytes.
+	b.Endpoint = strings.Clone(b.Endpoint)
+	c.open(sh, b, kh, 1)
 }
 
-// Put sets a counter, for loading saved counts.
+// open adds a new counter to sh, locked.
+func (c *Counts) open(sh *countShard, b Bucket, kh keyHour, n int64) {
+	sh.m[b] = n
+	sh.perKeyHour[kh]++
+	c.series.Add(1)
+}
+
+// putOverflow counts n requests in the hour's overflow counter, the one
+// place requests go once MaxSeries is reached: one per hour, so the
+// overflow stays bounded by the retention.
+func (c *Counts) putOverflow(hour int64, n int64) {
+	// A map of its own, with its own lock: the caller may hold a shard's.
+	c.overflowMu.Lock()
+	if c.overflow == nil {
+		c.overflow = map[int64]int64{}
+	}
+	c.overflow[hour] += n
+	c.overflowMu.Unlock()
+}
+
+// Put adds a saved counter, within the same bounds as Add.
 func (c *Counts) Put(b Bucket, n int64) {
+	if b.KeyID == Other {
+		c.putOverflow(b.Hour, n)
+		return
+	}
+	b.Method = Method(b.Method)
 	sh := &c.shards[maphash.String(c.seed, b.KeyID)%shards]
 	sh.mu.Lock()
-	sh.m[b] += n
-	sh.mu.Unlock()
+	defer sh.mu.Unlock()
+	if _, ok := sh.m[b]; ok {
+		sh.m[b] += n
+		return
+	}
+	kh := keyHour{b.KeyID, b.Hour}
+	if sh.perKeyHour[kh] >= MaxEndpointsPerKeyHour && b.Endpoint != Other {
+		b.Endpoint = Other
+		if _, ok := sh.m[b]; ok {
+			sh.m[b] += n
+			return
+		}
+	}
+	if c.series.Load() >= MaxSeries {
+		c.putOverflow(b.Hour, n)
+		return
+	}
+	c.open(sh, b, kh, n)
 }
 
-// Each calls fn for every counter, shard by shard.
+// Each calls fn for every counter, shard by shard, then the overflow.
 func (c *Counts) Each(fn func(Bucket, int64)) {
 	for i := range c.shards {
 		sh := &c.shards[i]
@@ -73,7 +195,15 @@ func (c *Counts) Each(fn func(Bucket, int64)) {
 		}
 		sh.mu.Unlock()
 	}
+	c.overflowMu.Lock()
+	defer c.overflowMu.Unlock()
+	for hour, n := range c.overflow {
+		fn(Bucket{KeyID: Other, Service: Other, Method: OtherMethod, Endpoint: Other, Hour: hour}, n)
+	}
 }
+
+// Len is the number of counters held, the overflow's not included.
+func (c *Counts) Len() int { return int(c.series.Load()) }
 
 // Prune drops hours that started before cutoff.
 func (c *Counts) Prune(cutoff time.Time) {
@@ -84,10 +214,23 @@ func (c *Counts) Prune(cutoff time.Time) {
 		for b := range sh.m {
 			if b.Hour < limit {
 				delete(sh.m, b)
+				c.series.Add(-1)
+			}
+		}
+		for kh := range sh.perKeyHour {
+			if kh.hour < limit {
+				delete(sh.perKeyHour, kh)
 			}
 		}
 		sh.mu.Unlock()
 	}
+	c.overflowMu.Lock()
+	for hour := range c.overflow {
+		if hour < limit {
+			delete(c.overflow, hour)
+		}
+	}
+	c.overflowMu.Unlock()
 }
 
 // Query selects and groups counters.
@@ -127,25 +270,78 @@ func (c *Counts) Report(q Query) []Row {
 		rows = append(rows, Row{Time: time.Unix(b.Hour, 0).UTC(), KeyID: b.KeyID, Service: b.Service,
 			Method: b.Method, Endpoint: b.Endpoint, Requests: n})
 	}
-	sort.Slice(rows, func(i, j int) bool {
-		a, b := rows[i], rows[j]
-		switch {
-		case !a.Time.Equal(b.Time):
-			return a.Time.Before(b.Time)
-		case a.KeyID != b.KeyID:
-			return a.KeyID < b.KeyID
-		case a.Service != b.Service:
-			return a.Service < b.Service
-		case a.Method != b.Method:
-			return a.Method < b.Method
-		}
-		return a.Endpoint < b.Endpoint
-	})
+	SortRows(rows)
 	return rows
 }
 
+// SortRows sorts rows as Report does: by time, key, service, method,
+// endpoint.
+func SortRows(rows []Row) {
+	sort.Slice(rows, func(i, j int) bool { return rowLess(&rows[i], &rows[j]) })
+}
+
+func rowLess(a, b *Row) bool {
+	switch {
+	case !a.Time.Equal(b.Time):
+		return a.Time.Before(b.Time)
+	case a.KeyID != b.KeyID:
+		return a.KeyID < b.KeyID
+	case a.Service != b.Service:
+		return a.Service < b.Service
+	case a.Method != b.Method:
+		return a.Method < b.Method
+	}
+	return a.Endpoint < b.Endpoint
+}
+
+// Page returns at most limit of the sorted rows that come after the row
+// after (all of them when after is nil), and the cursor of the next page,
+// or "" when this page is the last. A cursor names a row's place, not an
+// offset, so counters opened between two pages do not shift them.
+func Page(rows []Row, after *Row, limit int) ([]Row, string) {
+	start := 0
+	if after != nil {
+		start = sort.Search(len(rows), func(i int) bool { return rowLess(after, &rows[i]) })
+	}
+	rows = rows[start:]
+	if len(rows) <= limit {
+		return rows, ""
+	}
+	rows = rows[:limit]
+	last := rows[limit-1]
+	data, _ := json.Marshal([]any{last.Time.Unix(), last.KeyID, last.Service, last.Method, last.Endpoint})
+	return rows, base64.RawURLEncoding.EncodeToString(data)
+}
+
+// ParseCursor reads a cursor Page made.
+func ParseCursor(s string) (*Row, error) {
+	data, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return nil, err
+	}
+	var fields []any
+	if err := json.Unmarshal(data, &fields); err != nil {
+		return nil, err
+	}
+	if len(fields) != 5 {
+		return nil, errors.New("bad cursor")
+	}
+	unix, ok := fields[0].(float64)
+	r := &Row{Time: time.Unix(int64(unix), 0).UTC()}
+	for i, dst := range []*string{&r.KeyID, &r.Service, &r.Method, &r.Endpoint} {
+		s, isString := fields[i+1].(string)
+		ok = ok && isString
+		*dst = s
+	}
+	if !ok {
+		return nil, errors.New("bad cursor")
+	}
+	return r, nil
+}
+
 // Endpoint cuts a path to its first depth segments and replaces segments
-// that look like ids (all digits, UUIDs, long hex) with ":id", so that the
+// that look like ids (all digits, UUIDs, long hex, anything longer than
+// MaxSegment, tokens of letters mixed with digits) with ":id", so that the
 // number of endpoints stays bounded. It allocates only when it replaces.
 func Endpoint(path string, depth int) string {
 	if path == "" || path[0] != '/' {
@@ -183,15 +379,26 @@ func rewrite(path string) string {
 	return strings.Join(segs, "/")
 }
 
-// looksLikeID reports all digits, a UUID, or 16 or more hex digits.
+// looksLikeID reports all digits, a UUID, 16 or more hex digits, a segment
+// longer than MaxSegment, or a token that looks random: 12 or more
+// characters with letters and at least 3 digits among them.
 func looksLikeID(s string) bool {
+	if len(s) > MaxSegment {
+		return true
+	}
 	digits, hex := true, true
+	numDigits, numLetters := 0, 0
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		isDigit := c >= '0' && c <= '9'
 		isHex := isDigit || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
-		if !isDigit {
+		if isDigit {
+			numDigits++
+		} else {
 			digits = false
+			if (c|0x20) >= 'a' && (c|0x20) <= 'z' {
+				numLetters++
+			}
 		}
 		if !isHex && !(c == '-' && len(s) == 36) {
 			hex = false
@@ -202,6 +409,8 @@ func looksLikeID(s string) bool {
 		return true
 	case len(s) == 36 && hex && s[8] == '-' && s[13] == '-' && s[18] == '-' && s[23] == '-':
 		return true
+	case hex && len(s) >= 16 && !strings.Contains(s, "-"):
+		return true
 	}
-	return hex && len(s) >= 16 && !strings.Contains(s, "-")
+	return len(s) >= 12 && numDigits >= 3 && numLetters > 0
 }
