@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/testtools"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -41,22 +42,15 @@ const (
 // APIKEY_REQUIRE_NODE) when node or the npm packages are missing.
 func requireClients(t *testing.T) string {
 	t.Helper()
-	const install = "apt-get install nodejs npm && (cd testdata/clients && npm ci --no-audit --no-fund)"
-	missing := func(what string) {
-		t.Helper()
-		msg := fmt.Sprintf("real-client test not run: %s; to run it: %s", what, install)
-		if os.Getenv("APIKEY_REQUIRE_NODE") != "" {
-			t.Fatal(msg + " (APIKEY_REQUIRE_NODE is set)")
-		}
-		t.Skip(msg)
-	}
-	node, err := exec.LookPath("node")
-	if err != nil {
-		missing("node not found")
-	}
+	const install = "cd testdata/clients && npm ci --no-audit --no-fund"
+	node := testtools.Require(t, "node", "APIKEY_REQUIRE_NODE", "apt-get install nodejs npm, then "+install)
 	for _, pkg := range []string{"openai", "ollama"} {
 		if _, err := os.Stat(filepath.Join(clientsDir, "node_modules", pkg, "package.json")); err != nil {
-			missing("npm package " + pkg + " not installed in " + clientsDir + "/node_modules")
+			msg := fmt.Sprintf("npm package %s is not installed in %s/node_modules (%s)", pkg, clientsDir, install)
+			if os.Getenv("APIKEY_REQUIRE_NODE") != "" {
+				t.Fatal(msg + "; APIKEY_REQUIRE_NODE is set")
+			}
+			t.Skip(msg)
 		}
 	}
 	return node
