@@ -1,0 +1,497 @@
+package apikey
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+// hardeningSite is a gateway on one port with the given apikey settings on
+// /api/*, in front of up, and Caddy's log at DEBUG in logPath. Request
+// headers may be 64 KB (Caddy's default is 16 KB), as on the servers where
+// the issues were found.
+func hardeningSite(port int, logPath, keyFile, upstream, settings, siteExtra string) string {
+	return fmt.Sprintf(`{
+	admin off
+	persist_config off
+	log {
+		output file %s
+		level DEBUG
+	}
+	servers {
+		max_header_size 64KB
+	}
+}
+http://127.0.0.1:%d {
+	%s
+	handle_path /api/* {
+		apikey {
+			keys file %s
+			%s
+		}
+		reverse_proxy %s
+	}
+}`, logPath, port, siteExtra, keyFile, settings, upstream)
+}
+
+// TestSecondKeyNeverReachesTheUpstream: a request that carries two keys in
+// two key headers is admitted on the first, and the upstream sees neither.
+func TestSecondKeyNeverReachesTheUpstream(t *testing.T) {
+	writer := newKey(t, keystore.Prod, keystore.Record{ID: "k_two_writer", Role: "writer"})
+	reader := newKey(t, keystore.Dev, keystore.Record{ID: "k_two_reader", Role: "reader"})
+	up := newUpstream(t)
+	port := freePort(t)
+	startCaddy(t, hardeningSite(port, filepath.Join(t.TempDir(), "caddy.log"), writeKeyFile(t, writer.record, reader.record), up.addr(), "", ""))
+	url := fmt.Sprintf("http://127.0.0.1:%d/api/x", port)
+
+	for name, hdrs := range map[string][]string{
+		"bearer writer, header reader": {"Authorization", "Bearer " + writer.secret, "X-API-Key", reader.secret},
+		"header writer, basic auth":    {"X-API-Key", writer.secret, "Authorization", "Basic dXNlcjpwYXNz"},
+	} {
+		if r := send(t, "GET", url, hdrs...); r.status != 200 {
+			t.Fatalf("%s: %d", name, r.status)
+		}
+		seen := up.last(t)
+		for _, h := range []string{"Authorization", "X-Api-Key"} {
+			if v := seen.Header.Get(h); v != "" {
+				t.Errorf("%s: the upstream got %s (%d bytes)", name, h, len(v))
+			}
+		}
+	}
+}
+
+// TestMethodOverridesAreChecked: a reader's GET that asks to be run as
+// DELETE, through any override header or _method, is refused (403 method)
+// and never reaches the upstream; an override the role allows passes.
+func TestMethodOverridesAreChecked(t *testing.T) {
+	reader := newKey(t, keystore.Dev, keystore.Record{ID: "k_override_reader", Role: "reader"})
+	writer := newKey(t, keystore.Dev, keystore.Record{ID: "k_override_writer", Role: "writer"})
+	custom := newKey(t, keystore.Dev, keystore.Record{ID: "k_override_custom", Role: "custom", Permissions: []string{"GET /x", "POST /chat"}})
+	up := newUpstream(t)
+	port := freePort(t)
+	startCaddy(t, hardeningSite(port, filepath.Join(t.TempDir(), "caddy.log"),
+		writeKeyFile(t, reader.record, writer.record, custom.record), up.addr(), "", ""))
+	base := fmt.Sprintf("http://127.0.0.1:%d/api", port)
+
+	for _, c := range []struct {
+		name    string
+		key     testKey
+		path    string
+		headers []string
+		status  int
+	}{
+		{"X-HTTP-Method-Override", reader, "/x", []string{"X-HTTP-Method-Override", "DELETE"}, 403},
+		{"X-Method-Override", reader, "/x", []string{"X-Method-Override", "delete"}, 403},
+		{"X-HTTP-Method", reader, "/x", []string{"X-HTTP-Method", "PUT"}, 403},
+		{"_method", reader, "/x?_method=DELETE", nil, 403},
+		{"_method among others", reader, "/x?a=1&_method=patch", nil, 403},
+		{"writer overrides to DELETE", writer, "/x", []string{"X-HTTP-Method-Override", "DELETE"}, 403},
+		{"writer overrides to PUT", writer, "/x", []string{"X-HTTP-Method-Override", "PUT"}, 200},
+		{"custom overrides to a permitted method", custom, "/chat?_method=POST", nil, 403}, // GET /chat itself is not permitted
+		{"custom override to POST on /x", custom, "/x", []string{"X-HTTP-Method-Override", "POST"}, 403},
+		{"no override", reader, "/x", nil, 200},
+	} {
+		before := up.count()
+		r := send(t, "GET", base+c.path, append(bearer(c.key), c.headers...)...)
+		if r.status != c.status {
+			t.Errorf("%s: %d, want %d", c.name, r.status, c.status)
+			continue
+		}
+		if c.status == 403 {
+			if r.err.Reason != reasonMethod {
+				t.Errorf("%s: reason %q, want method", c.name, r.err.Reason)
+			}
+			if up.count() != before {
+				t.Errorf("%s: the refused request reached the upstream", c.name)
+			}
+		}
+	}
+}
+
+// TestErrorFormats: each route's refusals come in its error_format, and a
+// daily-quota 429 says no retry will help soon while a burst 429 does not.
+func TestErrorFormats(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_formats", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(1)})
+	burst := newKey(t, keystore.Dev, keystore.Record{ID: "k_formats_burst", Role: "reader", Services: []string{"*"}, Rate: "1/m"})
+	up := newUpstream(t)
+	port := freePort(t)
+	keyFile := writeKeyFile(t, key.record, burst.record)
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%[1]d {
+	handle_path /default/* {
+		apikey {
+			keys file %[2]s
+			failed_auth_limit off
+		}
+		reverse_proxy %[3]s
+	}
+	handle_path /openai/* {
+		apikey {
+			keys file %[2]s
+			service openai
+			failed_auth_limit off
+		}
+		reverse_proxy %[3]s
+	}
+	handle_path /ollama/* {
+		apikey {
+			keys file %[2]s
+			service ollama
+			failed_auth_limit off
+		}
+		reverse_proxy %[3]s
+	}
+	handle_path /ollama-v1/* {
+		apikey {
+			keys file %[2]s
+			service ollama
+			error_format openai
+			failed_auth_limit off
+		}
+		reverse_proxy %[3]s
+	}
+}`, port, keyFile, up.addr()))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+
+	raw := func(method, path string, hdrs ...string) (int, http.Header, map[string]any) {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, nil)
+		for i := 0; i+1 < len(hdrs); i += 2 {
+			req.Header.Set(hdrs[i], hdrs[i+1])
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil && resp.StatusCode != 200 {
+			t.Fatalf("%s: body is not JSON: %v", path, err)
+		}
+		return resp.StatusCode, resp.Header, body
+	}
+
+	// 401 in each format.
+	_, _, body := raw("GET", "/default/x")
+	if e, ok := body["error"].(map[string]any); !ok || e["code"] != "missing_key" || e["status"] != float64(401) || e["message"] == "" {
+		t.Errorf("default: %v", body)
+	}
+	for _, path := range []string{"/openai/x", "/ollama-v1/x"} {
+		_, _, body = raw("GET", path)
+		e, ok := body["error"].(map[string]any)
+		if !ok || e["code"] != "missing_key" || e["type"] != "authentication_error" || e["param"] != nil || !strings.HasPrefix(e["message"].(string), "No API key was sent") {
+			t.Errorf("%s (openai): %v", path, body)
+		}
+	}
+	_, _, body = raw("GET", "/ollama/x")
+	if msg, ok := body["error"].(string); !ok || !strings.HasPrefix(msg, "No API key was sent") || body["code"] != "missing_key" {
+		t.Errorf("ollama: %v", body)
+	}
+	// 403 with its reason.
+	_, _, body = raw("POST", "/ollama/x", bearer(key)...)
+	if body["error"] != "The key's role or permissions do not allow this method on this path." || body["reason"] != "method" {
+		t.Errorf("ollama 403: %v", body)
+	}
+
+	// The daily quota: one request passes, the next is final.
+	if status, _, _ := raw("GET", "/openai/x", bearer(key)...); status != 200 {
+		t.Fatalf("first request: %d", status)
+	}
+	status, hdr, body := raw("GET", "/openai/x", bearer(key)...)
+	if status != 429 || hdr.Get("X-Should-Retry") != "false" || hdr.Get("Retry-After") == "" {
+		t.Errorf("daily quota: %d, x-should-retry %q, retry-after %q", status, hdr.Get("X-Should-Retry"), hdr.Get("Retry-After"))
+	}
+	if e, _ := body["error"].(map[string]any); e["code"] != "quota_exceeded" || e["type"] != "rate_limit_error" {
+		t.Errorf("daily quota body: %v", body)
+	}
+	// The burst rate: retrying helps, so no x-should-retry.
+	raw("GET", "/openai/x", bearer(burst)...)
+	status, hdr, body = raw("GET", "/openai/x", bearer(burst)...)
+	if status != 429 || hdr.Get("X-Should-Retry") != "" || hdr.Get("Retry-After") == "" {
+		t.Errorf("burst: %d, x-should-retry %q, retry-after %q", status, hdr.Get("X-Should-Retry"), hdr.Get("Retry-After"))
+	}
+	if e, _ := body["error"].(map[string]any); e["code"] != "rate_limited" || e["reason"] != "burst" {
+		t.Errorf("burst body: %v", body)
+	}
+}
+
+// TestPreflightsPass: browser preflights carry no credentials; they reach
+// the next handler uncounted, so twenty of them do not lock an address out,
+// and refusals carry the site's CORS headers.
+func TestPreflightsPass(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_cors", Role: "reader"})
+	up := newUpstream(t)
+	port := freePort(t)
+	keyFile := writeKeyFile(t, key.record)
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%[1]d {
+	header Access-Control-Allow-Origin https://app.example.com
+	header Access-Control-Expose-Headers "RateLimit, RateLimit-Policy, Retry-After"
+	@preflight method OPTIONS
+	handle_path /api/* {
+		apikey {
+			keys file %[2]s
+		}
+		respond @preflight 204
+		reverse_proxy %[3]s
+	}
+	handle_path /strict/* {
+		apikey {
+			keys file %[2]s
+			preflight authenticate
+			failed_auth_limit 100/m
+		}
+		respond @preflight 204
+		reverse_proxy %[3]s
+	}
+}`, port, keyFile, up.addr()))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	preflight := []string{"Origin", "https://app.example.com", "Access-Control-Request-Method", "POST",
+		"Access-Control-Request-Headers", "authorization"}
+
+	for i := range 25 {
+		r := send(t, "OPTIONS", base+"/api/v1/chat", preflight...)
+		if r.status != 204 || r.header.Get("Access-Control-Allow-Origin") != "https://app.example.com" {
+			t.Fatalf("preflight %d: %d, allow-origin %q", i, r.status, r.header.Get("Access-Control-Allow-Origin"))
+		}
+	}
+	if r := send(t, "GET", base+"/api/v1/models", bearer(key)...); r.status != 200 {
+		t.Fatalf("a valid key after 25 preflights: %d (locked out?)", r.status)
+	}
+	if up.count() != 1 {
+		t.Errorf("the upstream saw %d requests, want 1 (preflights are answered by respond)", up.count())
+	}
+	// An OPTIONS that is not a preflight is authenticated like any request.
+	if r := send(t, "OPTIONS", base+"/api/v1/chat"); r.status != 401 {
+		t.Errorf("a bare OPTIONS: %d, want 401", r.status)
+	}
+	// Refusals carry the site's CORS headers, so a browser app can read them.
+	r := send(t, "GET", base+"/api/v1/models", "Origin", "https://app.example.com")
+	if r.status != 401 || r.header.Get("Access-Control-Allow-Origin") != "https://app.example.com" || !strings.Contains(r.header.Get("Access-Control-Expose-Headers"), "Retry-After") {
+		t.Errorf("refusal: %d, allow-origin %q", r.status, r.header.Get("Access-Control-Allow-Origin"))
+	}
+	// preflight authenticate: a preflight is checked like any request.
+	if r := send(t, "OPTIONS", base+"/strict/v1/chat", preflight...); r.status != 401 {
+		t.Errorf("preflight authenticate: %d, want 401", r.status)
+	}
+}
+
+// TestUpstreamSecretFromFile: upstream_auth … file <path> is read at load
+// and watched; a rotated secret reaches the upstream within a second, with
+// no reload, and a version that is empty keeps the last good one.
+func TestUpstreamSecretFromFile(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_secret_file", Role: "reader", Services: []string{"*"}})
+	up := newUpstream(t)
+	port := freePort(t)
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "n8n.secret")
+	bearerSecret := filepath.Join(dir, "ollama.secret")
+	os.WriteFile(secret, []byte("n8n-secret-one\n"), 0o600)
+	os.WriteFile(bearerSecret, []byte("ollama-secret-one\n"), 0o600)
+	keyFile := writeKeyFile(t, key.record)
+	logPath := filepath.Join(dir, "caddy.log")
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+	log {
+		output file %[5]s
+	}
+}
+http://127.0.0.1:%[1]d {
+	handle_path /n8n/* {
+		apikey {
+			keys file %[2]s
+			service n8n
+			upstream_auth file %[3]s
+		}
+		reverse_proxy %[6]s
+	}
+	handle_path /ollama/* {
+		apikey {
+			keys file %[2]s
+			upstream_auth bearer file %[4]s
+		}
+		reverse_proxy %[6]s
+	}
+}`, port, keyFile, secret, bearerSecret, logPath, up.addr()))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	seen := func(path, header string) string {
+		t.Helper()
+		if r := send(t, "GET", base+path, bearer(key)...); r.status != 200 {
+			t.Fatalf("%s: %d", path, r.status)
+		}
+		return up.last(t).Header.Get(header)
+	}
+	if got := seen("/n8n/x", "X-N8n-Api-Key"); got != "n8n-secret-one" {
+		t.Fatalf("n8n got %q", got)
+	}
+	if got := seen("/ollama/x", "Authorization"); got != "Bearer ollama-secret-one" {
+		t.Fatalf("ollama got %q", got)
+	}
+
+	// Rotate both, the way Kubernetes does: a new file renamed over.
+	for path, value := range map[string]string{secret: "n8n-secret-two", bearerSecret: "ollama-secret-two"} {
+		tmp := path + ".new"
+		os.WriteFile(tmp, []byte(value+"\n"), 0o600)
+		os.Rename(tmp, path)
+	}
+	rotated := time.Now()
+	for seen("/n8n/x", "X-N8n-Api-Key") != "n8n-secret-two" || seen("/ollama/x", "Authorization") != "Bearer ollama-secret-two" {
+		if time.Since(rotated) > 3*time.Second {
+			t.Fatal("the rotated secret was not used within 3s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("rotated secret in use after %v", time.Since(rotated).Round(10*time.Millisecond))
+
+	// An empty version is refused; the last good secret stays.
+	os.WriteFile(secret, nil, 0o600)
+	readWhenContains(t, logPath, "upstream secret file cannot be used")
+	if got := seen("/n8n/x", "X-N8n-Api-Key"); got != "n8n-secret-two" {
+		t.Errorf("after an empty version: %q", got)
+	}
+	log, _ := os.ReadFile(logPath)
+	for _, s := range []string{"n8n-secret-one", "n8n-secret-two", "ollama-secret-one", "ollama-secret-two"} {
+		if strings.Contains(string(log), s) {
+			t.Errorf("the log holds an upstream secret")
+		}
+	}
+}
+
+// TestThrottlePeriodsKeepTheirOwnWindows: a route with a per-second limit
+// must not restart the window of a route with a per-minute limit.
+func TestThrottlePeriodsKeepTheirOwnWindows(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_periods", Role: "reader"})
+	up := newUpstream(t)
+	port := freePort(t)
+	keyFile := writeKeyFile(t, key.record)
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%[1]d {
+	handle_path /minute/* {
+		apikey {
+			keys file %[2]s
+			failed_auth_limit 10/m
+		}
+		reverse_proxy %[3]s
+	}
+	handle_path /second/* {
+		apikey {
+			keys file %[2]s
+			failed_auth_limit 1000/s
+		}
+		reverse_proxy %[3]s
+	}
+}`, port, keyFile, up.addr()))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	for i := range 10 {
+		if i == 5 {
+			// Past the per-second window: a failure on /second would
+			// have restarted a window shared by both routes.
+			time.Sleep(1100 * time.Millisecond)
+			send(t, "GET", base+"/second/x")
+		}
+		if r := send(t, "GET", base+"/minute/x"); r.status != 401 {
+			t.Fatalf("failure %d: %d", i+1, r.status)
+		}
+	}
+	if r := send(t, "GET", base+"/minute/x", bearer(key)...); r.status != 429 || r.err.Code != decisionRateLimited {
+		t.Errorf("after 10 failures in a minute: %d %s, want 429 rate_limited", r.status, r.err.Code)
+	}
+	if r := send(t, "GET", base+"/second/x", bearer(key)...); r.status != 200 {
+		t.Errorf("the per-second route: %d, want 200", r.status)
+	}
+}
+
+// TestThrottledFloodWritesOnce: 500 keyless requests with 20 KB paths from
+// one address cost one log line, one audit entry and one event for the
+// block, beside the refusals before it; paths are cut in what is written.
+func TestThrottledFloodWritesOnce(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_flood", Role: "reader"})
+	up := newUpstream(t)
+	port := freePort(t)
+	dir := t.TempDir()
+	logPath, auditPath := filepath.Join(dir, "caddy.log"), filepath.Join(dir, "audit.log")
+	// At INFO, as in production: at DEBUG, Caddy's own handle_path logs
+	// every request whole.
+	cfg := strings.Replace(hardeningSite(port, logPath, writeKeyFile(t, key.record), up.addr(), "audit_log "+auditPath, ""),
+		"level DEBUG", "level INFO", 1)
+	doc := adaptJSON(t, cfg)
+	doc["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
+		"events": []string{eventDenied}, "handlers": []any{map[string]any{"handler": "apikey_test_recorder"}},
+	}}}
+	loadJSON(t, doc)
+	takeEvents()
+
+	long := "/api/" + strings.Repeat("x", 20<<10)
+	const n, limit = 500, 20
+	statuses := map[int]int{}
+	for range n {
+		statuses[send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d%s", port, long)).status]++
+	}
+	if statuses[401] != limit || statuses[429] != n-limit {
+		t.Fatalf("statuses %v, want %d × 401 then 429", statuses, limit)
+	}
+	log := readWhenContains(t, logPath, "client address throttled")
+	if c := strings.Count(log, `"msg":"request denied"`); c != limit {
+		t.Errorf("%d request denied lines, want %d (one per failure, none per throttled request)", c, limit)
+	}
+	if c := strings.Count(log, "client address throttled"); c != 1 {
+		t.Errorf("%d throttle lines, want 1", c)
+	}
+	if info, err := os.Stat(logPath); err != nil || info.Size() > 64<<10 {
+		t.Errorf("the log grew to %d bytes", info.Size())
+	}
+	audit := readWhenContains(t, auditPath, "client.throttled")
+	if c := strings.Count(audit, "\n"); c != limit+1 {
+		t.Errorf("%d audit lines, want %d", c, limit+1)
+	}
+	if len(audit) > 32<<10 {
+		t.Errorf("the audit log grew to %d bytes for %d lines: paths are not cut", len(audit), limit+1)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if events := takeEvents(); len(events) != limit+1 {
+		t.Errorf("%d apikey_denied events, want %d", len(events), limit+1)
+	}
+}
+
+// adaptJSON adapts a Caddyfile into a JSON document a test can change.
+func adaptJSON(t *testing.T, caddyfile string) map[string]any {
+	t.Helper()
+	cfg, err := adapt(caddyfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(cfg, &doc); err != nil {
+		t.Fatal(err)
+	}
+	return doc
+}
+
+// loadJSON runs a JSON config until the test ends.
+func loadJSON(t *testing.T, doc map[string]any) {
+	t.Helper()
+	cfg, _ := json.Marshal(doc)
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopCaddy() })
+}
