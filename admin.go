@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -60,6 +63,7 @@ func activeHandlers() []*Handler {
 //	POST   /apikey/keys/<id>/revoke      revokes a key in its key file
 //	POST   /apikey/cache/purge[?id=]     drops cached key-service answers
 //	DELETE /apikey/quota/<id>            resets a key's counters
+//	GET    /apikey/audit/head            the head of each audit log, to record elsewhere
 type adminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -80,15 +84,28 @@ func apiError(status int, format string, args ...any) error {
 }
 
 func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	// A key (or its hash) pasted where a key id belongs is refused before
+	// anything else, and never repeated: not in the answer, not in a log
+	// line, not in the audit log.
+	if looksSecret(r.RequestURI) || looksSecret(r.URL.Path) || looksSecret(r.URL.RawQuery) {
+		return apiError(http.StatusBadRequest, "that looks like a key or a key's hash, not a key id; never send a key to the admin API (this answer does not repeat it)")
+	}
 	path := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/apikey/"), "/")
 	parts := strings.Split(path, "/")
-	// A key pasted where a key id belongs must not reach the audit log.
-	for _, p := range append(parts, r.URL.Query().Get("id"), r.URL.Query().Get("key")) {
-		if keystore.HasKnownPrefix(p) {
-			return apiError(http.StatusBadRequest, "that looks like a key, not a key id; never send a key to the admin API")
+	for i := range parts {
+		parts[i] = cleanID(parts[i])
+	}
+	if q := r.URL.Query(); q.Has("id") || q.Has("key") {
+		for _, name := range []string{"id", "key"} {
+			if q.Has(name) {
+				q.Set(name, cleanID(q.Get(name)))
+			}
 		}
+		r.URL.RawQuery = q.Encode()
 	}
 	switch {
+	case path == "audit/head":
+		return expect(r, http.MethodGet, func() error { return a.auditHeads(w) })
 	case path == "keys":
 		return expect(r, http.MethodGet, func() error { return a.keys(w) })
 	case path == "usage":
@@ -101,6 +118,52 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return expect(r, http.MethodDelete, func() error { return a.resetQuota(w, r, parts[1]) })
 	}
 	return apiError(http.StatusNotFound, "no apikey admin endpoint %s", r.URL.Path)
+}
+
+// cleanID is a key id as given in a URL, without the white space, control
+// and invisible formatting characters that a copy and paste brings along
+// around it (" k_abc\n" is k_abc).
+func cleanID(s string) string {
+	return strings.TrimFunc(s, func(r rune) bool {
+		return unicode.IsSpace(r) || unicode.IsControl(r) || unicode.Is(unicode.Cf, r)
+	})
+}
+
+// looksSecret reports whether a request URI (or part of one) holds
+// something shaped like a key (its prefix, in any case, anywhere) or like a
+// key's hash ("sha256:", or 64 hex digits in a row), percent-encoded once,
+// twice or not at all.
+func looksSecret(s string) bool {
+	for range 4 {
+		upper := strings.ToUpper(s)
+		if strings.Contains(upper, "DEV_API_") || strings.Contains(upper, "PROD_API_") ||
+			strings.Contains(upper, "SHA256:") || hexRun(s) >= 64 {
+			return true
+		}
+		decoded, err := url.QueryUnescape(s)
+		if err != nil || decoded == s {
+			if decoded, err = url.PathUnescape(s); err != nil || decoded == s {
+				return false
+			}
+		}
+		s = decoded
+	}
+	return false
+}
+
+// hexRun is the length of the longest run of hex digits in s.
+func hexRun(s string) int {
+	longest, run := 0, 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' {
+			run++
+			longest = max(longest, run)
+		} else {
+			run = 0
+		}
+	}
+	return longest
 }
 
 func expect(r *http.Request, method string, serve func() error) error {
@@ -137,12 +200,26 @@ func (adminAPI) keys(w http.ResponseWriter) error {
 		seen[src.AbsPath()] = true
 		for _, k := range src.Keys() {
 			e := keyEntry{keyListing: listingOf(k, now), Source: src.AbsPath()}
-			t := k.Type
-			if t == 0 {
-				t = keystore.Dev // a record without type: the dev limit is shown
+			if k.Type != 0 {
+				if res, err := h.counters.Peek(ctx, k.ID, h.limits.policy(k, k.Type)); err == nil && !res.Uncounted {
+					e.Quota = quotaOf(res)
+				}
+				list = append(list, e)
+				continue
 			}
-			if res, err := h.counters.Peek(ctx, k.ID, h.limits.policy(k, t)); err == nil && !res.Uncounted {
-				e.Quota = quotaOf(res)
+			// A record without type: the prefix of the key presented decides
+			// which type's limits apply, and the record's hash cannot tell
+			// which it is, so each type the route accepts is shown.
+			for _, t := range []keystore.Type{keystore.Dev, keystore.Prod} {
+				if h.allowTypes&(1<<t) == 0 {
+					continue
+				}
+				if res, err := h.counters.Peek(ctx, k.ID, h.limits.policy(k, t)); err == nil && !res.Uncounted {
+					if e.QuotaByType == nil {
+						e.QuotaByType = map[string]*quotaUse{}
+					}
+					e.QuotaByType[t.String()] = quotaOf(res)
+				}
 			}
 			list = append(list, e)
 		}
@@ -342,6 +419,28 @@ func knownID(id string) bool {
 		}
 	}
 	return false
+}
+
+// auditHeads answers GET /apikey/audit/head: the head of every audit log
+// the running config names, to record somewhere the log's writers cannot
+// change (see audit.Head).
+func (adminAPI) auditHeads(w http.ResponseWriter) error {
+	seen := map[string]bool{}
+	heads := []auditHead{}
+	for _, h := range activeHandlers() {
+		if h.audit == nil || seen[h.audit.Path()] {
+			continue
+		}
+		seen[h.audit.Path()] = true
+		head, recorded, err := audit.ReadHead(h.audit.Path())
+		if err != nil {
+			return apiError(http.StatusInternalServerError, "audit log %s: %v", h.audit.Path(), err)
+		}
+		heads = append(heads, auditHead{Path: h.audit.Path(), Lines: head.Lines, SHA256: head.SHA256,
+			Head: head.String(), Recorded: recorded})
+	}
+	sort.Slice(heads, func(i, j int) bool { return heads[i].Path < heads[j].Path })
+	return writeJSON(w, map[string]any{"logs": heads})
 }
 
 // auditAll records a management change, made through the admin API, in

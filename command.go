@@ -26,7 +26,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "apikey",
-		Usage: "new|rotate|revoke|list|check|hash|audit ...",
+		Usage: "new|rotate|revoke|list|check|hash|audit verify|head|rotate ...",
 		Short: "Issues, rotates, revokes and checks API keys",
 		Long: `
 Manages the key file of the apikey handler. Every change locks the file, is
@@ -72,7 +72,12 @@ func auditChange(c *cobra.Command, e audit.Entry) error {
 		return nil
 	}
 	e["actor"] = "cli"
-	if err := audit.Append(path, e); err != nil {
+	err := audit.Append(path, e)
+	if errors.Is(err, audit.ErrHeadNotWritten) {
+		fmt.Fprintf(stderr, "Warning: %v\n", err)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("the change was made, but writing the audit log failed: %w", err)
 	}
 	return nil
@@ -311,6 +316,10 @@ type keyListing struct {
 	GraceUntil string `json:"grace_until,omitempty"`
 	// Quota is today's use, where the admin API knows it.
 	Quota *quotaUse `json:"quota,omitempty"`
+	// QuotaByType is today's use of a record without "type", under each
+	// type's limits: which apply depends on the prefix of the key presented,
+	// which the record's hash does not tell.
+	QuotaByType map[string]*quotaUse `json:"quota_by_type,omitempty"`
 }
 
 type quotaUse struct {
@@ -456,24 +465,124 @@ func auditCommand() *cobra.Command {
 		Use:   "audit",
 		Short: "Works with the audit log",
 	}
-	c.AddCommand(&cobra.Command{
-		Use:          "verify <path>",
-		Short:        "Checks the audit log's chain and names the first bad line",
+	verify := &cobra.Command{
+		Use:   "verify [--head <lines>:<sha256>]... <path>",
+		Short: "Checks the audit log's chain and head, and names the first bad line",
+		Long: `
+Checks that every line of the audit log carries the hash of the line before
+it. A torn line (a write cut short by a full disk or a crash) that a writer
+closed off is accepted when the audit.recovered entry after it names it.
+
+The head the log's writers record beside it (<path>.head) must still be in
+the log, at its line; so must every --head given (as caddy apikey audit head
+printed it: <lines>:<sha256>, or a bare <sha256>). A head that is not there
+means lines were cut from the end, or the log was emptied or rewritten.
+`,
 		Args:         cobra.ExactArgs(1),
 		SilenceUsage: true,
-		RunE: func(_ *cobra.Command, args []string) error {
-			f, err := os.Open(args[0])
+		RunE: func(c *cobra.Command, args []string) error {
+			path := args[0]
+			var heads []audit.Head
+			given, _ := c.Flags().GetStringArray("head")
+			for _, s := range given {
+				h, err := audit.ParseHead(s)
+				if err != nil {
+					return fmt.Errorf("--head: %w", err)
+				}
+				heads = append(heads, h)
+			}
+			recorded, hasFile, err := audit.ReadHead(path)
+			if err != nil {
+				return err
+			}
+			if hasFile {
+				heads = append(heads, recorded)
+			}
+			f, err := os.Open(path)
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			n, head, err := audit.Verify(f)
+			res, err := audit.Check(f, heads...)
 			if err != nil {
-				return fmt.Errorf("%s: %w", args[0], err)
+				return fmt.Errorf("%s: %w", path, err)
 			}
-			fmt.Printf("%s: %d lines, chain intact; last line's sha256 %s\n", args[0], n, head)
+			fmt.Printf("%s: %d lines, chain intact; head %s\n", path, res.Head.Lines, res.Head)
+			if res.TornLines > 0 {
+				fmt.Printf("%d torn line(s) closed off by a writer and kept outside the chain (a write cut short), first at line(s) %v\n", res.TornLines, res.Torn)
+			}
+			if hasFile {
+				fmt.Printf("the head recorded in %s (%s) is in the log\n", audit.HeadPath(path), recorded)
+			}
+			for _, h := range given {
+				fmt.Printf("the head %s is in the log\n", h)
+			}
 			return nil
 		},
-	})
+	}
+	verify.Flags().StringArray("head", nil, "a head recorded earlier, <lines>:<sha256> or <sha256>, that must be in the log (repeatable)")
+	head := &cobra.Command{
+		Use:   "head <path>",
+		Short: "Prints the head of the audit log: <lines>:<sha256 of the last line>",
+		Long: `
+Prints the head its writers recorded beside the audit log (<path>.head), or,
+when there is none yet, the head worked out from the log itself. Record it
+somewhere the log's writers cannot change, and check the log against it
+later with caddy apikey audit verify --head <lines>:<sha256>.
+`,
+		Args:         cobra.ExactArgs(1),
+		SilenceUsage: true,
+		RunE: func(c *cobra.Command, args []string) error {
+			h, recorded, err := audit.ReadHead(args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON, _ := c.Flags().GetBool("json"); asJSON {
+				return json.NewEncoder(os.Stdout).Encode(auditHead{Path: args[0], Lines: h.Lines, SHA256: h.SHA256, Head: h.String(), Recorded: recorded})
+			}
+			fmt.Println(h)
+			if !recorded {
+				fmt.Fprintf(stderr, "No head file beside %s yet: worked out from the log itself.\n", args[0])
+			}
+			return nil
+		},
+	}
+	head.Flags().Bool("json", false, "print JSON")
+	rotate := &cobra.Command{
+		Use:   "rotate <path>",
+		Short: "Moves the audit log and its head aside, together; the next line starts a new log",
+		Long: `
+Renames the audit log to <path>.<UTC time> and its head file with it, under
+the lock its writers take, so that no line is written in between; a running
+Caddy starts a new log with its next line. Moving the log alone (or emptying
+it) looks like a cut to the next writer, which records an audit.truncated
+entry that fails verification. Prints the new name and the old log's head.
+`,
+		Args:         cobra.ExactArgs(1),
+		SilenceUsage: true,
+		RunE: func(_ *cobra.Command, args []string) error {
+			aside, h, err := audit.Rotate(args[0], time.Now())
+			if err != nil {
+				return err
+			}
+			fmt.Println(h)
+			fmt.Fprintf(stderr, "Moved %s to %s (head %s above); the next line starts a new log.\n", args[0], aside, h)
+			return nil
+		},
+	}
+	c.AddCommand(verify, head, rotate)
 	return c
+}
+
+// auditHead is an audit log's head as audit head --json and the admin API
+// show it.
+type auditHead struct {
+	Path   string `json:"path"`
+	Lines  int64  `json:"lines"`
+	SHA256 string `json:"sha256"`
+	// Head is "<lines>:<sha256>", for audit verify --head.
+	Head string `json:"head"`
+	// Recorded is false when no writer has recorded the head beside the
+	// log yet, and it was worked out from the log.
+	Recorded bool `json:"recorded"`
 }

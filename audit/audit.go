@@ -1,6 +1,7 @@
 // Package audit writes and verifies a log of JSON lines in which every line
 // carries the SHA-256 of the line before it, so that removing or editing a
-// line is detectable.
+// line is detectable; a head recorded beside the log (and, by the operator,
+// elsewhere) makes lines cut from the end detectable too.
 package audit
 
 import (
@@ -24,10 +25,38 @@ var Genesis = hex.EncodeToString(make([]byte, sha256.Size))
 // Entry is one line's content. Never put a key or a hash of one in it.
 type Entry map[string]any
 
+// Events the writers add themselves.
+const (
+	// EventRecovered follows a line that a write left without its newline
+	// (a full disk, a crash): the writer closed the line off, kept it as
+	// evidence outside the chain, and names it in torn_line, torn_bytes and
+	// torn_sha256.
+	EventRecovered = "audit.recovered"
+	// EventTruncated says the writer found the log cut: it no longer held
+	// the head recorded beside it (head_lines, head_sha256; lines_found is
+	// what was left). Verification fails on it.
+	EventTruncated = "audit.truncated"
+)
+
+// ErrHeadNotWritten is returned, wrapped, by Append when the entries were
+// written but the head beside the log could not be updated. The next append
+// updates it; do not write the entries again.
+var ErrHeadNotWritten = errors.New("the entries were written, but the head file was not")
+
 // Append writes entries to the log at path, under an exclusive lock shared
 // with every other writer (a running Caddy, the caddy apikey commands), so
 // that the chain stays whole. Each entry gets "ts" (when not set) and "prev".
+// A path that is a symbolic link is followed.
+//
+// Before writing, Append looks at how the log ends. A last line without its
+// newline, left by a write that was cut short, is closed off and kept, and
+// the first line written is an audit.recovered entry naming it. A log that
+// no longer holds the head recorded beside it was cut, and an
+// audit.truncated entry says so. After writing, Append records the new head
+// (see Head). A write that fails is undone, as far as the system allows, so
+// that the same entries can be tried again.
 func Append(path string, entries ...Entry) error {
+	path = flock.Resolve(path)
 	unlock, err := flock.Lock(path)
 	if err != nil {
 		return fmt.Errorf("locking audit log %s: %w", path, err)
@@ -41,14 +70,28 @@ func Append(path string, entries ...Entry) error {
 		return err
 	}
 	defer f.Close()
-	prev, err := lastLineHash(f)
+	end, err := inspect(f, path)
 	if err != nil {
 		return fmt.Errorf("audit log %s: %w", path, err)
 	}
+
 	var buf bytes.Buffer
-	for _, e := range entries {
+	var own []Entry
+	lines, prev := end.lines, end.prev
+	if end.torn != nil {
+		buf.WriteByte('\n')
+		lines++
+		own = append(own, Entry{"event": EventRecovered, "torn_line": end.torn.line,
+			"torn_bytes": end.torn.bytes, "torn_sha256": end.torn.sum})
+	}
+	if end.cut != nil {
+		own = append(own, Entry{"event": EventTruncated, "head_lines": end.cut.Lines,
+			"head_sha256": end.cut.SHA256, "lines_found": end.lines})
+	}
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	for _, e := range append(own, entries...) {
 		if _, ok := e["ts"]; !ok {
-			e["ts"] = time.Now().UTC().Format(time.RFC3339Nano)
+			e["ts"] = now
 		}
 		e["prev"] = prev
 		line, err := json.Marshal(e) // map keys come out sorted: lines are stable
@@ -58,11 +101,20 @@ func Append(path string, entries ...Entry) error {
 		buf.Write(line)
 		buf.WriteByte('\n')
 		prev = lineHash(line)
+		lines++
 	}
 	if _, err := f.Write(buf.Bytes()); err != nil {
+		_ = f.Truncate(end.size) // leave no half of it behind
 		return err
 	}
-	return f.Sync()
+	if err := f.Sync(); err != nil {
+		_ = f.Truncate(end.size)
+		return err
+	}
+	if err := writeHead(path, Head{Lines: lines, SHA256: prev, Size: end.size + int64(buf.Len())}); err != nil {
+		return fmt.Errorf("audit log %s: %w: %v", path, ErrHeadNotWritten, err)
+	}
+	return nil
 }
 
 func lineHash(line []byte) string {
@@ -70,69 +122,125 @@ func lineHash(line []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// lastLineHash reads back from the end of f to its last line.
-func lastLineHash(f *os.File) (string, error) {
-	info, err := f.Stat()
-	if err != nil {
-		return "", err
-	}
-	size := info.Size()
-	if size == 0 {
-		return Genesis, nil
-	}
-	const chunk = 64 << 10
-	for n := int64(chunk); ; n *= 2 {
-		from := max(size-n, 0)
-		buf := make([]byte, size-from)
-		if _, err := f.ReadAt(buf, from); err != nil && err != io.EOF {
-			return "", err
-		}
-		if buf[len(buf)-1] != '\n' {
-			return "", errors.New("the last line is incomplete; run caddy apikey audit verify")
-		}
-		body := buf[:len(buf)-1]
-		if i := bytes.LastIndexByte(body, '\n'); i >= 0 {
-			return lineHash(body[i+1:]), nil
-		}
-		if from == 0 {
-			return lineHash(body), nil
-		}
-	}
+// logEnd is how a log ends, as Append finds it.
+type logEnd struct {
+	size  int64  // bytes
+	lines int64  // whole lines
+	prev  string // hash of the last whole line, or Genesis
+	torn  *tornLine
+	cut   *Head // the recorded head the log no longer holds
 }
 
-// Verify reads a whole log and checks the chain. It returns the number of
-// lines and the hash of the last one (record it elsewhere to make an edit of
-// the last line detectable too), or an error naming the first bad line.
-func Verify(r io.Reader) (lines int, head string, err error) {
-	data, err := io.ReadAll(r)
+type tornLine struct {
+	line, bytes int64
+	sum         string
+}
+
+// inspect reads how f ends, reading only its end when the head recorded
+// beside it is there: no more than a line, whatever the log's size.
+func inspect(f *os.File, path string) (logEnd, error) {
+	info, err := f.Stat()
 	if err != nil {
-		return 0, "", err
+		return logEnd{}, err
 	}
-	prev := Genesis
-	for len(data) > 0 {
-		i := bytes.IndexByte(data, '\n')
-		if i < 0 {
-			return lines, "", fmt.Errorf("line %d: incomplete (no newline at the end)", lines+1)
-		}
-		line := data[:i]
-		data = data[i+1:]
-		lines++
-		var e struct {
-			Prev *string `json:"prev"`
-		}
-		if err := json.Unmarshal(line, &e); err != nil {
-			return lines, "", fmt.Errorf("line %d: not valid JSON: %v", lines, err)
-		}
-		if e.Prev == nil {
-			return lines, "", fmt.Errorf("line %d: no \"prev\" field", lines)
-		}
-		if *e.Prev != prev {
-			if lines == 1 {
-				return lines, "", fmt.Errorf("line 1: does not start the chain (lines before it were removed?)")
-			}
-			return lines, "", fmt.Errorf("line %d: does not follow line %d: line %d was edited, or lines were removed or inserted between them", lines, lines-1, lines-1)
-		}
-		prev = lineHash(line)
+	end := logEnd{size: info.Size(), prev: Genesis}
+	whole, err := lineStart(f, end.size) // where the last, unfinished line starts
+	if err != nil {
+		return end, err
 	}
-	return lines, prev, nil
+	head, headErr := readHeadFile(path)
+	switch {
+	case headErr == nil && head.Size <= whole && holds(f, head):
+		n, err := countLines(f, head.Size, whole)
+		if err != nil {
+			return end, err
+		}
+		end.lines = head.Lines + n
+	default:
+		if headErr == nil {
+			end.cut = &head
+		}
+		if end.lines, err = countLines(f, 0, whole); err != nil {
+			return end, err
+		}
+	}
+	if whole > 0 {
+		from, err := lineStart(f, whole-1)
+		if err != nil {
+			return end, err
+		}
+		if end.prev, err = hashRange(f, from, whole-1); err != nil {
+			return end, err
+		}
+	}
+	if whole < end.size {
+		sum, err := hashRange(f, whole, end.size)
+		if err != nil {
+			return end, err
+		}
+		end.torn = &tornLine{line: end.lines + 1, bytes: end.size - whole, sum: sum}
+	}
+	return end, nil
+}
+
+// holds reports whether f still holds head: a line ending at head.Size
+// whose hash is head.SHA256.
+func holds(f *os.File, head Head) bool {
+	if head.Size == 0 {
+		return head.Lines == 0
+	}
+	var last [1]byte
+	if _, err := f.ReadAt(last[:], head.Size-1); err != nil || last[0] != '\n' {
+		return false
+	}
+	from, err := lineStart(f, head.Size-1)
+	if err != nil {
+		return false
+	}
+	sum, err := hashRange(f, from, head.Size-1)
+	return err == nil && sum == head.SHA256
+}
+
+const chunk = 64 << 10
+
+// lineStart returns where the line that ends at end (exclusive) starts: just
+// after the newline before end, or 0.
+func lineStart(f *os.File, end int64) (int64, error) {
+	buf := make([]byte, chunk)
+	for pos := end; pos > 0; {
+		from := max(pos-chunk, 0)
+		b := buf[:pos-from]
+		if _, err := f.ReadAt(b, from); err != nil && err != io.EOF {
+			return 0, err
+		}
+		if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+			return from + int64(i) + 1, nil
+		}
+		pos = from
+	}
+	return 0, nil
+}
+
+// countLines counts the newlines in f between from and to.
+func countLines(f *os.File, from, to int64) (int64, error) {
+	buf := make([]byte, chunk)
+	var n int64
+	for pos := from; pos < to; {
+		b := buf[:min(to-pos, chunk)]
+		if _, err := f.ReadAt(b, pos); err != nil && err != io.EOF {
+			return 0, err
+		}
+		n += int64(bytes.Count(b, []byte{'\n'}))
+		pos += int64(len(b))
+	}
+	return n, nil
+}
+
+// hashRange is the SHA-256 of f's bytes between from and to.
+func hashRange(f *os.File, from, to int64) (string, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, from, to-from)); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -1,0 +1,218 @@
+package apikey
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+// adminURIFilter is the log filter README.md gives for Caddy's own admin
+// log, whose "received request" line holds the request URI.
+const adminURIFilter = `uri regexp (?i)((dev|prod)(_|%5f)api(_|%5f)|sha256(:|%3a))[^/?&]*|[0-9a-f]{64} REDACTED`
+
+// TestAdminNeverRepeatsAKey: a key or its hash pasted where a key id
+// belongs, with white space or invisible characters around it, percent-
+// encoded or not, in the path, a parameter's value or its name, is refused
+// with 400, and neither the answer nor any log line (Caddy's own admin log,
+// with the filter README.md gives) holds it. A real id with the same
+// clutter around it is cleaned and found.
+func TestAdminNeverRepeatsAKey(t *testing.T) {
+	g := startOpsGatewayWithLog(t, adminURIFilter)
+	k := g.keys["reader"]
+	hash := strings.TrimPrefix(k.record.Hash, "sha256:")
+	for _, form := range []string{
+		"%20" + k.secret, k.secret + "%0A", "%09" + k.secret, "%C2%A0" + k.secret, "%E2%80%8B" + k.secret,
+		"%2520" + k.secret, url.PathEscape(k.secret), "%20" + strings.ToLower(k.secret),
+		"sha256:" + hash, "sha256%3A" + hash, hash,
+	} {
+		for _, req := range [][2]string{
+			{"POST", "/apikey/keys/" + form + "/revoke"},
+			{"DELETE", "/apikey/quota/" + form},
+			{"POST", "/apikey/cache/purge?id=" + form},
+			{"POST", "/apikey/cache/purge?id=+" + form},
+			{"GET", "/apikey/usage?key=" + form},
+			{"GET", "/apikey/usage?" + form + "=1"},
+		} {
+			code, body := adminRequest(t, req[0], g.admin, req[1])
+			if code != 400 {
+				t.Errorf("%s %s (key %s): %d, want 400", req[0], strings.Replace(req[1], form, "<key>", 1), k.record.ID, code)
+			}
+			if leaks(body, k) {
+				t.Errorf("%s %s: the answer repeats key %s", req[0], strings.Replace(req[1], form, "<key>", 1), k.record.ID)
+			}
+		}
+	}
+
+	// The same clutter around a real id is cleaned away.
+	if code, body := adminCall(t, "DELETE", g.admin+"/apikey/quota/%20k_ops_reader%0A"); code != 200 || !strings.Contains(body, `"id": "k_ops_reader"`) {
+		t.Errorf("quota reset of \" k_ops_reader\\n\": %d %s", code, body)
+	}
+	if code, body := adminCall(t, "POST", g.admin+"/apikey/cache/purge?id=%09k_ops_writer"); code != 200 || !strings.Contains(body, `"purged": "k_ops_writer"`) {
+		t.Errorf("purge of \"\\tk_ops_writer\": %d %s", code, body)
+	}
+	// An unknown id that is not shaped like a key is named in the answer.
+	if code, body := adminCall(t, "POST", g.admin+"/apikey/keys/k_nobody/revoke"); code != 404 || !strings.Contains(body, "k_nobody") {
+		t.Errorf("unknown id: %d %s", code, body)
+	}
+
+	logs := readWhenContains(t, g.caddyLog, `"uri":"/apikey/keys/k_nobody/revoke"`)
+	if !strings.Contains(logs, "REDACTED") || !strings.Contains(logs, `"msg":"request error"`) {
+		t.Error("the admin log does not show the refused requests, redacted")
+	}
+	if leaks(logs, k) {
+		t.Errorf("Caddy's log holds key %s or its hash", k.record.ID)
+	}
+	audit, _ := os.ReadFile(g.auditLog)
+	if leaks(string(audit), k) {
+		t.Errorf("the audit log holds key %s or its hash", k.record.ID)
+	}
+}
+
+// adminRequest makes a request to Caddy's admin endpoint at base, with
+// the Origin a browser would send (the admin endpoint checks it): the
+// base, not the whole URL, which Caddy logs with the request's headers.
+func adminRequest(t *testing.T, method, base, uri string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, base+uri, nil)
+	if err != nil {
+		t.Fatalf("%s: a bad request URL", method) // not the URL: it may hold a key
+	}
+	req.Header.Set("Origin", base)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s: %v", method, errors.Unwrap(err)) // the error without the URL
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// leaks reports whether text holds a key, a tell-tale part of it, or its
+// hash, in any case.
+func leaks(text string, k testKey) bool {
+	lower := strings.ToLower(text)
+	hash := strings.TrimPrefix(k.record.Hash, "sha256:")
+	return strings.Contains(lower, strings.ToLower(k.secret[len(k.secret)-16:])) || strings.Contains(lower, hash[:16])
+}
+
+// TestAdminKeysUntypedRecord: a record without "type" is listed with its
+// quota under each type's limit, since the prefix of the key presented
+// decides which the gateway enforces; a typed record keeps one quota.
+func TestAdminKeysUntypedRecord(t *testing.T) {
+	untyped := newKey(t, keystore.Prod, keystore.Record{ID: "k_untyped", Role: "reader"})
+	typed := newKey(t, keystore.Dev, keystore.Record{ID: "k_typed", Type: "dev", Role: "reader"})
+	keyFile := writeKeyFile(t, untyped.record, typed.record)
+	port, adminPort := freePort(t), freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+		quota dev 5/day
+		quota prod 50/day
+		failed_auth_limit off
+		counters memory {
+			file %s
+		}
+	}
+	respond "ok"
+}`, adminPort, port, keyFile, filepath.Join(t.TempDir(), "counters.json")))
+	base := fmt.Sprintf("http://127.0.0.1:%d/x", port)
+	var enforced string
+	for range 2 {
+		r := send(t, "GET", base, bearer(untyped)...)
+		if r.status != 200 {
+			t.Fatalf("untyped prod key: %d %s", r.status, r.body)
+		}
+		enforced = r.header.Get("X-RateLimit-Limit")
+	}
+	send(t, "GET", base, bearer(typed)...)
+
+	code, body := adminCall(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/apikey/keys", adminPort))
+	if code != 200 {
+		t.Fatalf("GET /apikey/keys: %d %s", code, body)
+	}
+	type use struct{ Limit, Used, Remaining int64 }
+	var got struct {
+		Keys []struct {
+			ID          string          `json:"id"`
+			Quota       *use            `json:"quota"`
+			QuotaByType map[string]*use `json:"quota_by_type"`
+		} `json:"keys"`
+	}
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range got.Keys {
+		switch k.ID {
+		case "k_untyped":
+			if k.Quota != nil {
+				t.Errorf("k_untyped shows one quota, limit %d, while the gateway enforces %s for the key presented", k.Quota.Limit, enforced)
+			}
+			prod, dev := k.QuotaByType["prod"], k.QuotaByType["dev"]
+			if prod == nil || dev == nil || fmt.Sprint(prod.Limit) != enforced || *prod != (use{50, 2, 48}) || *dev != (use{5, 2, 3}) {
+				t.Errorf("k_untyped quota by type: prod %+v, dev %+v; the gateway enforces %s", prod, dev, enforced)
+			}
+		case "k_typed":
+			if k.Quota == nil || *k.Quota != (use{5, 1, 4}) || k.QuotaByType != nil {
+				t.Errorf("k_typed: quota %+v, by type %v", k.Quota, k.QuotaByType)
+			}
+		}
+	}
+}
+
+// startOpsGatewayWithLog is startOpsGateway with Caddy's log, at INFO,
+// written to a file with the given filter fields.
+func startOpsGatewayWithLog(t *testing.T, filters ...string) *opsLogGateway {
+	t.Helper()
+	g := &opsLogGateway{caddyLog: filepath.Join(t.TempDir(), "caddy.log")}
+	g.opsGateway = startOpsGatewayConfig(t, func(cfg string) string {
+		return strings.Replace(cfg, "persist_config off", fmt.Sprintf(`persist_config off
+	log {
+		output file %s
+		level INFO
+		format filter {
+			%s
+		}
+	}`, g.caddyLog, strings.Join(filters, "\n\t\t\t")), 1)
+	})
+	return g
+}
+
+type opsLogGateway struct {
+	*opsGateway
+	caddyLog string
+}
+
+// startOpsGatewayConfig starts the opsGateway's config as edit changes it.
+func startOpsGatewayConfig(t *testing.T, edit func(string) string) *opsGateway {
+	t.Helper()
+	dir := t.TempDir()
+	now := time.Now().UTC()
+	g := &opsGateway{keyFile: filepath.Join(dir, "keys.json"), auditLog: filepath.Join(dir, "audit.log"),
+		usage: filepath.Join(dir, "usage.json"), keys: map[string]testKey{}}
+	g.keys["reader"] = newKey(t, keystore.Dev, keystore.Record{ID: "k_ops_reader", Type: "dev", Role: "reader", Services: []string{"ollama"}, QuotaPerDay: int64p(100)})
+	g.keys["writer"] = newKey(t, keystore.Prod, keystore.Record{ID: "k_ops_writer", Type: "prod", Role: "writer", Services: []string{"*"}})
+	g.keys["revoked"] = newKey(t, keystore.Dev, keystore.Record{ID: "k_ops_revoked", Role: "reader", Revoked: true,
+		ExpiresAt: now.Add(24 * time.Hour).Format(time.RFC3339)})
+	writeKeyFileAtomic(t, g.keyFile, g.keys["reader"].record, g.keys["writer"].record, g.keys["revoked"].record)
+	port, adminPort := freePort(t), freePort(t)
+	g.base = fmt.Sprintf("http://127.0.0.1:%d", port)
+	g.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	g.config = edit(opsSite(port, adminPort, g.keyFile, g.auditLog, g.usage, filepath.Join(dir, "counters.json"), ""))
+	startCaddy(t, g.config)
+	return g
+}
+
