@@ -215,4 +215,3 @@ func startOpsGatewayConfig(t *testing.T, edit func(string) string) *opsGateway {
 	startCaddy(t, g.config)
 	return g
 }
-
