@@ -3,6 +3,8 @@ package apikey
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -494,4 +496,190 @@ func loadJSON(t *testing.T, doc map[string]any) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { stopCaddy() })
+}
+
+// TestKeyServiceSlotsPerAddress: with a key service that answers in 1.5 s,
+// one address sending 300 concurrent made-up keys gets throttled instead of
+// taking every call slot: a valid, uncached key from another address still
+// gets 200, and the service sees at most the throttle limit plus the
+// per-address cap in calls.
+func TestKeyServiceSlotsPerAddress(t *testing.T) {
+	valid := newKey(t, keystore.Dev, keystore.Record{ID: "k_slots_valid", Role: "reader"})
+	svc := newFakeKeyService(t, valid.record)
+	svc.delay = 1500 * time.Millisecond
+	up := newUpstream(t)
+	port := freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys http %s {
+			timeout 5s
+		}
+		failed_auth_limit 20/m
+	}
+	reverse_proxy %s
+}`, port, svc.URL, up.addr()))
+	url := fmt.Sprintf("http://127.0.0.1:%d/x", port)
+
+	const wave, limit, perAddressCap = 300, 20, 8
+	done := make(chan []int)
+	go func() {
+		done <- burst(wave, func(int) *http.Request {
+			req, _ := http.NewRequest("GET", url, nil)
+			req.Header.Set("X-API-Key", newKey(t, keystore.Dev, keystore.Record{}).secret)
+			return req
+		})
+	}()
+	time.Sleep(300 * time.Millisecond) // the wave is in flight
+	other := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: (&net.Dialer{
+		LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Authorization", "Bearer "+valid.secret)
+	resp, err := other.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("a valid key from another address during the wave: %d, want 200", resp.StatusCode)
+	}
+	codes := tally(<-done)
+	if codes[503] != 0 || codes[-1] != 0 {
+		t.Errorf("the wave got %v: no 503s or dropped connections expected", codes)
+	}
+	if codes[401] > perAddressCap || codes[401]+codes[429] != wave {
+		t.Errorf("the wave got %v, want at most %d × 401 and the rest 429", codes, perAddressCap)
+	}
+	if calls := svc.calls.Load(); calls > limit+perAddressCap+1 {
+		t.Errorf("the key service got %d calls, want at most %d (limit + cap) + 1 (the valid key)", calls, limit+perAddressCap)
+	}
+	t.Logf("wave: %v; key service calls: %d", codes, svc.calls.Load())
+}
+
+// TestUsageStaysBoundedUnderDistinctPaths: one valid key sending 20,000
+// requests, each with a new 20 KB path segment, through the built Caddy,
+// leaves its memory within 20 MB of where it was and its usage file under
+// 1 MB, and /apikey/usage answers in pages.
+func TestUsageStaysBoundedUnderDistinctPaths(t *testing.T) {
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_cardinality", Role: "reader", QuotaPerDay: int64p(1_000_000)})
+	up := newUpstream(t)
+	dir := t.TempDir()
+	port, adminPort := freePort(t), freePort(t)
+	usageFile := filepath.Join(dir, "usage.json")
+	cmd := runCaddyProcess(t, fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+	servers {
+		max_header_size 64KB
+	}
+}
+http://127.0.0.1:%d {
+	handle_path /ollama/* {
+		apikey {
+			keys file %s
+			service ollama
+			usage_file %s
+			failed_auth_limit off
+		}
+		reverse_proxy %s
+	}
+}`, adminPort, port, writeKeyFile(t, func() keystore.Record { r := key.record; r.Services = []string{"*"}; return r }()), usageFile, up.addr()), port)
+
+	segment := strings.Repeat("y", 20<<10)
+	run := func(from, n int) {
+		t.Helper()
+		const workers = 4
+		errs := make(chan error, workers)
+		for w := range workers {
+			go func() {
+				for i := from + w; i < from+n; i += workers {
+					req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/ollama/x%07d%s/b", port, i, segment), nil)
+					req.Header.Set("Authorization", "Bearer "+key.secret)
+					resp, err := client.Do(req)
+					if err != nil {
+						errs <- err
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						errs <- fmt.Errorf("request %d: %d", i, resp.StatusCode)
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		for range workers {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	run(0, 2000) // warm up: buffers, pools and the heap reach their working size
+	before := rssOf(t, cmd.Process.Pid)
+	run(2000, 20000)
+	after := rssOf(t, cmd.Process.Pid)
+	t.Logf("RSS %d MB before, %d MB after 20,000 distinct 20 KB paths", before>>20, after>>20)
+	if after-before > 20<<20 {
+		t.Errorf("RSS grew by %d MB, want under 20 MB", (after-before)>>20)
+	}
+
+	status, body := adminCall(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/apikey/usage?key=k_cardinality&limit=50", adminPort))
+	var page struct {
+		Rows []struct {
+			Endpoint string `json:"endpoint"`
+			Requests int64  `json:"requests"`
+		} `json:"rows"`
+		Next string `json:"next_cursor"`
+	}
+	if err := json.Unmarshal([]byte(body), &page); status != 200 || err != nil {
+		t.Fatalf("usage: %d %v", status, err)
+	}
+	if len(page.Rows) == 0 || len(page.Rows) > 50 {
+		t.Errorf("a page of %d rows, want 1 to 50", len(page.Rows))
+	}
+	var total int64
+	for _, r := range page.Rows {
+		total += r.Requests
+		if len(r.Endpoint) > 100 {
+			t.Errorf("an endpoint of %d bytes is counted", len(r.Endpoint))
+		}
+	}
+	// The long segments all count as ":id": one counter, every request in it.
+	if total != 22000 || page.Next != "" {
+		t.Errorf("usage counts %d requests in %d rows (more pages: %v), want 22000 in one page", total, len(page.Rows), page.Next != "")
+	}
+
+	// A clean stop saves the usage file.
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+	info, err := os.Stat(usageFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Size() > 1<<20 {
+		t.Errorf("usage file is %d KB, want under 1 MB", info.Size()>>10)
+	}
+}
+
+// rssOf reads a process's resident memory from /proc.
+func rssOf(t *testing.T, pid int) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Skipf("no /proc to read memory from: %v", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(rest), "%d", &kb)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
 }

@@ -51,7 +51,7 @@ func builtCaddy(t *testing.T) string {
 
 // runCaddyProcess runs the built Caddy on a Caddyfile, from the repository
 // root, until the test ends, and waits until it accepts connections on port.
-func runCaddyProcess(t *testing.T, caddyfile string, port int, env ...string) {
+func runCaddyProcess(t *testing.T, caddyfile string, port int, env ...string) *exec.Cmd {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "Caddyfile")
@@ -74,7 +74,7 @@ func runCaddyProcess(t *testing.T, caddyfile string, port int, env ...string) {
 	for {
 		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond); err == nil {
 			c.Close()
-			return
+			return cmd
 		}
 		if time.Now().After(deadline) {
 			log, _ := os.ReadFile(filepath.Join(dir, "caddy.log"))

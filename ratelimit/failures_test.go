@@ -83,3 +83,45 @@ func TestFailuresStayBounded(t *testing.T) {
 		t.Error("a new address is not tracked after old windows expired")
 	}
 }
+
+func TestFailuresReportBlocksOnce(t *testing.T) {
+	clock := newClock(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
+	f := NewFailures(clock.Now)
+	limit := Rate{Limit: 3, Period: time.Minute}
+	ip := netip.MustParseAddr("198.51.100.9")
+	var blocks int
+	for range 3 {
+		if f.Fail(ip, limit) {
+			blocks++
+		}
+	}
+	if blocks != 1 {
+		t.Fatalf("%d failures reported as the one that blocks, want 1", blocks)
+	}
+	for range 7 {
+		if _, blocked := f.Blocked(ip, limit); !blocked {
+			t.Fatal("not blocked")
+		}
+	}
+	if ended := f.Sweep(limit.Period); len(ended) != 0 {
+		t.Fatalf("a live block was reported as ended: %+v", ended)
+	}
+	clock.Advance(time.Minute)
+	ended := f.Sweep(limit.Period)
+	if len(ended) != 1 || ended[0].Refused != 7 || ended[0].Prefix != netip.MustParsePrefix("198.51.100.9/32") {
+		t.Fatalf("ended: %+v, want one block that refused 7", ended)
+	}
+	if ended := f.Sweep(limit.Period); len(ended) != 0 {
+		t.Errorf("reported twice: %+v", ended)
+	}
+	// A block that ends because the address fails again is reported too.
+	for range 3 {
+		f.Fail(ip, limit)
+	}
+	f.Blocked(ip, limit)
+	clock.Advance(time.Minute)
+	f.Fail(ip, limit)
+	if ended := f.Sweep(limit.Period); len(ended) != 1 || ended[0].Refused != 1 {
+		t.Errorf("ended on a new window: %+v", ended)
+	}
+}

@@ -2,7 +2,9 @@ package usage
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -91,5 +93,101 @@ func BenchmarkAdd(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		c.Add("k_bench", "ollama", "GET", Endpoint("/api/tags/x", DefaultDepth), now)
+	}
+}
+
+func TestEndpointFoldsLongAndRandomSegments(t *testing.T) {
+	for path, want := range map[string]string{
+		"/x0000001" + strings.Repeat("y", 20000) + "/b": "/:id/b",
+		"/api/" + strings.Repeat("z", MaxSegment):       "/api/" + strings.Repeat("z", MaxSegment),
+		"/api/" + strings.Repeat("z", MaxSegment+1):     "/api/:id",
+		"/files/aB3xK9qL2mZ7":                           "/files/:id",
+		"/api/completions":                              "/api/completions",
+		"/v1/embeddings":                                "/v1/embeddings",
+	} {
+		if got := Endpoint(path, 2); got != want {
+			t.Errorf("Endpoint(%.40q…) = %.40q, want %.40q", path, got, want)
+		}
+	}
+}
+
+func TestCountsStayBounded(t *testing.T) {
+	before := Folds.Endpoint.Load()
+	c := New()
+	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	for i := range MaxEndpointsPerKeyHour + 50 {
+		c.Add("k_a", "ollama", "GET", fmt.Sprintf("/e%d", i), now)
+	}
+	if c.Len() != MaxEndpointsPerKeyHour+1 {
+		t.Errorf("%d counters for one key in one hour, want %d and one %s", c.Len(), MaxEndpointsPerKeyHour, Other)
+	}
+	if n := Folds.Endpoint.Load() - before; n != 50 {
+		t.Errorf("%d endpoint folds counted, want 50", n)
+	}
+	rows := c.Report(Query{From: now, To: now.Add(time.Hour)})
+	var total, other int64
+	for _, r := range rows {
+		total += r.Requests
+		if r.Endpoint == Other {
+			other = r.Requests
+		}
+	}
+	if total != MaxEndpointsPerKeyHour+50 || other != 50 {
+		t.Errorf("total %d, folded %d: nothing may be lost", total, other)
+	}
+	// The next hour starts a fresh allowance; made-up methods fold.
+	c.Add("k_a", "ollama", "BREW", "/e1", now.Add(time.Hour))
+	if rows := c.Report(Query{From: now.Add(time.Hour), To: now.Add(2 * time.Hour)}); len(rows) != 1 || rows[0].Method != OtherMethod || rows[0].Endpoint != "/e1" {
+		t.Errorf("next hour: %+v", rows)
+	}
+}
+
+func TestCountsTotalCap(t *testing.T) {
+	c := New()
+	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	for i := range MaxSeries + 10 {
+		c.Add(fmt.Sprintf("k_%d", i), "s", "GET", "/", now)
+	}
+	if c.Len() != MaxSeries {
+		t.Errorf("%d counters, want the cap %d", c.Len(), MaxSeries)
+	}
+	rows := c.Report(Query{KeyID: Other, From: now, To: now.Add(time.Hour)})
+	if len(rows) != 1 || rows[0].Requests != 10 {
+		t.Errorf("overflow: %+v", rows)
+	}
+	c.Prune(now.Add(time.Hour))
+	if c.Len() != 0 || len(c.Report(Query{From: now, To: now.Add(time.Hour)})) != 0 {
+		t.Error("prune left counters")
+	}
+}
+
+func TestPages(t *testing.T) {
+	c := New()
+	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	for i := range 25 {
+		c.Add(fmt.Sprintf("k_%02d", i), "s", "GET", "/", now)
+	}
+	rows := c.Report(Query{From: now, To: now.Add(time.Hour)})
+	var got []Row
+	var after *Row
+	for pages := 0; ; pages++ {
+		page, next := Page(rows, after, 10)
+		got = append(got, page...)
+		if next == "" {
+			if pages != 2 {
+				t.Errorf("%d pages, want 3", pages+1)
+			}
+			break
+		}
+		var err error
+		if after, err = ParseCursor(next); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(got) != 25 || got[0].KeyID != "k_00" || got[24].KeyID != "k_24" {
+		t.Errorf("paged rows: %d", len(got))
+	}
+	if _, err := ParseCursor("not-a-cursor"); err == nil {
+		t.Error("a bad cursor parsed")
 	}
 }
