@@ -27,7 +27,7 @@ const adminURIFilter = `uri regexp (?i)((dev|prod)(_|%5f)api(_|%5f)|sha256(:|%3a
 // with the filter README.md gives) holds it. A real id with the same
 // clutter around it is cleaned and found.
 func TestAdminNeverRepeatsAKey(t *testing.T) {
-	g := startOpsGatewayWithLog(t, adminURIFilter)
+	g := startOpsGatewayWithLog(t, nil, adminURIFilter)
 	k := g.keys["reader"]
 	hash := strings.TrimPrefix(k.record.Hash, "sha256:")
 	for _, form := range []string{
@@ -174,11 +174,15 @@ http://127.0.0.1:%d {
 }
 
 // startOpsGatewayWithLog is startOpsGateway with Caddy's log, at INFO,
-// written to a file with the given filter fields.
-func startOpsGatewayWithLog(t *testing.T, filters ...string) *opsLogGateway {
+// written to a file with the given filter fields. before, when not nil,
+// runs before Caddy starts.
+func startOpsGatewayWithLog(t *testing.T, before func(*opsGateway), filters ...string) *opsLogGateway {
 	t.Helper()
 	g := &opsLogGateway{caddyLog: filepath.Join(t.TempDir(), "caddy.log")}
-	g.opsGateway = startOpsGatewayConfig(t, func(cfg string) string {
+	if len(filters) == 0 {
+		filters = []string{"request>headers>X-Api-Key delete"}
+	}
+	g.opsGateway = startOpsGatewayConfig(t, before, func(cfg string) string {
 		return strings.Replace(cfg, "persist_config off", fmt.Sprintf(`persist_config off
 	log {
 		output file %s
@@ -196,8 +200,9 @@ type opsLogGateway struct {
 	caddyLog string
 }
 
-// startOpsGatewayConfig starts the opsGateway's config as edit changes it.
-func startOpsGatewayConfig(t *testing.T, edit func(string) string) *opsGateway {
+// startOpsGatewayConfig starts the opsGateway's config as edit changes it,
+// after running before (when not nil).
+func startOpsGatewayConfig(t *testing.T, before func(*opsGateway), edit func(string) string) *opsGateway {
 	t.Helper()
 	dir := t.TempDir()
 	now := time.Now().UTC()
@@ -212,6 +217,9 @@ func startOpsGatewayConfig(t *testing.T, edit func(string) string) *opsGateway {
 	g.base = fmt.Sprintf("http://127.0.0.1:%d", port)
 	g.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	g.config = edit(opsSite(port, adminPort, g.keyFile, g.auditLog, g.usage, filepath.Join(dir, "counters.json"), ""))
+	if before != nil {
+		before(g)
+	}
 	startCaddy(t, g.config)
 	return g
 }
