@@ -71,6 +71,9 @@ const ollamaToken = "ollama-upstream-token-0001"
 
 func startGateway(t *testing.T) *gateway {
 	t.Setenv("APIKEY_TEST_OLLAMA_TOKEN", ollamaToken)
+	// From the environment, not literal: a literal value would be in
+	// Caddy's DEBUG config dump ("adjusted config"), as the README says.
+	t.Setenv("APIKEY_TEST_N8N_TOKEN", "n8n-upstream-key-0002")
 	keys, records := makeGatewayKeys(t)
 	g := &gateway{
 		up:        newUpstream(t),
@@ -90,6 +93,8 @@ func startGateway(t *testing.T) *gateway {
 		format filter {
 			request>headers>X-Api-Key delete
 			request>headers>X-Gateway-Key delete
+			request>headers>X-N8n-Api-Key delete
+			request>headers>X-Upstream-Token delete
 		}
 	}
 	servers {
@@ -125,7 +130,7 @@ http://127.0.0.1:%[2]d {
 			keys file %[4]s
 			service n8n
 			allow_types prod
-			upstream_auth n8n-upstream-key-0002
+			upstream_auth {env.APIKEY_TEST_N8N_TOKEN}
 		}
 		reverse_proxy %[5]s
 	}
@@ -415,10 +420,19 @@ func TestLogsNeverHoldKeys(t *testing.T) {
 	send(t, "GET", g.url+"/ollama/api/tags", "X-API-Key", unknown.secret)
 	send(t, "GET", g.url+"/plain/x", "X-Gateway-Key", k.admin.secret)
 	send(t, "GET", g.url+"/plain/x", "Authorization", "Token "+k.noServices.secret)
-	sent = append(sent, unknown, k.admin, k.noServices)
+	send(t, "GET", g.url+"/n8n/api/v1/workflows", bearer(k.writer)...)
+	sent = append(sent, unknown, k.admin, k.noServices, k.writer)
 
 	logs := readWhenContains(t, g.logPath, `"decision":"forbidden"`)
 	access := readWhenContains(t, g.accessLog, `"user_id":"k_reader"`)
+	// The upstream credentials too: reverse_proxy logs the headers it sends
+	// at DEBUG, and only the README's filter keeps X-N8N-API-KEY out.
+	logs = readWhenContains(t, g.logPath, "upstream roundtrip")
+	for _, secret := range []string{ollamaToken, "n8n-upstream-key-0002"} {
+		if strings.Contains(logs, secret) || strings.Contains(access, secret) {
+			t.Errorf("a log holds an upstream credential (%d bytes)", len(secret))
+		}
+	}
 	for _, s := range sent {
 		digest := strings.TrimPrefix(s.record.Hash, "sha256:")
 		for name, text := range map[string]string{"caddy log": logs, "access log": access} {
