@@ -72,6 +72,9 @@ func TestAdminNeverRepeatsAKey(t *testing.T) {
 	if leaks(logs, k) {
 		t.Errorf("Caddy's log holds key %s or its hash", k.record.ID)
 	}
+	if readme, _ := os.ReadFile("README.md"); !strings.Contains(string(readme), "\t\t\t"+adminURIFilter+"\n") {
+		t.Error("README.md does not give the admin log filter this test uses")
+	}
 	audit, _ := os.ReadFile(g.auditLog)
 	if leaks(string(audit), k) {
 		t.Errorf("the audit log holds key %s or its hash", k.record.ID)
