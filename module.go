@@ -514,13 +514,23 @@ func (h *Handler) failed(r *http.Request) {
 	}
 }
 
+func (h *Handler) isBlocked(r *http.Request) bool {
+	_, blocked := h.failures.Blocked(clientIP(r), h.failLimit)
+	return blocked
+}
+
 // busy refuses a key check because the client address already has as many
 // key checks waiting on the key source as it may: 429, counted against the
 // address like a failed authentication, so that a flood of made-up keys
 // ends in a block rather than in calls to the source.
 func (h *Handler) busy(w http.ResponseWriter, r *http.Request, now time.Time, t keystore.Type) error {
-	h.refused(r, now, decisionRateLimited, "key_checks_in_flight", nil, t, nil)
-	h.failed(r)
+	if h.failures != nil && h.isBlocked(r) {
+		// Blocked by the wave it belongs to: counted, not logged again.
+		h.counted(r, decisionIndexes[decisionRateLimited], nil, t, now)
+	} else {
+		h.refused(r, now, decisionRateLimited, "key_checks_in_flight", nil, t, nil)
+		h.failed(r)
+	}
 	writeTooMany(w, h.format, decisionRateLimited, "key_checks_in_flight",
 		"Too many keys from this address are being checked at once; retry in 1 s.", time.Second, false)
 	return nil
