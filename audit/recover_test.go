@@ -194,7 +194,7 @@ func TestHeadWithoutFile(t *testing.T) {
 // at most once per interval with the number not logged since.
 func TestWriterRetriesAndLogsSparingly(t *testing.T) {
 	defer func(r, l time.Duration) { retryEvery, logEvery = r, l }(retryEvery, logEvery)
-	retryEvery, logEvery = 20*time.Millisecond, 300*time.Millisecond
+	retryEvery, logEvery = 20*time.Millisecond, 400*time.Millisecond
 
 	path := filepath.Join(t.TempDir(), "audit.log")
 	if err := os.Mkdir(path, 0o700); err != nil { // a folder where the log belongs: appends fail
@@ -204,14 +204,14 @@ func TestWriterRetriesAndLogsSparingly(t *testing.T) {
 	w := NewWriter(path, func() *zap.Logger { return zap.New(core) })
 	errors0 := WriteErrors()
 	w.Log(Entry{"event": "first"})
-	time.Sleep(450 * time.Millisecond)
+	time.Sleep(600 * time.Millisecond)
 	failures := WriteErrors() - errors0
 	logged := logs.FilterMessage("writing the audit log failed; retrying").All()
 	if failures < 5 {
-		t.Errorf("%d failures counted in 450 ms with a retry every 20 ms", failures)
+		t.Errorf("%d failures counted in 600 ms with a retry every 20 ms", failures)
 	}
 	if len(logged) != 2 {
-		t.Fatalf("failure logged %d times in 450 ms, want twice (once per 300 ms)", len(logged))
+		t.Fatalf("failure logged %d times in 600 ms, want twice (once per 400 ms)", len(logged))
 	}
 	if n := logged[1].ContextMap()["failures_not_logged"].(int64); n < 3 {
 		t.Errorf("the second failure line says %d were not logged", n)
