@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -233,5 +234,20 @@ func TestWriterRetriesAndLogsSparingly(t *testing.T) {
 	}
 	if logs.FilterMessage("writing the audit log works again").Len() != 1 {
 		t.Error("no line says writing works again")
+	}
+}
+
+// TestCollector: the failure count is exposed as
+// caddy_apikey_audit_write_errors_total, for a config's registry.
+func TestCollector(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(Collector()); err != nil {
+		t.Fatal(err)
+	}
+	writeErrors.Add(1)
+	families, err := reg.Gather()
+	if err != nil || len(families) != 1 || families[0].GetName() != "caddy_apikey_audit_write_errors_total" ||
+		families[0].GetMetric()[0].GetCounter().GetValue() != float64(WriteErrors()) {
+		t.Fatalf("gathered %v, %v; want the counter at %d", families, err, WriteErrors())
 	}
 }
