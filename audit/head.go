@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -84,12 +85,32 @@ func readHeadFile(path string) (Head, error) {
 	return h, nil
 }
 
+// writeHead replaces the head file beside the log at path (resolved), by
+// rename, so that a reader sees the old head or the new one. It does not
+// sync: the log is synced before, so after a crash the head on disk is this
+// one, an older one, or unreadable, and each of those only means the next
+// append or check finds it behind (or works it out again), never a false
+// cut.
 func writeHead(path string, h Head) error {
 	data, err := json.Marshal(h)
 	if err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(path+".head", append(data, '\n'), 0o600)
+	name := path + ".head"
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(name)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // a no-op once renamed
+	atomicfile.MatchOwner(tmp, name)
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), name)
 }
 
 // ReadHead returns the head recorded beside the log at path. When there is
