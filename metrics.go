@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/usage"
 )
@@ -212,7 +213,7 @@ func initMetrics() {
 // apikey route in the same config finds them there already.
 func registerMetrics(registry *prometheus.Registry) error {
 	initMetrics()
-	for _, c := range []prometheus.Collector{metrics.collector, metrics.requestsByKey, metrics.cache, metrics.sourceErrors} {
+	for _, c := range []prometheus.Collector{metrics.collector, metrics.requestsByKey, metrics.cache, metrics.sourceErrors, audit.Collector()} {
 		if err := registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
