@@ -48,6 +48,11 @@ type Record struct {
 	QuotaPerDay *int64 `json:"quota_per_day,omitempty"`
 	// Rate overrides the route's burst rate for this key, e.g. "20/s".
 	Rate string `json:"rate,omitempty"`
+	// Owner is who the key belongs to: the identity of the developer who
+	// created it in the portal, or any name an operator gives.
+	Owner string `json:"owner,omitempty"`
+	// CreatedAt is the RFC 3339 time the key was created.
+	CreatedAt string `json:"created_at,omitempty"`
 }
 
 // PreviousHash is a secret a key had before a rotation.
@@ -209,6 +214,11 @@ func Compile(rec Record) (*Key, error) {
 			return nil, &FieldError{Field: fmt.Sprintf("allowed_ips[%d]", i), Err: err}
 		}
 		k.allowedIPs = append(k.allowedIPs, prefix)
+	}
+	if rec.CreatedAt != "" {
+		if _, err := parseTime(rec.CreatedAt); err != nil {
+			return nil, &FieldError{Field: "created_at", Err: err}
+		}
 	}
 	if rec.ExpiresAt != "" {
 		if k.ExpiresAt, err = parseTime(rec.ExpiresAt); err != nil {
