@@ -18,6 +18,9 @@ import (
 
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/keystore/keycache"
+	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
+	"github.com/moodmnky/caddy-apikey/keystore/keyservice"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
 	"github.com/moodmnky/caddy-apikey/usage"
 )
@@ -193,7 +196,7 @@ func (adminAPI) keys(w http.ResponseWriter) error {
 	seen := map[string]bool{}
 	list := []keyEntry{}
 	for _, h := range activeHandlers() {
-		src, ok := h.source.(*keystore.FileSource)
+		src, ok := h.source.(*keyfile.FileSource)
 		if !ok || seen[src.AbsPath()] {
 			continue
 		}
@@ -324,7 +327,7 @@ func parseTimeParam(s string) (time.Time, error) {
 func (adminAPI) revoke(w http.ResponseWriter, id string) error {
 	var readOnly bool
 	for _, h := range activeHandlers() {
-		src, ok := h.source.(*keystore.FileSource)
+		src, ok := h.source.(*keyfile.FileSource)
 		if !ok {
 			readOnly = true
 			continue
@@ -359,9 +362,9 @@ func (adminAPI) purge(w http.ResponseWriter, id string) error {
 	if id != "" && !knownID(id) {
 		return apiError(http.StatusNotFound, "no key has id %q (in a key file, or in a key service's cache)", id)
 	}
-	caches := map[*keystore.Cache]bool{}
+	caches := map[*keycache.Cache]bool{}
 	for _, h := range activeHandlers() {
-		if src, ok := h.source.(*keystore.HTTPSource); ok {
+		if src, ok := h.source.(*keyservice.HTTPSource); ok {
 			caches[src.CacheOf()] = true
 		}
 	}
@@ -406,13 +409,13 @@ func (adminAPI) resetQuota(w http.ResponseWriter, r *http.Request, id string) er
 func knownID(id string) bool {
 	for _, h := range activeHandlers() {
 		switch src := h.source.(type) {
-		case *keystore.FileSource:
+		case *keyfile.FileSource:
 			for _, k := range src.Keys() {
 				if k.ID == id {
 					return true
 				}
 			}
-		case *keystore.HTTPSource:
+		case *keyservice.HTTPSource:
 			if src.CacheOf().Knows(id) {
 				return true
 			}

@@ -13,6 +13,8 @@ import (
 
 	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/keystore/keycache"
+	"github.com/moodmnky/caddy-apikey/keystore/keyservice"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
@@ -85,7 +87,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		errPreset error
 		keys      caddyfile.Unmarshaler // the key source, encoded once the cache is known
 		keysName  string
-		cache     *keystore.CacheConfig
+		cache     *keycache.CacheConfig
 		errCache  error
 	)
 	for d.NextBlock(0) {
@@ -307,7 +309,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return errNoKeys
 	}
 	if cache != nil {
-		remote, ok := keys.(*keystore.HTTPSource)
+		remote, ok := keys.(*keyservice.HTTPSource)
 		if !ok {
 			return errCache
 		}
@@ -351,8 +353,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	    negative_ttl <duration>
 //	    stale <duration>
 //	}
-func parseCacheBlock(d *caddyfile.Dispenser) (*keystore.CacheConfig, error) {
-	var c keystore.CacheConfig
+func parseCacheBlock(d *caddyfile.Dispenser) (*keycache.CacheConfig, error) {
+	var c keycache.CacheConfig
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()

@@ -20,6 +20,7 @@ import (
 
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
@@ -155,7 +156,7 @@ func runNew(c *cobra.Command, _ []string) error {
 		return fmt.Errorf("the new record is invalid: %w", err)
 	}
 
-	err = keystore.EditKeyFile(path, func(kf *keystore.KeyFile) error {
+	err = keyfile.EditKeyFile(path, func(kf *keyfile.KeyFile) error {
 		if rec.ID == "" {
 			for rec.ID == "" || kf.Find(rec.ID) != nil {
 				rec.ID = newID()
@@ -213,7 +214,7 @@ func rotateCommand() *cobra.Command {
 			}
 			var key string
 			var until time.Time
-			err = keystore.EditKeyFile(path, func(kf *keystore.KeyFile) error {
+			err = keyfile.EditKeyFile(path, func(kf *keyfile.KeyFile) error {
 				r := kf.Find(id)
 				if r == nil {
 					return fmt.Errorf("%w: %q is not in %s", keystore.ErrUnknownID, id, path)
@@ -294,7 +295,7 @@ func revokeCommand() *cobra.Command {
 
 // RevokeInFile marks a key revoked in a key file.
 func RevokeInFile(path, id string) error {
-	return keystore.EditKeyFile(path, func(kf *keystore.KeyFile) error {
+	return keyfile.EditKeyFile(path, func(kf *keyfile.KeyFile) error {
 		r := kf.Find(id)
 		if r == nil {
 			return fmt.Errorf("%w: %q is not in %s", keystore.ErrUnknownID, id, path)
@@ -360,7 +361,7 @@ func listCommand() *cobra.Command {
 		RunE: func(c *cobra.Command, _ []string) error {
 			path, _ := c.Flags().GetString("keys")
 			asJSON, _ := c.Flags().GetBool("json")
-			set, err := keystore.LoadFile(path)
+			set, err := keyfile.LoadFile(path)
 			if err != nil {
 				return err
 			}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 )
 
 // cli runs `caddy apikey ...` from the built binary.
@@ -252,7 +253,7 @@ func TestCLIConcurrentWritersLoseNothing(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	set, err := keystore.LoadFile(keyFile)
+	set, err := keyfile.LoadFile(keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 )
 
 // symlinkedKeyFile makes a key file in a folder of its own, with one key
@@ -35,7 +36,7 @@ func symlinkedKeyFile(t *testing.T) (link, target string) {
 // still a link.
 func checkNothingLost(t *testing.T, round int, link, target string, ids []string) {
 	t.Helper()
-	set, err := keystore.LoadFile(target)
+	set, err := keyfile.LoadFile(target)
 	if err != nil {
 		t.Fatalf("round %d: %v", round, err)
 	}
@@ -67,7 +68,7 @@ func TestSymlinkedKeyFileWritersTakeTurns(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		return keystore.EditKeyFile(path, func(kf *keystore.KeyFile) error {
+		return keyfile.EditKeyFile(path, func(kf *keyfile.KeyFile) error {
 			return kf.Add(keystore.Record{ID: id, Type: "dev", Role: "reader", Hash: keystore.Sum(k).Encode()})
 		})
 	}

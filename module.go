@@ -23,6 +23,7 @@ import (
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
 	"github.com/moodmnky/caddy-apikey/usage"
 )
@@ -347,7 +348,7 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 		h.auditKey = h.audit.Path()
 		// Whoever changes the key file (the commands, an editor, a
 		// deployment), the change is recorded: once per file and log.
-		if src, ok := h.source.(*keystore.FileSource); ok {
+		if src, ok := h.source.(*keyfile.FileSource); ok {
 			writer, file := h.audit, src.AbsPath()
 			h.unwatch = src.OnChange(writer.Path(), func(changes []keystore.Change) {
 				for _, c := range changes {

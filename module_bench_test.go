@@ -18,6 +18,7 @@ import (
 
 	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/keystore/keyservice"
 )
 
 // benchKeys makes n keys with a quota that benchmarks cannot use up.
@@ -173,7 +174,7 @@ func BenchmarkServeHTTPKeyServiceMiss(b *testing.B) {
 	}))
 	defer svc.Close()
 	h := benchHandler(b, `{"source": "http", "url": "`+svc.URL+`"}`, nil)
-	cache := h.source.(*keystore.HTTPSource).CacheOf()
+	cache := h.source.(*keyservice.HTTPSource).CacheOf()
 	req := benchRequest("/api/tags")
 	w := newDiscard()
 	auth := []string{"Bearer " + keys[0].secret}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 )
 
 // writeKeyFileAtomic replaces a key file the way the README asks writers
@@ -86,7 +87,7 @@ http://127.0.0.1:%[2]d {
 
 	// Both routes share one loaded copy and one watcher.
 	abs, _ := filepath.Abs(keyFile)
-	if refs, _ := keystore.FilePoolReferences(abs); refs != 2 {
+	if refs, _ := keyfile.FilePoolReferences(abs); refs != 2 {
 		t.Errorf("%d references to the key file, want 2 (one per route)", refs)
 	}
 

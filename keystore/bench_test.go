@@ -60,24 +60,6 @@ func BenchmarkSetLookup(b *testing.B) {
 	}
 }
 
-func BenchmarkCacheHit(b *testing.B) {
-	k, _ := Generate(Dev)
-	d := Sum(k)
-	key := &Key{ID: "k", Digest: d}
-	c, err := newCache(CacheConfig{}, func(context.Context, Digest) (Match, error) { return Match{Key: key}, nil }, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	c.Lookup(context.Background(), d)
-	b.ReportAllocs()
-	for b.Loop() {
-		if m, _ := c.Lookup(context.Background(), d); m.Key == nil {
-			b.Fatal("miss")
-		}
-	}
-}
-
 func BenchmarkPermitsCustom(b *testing.B) {
 	secret, _ := Generate(Dev)
 	k, err := Compile(Record{ID: "k", Hash: Sum(secret).Encode(), Role: "custom", Permissions: []string{"GET /api/tags", "POST /api/chat", "* /v1/*"}})

@@ -17,13 +17,15 @@ var observer atomic.Pointer[Observer]
 // SetObserver installs the observer for every source.
 func SetObserver(o *Observer) { observer.Store(o) }
 
-func observeCache(result string) {
+// ObserveCache reports a cache lookup's result to the observer.
+func ObserveCache(result string) {
 	if o := observer.Load(); o != nil && o.CacheResult != nil {
 		o.CacheResult(result)
 	}
 }
 
-func observeSourceError(source string) {
+// ObserveSourceError reports a source's failure to the observer.
+func ObserveSourceError(source string) {
 	if o := observer.Load(); o != nil && o.SourceError != nil {
 		o.SourceError(source)
 	}

@@ -358,6 +358,9 @@ func (k *Key) PermitsMethod(r *http.Request, method string) bool {
 	return false
 }
 
+// Record returns the record the key was compiled from.
+func (k *Key) Record() Record { return k.record }
+
 // Expired reports whether the key is past its expires_at at now.
 func (k *Key) Expired(now time.Time) bool {
 	return !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt)

@@ -25,6 +25,10 @@ type ClientLookup interface {
 	LookupFor(ctx context.Context, d Digest, client netip.Prefix) (Match, error)
 }
 
+// ErrUnavailable wraps every failure of a remote source: the key could not
+// be checked, which is not the same as the key being invalid.
+var ErrUnavailable = errors.New("key source unavailable")
+
 // ErrClientBusy refuses a lookup whose client already waits on as many
 // calls to the source as it may. It is the client's doing, not the
 // source's: not an ErrUnavailable.

@@ -60,12 +60,10 @@ type Page struct {
 
 // Errors a Store returns, to be told apart with errors.Is.
 var (
+	ErrUnknownID = errors.New("no key has this id")
 	ErrIDTaken   = errors.New("a key with this id already exists")
 	ErrHashTaken = errors.New("another key already answers to this hash")
 )
-
-// ErrUnknownID is declared with the key file's editing (edit.go); a Store
-// returns it for an id no record has.
 
 // PageOf cuts a page out of records sorted by id: for stores that hold all
 // their records at hand.

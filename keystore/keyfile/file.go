@@ -1,15 +1,13 @@
-package keystore
+package keyfile
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"strings"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -78,7 +76,7 @@ func (f *FileSource) Cleanup() error {
 
 // Lookup finds a key by digest in the current version of the file. A file
 // source never fails a lookup.
-func (f *FileSource) Lookup(_ context.Context, d Digest) (Match, error) {
+func (f *FileSource) Lookup(_ context.Context, d keystore.Digest) (keystore.Match, error) {
 	return f.keys.set.Load().Lookup(d), nil
 }
 
@@ -90,7 +88,7 @@ func (f *FileSource) Reload() { f.keys.check() }
 // loads. Registrations share a name (e.g. the audit log they write to), so
 // that routes using the same file and log record each change once. It
 // returns the function that lets go.
-func (f *FileSource) OnChange(name string, fn func([]Change)) (cancel func()) {
+func (f *FileSource) OnChange(name string, fn func([]keystore.Change)) (cancel func()) {
 	return f.keys.onChange(name, fn)
 }
 
@@ -98,7 +96,7 @@ func (f *FileSource) OnChange(name string, fn func([]Change)) (cancel func()) {
 func (f *FileSource) AbsPath() string { return f.keys.path }
 
 // Keys returns the keys of the current version of the file.
-func (f *FileSource) Keys() []*Key { return f.keys.set.Load().Keys() }
+func (f *FileSource) Keys() []*keystore.Key { return f.keys.set.Load().Keys() }
 
 // UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:
 //
@@ -119,7 +117,7 @@ func (f *FileSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // LoadFile reads and validates a key file.
-func LoadFile(path string) (*Set, error) {
+func LoadFile(path string) (*keystore.Set, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("key file %s: %w", path, err)
@@ -128,121 +126,17 @@ func LoadFile(path string) (*Set, error) {
 }
 
 // parseKeyFile validates a key file's content; errors name the file.
-func parseKeyFile(name string, data []byte) (*Set, error) {
-	set, err := ParseAndValidate(data)
+func parseKeyFile(name string, data []byte) (*keystore.Set, error) {
+	set, err := keystore.ParseAndValidate(data)
 	if err != nil {
 		return nil, fmt.Errorf("key file %s: %w", name, err)
 	}
 	return set, nil
 }
 
-// ParseRecords decodes a key file's JSON. Unknown fields are errors, so that
-// a misspelt "revoked" cannot leave a key working.
-func ParseRecords(data []byte) ([]Record, error) {
-	var doc struct {
-		Keys []json.RawMessage `json:"keys"`
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&doc); err != nil {
-		return nil, describeJSONError(data, err)
-	}
-	if dec.More() {
-		return nil, errors.New("unexpected data after the top-level object")
-	}
-	if doc.Keys == nil {
-		return nil, errors.New(`no "keys" array: want {"keys": [ ... ]}`)
-	}
-	records := make([]Record, len(doc.Keys))
-	for i, raw := range doc.Keys {
-		rec, err := DecodeRecord(raw)
-		if err != nil {
-			return nil, &RecordError{Index: i, ID: rec.ID, Err: err}
-		}
-		records[i] = rec
-	}
-	return records, nil
-}
-
-// DecodeRecord decodes one key record strictly: unknown fields and wrong
-// types are errors that name the field. On error the record's id is kept
-// when it could be read, for the message.
-func DecodeRecord(raw []byte) (Record, error) {
-	var rec Record
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&rec); err != nil {
-		var idOnly struct {
-			ID string `json:"id"`
-		}
-		_ = json.Unmarshal(raw, &idOnly)
-		return Record{ID: idOnly.ID}, describeRecordError(err)
-	}
-	if dec.More() {
-		return Record{ID: rec.ID}, errors.New("unexpected data after the record")
-	}
-	return rec, nil
-}
-
-func describeJSONError(data []byte, err error) error {
-	var syntax *json.SyntaxError
-	if errors.As(err, &syntax) {
-		line, col := position(data, syntax.Offset)
-		return fmt.Errorf("invalid JSON at line %d, column %d: %v", line, col, syntax)
-	}
-	var typ *json.UnmarshalTypeError
-	if errors.As(err, &typ) {
-		if typ.Field == "" {
-			return fmt.Errorf(`the file must hold one JSON object, {"keys": [ ... ]}, not %s`, typ.Value)
-		}
-		return fmt.Errorf("%q must be an array of key records, not %s", typ.Field, typ.Value)
-	}
-	if field, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return fmt.Errorf(`unknown top-level field %s: want {"keys": [ ... ]}`, field)
-	}
-	if errors.Is(err, io.EOF) {
-		return errors.New("the file is empty")
-	}
-	return fmt.Errorf("invalid JSON: %v", err)
-}
-
-func describeRecordError(err error) error {
-	var typ *json.UnmarshalTypeError
-	if errors.As(err, &typ) {
-		return &FieldError{Field: typ.Field, Err: fmt.Errorf("must be %s, not %s", jsonKind(typ.Type.String()), typ.Value)}
-	}
-	if field, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return &FieldError{Field: strings.Trim(field, `"`), Err: errors.New("unknown field")}
-	}
-	return err
-}
-
-func jsonKind(goType string) string {
-	switch {
-	case goType == "string":
-		return "a string"
-	case goType == "bool":
-		return "true or false"
-	case strings.HasPrefix(goType, "[]"):
-		return "an array"
-	}
-	return "an object"
-}
-
-// position turns a byte offset into a 1-based line and column.
-func position(data []byte, offset int64) (line, col int) {
-	if offset > int64(len(data)) {
-		offset = int64(len(data))
-	}
-	before := data[:offset]
-	line = bytes.Count(before, []byte("\n")) + 1
-	col = int(offset) - bytes.LastIndexByte(before, '\n')
-	return line, col
-}
-
 // Interface guards
 var (
-	_ Source                = (*FileSource)(nil)
+	_ keystore.Source       = (*FileSource)(nil)
 	_ caddy.Provisioner     = (*FileSource)(nil)
 	_ caddy.CleanerUpper    = (*FileSource)(nil)
 	_ caddyfile.Unmarshaler = (*FileSource)(nil)

@@ -1,4 +1,4 @@
-package keystore
+package keyfile
 
 import (
 	"crypto/sha256"
@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
 
 	"go.uber.org/zap"
 
@@ -27,7 +29,7 @@ var pollInterval = 500 * time.Millisecond
 type watchedFile struct {
 	name string // as configured, for messages
 	path string // absolute
-	set  atomic.Pointer[Set]
+	set  atomic.Pointer[keystore.Set]
 
 	mu    sync.Mutex // one check at a time: the watcher's, or an admin's
 	stamp fileStamp  // of the version last read, good or bad
@@ -134,13 +136,13 @@ func (w *watchedFile) check() {
 	w.stamp, w.sum, w.since = stamp, sum, time.Now()
 	set, err := parseKeyFile(w.name, data)
 	if err != nil {
-		observeSourceError("file")
+		keystore.ObserveSourceError("file")
 		fileLogger().Error("key file rejected; keeping the last good keys", zap.Error(err))
 		return
 	}
 	old := w.set.Swap(set)
 	fileLogger().Info("key file reloaded", zap.String("file", w.name), zap.Int("keys", set.Len()))
-	if changes := Diff(old, set); len(changes) > 0 {
+	if changes := keystore.Diff(old, set); len(changes) > 0 {
 		w.listenMu.Lock()
 		for _, l := range w.listeners {
 			l.fn(changes)
@@ -151,13 +153,13 @@ func (w *watchedFile) check() {
 
 // listener hears the changes of every new version of the file.
 type listener struct {
-	fn   func([]Change)
+	fn   func([]keystore.Change)
 	refs int
 }
 
 // onChange registers fn under name (the first registration of a name
 // wins; later ones only count), and returns the function that lets go.
-func (w *watchedFile) onChange(name string, fn func([]Change)) func() {
+func (w *watchedFile) onChange(name string, fn func([]keystore.Change)) func() {
 	w.listenMu.Lock()
 	defer w.listenMu.Unlock()
 	if w.listeners == nil {

@@ -1,4 +1,4 @@
-package keystore
+package keyservice
 
 import (
 	"bytes"
@@ -13,6 +13,9 @@ import (
 	"sort"
 	"sync/atomic"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/keystore/keycache"
 
 	"go.uber.org/zap"
 
@@ -56,8 +59,9 @@ type HTTPSource struct {
 	Headers http.Header `json:"headers,omitempty"`
 	// Timeout bounds one call. Default: 2s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
-	// Cache in front of the service. Defaults as documented on CacheConfig.
-	Cache *CacheConfig `json:"cache,omitempty"`
+	// Cache in front of the service. Defaults as documented on
+	// keycache.CacheConfig.
+	Cache *keycache.CacheConfig `json:"cache,omitempty"`
 
 	svc     *keyService
 	poolKey string
@@ -85,11 +89,11 @@ func (s *HTTPSource) Provision(caddy.Context) error {
 	if timeout < 0 {
 		return errors.New("keys http: timeout must be positive")
 	}
-	var cacheCfg CacheConfig
+	var cacheCfg keycache.CacheConfig
 	if s.Cache != nil {
 		cacheCfg = *s.Cache
 	}
-	cacheCfg, err = cacheCfg.withDefaults()
+	cacheCfg, err = cacheCfg.WithDefaults()
 	if err != nil {
 		return err
 	}
@@ -114,7 +118,7 @@ func (s *HTTPSource) Provision(caddy.Context) error {
 // identity names a configuration: routes with the same one share a cache.
 // It is built from the resolved headers (hashed), so a secret that changed
 // since the last load gets a new client.
-func identity(u string, headers http.Header, timeout time.Duration, c CacheConfig) string {
+func identity(u string, headers http.Header, timeout time.Duration, c keycache.CacheConfig) string {
 	h := sha256.New()
 	names := make([]string, 0, len(headers))
 	for name := range headers {
@@ -139,18 +143,18 @@ func (s *HTTPSource) Cleanup() error {
 }
 
 // Lookup answers from the cache, asking the service when it must.
-func (s *HTTPSource) Lookup(ctx context.Context, d Digest) (Match, error) {
+func (s *HTTPSource) Lookup(ctx context.Context, d keystore.Digest) (keystore.Match, error) {
 	return s.svc.cache.Lookup(ctx, d)
 }
 
 // LookupFor is Lookup on behalf of a client, bounding the calls it may
-// have waiting (see Cache.LookupFor).
-func (s *HTTPSource) LookupFor(ctx context.Context, d Digest, client netip.Prefix) (Match, error) {
+// have waiting (see keycache.Cache.LookupFor).
+func (s *HTTPSource) LookupFor(ctx context.Context, d keystore.Digest, client netip.Prefix) (keystore.Match, error) {
 	return s.svc.cache.LookupFor(ctx, d, client)
 }
 
 // CacheOf returns the cache in front of the service, for purges.
-func (s *HTTPSource) CacheOf() *Cache { return s.svc.cache }
+func (s *HTTPSource) CacheOf() *keycache.Cache { return s.svc.cache }
 
 // UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:
 //
@@ -203,13 +207,13 @@ type keyService struct {
 	url     string
 	headers http.Header
 	client  *http.Client
-	cache   *Cache
+	cache   *keycache.Cache
 
 	lastLogged atomic.Int64 // Unix nanoseconds
 	suppressed atomic.Int64
 }
 
-func newKeyService(u string, headers http.Header, timeout time.Duration, cfg CacheConfig) (*keyService, error) {
+func newKeyService(u string, headers http.Header, timeout time.Duration, cfg keycache.CacheConfig) (*keyService, error) {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 64
 	svc := &keyService{url: u, headers: headers, client: &http.Client{
@@ -220,7 +224,7 @@ func newKeyService(u string, headers http.Header, timeout time.Duration, cfg Cac
 		// and carry the headers to another host. It is a failure.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}}
-	cache, err := newCache(cfg, svc.fetch, nil, svc.logFailure)
+	cache, err := keycache.New(cfg, svc.fetch, nil, svc.logFailure)
 	if err != nil {
 		return nil, err
 	}
@@ -229,11 +233,11 @@ func newKeyService(u string, headers http.Header, timeout time.Duration, cfg Cac
 }
 
 // fetch makes one call to the service.
-func (s *keyService) fetch(ctx context.Context, d Digest) (Match, error) {
+func (s *keyService) fetch(ctx context.Context, d keystore.Digest) (keystore.Match, error) {
 	body := []byte(`{"hash":"` + d.Encode() + `"}`)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(body))
 	if err != nil {
-		return Match{}, err
+		return keystore.Match{}, err
 	}
 	for name, values := range s.headers {
 		req.Header[name] = values
@@ -242,42 +246,42 @@ func (s *keyService) fetch(ctx context.Context, d Digest) (Match, error) {
 	req.Header.Set("Accept", "application/json")
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return Match{}, redactURLError(err)
+		return keystore.Match{}, redactURLError(err)
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusNotFound:
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxRecordSize))
-		return Match{}, nil
+		return keystore.Match{}, nil
 	default:
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxRecordSize))
-		return Match{}, fmt.Errorf("key service answered %s", resp.Status)
+		return keystore.Match{}, fmt.Errorf("key service answered %s", resp.Status)
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxRecordSize+1))
 	if err != nil {
-		return Match{}, fmt.Errorf("reading the key service's answer: %w", err)
+		return keystore.Match{}, fmt.Errorf("reading the key service's answer: %w", err)
 	}
 	if len(data) > maxRecordSize {
-		return Match{}, fmt.Errorf("the key service's answer is over %d bytes", maxRecordSize)
+		return keystore.Match{}, fmt.Errorf("the key service's answer is over %d bytes", maxRecordSize)
 	}
-	rec, err := DecodeRecord(data)
+	rec, err := keystore.DecodeRecord(data)
 	if err != nil {
-		return Match{}, fmt.Errorf("the key service's record (id %q) is invalid: %w", rec.ID, err)
+		return keystore.Match{}, fmt.Errorf("the key service's record (id %q) is invalid: %w", rec.ID, err)
 	}
-	k, err := Compile(rec)
+	k, err := keystore.Compile(rec)
 	if err != nil {
-		return Match{}, fmt.Errorf("the key service's record (id %q) is invalid: %w", rec.ID, err)
+		return keystore.Match{}, fmt.Errorf("the key service's record (id %q) is invalid: %w", rec.ID, err)
 	}
 	if k.Digest.Equal(d) {
-		return Match{Key: k}, nil
+		return keystore.Match{Key: k}, nil
 	}
 	for i := range k.Previous {
 		if k.Previous[i].Digest.Equal(d) {
-			return Match{Key: k, Previous: &k.Previous[i]}, nil
+			return keystore.Match{Key: k, Previous: &k.Previous[i]}, nil
 		}
 	}
-	return Match{}, fmt.Errorf("the key service's record (id %q) does not answer to the hash asked about", rec.ID)
+	return keystore.Match{}, fmt.Errorf("the key service's record (id %q) does not answer to the hash asked about", rec.ID)
 }
 
 // safeURL is the URL without user info or query, which may hold secrets.
@@ -305,7 +309,7 @@ func redactURLError(err error) error {
 // logFailure logs a service failure at most once per interval, with how
 // many were not logged since.
 func (s *keyService) logFailure(err error) {
-	observeSourceError("http")
+	keystore.ObserveSourceError("http")
 	now := time.Now().UnixNano()
 	last := s.lastLogged.Load()
 	if now-last < int64(failureLogInterval) || !s.lastLogged.CompareAndSwap(last, now) {
@@ -325,7 +329,7 @@ func (s *keyService) Destruct() error {
 
 // Interface guards
 var (
-	_ Source                = (*HTTPSource)(nil)
+	_ keystore.Source       = (*HTTPSource)(nil)
 	_ caddy.Provisioner     = (*HTTPSource)(nil)
 	_ caddy.CleanerUpper    = (*HTTPSource)(nil)
 	_ caddyfile.Unmarshaler = (*HTTPSource)(nil)

@@ -1,4 +1,4 @@
-package keystore
+package keyservice
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"net/http/httptest"
 	"testing"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
 // TestHTTPSourceRedirectIsAFailure: a redirect must not be followed into a
@@ -28,9 +30,9 @@ func TestHTTPSourceRedirectIsAFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Cleanup()
-	k, _ := Generate(Dev)
-	m, err := s.Lookup(context.Background(), Sum(k))
-	if !errors.Is(err, ErrUnavailable) || m.Key != nil {
+	k, _ := keystore.Generate(keystore.Dev)
+	m, err := s.Lookup(context.Background(), keystore.Sum(k))
+	if !errors.Is(err, keystore.ErrUnavailable) || m.Key != nil {
 		t.Fatalf("a redirect gave %+v, %v; want ErrUnavailable", m, err)
 	}
 	if leaked {
@@ -47,9 +49,9 @@ func TestHTTPSourceConnectionRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Cleanup()
-	k, _ := Generate(Dev)
+	k, _ := keystore.Generate(keystore.Dev)
 	start := time.Now()
-	if _, err := s.Lookup(context.Background(), Sum(k)); !errors.Is(err, ErrUnavailable) {
+	if _, err := s.Lookup(context.Background(), keystore.Sum(k)); !errors.Is(err, keystore.ErrUnavailable) {
 		t.Fatalf("connection refused: %v", err)
 	}
 	if time.Since(start) > DefaultHTTPTimeout+time.Second {

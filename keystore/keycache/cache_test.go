@@ -1,4 +1,4 @@
-package keystore
+package keycache
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/keystore"
+
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -15,13 +17,13 @@ import (
 // use a real server): it knows some digests, can fail, and counts calls.
 type remote struct {
 	mu      sync.Mutex
-	known   map[Digest]*Key
+	known   map[keystore.Digest]*keystore.Key
 	failing bool
 	calls   atomic.Int64
 	delay   time.Duration
 }
 
-func (r *remote) fetch(ctx context.Context, d Digest) (Match, error) {
+func (r *remote) fetch(ctx context.Context, d keystore.Digest) (keystore.Match, error) {
 	r.calls.Add(1)
 	if r.delay > 0 {
 		time.Sleep(r.delay)
@@ -29,12 +31,12 @@ func (r *remote) fetch(ctx context.Context, d Digest) (Match, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.failing {
-		return Match{}, errors.New("service down")
+		return keystore.Match{}, errors.New("service down")
 	}
 	if k := r.known[d]; k != nil {
-		return Match{Key: k}, nil
+		return keystore.Match{Key: k}, nil
 	}
-	return Match{}, nil
+	return keystore.Match{}, nil
 }
 
 func (r *remote) set(fail bool) {
@@ -51,13 +53,13 @@ type clock struct {
 func (c *clock) now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 func (c *clock) advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
-func newTestCache(t *testing.T, cfg CacheConfig) (*Cache, *remote, *clock, Digest) {
+func newTestCache(t *testing.T, cfg CacheConfig) (*Cache, *remote, *clock, keystore.Digest) {
 	t.Helper()
-	key, _ := Generate(Dev)
-	d := Sum(key)
-	r := &remote{known: map[Digest]*Key{d: {ID: "k_known", Digest: d}}}
+	key, _ := keystore.Generate(keystore.Dev)
+	d := keystore.Sum(key)
+	r := &remote{known: map[keystore.Digest]*keystore.Key{d: {ID: "k_known", Digest: d}}}
 	c := &clock{t: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}
-	cache, err := newCache(cfg, r.fetch, c.now, nil)
+	cache, err := New(cfg, r.fetch, c.now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +96,7 @@ func TestCacheHitMissAndNegative(t *testing.T) {
 		t.Fatalf("fresh hits called the source: %d calls", r.calls.Load())
 	}
 
-	unknown := Sum("DEV_API_unknown")
+	unknown := keystore.Sum("DEV_API_unknown")
 	if m, err := cache.Lookup(ctx, unknown); m.Key != nil || err != nil {
 		t.Fatalf("unknown: %+v %v", m, err)
 	}
@@ -141,12 +143,12 @@ func TestCacheWhileSourceFails(t *testing.T) {
 		t.Fatalf("warm key during an outage: %v", err)
 	}
 	// Cold: another key has nothing to fall back on.
-	if _, err := cache.Lookup(ctx, Sum("DEV_API_cold")); !errors.Is(err, ErrUnavailable) {
+	if _, err := cache.Lookup(ctx, keystore.Sum("DEV_API_cold")); !errors.Is(err, keystore.ErrUnavailable) {
 		t.Fatalf("cold key during an outage: %v, want ErrUnavailable", err)
 	}
 	// Past stale, the known key is unavailable too: never "unknown".
 	clk.advance(time.Minute)
-	if m, err := cache.Lookup(ctx, d); !errors.Is(err, ErrUnavailable) || m.Key != nil {
+	if m, err := cache.Lookup(ctx, d); !errors.Is(err, keystore.ErrUnavailable) || m.Key != nil {
 		t.Fatalf("past stale: %+v %v", m, err)
 	}
 	// The service comes back.
@@ -207,10 +209,10 @@ func TestCacheBoundedUnderFlood(t *testing.T) {
 	cache, r, _, d := newTestCache(t, CacheConfig{MaxKeys: 1000})
 	ctx := context.Background()
 	cache.Lookup(ctx, d)
-	flood := make([]Digest, 20000)
+	flood := make([]keystore.Digest, 20000)
 	for i := range flood {
-		k, _ := Generate(Dev)
-		flood[i] = Sum(k)
+		k, _ := keystore.Generate(keystore.Dev)
+		flood[i] = keystore.Sum(k)
 		cache.Lookup(ctx, flood[i])
 	}
 	cache.unknown.Wait()
@@ -235,7 +237,7 @@ func TestCacheConfigChecks(t *testing.T) {
 		{TTL: caddy.Duration(time.Hour), Stale: caddy.Duration(time.Minute)},
 		{NegativeTTL: caddy.Duration(-time.Second)},
 	} {
-		if _, err := c.withDefaults(); err == nil {
+		if _, err := c.WithDefaults(); err == nil {
 			t.Errorf("%+v accepted", c)
 		}
 	}
@@ -253,8 +255,8 @@ func TestCacheBoundsCallsInFlight(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			k, _ := Generate(Dev)
-			if _, err := cache.Lookup(context.Background(), Sum(k)); errors.Is(err, ErrUnavailable) {
+			k, _ := keystore.Generate(keystore.Dev)
+			if _, err := cache.Lookup(context.Background(), keystore.Sum(k)); errors.Is(err, keystore.ErrUnavailable) {
 				unavailable.Add(1)
 			}
 		}()

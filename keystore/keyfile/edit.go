@@ -1,4 +1,4 @@
-package keystore
+package keyfile
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
 
 	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
 	"github.com/moodmnky/caddy-apikey/internal/flock"
@@ -30,9 +32,6 @@ type field struct {
 	name  string
 	value json.RawMessage
 }
-
-// ErrUnknownID is returned for an id no record has.
-var ErrUnknownID = errors.New("no key has this id")
 
 // EditKeyFile applies change to the key file at path under an exclusive
 // lock, so that two writers at the same moment both get their change in.
@@ -63,7 +62,7 @@ func EditKeyFile(path string, change func(*KeyFile) error) error {
 		if info, err := os.Stat(target); err == nil {
 			mode = info.Mode().Perm()
 		}
-		if _, err := ParseAndValidate(data); err != nil {
+		if _, err := keystore.ParseAndValidate(data); err != nil {
 			return fmt.Errorf("key file %s is invalid, so it was left as it is: %w", path, err)
 		}
 	}
@@ -78,19 +77,10 @@ func EditKeyFile(path string, change func(*KeyFile) error) error {
 	if err != nil {
 		return err
 	}
-	if _, err := ParseAndValidate(out); err != nil {
+	if _, err := keystore.ParseAndValidate(out); err != nil {
 		return fmt.Errorf("the change would make key file %s invalid, so it was not written: %w", path, err)
 	}
 	return atomicfile.WriteFile(target, out, mode)
-}
-
-// ParseAndValidate parses a key file's content and checks every record.
-func ParseAndValidate(data []byte) (*Set, error) {
-	records, err := ParseRecords(data)
-	if err != nil {
-		return nil, err
-	}
-	return NewSet(records)
 }
 
 // Find returns the record with the id, or nil.
@@ -105,7 +95,7 @@ func (kf *KeyFile) Find(id string) *RecordFields {
 }
 
 // Add appends a record.
-func (kf *KeyFile) Add(rec Record) error {
+func (kf *KeyFile) Add(rec keystore.Record) error {
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return err
@@ -129,12 +119,12 @@ func (r *RecordFields) Get(name string) json.RawMessage {
 }
 
 // Decode reads the whole record.
-func (r *RecordFields) Decode() (Record, error) {
+func (r *RecordFields) Decode() (keystore.Record, error) {
 	data, err := encodeObject(r.fields)
 	if err != nil {
-		return Record{}, err
+		return keystore.Record{}, err
 	}
-	return DecodeRecord(data)
+	return keystore.DecodeRecord(data)
 }
 
 // Set sets a field, in place if it exists, else at the end.

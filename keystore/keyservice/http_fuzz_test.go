@@ -1,4 +1,4 @@
-package keystore
+package keyservice
 
 import (
 	"bytes"
@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/keystore/keycache"
 )
 
 // answerTransport answers every call with 200 and the body it holds: the
@@ -53,27 +56,27 @@ func FuzzKeyServiceAnswer(f *testing.F) {
 		}
 	}
 
-	svc, err := newKeyService("http://keys.invalid/lookup", nil, time.Second, CacheConfig{MaxKeys: 16})
+	svc, err := newKeyService("http://keys.invalid/lookup", nil, time.Second, keycache.CacheConfig{MaxKeys: 16})
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { svc.Destruct() })
 	transport := &answerTransport{}
 	svc.client.Transport = transport
-	other := Sum("DEV_API_65sRIoVBVXlGsimi3Iw6fKseVy7x9r3JRZsl")
+	other := keystore.Sum("DEV_API_65sRIoVBVXlGsimi3Iw6fKseVy7x9r3JRZsl")
 
 	f.Fuzz(func(t *testing.T, body []byte, ask uint8) {
 		// The hash asked about: the record's own (ask 0), one of its
 		// previous ones (ask 1..), or one it does not hold.
-		var loose Record
+		var loose keystore.Record
 		json.Unmarshal(body, &loose)
 		d := other
 		if ask == 0 {
-			if got, err := ParseDigest(loose.Hash); err == nil {
+			if got, err := keystore.ParseDigest(loose.Hash); err == nil {
 				d = got
 			}
 		} else if n := len(loose.PreviousHashes); n > 0 {
-			if got, err := ParseDigest(loose.PreviousHashes[int(ask-1)%n].Hash); err == nil {
+			if got, err := keystore.ParseDigest(loose.PreviousHashes[int(ask-1)%n].Hash); err == nil {
 				d = got
 			}
 		}
@@ -113,14 +116,14 @@ func FuzzKeyServiceAnswer(f *testing.F) {
 		// What the service may answer is what a key file may hold. Known
 		// exception, left to the key service's owner: one previous hash
 		// listed twice is refused in a key file and accepted from a service.
-		seen := map[Digest]bool{}
+		seen := map[keystore.Digest]bool{}
 		for _, p := range k.Previous {
 			if seen[p.Digest] {
 				return
 			}
 			seen[p.Digest] = true
 		}
-		set, err := parseKeyFile("answer", append(append([]byte(`{"keys": [`), body...), "]}"...))
+		set, err := keystore.ParseAndValidate(append(append([]byte(`{"keys": [`), body...), "]}"...))
 		if err != nil {
 			t.Fatalf("key %q was accepted from the service, and a key file would refuse it: %v", k.ID, err)
 		}

@@ -1,10 +1,12 @@
-package keystore
+package keyfile
 
 import (
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
 // TestWatcherSettlesOnAFutureModTime: a key file whose modification time is
@@ -13,9 +15,9 @@ import (
 // later change is still picked up, and so is a same-size rewrite right
 // after it that keeps the same (future) modification time.
 func TestWatcherSettlesOnAFutureModTime(t *testing.T) {
-	a, aHash := hashOf(t, Dev)
-	b, bHash := hashOf(t, Dev)
-	c, cHash := hashOf(t, Dev)
+	a, aHash := hashOf(t, keystore.Dev)
+	b, bHash := hashOf(t, keystore.Dev)
+	c, cHash := hashOf(t, keystore.Dev)
 	path := filepath.Join(t.TempDir(), "keys.json")
 	future := time.Now().Add(time.Hour).Truncate(time.Second)
 	write := func(content string, mtime time.Time) {
@@ -53,7 +55,7 @@ func TestWatcherSettlesOnAFutureModTime(t *testing.T) {
 		return reads() - before
 	}
 	has := func(key string) bool {
-		m := w.set.Load().Lookup(Sum(key))
+		m := w.set.Load().Lookup(keystore.Sum(key))
 		return m.Key != nil
 	}
 

@@ -1,4 +1,4 @@
-package keystore
+package keyfile
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
 func writeFile(t *testing.T, content string) string {
@@ -20,9 +22,9 @@ func writeFile(t *testing.T, content string) string {
 }
 
 func TestLoadFileAndLookup(t *testing.T) {
-	cur, curHash := hashOf(t, Dev)
-	old, oldHash := hashOf(t, Dev)
-	other, _ := hashOf(t, Prod)
+	cur, curHash := hashOf(t, keystore.Dev)
+	old, oldHash := hashOf(t, keystore.Dev)
+	other, _ := hashOf(t, keystore.Prod)
 	path := writeFile(t, `{"keys": [
 		{"id": "k_one", "name": "One", "hash": "`+curHash+`", "role": "writer", "services": ["ollama"],
 		 "previous_hashes": [{"hash": "`+oldHash+`", "valid_until": "2030-01-01T00:00:00Z"}]}
@@ -32,18 +34,18 @@ func TestLoadFileAndLookup(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fs.Cleanup() })
-	m, err := fs.Lookup(context.Background(), Sum(cur))
+	m, err := fs.Lookup(context.Background(), keystore.Sum(cur))
 	if err != nil || m.Key == nil || m.Key.ID != "k_one" || m.Previous != nil {
 		t.Fatalf("current key: %+v, %v", m, err)
 	}
-	m, _ = fs.Lookup(context.Background(), Sum(old))
+	m, _ = fs.Lookup(context.Background(), keystore.Sum(old))
 	if m.Key == nil || m.Key.ID != "k_one" || m.Previous == nil {
 		t.Fatalf("previous key: %+v", m)
 	}
 	if !m.Previous.ValidUntil.Equal(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)) {
 		t.Errorf("valid_until = %v", m.Previous.ValidUntil)
 	}
-	if m, _ := fs.Lookup(context.Background(), Sum(other)); m.Key != nil {
+	if m, _ := fs.Lookup(context.Background(), keystore.Sum(other)); m.Key != nil {
 		t.Fatal("an unknown key matched")
 	}
 	if len(fs.Keys()) != 1 {
@@ -54,8 +56,8 @@ func TestLoadFileAndLookup(t *testing.T) {
 // TestLoadFileErrors checks that a bad key file fails with a message that
 // names the file, the record and the field.
 func TestLoadFileErrors(t *testing.T) {
-	_, h1 := hashOf(t, Dev)
-	_, h2 := hashOf(t, Dev)
+	_, h1 := hashOf(t, keystore.Dev)
+	_, h2 := hashOf(t, keystore.Dev)
 	rec := func(id, hash, extra string) string {
 		return `{"id": "` + id + `", "hash": "` + hash + `", "role": "reader"` + extra + `}`
 	}
@@ -107,8 +109,8 @@ func TestLoadFileErrors(t *testing.T) {
 // TestWatcherSeesSameSizeRewrite: an in-place rewrite of the same size
 // within one tick of the filesystem clock is still seen.
 func TestWatcherSeesSameSizeRewrite(t *testing.T) {
-	a, aHash := hashOf(t, Dev)
-	b, bHash := hashOf(t, Dev)
+	a, aHash := hashOf(t, keystore.Dev)
+	b, bHash := hashOf(t, keystore.Dev)
 	path := writeFile(t, `{"keys": [{"id": "k_one", "hash": "`+aHash+`", "role": "reader"}]}`)
 	info, _ := os.Stat(path)
 	fs := &FileSource{Path: path}
@@ -123,42 +125,42 @@ func TestWatcherSeesSameSizeRewrite(t *testing.T) {
 	}
 	os.Chtimes(path, info.ModTime(), info.ModTime())
 	fs.Reload()
-	if m, _ := fs.Lookup(context.Background(), Sum(b)); m.Key == nil {
+	if m, _ := fs.Lookup(context.Background(), keystore.Sum(b)); m.Key == nil {
 		t.Fatal("the same-size rewrite was missed")
 	}
-	if m, _ := fs.Lookup(context.Background(), Sum(a)); m.Key != nil {
+	if m, _ := fs.Lookup(context.Background(), keystore.Sum(a)); m.Key != nil {
 		t.Fatal("the old version is still in force")
 	}
 }
 
 func TestDiff(t *testing.T) {
-	mk := func(recs ...Record) *Set {
-		s, err := NewSet(recs)
+	mk := func(recs ...keystore.Record) *keystore.Set {
+		s, err := keystore.NewSet(recs)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return s
 	}
-	_, h1 := hashOf(t, Dev)
-	_, h2 := hashOf(t, Dev)
-	_, h3 := hashOf(t, Dev)
-	_, h4 := hashOf(t, Dev)
+	_, h1 := hashOf(t, keystore.Dev)
+	_, h2 := hashOf(t, keystore.Dev)
+	_, h3 := hashOf(t, keystore.Dev)
+	_, h4 := hashOf(t, keystore.Dev)
 	old := mk(
-		Record{ID: "k_same", Hash: h1, Role: "reader"},
-		Record{ID: "k_revoke", Hash: h2, Role: "reader"},
-		Record{ID: "k_gone", Hash: h3, Role: "reader"},
+		keystore.Record{ID: "k_same", Hash: h1, Role: "reader"},
+		keystore.Record{ID: "k_revoke", Hash: h2, Role: "reader"},
+		keystore.Record{ID: "k_gone", Hash: h3, Role: "reader"},
 	)
 	next := mk(
-		Record{ID: "k_same", Hash: h4, Role: "writer"},
-		Record{ID: "k_revoke", Hash: h2, Role: "reader", Revoked: true},
-		Record{ID: "k_new", Hash: h3, Role: "reader"},
+		keystore.Record{ID: "k_same", Hash: h4, Role: "writer"},
+		keystore.Record{ID: "k_revoke", Hash: h2, Role: "reader", Revoked: true},
+		keystore.Record{ID: "k_new", Hash: h3, Role: "reader"},
 	)
-	got := fmt.Sprint(Diff(old, next))
+	got := fmt.Sprint(keystore.Diff(old, next))
 	want := "[{key.removed k_gone} {key.created k_new} {key.revoked k_revoke} {key.rotated k_same} {key.updated k_same}]"
 	if got != want {
 		t.Errorf("Diff = %s\nwant   %s", got, want)
 	}
-	if len(Diff(next, next)) != 0 {
+	if len(keystore.Diff(next, next)) != 0 {
 		t.Error("a set differs from itself")
 	}
 }

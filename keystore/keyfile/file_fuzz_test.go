@@ -1,4 +1,4 @@
-package keystore
+package keyfile
 
 import (
 	"encoding/json"
@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
 var (
@@ -32,7 +34,7 @@ func hashesOnlyInHashFields(input string) bool {
 // records, written out again, load to the same keys. A file that does not
 // load fails with an error that names the file and never repeats a hash.
 func FuzzKeyFile(f *testing.F) {
-	if data, err := os.ReadFile("../examples/keys.json"); err == nil {
+	if data, err := os.ReadFile("../../examples/keys.json"); err == nil {
 		f.Add(data)
 	}
 	for _, s := range []string{
@@ -73,15 +75,15 @@ func FuzzKeyFile(f *testing.F) {
 		checkSet(t, set)
 
 		// Written out again, the records load to the same keys.
-		records := make([]Record, 0, set.Len())
+		records := make([]keystore.Record, 0, set.Len())
 		for _, k := range set.Keys() {
-			records = append(records, k.record)
+			records = append(records, k.Record())
 		}
 		again, err := json.Marshal(map[string]any{"keys": records})
 		if err != nil {
 			t.Fatal(err)
 		}
-		set2, err := ParseAndValidate(again)
+		set2, err := keystore.ParseAndValidate(again)
 		if err != nil {
 			t.Fatalf("the loaded records, written out again, do not load: %v", err)
 		}
@@ -100,22 +102,22 @@ func FuzzKeyFile(f *testing.F) {
 }
 
 // checkSet asserts what every loaded key file guarantees.
-func checkSet(t *testing.T, set *Set) {
+func checkSet(t *testing.T, set *keystore.Set) {
 	t.Helper()
 	ids := map[string]bool{}
-	digests := map[Digest]string{}
+	digests := map[keystore.Digest]string{}
 	for _, k := range set.Keys() {
-		if strings.TrimSpace(k.ID) == "" || HasKnownPrefix(k.ID) {
+		if strings.TrimSpace(k.ID) == "" || keystore.HasKnownPrefix(k.ID) {
 			t.Fatalf("loaded a key with the id %q", k.ID)
 		}
 		if ids[k.ID] {
 			t.Fatalf("two keys have the id %q", k.ID)
 		}
 		ids[k.ID] = true
-		if k.Role < Reader || k.Role > Custom || k.Type > Prod {
+		if k.Role < keystore.Reader || k.Role > keystore.Custom || k.Type > keystore.Prod {
 			t.Fatalf("key %q: role %d, type %d", k.ID, k.Role, k.Type)
 		}
-		if k.Role == Custom && len(k.permissions) == 0 {
+		if k.Role == keystore.Custom && len(k.Record().Permissions) == 0 {
 			t.Fatalf("key %q: custom without permissions", k.ID)
 		}
 		if k.HasQuota && k.QuotaPerDay < 0 {

@@ -1,4 +1,4 @@
-package keystore
+package keycache
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/dgraph-io/ristretto/v2"
@@ -37,8 +39,8 @@ const (
 	DefaultCacheStale       = time.Hour
 )
 
-// withDefaults fills unset fields and checks the rest.
-func (c CacheConfig) withDefaults() (CacheConfig, error) {
+// WithDefaults fills unset fields and checks the rest.
+func (c CacheConfig) WithDefaults() (CacheConfig, error) {
 	if c.MaxKeys == 0 {
 		c.MaxKeys = DefaultCacheMaxKeys
 	}
@@ -62,13 +64,9 @@ func (c CacheConfig) withDefaults() (CacheConfig, error) {
 	return c, nil
 }
 
-// ErrUnavailable wraps every failure of a remote source: the key could not
-// be checked, which is not the same as the key being invalid.
-var ErrUnavailable = errors.New("key source unavailable")
-
 // fetchFunc asks the remote source about one digest. A zero Match and a nil
 // error mean the source does not know the key.
-type fetchFunc func(ctx context.Context, d Digest) (Match, error)
+type fetchFunc func(ctx context.Context, d keystore.Digest) (keystore.Match, error)
 
 // maxConcurrentFetches bounds the calls a cache makes to its source at once:
 // past it a miss fails at once (503) rather than opening yet another
@@ -85,28 +83,28 @@ const maxClientFetches = 8
 // holds no more than the requests in flight.
 type clientFlights struct {
 	mu sync.Mutex
-	m  map[netip.Prefix]map[Digest]int
+	m  map[netip.Prefix]map[keystore.Digest]int
 }
 
-func (f *clientFlights) enter(client netip.Prefix, d Digest) bool {
+func (f *clientFlights) enter(client netip.Prefix, d keystore.Digest) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.m == nil {
-		f.m = map[netip.Prefix]map[Digest]int{}
+		f.m = map[netip.Prefix]map[keystore.Digest]int{}
 	}
 	waits := f.m[client]
 	if waits[d] == 0 && len(waits) >= maxClientFetches {
 		return false
 	}
 	if waits == nil {
-		waits = map[Digest]int{}
+		waits = map[keystore.Digest]int{}
 		f.m[client] = waits
 	}
 	waits[d]++
 	return true
 }
 
-func (f *clientFlights) leave(client netip.Prefix, d Digest) {
+func (f *clientFlights) leave(client netip.Prefix, d keystore.Digest) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	waits := f.m[client]
@@ -158,15 +156,17 @@ type Cache struct {
 }
 
 type cacheEntry struct {
-	digest  Digest
-	match   Match // zero for an unknown key
-	fetched int64 // clock reading of the fetch that produced it
+	digest  keystore.Digest
+	match   keystore.Match // zero for an unknown key
+	fetched int64          // clock reading of the fetch that produced it
 	// refreshAfter holds background refreshes off after one failed.
 	refreshAfter atomic.Int64
 }
 
-func newCache(cfg CacheConfig, fetch fetchFunc, now func() time.Time, onError func(error)) (*Cache, error) {
-	cfg, err := cfg.withDefaults()
+// New returns a cache in front of fetch. now is the clock (nil: time.Now);
+// onError hears every failed fetch.
+func New(cfg CacheConfig, fetch fetchFunc, now func() time.Time, onError func(error)) (*Cache, error) {
+	cfg, err := cfg.WithDefaults()
 	if err != nil {
 		return nil, err
 	}
@@ -207,13 +207,13 @@ func newCache(cfg CacheConfig, fetch fetchFunc, now func() time.Time, onError fu
 // wall clock that steps back cannot make old answers look fresh.
 func (c *Cache) clock() int64 { return int64(c.now().Sub(c.epoch)) }
 
-func cacheKey(d Digest) uint64 {
+func cacheKey(d keystore.Digest) uint64 {
 	return uint64(d[0]) | uint64(d[1])<<8 | uint64(d[2])<<16 | uint64(d[3])<<24 |
 		uint64(d[4])<<32 | uint64(d[5])<<40 | uint64(d[6])<<48 | uint64(d[7])<<56
 }
 
 // get returns the entry for d, or nil when there is none or it was purged.
-func (c *Cache) get(d Digest) *cacheEntry {
+func (c *Cache) get(d keystore.Digest) *cacheEntry {
 	k := cacheKey(d)
 	e, ok := c.known.Get(k)
 	if !ok {
@@ -234,7 +234,7 @@ func (c *Cache) get(d Digest) *cacheEntry {
 
 // Lookup answers from the cache when it can. A failing source shows as an
 // error wrapping ErrUnavailable, never as an unknown key.
-func (c *Cache) Lookup(ctx context.Context, d Digest) (Match, error) {
+func (c *Cache) Lookup(ctx context.Context, d keystore.Digest) (keystore.Match, error) {
 	if m, ok := c.cached(d); ok {
 		return m, nil
 	}
@@ -245,60 +245,60 @@ func (c *Cache) Lookup(ctx context.Context, d Digest) (Match, error) {
 // maxClientFetches distinct calls at once; past that it gets ErrClientBusy
 // without a call. Requests for a digest the client already waits on join
 // that call and take no new place.
-func (c *Cache) LookupFor(ctx context.Context, d Digest, client netip.Prefix) (Match, error) {
+func (c *Cache) LookupFor(ctx context.Context, d keystore.Digest, client netip.Prefix) (keystore.Match, error) {
 	if m, ok := c.cached(d); ok {
 		return m, nil
 	}
 	if !c.flights.enter(client, d) {
-		return Match{}, ErrClientBusy
+		return keystore.Match{}, keystore.ErrClientBusy
 	}
 	defer c.flights.leave(client, d)
 	return c.miss(ctx, d)
 }
 
 // cached answers from the cache, if it holds a usable answer.
-func (c *Cache) cached(d Digest) (Match, bool) {
+func (c *Cache) cached(d keystore.Digest) (keystore.Match, bool) {
 	if e := c.get(d); e != nil {
 		now := c.clock()
 		age := time.Duration(now - e.fetched)
 		switch {
 		case e.match.Key == nil && age < time.Duration(c.cfg.NegativeTTL):
-			observeCache("negative_hit")
-			return Match{}, true
+			keystore.ObserveCache("negative_hit")
+			return keystore.Match{}, true
 		case e.match.Key != nil && age < time.Duration(c.cfg.TTL):
-			observeCache("hit")
+			keystore.ObserveCache("hit")
 			return e.match, true
 		case e.match.Key != nil && age < time.Duration(c.cfg.Stale):
 			// Stale while revalidate: answer now, refresh once behind.
-			observeCache("stale")
+			keystore.ObserveCache("stale")
 			if now >= e.refreshAfter.Load() {
 				c.refresh(d, e)
 			}
 			return e.match, true
 		}
 	}
-	return Match{}, false
+	return keystore.Match{}, false
 }
 
 // miss asks the source, joining a call for d that is already in flight.
-func (c *Cache) miss(ctx context.Context, d Digest) (Match, error) {
-	observeCache("miss")
+func (c *Cache) miss(ctx context.Context, d keystore.Digest) (keystore.Match, error) {
+	keystore.ObserveCache("miss")
 	ch := c.calls.DoChan(string(d[:]), func() (any, error) { return c.fetchAndStore(d) })
 	select {
 	case res := <-ch:
 		if res.Err != nil {
 			// A known key whose entry is past stale has nothing left to give.
-			return Match{}, res.Err
+			return keystore.Match{}, res.Err
 		}
-		return res.Val.(Match), nil
+		return res.Val.(keystore.Match), nil
 	case <-ctx.Done():
-		return Match{}, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+		return keystore.Match{}, fmt.Errorf("%w: %v", keystore.ErrUnavailable, ctx.Err())
 	}
 }
 
 // refresh starts one background fetch for d unless one is running; after a
 // failure the entry waits refreshBackoff before the next try.
-func (c *Cache) refresh(d Digest, e *cacheEntry) {
+func (c *Cache) refresh(d keystore.Digest, e *cacheEntry) {
 	c.calls.DoChan(string(d[:]), func() (any, error) {
 		m, err := c.fetchAndStore(d)
 		if err != nil {
@@ -308,23 +308,23 @@ func (c *Cache) refresh(d Digest, e *cacheEntry) {
 	})
 }
 
-var errTooManyFetches = fmt.Errorf("%w: too many calls to the key source in flight", ErrUnavailable)
+var errTooManyFetches = fmt.Errorf("%w: too many calls to the key source in flight", keystore.ErrUnavailable)
 
 // fetchAndStore asks the source and remembers the answer. On failure the
 // old entry is left alone, so a known key keeps working until it is stale.
-func (c *Cache) fetchAndStore(d Digest) (Match, error) {
+func (c *Cache) fetchAndStore(d keystore.Digest) (keystore.Match, error) {
 	select {
 	case c.slots <- struct{}{}:
 		defer func() { <-c.slots }()
 	default:
-		return Match{}, errTooManyFetches
+		return keystore.Match{}, errTooManyFetches
 	}
 	started := c.clock()
 	m, err := c.fetch(c.background, d)
 	if err != nil {
-		err = fmt.Errorf("%w: %v", ErrUnavailable, err)
+		err = fmt.Errorf("%w: %v", keystore.ErrUnavailable, err)
 		c.onError(err)
-		return Match{}, err
+		return keystore.Match{}, err
 	}
 	c.closing.RLock()
 	defer c.closing.RUnlock()
