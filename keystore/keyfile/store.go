@@ -1,0 +1,210 @@
+package keyfile
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"sort"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+// Store is the key file as a keystore.Store: every change takes the file's
+// lock, is checked, and is written atomically, keeping the fields and the
+// order of what it does not touch.
+type Store struct {
+	// Path of the key file.
+	Path string
+}
+
+// NewStore returns the store of the key file at path.
+func NewStore(path string) *Store { return &Store{Path: path} }
+
+// Describe names the store: the file's path.
+func (s *Store) Describe() string { return s.Path }
+
+// Close does nothing: the store holds nothing open between changes.
+func (s *Store) Close() error { return nil }
+
+// Create adds rec to the file.
+func (s *Store) Create(_ context.Context, rec keystore.Record) error {
+	if _, err := keystore.Compile(rec); err != nil {
+		return fmt.Errorf("the new record is invalid: %w", err)
+	}
+	return EditKeyFile(s.Path, func(kf *KeyFile) error {
+		if kf.Find(rec.ID) != nil {
+			return fmt.Errorf("%w: %q is in %s", keystore.ErrIDTaken, rec.ID, s.Path)
+		}
+		if taken, err := kf.answersTo(rec); err != nil || taken != "" {
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("%w: key %q", keystore.ErrHashTaken, taken)
+		}
+		return kf.Add(rec)
+	})
+}
+
+// Update changes the record with id in the file.
+func (s *Store) Update(_ context.Context, id string, change func(*keystore.Record) error) (keystore.Record, error) {
+	var written keystore.Record
+	err := EditKeyFile(s.Path, func(kf *KeyFile) error {
+		r := kf.Find(id)
+		if r == nil {
+			return fmt.Errorf("%w: %q is not in %s", keystore.ErrUnknownID, id, s.Path)
+		}
+		before, err := r.Decode()
+		if err != nil {
+			return err
+		}
+		after := before
+		after.Services = append([]string(nil), before.Services...)
+		after.Permissions = append([]string(nil), before.Permissions...)
+		after.AllowedIPs = append([]string(nil), before.AllowedIPs...)
+		after.PreviousHashes = append([]keystore.PreviousHash(nil), before.PreviousHashes...)
+		if err := change(&after); err != nil {
+			return err
+		}
+		if after.ID != id {
+			return errors.New("a key's id cannot change")
+		}
+		if err := r.setChanged(before, after); err != nil {
+			return err
+		}
+		written = after
+		return nil
+	})
+	return written, err
+}
+
+// Get returns the record with id.
+func (s *Store) Get(_ context.Context, id string) (keystore.Record, error) {
+	records, err := s.records()
+	if err != nil {
+		return keystore.Record{}, err
+	}
+	for _, r := range records {
+		if r.ID == id {
+			return r, nil
+		}
+	}
+	return keystore.Record{}, fmt.Errorf("%w: %q is not in %s", keystore.ErrUnknownID, id, s.Path)
+}
+
+// List returns a page of the file's records, in id order.
+func (s *Store) List(_ context.Context, q keystore.ListQuery) (keystore.Page, error) {
+	records, err := s.records()
+	if err != nil {
+		return keystore.Page{}, err
+	}
+	sort.Slice(records, func(i, j int) bool { return records[i].ID < records[j].ID })
+	return keystore.PageOf(records, q), nil
+}
+
+// records reads the file; a missing file holds none.
+func (s *Store) records() ([]keystore.Record, error) {
+	data, err := os.ReadFile(s.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %w", s.Path, err)
+	}
+	records, err := keystore.ParseRecords(data)
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %w", s.Path, err)
+	}
+	return records, nil
+}
+
+// answersTo returns the id of a record that answers to one of rec's
+// hashes, or "".
+func (kf *KeyFile) answersTo(rec keystore.Record) (string, error) {
+	hashes := map[string]bool{rec.Hash: true}
+	for _, p := range rec.PreviousHashes {
+		hashes[p.Hash] = true
+	}
+	for _, r := range kf.Records {
+		other, err := r.Decode()
+		if err != nil {
+			return "", err
+		}
+		if hashes[other.Hash] {
+			return other.ID, nil
+		}
+		for _, p := range other.PreviousHashes {
+			if hashes[p.Hash] {
+				return other.ID, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// setChanged writes the fields in which after differs from before, in
+// place, and removes those after leaves out; the others stay as they are,
+// in their order.
+func (r *RecordFields) setChanged(before, after keystore.Record) error {
+	old, err := fieldsOf(before)
+	if err != nil {
+		return err
+	}
+	next, err := fieldsOf(after)
+	if err != nil {
+		return err
+	}
+	for _, f := range next {
+		if prev, ok := lookupField(old, f.name); !ok || !bytes.Equal(prev, f.value) {
+			r.setRaw(f.name, f.value)
+		}
+	}
+	for _, f := range old {
+		if _, ok := lookupField(next, f.name); !ok {
+			r.remove(f.name)
+		}
+	}
+	return nil
+}
+
+func fieldsOf(rec keystore.Record) ([]field, error) {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	return parseObject(data)
+}
+
+func lookupField(fields []field, name string) (json.RawMessage, bool) {
+	for _, f := range fields {
+		if f.name == name {
+			return f.value, true
+		}
+	}
+	return nil, false
+}
+
+func (r *RecordFields) setRaw(name string, value json.RawMessage) {
+	for i := range r.fields {
+		if r.fields[i].name == name {
+			r.fields[i].value = value
+			return
+		}
+	}
+	r.fields = append(r.fields, field{name: name, value: value})
+}
+
+func (r *RecordFields) remove(name string) {
+	for i := range r.fields {
+		if r.fields[i].name == name {
+			r.fields = append(r.fields[:i], r.fields[i+1:]...)
+			return
+		}
+	}
+}
+
+// Interface guard
+var _ keystore.Store = (*Store)(nil)

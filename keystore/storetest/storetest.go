@@ -1,0 +1,178 @@
+// Package storetest checks that a keystore.Store keeps the contract: every
+// implementation runs the same tests.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+// record makes a valid record with a fresh key.
+func record(t *testing.T, id, owner string) keystore.Record {
+	t.Helper()
+	key, err := keystore.Generate(keystore.Dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keystore.Record{ID: id, Hash: keystore.Sum(key).Encode(), Type: "dev", Role: "reader",
+		Services: []string{"ollama"}, Owner: owner}
+}
+
+// Run checks the contract on stores from open, each one new and empty.
+func Run(t *testing.T, open func(t *testing.T) keystore.Store) {
+	ctx := context.Background()
+
+	t.Run("create get update", func(t *testing.T) {
+		s := open(t)
+		rec := record(t, "k_one", "alice")
+		if err := s.Create(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Get(ctx, "k_one")
+		if err != nil || got.Hash != rec.Hash || got.Owner != "alice" || got.Role != "reader" {
+			t.Fatalf("get: %+v, %v", got, err)
+		}
+		written, err := s.Update(ctx, "k_one", func(r *keystore.Record) error {
+			r.Role = "writer"
+			r.Revoked = true
+			return nil
+		})
+		if err != nil || written.Role != "writer" || !written.Revoked {
+			t.Fatalf("update: %+v, %v", written, err)
+		}
+		if got, _ := s.Get(ctx, "k_one"); got.Role != "writer" || !got.Revoked || got.Services[0] != "ollama" {
+			t.Fatalf("after update: %+v", got)
+		}
+	})
+
+	t.Run("refusals leave the store as it was", func(t *testing.T) {
+		s := open(t)
+		rec := record(t, "k_one", "")
+		if err := s.Create(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Create(ctx, record(t, "k_one", "")); !errors.Is(err, keystore.ErrIDTaken) {
+			t.Errorf("same id: %v", err)
+		}
+		dup := record(t, "k_two", "")
+		dup.Hash = rec.Hash
+		if err := s.Create(ctx, dup); !errors.Is(err, keystore.ErrHashTaken) {
+			t.Errorf("same hash: %v", err)
+		}
+		bad := record(t, "k_bad", "")
+		bad.Role = "superuser"
+		if err := s.Create(ctx, bad); err == nil {
+			t.Error("an invalid record was created")
+		}
+		if _, err := s.Update(ctx, "k_none", func(*keystore.Record) error { return nil }); !errors.Is(err, keystore.ErrUnknownID) {
+			t.Errorf("unknown id: %v", err)
+		}
+		if _, err := s.Update(ctx, "k_one", func(r *keystore.Record) error { r.Role = "root"; return nil }); err == nil {
+			t.Error("an update to an invalid record was written")
+		}
+		if _, err := s.Update(ctx, "k_one", func(r *keystore.Record) error { r.Role = "admin"; return errors.New("changed my mind") }); err == nil {
+			t.Error("a failed change was reported as written")
+		}
+		page, err := s.List(ctx, keystore.ListQuery{})
+		if err != nil || len(page.Records) != 1 || page.Records[0].Role != "reader" {
+			t.Errorf("after refusals: %+v, %v", page.Records, err)
+		}
+		if _, err := s.Get(ctx, "k_two"); !errors.Is(err, keystore.ErrUnknownID) {
+			t.Errorf("get unknown: %v", err)
+		}
+	})
+
+	t.Run("rotation moves the hash", func(t *testing.T) {
+		s := open(t)
+		rec := record(t, "k_rot", "")
+		if err := s.Create(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		next := record(t, "k_rot", "")
+		if _, err := s.Update(ctx, "k_rot", func(r *keystore.Record) error {
+			r.PreviousHashes = []keystore.PreviousHash{{Hash: r.Hash, ValidUntil: "2099-01-01T00:00:00Z"}}
+			r.Hash = next.Hash
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// The old hash still belongs to k_rot: no other key may take it.
+		other := record(t, "k_other", "")
+		other.Hash = rec.Hash
+		if err := s.Create(ctx, other); !errors.Is(err, keystore.ErrHashTaken) {
+			t.Errorf("an old secret's hash was given to another key: %v", err)
+		}
+	})
+
+	t.Run("pages and owners", func(t *testing.T) {
+		s := open(t)
+		for i := range 25 {
+			owner := "alice"
+			if i%5 == 0 {
+				owner = "bob"
+			}
+			if err := s.Create(ctx, record(t, fmt.Sprintf("k_%02d", i), owner)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var ids []string
+		q := keystore.ListQuery{Limit: 10}
+		for pages := 1; ; pages++ {
+			page, err := s.List(ctx, q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range page.Records {
+				ids = append(ids, r.ID)
+			}
+			if page.Next == "" {
+				if pages != 3 {
+					t.Errorf("%d pages of 10 for 25 records", pages)
+				}
+				break
+			}
+			q.After = page.Next
+		}
+		if len(ids) != 25 || ids[0] != "k_00" || ids[24] != "k_24" {
+			t.Errorf("listed %v", ids)
+		}
+		page, err := s.List(ctx, keystore.ListQuery{Owner: "bob"})
+		if err != nil || len(page.Records) != 5 {
+			t.Fatalf("bob's keys: %d, %v", len(page.Records), err)
+		}
+		for _, r := range page.Records {
+			if r.Owner != "bob" {
+				t.Errorf("bob's page holds %s of %s", r.ID, r.Owner)
+			}
+		}
+	})
+
+	t.Run("concurrent changes all land", func(t *testing.T) {
+		s := open(t)
+		var wg sync.WaitGroup
+		errs := make(chan error, 20)
+		for i := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs <- s.Create(ctx, record(t, fmt.Sprintf("k_c%02d", i), ""))
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Error(err)
+			}
+		}
+		page, _ := s.List(ctx, keystore.ListQuery{Limit: 100})
+		if len(page.Records) != 20 {
+			t.Errorf("%d of 20 concurrent creates landed", len(page.Records))
+		}
+	})
+}
