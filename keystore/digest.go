@@ -27,6 +27,10 @@ func (d Digest) Encode() string {
 	return digestPrefix + hex.EncodeToString(d[:])
 }
 
+// Hex returns the digest as 64 lowercase hex digits, for stores that index
+// records by it (Redis key names). Never for logs.
+func (d Digest) Hex() string { return hex.EncodeToString(d[:]) }
+
 // String keeps digests out of logs and error messages.
 func (Digest) String() string { return "sha256:<redacted>" }
 

@@ -1,0 +1,317 @@
+// Package rediskeys keeps key records in Redis: the store that the
+// commands, the admin API and the portal change, and the "redis" key source
+// that every gateway instance reads, behind a cache that each change
+// invalidates on every instance.
+package rediskeys
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+// DefaultKeyPrefix starts every Redis key the store writes.
+const DefaultKeyPrefix = "apikey:"
+
+// Layout, under <prefix>{keys}: (one hash tag, so that every script touches
+// one Cluster slot):
+//
+//	rec:<id>        the record, as JSON
+//	hash:<hex>      the id of the record that answers to this SHA-256 (its
+//	                current secret or an old one in rotation grace)
+//	ids             every id, a sorted set read by lexical range
+//	owner:<owner>   the ids of one owner, the same way
+//	changes         the channel each change publishes the id on
+//
+// A record and its indexes change in one Lua script, so they never disagree,
+// even when the writer dies halfway.
+func layout(prefix string) string { return prefix + "{keys}:" }
+
+// Store is a keystore.Store on Redis.
+type Store struct {
+	client redis.UniversalClient
+	p      string // layout prefix
+	name   string
+}
+
+// NewStore returns the store under keyPrefix ("" for DefaultKeyPrefix);
+// describe names the Redis in messages.
+func NewStore(client redis.UniversalClient, keyPrefix, describe string) *Store {
+	if keyPrefix == "" {
+		keyPrefix = DefaultKeyPrefix
+	}
+	return &Store{client: client, p: layout(keyPrefix), name: describe + " " + keyPrefix}
+}
+
+// Describe names the store: the Redis and the prefix, never a password.
+func (s *Store) Describe() string { return s.name }
+
+// Close does nothing: the client is shared and let go of by its owner.
+func (s *Store) Close() error { return nil }
+
+// Channel is where changes are published.
+func (s *Store) Channel() string { return s.p + "changes" }
+
+var createScript = redis.NewScript(`
+local p, id, rec, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('EXISTS', p .. 'rec:' .. id) == 1 then return {'id_taken'} end
+for i = 5, #ARGV do
+  local other = redis.call('GET', p .. 'hash:' .. ARGV[i])
+  if other then return {'hash_taken', other} end
+end
+redis.call('SET', p .. 'rec:' .. id, rec)
+for i = 5, #ARGV do redis.call('SET', p .. 'hash:' .. ARGV[i], id) end
+redis.call('ZADD', KEYS[1], 0, id)
+if owner ~= '' then redis.call('ZADD', p .. 'owner:' .. owner, 0, id) end
+redis.call('PUBLISH', p .. 'changes', id)
+return {'ok'}
+`)
+
+var updateScript = redis.NewScript(`
+local p, id, old, new, oldOwner, newOwner = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local nOld = tonumber(ARGV[7])
+local cur = redis.call('GET', p .. 'rec:' .. id)
+if not cur then return {'unknown'} end
+if cur ~= old then return {'conflict'} end
+local keep = {}
+for i = 8 + nOld, #ARGV do
+  keep[ARGV[i]] = true
+  local other = redis.call('GET', p .. 'hash:' .. ARGV[i])
+  if other and other ~= id then return {'hash_taken', other} end
+end
+for i = 8, 7 + nOld do
+  if not keep[ARGV[i]] then redis.call('DEL', p .. 'hash:' .. ARGV[i]) end
+end
+for i = 8 + nOld, #ARGV do redis.call('SET', p .. 'hash:' .. ARGV[i], id) end
+redis.call('SET', p .. 'rec:' .. id, new)
+if oldOwner ~= newOwner then
+  if oldOwner ~= '' then redis.call('ZREM', p .. 'owner:' .. oldOwner, id) end
+  if newOwner ~= '' then redis.call('ZADD', p .. 'owner:' .. newOwner, 0, id) end
+end
+redis.call('PUBLISH', p .. 'changes', id)
+return {'ok'}
+`)
+
+var lookupScript = redis.NewScript(`
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+return redis.call('GET', ARGV[1] .. 'rec:' .. id)
+`)
+
+// hashesOf are the hex digests a record answers to.
+func hashesOf(rec keystore.Record) ([]any, error) {
+	var out []any
+	for _, h := range append([]string{rec.Hash}, previousHashes(rec)...) {
+		d, err := keystore.ParseDigest(h)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d.Hex())
+	}
+	return out, nil
+}
+
+func previousHashes(rec keystore.Record) []string {
+	out := make([]string, len(rec.PreviousHashes))
+	for i, p := range rec.PreviousHashes {
+		out[i] = p.Hash
+	}
+	return out
+}
+
+// outcome reads a script's answer.
+func outcome(res any, err error, id string) error {
+	if err != nil {
+		return fmt.Errorf("%w: %v", keystore.ErrUnavailable, err)
+	}
+	parts, _ := res.([]any)
+	if len(parts) == 0 {
+		return errors.New("redis: unexpected answer")
+	}
+	switch parts[0] {
+	case "ok":
+		return nil
+	case "id_taken":
+		return fmt.Errorf("%w: %q", keystore.ErrIDTaken, id)
+	case "unknown":
+		return fmt.Errorf("%w: %q", keystore.ErrUnknownID, id)
+	case "conflict":
+		return errConflict
+	case "hash_taken":
+		other := ""
+		if len(parts) > 1 {
+			other, _ = parts[1].(string)
+		}
+		return fmt.Errorf("%w: key %q", keystore.ErrHashTaken, other)
+	}
+	return fmt.Errorf("redis: unexpected answer %v", parts[0])
+}
+
+// errConflict: the record changed between the read and the write.
+var errConflict = errors.New("the record changed while it was being updated")
+
+// Create adds rec, with its indexes, in one script.
+func (s *Store) Create(ctx context.Context, rec keystore.Record) error {
+	if _, err := keystore.Compile(rec); err != nil {
+		return fmt.Errorf("the new record is invalid: %w", err)
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	hashes, err := hashesOf(rec)
+	if err != nil {
+		return err
+	}
+	args := append([]any{s.p, rec.ID, data, rec.Owner}, hashes...)
+	res, err := createScript.Run(ctx, s.client, []string{s.p + "ids"}, args...).Result()
+	return outcome(res, err, rec.ID)
+}
+
+// maxUpdateTries bounds the retries of an update that raced another.
+const maxUpdateTries = 10
+
+// Update reads the record, applies change, and writes it back only if
+// nobody changed it in between (compare and set, in one script); it tries
+// again when somebody did.
+func (s *Store) Update(ctx context.Context, id string, change func(*keystore.Record) error) (keystore.Record, error) {
+	for range maxUpdateTries {
+		old, err := s.client.Get(ctx, s.p+"rec:"+id).Result()
+		if errors.Is(err, redis.Nil) {
+			return keystore.Record{}, fmt.Errorf("%w: %q", keystore.ErrUnknownID, id)
+		}
+		if err != nil {
+			return keystore.Record{}, fmt.Errorf("%w: %v", keystore.ErrUnavailable, err)
+		}
+		before, err := keystore.DecodeRecord([]byte(old))
+		if err != nil {
+			return keystore.Record{}, fmt.Errorf("record %q in redis: %w", id, err)
+		}
+		after, _ := keystore.DecodeRecord([]byte(old)) // a copy, slices included
+		if err := change(&after); err != nil {
+			return keystore.Record{}, err
+		}
+		if after.ID != id {
+			return keystore.Record{}, errors.New("a key's id cannot change")
+		}
+		if _, err := keystore.Compile(after); err != nil {
+			return keystore.Record{}, fmt.Errorf("the change would make key %q invalid, so it was not written: %w", id, err)
+		}
+		data, err := json.Marshal(after)
+		if err != nil {
+			return keystore.Record{}, err
+		}
+		oldHashes, err := hashesOf(before)
+		if err != nil {
+			return keystore.Record{}, err
+		}
+		newHashes, err := hashesOf(after)
+		if err != nil {
+			return keystore.Record{}, err
+		}
+		args := append([]any{s.p, id, old, data, before.Owner, after.Owner, len(oldHashes)}, oldHashes...)
+		args = append(args, newHashes...)
+		res, err := updateScript.Run(ctx, s.client, []string{s.p + "ids"}, args...).Result()
+		if err := outcome(res, err, id); errors.Is(err, errConflict) {
+			continue
+		} else if err != nil {
+			return keystore.Record{}, err
+		}
+		return after, nil
+	}
+	return keystore.Record{}, fmt.Errorf("key %q: %w, %d times; try again", id, errConflict, maxUpdateTries)
+}
+
+// Get returns the record with id.
+func (s *Store) Get(ctx context.Context, id string) (keystore.Record, error) {
+	data, err := s.client.Get(ctx, s.p+"rec:"+id).Result()
+	if errors.Is(err, redis.Nil) {
+		return keystore.Record{}, fmt.Errorf("%w: %q", keystore.ErrUnknownID, id)
+	}
+	if err != nil {
+		return keystore.Record{}, fmt.Errorf("%w: %v", keystore.ErrUnavailable, err)
+	}
+	rec, err := keystore.DecodeRecord([]byte(data))
+	if err != nil {
+		return keystore.Record{}, fmt.Errorf("record %q in redis: %w", id, err)
+	}
+	return rec, nil
+}
+
+// List returns a page of records in id order: one range read of the id
+// index and one read of the records, whatever the store's size.
+func (s *Store) List(ctx context.Context, q keystore.ListQuery) (keystore.Page, error) {
+	limit := q.Limit
+	if limit <= 0 {
+		limit = keystore.DefaultListLimit
+	}
+	limit = min(limit, keystore.MaxListLimit)
+	index := s.p + "ids"
+	if q.Owner != "" {
+		index = s.p + "owner:" + q.Owner
+	}
+	from := "-"
+	if q.After != "" {
+		from = "(" + q.After
+	}
+	ids, err := s.client.ZRangeByLex(ctx, index, &redis.ZRangeBy{Min: from, Max: "+", Count: int64(limit + 1)}).Result()
+	if err != nil {
+		return keystore.Page{}, fmt.Errorf("%w: %v", keystore.ErrUnavailable, err)
+	}
+	var page keystore.Page
+	if len(ids) > limit {
+		ids = ids[:limit]
+		page.Next = ids[limit-1]
+	}
+	if len(ids) == 0 {
+		return page, nil
+	}
+	names := make([]string, len(ids))
+	for i, id := range ids {
+		names[i] = s.p + "rec:" + id
+	}
+	vals, err := s.client.MGet(ctx, names...).Result()
+	if err != nil {
+		return keystore.Page{}, fmt.Errorf("%w: %v", keystore.ErrUnavailable, err)
+	}
+	for i, v := range vals {
+		data, ok := v.(string)
+		if !ok {
+			continue // removed between the two reads
+		}
+		rec, err := keystore.DecodeRecord([]byte(data))
+		if err != nil {
+			return keystore.Page{}, fmt.Errorf("record %q in redis: %w", ids[i], err)
+		}
+		page.Records = append(page.Records, rec)
+	}
+	return page, nil
+}
+
+// lookup finds the record that answers to d, in one round trip.
+func (s *Store) lookup(ctx context.Context, d keystore.Digest) (keystore.Record, bool, error) {
+	res, err := lookupScript.Run(ctx, s.client, []string{s.p + "hash:" + d.Hex()}, s.p).Result()
+	if errors.Is(err, redis.Nil) {
+		return keystore.Record{}, false, nil
+	}
+	if err != nil {
+		return keystore.Record{}, false, err
+	}
+	data, ok := res.(string)
+	if !ok {
+		return keystore.Record{}, false, nil
+	}
+	rec, err := keystore.DecodeRecord([]byte(data))
+	if err != nil {
+		return keystore.Record{}, false, fmt.Errorf("record %q in redis: %w", rec.ID, err)
+	}
+	return rec, true, nil
+}
+
+// Interface guard
+var _ keystore.Store = (*Store)(nil)
