@@ -45,10 +45,21 @@ func Require(t testing.TB, tool, envVar, hint string, alternatives ...string) st
 	if os.Getenv(envVar) != "" {
 		t.Fatalf("%s not found and %s is set: %v (%s)", tool, envVar, lookErr, hint)
 	}
-	why := fmt.Sprintf("%s is not in PATH (%s; set %s=1 to make this a failure)", tool, hint, envVar)
-	announce(tool, fmt.Sprintf("SKIP %s: tests that need %s are skipped (first: %s): %s\n", pkgName(), tool, t.Name(), why))
-	t.Skip(why)
+	Missing(t, tool, envVar, fmt.Sprintf("%s is not in PATH (%s)", tool, hint))
 	return ""
+}
+
+// Missing skips a test that needs what (a program, packages, a service)
+// because of why, with the same one line as Require, or fails it when envVar
+// is set. Use it for what Require cannot look up in PATH, e.g. npm packages.
+func Missing(t testing.TB, what, envVar, why string) {
+	t.Helper()
+	if os.Getenv(envVar) != "" {
+		t.Fatalf("%s and %s is set", why, envVar)
+	}
+	why += fmt.Sprintf("; set %s=1 to make this a failure", envVar)
+	announce(what, fmt.Sprintf("SKIP %s: tests that need %s are skipped (first: %s): %s\n", pkgName(), what, t.Name(), why))
+	t.Skip(why)
 }
 
 // announce prints line once per tool and test binary.
