@@ -19,7 +19,6 @@ import (
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keycache"
-	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 	"github.com/moodmnky/caddy-apikey/keystore/keyservice"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
 	"github.com/moodmnky/caddy-apikey/usage"
@@ -110,11 +109,11 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	case path == "audit/head":
 		return expect(r, http.MethodGet, func() error { return a.auditHeads(w) })
 	case path == "keys":
-		return expect(r, http.MethodGet, func() error { return a.keys(w) })
+		return expect(r, http.MethodGet, func() error { return a.keys(w, r) })
 	case path == "usage":
 		return expect(r, http.MethodGet, func() error { return a.usage(w, r) })
 	case len(parts) == 3 && parts[0] == "keys" && parts[2] == "revoke" && parts[1] != "":
-		return expect(r, http.MethodPost, func() error { return a.revoke(w, parts[1]) })
+		return expect(r, http.MethodPost, func() error { return a.revoke(w, r, parts[1]) })
 	case path == "cache/purge":
 		return expect(r, http.MethodPost, func() error { return a.purge(w, r.URL.Query().Get("id")) })
 	case len(parts) == 2 && parts[0] == "quota" && parts[1] != "":
@@ -189,45 +188,111 @@ type keyEntry struct {
 	Source string `json:"source"`
 }
 
-func (adminAPI) keys(w http.ResponseWriter) error {
-	now := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	seen := map[string]bool{}
-	list := []keyEntry{}
+// editableStores are the stores of the running config's editable sources,
+// each once, with a handler that reads it (for its counters and limits).
+func editableStores() map[string]storeOwner {
+	stores := map[string]storeOwner{}
 	for _, h := range activeHandlers() {
-		src, ok := h.source.(*keyfile.FileSource)
-		if !ok || seen[src.AbsPath()] {
-			continue
-		}
-		seen[src.AbsPath()] = true
-		for _, k := range src.Keys() {
-			e := keyEntry{keyListing: listingOf(k, now), Source: src.AbsPath()}
-			if k.Type != 0 {
-				if res, err := h.counters.Peek(ctx, k.ID, h.limits.policy(k, k.Type)); err == nil && !res.Uncounted {
-					e.Quota = quotaOf(res)
-				}
-				list = append(list, e)
-				continue
+		if src, ok := h.source.(keystore.Editable); ok {
+			st := src.Store()
+			if _, dup := stores[st.Describe()]; !dup {
+				stores[st.Describe()] = storeOwner{store: st, src: src, h: h}
 			}
-			// A record without type: the prefix of the key presented decides
-			// which type's limits apply, and the record's hash cannot tell
-			// which it is, so each type the route accepts is shown.
-			for _, t := range []keystore.Type{keystore.Dev, keystore.Prod} {
-				if h.allowTypes&(1<<t) == 0 {
-					continue
-				}
-				if res, err := h.counters.Peek(ctx, k.ID, h.limits.policy(k, t)); err == nil && !res.Uncounted {
-					if e.QuotaByType == nil {
-						e.QuotaByType = map[string]*quotaUse{}
-					}
-					e.QuotaByType[t.String()] = quotaOf(res)
-				}
-			}
-			list = append(list, e)
 		}
 	}
-	return writeJSON(w, map[string]any{"keys": list})
+	return stores
+}
+
+type storeOwner struct {
+	store keystore.Store
+	src   keystore.Editable
+	h     *Handler
+}
+
+// keys answers GET /apikey/keys[?owner=&after=&limit=]: a page of the keys
+// of every store in use (key files, Redis), in id order, never a hash.
+func (adminAPI) keys(w http.ResponseWriter, r *http.Request) error {
+	q := keystore.ListQuery{Owner: r.URL.Query().Get("owner"), After: r.URL.Query().Get("after")}
+	if s := r.URL.Query().Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > keystore.MaxListLimit {
+			return apiError(http.StatusBadRequest, "limit: %q is not a whole number from 1 to %d", s, keystore.MaxListLimit)
+		}
+		q.Limit = n
+	}
+	for name := range r.URL.Query() {
+		switch name {
+		case "owner", "after", "limit":
+		default:
+			return apiError(http.StatusBadRequest, "unknown parameter %q (want owner, after, limit)", name)
+		}
+	}
+	limit := q.Limit
+	if limit == 0 {
+		limit = keystore.DefaultListLimit
+	}
+	now := time.Now()
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+
+	// A page from each store, merged in id order: the first limit of them
+	// are this page.
+	type candidate struct {
+		rec   keystore.Record
+		owner storeOwner
+	}
+	var all []candidate
+	more := false
+	for _, so := range editableStores() {
+		page, err := so.store.List(ctx, q)
+		if err != nil {
+			return apiError(http.StatusServiceUnavailable, "listing %s: %v", so.store.Describe(), err)
+		}
+		more = more || page.Next != ""
+		for _, rec := range page.Records {
+			all = append(all, candidate{rec, so})
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].rec.ID < all[j].rec.ID })
+	if len(all) > limit {
+		all, more = all[:limit], true
+	}
+	list := make([]keyEntry, 0, len(all))
+	for _, c := range all {
+		k, err := keystore.Compile(c.rec)
+		if err != nil {
+			continue // a store checks what it writes; nothing to show of a bad record
+		}
+		e := keyEntry{keyListing: listingOf(k, now), Source: c.owner.store.Describe()}
+		h := c.owner.h
+		if k.Type != 0 {
+			if res, err := h.counters.Peek(ctx, k.ID, h.limits.policy(k, k.Type)); err == nil && !res.Uncounted {
+				e.Quota = quotaOf(res)
+			}
+			list = append(list, e)
+			continue
+		}
+		// A record without type: the prefix of the key presented decides
+		// which type's limits apply, and the record's hash cannot tell
+		// which it is, so each type the route accepts is shown.
+		for _, t := range []keystore.Type{keystore.Dev, keystore.Prod} {
+			if h.allowTypes&(1<<t) == 0 {
+				continue
+			}
+			if res, err := h.counters.Peek(ctx, k.ID, h.limits.policy(k, t)); err == nil && !res.Uncounted {
+				if e.QuotaByType == nil {
+					e.QuotaByType = map[string]*quotaUse{}
+				}
+				e.QuotaByType[t.String()] = quotaOf(res)
+			}
+		}
+		list = append(list, e)
+	}
+	answer := map[string]any{"keys": list}
+	if more && len(list) > 0 {
+		answer["next"] = list[len(list)-1].ID
+	}
+	return writeJSON(w, answer)
 }
 
 func (adminAPI) usage(w http.ResponseWriter, r *http.Request) error {
@@ -324,36 +389,27 @@ func parseTimeParam(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor a date such as 2026-11-27", s)
 }
 
-func (adminAPI) revoke(w http.ResponseWriter, id string) error {
-	var readOnly bool
-	for _, h := range activeHandlers() {
-		src, ok := h.source.(*keyfile.FileSource)
-		if !ok {
-			readOnly = true
+func (adminAPI) revoke(w http.ResponseWriter, r *http.Request, id string) error {
+	stores := editableStores()
+	for _, so := range stores {
+		_, err := so.store.Update(r.Context(), id, func(rec *keystore.Record) error {
+			rec.Revoked = true
+			return nil
+		})
+		if errors.Is(err, keystore.ErrUnknownID) {
 			continue
 		}
-		found := false
-		for _, k := range src.Keys() {
-			if k.ID == id {
-				found = true
-				break
-			}
+		if err != nil {
+			return apiError(http.StatusServiceUnavailable, "revoking %q in %s: %v", id, so.store.Describe(), err)
 		}
-		if !found {
-			continue
-		}
-		if err := RevokeInFile(src.AbsPath(), id); err != nil {
-			if errors.Is(err, keystore.ErrUnknownID) {
-				return apiError(http.StatusNotFound, "%v", err)
-			}
-			return apiError(http.StatusInternalServerError, "%v", err)
-		}
-		src.Reload()
-		auditAll(audit.Entry{"event": "key.revoked", "key_id": id, "file": src.AbsPath()})
-		return writeJSON(w, map[string]any{"id": id, "revoked": true, "file": src.AbsPath()})
+		so.src.Changed(id)
+		auditAll(audit.Entry{"event": "key.revoked", "key_id": id, "store": so.store.Describe()})
+		return writeJSON(w, map[string]any{"id": id, "revoked": true, "store": so.store.Describe()})
 	}
-	if readOnly {
-		return apiError(http.StatusNotImplemented, "key %q is not in a key file; keys from a key service are read-only here: revoke it in the service, then purge the cache", id)
+	for _, h := range activeHandlers() {
+		if src, ok := h.source.(*keyservice.HTTPSource); ok && src.CacheOf().Knows(id) {
+			return apiError(http.StatusNotImplemented, "key %q comes from a key service, which is read-only here: revoke it in the service, then purge the cache", id)
+		}
 	}
 	return apiError(http.StatusNotFound, "no key has id %q", id)
 }
@@ -364,7 +420,7 @@ func (adminAPI) purge(w http.ResponseWriter, id string) error {
 	}
 	caches := map[*keycache.Cache]bool{}
 	for _, h := range activeHandlers() {
-		if src, ok := h.source.(*keyservice.HTTPSource); ok {
+		if src, ok := h.source.(interface{ CacheOf() *keycache.Cache }); ok {
 			caches[src.CacheOf()] = true
 		}
 	}
@@ -404,21 +460,19 @@ func (adminAPI) resetQuota(w http.ResponseWriter, r *http.Request, id string) er
 	return writeJSON(w, map[string]any{"id": id, "reset": true, "stores": len(stores)})
 }
 
-// knownID reports whether a key file holds the id, or a key service's cache
-// has seen it.
+// knownID reports whether a store in use (a key file, Redis) holds the id,
+// or a key service's cache has seen it.
 func knownID(id string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, so := range editableStores() {
+		if _, err := so.store.Get(ctx, id); err == nil {
+			return true
+		}
+	}
 	for _, h := range activeHandlers() {
-		switch src := h.source.(type) {
-		case *keyfile.FileSource:
-			for _, k := range src.Keys() {
-				if k.ID == id {
-					return true
-				}
-			}
-		case *keyservice.HTTPSource:
-			if src.CacheOf().Knows(id) {
-				return true
-			}
+		if src, ok := h.source.(*keyservice.HTTPSource); ok && src.CacheOf().Knows(id) {
+			return true
 		}
 	}
 	return false

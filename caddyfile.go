@@ -15,6 +15,7 @@ import (
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keycache"
 	"github.com/moodmnky/caddy-apikey/keystore/keyservice"
+	"github.com/moodmnky/caddy-apikey/keystore/rediskeys"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
@@ -37,6 +38,16 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    keys file <path>
 //	    keys http <url> {
 //	        header <Name> <value>
+//	        timeout <duration>
+//	    }
+//	    keys redis {
+//	        address <host:port> ...
+//	        master_name <name>
+//	        username <name>
+//	        password <value>
+//	        db <n>
+//	        tls
+//	        key_prefix <prefix>
 //	        timeout <duration>
 //	    }
 //	    cache {
@@ -105,7 +116,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			keysName = d.Val()
 			modID := "http.apikey.sources." + keysName
 			if _, err := caddy.GetModule(modID); err != nil {
-				return d.Errf("unknown key source %q (available: file, http)", keysName)
+				return d.Errf("unknown key source %q (available: file, http, redis)", keysName)
 			}
 			var err error
 			if keys, err = caddyfile.UnmarshalModule(d, modID); err != nil {
@@ -116,7 +127,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			errCache = d.Err("cache applies to a remote key source (keys http <url>); a key file is already in memory")
+			errCache = d.Err("cache applies to a remote key source (keys http <url>, keys redis {…}); a key file is already in memory")
 			var err error
 			if cache, err = parseCacheBlock(d); err != nil {
 				return err
@@ -309,11 +320,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return errNoKeys
 	}
 	if cache != nil {
-		remote, ok := keys.(*keyservice.HTTPSource)
-		if !ok {
+		switch remote := keys.(type) {
+		case *keyservice.HTTPSource:
+			remote.Cache = cache
+		case *rediskeys.Source:
+			remote.Cache = cache
+		default:
 			return errCache
 		}
-		remote.Cache = cache
 	}
 	h.KeysRaw = caddyconfig.JSONModuleObject(keys, "source", keysName, nil)
 

@@ -43,6 +43,20 @@ type Match struct {
 	Previous *PreviousDigest
 }
 
+// MatchFor is the match of k for digest d: its current secret, or one of
+// its old ones; ok is false when d is neither.
+func MatchFor(k *Key, d Digest) (m Match, ok bool) {
+	if k.Digest.Equal(d) {
+		return Match{Key: k}, true
+	}
+	for i := range k.Previous {
+		if k.Previous[i].Digest.Equal(d) {
+			return Match{Key: k, Previous: &k.Previous[i]}, true
+		}
+	}
+	return Match{}, false
+}
+
 // Set is an immutable set of keys indexed by every digest they answer to.
 type Set struct {
 	keys     []*Key

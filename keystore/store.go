@@ -34,6 +34,16 @@ type Store interface {
 	Close() error
 }
 
+// Editable is a Source whose records can be changed, through its Store.
+type Editable interface {
+	Source
+	// Store is where the source's records are changed.
+	Store() Store
+	// Changed makes the source see a change to the key id at once, rather
+	// than at its next poll or message.
+	Changed(id string)
+}
+
 // ListQuery selects a page of records.
 type ListQuery struct {
 	// Owner, when set, keeps only the records with this owner.

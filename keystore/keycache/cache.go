@@ -138,9 +138,10 @@ type Cache struct {
 
 	// Purges mark entries fetched before them as gone; kept as an immutable
 	// map swapped on purge, so lookups take no lock.
-	purgedAll atomic.Int64 // clock reading, as fetched
-	purgedIDs atomic.Pointer[map[string]int64]
-	purgeMu   sync.Mutex
+	purgedAll     atomic.Int64 // clock reading, as fetched
+	purgedUnknown atomic.Int64 // the same, for unknown-key answers only
+	purgedIDs     atomic.Pointer[map[string]int64]
+	purgeMu       sync.Mutex
 
 	// ids are the key ids the source has named, for management; real keys
 	// only (unknown digests are never here), so it stays small.
@@ -199,6 +200,7 @@ func New(cfg CacheConfig, fetch fetchFunc, now func() time.Time, onError func(er
 	empty := map[string]int64{}
 	c.purgedIDs.Store(&empty)
 	c.purgedAll.Store(math.MinInt64) // nothing purged yet
+	c.purgedUnknown.Store(math.MinInt64)
 	c.background, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }
@@ -222,6 +224,9 @@ func (c *Cache) get(d keystore.Digest) *cacheEntry {
 		}
 	}
 	if !e.digest.Equal(d) || e.fetched <= c.purgedAll.Load() {
+		return nil
+	}
+	if e.match.Key == nil && e.fetched <= c.purgedUnknown.Load() {
 		return nil
 	}
 	if e.match.Key != nil {
@@ -368,6 +373,12 @@ func (c *Cache) Purge(id string) {
 func (c *Cache) Knows(id string) bool {
 	_, ok := c.ids.Load(id)
 	return ok
+}
+
+// PurgeUnknown drops every cached "unknown key" answer, e.g. when keys
+// were added: a key created a moment ago must not wait out negative_ttl.
+func (c *Cache) PurgeUnknown() {
+	c.purgedUnknown.Store(c.clock())
 }
 
 // PurgeAll drops every cached answer.

@@ -92,6 +92,12 @@ func (f *FileSource) OnChange(name string, fn func([]keystore.Change)) (cancel f
 	return f.keys.onChange(name, fn)
 }
 
+// Store is the key file as a store, for changes.
+func (f *FileSource) Store() keystore.Store { return NewStore(f.keys.path) }
+
+// Changed reads the file now, so a change made through Store applies at once.
+func (f *FileSource) Changed(string) { f.keys.check() }
+
 // AbsPath is the file's absolute path.
 func (f *FileSource) AbsPath() string { return f.keys.path }
 
@@ -136,7 +142,7 @@ func parseKeyFile(name string, data []byte) (*keystore.Set, error) {
 
 // Interface guards
 var (
-	_ keystore.Source       = (*FileSource)(nil)
+	_ keystore.Editable     = (*FileSource)(nil)
 	_ caddy.Provisioner     = (*FileSource)(nil)
 	_ caddy.CleanerUpper    = (*FileSource)(nil)
 	_ caddyfile.Unmarshaler = (*FileSource)(nil)

@@ -273,13 +273,8 @@ func (s *keyService) fetch(ctx context.Context, d keystore.Digest) (keystore.Mat
 	if err != nil {
 		return keystore.Match{}, fmt.Errorf("the key service's record (id %q) is invalid: %w", rec.ID, err)
 	}
-	if k.Digest.Equal(d) {
-		return keystore.Match{Key: k}, nil
-	}
-	for i := range k.Previous {
-		if k.Previous[i].Digest.Equal(d) {
-			return keystore.Match{Key: k, Previous: &k.Previous[i]}, nil
-		}
+	if m, ok := keystore.MatchFor(k, d); ok {
+		return m, nil
 	}
 	return keystore.Match{}, fmt.Errorf("the key service's record (id %q) does not answer to the hash asked about", rec.ID)
 }
