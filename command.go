@@ -2,6 +2,7 @@ package apikey
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -20,7 +21,6 @@ import (
 
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/keystore"
-	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
@@ -58,11 +58,6 @@ var (
 	stderr io.Writer = os.Stderr
 )
 
-func addKeysFlag(c *cobra.Command) {
-	c.Flags().String("keys", "", "the key file (required)")
-	_ = c.MarkFlagRequired("keys")
-}
-
 func addAuditFlag(c *cobra.Command) {
 	c.Flags().String("audit-log", "", "append the change to this audit log")
 }
@@ -86,19 +81,20 @@ func auditChange(c *cobra.Command, e audit.Entry) error {
 
 func newCommand() *cobra.Command {
 	c := &cobra.Command{
-		Use:          "new --keys <file> --type dev|prod --role reader|writer|admin|custom [flags]",
-		Short:        "Makes a key, prints it once and adds its hashed record to the key file",
+		Use:          "new --keys <file> | --redis <address> --type dev|prod --role reader|writer|admin|custom [flags]",
+		Short:        "Makes a key, prints it once and adds its hashed record to the store",
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE:         runNew,
 	}
-	addKeysFlag(c)
+	addStoreFlags(c)
 	addAuditFlag(c)
 	f := c.Flags()
 	f.String("type", "", "dev or prod (required)")
 	f.String("role", "", "reader, writer, admin or custom (required)")
 	f.String("id", "", "the key id (default: generated)")
-	f.String("name", "", "a description, e.g. the owner")
+	f.String("name", "", "a description")
+	f.String("owner", "", "who the key belongs to")
 	f.String("services", "", `comma-separated services the key may reach, or "*"`)
 	f.StringArray("permission", nil, `"METHOD /path" the key may use (repeatable; required for custom)`)
 	f.StringArray("allowed-ip", nil, "CIDR or address the key may be used from (repeatable)")
@@ -112,16 +108,16 @@ func newCommand() *cobra.Command {
 
 func runNew(c *cobra.Command, _ []string) error {
 	f := c.Flags()
-	path, _ := f.GetString("keys")
 	typeName, _ := f.GetString("type")
 	typ, err := keystore.ParseType(typeName)
 	if err != nil {
 		return err
 	}
-	rec := keystore.Record{Type: typeName}
+	rec := keystore.Record{Type: typeName, CreatedAt: time.Now().UTC().Format(time.RFC3339)}
 	rec.Role, _ = f.GetString("role")
 	rec.ID, _ = f.GetString("id")
 	rec.Name, _ = f.GetString("name")
+	rec.Owner, _ = f.GetString("owner")
 	if s, _ := f.GetString("services"); s != "" {
 		for _, svc := range strings.Split(s, ",") {
 			rec.Services = append(rec.Services, strings.TrimSpace(svc))
@@ -156,23 +152,30 @@ func runNew(c *cobra.Command, _ []string) error {
 		return fmt.Errorf("the new record is invalid: %w", err)
 	}
 
-	err = keyfile.EditKeyFile(path, func(kf *keyfile.KeyFile) error {
-		if rec.ID == "" {
-			for rec.ID == "" || kf.Find(rec.ID) != nil {
-				rec.ID = newID()
+	store, closeStore, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	ctx := context.Background()
+	if rec.ID != "" {
+		err = store.Create(ctx, rec)
+	} else {
+		// A made-up id that is taken (1 in 32^10) gets another.
+		for tries := 0; tries < 5; tries++ {
+			rec.ID = newID()
+			if err = store.Create(ctx, rec); !errors.Is(err, keystore.ErrIDTaken) {
+				break
 			}
-		} else if kf.Find(rec.ID) != nil {
-			return fmt.Errorf("a key with id %q is already in %s", rec.ID, path)
 		}
-		return kf.Add(rec)
-	})
+	}
 	if err != nil {
 		return err
 	}
 	fmt.Println(key)
 	fmt.Fprintf(stderr, "Added key %s (%s, %s) to %s.\nThe key above is shown once and not stored anywhere: only its hash is kept. Give it to its owner now.\n",
-		rec.ID, typeName, rec.Role, path)
-	return auditChange(c, audit.Entry{"event": "key.created", "key_id": rec.ID, "type": typeName, "role": rec.Role, "file": path})
+		rec.ID, typeName, rec.Role, store.Describe())
+	return auditChange(c, audit.Entry{"event": "key.created", "key_id": rec.ID, "type": typeName, "role": rec.Role, "store": store.Describe()})
 }
 
 // newID makes an id such as k_7fq2xk9m3a.
@@ -200,65 +203,64 @@ func parseWhen(s string, now time.Time) (time.Time, error) {
 
 func rotateCommand() *cobra.Command {
 	c := &cobra.Command{
-		Use:          "rotate --keys <file> --id <id> [--grace 24h]",
+		Use:          "rotate --keys <file> | --redis <address> --id <id> [--grace 24h]",
 		Short:        "Gives a key a new secret; the old one works until the grace period ends",
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(c *cobra.Command, _ []string) error {
-			path, _ := c.Flags().GetString("keys")
 			id, _ := c.Flags().GetString("id")
 			graceText, _ := c.Flags().GetString("grace")
 			grace, err := caddy.ParseDuration(graceText)
 			if err != nil || grace < 0 {
 				return fmt.Errorf("--grace: %q is not a duration", graceText)
 			}
-			var key string
-			var until time.Time
-			err = keyfile.EditKeyFile(path, func(kf *keyfile.KeyFile) error {
-				r := kf.Find(id)
-				if r == nil {
-					return fmt.Errorf("%w: %q is not in %s", keystore.ErrUnknownID, id, path)
-				}
-				rec, err := r.Decode()
-				if err != nil {
-					return err
-				}
-				typ, err := recordType(rec)
-				if err != nil {
-					return err
-				}
-				if key, err = keystore.Generate(typ); err != nil {
-					return err
-				}
-				now := time.Now().UTC()
-				until = now.Add(grace).Truncate(time.Second)
-				// Old secrets whose grace is over are dropped; the rest stay.
-				previous := []keystore.PreviousHash{{Hash: rec.Hash, ValidUntil: until.Format(time.RFC3339)}}
-				for _, p := range rec.PreviousHashes {
-					if t, err := time.Parse(time.RFC3339, p.ValidUntil); err == nil && now.Before(t) {
-						previous = append(previous, p)
-					}
-				}
-				if err := r.Set("hash", keystore.Sum(key).Encode()); err != nil {
-					return err
-				}
-				return r.Set("previous_hashes", previous)
-			})
+			store, closeStore, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			defer closeStore()
+			key, until, err := RotateKey(context.Background(), store, id, grace)
 			if err != nil {
 				return err
 			}
 			fmt.Println(key)
 			fmt.Fprintf(stderr, "Rotated key %s in %s. The old secret works until %s.\nThe new key above is shown once and not stored anywhere: give it to its owner now.\n",
-				id, path, until.Format(time.RFC3339))
-			return auditChange(c, audit.Entry{"event": "key.rotated", "key_id": id, "old_valid_until": until.Format(time.RFC3339), "file": path})
+				id, store.Describe(), until.Format(time.RFC3339))
+			return auditChange(c, audit.Entry{"event": "key.rotated", "key_id": id, "old_valid_until": until.Format(time.RFC3339), "store": store.Describe()})
 		},
 	}
-	addKeysFlag(c)
+	addStoreFlags(c)
 	addAuditFlag(c)
 	c.Flags().String("id", "", "the key id (required)")
 	c.Flags().String("grace", "24h", "how long the old secret keeps working")
 	_ = c.MarkFlagRequired("id")
 	return c
+}
+
+// RotateKey gives the key a new secret, returned once; its old secret works
+// until grace from now, and old secrets whose grace is over are dropped.
+func RotateKey(ctx context.Context, store keystore.Store, id string, grace time.Duration) (key string, until time.Time, err error) {
+	_, err = store.Update(ctx, id, func(rec *keystore.Record) error {
+		typ, err := recordType(*rec)
+		if err != nil {
+			return err
+		}
+		if key, err = keystore.Generate(typ); err != nil {
+			return err
+		}
+		now := time.Now().UTC()
+		until = now.Add(grace).Truncate(time.Second)
+		previous := []keystore.PreviousHash{{Hash: rec.Hash, ValidUntil: until.Format(time.RFC3339)}}
+		for _, p := range rec.PreviousHashes {
+			if t, err := time.Parse(time.RFC3339, p.ValidUntil); err == nil && now.Before(t) {
+				previous = append(previous, p)
+			}
+		}
+		rec.Hash = keystore.Sum(key).Encode()
+		rec.PreviousHashes = previous
+		return nil
+	})
+	return key, until, err
 }
 
 // recordType is a record's type: its own, or its hash cannot tell, so a
@@ -272,36 +274,38 @@ func recordType(rec keystore.Record) (keystore.Type, error) {
 
 func revokeCommand() *cobra.Command {
 	c := &cobra.Command{
-		Use:          "revoke --keys <file> --id <id>",
+		Use:          "revoke --keys <file> | --redis <address> --id <id>",
 		Short:        "Revokes a key: it is refused from the next request",
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(c *cobra.Command, _ []string) error {
-			path, _ := c.Flags().GetString("keys")
 			id, _ := c.Flags().GetString("id")
-			if err := RevokeInFile(path, id); err != nil {
+			store, closeStore, err := openStore(c)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(stderr, "Revoked key %s in %s.\n", id, path)
-			return auditChange(c, audit.Entry{"event": "key.revoked", "key_id": id, "file": path})
+			defer closeStore()
+			if err := RevokeKey(context.Background(), store, id); err != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "Revoked key %s in %s.\n", id, store.Describe())
+			return auditChange(c, audit.Entry{"event": "key.revoked", "key_id": id, "store": store.Describe()})
 		},
 	}
-	addKeysFlag(c)
+	addStoreFlags(c)
 	addAuditFlag(c)
 	c.Flags().String("id", "", "the key id (required)")
 	_ = c.MarkFlagRequired("id")
 	return c
 }
 
-// RevokeInFile marks a key revoked in a key file.
-func RevokeInFile(path, id string) error {
-	return keyfile.EditKeyFile(path, func(kf *keyfile.KeyFile) error {
-		r := kf.Find(id)
-		if r == nil {
-			return fmt.Errorf("%w: %q is not in %s", keystore.ErrUnknownID, id, path)
-		}
-		return r.Set("revoked", true)
+// RevokeKey marks a key revoked in a store.
+func RevokeKey(ctx context.Context, store keystore.Store, id string) error {
+	_, err := store.Update(ctx, id, func(rec *keystore.Record) error {
+		rec.Revoked = true
+		return nil
 	})
+	return err
 }
 
 // keyListing is one key as list and the admin API show it: never a hash.
@@ -354,21 +358,30 @@ func quotaOf(res ratelimit.Result) *quotaUse {
 
 func listCommand() *cobra.Command {
 	c := &cobra.Command{
-		Use:          "list --keys <file> [--json]",
-		Short:        "Lists the keys in a key file, without their hashes",
+		Use:          "list --keys <file> | --redis <address> [--owner <owner>] [--json]",
+		Short:        "Lists the keys in a store, without their hashes",
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(c *cobra.Command, _ []string) error {
-			path, _ := c.Flags().GetString("keys")
 			asJSON, _ := c.Flags().GetBool("json")
-			set, err := keyfile.LoadFile(path)
+			owner, _ := c.Flags().GetString("owner")
+			store, closeStore, err := openStore(c)
 			if err != nil {
 				return err
 			}
+			defer closeStore()
 			now := time.Now()
-			list := make([]keyListing, 0, set.Len())
-			for _, k := range set.Keys() {
+			list := []keyListing{}
+			err = eachRecord(context.Background(), store, owner, func(rec keystore.Record) error {
+				k, err := keystore.Compile(rec)
+				if err != nil {
+					return fmt.Errorf("key %q: %w", rec.ID, err)
+				}
 				list = append(list, listingOf(k, now))
+				return nil
+			})
+			if err != nil {
+				return err
 			}
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
@@ -391,9 +404,31 @@ func listCommand() *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	addKeysFlag(c)
+	addStoreFlags(c)
 	c.Flags().Bool("json", false, "print JSON")
+	c.Flags().String("owner", "", "only this owner's keys")
 	return c
+}
+
+// eachRecord calls fn for every record of the store (of one owner, when
+// given), in id order, a page at a time.
+func eachRecord(ctx context.Context, store keystore.Store, owner string, fn func(keystore.Record) error) error {
+	q := keystore.ListQuery{Owner: owner, Limit: keystore.MaxListLimit}
+	for {
+		page, err := store.List(ctx, q)
+		if err != nil {
+			return err
+		}
+		for _, rec := range page.Records {
+			if err := fn(rec); err != nil {
+				return err
+			}
+		}
+		if page.Next == "" {
+			return nil
+		}
+		q.After = page.Next
+	}
 }
 
 // readKey reads a key from stdin: a prompt without echo on a terminal, the

@@ -39,6 +39,16 @@ type Config struct {
 	TLS bool `json:"tls,omitempty"`
 	// Timeout bounds each call, connecting included.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// literalPassword takes Password as it is, without placeholders: for
+	// the commands, which read it from a file or the environment.
+	literalPassword bool
+}
+
+// WithLiteralPassword returns c with password taken as it is.
+func (c Config) WithLiteralPassword(password string) Config {
+	c.Password, c.literalPassword = password, true
+	return c
 }
 
 // Check reports settings that cannot work.
@@ -55,7 +65,12 @@ func (c Config) Check() error {
 }
 
 // password fills the password's global placeholders.
-func (c Config) password() string { return caddy.NewReplacer().ReplaceKnown(c.Password, "") }
+func (c Config) password() string {
+	if c.literalPassword {
+		return c.Password
+	}
+	return caddy.NewReplacer().ReplaceKnown(c.Password, "")
+}
 
 func (c Config) timeout() time.Duration {
 	if c.Timeout == 0 {
