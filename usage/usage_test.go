@@ -191,3 +191,16 @@ func TestPages(t *testing.T) {
 		t.Error("a bad cursor parsed")
 	}
 }
+
+// TestCursorsNeverLookLikeHashes: the admin API refuses URLs with 64 hex
+// digits in a row, so a cursor must never hold one, whatever it names.
+func TestCursorsNeverLookLikeHashes(t *testing.T) {
+	rows := []Row{{KeyID: "k_a", Endpoint: "/qqh.Ah.Bh" + strings.Repeat("\xab\xcd\xef", 40)}, {KeyID: "k_b"}}
+	_, next := Page(rows, nil, 1)
+	if strings.ContainsAny(next, "0123456789abcdefABCDEF") {
+		t.Fatalf("cursor %q holds hex digits", next)
+	}
+	if after, err := ParseCursor(next); err != nil || after.Endpoint != rows[0].Endpoint {
+		t.Fatalf("the cursor does not read back: %v", err)
+	}
+}
