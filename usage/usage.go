@@ -4,7 +4,7 @@ package usage
 
 import (
 	"encoding/base32"
-	"encoding/json"
+	"encoding/binary"
 	"errors"
 	"hash/maphash"
 	"net/http"
@@ -309,40 +309,47 @@ func Page(rows []Row, after *Row, limit int) ([]Row, string) {
 	}
 	rows = rows[:limit]
 	last := rows[limit-1]
-	data, _ := json.Marshal([]any{last.Time.Unix(), last.KeyID, last.Service, last.Method, last.Endpoint})
-	return rows, cursorEncoding.EncodeToString(data)
+	b := binary.AppendVarint(nil, last.Time.Unix())
+	for _, f := range []string{last.KeyID, last.Service, last.Method, last.Endpoint} {
+		b = binary.AppendUvarint(b, uint64(len(f)))
+		b = append(b, f...)
+	}
+	return rows, cursorEncoding.EncodeToString(b)
 }
 
-// cursorEncoding writes cursors with letters that are not hex digits, so
-// that a cursor never looks like a key's hash (which the admin API refuses
-// in a URL), whatever endpoint it names.
-var cursorEncoding = base32.NewEncoding("ghijklmnopqrstuvwxyzGHIJKLMNOPQR").WithPadding(base32.NoPadding)
-
-// ParseCursor reads a cursor Page made.
+// ParseCursor reads a cursor Page made. The fields are kept byte for byte
+// (a path may hold any bytes), so the next page starts exactly after.
 func ParseCursor(s string) (*Row, error) {
 	data, err := cursorEncoding.DecodeString(s)
 	if err != nil {
 		return nil, err
 	}
-	var fields []any
-	if err := json.Unmarshal(data, &fields); err != nil {
-		return nil, err
+	unix, n := binary.Varint(data)
+	if n <= 0 {
+		return nil, errBadCursor
 	}
-	if len(fields) != 5 {
-		return nil, errors.New("bad cursor")
+	data = data[n:]
+	r := &Row{Time: time.Unix(unix, 0).UTC()}
+	for _, dst := range []*string{&r.KeyID, &r.Service, &r.Method, &r.Endpoint} {
+		size, n := binary.Uvarint(data)
+		if n <= 0 || size > uint64(len(data)-n) {
+			return nil, errBadCursor
+		}
+		*dst = string(data[n : n+int(size)])
+		data = data[n+int(size):]
 	}
-	unix, ok := fields[0].(float64)
-	r := &Row{Time: time.Unix(int64(unix), 0).UTC()}
-	for i, dst := range []*string{&r.KeyID, &r.Service, &r.Method, &r.Endpoint} {
-		s, isString := fields[i+1].(string)
-		ok = ok && isString
-		*dst = s
-	}
-	if !ok {
-		return nil, errors.New("bad cursor")
+	if len(data) != 0 {
+		return nil, errBadCursor
 	}
 	return r, nil
 }
+
+var errBadCursor = errors.New("bad cursor")
+
+// cursorEncoding writes cursors with letters that are not hex digits, so
+// that a cursor never looks like a key's hash (which the admin API refuses
+// in a URL), whatever endpoint it names.
+var cursorEncoding = base32.NewEncoding("ghijklmnopqrstuvwxyzGHIJKLMNOPQR").WithPadding(base32.NoPadding)
 
 // Endpoint cuts a path to its first depth segments and replaces segments
 // that look like ids (all digits, UUIDs, long hex, anything longer than
