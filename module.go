@@ -133,11 +133,13 @@ type Handler struct {
 	preflight    bool // pass preflights on
 	logger       *zap.Logger
 
-	limits      limits
-	counters    ratelimit.Store
-	failLimit   ratelimit.Rate
-	failures    *ratelimit.Failures
-	failuresKey string // its place in failuresPool, while held
+	limits       limits
+	counters     ratelimit.Store
+	failLimit    ratelimit.Rate
+	failures     *ratelimit.Failures
+	failuresKey  string // its place in failuresPool, while held
+	refusals     *refusalLog
+	refusalsHeld bool
 
 	requests   *routeCounts
 	perKey     bool
@@ -215,6 +217,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionLimits(); err != nil {
 		return err
 	}
+	val, _, err := refusalsPool.LoadOrNew(refusalsPoolKey, func() (caddy.Destructor, error) { return newRefusalLog(), nil })
+	if err != nil {
+		return err
+	}
+	h.refusals, h.refusalsHeld = val.(*refusalLog), true
 	if h.CountersRaw == nil {
 		h.CountersRaw = json.RawMessage(`{"store": "memory"}`)
 	}
@@ -285,6 +292,11 @@ func (h *Handler) Cleanup() error {
 	}
 	var errs []error
 	errs = append(errs, h.credential.Release())
+	if h.refusalsHeld {
+		h.refusalsHeld = false
+		_, err := refusalsPool.Delete(refusalsPoolKey)
+		errs = append(errs, err)
+	}
 	if h.failuresKey != "" {
 		_, err := failuresPool.Delete(h.failuresKey)
 		h.failuresKey = ""
@@ -365,12 +377,6 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 // ServeHTTP admits or refuses the request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	now := time.Now()
-	if h.preflight && r.Method == http.MethodOptions && isPreflight(r.Header) {
-		// Browsers send preflights without credentials: pass them on
-		// uncounted, and with no key a client may have added anyway.
-		headers.RemoveKeys(r.Header, h.keyFrom)
-		return next.ServeHTTP(w, r)
-	}
 	if h.failures != nil && h.failures.Active() {
 		if wait, blocked := h.failures.Blocked(clientIP(r), h.failLimit); blocked {
 			// Logged, audited and sent as an event once, when the
@@ -379,6 +385,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			writeTooMany(w, h.format, decisionRateLimited, "failed_auth", throttleMessage(wait), wait, false)
 			return nil
 		}
+	}
+
+	if h.preflight && r.Method == http.MethodOptions && isPreflight(r.Header) {
+		// Browsers send preflights without credentials: pass them on
+		// uncounted, with nothing to act with.
+		h.stripPreflight(r)
+		return next.ServeHTTP(w, r)
 	}
 
 	key, found := headers.TakeKey(r.Header, h.keyFrom)
@@ -439,6 +452,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.forbid(w, r, now, h.denials.ip, k, presented, policy)
 	case h.Service != "" && !k.AllowsService(h.Service):
 		return h.forbid(w, r, now, h.denials.service, k, presented, policy)
+	case k.HasPermissions() && !canonicalPath(r):
+		return h.forbid(w, r, now, h.denials.path, k, presented, policy)
 	case !k.Permits(r) || !permitsOverride(k, r):
 		return h.forbid(w, r, now, h.denials.method, k, presented, policy)
 	}
@@ -471,6 +486,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl.Set("http.apikey.type", typeValues[presented])
 	repl.Set("http.apikey.service", h.serviceValue)
 	h.credential.Apply(r.Header, repl) // after the placeholders, which it may use
+	// Request trailers come after the checks: none is passed on, so no key,
+	// credential or override can arrive in one.
+	r.Trailer = nil
 
 	h.usage.Add(k.ID, h.Service, r.Method, usage.Endpoint(r.URL.Path, h.usageDepth), now)
 	h.counted(r, allowedIndex, k, presented, now)
@@ -561,6 +579,15 @@ func (h *Handler) counted(r *http.Request, decision int, k *keystore.Key, t keys
 // the key id when the key is known.
 func (h *Handler) refused(r *http.Request, start time.Time, decision, reason string, k *keystore.Key, t keystore.Type, res *ratelimit.Result) {
 	h.counted(r, decisionIndexes[decision], k, t, start)
+	var repeated int64
+	if k != nil {
+		// A known key's refusals are written once a minute per kind
+		// (refusals.go); an unknown client's are bounded by the throttle.
+		var write bool
+		if write, repeated = h.refusals.admit(refusalKey{k.ID, decision, reason}, start); !write {
+			return
+		}
+	}
 	if c := h.logger.Check(zapcore.InfoLevel, "request denied"); c != nil {
 		fields := []zap.Field{
 			zap.String("decision", decision),
@@ -574,6 +601,9 @@ func (h *Handler) refused(r *http.Request, start time.Time, decision, reason str
 		if k != nil {
 			fields = append(fields, zap.String("key_id", k.ID))
 		}
+		if repeated > 0 {
+			fields = append(fields, zap.Int64("repeated", repeated))
+		}
 		c.Write(fields...)
 	}
 	if h.audit == nil && !h.events.on() {
@@ -586,6 +616,9 @@ func (h *Handler) refused(r *http.Request, start time.Time, decision, reason str
 	}
 	if k != nil {
 		data["key_id"] = k.ID
+	}
+	if repeated > 0 {
+		data["repeated"] = repeated
 	}
 	if h.audit != nil {
 		entry := audit.Entry{"event": "request.denied"}

@@ -1,8 +1,11 @@
 package apikey
 
 import (
+	"bytes"
+	"io"
+	"mime"
 	"net/http"
-	"net/url"
+	"path"
 	"strings"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
@@ -20,28 +23,136 @@ func isPreflight(h http.Header) bool {
 // request as another method.
 var methodOverrideHeaders = [...]string{"X-Http-Method-Override", "X-Method-Override", "X-Http-Method"}
 
-// permitsOverride checks every method the request asks to be run as (the
-// override headers and a "_method" query parameter) against the key's role
-// and permissions, since the upstream may honour any of them.
+// maxOverridePeek is how much of a form body is read for a "_method"
+// field: Rails and Laravel read it there.
+const maxOverridePeek = 64 << 10
+
+// anyOverride stands for an override whose method could not be read: it is
+// allowed only to a key that may use every method it could be.
+var anyOverride = []string{http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodPost}
+
+// permitsOverride checks every method the request asks to be run as
+// against the key's role and permissions, since the upstream may honour
+// any of them: the override headers, a "_method" query parameter (however
+// its name is escaped, with "&" or ";" between pairs), and a "_method"
+// field in a form body's first 64 KiB.
 func permitsOverride(k *keystore.Key, r *http.Request) bool {
+	permits := func(m string) bool {
+		return k.PermitsMethod(r, strings.ToUpper(strings.TrimSpace(m)))
+	}
 	for _, name := range methodOverrideHeaders {
 		for _, m := range r.Header[name] {
-			if !k.PermitsMethod(r, strings.ToUpper(strings.TrimSpace(m))) {
+			if !permits(m) {
 				return false
 			}
 		}
 	}
-	if strings.Contains(r.URL.RawQuery, "_method") {
-		q, _ := url.ParseQuery(r.URL.RawQuery)
-		for _, m := range q["_method"] {
-			if !k.PermitsMethod(r, strings.ToUpper(strings.TrimSpace(m))) {
+	if q := r.URL.RawQuery; q != "" && (containsFold(q, "method") || strings.Contains(q, "%")) {
+		for _, m := range formValues(q, "_method") {
+			if !permits(m) {
 				return false
 			}
+		}
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		return true
+	}
+	mediaType, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mediaType != "application/x-www-form-urlencoded" && mediaType != "multipart/form-data" {
+		return true
+	}
+	head := peekBody(r, maxOverridePeek)
+	if !containsFold(string(head), "method") && !bytes.Contains(head, []byte("%")) {
+		return true
+	}
+	methods := formValues(string(head), "_method")
+	if mediaType == "multipart/form-data" && bytes.Contains(head, []byte(`name="_method"`)) {
+		methods = anyOverride
+	}
+	for _, m := range methods {
+		if !permits(m) {
+			return false
 		}
 	}
 	return true
 }
 
+// peekBody reads up to n bytes of the request body and puts them back in
+// front of the rest, so the upstream gets the body whole.
+func peekBody(r *http.Request, n int) []byte {
+	buf := make([]byte, n)
+	got, _ := io.ReadFull(r.Body, buf)
+	buf = buf[:got]
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
+	return buf
+}
+
+// formValues returns the values of name in s, a query or a form body: pairs
+// split on "&" and ";", names and values unescaped leniently.
+func formValues(s, name string) []string {
+	var out []string
+	for len(s) > 0 {
+		var pair string
+		if i := strings.IndexAny(s, "&;"); i >= 0 {
+			pair, s = s[:i], s[i+1:]
+		} else {
+			pair, s = s, ""
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		if lenientUnescape(k) == name {
+			out = append(out, lenientUnescape(v))
+		}
+	}
+	return out
+}
+
+func containsFold(s, sub string) bool {
+	return strings.Contains(strings.ToLower(s), sub)
+}
+
+// canonicalPath reports whether the path the upstream gets is the path the
+// key's permissions are checked against: no dot segments, no encoded
+// slashes, backslashes or dots. Otherwise an upstream that routes on the
+// raw path could run a request the permission check saw elsewhere.
+func canonicalPath(r *http.Request) bool {
+	p := r.URL.Path
+	if p != "" && p != "/" {
+		clean := path.Clean(p)
+		if strings.HasSuffix(p, "/") {
+			clean += "/"
+		}
+		if clean != p {
+			return false
+		}
+	}
+	raw := r.URL.RawPath
+	return raw == "" || !(containsFold(raw, "%2f") || containsFold(raw, "%5c") || containsFold(raw, "%2e"))
+}
+
 // loggedMethod is the method as logs, audit entries and usage counts show
 // it: a standard method, or "OTHER", so a made-up method cannot grow them.
 func loggedMethod(m string) string { return usage.Method(m) }
+
+// stripPreflight leaves a passed-on preflight nothing to act with: no
+// key, credential, cookie, method override, body or trailer. Browsers
+// send none of these with a preflight; a client that does is not a browser.
+func (h *Handler) stripPreflight(r *http.Request) {
+	for _, loc := range h.keyFrom {
+		delete(r.Header, loc.Header)
+	}
+	for _, name := range methodOverrideHeaders {
+		delete(r.Header, name)
+	}
+	for _, name := range []string{"Authorization", "Proxy-Authorization", "Cookie", "Trailer"} {
+		delete(r.Header, name)
+	}
+	if name := h.credential.Header(); name != "" {
+		delete(r.Header, name)
+	}
+	r.Body, r.ContentLength, r.Trailer = http.NoBody, 0, nil
+	r.TransferEncoding = nil
+	r.Header.Del("Content-Length")
+}

@@ -30,6 +30,7 @@ const (
 	reasonService = "service"
 	reasonIP      = "ip"
 	reasonKeyType = "key_type"
+	reasonPath    = "path"
 )
 
 // errorFormat is the shape of a refusal's JSON body, chosen per route so
@@ -169,7 +170,7 @@ func newDenial(f errorFormat, status int, code, reason, message string) *denial 
 // denials holds every refusal a handler can give.
 type denials struct {
 	missing, invalid, expired, rotatedOut, revoked *denial
-	method, service, ip, keyType                   *denial
+	method, service, ip, keyType, path             *denial
 	unavailable                                    *denial
 }
 
@@ -203,6 +204,8 @@ func newDenials(f errorFormat, service string, allowTypes []string, keyFrom []he
 			"The key is not allowed to use the "+realm+" service."),
 		ip: newDenial(f, http.StatusForbidden, decisionForbidden, reasonIP,
 			"The key may not be used from this client address."),
+		path: newDenial(f, http.StatusForbidden, decisionForbidden, reasonPath,
+			"The request path has dot segments or encoded slashes, backslashes or dots, so the key's path permissions cannot be checked against what the upstream would see; send the path in its plain form."),
 		keyType: newDenial(f, http.StatusForbidden, decisionForbidden, reasonKeyType,
 			"This endpoint accepts only "+strings.Join(allowTypes, " or ")+" keys."),
 		unavailable: newDenial(f, http.StatusServiceUnavailable, decisionUnavailable, "",
@@ -247,7 +250,9 @@ func writeTooMany(w http.ResponseWriter, f errorFormat, code, reason, message st
 	h["Content-Type"] = []string{"application/json"}
 	h["Cache-Control"] = []string{"no-store"}
 	headers.SetRetryAfter(h, retryAfter)
-	if final {
+	// The OpenAI SDKs sleep for a Retry-After of up to a minute; past that,
+	// no quick retry can pass, so say so.
+	if final || retryAfter > time.Minute {
 		h["X-Should-Retry"] = []string{"false"}
 	}
 	body := appendErrorBody(make([]byte, 0, 128+len(message)), f, http.StatusTooManyRequests, code, reason, message)

@@ -167,6 +167,9 @@ func isGlobal(name string) bool {
 	return false
 }
 
+// Header is the header the credential is set in; "" when there is none.
+func (p Prepared) Header() string { return p.header }
+
 // Apply sets the credential on h, replacing what the client sent.
 func (p Prepared) Apply(h http.Header, repl *caddy.Replacer) {
 	if p.header == "" {

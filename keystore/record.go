@@ -366,6 +366,10 @@ func (k *Key) Expired(now time.Time) bool {
 	return !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt)
 }
 
+// HasPermissions reports whether the key's paths are limited by
+// permissions.
+func (k *Key) HasPermissions() bool { return len(k.permissions) > 0 }
+
 // RestrictsIP reports whether the key has allowed_ips.
 func (k *Key) RestrictsIP() bool { return len(k.allowedIPs) > 0 }
 
