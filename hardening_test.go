@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -100,6 +101,9 @@ func TestMethodOverridesAreChecked(t *testing.T) {
 		{"writer overrides to PUT", writer, "/x", []string{"X-HTTP-Method-Override", "PUT"}, 200},
 		{"custom overrides to a permitted method", custom, "/chat?_method=POST", nil, 403}, // GET /chat itself is not permitted
 		{"custom override to POST on /x", custom, "/x", []string{"X-HTTP-Method-Override", "POST"}, 403},
+		{"_method escaped", reader, "/x?%5Fmethod=DELETE", nil, 403},
+		{"_method escaped lowercase", reader, "/x?%5fmethod=delete", nil, 403},
+		{"_method after a semicolon", reader, "/x?a=1;_method=DELETE", nil, 403},
 		{"no override", reader, "/x", nil, 200},
 	} {
 		before := up.count()
@@ -116,6 +120,196 @@ func TestMethodOverridesAreChecked(t *testing.T) {
 				t.Errorf("%s: the refused request reached the upstream", c.name)
 			}
 		}
+	}
+
+	// A form body's _method, as Rails and Laravel read it.
+	for _, c := range []struct {
+		name, contentType, body string
+		status                  int
+	}{
+		{"urlencoded DELETE", "application/x-www-form-urlencoded", "a=1&_method=DELETE", 403},
+		{"urlencoded escaped", "application/x-www-form-urlencoded", "a=1&%5Fmethod=delete", 403},
+		{"urlencoded PUT", "application/x-www-form-urlencoded", "_method=PUT&a=1", 200},
+		{"multipart", "multipart/form-data; boundary=XX", "--XX\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XX--\r\n", 403},
+		{"JSON is not a form", "application/json", `{"_method": "DELETE"}`, 200},
+	} {
+		req, _ := http.NewRequest("POST", base+"/x", strings.NewReader(c.body))
+		req.Header.Set("Content-Type", c.contentType)
+		req.Header.Set("Authorization", "Bearer "+writer.secret)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.status {
+			t.Errorf("writer POST with %s: %d, want %d", c.name, resp.StatusCode, c.status)
+		}
+		if c.status == 200 {
+			if seen := up.last(t); seen.Method != "POST" {
+				t.Errorf("%s: the upstream got %s", c.name, seen.Method)
+			}
+		}
+	}
+}
+
+// TestPathPermissionsOnCanonicalPaths: a key limited to some paths is
+// checked against the path the upstream gets, so a path with dot segments
+// or encoded slashes (which Caddy's matcher cleans, and an upstream may
+// not) is refused (403 path) rather than checked in its cleaned form.
+func TestPathPermissionsOnCanonicalPaths(t *testing.T) {
+	custom := newKey(t, keystore.Dev, keystore.Record{ID: "k_paths", Role: "custom", Permissions: []string{"GET /h/api/*"}})
+	admin := newKey(t, keystore.Dev, keystore.Record{ID: "k_paths_admin", Role: "admin"})
+	up := newUpstream(t)
+	port := freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	handle /h/* {
+		apikey {
+			keys file %s
+		}
+		reverse_proxy %s
+	}
+}`, port, writeKeyFile(t, custom.record, admin.record), up.addr()))
+	for _, p := range []string{"/h/admin/..%2Fapi/x", "/h/admin/%2e%2e/api/x", "/h/admin%2F..%2Fapi/x", "/h/admin/../api/x", "/h/api/./x"} {
+		before := up.count()
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d", port), nil)
+		req.URL.Opaque = p // as sent, not cleaned by the client
+		req.Header.Set("Authorization", "Bearer "+custom.secret)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 403 || !strings.Contains(string(body), `"reason":"path"`) {
+			t.Errorf("%s: %d %s, want 403 reason path", p, resp.StatusCode, body)
+		}
+		if up.count() != before {
+			t.Errorf("%s reached the upstream", p)
+		}
+	}
+	if r := send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/h/api/x", port), bearer(custom)...); r.status != 200 {
+		t.Errorf("the plain path: %d", r.status)
+	}
+	// A key without path permissions is not held to it.
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d", port), nil)
+	req.URL.Opaque = "/h/a/..%2Fb"
+	req.Header.Set("Authorization", "Bearer "+admin.secret)
+	if resp, err := client.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Errorf("an admin key on an encoded path: %v", err)
+	} else {
+		resp.Body.Close()
+	}
+}
+
+// TestNothingRidesInTrailersOrPreflights: request trailers never reach the
+// upstream (a second key, a credential or an override could ride in one),
+// and a preflight passed on carries no key, credential, cookie, override
+// or body.
+func TestNothingRidesInTrailersOrPreflights(t *testing.T) {
+	writer := newKey(t, keystore.Prod, keystore.Record{ID: "k_trailer_writer", Role: "writer", Services: []string{"n8n"}})
+	reader := newKey(t, keystore.Dev, keystore.Record{ID: "k_trailer_reader", Role: "reader", Services: []string{"n8n"}})
+	type seen struct {
+		method  string
+		header  http.Header
+		trailer http.Header
+		body    string
+	}
+	got := make(chan seen, 4)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		got <- seen{r.Method, r.Header.Clone(), r.Trailer.Clone(), string(body)}
+	}))
+	t.Cleanup(up.Close)
+	port := freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+		service n8n
+		upstream_auth gateway-n8n-credential
+	}
+	reverse_proxy %s
+}`, port, writeKeyFile(t, writer.record, reader.record), strings.TrimPrefix(up.URL, "http://")))
+	url := fmt.Sprintf("http://127.0.0.1:%d/api/v1/workflows", port)
+
+	req, _ := http.NewRequest("POST", url, io.NopCloser(strings.NewReader("payload"))) // chunked
+	req.Header.Set("Authorization", "Bearer "+writer.secret)
+	req.Trailer = http.Header{"X-Api-Key": {reader.secret}, "X-N8n-Api-Key": {"client-chosen"}, "X-Http-Method-Override": {"DELETE"}}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("chunked POST with trailers: %d", resp.StatusCode)
+	}
+	s := <-got
+	if len(s.trailer) != 0 || s.body != "payload" || s.header.Get("X-N8n-Api-Key") != "gateway-n8n-credential" {
+		t.Errorf("the upstream got trailers %v (want none), body %q", keysOf(s.trailer), s.body)
+	}
+
+	req, _ = http.NewRequest("OPTIONS", url+"?_method=DELETE", strings.NewReader("body"))
+	for name, v := range map[string]string{"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+		"X-N8N-API-KEY": "attacker-guess", "X-HTTP-Method-Override": "DELETE", "Cookie": "session=1",
+		"X-API-Key": reader.secret} {
+		req.Header.Set(name, v)
+	}
+	resp, err = client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	s = <-got
+	for _, h := range []string{"X-N8n-Api-Key", "X-Http-Method-Override", "Cookie", "X-Api-Key", "Authorization"} {
+		if s.header.Get(h) != "" {
+			t.Errorf("a passed preflight carried %s to the upstream", h)
+		}
+	}
+	if s.method != "OPTIONS" || s.body != "" || s.header.Get("Origin") == "" {
+		t.Errorf("preflight: method %s, body %q, origin %q", s.method, s.body, s.header.Get("Origin"))
+	}
+}
+
+func keysOf(h http.Header) []string {
+	var out []string
+	for k := range h {
+		out = append(out, k)
+	}
+	return out
+}
+
+// TestKeyRefusalsWrittenBounded: a key refused again and again (a client
+// retrying a 403) costs at most 10 log lines and audit entries a minute,
+// and the metrics still count every refusal.
+func TestKeyRefusalsWrittenBounded(t *testing.T) {
+	reader := newKey(t, keystore.Dev, keystore.Record{ID: "k_refused_often", Role: "reader"})
+	up := newUpstream(t)
+	port := freePort(t)
+	dir := t.TempDir()
+	logPath, auditPath := filepath.Join(dir, "caddy.log"), filepath.Join(dir, "audit.log")
+	cfg := strings.Replace(hardeningSite(port, logPath, writeKeyFile(t, reader.record), up.addr(), "audit_log "+auditPath, ""),
+		"level DEBUG", "level INFO", 1)
+	startCaddy(t, cfg)
+	for range 300 {
+		if r := send(t, "DELETE", fmt.Sprintf("http://127.0.0.1:%d/api/x", port), bearer(reader)...); r.status != 403 {
+			t.Fatalf("DELETE by a reader: %d", r.status)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // the audit writer's batch
+	log, _ := os.ReadFile(logPath)
+	audit, _ := os.ReadFile(auditPath)
+	if n := strings.Count(string(log), `"key_id":"k_refused_often"`); n != refusalBurst {
+		t.Errorf("%d log lines for 300 refusals, want %d", n, refusalBurst)
+	}
+	if n := strings.Count(string(audit), `"key_id":"k_refused_often"`); n != refusalBurst {
+		t.Errorf("%d audit entries for 300 refusals, want %d", n, refusalBurst)
 	}
 }
 
