@@ -245,6 +245,11 @@ func Compile(rec Record) (*Key, error) {
 		if pd == d {
 			return nil, fieldErr(field+".hash", "is the key's current hash")
 		}
+		for j, earlier := range k.Previous {
+			if earlier.Digest == pd {
+				return nil, fieldErr(field+".hash", "repeats previous_hashes[%d]", j)
+			}
+		}
 		if ph.ValidUntil == "" {
 			return nil, fieldErr(field+".valid_until", "is required")
 		}

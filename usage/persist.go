@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"time"
 
@@ -57,10 +58,16 @@ func (c *Counts) Load(path string, now time.Time) error {
 	if f.Version != fileVersion || f.Counts == nil {
 		return fmt.Errorf("%w: version %d or no counts", ErrCorrupt, f.Version)
 	}
+	sums := make(map[Bucket]int64, len(f.Counts))
 	for _, sc := range f.Counts {
 		if sc.KeyID == "" || sc.Requests <= 0 || sc.Hour%3600 != 0 || sc.Hour > now.Add(time.Hour).Unix() {
 			return fmt.Errorf("%w: impossible values for key id %q", ErrCorrupt, sc.KeyID)
 		}
+		// A counter listed twice adds up; a sum past int64 is no count.
+		if sums[sc.Bucket] > math.MaxInt64-sc.Requests {
+			return fmt.Errorf("%w: the counts of key id %q add up past any possible number", ErrCorrupt, sc.KeyID)
+		}
+		sums[sc.Bucket] += sc.Requests
 	}
 	for _, sc := range f.Counts {
 		c.Put(sc.Bucket, sc.Requests)
