@@ -183,6 +183,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				return d.Err("want upstream_auth <value>, upstream_auth bearer <token>, upstream_auth header <Name> <value>, or file <path> in place of the value")
 			}
+			if strings.TrimSpace(authArgs[len(authArgs)-1]) == "" {
+				return d.Err("upstream_auth: the value is empty")
+			}
 
 		case "error_format":
 			if !d.AllArgs(&h.ErrorFormat) {

@@ -168,6 +168,9 @@ func (s *HTTPSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	s.URL = d.Val()
+	if u, err := url.Parse(s.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return d.Errf("keys http: %q is not an http or https URL", s.URL)
+	}
 	if d.NextArg() {
 		return d.Errf("keys http takes one URL, found another argument %q", d.Val())
 	}
