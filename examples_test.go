@@ -5,6 +5,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
 // The demo keys README.md lists for examples/keys.json. They are public and
@@ -78,5 +80,32 @@ func TestExample(t *testing.T) {
 				t.Errorf("the demo reader's quota is %q, README says 100", r.header.Get("X-RateLimit-Limit"))
 			}
 		})
+	}
+
+	// The demo forgives a user trying the README's 401 examples again and
+	// again: 30 failures in a row do not lock the address out.
+	for range 30 {
+		send(t, "GET", base+"/ollama/api/tags", "X-API-Key", demoRevoked)
+	}
+	if r := send(t, "GET", base+"/ollama/api/tags", "X-API-Key", demoReader); r.status != 200 {
+		t.Errorf("after 30 failed tries the demo reader gets %d, want 200", r.status)
+	}
+}
+
+// TestExampleRecordsHaveTypes: every demo record says its type, so the
+// admin API shows the quota the gateway enforces.
+func TestExampleRecordsHaveTypes(t *testing.T) {
+	data, err := os.ReadFile("examples/keys.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	records, err := keystore.ParseRecords(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range records {
+		if rec.Type == "" {
+			t.Errorf("demo record %s has no type", rec.ID)
+		}
 	}
 }
