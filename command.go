@@ -12,6 +12,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -107,6 +108,9 @@ func newCommand() *cobra.Command {
 }
 
 func runNew(c *cobra.Command, _ []string) error {
+	if err := refuseKeyAsID(c); err != nil {
+		return err
+	}
 	f := c.Flags()
 	typeName, _ := f.GetString("type")
 	typ, err := keystore.ParseType(typeName)
@@ -208,6 +212,9 @@ func rotateCommand() *cobra.Command {
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if err := refuseKeyAsID(c); err != nil {
+				return err
+			}
 			id, _ := c.Flags().GetString("id")
 			graceText, _ := c.Flags().GetString("grace")
 			grace, err := caddy.ParseDuration(graceText)
@@ -279,6 +286,9 @@ func revokeCommand() *cobra.Command {
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if err := refuseKeyAsID(c); err != nil {
+				return err
+			}
 			id, _ := c.Flags().GetString("id")
 			store, closeStore, err := openStore(c)
 			if err != nil {
@@ -519,14 +529,14 @@ means lines were cut from the end, or the log was emptied or rewritten.
 		RunE: func(c *cobra.Command, args []string) error {
 			path := args[0]
 			var heads []audit.Head
-			given, _ := c.Flags().GetStringArray("head")
-			for _, s := range given {
+			for _, s := range givenHeads(c) {
 				h, err := audit.ParseHead(s)
 				if err != nil {
 					return fmt.Errorf("--head: %w", err)
 				}
 				heads = append(heads, h)
 			}
+			given := heads
 			recorded, hasFile, err := audit.ReadHead(path)
 			if err != nil {
 				return err
@@ -550,8 +560,12 @@ means lines were cut from the end, or the log was emptied or rewritten.
 			if hasFile {
 				fmt.Printf("the head recorded in %s (%s) is in the log\n", audit.HeadPath(path), recorded)
 			}
-			for _, h := range given {
-				fmt.Printf("the head %s is in the log\n", h)
+			for _, h := range given { // as parsed: never the text given, which may hold line breaks
+				if h.Lines == audit.AnyLine {
+					fmt.Printf("the head %s is in the log\n", h.SHA256)
+				} else {
+					fmt.Printf("the head %s is in the log\n", h)
+				}
 			}
 			return nil
 		},
@@ -621,4 +635,40 @@ type auditHead struct {
 	// Recorded is false when no writer has recorded the head beside the
 	// log yet, and it was worked out from the log.
 	Recorded bool `json:"recorded"`
+}
+
+// givenHeads is every --head of audit verify as given, an empty one too
+// (which GetStringArray drops, so that verify --head "$(tail -1 missing)"
+// would pass without checking any head).
+func givenHeads(c *cobra.Command) []string {
+	if v, ok := c.Flags().Lookup("head").Value.(interface{ GetSlice() []string }); ok {
+		return v.GetSlice()
+	}
+	given, _ := c.Flags().GetStringArray("head")
+	return given
+}
+
+// refuseKeyAsID refuses an --id that looks like a key or a key's hash (a
+// key pasted in the wrong place), before anything else, so that no message
+// repeats it: ids are printed, logged and audited. It looks for a key's
+// prefix at the start (spaces and control characters around it aside) or
+// anywhere in its own case ("Bearer DEV_API_…"), "sha256:" in any case, or
+// 64 hex digits in a row.
+func refuseKeyAsID(c *cobra.Command) error {
+	id, _ := c.Flags().GetString("id")
+	trimmed := strings.TrimFunc(id, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) || unicode.Is(unicode.Cf, r) })
+	hexDigits, longest := 0, 0
+	for _, r := range id {
+		if strings.ContainsRune("0123456789abcdefABCDEF", r) {
+			hexDigits++
+			longest = max(longest, hexDigits)
+		} else {
+			hexDigits = 0
+		}
+	}
+	if keystore.HasKnownPrefix(trimmed) || strings.Contains(id, "DEV_API_") || strings.Contains(id, "PROD_API_") ||
+		strings.Contains(strings.ToLower(id), "sha256:") || longest >= 64 {
+		return errors.New("--id: that looks like a key or a key's hash, not a key id; it is not repeated here, and nothing was changed (caddy apikey list shows the ids)")
+	}
+	return nil
 }

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -34,7 +36,7 @@ type watchedSecret struct {
 	poolKey string
 	value   atomic.Pointer[string]
 
-	failing bool // the last read failed; logged once until it reads again
+	lastErr string // the failure last logged, "" while reads work: each distinct one is logged once
 	stop    chan struct{}
 	done    chan struct{}
 	once    sync.Once
@@ -64,12 +66,30 @@ func watchSecret(path, scheme string) (*watchedSecret, error) {
 
 // read returns the header value the file makes now. Errors never hold the
 // secret.
+//
+// Only a regular file is read (a symbolic link to one is fine): anything
+// else, a FIFO above all, could block the read, and with it the watcher and
+// Caddy's stop, forever. It is checked before the open, and again on the
+// opened file, which is opened without blocking in case it was swapped
+// in between.
 func (w *watchedSecret) read() (string, error) {
-	f, err := os.Open(w.path)
+	info, err := os.Stat(w.path)
+	if err != nil {
+		return "", fmt.Errorf("secret file: %w", err)
+	}
+	if !info.Mode().IsRegular() {
+		return "", notRegular(w.path, info.Mode())
+	}
+	f, err := os.OpenFile(w.path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return "", fmt.Errorf("secret file: %w", err)
 	}
 	defer f.Close()
+	if info, err := f.Stat(); err != nil {
+		return "", fmt.Errorf("secret file %s: %w", w.path, err)
+	} else if !info.Mode().IsRegular() {
+		return "", notRegular(w.path, info.Mode())
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxSecretSize+1))
 	if err != nil {
 		return "", fmt.Errorf("secret file %s: %w", w.path, err)
@@ -83,11 +103,29 @@ func (w *watchedSecret) read() (string, error) {
 		return "", fmt.Errorf("secret file %s is empty", w.path)
 	case bytes.ContainsAny(secret, "\r\n"):
 		return "", fmt.Errorf("secret file %s holds more than one line", w.path)
+	case !validHeaderValue(secret):
+		// Every request would fail at the upstream's transport (502).
+		return "", fmt.Errorf("secret file %s holds a control character, which an HTTP header cannot carry", w.path)
 	}
 	if w.scheme != "" {
 		return w.scheme + " " + string(secret), nil
 	}
 	return string(secret), nil
+}
+
+func notRegular(path string, mode fs.FileMode) error {
+	return fmt.Errorf("secret file %s is not a regular file (%s)", path, mode.Type())
+}
+
+// validHeaderValue reports whether b may be sent as an HTTP header value,
+// as Go's HTTP transports check it: no control characters but tab.
+func validHeaderValue(b []byte) bool {
+	for _, c := range b {
+		if (c < ' ' && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 func (w *watchedSecret) run() {
@@ -104,19 +142,24 @@ func (w *watchedSecret) run() {
 	}
 }
 
+// secretLogger is the watchers' logger; a variable for tests.
+var secretLogger = func() *zap.Logger { return caddy.Log().Named("http.handlers.apikey.upstream_auth") }
+
+// check reads the file again. A failure is logged when it differs from the
+// last one logged (a new bad version in a row, say an empty file and then
+// one with two lines), so each distinct failure is logged once, not every
+// 500 ms; the errors never hold the secret.
 func (w *watchedSecret) check() {
-	logger := caddy.Log().Named("http.handlers.apikey.upstream_auth")
+	logger := secretLogger()
 	v, err := w.read()
 	if err != nil {
-		if !w.failing {
-			w.failing = true
+		if msg := err.Error(); msg != w.lastErr {
+			w.lastErr = msg
 			logger.Error("upstream secret file cannot be used; keeping the last good secret", zap.Error(err))
 		}
 		return
 	}
-	if w.failing {
-		w.failing = false
-	}
+	w.lastErr = ""
 	if old := w.value.Load(); *old != v {
 		w.value.Store(&v)
 		logger.Info("upstream secret file changed; using the new secret", zap.String("file", w.path))

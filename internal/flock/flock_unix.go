@@ -14,20 +14,27 @@ import (
 // it (the file itself is replaced by rename, so it cannot hold the lock). It
 // waits for another holder to finish.
 //
-// A symbolic link is followed first (see Resolve): the lock belongs to the
-// file a write replaces, so writers that name the link and writers that name
-// its target wait for each other. A link swapped to another target while
+// A symbolic link is followed first (see Resolve), dangling or not: the lock
+// belongs to the file a write replaces, so writers that name the link and
+// writers that name its target wait for each other. A link swapped to another target while
 // Lock waited is followed again.
 //
 // The folder is made if missing. The lock file is readable by all and opened
 // read-only (flock needs no more), so that Caddy and an operator running the
 // commands as another user can both take it.
 func Lock(path string) (func(), error) {
+	_, unlock, err := LockTarget(path)
+	return unlock, err
+}
+
+// LockTarget is Lock, and also returns the file it locked (Resolve of path
+// once the lock is held): the one to read and replace.
+func LockTarget(path string) (string, func(), error) {
 	for attempt := 0; ; attempt++ {
 		target := Resolve(path)
 		unlock, err := lockBeside(target)
 		if err != nil || attempt == 3 || Resolve(path) == target {
-			return unlock, err
+			return target, unlock, err
 		}
 		unlock() // the link moved while we waited: lock its new target
 	}

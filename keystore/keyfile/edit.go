@@ -42,14 +42,14 @@ type field struct {
 //
 // A path that is a symbolic link is followed: the lock, the read and the
 // write are all of its target, so that writers naming the link and writers
-// naming the target take turns. Messages name path as given.
+// naming the target take turns. A dangling link is followed too: its target
+// is created, and the link stays a link. Messages name path as given.
 func EditKeyFile(path string, change func(*KeyFile) error) error {
-	unlock, err := flock.Lock(path)
+	target, unlock, err := flock.LockTarget(path)
 	if err != nil {
 		return fmt.Errorf("locking key file %s: %w", path, err)
 	}
 	defer unlock()
-	target := flock.Resolve(path) // what Lock locked
 
 	mode := fs.FileMode(0o600)
 	data, err := os.ReadFile(target)
