@@ -192,19 +192,23 @@ func initMetrics() {
 		}, []string{"result"})
 		metrics.sourceErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "source_errors_total",
-			Help: "Failures of key sources: a rejected key file version, a failed key service call.",
+			Help: "Failures of key sources: a rejected key file version, a failed key service call, a failed Redis lookup.",
 		}, []string{"source"})
 		cacheResults := map[string]prometheus.Counter{}
 		for _, r := range []string{"hit", "stale", "negative_hit", "miss"} {
 			cacheResults[r] = metrics.cache.WithLabelValues(r)
 		}
 		sources := map[string]prometheus.Counter{}
-		for _, s := range []string{"file", "http"} {
+		for _, s := range []string{"file", "http", "redis"} {
 			sources[s] = metrics.sourceErrors.WithLabelValues(s)
 		}
 		keystore.SetObserver(&keystore.Observer{
 			CacheResult: func(result string) { cacheResults[result].Inc() },
-			SourceError: func(source string) { sources[source].Inc() },
+			SourceError: func(source string) {
+				if c := sources[source]; c != nil {
+					c.Inc()
+				}
+			},
 		})
 	})
 }

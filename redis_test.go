@@ -69,6 +69,13 @@ func runCaddyProcess(t *testing.T, caddyfile string, port int, env ...string) *e
 		cmd.Process.Kill()
 		cmd.Wait()
 		logFile.Close()
+		if t.Failed() {
+			// The end of Caddy's log, without lines that could hold a
+			// key: Caddy's own DEBUG lines are off in these configs.
+			log, _ := os.ReadFile(filepath.Join(dir, "caddy.log"))
+			lines := strings.Split(strings.TrimSpace(string(log)), "\n")
+			t.Logf("the last lines of the Caddy on port %d:\n%s", port, strings.Join(lines[max(0, len(lines)-40):], "\n"))
+		}
 	})
 	deadline := time.Now().Add(15 * time.Second)
 	for {

@@ -27,10 +27,16 @@ type Server struct {
 	dir  string
 	Port int
 	cmd  *exec.Cmd
+	args []string // persistence settings, replacing the default of none
 }
 
 // Start runs redis-server on a free port until the test ends.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB) *Server { return StartWith(t) }
+
+// StartWith is Start with persistence settings, e.g. "--appendonly",
+// "yes", "--appendfsync", "always"; they are kept across Restart, and the
+// data folder too.
+func StartWith(t testing.TB, persistence ...string) *Server {
 	t.Helper()
 	bin := testtools.Require(t, "redis-server", RequireEnv, "install Debian's redis-server package")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -39,7 +45,7 @@ func Start(t testing.TB) *Server {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	s := &Server{t: t, bin: bin, dir: t.TempDir(), Port: port}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), Port: port, args: persistence}
 	s.Restart()
 	t.Cleanup(s.Kill)
 	return s
@@ -48,12 +54,17 @@ func Start(t testing.TB) *Server {
 // Addr is host:port.
 func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.Port) }
 
-// Restart starts the server again on the same port, empty (no persistence).
+// Restart starts the server again on the same port: empty, unless it was
+// started with persistence settings.
 func (s *Server) Restart() {
 	s.t.Helper()
-	s.cmd = exec.Command(s.bin, "--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir,
-		"--logfile", filepath.Join(s.dir, "redis.log"), "--protected-mode", "no")
+	persistence := s.args
+	if len(persistence) == 0 {
+		persistence = []string{"--save", "", "--appendonly", "no"}
+	}
+	args := append([]string{"--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1", "--dir", s.dir,
+		"--logfile", filepath.Join(s.dir, "redis.log"), "--protected-mode", "no"}, persistence...)
+	s.cmd = exec.Command(s.bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("starting redis-server: %v", err)
 	}

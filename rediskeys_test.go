@@ -1,0 +1,204 @@
+package apikey
+
+import (
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/moodmnky/caddy-apikey/internal/redistest"
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+// redisKeysSite is one gateway instance with keys and counters on Redis,
+// its admin API on adminPort.
+func redisKeysSite(port, adminPort int, redisAddr, upstream string) string {
+	return fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys redis {
+			address %s
+			timeout 2s
+		}
+		cache {
+			ttl 1m
+			stale 1h
+		}
+		failed_auth_limit off
+		counters redis {
+			address %s
+			timeout 2s
+		}
+	}
+	reverse_proxy %s
+}`, adminPort, port, redisAddr, redisAddr, upstream)
+}
+
+// apikeyCLI runs the built caddy's apikey command and returns stdout; the key,
+// when it prints one, is never put in a failure message.
+func apikeyCLI(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(builtCaddy(t), append([]string{"apikey"}, args...)...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return "", fmt.Errorf("caddy apikey %s: %v: %s", args[0], err, stderr.String())
+	}
+	return strings.TrimSpace(stdout.String()), nil
+}
+
+// TestKeysOnRedisAcrossInstances: two Caddy processes read their keys from
+// one redis-server. A key made with the command works on both; revoked
+// through one instance's admin API it is refused by the other within a
+// second; rotated, its new secret works on both and the old one carries
+// Deprecation; with Redis down, a cached key still works and an unknown one
+// gets 503, never 401.
+func TestKeysOnRedisAcrossInstances(t *testing.T) {
+	srv := redistest.Start(t)
+	up := newUpstream(t)
+	var urls, admins []string
+	for range 2 {
+		port, admin := freePort(t), freePort(t)
+		runCaddyProcess(t, redisKeysSite(port, admin, srv.Addr(), up.addr()), port)
+		urls = append(urls, fmt.Sprintf("http://127.0.0.1:%d/v1/models", port))
+		admins = append(admins, fmt.Sprintf("http://127.0.0.1:%d", admin))
+	}
+	key, err := apikeyCLI(t, "new", "--redis", srv.Addr(), "--type", "dev", "--role", "reader", "--id", "k_cluster", "--owner", "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := keystore.Check(key); !ok {
+		t.Fatal("caddy apikey new printed no key")
+	}
+	auth := []string{"Authorization", "Bearer " + key}
+	for i, u := range urls {
+		if r := send(t, "GET", u, auth...); r.status != 200 {
+			t.Fatalf("instance %d: the new key got %d", i, r.status)
+		}
+	}
+	// Listed through the admin API, with its owner and without its hash.
+	if code, body := adminCall(t, "GET", admins[1]+"/apikey/keys?owner=alice"); code != 200 || !strings.Contains(body, `"id": "k_cluster"`) || strings.Contains(body, "sha256") {
+		t.Errorf("listing alice's keys: %d", code)
+	}
+
+	// Revoked through instance 0: instance 1 refuses it within a second.
+	if code, body := adminCall(t, "POST", admins[0]+"/apikey/keys/k_cluster/revoke"); code != 200 {
+		t.Fatalf("revoke: %d %s", code, body)
+	}
+	revoked := time.Now()
+	for {
+		r := send(t, "GET", urls[1], auth...)
+		if r.status == 401 && r.err.Code == decisionRevokedKey {
+			break
+		}
+		if time.Since(revoked) > time.Second {
+			t.Fatalf("instance 1 still answers %d a second after the revocation", r.status)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("revocation seen by the other instance after %v", time.Since(revoked).Round(time.Millisecond))
+
+	// A second key, rotated with the command: the new secret works on both
+	// at once (the other instance may have cached "unknown" for it), the
+	// old one carries Deprecation.
+	old, err := apikeyCLI(t, "new", "--redis", srv.Addr(), "--type", "prod", "--role", "writer", "--id", "k_rotating")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range urls {
+		send(t, "GET", u, "Authorization", "Bearer "+old)
+	}
+	fresh, err := apikeyCLI(t, "rotate", "--redis", srv.Addr(), "--id", "k_rotating", "--grace", "1h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, u := range urls {
+		deadline := time.Now().Add(time.Second)
+		for {
+			if r := send(t, "GET", u, "Authorization", "Bearer "+fresh); r.status == 200 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("instance %d: the rotated key's new secret is not accepted within a second", i)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if r := send(t, "GET", u, "Authorization", "Bearer "+old); r.status != 200 || r.header.Get("Deprecation") != "true" {
+			t.Errorf("instance %d: the old secret got %d, Deprecation %q", i, r.status, r.header.Get("Deprecation"))
+		}
+	}
+
+	// Redis down: the cached key keeps working; an unknown key is 503.
+	srv.Kill()
+	unknown := newKey(t, keystore.Dev, keystore.Record{})
+	for i, u := range urls {
+		if r := send(t, "GET", u, "Authorization", "Bearer "+fresh); r.status != 200 {
+			t.Errorf("instance %d, Redis down: a cached key got %d", i, r.status)
+		}
+		if r := send(t, "GET", u, "Authorization", "Bearer "+unknown.secret); r.status != 503 {
+			t.Errorf("instance %d, Redis down: an uncached key got %d, want 503 (never 401)", i, r.status)
+		}
+	}
+}
+
+// TestKeysOnRedisSurviveARestart: with appendonly and appendfsync always,
+// a redis-server killed (as a crash would) while keys are being created
+// loses none of the keys whose creation it acknowledged.
+func TestKeysOnRedisSurviveARestart(t *testing.T) {
+	srv := redistest.StartWith(t, "--appendonly", "yes", "--appendfsync", "always", "--save", "")
+	var made sync.Map // id -> key
+	var count atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := "k_aof_" + strconv.Itoa(w) + "_" + strconv.Itoa(i)
+				if key, err := apikeyCLI(t, "new", "--redis", srv.Addr(), "--type", "dev", "--role", "reader", "--id", id, "--redis-timeout", "500ms"); err == nil {
+					made.Store(id, key)
+					count.Add(1)
+				}
+			}
+		}()
+	}
+	for count.Load() < 10 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	srv.Kill()
+	time.Sleep(200 * time.Millisecond)
+	srv.Restart()
+	for count.Load() < 20 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+
+	out, err := apikeyCLI(t, "list", "--redis", srv.Addr(), "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := 0
+	made.Range(func(id, _ any) bool {
+		if !strings.Contains(out, `"id": "`+id.(string)+`"`) {
+			missing++
+			t.Errorf("key %s was acknowledged and is gone after the restart", id)
+		}
+		return true
+	})
+	t.Logf("%d keys acknowledged across a kill -9 of redis-server, %d missing", count.Load(), missing)
+}
