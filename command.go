@@ -28,7 +28,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "apikey",
-		Usage: "new|rotate|revoke|list|check|hash|audit verify|head|rotate ...",
+		Usage: "new|rotate|revoke|list|export|import|check|hash|audit verify|head|rotate ...",
 		Short: "Issues, rotates, revokes and checks API keys",
 		Long: `
 Manages the key file of the apikey handler. Every change locks the file, is
@@ -47,7 +47,7 @@ path of the Caddyfile's audit_log).
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.AddCommand(newCommand(), rotateCommand(), revokeCommand(), listCommand(),
-				checkCommand(), hashCommand(), auditCommand())
+				exportCommand(), importCommand(), checkCommand(), hashCommand(), auditCommand())
 		},
 	})
 }

@@ -2,7 +2,9 @@ package apikey
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -201,4 +203,61 @@ func TestKeysOnRedisSurviveARestart(t *testing.T) {
 		return true
 	})
 	t.Logf("%d keys acknowledged across a kill -9 of redis-server, %d missing", count.Load(), missing)
+}
+
+// TestExportImport: a key file imported into Redis (dry run first, which
+// writes nothing), imported again (nothing changes), changed and imported
+// (one update), exported back to the same records; an import that would
+// give one hash to two keys is refused and leaves Redis as it was.
+func TestExportImport(t *testing.T) {
+	srv := redistest.Start(t)
+	a := newKey(t, keystore.Dev, keystore.Record{ID: "k_imp_a", Type: "dev", Role: "reader", Services: []string{"ollama"}})
+	b := newKey(t, keystore.Prod, keystore.Record{ID: "k_imp_b", Type: "prod", Role: "writer", Owner: "bob"})
+	file := writeKeyFile(t, a.record, b.record)
+
+	run := func(args ...string) (string, string, int) {
+		t.Helper()
+		return cli(t, "", args...)
+	}
+	out, _, code := run("import", file, "--redis", srv.Addr(), "--dry-run")
+	if code != 0 || !strings.Contains(out, "+ k_imp_a") || !strings.Contains(out, "+ k_imp_b") {
+		t.Fatalf("dry run: %d %q", code, out)
+	}
+	if out, _, _ := run("list", "--redis", srv.Addr(), "--json"); strings.Contains(out, "k_imp_a") {
+		t.Fatal("the dry run wrote to Redis")
+	}
+	if _, errOut, code := run("import", file, "--redis", srv.Addr()); code != 0 || !strings.Contains(errOut, "2 created, 0 updated, 0 unchanged") {
+		t.Fatalf("import: %d %q", code, errOut)
+	}
+	if _, errOut, code := run("import", file, "--redis", srv.Addr()); code != 0 || !strings.Contains(errOut, "0 created, 0 updated, 2 unchanged") {
+		t.Fatalf("second import: %d %q", code, errOut)
+	}
+	a.record.Role = "writer"
+	file = writeKeyFile(t, a.record, b.record)
+	out, errOut, code := run("import", file, "--redis", srv.Addr())
+	if code != 0 || !strings.Contains(out, "~ k_imp_a (role)") || !strings.Contains(errOut, "0 created, 1 updated, 1 unchanged") {
+		t.Fatalf("changed import: %d %q %q", code, out, errOut)
+	}
+
+	exported := filepath.Join(t.TempDir(), "export.json")
+	if _, errOut, code := run("export", "--redis", srv.Addr(), "--out", exported); code != 0 {
+		t.Fatalf("export: %d %q", code, errOut)
+	}
+	data, _ := os.ReadFile(exported)
+	records, err := keystore.ParseRecords(data)
+	if err != nil || len(records) != 2 || records[0].Role != "writer" || records[1].Owner != "bob" || records[0].Hash != a.record.Hash {
+		t.Fatalf("export: %d records, %v", len(records), err)
+	}
+
+	// A record whose hash is k_imp_a's, under another id: refused whole.
+	thief := b.record
+	thief.ID, thief.Hash = "k_imp_thief", a.record.Hash
+	fresh := newKey(t, keystore.Dev, keystore.Record{ID: "k_imp_fresh", Type: "dev", Role: "reader"})
+	bad := writeKeyFile(t, fresh.record, thief)
+	if _, errOut, code := run("import", bad, "--redis", srv.Addr()); code != 1 || !strings.Contains(errOut, "nothing was imported") {
+		t.Fatalf("conflicting import: %d %q", code, errOut)
+	}
+	if out, _, _ := run("list", "--redis", srv.Addr(), "--json"); strings.Contains(out, "k_imp_fresh") || strings.Contains(out, "k_imp_thief") {
+		t.Error("a refused import wrote part of itself")
+	}
 }

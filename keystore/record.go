@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -165,9 +166,12 @@ func Compile(rec Record) (*Key, error) {
 	if strings.TrimSpace(rec.ID) == "" {
 		return nil, fieldErr("id", "is required")
 	}
-	if HasKnownPrefix(rec.ID) {
+	if strings.Contains(rec.ID, Dev.Prefix()) || strings.Contains(rec.ID, Prod.Prefix()) {
 		// Ids are logged and audited; a key pasted as an id would be too.
 		return nil, fieldErr("id", "looks like a key; an id names a key and is not secret")
+	}
+	if strings.TrimSpace(rec.ID) != rec.ID || strings.ContainsFunc(rec.ID, unicode.IsControl) {
+		return nil, fieldErr("id", "has white space around it or control characters in it")
 	}
 	if rec.Hash == "" {
 		return nil, fieldErr("hash", "is required")
