@@ -1,11 +1,13 @@
 package apikey
 
 import (
+	"context"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
 // Event names, for `events { on <name> ... }`.
@@ -71,11 +73,21 @@ func quotaWarning(keyID string, used, limit int64, reset time.Time) int64 {
 	default:
 		return 0
 	}
+	if !markSent(keyID, reset, level) {
+		return 0
+	}
+	return level
+}
+
+// markSent records that the event of level (80, 90; 100 for the quota
+// running out) was sent for the key's window ending at reset; false when it
+// was already, at this level or above.
+func markSent(keyID string, reset time.Time, level int64) bool {
 	warnings.mu.Lock()
 	defer warnings.mu.Unlock()
 	prev := warnings.sent[keyID]
 	if prev.windowEnd == reset.Unix() && prev.percent >= level {
-		return 0
+		return false
 	}
 	warnings.sent[keyID] = warningSent{windowEnd: reset.Unix(), percent: level}
 	if len(warnings.sent) > 100000 {
@@ -86,7 +98,31 @@ func quotaWarning(keyID string, used, limit int64, reset time.Time) int64 {
 			}
 		}
 	}
-	return level
+	return true
+}
+
+// announceTimeout bounds the call that asks a shared counter store whether
+// another instance sent an event first.
+const announceTimeout = time.Second
+
+// emitOnce sends a once-per-window event (a quota warning, the quota
+// running out). With a counter store shared by several instances, it asks
+// the store first, off the request path, so that one instance in the
+// cluster sends it; if the store cannot answer, it sends it anyway (a
+// duplicate rather than a lost warning).
+func (h *Handler) emitOnce(event, keyID, mark string, until time.Time, data map[string]any) {
+	ann, ok := h.counters.(ratelimit.Announcer)
+	if !ok {
+		h.events.emit(event, data)
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), announceTimeout)
+		defer cancel()
+		if first, err := ann.FirstToAnnounce(ctx, keyID, mark, until); first || err != nil {
+			h.events.emit(event, data)
+		}
+	}()
 }
 
 // forgetWarnings re-arms a key's quota warnings, after its quota was reset.

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 	_ "time/tzdata" // quota_timezone must work on hosts without a zone database
@@ -470,6 +471,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !res.Allowed {
 		if res.DeniedBy == ratelimit.DailyLimit {
 			h.refused(r, now, decisionQuotaExceeded, "", k, presented, &res)
+			if h.events.on() && markSent(k.ID, res.Daily.Reset, 100) {
+				h.emitOnce(eventQuotaExceeded, k.ID, "quota_exceeded", res.Daily.Reset, map[string]any{"key_id": k.ID,
+					"service": h.Service, "limit": res.Daily.Limit, "reset": res.Daily.Reset.UTC().Format(time.RFC3339)})
+			}
 			writeTooMany(w, h.format, decisionQuotaExceeded, "", quotaMessage(res), res.RetryAfter, true)
 		} else {
 			h.refused(r, now, decisionRateLimited, "burst", k, presented, &res)
@@ -494,8 +499,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.counted(r, allowedIndex, k, presented, now)
 	if !res.Uncounted && h.events.on() {
 		if level := quotaWarning(k.ID, res.Daily.Limit-res.Daily.Remaining, res.Daily.Limit, res.Daily.Reset); level > 0 {
-			h.events.emit(eventQuotaWarning, map[string]any{"key_id": k.ID, "service": h.Service, "percent": level,
-				"used": res.Daily.Limit - res.Daily.Remaining, "limit": res.Daily.Limit, "reset": res.Daily.Reset.UTC().Format(time.RFC3339)})
+			h.emitOnce(eventQuotaWarning, k.ID, "warning"+strconv.FormatInt(level, 10), res.Daily.Reset,
+				map[string]any{"key_id": k.ID, "service": h.Service, "percent": level,
+					"used": res.Daily.Limit - res.Daily.Remaining, "limit": res.Daily.Limit, "reset": res.Daily.Reset.UTC().Format(time.RFC3339)})
 		}
 	}
 	if c := h.logger.Check(zapcore.DebugLevel, "request allowed"); c != nil {
@@ -629,10 +635,6 @@ func (h *Handler) refused(r *http.Request, start time.Time, decision, reason str
 	}
 	if h.events.on() {
 		h.events.emit(eventDenied, data)
-		if decision == decisionQuotaExceeded && res != nil {
-			h.events.emit(eventQuotaExceeded, map[string]any{"key_id": k.ID, "service": h.Service,
-				"limit": res.Daily.Limit, "reset": res.Daily.Reset.UTC().Format(time.RFC3339)})
-		}
 	}
 }
 

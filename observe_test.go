@@ -509,8 +509,8 @@ http://127.0.0.1:%d {
 	if fmt.Sprint(warnings) != "[80 90]" {
 		t.Errorf("quota warnings %v, want [80 90] once each", warnings)
 	}
-	if counts[eventQuotaExceeded] != 2 || counts[eventDenied] != 3 || counts[eventDeprecatedKey] != 1 {
-		t.Errorf("event counts %v, want 2 quota exceeded, 3 denied (2 quota + 1 invalid), 1 deprecated", counts)
+	if counts[eventQuotaExceeded] != 1 || counts[eventDenied] != 3 || counts[eventDeprecatedKey] != 1 {
+		t.Errorf("event counts %v, want 1 quota exceeded (once per window), 3 denied (2 quota + 1 invalid), 1 deprecated", counts)
 	}
 }
 

@@ -1,10 +1,12 @@
 package apikey
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,8 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
 // redisKeysSite is one gateway instance with keys and counters on Redis,
@@ -311,5 +315,60 @@ func TestClusterExample(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	}
+}
+
+// TestQuotaEventsOncePerCluster: with counters on Redis, a quota warning
+// another instance already sent for the key's window is not sent again;
+// the ones nobody sent are, once.
+func TestQuotaEventsOncePerCluster(t *testing.T) {
+	srv := redistest.Start(t)
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_cluster_events", Type: "dev", Role: "reader", QuotaPerDay: int64p(10)})
+	port := freePort(t)
+	doc := adaptJSON(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+		counters redis {
+			address %s
+			timeout 2s
+		}
+	}
+	respond ok
+}`, port, writeKeyFile(t, key.record), srv.Addr()))
+	doc["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
+		"events":   []string{eventQuotaWarning, eventQuotaExceeded},
+		"handlers": []any{map[string]any{"handler": "apikey_test_recorder"}},
+	}}}
+	// Another instance already sent the 80 % warning for this window.
+	other := &ratelimit.RedisStore{Addresses: []string{srv.Addr()}}
+	ctx := caddy.Context{Context: context.Background()}
+	if err := other.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer other.Cleanup()
+	if first, err := other.FirstToAnnounce(context.Background(), "k_cluster_events", "warning80", time.Now().Add(48*time.Hour)); !first || err != nil {
+		t.Fatalf("the other instance's mark: %v %v", first, err)
+	}
+	takeEvents()
+	loadJSON(t, doc)
+	for range 12 {
+		send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), bearer(key)...)
+	}
+	time.Sleep(500 * time.Millisecond) // events are sent off the request path
+	var names []string
+	for _, e := range takeEvents() {
+		name := e.Name()
+		if name == eventQuotaWarning {
+			name += fmt.Sprint(e.Data["percent"])
+		}
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	if fmt.Sprint(names) != "[apikey_quota_exceeded apikey_quota_warning90]" {
+		t.Errorf("events %v, want the 90 %% warning and quota_exceeded once, and no 80 %% warning (another instance sent it)", names)
 	}
 }

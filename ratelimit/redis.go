@@ -179,7 +179,29 @@ func (s *RedisStore) Reset(ctx context.Context, key string) error {
 	s.shared.local.Reset(key)
 	ctx, cancel := context.WithTimeout(ctx, s.shared.timeout)
 	defer cancel()
-	return s.shared.client.Del(ctx, RedisKey(s.shared.prefix, key)).Err()
+	names := []string{RedisKey(s.shared.prefix, key)}
+	for _, what := range announcements {
+		names = append(names, announceKey(s.shared.prefix, key, what))
+	}
+	return s.shared.client.Del(ctx, names...).Err()
+}
+
+// announcements are the marks Reset forgets, so a reset quota warns again.
+var announcements = []string{"warning80", "warning90", "quota_exceeded"}
+
+func announceKey(prefix, key, what string) string {
+	return RedisKey(prefix, key) + ":announced:" + what
+}
+
+// FirstToAnnounce sets a mark that lasts until until, if no instance set
+// it before (SET NX, in the key's hash slot).
+func (s *RedisStore) FirstToAnnounce(ctx context.Context, key, what string, until time.Time) (bool, error) {
+	res, err := s.shared.client.SetArgs(ctx, announceKey(s.shared.prefix, key, what), 1,
+		redis.SetArgs{Mode: "NX", ExpireAt: until}).Result()
+	if errors.Is(err, redis.Nil) {
+		return false, nil // set before, by this instance or another
+	}
+	return err == nil && res == "OK", err
 }
 
 // UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:

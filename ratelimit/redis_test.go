@@ -251,3 +251,44 @@ func waitUp(t *testing.T, s *RedisStore) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestRedisAnnouncesOncePerWindow: of two instances (two stores with their
+// own clients) racing to announce one event for one key, exactly one is
+// first; a reset forgets the mark.
+func TestRedisAnnouncesOncePerWindow(t *testing.T) {
+	srv := redistest.Start(t)
+	a := newRedisStore(t, srv.Addr(), "closed", nil, time.Second)
+	b := newRedisStore(t, srv.Addr(), "closed", nil, 2*time.Second) // another pool, as another instance
+	ctx := context.Background()
+	until := time.Now().Add(time.Hour)
+	var firsts atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := a
+			if i%2 == 1 {
+				s = b
+			}
+			if first, err := s.FirstToAnnounce(ctx, "k_ann", "warning80", until); err != nil {
+				t.Error(err)
+			} else if first {
+				firsts.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if firsts.Load() != 1 {
+		t.Fatalf("%d instances were first", firsts.Load())
+	}
+	if first, _ := a.FirstToAnnounce(ctx, "k_ann", "warning90", until); !first {
+		t.Error("another mark of the same key was taken")
+	}
+	if err := b.Reset(ctx, "k_ann"); err != nil {
+		t.Fatal(err)
+	}
+	if first, _ := a.FirstToAnnounce(ctx, "k_ann", "warning80", until); !first {
+		t.Error("a reset did not forget the mark")
+	}
+}

@@ -71,3 +71,12 @@ type Result struct {
 	// Burst is the zero Usage when the policy has no burst rate.
 	Burst Usage
 }
+
+// Announcer is a Store shared by several instances that can tell which
+// instance is the first to announce something about a key in a window, so
+// that a once-per-window event is sent once for the whole cluster.
+type Announcer interface {
+	// FirstToAnnounce reports whether no instance announced what for the
+	// key before; the mark lasts until until. Reset forgets the marks.
+	FirstToAnnounce(ctx context.Context, key, what string, until time.Time) (bool, error)
+}
