@@ -383,13 +383,32 @@ func (adminAPI) usage(w http.ResponseWriter, r *http.Request) error {
 			return apiError(http.StatusBadRequest, "unknown parameter %q (want key, service, from, to, by, limit, cursor)", name)
 		}
 	}
+	// Counts shared on Redis answer for the whole cluster (this instance's
+	// newest counts added first); the others for this instance.
 	rows := []usage.Row{}
 	seen := map[*usageTracker]bool{}
+	clusters := map[string]bool{}
 	for _, h := range activeHandlers() {
-		if h.usage != nil && !seen[h.usage] {
-			seen[h.usage] = true
-			rows = append(rows, h.usage.Report(query)...)
+		if h.usage == nil || seen[h.usage] {
+			continue
 		}
+		seen[h.usage] = true
+		cl := h.usage.cluster.Load()
+		if cl == nil {
+			rows = append(rows, h.usage.Report(query)...)
+			continue
+		}
+		h.usage.flush()
+		name := h.usage.clusterName()
+		if clusters[name] {
+			continue
+		}
+		clusters[name] = true
+		sums, err := cl.Report(r.Context(), query)
+		if err != nil {
+			return apiError(http.StatusServiceUnavailable, "reading usage from redis: %v", err)
+		}
+		rows = append(rows, sums...)
 	}
 	if len(seen) > 1 {
 		usage.SortRows(rows)

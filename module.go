@@ -353,6 +353,10 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 		return err
 	}
 	h.usage, h.usageKey = val.(*usageTracker), path
+	if rs, ok := h.counters.(*ratelimit.RedisStore); ok {
+		// The counters' Redis sums every instance's usage too.
+		h.usage.shareOn(rs.Client(), rs.KeyPrefix, fmt.Sprintf("%p|%s", rs.Client(), rs.KeyPrefix))
+	}
 
 	if h.AuditLog != "" {
 		if h.audit, err = openAudit(h.AuditLog); err != nil {

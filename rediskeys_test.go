@@ -2,6 +2,7 @@ package apikey
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -296,6 +297,29 @@ func TestClusterExample(t *testing.T) {
 	}
 	if fmt.Sprint(statuses) != "[200 200 200 429]" {
 		t.Errorf("one budget across the instances: %v, want [200 200 200 429]", statuses)
+	}
+	// Usage is the cluster's: each instance adds its counts to Redis every
+	// 5 s, and either one answers with the sum.
+	deadline := time.Now().Add(8 * time.Second)
+	for {
+		_, body := adminCall(t, "GET", admins[0]+"/apikey/usage?key=k_walkthrough")
+		var answer struct {
+			Rows []struct {
+				Requests int64 `json:"requests"`
+			} `json:"rows"`
+		}
+		json.Unmarshal([]byte(body), &answer)
+		var total int64
+		for _, r := range answer.Rows {
+			total += r.Requests
+		}
+		if total == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster usage shows %d requests, want 3 (2 on one instance, 1 on the other)", total)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	if code, _ := adminCall(t, "POST", admins[1]+"/apikey/keys/k_walkthrough/revoke"); code != 200 {
 		t.Fatalf("revoke: %d", code)

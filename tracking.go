@@ -1,22 +1,29 @@
 package apikey
 
 import (
+	"context"
 	"errors"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
 	"github.com/moodmnky/caddy-apikey/usage"
 )
 
-// usageSaveEvery is how often usage counts are saved.
-const usageSaveEvery = 10 * time.Second
+// usageSaveEvery is how often usage counts are saved; usageFlushEvery how
+// often they are added to Redis, when the counters are there.
+const (
+	usageSaveEvery  = 10 * time.Second
+	usageFlushEvery = 5 * time.Second
+)
 
 // usagePool shares usage counts per file among every route, across reloads.
 var usagePool = caddy.NewUsagePool()
@@ -30,6 +37,41 @@ type usageTracker struct {
 	stop      chan struct{}
 	done      chan struct{}
 	once      sync.Once
+
+	// cluster, when the counters are on Redis, sums every instance's
+	// counts there; the first route that names a Redis sets it.
+	cluster    atomic.Pointer[usage.Cluster]
+	clusterKey string
+	clusterMu  sync.Mutex
+}
+
+// shareOn adds this instance's counts to Redis from now on, if no Redis was
+// named before. name identifies the Redis and prefix, for reports.
+func (t *usageTracker) shareOn(client redis.UniversalClient, prefix, name string) {
+	t.clusterMu.Lock()
+	defer t.clusterMu.Unlock()
+	if t.cluster.Load() == nil {
+		t.cluster.Store(usage.NewCluster(client, prefix, t.retention))
+		t.clusterKey = name
+	}
+}
+
+// clusterName names the Redis the counts are shared on, or "".
+func (t *usageTracker) clusterName() string {
+	t.clusterMu.Lock()
+	defer t.clusterMu.Unlock()
+	return t.clusterKey
+}
+
+// flush adds the new counts to Redis, if shared there.
+func (t *usageTracker) flush() {
+	if cl := t.cluster.Load(); cl != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := cl.Flush(ctx, t.Counts); err != nil {
+			trackingLogger().Warn("adding usage counts to redis failed; they are sent again next time", zap.Error(err))
+		}
+	}
 }
 
 func trackingLogger() *zap.Logger { return caddy.Log().Named("http.handlers.apikey.usage") }
@@ -58,12 +100,16 @@ func (t *usageTracker) run() {
 	defer close(t.done)
 	tick := time.NewTicker(usageSaveEvery)
 	defer tick.Stop()
+	flush := time.NewTicker(usageFlushEvery)
+	defer flush.Stop()
 	for {
 		select {
 		case <-t.stop:
 			return
 		case <-tick.C:
 			t.save()
+		case <-flush.C:
+			t.flush()
 		}
 	}
 }
@@ -80,6 +126,7 @@ func (t *usageTracker) Destruct() error {
 	t.once.Do(func() { close(t.stop) })
 	<-t.done
 	t.save()
+	t.flush()
 	return nil
 }
 

@@ -134,6 +134,10 @@ func (s *RedisStore) Cleanup() error {
 	return err
 }
 
+// Client is the store's Redis client, for the parts of the gateway that
+// share its Redis (usage counts); KeyPrefix prefixes their keys too.
+func (s *RedisStore) Client() redis.UniversalClient { return s.shared.client }
+
 // Take counts the request in Redis, or as on_failure says while Redis fails.
 func (s *RedisStore) Take(ctx context.Context, key string, p Policy) (Result, error) {
 	return s.call(ctx, key, p, false)
