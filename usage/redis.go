@@ -176,4 +176,3 @@ func decodeCounter(s string) (Bucket, bool) {
 	}
 	return b, len(data) == 0 && b.KeyID != ""
 }
-
