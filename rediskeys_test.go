@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -394,5 +395,59 @@ http://127.0.0.1:%d {
 	sort.Strings(names)
 	if fmt.Sprint(names) != "[apikey_quota_exceeded apikey_quota_warning90]" {
 		t.Errorf("events %v, want the 90 %% warning and quota_exceeded once, and no 80 %% warning (another instance sent it)", names)
+	}
+}
+
+// TestGatewayOnARedisCluster runs a Caddy process whose keys, counters and
+// usage are on a real three-node Redis Cluster: a key made with the command
+// works, its quota is exact under concurrent load, its usage is summed, and
+// a revocation is seen.
+func TestGatewayOnARedisCluster(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	addrs := strings.Join(cluster.Addrs(), " ")
+	up := newUpstream(t)
+	port, admin := freePort(t), freePort(t)
+	runCaddyProcess(t, fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys redis {
+			address %s
+			timeout 2s
+		}
+		failed_auth_limit off
+		counters redis {
+			address %s
+			timeout 2s
+		}
+	}
+	reverse_proxy %s
+}`, admin, port, addrs, addrs, up.addr()), port)
+	out, errOut, code := cli(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader",
+		"--quota-per-day", "20", "--id", "k_on_cluster")
+	if code != 0 {
+		t.Fatalf("new on a cluster: %s", errOut)
+	}
+	key := strings.TrimSpace(out)
+	url := fmt.Sprintf("http://127.0.0.1:%d/x", port)
+	codes := tally(burst(50, func(int) *http.Request {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		return req
+	}))
+	if codes[200] != 20 || codes[429] != 30 {
+		t.Errorf("50 concurrent requests on a quota of 20: %v", codes)
+	}
+	adminURL := fmt.Sprintf("http://127.0.0.1:%d", admin)
+	if code, body := adminCall(t, "GET", adminURL+"/apikey/usage?key=k_on_cluster"); code != 200 || !strings.Contains(body, `"requests": 20`) {
+		t.Errorf("usage from the cluster: %d %s", code, body)
+	}
+	if code, body := adminCall(t, "POST", adminURL+"/apikey/keys/k_on_cluster/revoke"); code != 200 {
+		t.Fatalf("revoke on a cluster: %d %s", code, body)
+	}
+	if r := send(t, "GET", url, "Authorization", "Bearer "+key); r.status != 401 || r.err.Code != decisionRevokedKey {
+		t.Errorf("after the revocation: %d %s", r.status, r.err.Code)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -113,5 +114,51 @@ func (s *Server) signal(sig syscall.Signal) {
 	}
 	if err := s.cmd.Process.Signal(sig); err != nil {
 		s.t.Fatal(fmt.Errorf("signalling redis-server: %w", err))
+	}
+}
+
+// Cluster is a Redis Cluster of real redis-server processes the test owns.
+type Cluster struct {
+	Nodes []*Server
+}
+
+// Addrs are the nodes' host:port, as a client's seed list.
+func (c *Cluster) Addrs() []string {
+	out := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		out[i] = n.Addr()
+	}
+	return out
+}
+
+// StartCluster runs n masters (at least 3) with cluster mode on, joins them
+// into one cluster with redis-cli, and waits until every slot is served.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	cli := testtools.Require(t, "redis-cli", RequireEnv, "install Debian's redis-tools package (it comes with redis-server)")
+	c := &Cluster{}
+	for range n {
+		c.Nodes = append(c.Nodes, StartWith(t, "--save", "", "--appendonly", "no",
+			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"))
+	}
+	args := append([]string{"--cluster", "create"}, c.Addrs()...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ok := true
+		for _, node := range c.Nodes {
+			out, _ := exec.Command(cli, "-p", strconv.Itoa(node.Port), "cluster", "info").Output()
+			ok = ok && strings.Contains(string(out), "cluster_state:ok")
+		}
+		if ok {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the cluster did not reach cluster_state:ok")
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
