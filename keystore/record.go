@@ -1,10 +1,14 @@
 package keystore
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"io"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -128,7 +132,9 @@ type Key struct {
 	// so that setting placeholders costs no allocation per request.
 	IDValue, NameValue any
 
-	record      Record // as read, for telling versions apart
+	// grantSum is a digest of what the record allows (grant), for telling
+	// versions apart without keeping the whole record.
+	grantSum    uint64
 	services    []string
 	allServices bool
 	permissions []permission
@@ -162,7 +168,7 @@ func fieldErr(field string, format string, args ...any) error {
 
 // Compile validates a record and turns it into a Key.
 func Compile(rec Record) (*Key, error) {
-	k := &Key{ID: rec.ID, Name: rec.Name, Revoked: rec.Revoked, IDValue: rec.ID, NameValue: rec.Name, record: rec}
+	k := &Key{ID: rec.ID, Name: rec.Name, Revoked: rec.Revoked, IDValue: rec.ID, NameValue: rec.Name, grantSum: grantSum(rec)}
 	if strings.TrimSpace(rec.ID) == "" {
 		return nil, fieldErr("id", "is required")
 	}
@@ -367,9 +373,6 @@ func (k *Key) PermitsMethod(r *http.Request, method string) bool {
 	return false
 }
 
-// Record returns the record the key was compiled from.
-func (k *Key) Record() Record { return k.record }
-
 // Expired reports whether the key is past its expires_at at now.
 func (k *Key) Expired(now time.Time) bool {
 	return !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt)
@@ -413,4 +416,32 @@ func (k *Key) Services() []string {
 		return []string{"*"}
 	}
 	return k.services
+}
+
+// grantSum digests what a record allows: every field but its secrets and
+// revocation (see Diff), each written with its length, so that no two
+// different records write the same bytes.
+func grantSum(r Record) uint64 {
+	h := fnv.New64a()
+	write := func(s string) {
+		var n [8]byte
+		binary.LittleEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		io.WriteString(h, s)
+	}
+	for _, s := range []string{r.ID, r.Name, r.Type, r.Role, r.ExpiresAt, r.Rate, r.Owner, r.CreatedAt} {
+		write(s)
+	}
+	for _, list := range [][]string{r.Services, r.Permissions, r.AllowedIPs} {
+		write(strconv.Itoa(len(list)))
+		for _, s := range list {
+			write(s)
+		}
+	}
+	if r.QuotaPerDay != nil {
+		write(strconv.FormatInt(*r.QuotaPerDay, 10))
+	} else {
+		write("-")
+	}
+	return h.Sum64()
 }

@@ -21,6 +21,21 @@ func ParseAndValidate(data []byte) (*Set, error) {
 // ParseRecords decodes a key file's JSON. Unknown fields are errors, so that
 // a misspelt "revoked" cannot leave a key working.
 func ParseRecords(data []byte) ([]Record, error) {
+	// One strict pass over the whole file; only when it fails does a
+	// second, record by record, find which record and field to name.
+	var fast struct {
+		Keys []Record `json:"keys"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&fast); err == nil && !dec.More() && fast.Keys != nil {
+		return fast.Keys, nil
+	}
+	return parseRecordsSlowly(data)
+}
+
+// parseRecordsSlowly decodes record by record, for errors that name them.
+func parseRecordsSlowly(data []byte) ([]Record, error) {
 	var doc struct {
 		Keys []json.RawMessage `json:"keys"`
 	}

@@ -1,0 +1,51 @@
+package keyfile
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+// BenchmarkLoadMillion loads a key file of 1,000,000 records (178 MB) and
+// reports the heap each loaded record keeps. Slow to set up; run it alone:
+//
+//	go test -run '^$' -bench LoadMillion -benchtime 1x ./keystore/keyfile
+func BenchmarkLoadMillion(b *testing.B) {
+	const n = 1000000
+	records := make([]keystore.Record, n)
+	for i := range records {
+		k, _ := keystore.Generate(keystore.Dev)
+		records[i] = keystore.Record{ID: fmt.Sprintf("k_%07d", i), Hash: keystore.Sum(k).Encode(), Type: "dev",
+			Role: "reader", Services: []string{"ollama"}, CreatedAt: "2026-11-27T00:00:00Z"}
+	}
+	data, err := json.Marshal(map[string]any{"keys": records})
+	if err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(b.TempDir(), "keys.json")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	records, data = nil, nil
+	b.ResetTimer()
+	for b.Loop() {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		set, err := LoadFile(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(set.Len()), "B/record")
+		runtime.KeepAlive(set)
+		b.StartTimer()
+	}
+}
