@@ -270,33 +270,41 @@ func (adminAPI) keys(w http.ResponseWriter, r *http.Request) error {
 	defer cancel()
 
 	// A page from each store, merged in id order: the first limit of them
-	// are this page.
+	// are this page. Sources that hold their keys in memory (a key file)
+	// list from there; the others from their store.
 	type candidate struct {
-		rec   keystore.Record
+		key   *keystore.Key
 		owner storeOwner
 	}
 	var all []candidate
 	more := false
 	for _, so := range editableStores() {
+		if lister, ok := so.src.(keystore.KeyLister); ok {
+			keys, next := lister.ListKeys(q)
+			more = more || next != ""
+			for _, k := range keys {
+				all = append(all, candidate{k, so})
+			}
+			continue
+		}
 		page, err := so.store.List(ctx, q)
 		if err != nil {
 			return apiError(http.StatusServiceUnavailable, "listing %s: %v", so.store.Describe(), err)
 		}
 		more = more || page.Next != ""
 		for _, rec := range page.Records {
-			all = append(all, candidate{rec, so})
+			if k, err := keystore.Compile(rec); err == nil {
+				all = append(all, candidate{k, so}) // a store checks what it writes
+			}
 		}
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i].rec.ID < all[j].rec.ID })
+	sort.Slice(all, func(i, j int) bool { return all[i].key.ID < all[j].key.ID })
 	if len(all) > limit {
 		all, more = all[:limit], true
 	}
 	list := make([]keyEntry, 0, len(all))
 	for _, c := range all {
-		k, err := keystore.Compile(c.rec)
-		if err != nil {
-			continue // a store checks what it writes; nothing to show of a bad record
-		}
+		k := c.key
 		e := keyEntry{keyListing: listingOf(k, now), Source: c.owner.store.Describe()}
 		h := c.owner.h
 		if k.Type != 0 {

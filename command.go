@@ -322,6 +322,7 @@ func RevokeKey(ctx context.Context, store keystore.Store, id string) error {
 type keyListing struct {
 	ID        string   `json:"id"`
 	Name      string   `json:"name,omitempty"`
+	Owner     string   `json:"owner,omitempty"`
 	Type      string   `json:"type,omitempty"`
 	Role      string   `json:"role"`
 	Services  []string `json:"services"`
@@ -345,7 +346,7 @@ type quotaUse struct {
 }
 
 func listingOf(k *keystore.Key, now time.Time) keyListing {
-	l := keyListing{ID: k.ID, Name: k.Name, Type: k.Type.String(), Role: k.Role.String(),
+	l := keyListing{ID: k.ID, Name: k.Name, Owner: k.Owner, Type: k.Type.String(), Role: k.Role.String(),
 		Services: k.Services(), Status: k.Status(now)}
 	if l.Services == nil {
 		l.Services = []string{}

@@ -114,6 +114,8 @@ func (r Role) allowsMethod(method string) bool {
 type Key struct {
 	ID   string
 	Name string
+	// Owner is who the key belongs to, as the record says.
+	Owner string
 	// Type is the record's type, or 0 when the prefix decides.
 	Type      Type
 	Role      Role
@@ -168,7 +170,7 @@ func fieldErr(field string, format string, args ...any) error {
 
 // Compile validates a record and turns it into a Key.
 func Compile(rec Record) (*Key, error) {
-	k := &Key{ID: rec.ID, Name: rec.Name, Revoked: rec.Revoked, IDValue: rec.ID, NameValue: rec.Name, grantSum: grantSum(rec)}
+	k := &Key{ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Revoked: rec.Revoked, IDValue: rec.ID, NameValue: rec.Name, grantSum: grantSum(rec)}
 	if strings.TrimSpace(rec.ID) == "" {
 		return nil, fieldErr("id", "is required")
 	}

@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
 )
 
 // Source looks keys up by digest. Lookup returns a zero Match and a nil
@@ -61,6 +65,9 @@ func MatchFor(k *Key, d Digest) (m Match, ok bool) {
 type Set struct {
 	keys     []*Key
 	byDigest map[Digest]entry
+
+	sortOnce sync.Once
+	byID     []*Key // keys in id order, made at the first listing
 }
 
 type entry struct {
@@ -146,3 +153,39 @@ func (s *Set) Keys() []*Key { return s.keys }
 
 // Len returns the number of keys.
 func (s *Set) Len() int { return len(s.keys) }
+
+// Page lists the set's keys in id order, a page at a time, as a Store's
+// List does, without copying records: for sources that hold their keys in
+// memory. The id order is worked out once per set.
+func (s *Set) Page(q ListQuery) ([]*Key, string) {
+	s.sortOnce.Do(func() {
+		s.byID = slices.Clone(s.keys)
+		slices.SortFunc(s.byID, func(a, b *Key) int { return strings.Compare(a.ID, b.ID) })
+	})
+	limit := q.Limit
+	if limit <= 0 {
+		limit = DefaultListLimit
+	}
+	limit = min(limit, MaxListLimit)
+	i := 0
+	if q.After != "" {
+		i = sort.Search(len(s.byID), func(i int) bool { return s.byID[i].ID > q.After })
+	}
+	var page []*Key
+	for ; i < len(s.byID); i++ {
+		k := s.byID[i]
+		if q.Owner != "" && k.Owner != q.Owner {
+			continue
+		}
+		if len(page) == limit {
+			return page, page[limit-1].ID
+		}
+		page = append(page, k)
+	}
+	return page, ""
+}
+
+// KeyLister is a Source that lists its keys from memory (see Set.Page).
+type KeyLister interface {
+	ListKeys(q ListQuery) ([]*Key, string)
+}

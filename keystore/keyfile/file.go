@@ -101,6 +101,12 @@ func (f *FileSource) Changed(string) { f.keys.check() }
 // AbsPath is the file's absolute path.
 func (f *FileSource) AbsPath() string { return f.keys.path }
 
+// ListKeys lists the current version's keys, a page at a time, from
+// memory: a listing of a large file reads nothing from disk.
+func (f *FileSource) ListKeys(q keystore.ListQuery) ([]*keystore.Key, string) {
+	return f.keys.set.Load().Page(q)
+}
+
 // Keys returns the keys of the current version of the file.
 func (f *FileSource) Keys() []*keystore.Key { return f.keys.set.Load().Keys() }
 
