@@ -451,3 +451,46 @@ http://127.0.0.1:%d {
 		t.Errorf("after the revocation: %d %s", r.status, r.err.Code)
 	}
 }
+
+// TestKeysOnRedisStopAndReload: a config with keys redis stops, and is
+// replaced by a reload, at once while Redis is healthy (the subscription
+// to key changes must not hold them up).
+func TestKeysOnRedisStopAndReload(t *testing.T) {
+	srv := redistest.Start(t)
+	port := freePort(t)
+	cfg := func(negative string) string {
+		return fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys redis {
+			address %s
+		}
+		cache {
+			negative_ttl %s
+		}
+	}
+	respond ok
+}`, port, srv.Addr(), negative)
+	}
+	within := func(what string, fn func() error) {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- fn() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s did not finish within 5 s", what)
+		}
+	}
+	within("loading", func() error { return loadCaddy(cfg("10s")) })
+	time.Sleep(300 * time.Millisecond) // subscribed
+	within("a reload that replaces the source", func() error { return loadCaddy(cfg("5s")) })
+	time.Sleep(300 * time.Millisecond)
+	within("stopping", stopCaddy)
+}

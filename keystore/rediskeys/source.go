@@ -166,6 +166,8 @@ type sharedSource struct {
 
 	cancel context.CancelFunc
 	done   chan struct{}
+	subMu  sync.Mutex
+	sub    *redis.PubSub // the current subscription, for Destruct to close
 
 	lastLogged atomic.Int64
 	once       sync.Once
@@ -233,6 +235,13 @@ func (sh *sharedSource) listen(ctx context.Context) {
 	first := true
 	for ctx.Err() == nil {
 		sub := sh.client.Subscribe(ctx, sh.store.Channel())
+		sh.subMu.Lock()
+		sh.sub = sub
+		sh.subMu.Unlock()
+		if ctx.Err() != nil { // Destruct came between: it closed nothing
+			sub.Close()
+			return
+		}
 		if _, err := sub.Receive(ctx); err != nil {
 			sub.Close()
 			select {
@@ -259,7 +268,7 @@ const pingEvery = 2 * time.Second
 // follow applies messages until the subscription breaks.
 func (sh *sharedSource) follow(ctx context.Context, sub *redis.PubSub) {
 	pinged := false
-	for {
+	for ctx.Err() == nil {
 		msg, err := sub.ReceiveTimeout(ctx, pingEvery)
 		var netErr net.Error
 		if errors.As(err, &netErr) && netErr.Timeout() && !pinged {
@@ -287,6 +296,13 @@ func (sh *sharedSource) Destruct() error {
 	var err error
 	sh.once.Do(func() {
 		sh.cancel()
+		// A subscription waiting for a message does not watch the
+		// context; closing it ends the wait at once.
+		sh.subMu.Lock()
+		if sh.sub != nil {
+			sh.sub.Close()
+		}
+		sh.subMu.Unlock()
 		<-sh.done
 		sh.cache.Close()
 		err = sh.release()
