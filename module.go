@@ -355,7 +355,8 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 	h.usage, h.usageKey = val.(*usageTracker), path
 	if rs, ok := h.counters.(*ratelimit.RedisStore); ok {
 		// The counters' Redis sums every instance's usage too.
-		h.usage.shareOn(rs.Client(), rs.KeyPrefix, fmt.Sprintf("%p|%s", rs.Client(), rs.KeyPrefix))
+		client, release := rs.Retain()
+		h.usage.shareOn(client, release, rs.KeyPrefix, fmt.Sprintf("%p|%s", client, rs.KeyPrefix))
 	}
 
 	if h.AuditLog != "" {

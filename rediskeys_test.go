@@ -494,3 +494,54 @@ http://127.0.0.1:%d {
 	time.Sleep(300 * time.Millisecond)
 	within("stopping", stopCaddy)
 }
+
+// TestClusterUsageSurvivesRestarts: an instance that stops and starts
+// again (on the same usage file) does not add its history to the cluster's
+// totals again, and its last counts before a clean stop are in them.
+func TestClusterUsageSurvivesRestarts(t *testing.T) {
+	srv := redistest.Start(t)
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_restarts", Type: "dev", Role: "reader"})
+	keyFile := writeKeyFile(t, key.record)
+	usageFile := filepath.Join(t.TempDir(), "usage.json")
+	port, admin := freePort(t), freePort(t)
+	cfg := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+		usage_file %s
+		counters redis {
+			address %s
+			timeout 2s
+		}
+	}
+	respond ok
+}`, admin, port, keyFile, usageFile, srv.Addr())
+	total := func() int64 {
+		_, body := adminCall(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/apikey/usage?key=k_restarts", admin))
+		var answer struct {
+			Rows []struct {
+				Requests int64 `json:"requests"`
+			} `json:"rows"`
+		}
+		json.Unmarshal([]byte(body), &answer)
+		var n int64
+		for _, r := range answer.Rows {
+			n += r.Requests
+		}
+		return n
+	}
+	for round := 1; round <= 3; round++ {
+		cmd := runCaddyProcess(t, cfg, port)
+		for range 4 {
+			send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), bearer(key)...)
+		}
+		if n := total(); n != int64(4*round) {
+			t.Fatalf("round %d: cluster usage %d, want %d", round, n, 4*round)
+		}
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	}
+}

@@ -40,20 +40,29 @@ type usageTracker struct {
 
 	// cluster, when the counters are on Redis, sums every instance's
 	// counts there; the first route that names a Redis sets it.
-	cluster    atomic.Pointer[usage.Cluster]
-	clusterKey string
-	clusterMu  sync.Mutex
+	cluster      atomic.Pointer[usage.Cluster]
+	clusterKey   string
+	clusterMu    sync.Mutex
+	releaseRedis func()
 }
 
 // shareOn adds this instance's counts to Redis from now on, if no Redis was
-// named before. name identifies the Redis and prefix, for reports.
-func (t *usageTracker) shareOn(client redis.UniversalClient, prefix, name string) {
+// named before; it keeps the client until the tracker ends (release), so
+// the last counts go up at shutdown. name identifies the Redis and prefix,
+// for reports. What the tracker counted before (its file's counts) is taken
+// as added already: an instance that restarts must not add its history
+// again.
+func (t *usageTracker) shareOn(client redis.UniversalClient, release func(), prefix, name string) {
 	t.clusterMu.Lock()
 	defer t.clusterMu.Unlock()
-	if t.cluster.Load() == nil {
-		t.cluster.Store(usage.NewCluster(client, prefix, t.retention))
-		t.clusterKey = name
+	if t.cluster.Load() != nil {
+		release()
+		return
 	}
+	cl := usage.NewCluster(client, prefix, t.retention)
+	cl.MarkFlushed(t.Counts)
+	t.cluster.Store(cl)
+	t.clusterKey, t.releaseRedis = name, release
 }
 
 // clusterName names the Redis the counts are shared on, or "".
@@ -127,6 +136,11 @@ func (t *usageTracker) Destruct() error {
 	<-t.done
 	t.save()
 	t.flush()
+	t.clusterMu.Lock()
+	if t.releaseRedis != nil {
+		t.releaseRedis()
+	}
+	t.clusterMu.Unlock()
 	return nil
 }
 

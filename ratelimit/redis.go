@@ -134,9 +134,19 @@ func (s *RedisStore) Cleanup() error {
 	return err
 }
 
-// Client is the store's Redis client, for the parts of the gateway that
-// share its Redis (usage counts); KeyPrefix prefixes their keys too.
-func (s *RedisStore) Client() redis.UniversalClient { return s.shared.client }
+// Retain returns the store's Redis client for another part of the gateway
+// that shares its Redis (usage counts), and the function that lets go of
+// it: the client stays open until that is called, whenever the store
+// itself is cleaned up. KeyPrefix prefixes that part's keys too.
+func (s *RedisStore) Retain() (redis.UniversalClient, func()) {
+	val, _, err := redisPool.LoadOrNew(s.poolKey, func() (caddy.Destructor, error) { return s.shared, nil })
+	if err != nil {
+		return s.shared.client, func() {}
+	}
+	key := s.poolKey
+	var once sync.Once
+	return val.(*sharedRedis).client, func() { once.Do(func() { _, _ = redisPool.Delete(key) }) }
+}
 
 // Take counts the request in Redis, or as on_failure says while Redis fails.
 func (s *RedisStore) Take(ctx context.Context, key string, p Policy) (Result, error) {

@@ -116,6 +116,14 @@ func (cl *Cluster) send(ctx context.Context, id string, batch []delta) error {
 	return nil
 }
 
+// MarkFlushed takes what c holds now as added already: the counts an
+// instance saved before it shared them on Redis, or before a restart.
+func (cl *Cluster) MarkFlushed(c *Counts) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	c.Each(func(b Bucket, n int64) { cl.flushed[b] = n })
+}
+
 func (cl *Cluster) hourKey(hour int64) string { return cl.p + "h:" + strconv.FormatInt(hour, 10) }
 
 // Report answers a query from the sums of every instance.
