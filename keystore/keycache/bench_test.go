@@ -2,6 +2,7 @@ package keycache
 
 import (
 	"context"
+	"strconv"
 	"testing"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
@@ -22,5 +23,24 @@ func BenchmarkCacheHit(b *testing.B) {
 		if m, _ := c.Lookup(context.Background(), d); m.Key == nil {
 			b.Fatal("miss")
 		}
+	}
+}
+
+// BenchmarkPurge: one purge among many recent ones (a bulk change, each id
+// published): O(1), not a copy of every id purged within stale.
+func BenchmarkPurge(b *testing.B) {
+	c, err := New(CacheConfig{}, func(context.Context, keystore.Digest) (keystore.Match, error) { return keystore.Match{}, nil }, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 100000 {
+		c.Purge("k_" + strconv.Itoa(i))
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		c.Purge("k_" + strconv.Itoa(i))
 	}
 }

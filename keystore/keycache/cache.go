@@ -136,12 +136,13 @@ type Cache struct {
 	slots          chan struct{} // one per fetch in flight
 	flights        clientFlights
 
-	// Purges mark entries fetched before them as gone; kept as an immutable
-	// map swapped on purge, so lookups take no lock.
+	// Purges mark entries fetched before them as gone. A purge of one id
+	// costs O(1), so that a bulk change (thousands of ids published at once)
+	// costs each instance little; lookups read without a lock.
 	purgedAll     atomic.Int64 // clock reading, as fetched
 	purgedUnknown atomic.Int64 // the same, for unknown-key answers only
-	purgedIDs     atomic.Pointer[map[string]int64]
-	purgeMu       sync.Mutex
+	purgedIDs     sync.Map     // key id → clock reading of its last purge
+	purges        atomic.Int64 // since the last sweep of purgedIDs
 
 	// ids are the key ids the source has named, for management; real keys
 	// only (unknown digests are never here), so it stays small.
@@ -197,8 +198,6 @@ func New(cfg CacheConfig, fetch fetchFunc, now func() time.Time, onError func(er
 		c.known.Close()
 		return nil, err
 	}
-	empty := map[string]int64{}
-	c.purgedIDs.Store(&empty)
 	c.purgedAll.Store(math.MinInt64) // nothing purged yet
 	c.purgedUnknown.Store(math.MinInt64)
 	c.background, c.cancel = context.WithCancel(context.Background())
@@ -230,7 +229,7 @@ func (c *Cache) get(d keystore.Digest) *cacheEntry {
 		return nil
 	}
 	if e.match.Key != nil {
-		if at, ok := (*c.purgedIDs.Load())[e.match.Key.ID]; ok && e.fetched <= at {
+		if at, ok := c.purgedIDs.Load(e.match.Key.ID); ok && e.fetched <= at.(int64) {
 			return nil
 		}
 	}
@@ -354,20 +353,22 @@ func (c *Cache) fetchAndStore(d keystore.Digest) (keystore.Match, error) {
 // Purge drops every cached answer about the key id: the next request asks
 // the source again.
 func (c *Cache) Purge(id string) {
-	c.purgeMu.Lock()
-	defer c.purgeMu.Unlock()
 	now := c.clock()
-	old := *c.purgedIDs.Load()
-	next := make(map[string]int64, len(old)+1)
-	for k, at := range old {
-		// Past stale, every entry fetched before the purge is gone anyway.
-		if time.Duration(now-at) < time.Duration(c.cfg.Stale) {
-			next[k] = at
-		}
+	c.purgedIDs.Store(id, now)
+	// Now and then, forget purges older than stale: every entry fetched
+	// before them is gone anyway.
+	if c.purges.Add(1)%purgeSweepEvery == 0 {
+		c.purgedIDs.Range(func(k, at any) bool {
+			if time.Duration(now-at.(int64)) >= time.Duration(c.cfg.Stale) {
+				c.purgedIDs.Delete(k)
+			}
+			return true
+		})
 	}
-	next[id] = now
-	c.purgedIDs.Store(&next)
 }
+
+// purgeSweepEvery is how many purges pass between sweeps of old ones.
+const purgeSweepEvery = 4096
 
 // Knows reports whether the source has named this key id.
 func (c *Cache) Knows(id string) bool {
