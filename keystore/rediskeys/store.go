@@ -100,7 +100,9 @@ return {'ok'}
 var lookupScript = redis.NewScript(`
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
-return redis.call('GET', ARGV[1] .. 'rec:' .. id)
+local rec = redis.call('GET', ARGV[1] .. 'rec:' .. id)
+if not rec then return {id} end
+return {id, rec}
 `)
 
 // hashesOf are the hex digests a record answers to.
@@ -188,9 +190,9 @@ func (s *Store) Update(ctx context.Context, id string, change func(*keystore.Rec
 		if err != nil {
 			return keystore.Record{}, fmt.Errorf("%w: %v", keystore.ErrUnavailable, err)
 		}
-		before, err := keystore.DecodeRecord([]byte(old))
+		before, _, err := decodeStored(id, old)
 		if err != nil {
-			return keystore.Record{}, fmt.Errorf("record %q in redis: %w", id, err)
+			return keystore.Record{}, err
 		}
 		after, _ := keystore.DecodeRecord([]byte(old)) // a copy, slices included
 		if err := change(&after); err != nil {
@@ -236,11 +238,8 @@ func (s *Store) Get(ctx context.Context, id string) (keystore.Record, error) {
 	if err != nil {
 		return keystore.Record{}, fmt.Errorf("%w: %v", keystore.ErrUnavailable, err)
 	}
-	rec, err := keystore.DecodeRecord([]byte(data))
-	if err != nil {
-		return keystore.Record{}, fmt.Errorf("record %q in redis: %w", id, err)
-	}
-	return rec, nil
+	rec, _, err := decodeStored(id, data)
+	return rec, err
 }
 
 // List returns a page of records in id order: one range read of the id
@@ -284,9 +283,9 @@ func (s *Store) List(ctx context.Context, q keystore.ListQuery) (keystore.Page, 
 		if !ok {
 			continue // removed between the two reads
 		}
-		rec, err := keystore.DecodeRecord([]byte(data))
+		rec, _, err := decodeStored(ids[i], data)
 		if err != nil {
-			return keystore.Page{}, fmt.Errorf("record %q in redis: %w", ids[i], err)
+			continue // damaged by hand; Get names the problem, a listing goes on
 		}
 		page.Records = append(page.Records, rec)
 	}
@@ -302,13 +301,30 @@ func (s *Store) lookup(ctx context.Context, d keystore.Digest) (keystore.Record,
 	if err != nil {
 		return keystore.Record{}, false, err
 	}
-	data, ok := res.(string)
-	if !ok {
+	parts, _ := res.([]any)
+	if len(parts) == 0 {
 		return keystore.Record{}, false, nil
 	}
+	id, _ := parts[0].(string)
+	if len(parts) < 2 {
+		// The hash index names a record that is gone: the store is not
+		// what a writer leaves, so no answer can be trusted.
+		return keystore.Record{}, false, fmt.Errorf("redis: the hash index names key %q, which has no record", id)
+	}
+	data, _ := parts[1].(string)
+	return decodeStored(id, data)
+}
+
+// decodeStored reads the record stored under id; a record that does not
+// parse, or whose own id is not the one it is stored under, is refused:
+// admitting it would act under another key's name.
+func decodeStored(id, data string) (keystore.Record, bool, error) {
 	rec, err := keystore.DecodeRecord([]byte(data))
 	if err != nil {
-		return keystore.Record{}, false, fmt.Errorf("record %q in redis: %w", rec.ID, err)
+		return keystore.Record{}, false, fmt.Errorf("record %q in redis: %w", id, err)
+	}
+	if rec.ID != id {
+		return keystore.Record{}, false, fmt.Errorf("record %q in redis holds the id %q; fix or remove it", id, rec.ID)
 	}
 	return rec, true, nil
 }
