@@ -2,8 +2,8 @@ package apikey
 
 import (
 	"bytes"
+	"errors"
 	"io"
-	"mime"
 	"net/http"
 	"path"
 	"strings"
@@ -57,16 +57,31 @@ func permitsOverride(k *keystore.Key, r *http.Request) bool {
 	if r.Body == nil || r.Body == http.NoBody {
 		return true
 	}
-	mediaType, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if mediaType != "application/x-www-form-urlencoded" && mediaType != "multipart/form-data" {
+	// The media type as frameworks read it: cut at ";" or ",", whatever
+	// follows (Rack and PHP accept what mime.ParseMediaType refuses).
+	mediaType := r.Header.Get("Content-Type")
+	if i := strings.IndexAny(mediaType, ";,"); i >= 0 {
+		mediaType = mediaType[:i]
+	}
+	mediaType = strings.ToLower(strings.TrimSpace(mediaType))
+	multipart := mediaType == "multipart/form-data"
+	if mediaType != "application/x-www-form-urlencoded" && !multipart {
 		return true
+	}
+	mayOverride := true
+	for _, m := range anyOverride {
+		mayOverride = mayOverride && permits(m)
+	}
+	if mayOverride {
+		return true // whatever the body asks, the key may do it
 	}
 	head := peekBody(r, maxOverridePeek)
 	if !containsFold(string(head), "method") && !bytes.Contains(head, []byte("%")) {
 		return true
 	}
 	methods := formValues(string(head), "_method")
-	if mediaType == "multipart/form-data" && bytes.Contains(head, []byte(`name="_method"`)) {
+	if multipart && containsFold(string(head), "_method") {
+		// Field names in multipart may be quoted or not, in any case.
 		methods = anyOverride
 	}
 	for _, m := range methods {
@@ -77,16 +92,47 @@ func permitsOverride(k *keystore.Key, r *http.Request) bool {
 	return true
 }
 
-// peekBody reads up to n bytes of the request body and puts them back in
-// front of the rest, so the upstream gets the body whole.
+// errOverrideInBody aborts a request whose form body, past the part read
+// before the request was admitted, asks for another method.
+var errOverrideInBody = errors.New(`a "_method" field past the first 64 KiB of a form body`)
+
+// overrideGuard reads the rest of a form body (past the part read before
+// the request was admitted) and fails the request if it holds "_method":
+// the upstream then gets a cut body, which no framework acts on, and the
+// client a 502.
+type overrideGuard struct {
+	io.Reader
+	tail []byte // the last bytes read, for a match across reads
+}
+
+func (g *overrideGuard) Read(p []byte) (int, error) {
+	n, err := g.Reader.Read(p)
+	if n > 0 {
+		window := append(g.tail, p[:n]...)
+		if containsFold(string(window), "_method") {
+			return 0, errOverrideInBody
+		}
+		keep := min(len(window), len("_method")-1)
+		g.tail = append(g.tail[:0], window[len(window)-keep:]...)
+	}
+	return n, err
+}
+
+// peekBody reads up to n bytes of a form body and puts them back in front
+// of the rest, so the upstream gets the body whole; the rest, if any, is
+// read through an overrideGuard.
 func peekBody(r *http.Request, n int) []byte {
 	buf := make([]byte, n)
-	got, _ := io.ReadFull(r.Body, buf)
+	got, err := io.ReadFull(r.Body, buf)
 	buf = buf[:got]
+	var rest io.Reader = r.Body
+	if err == nil { // a full buffer: the body may go on
+		rest = &overrideGuard{Reader: r.Body}
+	}
 	r.Body = struct {
 		io.Reader
 		io.Closer
-	}{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
+	}{io.MultiReader(bytes.NewReader(buf), rest), r.Body}
 	return buf
 }
 
@@ -119,6 +165,12 @@ func containsFold(s, sub string) bool {
 // raw path could run a request the permission check saw elsewhere.
 func canonicalPath(r *http.Request) bool {
 	p := r.URL.Path
+	// A backslash (which Go leaves unescaped in RawPath when %5C is its
+	// usual escape) and path parameters on a dot segment ("..;", which
+	// Tomcat and Jetty take as "..") mean another path upstream.
+	if strings.ContainsRune(p, '\\') || strings.Contains(p, "..;") || strings.Contains(p, ".;") {
+		return false
+	}
 	if p != "" && p != "/" {
 		clean := path.Clean(p)
 		if strings.HasSuffix(p, "/") {
