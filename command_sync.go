@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"reflect"
 	"sort"
@@ -194,6 +195,7 @@ func planImport(ctx context.Context, store keystore.Store, records []keystore.Re
 	}); err != nil {
 		return importPlan{}, err
 	}
+	before := maps.Clone(current)
 	var plan importPlan
 	for _, rec := range records {
 		old, ok := current[rec.ID]
@@ -214,7 +216,46 @@ func planImport(ctx context.Context, store keystore.Store, records []keystore.Re
 	if _, err := keystore.NewSet(after); err != nil {
 		return importPlan{}, fmt.Errorf("the store would not be valid after the import: %w", err)
 	}
+	if err := checkOrder(before, plan.steps); err != nil {
+		return importPlan{}, err
+	}
 	return plan, nil
+}
+
+// checkOrder plays the steps one by one against the hashes the store
+// holds, as the store will apply them: a step that gives a key a hash
+// another key holds at that moment (two keys swapping hashes) would fail
+// halfway through, so the import is refused before anything is written.
+func checkOrder(current map[string]keystore.Record, steps []importStep) error {
+	owner := map[string]string{}
+	for id, rec := range current {
+		for _, h := range recordHashes(rec) {
+			owner[h] = id
+		}
+	}
+	for _, step := range steps {
+		if old, ok := current[step.rec.ID]; ok {
+			for _, h := range recordHashes(old) {
+				delete(owner, h)
+			}
+		}
+		for _, h := range recordHashes(step.rec) {
+			if other, taken := owner[h]; taken && other != step.rec.ID {
+				return fmt.Errorf("key %s would take a hash key %s holds until a later step (keys swapping secrets); import it in two steps", step.rec.ID, other)
+			}
+			owner[h] = step.rec.ID
+		}
+		current[step.rec.ID] = step.rec
+	}
+	return nil
+}
+
+func recordHashes(rec keystore.Record) []string {
+	out := []string{rec.Hash}
+	for _, p := range rec.PreviousHashes {
+		out = append(out, p.Hash)
+	}
+	return out
 }
 
 // normalized is a record as JSON would write it, for comparing.

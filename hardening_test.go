@@ -220,6 +220,7 @@ func TestNothingRidesInTrailersOrPreflights(t *testing.T) {
 	reader := newKey(t, keystore.Dev, keystore.Record{ID: "k_trailer_reader", Role: "reader", Services: []string{"n8n"}})
 	type seen struct {
 		method  string
+		query   string
 		header  http.Header
 		trailer http.Header
 		body    string
@@ -227,7 +228,7 @@ func TestNothingRidesInTrailersOrPreflights(t *testing.T) {
 	got := make(chan seen, 4)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		got <- seen{r.Method, r.Header.Clone(), r.Trailer.Clone(), string(body)}
+		got <- seen{r.Method, r.URL.RawQuery, r.Header.Clone(), r.Trailer.Clone(), string(body)}
 	}))
 	t.Cleanup(up.Close)
 	port := freePort(t)
@@ -278,8 +279,8 @@ http://127.0.0.1:%d {
 			t.Errorf("a passed preflight carried %s to the upstream", h)
 		}
 	}
-	if s.method != "OPTIONS" || s.body != "" || s.header.Get("Origin") == "" {
-		t.Errorf("preflight: method %s, body %q, origin %q", s.method, s.body, s.header.Get("Origin"))
+	if s.method != "OPTIONS" || s.body != "" || s.query != "" || s.header.Get("Origin") == "" {
+		t.Errorf("preflight: method %s, body %q, query %q, origin %q", s.method, s.body, s.query, s.header.Get("Origin"))
 	}
 }
 

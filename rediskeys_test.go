@@ -266,6 +266,20 @@ func TestExportImport(t *testing.T) {
 	if out, _, _ := run("list", "--redis", srv.Addr(), "--json"); strings.Contains(out, "k_imp_fresh") || strings.Contains(out, "k_imp_thief") {
 		t.Error("a refused import wrote part of itself")
 	}
+
+	// Two keys swapping secrets, beside another change: valid in the end,
+	// impossible one record at a time, so refused before anything is
+	// written.
+	swapA, swapB := a.record, b.record
+	swapA.Name, swapB.Name = "renamed", b.record.Name
+	swapA.Hash, swapB.Hash = b.record.Hash, a.record.Hash
+	swap := writeKeyFile(t, swapA, swapB)
+	if _, errOut, code := run("import", swap, "--redis", srv.Addr()); code != 1 || !strings.Contains(errOut, "nothing was imported") {
+		t.Fatalf("swapping import: %d %q", code, errOut)
+	}
+	if out, _, _ := run("list", "--redis", srv.Addr(), "--json"); strings.Contains(out, "renamed") {
+		t.Error("a refused import wrote part of itself")
+	}
 }
 
 // TestClusterExample runs examples/cluster/Caddyfile twice on one Redis and

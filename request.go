@@ -205,6 +205,9 @@ func (h *Handler) stripPreflight(r *http.Request) {
 		delete(r.Header, name)
 	}
 	r.Body, r.ContentLength, r.Trailer = http.NoBody, 0, nil
+	// The query too: it may ask for another method ("_method"), and a
+	// preflight is about the request that follows it, not its query.
+	r.URL.RawQuery, r.RequestURI = "", r.URL.Path
 	r.TransferEncoding = nil
 	r.Header.Del("Content-Length")
 }

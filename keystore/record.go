@@ -110,6 +110,13 @@ func (r Role) allowsMethod(method string) bool {
 	return r == Admin
 }
 
+// Bounds on the texts of a record: they are logged, listed and indexed.
+const (
+	MaxIDLength    = 128
+	MaxOwnerLength = 256
+	MaxNameLength  = 1024
+)
+
 // Key is a validated record, ready to authorize requests.
 type Key struct {
 	ID   string
@@ -180,6 +187,14 @@ func Compile(rec Record) (*Key, error) {
 	}
 	if strings.TrimSpace(rec.ID) != rec.ID || strings.ContainsFunc(rec.ID, unicode.IsControl) {
 		return nil, fieldErr("id", "has white space around it or control characters in it")
+	}
+	for _, f := range []struct {
+		name, value string
+		max         int
+	}{{"id", rec.ID, MaxIDLength}, {"owner", rec.Owner, MaxOwnerLength}, {"name", rec.Name, MaxNameLength}} {
+		if len(f.value) > f.max {
+			return nil, fieldErr(f.name, "is %d bytes long; at most %d", len(f.value), f.max)
+		}
 	}
 	if rec.Hash == "" {
 		return nil, fieldErr("hash", "is required")
