@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/moodmnky/caddy-apikey/internal/redisconn"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
@@ -383,7 +384,7 @@ http://127.0.0.1:%d {
 		"handlers": []any{map[string]any{"handler": "apikey_test_recorder"}},
 	}}}
 	// Another instance already sent the 80 % warning for this window.
-	other := &ratelimit.RedisStore{Addresses: []string{srv.Addr()}}
+	other := &ratelimit.RedisStore{Config: redisconn.Config{Addresses: []string{srv.Addr()}}}
 	ctx := caddy.Context{Context: context.Background()}
 	if err := other.Provision(ctx); err != nil {
 		t.Fatal(err)

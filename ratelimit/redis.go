@@ -2,17 +2,14 @@ package ratelimit
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/redisconn"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
@@ -46,21 +43,12 @@ var redisPool = caddy.NewUsagePool()
 // round trip: a Lua script that reads the server's clock, picks the daily
 // window, checks both limits, counts, and sets the key's expiry, atomically.
 type RedisStore struct {
-	// Addresses of the server, host:port. Several mean a Redis Cluster.
-	Addresses []string `json:"addresses,omitempty"`
-	// Username for Redis ACLs.
-	Username string `json:"username,omitempty"`
-	// Password; global placeholders such as {env.REDIS_PASSWORD} are filled
-	// when the config loads.
-	Password string `json:"password,omitempty"`
-	// DB is the database number (not for a cluster).
-	DB int `json:"db,omitempty"`
-	// TLS connects with TLS.
-	TLS bool `json:"tls,omitempty"`
+	// The Redis to use, as for keys redis (addresses, master_name,
+	// username, password, db, tls, timeout). The timeout bounds each call,
+	// connecting included; default here: 50ms.
+	redisconn.Config
 	// KeyPrefix starts every Redis key the store writes. Default: "apikey:".
 	KeyPrefix string `json:"key_prefix,omitempty"`
-	// Timeout bounds each call, connecting included. Default: 50ms.
-	Timeout caddy.Duration `json:"timeout,omitempty"`
 	// OnFailure says what happens to requests while Redis fails: "closed"
 	// refuses them with 503, "open" lets them through uncounted, "local"
 	// (the default) counts them in this instance's memory until Redis
@@ -106,22 +94,19 @@ func (s *RedisStore) Provision(ctx caddy.Context) error {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	password := caddy.NewReplacer().ReplaceKnown(s.Password, "")
-	key := s.identity(password, timeout)
+	if err := s.Config.Check(); err != nil {
+		return fmt.Errorf("counters redis: %w", err)
+	}
+	s.Timeout = caddy.Duration(timeout)
+	key := s.Config.Identity() + "|" + s.KeyPrefix
 	val, _, err := redisPool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return openRedis(s, password, timeout), nil
+		return openRedis(s, timeout), nil
 	})
 	if err != nil {
 		return err
 	}
 	s.shared, s.poolKey = val.(*sharedRedis), key
 	return nil
-}
-
-// identity names a Redis configuration; the password only by its hash.
-func (s *RedisStore) identity(password string, timeout time.Duration) string {
-	sum := sha256.Sum256([]byte(password))
-	return fmt.Sprintf("%q|%s|%d|%v|%s|%v|%s", s.Addresses, s.Username, s.DB, s.TLS, s.KeyPrefix, timeout, hex.EncodeToString(sum[:8]))
 }
 
 // Cleanup lets go of the shared client. It copes with a failed Provision.
@@ -222,6 +207,7 @@ func (s *RedisStore) FirstToAnnounce(ctx context.Context, key, what string, unti
 //
 //	counters redis {
 //	    address <host:port> ...
+//	    master_name <name>
 //	    username <name>
 //	    password <value>
 //	    db <n>
@@ -235,71 +221,27 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := map[string]bool{}
-	for d.NextBlock(0) {
-		sub := d.Val()
-		if seen[sub] {
-			return d.Errf("%s given more than once", sub)
-		}
-		seen[sub] = true
-		switch sub {
-		case "address":
-			s.Addresses = d.RemainingArgs()
-			if len(s.Addresses) == 0 {
-				return d.ArgErr()
-			}
-		case "username":
-			if !d.AllArgs(&s.Username) {
-				return d.ArgErr()
-			}
-		case "password":
-			if !d.AllArgs(&s.Password) {
-				return d.ArgErr()
-			}
-		case "db":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
-			}
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
-				return d.Errf("db: %q is not a database number", v)
-			}
-			s.DB = n
-		case "tls":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			s.TLS = true
-		case "key_prefix":
+	err := redisconn.UnmarshalBlock(d, &s.Config, map[string]func() error{
+		"key_prefix": func() error {
 			if !d.AllArgs(&s.KeyPrefix) {
 				return d.ArgErr()
 			}
-		case "timeout":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil || dur <= 0 {
-				return d.Errf("timeout: %q is not a positive duration", v)
-			}
-			s.Timeout = caddy.Duration(dur)
-		case "on_failure":
+			return nil
+		},
+		"on_failure": func() error {
 			if !d.AllArgs(&s.OnFailure) {
 				return d.ArgErr()
 			}
 			if s.OnFailure != "open" && s.OnFailure != "closed" && s.OnFailure != "local" {
 				return d.Errf("on_failure %q: want open, closed or local", s.OnFailure)
 			}
-		default:
-			return d.Errf("unrecognized counters redis option %q", sub)
-		}
-	}
-	if len(s.Addresses) == 0 {
+			return nil
+		},
+	})
+	if err == nil && len(s.Addresses) == 0 {
 		return d.Err("counters redis needs an address")
 	}
-	return nil
+	return err
 }
 
 // sharedRedis is the pooled part: the client, the local fallback counters,
@@ -319,31 +261,18 @@ type sharedRedis struct {
 	once     sync.Once
 }
 
-func openRedis(s *RedisStore, password string, timeout time.Duration) *sharedRedis {
-	opts := &redis.UniversalOptions{
-		Addrs:    s.Addresses,
-		Username: s.Username,
-		Password: password,
-		DB:       s.DB,
-		// No retries, by node or by cluster: a call whose answer was lost
-		// may have counted, and a retry would count the request twice. A
-		// cluster's MOVED answers are not followed either; during a
-		// resharding such calls fail and on_failure applies.
-		MaxRetries:            -1,
-		MaxRedirects:          -1,
-		DialTimeout:           timeout,
-		ReadTimeout:           timeout,
-		WriteTimeout:          timeout,
-		PoolTimeout:           timeout,
-		ContextTimeoutEnabled: true,
-		PoolSize:              16 * runtime.GOMAXPROCS(0),
-		MinIdleConns:          runtime.GOMAXPROCS(0),
-	}
-	if s.TLS {
-		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-	}
+func openRedis(s *RedisStore, timeout time.Duration) *sharedRedis {
+	// No retries, by node or by cluster: a call whose answer was lost may
+	// have counted, and a retry would count the request twice. A cluster's
+	// MOVED answers are not followed either; during a resharding such calls
+	// fail and on_failure applies (redisconn's options say so).
+	cfg := s.Config
+	cfg.Timeout = caddy.Duration(timeout)
+	opts := cfg.Options()
+	opts.MinIdleConns = runtime.GOMAXPROCS(0)
+	client := redis.NewUniversalClient(opts)
 	return &sharedRedis{
-		client:  redis.NewUniversalClient(opts),
+		client:  client,
 		prefix:  s.KeyPrefix,
 		timeout: timeout,
 		mode:    s.OnFailure,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/moodmnky/caddy-apikey/internal/redisconn"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 )
 
@@ -19,7 +20,7 @@ import (
 // get a connection, and that is not what they test.
 func newRedisStore(t *testing.T, addr, mode string, now func() time.Time, timeout ...time.Duration) *RedisStore {
 	t.Helper()
-	s := &RedisStore{Addresses: []string{addr}, KeyPrefix: "test:", OnFailure: mode, now: now}
+	s := &RedisStore{Config: redisconn.Config{Addresses: []string{addr}}, KeyPrefix: "test:", OnFailure: mode, now: now}
 	if now == nil {
 		s.now = time.Now
 	}
@@ -27,7 +28,7 @@ func newRedisStore(t *testing.T, addr, mode string, now func() time.Time, timeou
 	if len(timeout) > 0 {
 		d = timeout[0]
 	}
-	s.shared = openRedis(s, "", d)
+	s.shared = openRedis(s, d)
 	t.Cleanup(func() { s.shared.Destruct() })
 	return s
 }
