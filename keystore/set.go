@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -96,8 +97,9 @@ func (e *RecordError) Unwrap() error { return e.Err }
 func NewSet(records []Record) (*Set, error) {
 	s := &Set{byDigest: make(map[Digest]entry, len(records))}
 	ids := make(map[string]int, len(records))
+	compiled, errs := compileAll(records)
 	for i, rec := range records {
-		k, err := Compile(rec)
+		k, err := compiled[i], errs[i]
 		if err != nil {
 			return nil, &RecordError{Index: i, ID: rec.ID, Err: err}
 		}
@@ -188,4 +190,32 @@ func (s *Set) Page(q ListQuery) ([]*Key, string) {
 // KeyLister is a Source that lists its keys from memory (see Set.Page).
 type KeyLister interface {
 	ListKeys(q ListQuery) ([]*Key, string)
+}
+
+// compileAll compiles records on every core for a large set: checking a
+// million-key file is mostly this.
+func compileAll(records []Record) ([]*Key, []error) {
+	keys := make([]*Key, len(records))
+	errs := make([]error, len(records))
+	workers := runtime.GOMAXPROCS(0)
+	if len(records) < 10000 || workers < 2 {
+		for i, rec := range records {
+			keys[i], errs[i] = Compile(rec)
+		}
+		return keys, errs
+	}
+	var wg sync.WaitGroup
+	chunk := (len(records) + workers - 1) / workers
+	for start := 0; start < len(records); start += chunk {
+		end := min(start+chunk, len(records))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := start; i < end; i++ {
+				keys[i], errs[i] = Compile(records[i])
+			}
+		}()
+	}
+	wg.Wait()
+	return keys, errs
 }

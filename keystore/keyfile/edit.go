@@ -21,11 +21,17 @@ import (
 type KeyFile struct {
 	top     []field // top-level fields, "keys" among them
 	Records []*RecordFields
+
+	set  *keystore.Set  // the file's keys as checked before the change, in Records' order
+	byID map[string]int // their ids, made when first needed
 }
 
 // RecordFields is one record as its fields, in file order.
 type RecordFields struct {
-	fields []field
+	raw     json.RawMessage // as read; parsed into fields when first needed
+	fields  []field
+	parsed  bool
+	touched bool // added or changed by this change
 }
 
 type field struct {
@@ -58,17 +64,22 @@ func EditKeyFile(path string, change func(*KeyFile) error) error {
 		data = []byte(`{"keys": []}`)
 	case err != nil:
 		return fmt.Errorf("key file %s: %w", path, err)
-	default:
+	}
+	var set *keystore.Set
+	if len(data) > 0 && err == nil {
 		if info, err := os.Stat(target); err == nil {
 			mode = info.Mode().Perm()
 		}
-		if _, err := keystore.ParseAndValidate(data); err != nil {
+		if set, err = keystore.ParseAndValidate(data); err != nil {
 			return fmt.Errorf("key file %s is invalid, so it was left as it is: %w", path, err)
 		}
 	}
 	kf, err := parseEditable(data)
 	if err != nil {
 		return fmt.Errorf("key file %s: %w", path, err)
+	}
+	if set != nil && set.Len() == len(kf.Records) {
+		kf.set = set // the checked keys, in the records' order
 	}
 	if err := change(kf); err != nil {
 		return err
@@ -77,18 +88,103 @@ func EditKeyFile(path string, change func(*KeyFile) error) error {
 	if err != nil {
 		return err
 	}
-	if _, err := keystore.ParseAndValidate(out); err != nil {
+	// A large file is checked again only where the change touched it: the
+	// same rules as a whole check (every touched record valid, no id or
+	// hash of another key), against the keys the first check indexed.
+	if kf.set != nil && len(kf.Records) > checkWholeUpTo {
+		err = kf.checkTouched()
+	} else {
+		_, err = keystore.ParseAndValidate(out)
+	}
+	if err != nil {
 		return fmt.Errorf("the change would make key file %s invalid, so it was not written: %w", path, err)
 	}
 	return atomicfile.WriteFile(target, out, mode)
 }
 
+// checkWholeUpTo is the number of records up to which a changed file is
+// checked whole again; past it, only what the change touched.
+const checkWholeUpTo = 10000
+
 // Find returns the record with the id, or nil.
 func (kf *KeyFile) Find(id string) *RecordFields {
+	if kf.set != nil {
+		kf.indexIDs()
+		if i, ok := kf.byID[id]; ok {
+			return kf.Records[i]
+		}
+		for _, r := range kf.Records[kf.set.Len():] { // added by this change
+			if r.id() == id {
+				return r
+			}
+		}
+		return nil
+	}
 	for _, r := range kf.Records {
-		var got string
-		if json.Unmarshal(r.Get("id"), &got) == nil && got == id {
+		if r.id() == id {
 			return r
+		}
+	}
+	return nil
+}
+
+// indexIDs maps the checked keys' ids to their records, once.
+func (kf *KeyFile) indexIDs() {
+	if kf.byID != nil {
+		return
+	}
+	keys := kf.set.Keys()
+	kf.byID = make(map[string]int, len(keys))
+	for i, k := range keys {
+		kf.byID[k.ID] = i
+	}
+}
+
+// id reads a record's id.
+func (r *RecordFields) id() string {
+	var got string
+	_ = json.Unmarshal(r.Get("id"), &got)
+	return got
+}
+
+// checkTouched checks the records the change added or edited against the
+// keys the first check indexed: each valid on its own, none with another
+// record's id, none answering to another key's hash.
+func (kf *KeyFile) checkTouched() error {
+	kf.indexIDs()
+	hashes := map[keystore.Digest]string{}
+	for i, r := range kf.Records {
+		if !r.touched {
+			continue
+		}
+		rec, err := r.Decode()
+		if err != nil {
+			return &keystore.RecordError{Index: i, ID: rec.ID, Err: err}
+		}
+		k, err := keystore.Compile(rec)
+		if err != nil {
+			return &keystore.RecordError{Index: i, ID: rec.ID, Err: err}
+		}
+		if j, ok := kf.byID[k.ID]; ok && j != i {
+			return &keystore.RecordError{Index: i, ID: k.ID, Err: fmt.Errorf("id: duplicates keys[%d]", j)}
+		}
+		for j, other := range kf.Records[kf.set.Len():] {
+			if other.touched && kf.set.Len()+j != i && other.id() == k.ID {
+				return &keystore.RecordError{Index: i, ID: k.ID, Err: fmt.Errorf("id: duplicates keys[%d]", kf.set.Len()+j)}
+			}
+		}
+		digests := []keystore.Digest{k.Digest}
+		for _, p := range k.Previous {
+			digests = append(digests, p.Digest)
+		}
+		for _, d := range digests {
+			if m := kf.set.Lookup(d); m.Key != nil && m.Key.ID != k.ID {
+				return &keystore.RecordError{Index: i, ID: k.ID, Err: fmt.Errorf("hash: answers to key %q too", m.Key.ID)}
+			}
+			if other, dup := hashes[d]; dup && other != k.ID {
+				return &keystore.RecordError{Index: i, ID: k.ID, Err: fmt.Errorf("hash: answers to key %q too", other)}
+			}
+			hashes[d] = k.ID
 		}
 	}
 	return nil
@@ -104,12 +200,25 @@ func (kf *KeyFile) Add(rec keystore.Record) error {
 	if err != nil {
 		return err
 	}
-	kf.Records = append(kf.Records, &RecordFields{fields: r})
+	kf.Records = append(kf.Records, &RecordFields{fields: r, parsed: true, touched: true})
 	return nil
+}
+
+// load parses the record's fields the first time they are needed: a change
+// to one record of a large file parses that one only.
+func (r *RecordFields) load() {
+	if r.parsed {
+		return
+	}
+	r.parsed = true
+	if fields, err := parseObject(r.raw); err == nil {
+		r.fields = fields
+	}
 }
 
 // Get returns a field's raw value, or nil.
 func (r *RecordFields) Get(name string) json.RawMessage {
+	r.load()
 	for _, f := range r.fields {
 		if f.name == name {
 			return f.value
@@ -120,6 +229,7 @@ func (r *RecordFields) Get(name string) json.RawMessage {
 
 // Decode reads the whole record.
 func (r *RecordFields) Decode() (keystore.Record, error) {
+	r.load()
 	data, err := encodeObject(r.fields)
 	if err != nil {
 		return keystore.Record{}, err
@@ -133,18 +243,12 @@ func (r *RecordFields) Set(name string, value any) error {
 	if err != nil {
 		return err
 	}
-	for i := range r.fields {
-		if r.fields[i].name == name {
-			r.fields[i].value = data
-			return nil
-		}
-	}
-	r.fields = append(r.fields, field{name: name, value: data})
+	r.setRaw(name, data)
 	return nil
 }
 
 func parseEditable(data []byte) (*KeyFile, error) {
-	top, err := parseObject(data)
+	top, err := splitObject(data)
 	if err != nil {
 		return nil, err
 	}
@@ -153,16 +257,13 @@ func parseEditable(data []byte) (*KeyFile, error) {
 		if f.name != "keys" {
 			continue
 		}
-		var raws []json.RawMessage
-		if err := json.Unmarshal(f.value, &raws); err != nil {
+		raws, err := splitArray(f.value)
+		if err != nil {
 			return nil, err
 		}
-		for _, raw := range raws {
-			fields, err := parseObject(raw)
-			if err != nil {
-				return nil, err
-			}
-			kf.Records = append(kf.Records, &RecordFields{fields: fields})
+		kf.Records = make([]*RecordFields, len(raws))
+		for i, raw := range raws {
+			kf.Records[i] = &RecordFields{raw: raw}
 		}
 	}
 	return kf, nil
@@ -213,15 +314,21 @@ func encodeObject(fields []field) ([]byte, error) {
 func (kf *KeyFile) encode() ([]byte, error) {
 	records := make([]string, len(kf.Records))
 	for i, r := range kf.Records {
-		data, err := encodeObject(r.fields)
-		if err != nil {
+		data := []byte(r.raw)
+		if r.parsed {
+			var err error
+			if data, err = encodeObject(r.fields); err != nil {
+				return nil, err
+			}
+		} else if compact(data) {
+			records[i] = "    " + string(data)
+			continue
+		}
+		var compacted bytes.Buffer
+		if err := json.Compact(&compacted, data); err != nil {
 			return nil, err
 		}
-		var compact bytes.Buffer
-		if err := json.Compact(&compact, data); err != nil {
-			return nil, err
-		}
-		records[i] = "    " + compact.String()
+		records[i] = "    " + compacted.String()
 	}
 	keys := "[\n" + strings.Join(records, ",\n") + "\n  ]"
 	if len(records) == 0 {

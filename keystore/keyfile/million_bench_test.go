@@ -1,6 +1,7 @@
 package keyfile
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -47,5 +48,41 @@ func BenchmarkLoadMillion(b *testing.B) {
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(set.Len()), "B/record")
 		runtime.KeepAlive(set)
 		b.StartTimer()
+	}
+}
+
+// BenchmarkEditMillion changes one record of a key file of 1,000,000
+// records through the store, as `caddy apikey revoke` does: lock, read,
+// check, change, check the change, write. Run it alone:
+//
+//	go test -run '^$' -bench EditMillion -benchtime 2x ./keystore/keyfile
+func BenchmarkEditMillion(b *testing.B) {
+	const n = 1000000
+	records := make([]keystore.Record, n)
+	for i := range records {
+		k, _ := keystore.Generate(keystore.Dev)
+		records[i] = keystore.Record{ID: fmt.Sprintf("k_%07d", i), Hash: keystore.Sum(k).Encode(), Type: "dev",
+			Role: "reader", Services: []string{"ollama"}}
+	}
+	data, err := json.Marshal(map[string]any{"keys": records})
+	if err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(b.TempDir(), "keys.json")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	records, data = nil, nil
+	s := NewStore(path)
+	revoked := false
+	b.ResetTimer()
+	for b.Loop() {
+		revoked = !revoked
+		if _, err := s.Update(context.Background(), "k_0500000", func(r *keystore.Record) error {
+			r.Revoked = revoked
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

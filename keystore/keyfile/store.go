@@ -122,13 +122,25 @@ func (s *Store) records() ([]keystore.Record, error) {
 }
 
 // answersTo returns the id of a record that answers to one of rec's
-// hashes, or "".
+// hashes, or "": from the index of the first check, plus the records this
+// change added.
 func (kf *KeyFile) answersTo(rec keystore.Record) (string, error) {
 	hashes := map[string]bool{rec.Hash: true}
 	for _, p := range rec.PreviousHashes {
 		hashes[p.Hash] = true
 	}
-	for _, r := range kf.Records {
+	records := kf.Records
+	if kf.set != nil {
+		for h := range hashes {
+			if d, err := keystore.ParseDigest(h); err == nil {
+				if m := kf.set.Lookup(d); m.Key != nil {
+					return m.Key.ID, nil
+				}
+			}
+		}
+		records = records[kf.set.Len():]
+	}
+	for _, r := range records {
 		other, err := r.Decode()
 		if err != nil {
 			return "", err
@@ -188,6 +200,8 @@ func lookupField(fields []field, name string) (json.RawMessage, bool) {
 }
 
 func (r *RecordFields) setRaw(name string, value json.RawMessage) {
+	r.load()
+	r.touched = true
 	for i := range r.fields {
 		if r.fields[i].name == name {
 			r.fields[i].value = value
@@ -198,6 +212,8 @@ func (r *RecordFields) setRaw(name string, value json.RawMessage) {
 }
 
 func (r *RecordFields) remove(name string) {
+	r.load()
+	r.touched = true
 	for i := range r.fields {
 		if r.fields[i].name == name {
 			r.fields = append(r.fields[:i], r.fields[i+1:]...)
