@@ -174,6 +174,9 @@ var loadRefusals = []string{
 	"upstream_auth: ",
 	// keys http with something that is not an http or https URL.
 	"is not an http or https URL",
+	// keys redis or counters redis naming no Redis, in a config without the
+	// global apikey option (which a block on its own cannot have).
+	"give one here, or once for every route in the global option",
 }
 
 // sanitizeModule sets fields of a module's JSON by its name ("source" or

@@ -560,3 +560,53 @@ http://127.0.0.1:%d {
 		cmd.Wait()
 	}
 }
+
+// TestRedisGivenOnce: with the global apikey { redis { … } } option, keys
+// redis and counters redis name no Redis of their own, and share it.
+func TestRedisGivenOnce(t *testing.T) {
+	srv := redistest.Start(t)
+	port := freePort(t)
+	runCaddyProcess(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+	apikey {
+		redis {
+			address %s
+		}
+	}
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys redis
+		counters redis
+		failed_auth_limit off
+	}
+	respond ok
+}`, srv.Addr(), port), port)
+	out, errOut, code := cli(t, "", "new", "--redis", srv.Addr(), "--type", "dev", "--role", "reader", "--quota-per-day", "2", "--id", "k_once")
+	if code != 0 {
+		t.Fatal(errOut)
+	}
+	key := strings.TrimSpace(out)
+	var statuses []int
+	for range 3 {
+		statuses = append(statuses, send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), "Authorization", "Bearer "+key).status)
+	}
+	if fmt.Sprint(statuses) != "[200 200 429]" {
+		t.Errorf("keys and counters from the global redis: %v, want [200 200 429]", statuses)
+	}
+	// A route that names neither an address nor a global option fails the
+	// load with a message that says what to do.
+	err := loadCaddy(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:1 {
+	apikey {
+		keys redis
+	}
+}`)
+	if err == nil || !strings.Contains(err.Error(), "global option apikey { redis") {
+		t.Errorf("keys redis without any redis: %v", err)
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,8 +70,8 @@ func (RedisStore) CaddyModule() caddy.ModuleInfo {
 // Provision checks the settings and joins (or opens) the shared client. It
 // does not need Redis to be up.
 func (s *RedisStore) Provision(ctx caddy.Context) error {
-	if len(s.Addresses) == 0 {
-		return errors.New("counters redis: at least one address is required")
+	if err := redisconn.Shared(ctx, &s.Config, "counters redis"); err != nil {
+		return err
 	}
 	switch s.OnFailure {
 	case "":
@@ -100,7 +99,7 @@ func (s *RedisStore) Provision(ctx caddy.Context) error {
 	s.Timeout = caddy.Duration(timeout)
 	key := s.Config.Identity() + "|" + s.KeyPrefix
 	val, _, err := redisPool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return openRedis(s, timeout), nil
+		return openRedis(s, timeout)
 	})
 	if err != nil {
 		return err
@@ -221,6 +220,7 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	// Without a block (or an address), the global apikey { redis { … } }.
 	err := redisconn.UnmarshalBlock(d, &s.Config, map[string]func() error{
 		"key_prefix": func() error {
 			if !d.AllArgs(&s.KeyPrefix) {
@@ -238,8 +238,8 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return nil
 		},
 	})
-	if err == nil && len(s.Addresses) == 0 {
-		return d.Err("counters redis needs an address")
+	if err == nil && len(s.Addresses) == 0 && (s.Username != "" || s.Password != "" || s.DB != 0 || s.TLS || s.MasterName != "" || s.Timeout != 0) {
+		return d.Err("counters redis needs an address (or none of its settings, to use the global apikey redis)")
 	}
 	return err
 }
@@ -248,6 +248,7 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // and whether Redis is known to be failing.
 type sharedRedis struct {
 	client  redis.UniversalClient
+	release func() error // lets go of the shared client
 	prefix  string
 	timeout time.Duration
 	mode    string // on_failure of the store that opened it, for the log
@@ -261,24 +262,25 @@ type sharedRedis struct {
 	once     sync.Once
 }
 
-func openRedis(s *RedisStore, timeout time.Duration) *sharedRedis {
-	// No retries, by node or by cluster: a call whose answer was lost may
-	// have counted, and a retry would count the request twice. A cluster's
-	// MOVED answers are not followed either; during a resharding such calls
-	// fail and on_failure applies (redisconn's options say so).
-	cfg := s.Config
-	cfg.Timeout = caddy.Duration(timeout)
-	opts := cfg.Options()
-	opts.MinIdleConns = runtime.GOMAXPROCS(0)
-	client := redis.NewUniversalClient(opts)
+func openRedis(s *RedisStore, timeout time.Duration) (*sharedRedis, error) {
+	// The client is shared with every part of the gateway that names the
+	// same Redis (keys redis, another route's counters): redisconn's
+	// options make no retries and follow no cluster redirects, since a call
+	// whose answer was lost may have counted; each call here is bounded by
+	// its own context deadline.
+	client, release, err := redisconn.Open(s.Config)
+	if err != nil {
+		return nil, err
+	}
 	return &sharedRedis{
 		client:  client,
+		release: release,
 		prefix:  s.KeyPrefix,
 		timeout: timeout,
 		mode:    s.OnFailure,
 		local:   NewMemory(nil),
 		stop:    make(chan struct{}),
-	}
+	}, nil
 }
 
 func redisLogger() *zap.Logger { return caddy.Log().Named("http.apikey.counters.redis") }
@@ -337,7 +339,7 @@ func (sh *sharedRedis) probe() {
 func (sh *sharedRedis) Destruct() error {
 	sh.once.Do(func() { close(sh.stop) })
 	sh.probing.Wait()
-	return sh.client.Close()
+	return sh.release()
 }
 
 // takeScript is the whole decision, run atomically on the server with the

@@ -28,7 +28,11 @@ func newRedisStore(t *testing.T, addr, mode string, now func() time.Time, timeou
 	if len(timeout) > 0 {
 		d = timeout[0]
 	}
-	s.shared = openRedis(s, d)
+	sh, err := openRedis(s, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.shared = sh
 	t.Cleanup(func() { s.shared.Destruct() })
 	return s
 }

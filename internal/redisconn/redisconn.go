@@ -72,6 +72,9 @@ func (c Config) password() string {
 	return caddy.NewReplacer().ReplaceKnown(c.Password, "")
 }
 
+// CallTimeout is the bound on one call: the timeout, or DefaultTimeout.
+func (c Config) CallTimeout() time.Duration { return c.timeout() }
+
 func (c Config) timeout() time.Duration {
 	if c.Timeout == 0 {
 		return DefaultTimeout
@@ -80,10 +83,13 @@ func (c Config) timeout() time.Duration {
 }
 
 // Identity names the settings (the password only by a hash of it), for
-// sharing one client among everything that names the same Redis.
+// sharing one client among everything that names the same Redis. The
+// timeout is not part of it: every user bounds its calls with a context
+// deadline, which the client honours, so users with different timeouts
+// share a pool.
 func (c Config) Identity() string {
 	sum := sha256.Sum256([]byte(c.password()))
-	return fmt.Sprintf("%q|%s|%s|%d|%v|%v|%s", c.Addresses, c.MasterName, c.Username, c.DB, c.TLS, c.timeout(), hex.EncodeToString(sum[:8]))
+	return fmt.Sprintf("%q|%s|%s|%d|%v|%s", c.Addresses, c.MasterName, c.Username, c.DB, c.TLS, hex.EncodeToString(sum[:8]))
 }
 
 // Describe names the Redis for messages: never the password.
@@ -94,11 +100,17 @@ func (c Config) Describe() string {
 	return fmt.Sprintf("redis %v", c.Addresses)
 }
 
+// socketTimeout is the client's own bound on dialling, reading, writing and
+// waiting for a pooled connection: a safety net only. Every user of a
+// shared client bounds each call with a context deadline of its own
+// timeout (CallTimeout), which the client honours, so users with different
+// timeouts can share one pool.
+const socketTimeout = 5 * time.Second
+
 // Options are the client options for the settings: no retries (a call
 // whose answer was lost may have taken effect) and no cluster redirects
-// followed, timeouts on every call.
+// followed; calls bounded by their contexts.
 func (c Config) Options() *redis.UniversalOptions {
-	t := c.timeout()
 	opts := &redis.UniversalOptions{
 		Addrs:                 c.Addresses,
 		MasterName:            c.MasterName,
@@ -107,13 +119,13 @@ func (c Config) Options() *redis.UniversalOptions {
 		DB:                    c.DB,
 		MaxRetries:            -1,
 		MaxRedirects:          -1,
-		DialTimeout:           t,
-		ReadTimeout:           t,
-		WriteTimeout:          t,
-		PoolTimeout:           t,
+		DialTimeout:           socketTimeout,
+		ReadTimeout:           socketTimeout,
+		WriteTimeout:          socketTimeout,
+		PoolTimeout:           socketTimeout,
 		ContextTimeoutEnabled: true,
 		PoolSize:              16 * runtime.GOMAXPROCS(0),
-		MinIdleConns:          1,
+		MinIdleConns:          runtime.GOMAXPROCS(0),
 	}
 	if c.TLS {
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}

@@ -63,7 +63,10 @@ func (Source) CaddyModule() caddy.ModuleInfo {
 
 // Provision joins (or starts) the shared client, cache and subscription.
 // It does not need Redis to be up.
-func (s *Source) Provision(caddy.Context) error {
+func (s *Source) Provision(ctx caddy.Context) error {
+	if err := redisconn.Shared(ctx, &s.Config, "keys redis"); err != nil {
+		return err
+	}
 	if err := s.Config.Check(); err != nil {
 		return fmt.Errorf("keys redis: %w", err)
 	}
@@ -141,6 +144,7 @@ func (s *Source) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("keys redis takes its settings in a block, not %q", d.Val())
 	}
+	// Without a block (or an address), the global apikey { redis { … } }.
 	if err := redisconn.UnmarshalBlock(d, &s.Config, map[string]func() error{
 		"key_prefix": func() error {
 			if !d.AllArgs(&s.KeyPrefix) {
@@ -151,8 +155,8 @@ func (s *Source) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}); err != nil {
 		return err
 	}
-	if len(s.Addresses) == 0 {
-		return d.Err("keys redis needs an address")
+	if len(s.Addresses) == 0 && (s.Username != "" || s.Password != "" || s.DB != 0 || s.TLS || s.MasterName != "" || s.Timeout != 0) {
+		return d.Err("keys redis needs an address (or none of its settings, to use the global apikey redis)")
 	}
 	return nil
 }
@@ -162,6 +166,7 @@ type sharedSource struct {
 	client  redis.UniversalClient
 	release func() error
 	store   *Store
+	timeout time.Duration // per lookup
 	cache   *keycache.Cache
 
 	cancel context.CancelFunc
@@ -178,7 +183,8 @@ func openShared(conn redisconn.Config, prefix string, cfg keycache.CacheConfig) 
 	if err != nil {
 		return nil, err
 	}
-	sh := &sharedSource{client: client, release: release, store: NewStore(client, prefix, conn.Describe()), done: make(chan struct{})}
+	sh := &sharedSource{client: client, release: release, store: NewStore(client, prefix, conn.Describe()),
+		timeout: conn.CallTimeout(), done: make(chan struct{})}
 	cache, err := keycache.New(cfg, sh.fetch, nil, sh.logFailure)
 	if err != nil {
 		release()
@@ -195,6 +201,8 @@ func logger() *zap.Logger { return caddy.Log().Named("http.apikey.sources.redis"
 
 // fetch looks one digest up in Redis.
 func (sh *sharedSource) fetch(ctx context.Context, d keystore.Digest) (keystore.Match, error) {
+	ctx, cancel := context.WithTimeout(ctx, sh.timeout)
+	defer cancel()
 	rec, found, err := sh.store.lookup(ctx, d)
 	if err != nil || !found {
 		return keystore.Match{}, err
