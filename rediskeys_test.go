@@ -610,3 +610,43 @@ http://127.0.0.1:1 {
 		t.Errorf("keys redis without any redis: %v", err)
 	}
 }
+
+// TestRedisThroughSentinel: keys and counters reached through a real
+// sentinel (master_name), as given once in the global option.
+func TestRedisThroughSentinel(t *testing.T) {
+	master := redistest.Start(t)
+	sentinel := redistest.StartSentinel(t, master, "gwmaster")
+	port := freePort(t)
+	runCaddyProcess(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+	apikey {
+		redis {
+			address %s
+			master_name gwmaster
+			timeout 2s
+		}
+	}
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys redis
+		counters redis
+		failed_auth_limit off
+	}
+	respond ok
+}`, sentinel.Addr(), port), port)
+	out, errOut, code := cli(t, "", "new", "--redis", sentinel.Addr(), "--redis-master-name", "gwmaster",
+		"--type", "dev", "--role", "reader", "--quota-per-day", "2", "--id", "k_sentinel")
+	if code != 0 {
+		t.Fatal(errOut)
+	}
+	key := strings.TrimSpace(out)
+	var statuses []int
+	for range 3 {
+		statuses = append(statuses, send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), "Authorization", "Bearer "+key).status)
+	}
+	if fmt.Sprint(statuses) != "[200 200 429]" {
+		t.Errorf("through a sentinel: %v, want [200 200 429]", statuses)
+	}
+}

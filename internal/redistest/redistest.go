@@ -162,3 +162,49 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// Sentinel is a redis-server in sentinel mode that watches one master.
+type Sentinel struct {
+	Port int
+	cmd  *exec.Cmd
+}
+
+// Addr is host:port.
+func (s *Sentinel) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.Port) }
+
+// StartSentinel runs a sentinel that watches master under name, and waits
+// until it reports the master.
+func StartSentinel(t testing.TB, master *Server, name string) *Sentinel {
+	t.Helper()
+	bin := testtools.Require(t, "redis-server", RequireEnv, "install Debian's redis-server package")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "sentinel.conf")
+	cfg := fmt.Sprintf("port %d\nbind 127.0.0.1\nprotected-mode no\ndir %s\nsentinel monitor %s 127.0.0.1 %d 1\nsentinel down-after-milliseconds %s 1000\n",
+		port, dir, name, master.Port, name)
+	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := &Sentinel{Port: port, cmd: exec.Command(bin, conf, "--sentinel")}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatalf("starting redis sentinel: %v", err)
+	}
+	t.Cleanup(func() { s.cmd.Process.Kill(); s.cmd.Wait() })
+	cli := testtools.Require(t, "redis-cli", RequireEnv, "install Debian's redis-tools package")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := exec.Command(cli, "-p", strconv.Itoa(port), "sentinel", "get-master-addr-by-name", name).Output()
+		if strings.Contains(string(out), strconv.Itoa(master.Port)) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sentinel did not report master %s", name)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
