@@ -318,17 +318,7 @@ func TestClusterExample(t *testing.T) {
 	// 5 s, and either one answers with the sum.
 	deadline := time.Now().Add(8 * time.Second)
 	for {
-		_, body := adminCall(t, "GET", admins[0]+"/apikey/usage?key=k_walkthrough")
-		var answer struct {
-			Rows []struct {
-				Requests int64 `json:"requests"`
-			} `json:"rows"`
-		}
-		json.Unmarshal([]byte(body), &answer)
-		var total int64
-		for _, r := range answer.Rows {
-			total += r.Requests
-		}
+		total := usageTotal(t, admins[0], "k_walkthrough")
 		if total == 3 {
 			break
 		}
@@ -534,20 +524,7 @@ http://127.0.0.1:%d {
 	}
 	respond ok
 }`, admin, port, keyFile, usageFile, srv.Addr())
-	total := func() int64 {
-		_, body := adminCall(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/apikey/usage?key=k_restarts", admin))
-		var answer struct {
-			Rows []struct {
-				Requests int64 `json:"requests"`
-			} `json:"rows"`
-		}
-		json.Unmarshal([]byte(body), &answer)
-		var n int64
-		for _, r := range answer.Rows {
-			n += r.Requests
-		}
-		return n
-	}
+	total := func() int64 { return usageTotal(t, fmt.Sprintf("http://127.0.0.1:%d", admin), "k_restarts") }
 	for round := 1; round <= 3; round++ {
 		cmd := runCaddyProcess(t, cfg, port)
 		for range 4 {
@@ -583,18 +560,8 @@ http://127.0.0.1:%d {
 	}
 	respond ok
 }`, srv.Addr(), port), port)
-	out, errOut, code := cli(t, "", "new", "--redis", srv.Addr(), "--type", "dev", "--role", "reader", "--quota-per-day", "2", "--id", "k_once")
-	if code != 0 {
-		t.Fatal(errOut)
-	}
-	key := strings.TrimSpace(out)
-	var statuses []int
-	for range 3 {
-		statuses = append(statuses, send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), "Authorization", "Bearer "+key).status)
-	}
-	if fmt.Sprint(statuses) != "[200 200 429]" {
-		t.Errorf("keys and counters from the global redis: %v, want [200 200 429]", statuses)
-	}
+	quotaOfTwo(t, fmt.Sprintf("http://127.0.0.1:%d/", port), "keys and counters from the global redis",
+		"--redis", srv.Addr(), "--id", "k_once")
 	// A route that names neither an address nor a global option fails the
 	// load with a message that says what to do.
 	err := loadCaddy(`{
@@ -636,17 +603,43 @@ http://127.0.0.1:%d {
 	}
 	respond ok
 }`, sentinel.Addr(), port), port)
-	out, errOut, code := cli(t, "", "new", "--redis", sentinel.Addr(), "--redis-master-name", "gwmaster",
-		"--type", "dev", "--role", "reader", "--quota-per-day", "2", "--id", "k_sentinel")
+	quotaOfTwo(t, fmt.Sprintf("http://127.0.0.1:%d/", port), "through a sentinel",
+		"--redis", sentinel.Addr(), "--redis-master-name", "gwmaster", "--id", "k_sentinel")
+}
+
+// usageTotal is the requests /apikey/usage counts for a key.
+func usageTotal(t *testing.T, admin, keyID string) int64 {
+	t.Helper()
+	_, body := adminCall(t, "GET", admin+"/apikey/usage?key="+keyID)
+	var answer struct {
+		Rows []struct {
+			Requests int64 `json:"requests"`
+		} `json:"rows"`
+	}
+	json.Unmarshal([]byte(body), &answer)
+	var total int64
+	for _, r := range answer.Rows {
+		total += r.Requests
+	}
+	return total
+}
+
+// quotaOfTwo makes a dev reader with 2 requests a day with the command
+// (storeArgs name the store and id), and checks that url admits it twice,
+// then refuses it for its quota.
+func quotaOfTwo(t *testing.T, url, what string, storeArgs ...string) {
+	t.Helper()
+	args := append([]string{"new", "--type", "dev", "--role", "reader", "--quota-per-day", "2"}, storeArgs...)
+	out, errOut, code := cli(t, "", args...)
 	if code != 0 {
 		t.Fatal(errOut)
 	}
 	key := strings.TrimSpace(out)
 	var statuses []int
 	for range 3 {
-		statuses = append(statuses, send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), "Authorization", "Bearer "+key).status)
+		statuses = append(statuses, send(t, "GET", url, "Authorization", "Bearer "+key).status)
 	}
 	if fmt.Sprint(statuses) != "[200 200 429]" {
-		t.Errorf("through a sentinel: %v, want [200 200 429]", statuses)
+		t.Errorf("%s: %v, want [200 200 429]", what, statuses)
 	}
 }

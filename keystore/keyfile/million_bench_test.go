@@ -17,22 +17,7 @@ import (
 //
 //	go test -run '^$' -bench LoadMillion -benchtime 1x ./keystore/keyfile
 func BenchmarkLoadMillion(b *testing.B) {
-	const n = 1000000
-	records := make([]keystore.Record, n)
-	for i := range records {
-		k, _ := keystore.Generate(keystore.Dev)
-		records[i] = keystore.Record{ID: fmt.Sprintf("k_%07d", i), Hash: keystore.Sum(k).Encode(), Type: "dev",
-			Role: "reader", Services: []string{"ollama"}, CreatedAt: "2026-11-27T00:00:00Z"}
-	}
-	data, err := json.Marshal(map[string]any{"keys": records})
-	if err != nil {
-		b.Fatal(err)
-	}
-	path := filepath.Join(b.TempDir(), "keys.json")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		b.Fatal(err)
-	}
-	records, data = nil, nil
+	path := millionKeyFile(b)
 	b.ResetTimer()
 	for b.Loop() {
 		runtime.GC()
@@ -57,23 +42,7 @@ func BenchmarkLoadMillion(b *testing.B) {
 //
 //	go test -run '^$' -bench EditMillion -benchtime 2x ./keystore/keyfile
 func BenchmarkEditMillion(b *testing.B) {
-	const n = 1000000
-	records := make([]keystore.Record, n)
-	for i := range records {
-		k, _ := keystore.Generate(keystore.Dev)
-		records[i] = keystore.Record{ID: fmt.Sprintf("k_%07d", i), Hash: keystore.Sum(k).Encode(), Type: "dev",
-			Role: "reader", Services: []string{"ollama"}}
-	}
-	data, err := json.Marshal(map[string]any{"keys": records})
-	if err != nil {
-		b.Fatal(err)
-	}
-	path := filepath.Join(b.TempDir(), "keys.json")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		b.Fatal(err)
-	}
-	records, data = nil, nil
-	s := NewStore(path)
+	s := NewStore(millionKeyFile(b))
 	revoked := false
 	b.ResetTimer()
 	for b.Loop() {
@@ -85,4 +54,25 @@ func BenchmarkEditMillion(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// millionKeyFile writes a key file of 1,000,000 records of the shape
+// `caddy apikey new` writes (178 MB) and returns its path.
+func millionKeyFile(b *testing.B) string {
+	b.Helper()
+	records := make([]keystore.Record, 1000000)
+	for i := range records {
+		k, _ := keystore.Generate(keystore.Dev)
+		records[i] = keystore.Record{ID: fmt.Sprintf("k_%07d", i), Hash: keystore.Sum(k).Encode(), Type: "dev",
+			Role: "reader", Services: []string{"ollama"}, CreatedAt: "2026-11-27T00:00:00Z"}
+	}
+	data, err := json.Marshal(map[string]any{"keys": records})
+	if err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(b.TempDir(), "keys.json")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return path
 }
