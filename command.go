@@ -3,7 +3,6 @@ package apikey
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -183,15 +182,7 @@ func runNew(c *cobra.Command, _ []string) error {
 }
 
 // newID makes an id such as k_7fq2xk9m3a.
-func newID() string {
-	const alphabet = "abcdefghijkmnpqrstuvwxyz23456789"
-	b := make([]byte, 10)
-	_, _ = rand.Read(b)
-	for i := range b {
-		b[i] = alphabet[int(b[i])%len(alphabet)]
-	}
-	return "k_" + string(b)
-}
+func newID() string { return keystore.NewID() }
 
 // parseWhen reads an RFC 3339 time or a duration from now ("90d", "12h").
 func parseWhen(s string, now time.Time) (time.Time, error) {
@@ -247,36 +238,7 @@ func rotateCommand() *cobra.Command {
 // RotateKey gives the key a new secret, returned once; its old secret works
 // until grace from now, and old secrets whose grace is over are dropped.
 func RotateKey(ctx context.Context, store keystore.Store, id string, grace time.Duration) (key string, until time.Time, err error) {
-	_, err = store.Update(ctx, id, func(rec *keystore.Record) error {
-		typ, err := recordType(*rec)
-		if err != nil {
-			return err
-		}
-		if key, err = keystore.Generate(typ); err != nil {
-			return err
-		}
-		now := time.Now().UTC()
-		until = now.Add(grace).Truncate(time.Second)
-		previous := []keystore.PreviousHash{{Hash: rec.Hash, ValidUntil: until.Format(time.RFC3339)}}
-		for _, p := range rec.PreviousHashes {
-			if t, err := time.Parse(time.RFC3339, p.ValidUntil); err == nil && now.Before(t) {
-				previous = append(previous, p)
-			}
-		}
-		rec.Hash = keystore.Sum(key).Encode()
-		rec.PreviousHashes = previous
-		return nil
-	})
-	return key, until, err
-}
-
-// recordType is a record's type: its own, or its hash cannot tell, so a
-// record without one must say it for a rotation to keep the key's prefix.
-func recordType(rec keystore.Record) (keystore.Type, error) {
-	if rec.Type == "" {
-		return 0, fmt.Errorf("key %q has no \"type\" in the file, so its new secret's prefix is unknown; add \"type\": \"dev\" or \"prod\" first", rec.ID)
-	}
-	return keystore.ParseType(rec.Type)
+	return keystore.Rotate(ctx, store, id, grace, nil)
 }
 
 func revokeCommand() *cobra.Command {
@@ -311,11 +273,7 @@ func revokeCommand() *cobra.Command {
 
 // RevokeKey marks a key revoked in a store.
 func RevokeKey(ctx context.Context, store keystore.Store, id string) error {
-	_, err := store.Update(ctx, id, func(rec *keystore.Record) error {
-		rec.Revoked = true
-		return nil
-	})
-	return err
+	return keystore.Revoke(ctx, store, id, nil)
 }
 
 // keyListing is one key as list and the admin API show it: never a hash.

@@ -452,6 +452,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// rate-limit headers, refusals included.
 	policy := h.limits.policy(k, presented)
 	switch {
+	case k.Pending:
+		return h.forbid(w, r, now, h.denials.pending, k, presented, policy)
 	case h.allowTypes&(1<<presented) == 0:
 		return h.forbid(w, r, now, h.denials.keyType, k, presented, policy)
 	case k.RestrictsIP() && !k.AllowsIP(clientIP(r)):

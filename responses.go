@@ -31,6 +31,7 @@ const (
 	reasonIP      = "ip"
 	reasonKeyType = "key_type"
 	reasonPath    = "path"
+	reasonPending = "pending_approval"
 )
 
 // errorFormat is the shape of a refusal's JSON body, chosen per route so
@@ -170,7 +171,7 @@ func newDenial(f errorFormat, status int, code, reason, message string) *denial 
 // denials holds every refusal a handler can give.
 type denials struct {
 	missing, invalid, expired, rotatedOut, revoked *denial
-	method, service, ip, keyType, path             *denial
+	method, service, ip, keyType, path, pending    *denial
 	unavailable                                    *denial
 }
 
@@ -206,6 +207,8 @@ func newDenials(f errorFormat, service string, allowTypes []string, keyFrom []he
 			"The key may not be used from this client address."),
 		path: newDenial(f, http.StatusForbidden, decisionForbidden, reasonPath,
 			"The request path has dot segments or encoded slashes, backslashes or dots, so the key's path permissions cannot be checked against what the upstream would see; send the path in its plain form."),
+		pending: newDenial(f, http.StatusForbidden, decisionForbidden, reasonPending,
+			"The key waits for an administrator's approval; it works once approved."),
 		keyType: newDenial(f, http.StatusForbidden, decisionForbidden, reasonKeyType,
 			"This endpoint accepts only "+strings.Join(allowTypes, " or ")+" keys."),
 		unavailable: newDenial(f, http.StatusServiceUnavailable, decisionUnavailable, "",

@@ -46,6 +46,10 @@ type Record struct {
 	ExpiresAt string `json:"expires_at,omitempty"`
 	// Revoked refuses the key.
 	Revoked bool `json:"revoked,omitempty"`
+	// Pending refuses the key (403, reason pending_approval) until an
+	// administrator approves it: the developer portal sets it on keys its
+	// policy says need approval.
+	Pending bool `json:"pending,omitempty"`
 	// PreviousHashes keep old secrets of a rotated key working, as the same
 	// key, until their valid_until.
 	PreviousHashes []PreviousHash `json:"previous_hashes,omitempty"`
@@ -124,9 +128,11 @@ type Key struct {
 	// Owner is who the key belongs to, as the record says.
 	Owner string
 	// Type is the record's type, or 0 when the prefix decides.
-	Type      Type
-	Role      Role
-	Revoked   bool
+	Type    Type
+	Role    Role
+	Revoked bool
+	// Pending keys wait for an administrator's approval and are refused.
+	Pending   bool
 	ExpiresAt time.Time // zero: never
 	Digest    Digest
 	Previous  []PreviousDigest
@@ -177,7 +183,7 @@ func fieldErr(field string, format string, args ...any) error {
 
 // Compile validates a record and turns it into a Key.
 func Compile(rec Record) (*Key, error) {
-	k := &Key{ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Revoked: rec.Revoked, IDValue: rec.ID, NameValue: rec.Name, grantSum: grantSum(rec)}
+	k := &Key{ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Revoked: rec.Revoked, Pending: rec.Pending, IDValue: rec.ID, NameValue: rec.Name, grantSum: grantSum(rec)}
 	if strings.TrimSpace(rec.ID) == "" {
 		return nil, fieldErr("id", "is required")
 	}
@@ -408,16 +414,19 @@ const (
 	StatusExpired       = "expired"
 	StatusRevoked       = "revoked"
 	StatusRotationGrace = "rotation_grace"
+	StatusPending       = "pending_approval"
 )
 
-// Status is the key's state at now: revoked, expired, in rotation grace (an
-// old secret still works), or active.
+// Status is the key's state at now: revoked, expired, waiting for approval,
+// in rotation grace (an old secret still works), or active.
 func (k *Key) Status(now time.Time) string {
 	switch {
 	case k.Revoked:
 		return StatusRevoked
 	case k.Expired(now):
 		return StatusExpired
+	case k.Pending:
+		return StatusPending
 	}
 	for _, p := range k.Previous {
 		if now.Before(p.ValidUntil) {
@@ -460,5 +469,6 @@ func grantSum(r Record) uint64 {
 	} else {
 		write("-")
 	}
+	write(strconv.FormatBool(r.Pending))
 	return h.Sum64()
 }
