@@ -391,8 +391,26 @@ func (adminAPI) usage(w http.ResponseWriter, r *http.Request) error {
 			return apiError(http.StatusBadRequest, "unknown parameter %q (want key, service, from, to, by, limit, cursor)", name)
 		}
 	}
-	// Counts shared on Redis answer for the whole cluster (this instance's
-	// newest counts added first); the others for this instance.
+	rows, err := usageRows(r.Context(), query)
+	if err != nil {
+		return apiError(http.StatusServiceUnavailable, "%v", err)
+	}
+	page, next := usage.Page(rows, after, limit)
+	by := "hour"
+	if query.ByDay {
+		by = "day"
+	}
+	answer := map[string]any{"from": query.From.UTC(), "to": query.To.UTC(), "by": by, "rows": page}
+	if next != "" {
+		answer["next_cursor"] = next
+	}
+	return writeJSON(w, answer)
+}
+
+// usageRows answers a usage query from every usage file in use, sorted:
+// counts shared on Redis answer for the whole cluster (this instance's
+// newest counts added first), the others for this instance.
+func usageRows(ctx context.Context, query usage.Query) ([]usage.Row, error) {
 	rows := []usage.Row{}
 	seen := map[*usageTracker]bool{}
 	clusters := map[string]bool{}
@@ -412,25 +430,16 @@ func (adminAPI) usage(w http.ResponseWriter, r *http.Request) error {
 			continue
 		}
 		clusters[name] = true
-		sums, err := cl.Report(r.Context(), query)
+		sums, err := cl.Report(ctx, query)
 		if err != nil {
-			return apiError(http.StatusServiceUnavailable, "reading usage from redis: %v", err)
+			return nil, fmt.Errorf("reading usage from redis: %w", err)
 		}
 		rows = append(rows, sums...)
 	}
 	if len(seen) > 1 {
 		usage.SortRows(rows)
 	}
-	page, next := usage.Page(rows, after, limit)
-	by := "hour"
-	if query.ByDay {
-		by = "day"
-	}
-	answer := map[string]any{"from": query.From.UTC(), "to": query.To.UTC(), "by": by, "rows": page}
-	if next != "" {
-		answer["next_cursor"] = next
-	}
-	return writeJSON(w, answer)
+	return rows, nil
 }
 
 // Usage pages: rows per answer by default, and at most.

@@ -1,0 +1,267 @@
+package apikey
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/moodmnky/caddy-apikey/audit"
+	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/portal"
+	"github.com/moodmnky/caddy-apikey/usage"
+)
+
+func init() {
+	caddy.RegisterModule(Portal{})
+}
+
+// Portal serves the developer portal: pages on which developers sign in
+// (through the authentication in front of it, e.g. basic_auth or
+// forward_auth), create keys within the operator's policy, edit their
+// permissions, rotate and revoke them, see their usage and try the gateway.
+// Administrators also approve production keys, revoke any key and read the
+// audit trail. The visitor is whoever {http.auth.user.id} names; the portal
+// stores no passwords.
+//
+// It changes keys in the same store as the gateway (a key file or Redis),
+// so the gateway sees each change from the next request.
+type Portal struct {
+	// Keys is the key store developers' keys are kept in, named by its
+	// "source" field: {"source": "file", "path": …} or {"source": "redis",
+	// …}, the same as the apikey handler's. Required; it must be editable.
+	KeysRaw json.RawMessage `json:"keys,omitempty" caddy:"namespace=http.apikey.sources inline_key=source"`
+
+	// BasePath is the path the portal is mounted on, e.g. "/portal" (the
+	// default) for `handle /portal/* { … apikey_portal … }`.
+	BasePath string `json:"base_path,omitempty"`
+
+	// Services are the services developers may give their keys. Required.
+	Services []PortalService `json:"services,omitempty"`
+
+	// Types are the key types developers may create: "dev", "prod".
+	// Default both.
+	Types []string `json:"types,omitempty"`
+
+	// MaxRole is the highest role developers may give a key: reader,
+	// writer or admin. Default writer.
+	MaxRole string `json:"max_role,omitempty"`
+
+	// CustomPermissions lets developers narrow a key to "METHOD /path"
+	// permissions, and choose the custom role, within max_role's methods.
+	CustomPermissions bool `json:"custom_permissions,omitempty"`
+
+	// MaxKeys is how many working keys (not revoked, not expired) a
+	// developer may hold. Default 10.
+	MaxKeys int `json:"max_keys,omitempty"`
+
+	// Expiry is a new key's lifetime, and the longest a developer may
+	// choose; rotating a key renews it. Default 90 days.
+	Expiry caddy.Duration `json:"expiry,omitempty"`
+
+	// RotationGrace is how long a rotated key's old secret keeps working.
+	// Default 24h.
+	RotationGrace caddy.Duration `json:"rotation_grace,omitempty"`
+
+	// ApproveProd makes the production keys developers create wait for an
+	// administrator's approval; until then the gateway refuses them with
+	// 403, reason pending_approval.
+	ApproveProd bool `json:"approve_prod,omitempty"`
+
+	// Admins are the users ({http.auth.user.id}) who administer the portal.
+	Admins []string `json:"admins,omitempty"`
+
+	// AuditLog is the audit log the portal writes every change to, with
+	// the visitor as actor, and whose recent entries administrators see.
+	// Default: the audit_log of an apikey handler using the same store.
+	AuditLog string `json:"audit_log,omitempty"`
+
+	// PlaygroundURL is where the playground sends its requests, e.g.
+	// "http://127.0.0.1:8080". Default: the address that accepted the
+	// visitor's request, with the same scheme and Host.
+	PlaygroundURL string `json:"playground_url,omitempty"`
+
+	server   *portal.Server
+	source   keystore.Editable
+	audit    *audit.Writer
+	auditKey string
+}
+
+// PortalService is a service developers may choose.
+type PortalService struct {
+	// Name is the service's name, as the apikey handler's service.
+	Name string `json:"name"`
+	// Path is a path on the gateway the service answers (used by the
+	// playground and the code snippets), e.g. "/ollama/api/tags".
+	Path string `json:"path,omitempty"`
+	// Header is the request header the service's route reads the key
+	// from. Default Authorization.
+	Header string `json:"header,omitempty"`
+	// Scheme comes before the key in Header, e.g. "Bearer" (the default
+	// with Authorization); "" sends the key alone.
+	Scheme string `json:"scheme,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Portal) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.apikey_portal",
+		New: func() caddy.Module { return new(Portal) },
+	}
+}
+
+// Provision loads the key store and prepares the pages.
+func (p *Portal) Provision(ctx caddy.Context) error {
+	if p.KeysRaw == nil {
+		return errors.New("keys: the portal needs the key store, e.g. keys file /etc/caddy/keys.json")
+	}
+	mod, err := ctx.LoadModule(p, "KeysRaw")
+	if err != nil {
+		return fmt.Errorf("keys: %w", err)
+	}
+	src, ok := mod.(keystore.Editable)
+	if !ok {
+		return fmt.Errorf("keys: the portal changes keys, and a %T cannot be changed; use keys file or keys redis", mod)
+	}
+	p.source = src
+	policy, err := p.policy()
+	if err != nil {
+		return err
+	}
+	if p.AuditLog != "" {
+		if p.audit, err = openAudit(p.AuditLog); err != nil {
+			return fmt.Errorf("audit_log: %w", err)
+		}
+		p.auditKey = p.audit.Path()
+	}
+	if p.PlaygroundURL != "" {
+		u, err := url.Parse(p.PlaygroundURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			return fmt.Errorf("playground_url: %q is not an http(s)://host[:port] URL", p.PlaygroundURL)
+		}
+	}
+	store := src.Store()
+	backend := portal.Backend{
+		Store:   store,
+		Changed: src.Changed,
+		Usage: func(ctx context.Context, q usage.Query) ([]usage.Row, error) {
+			return usageRows(ctx, q)
+		},
+		Quota:       func(ctx context.Context, k *keystore.Key) (portal.Quota, bool) { return todaysQuota(ctx, store, k) },
+		Audit:       p.writeAudit,
+		RecentAudit: p.recentAudit,
+		Gateway:     p.PlaygroundURL,
+		Logger:      ctx.Logger(),
+	}
+	base := p.BasePath
+	if base == "" {
+		base = "/portal"
+	}
+	p.server, err = portal.New(base, policy, backend)
+	return err
+}
+
+func (p *Portal) policy() (portal.Policy, error) {
+	pol := portal.Policy{CustomPermissions: p.CustomPermissions, MaxKeys: p.MaxKeys, Expiry: time.Duration(p.Expiry),
+		RotationGrace: time.Duration(p.RotationGrace), ApproveProd: p.ApproveProd, Admins: p.Admins}
+	for _, t := range p.Types {
+		typ, err := keystore.ParseType(t)
+		if err != nil {
+			return pol, fmt.Errorf("types: %w", err)
+		}
+		pol.Types = append(pol.Types, typ)
+	}
+	if p.MaxRole != "" {
+		role, err := keystore.ParseRole(p.MaxRole)
+		if err != nil || role == keystore.Custom {
+			return pol, fmt.Errorf("max_role: %q is not reader, writer or admin", p.MaxRole)
+		}
+		pol.MaxRole = role
+	}
+	for _, s := range p.Services {
+		pol.Services = append(pol.Services, portal.Service{Name: s.Name, Path: s.Path, Header: s.Header, Scheme: s.Scheme})
+	}
+	return pol, nil
+}
+
+// auditLog is the portal's own audit log, or that of a handler using its
+// store.
+func (p *Portal) auditLog() *audit.Writer {
+	if p.audit != nil {
+		return p.audit
+	}
+	if so, ok := editableStores()[p.source.Store().Describe()]; ok && so.h.audit != nil {
+		return so.h.audit
+	}
+	return nil
+}
+
+func (p *Portal) writeAudit(e audit.Entry) error {
+	w := p.auditLog()
+	if w == nil {
+		return nil
+	}
+	return w.LogNow(e)
+}
+
+func (p *Portal) recentAudit(n int) ([]audit.Entry, error) {
+	w := p.auditLog()
+	if w == nil {
+		return nil, nil
+	}
+	return audit.Tail(w.Path(), n)
+}
+
+// todaysQuota is a key's use of today's quota, read from the counters of
+// a gateway handler that uses the same store.
+func todaysQuota(ctx context.Context, store keystore.Store, k *keystore.Key) (portal.Quota, bool) {
+	so, ok := editableStores()[store.Describe()]
+	if !ok || k.Type == 0 {
+		return portal.Quota{}, false
+	}
+	h := so.h
+	res, err := h.counters.Peek(ctx, k.ID, h.limits.policy(k, k.Type))
+	if err != nil || res.Uncounted {
+		return portal.Quota{}, false
+	}
+	q := quotaOf(res)
+	reset, _ := time.Parse(time.RFC3339, q.Reset)
+	return portal.Quota{Used: q.Used, Limit: q.Limit, Reset: reset}, true
+}
+
+// ServeHTTP serves a portal page to the visitor {http.auth.user.id} names.
+func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	user := ""
+	if repl != nil {
+		user, _ = repl.GetString("http.auth.user.id")
+	}
+	if r.Method == http.MethodPost {
+		r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
+	}
+	p.server.ServeHTTP(w, r, user)
+	return nil
+}
+
+// Cleanup lets go of the audit log.
+func (p *Portal) Cleanup() error {
+	if p.auditKey != "" {
+		_, err := auditPool.Delete(p.auditKey)
+		p.auditKey = ""
+		return err
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Portal)(nil)
+	_ caddy.CleanerUpper          = (*Portal)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Portal)(nil)
+)

@@ -1,0 +1,89 @@
+package portal
+
+import (
+	"fmt"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+// adminPageSize is how many keys the admin page lists at a time.
+const adminPageSize = 100
+
+// auditShown is how many of the audit log's last entries the admin page shows.
+const auditShown = 50
+
+// auditLine is one audit entry as the admin page shows it.
+type auditLine struct {
+	Time, Event, KeyID, Actor, Detail string
+}
+
+func (v *visit) adminPage() {
+	if !v.admin {
+		v.s.fail(v.w, v.r, v, http.StatusForbidden, "Only the portal's administrators see this page.")
+		return
+	}
+	ctx := v.r.Context()
+	after := v.r.URL.Query().Get("after")
+	page, err := v.s.backend.Store.List(ctx, keystore.ListQuery{After: after, Limit: adminPageSize})
+	if err != nil {
+		v.storeFailed(err)
+		return
+	}
+	used := v.s.lastUsed(ctx)
+	keys := make([]keyView, len(page.Records))
+	for i, rec := range page.Records {
+		keys[i] = v.view(rec, used)
+	}
+	// Keys waiting for approval, from the first records of the store.
+	var pending []keyView
+	if v.s.policy.ApproveProd {
+		recs, err := v.s.ownRecords(ctx, "")
+		if err != nil {
+			v.storeFailed(err)
+			return
+		}
+		for _, rec := range recs {
+			if rec.Pending && !rec.Revoked {
+				pending = append(pending, v.view(rec, used))
+			}
+		}
+	}
+	var trail []auditLine
+	auditErr := ""
+	if v.s.backend.RecentAudit != nil {
+		entries, err := v.s.backend.RecentAudit(auditShown)
+		if err != nil {
+			auditErr = "The audit log could not be read."
+		}
+		for i := len(entries) - 1; i >= 0; i-- {
+			e := entries[i]
+			line := auditLine{Time: str(e["ts"]), Event: str(e["event"]), KeyID: str(e["key_id"]), Actor: str(e["actor"])}
+			var details []string
+			for _, name := range []string{"reason", "status", "client", "service", "role", "owner"} {
+				if s := str(e[name]); s != "" {
+					details = append(details, name+"="+s)
+				}
+			}
+			sort.Strings(details)
+			line.Detail = fmt.Sprint(details)
+			trail = append(trail, line)
+		}
+	}
+	v.render(http.StatusOK, "admin.html", "admin", "Administration", map[string]any{
+		"Keys": keys, "Next": page.Next, "Pending": pending, "Audit": trail, "AuditError": auditErr,
+		"HasAudit": v.s.backend.RecentAudit != nil, "Flash": flash(v.r), "Now": v.s.now().UTC().Format(time.RFC3339)})
+}
+
+func str(x any) string {
+	switch x := x.(type) {
+	case nil:
+		return ""
+	case string:
+		return clip(x, 200)
+	default:
+		return clip(fmt.Sprint(x), 200)
+	}
+}

@@ -1,0 +1,36 @@
+// The developer portal's only script: copy buttons, and the playground's
+// path following the chosen service. Every page works without it.
+"use strict";
+
+document.addEventListener("click", async (event) => {
+  const button = event.target.closest("[data-copy]");
+  if (!button) return;
+  const source = document.getElementById(button.dataset.copy);
+  if (!source) return;
+  const text = source.value !== undefined ? source.value : source.textContent;
+  let copied = false;
+  try {
+    await navigator.clipboard.writeText(text);
+    copied = true;
+  } catch (_) {
+    if (source.select) {
+      source.select();
+      copied = document.execCommand("copy");
+    }
+  }
+  const status = button.closest(".field, .snippet")?.querySelector(".copied");
+  const message = copied ? "Copied." : "Select the text and copy it.";
+  if (status) status.textContent = message;
+  button.textContent = copied ? "Copied" : "Copy";
+});
+
+const service = document.querySelector("select#service[name=service] option[data-path]")?.parentElement;
+const path = document.getElementById("path");
+if (service && path) {
+  let touched = false;
+  path.addEventListener("input", () => { touched = true; });
+  service.addEventListener("change", () => {
+    const option = service.selectedOptions[0];
+    if (!touched && option && option.dataset.path) path.value = option.dataset.path;
+  });
+}

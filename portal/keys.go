@@ -1,0 +1,480 @@
+package portal
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/moodmnky/caddy-apikey/audit"
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+// keyView is a key as the pages show it: never its hash.
+type keyView struct {
+	ID, Name, Owner, Type, Role string
+	Services, Permissions       []string
+	AllowedIPs                  []string
+	Created, Expires            string
+	Status, StatusText          string
+	GraceUntil                  string
+	LastUsed                    string
+	Quota                       *Quota
+	QuotaPercent                int
+	Revoked, Pending            bool
+}
+
+// maxOwnKeys bounds how many of a developer's records (revoked ones too)
+// the pages read.
+const maxOwnKeys = 1000
+
+func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView {
+	now := v.s.now()
+	kv := keyView{ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Type: rec.Type, Role: rec.Role,
+		Services: rec.Services, Permissions: rec.Permissions, AllowedIPs: rec.AllowedIPs,
+		Created: day(rec.CreatedAt), Expires: day(rec.ExpiresAt), Revoked: rec.Revoked, Pending: rec.Pending}
+	k, err := keystore.Compile(rec)
+	if err != nil {
+		kv.Status, kv.StatusText = "invalid", "invalid record"
+		return kv
+	}
+	kv.Status = k.Status(now)
+	kv.StatusText = map[string]string{keystore.StatusActive: "active", keystore.StatusExpired: "expired",
+		keystore.StatusRevoked: "revoked", keystore.StatusRotationGrace: "in rotation grace",
+		keystore.StatusPending: "waiting for approval"}[kv.Status]
+	if kv.Status == keystore.StatusActive && !k.ExpiresAt.IsZero() && k.ExpiresAt.Sub(now) < expiringSoon {
+		kv.Status, kv.StatusText = "expiring", "expiring soon"
+	}
+	for _, p := range k.Previous {
+		if now.Before(p.ValidUntil) && p.ValidUntil.Format(time.RFC3339) > kv.GraceUntil {
+			kv.GraceUntil = p.ValidUntil.UTC().Format("2006-01-02 15:04 UTC")
+		}
+	}
+	if t, ok := lastUsed[rec.ID]; ok {
+		kv.LastUsed = t.Format("2006-01-02 15:00 UTC")
+	}
+	if v.s.backend.Quota != nil && kv.Status != keystore.StatusRevoked && kv.Status != keystore.StatusExpired {
+		if q, ok := v.s.backend.Quota(v.r.Context(), k); ok {
+			kv.Quota = &q
+			if q.Limit > 0 {
+				kv.QuotaPercent = int(min(100, q.Used*100/q.Limit))
+			}
+		}
+	}
+	return kv
+}
+
+func day(rfc3339 string) string {
+	if t, err := time.Parse(time.RFC3339, rfc3339); err == nil {
+		return t.UTC().Format("2006-01-02")
+	}
+	return ""
+}
+
+// ownRecords are the records of owner (every record, for owner ""), newest
+// first, at most maxOwnKeys.
+func (s *Server) ownRecords(ctx context.Context, owner string) ([]keystore.Record, error) {
+	var recs []keystore.Record
+	q := keystore.ListQuery{Owner: owner, Limit: keystore.MaxListLimit}
+	for {
+		page, err := s.backend.Store.List(ctx, q)
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, page.Records...)
+		if page.Next == "" || len(recs) >= maxOwnKeys {
+			break
+		}
+		q.After = page.Next
+	}
+	if owner == "" {
+		return recs, nil
+	}
+	slices.SortStableFunc(recs, func(a, b keystore.Record) int { return strings.Compare(b.CreatedAt, a.CreatedAt) })
+	return recs[:min(len(recs), maxOwnKeys)], nil
+}
+
+// lastUsed is, per key, the last hour it was used in, within the usage
+// kept (hour by hour).
+func (s *Server) lastUsed(ctx context.Context) map[string]time.Time {
+	out := map[string]time.Time{}
+	if s.backend.Usage == nil {
+		return out
+	}
+	now := s.now()
+	rows, err := s.backend.Usage(ctx, usageQuery(now.Add(-30*24*time.Hour), now, false))
+	if err != nil {
+		return out
+	}
+	for _, r := range rows {
+		if r.Time.After(out[r.KeyID]) {
+			out[r.KeyID] = r.Time
+		}
+	}
+	return out
+}
+
+// errNotYours answers for a key the visitor may not see, the same way as
+// for a key that does not exist, so ids cannot be probed.
+var errNotYours = errors.New("You have no key with this id.")
+
+// ownKey is the record with id, if the visitor may see and change it.
+func (v *visit) ownKey(id string) (keystore.Record, error) {
+	rec, err := v.s.backend.Store.Get(v.r.Context(), id)
+	if errors.Is(err, keystore.ErrUnknownID) || (err == nil && !v.mayTouch(rec)) {
+		return keystore.Record{}, errNotYours
+	}
+	return rec, err
+}
+
+func (v *visit) mayTouch(rec keystore.Record) bool { return v.admin || rec.Owner == v.user }
+
+// mine refuses, inside a store's update, a record the visitor may not change.
+func (v *visit) mine(rec *keystore.Record) error {
+	if !v.mayTouch(*rec) {
+		return errNotYours
+	}
+	return nil
+}
+
+func (v *visit) myKeys() {
+	recs, err := v.s.ownRecords(v.r.Context(), v.user)
+	if err != nil {
+		v.storeFailed(err)
+		return
+	}
+	used := v.s.lastUsed(v.r.Context())
+	views := make([]keyView, len(recs))
+	for i, rec := range recs {
+		views[i] = v.view(rec, used)
+	}
+	v.render(http.StatusOK, "keys.html", "keys", "My keys", map[string]any{
+		"Keys": views, "Flash": flash(v.r), "Working": working(views), "MaxKeys": v.s.policy.MaxKeys})
+}
+
+// working counts the keys that count against max_keys.
+func working(views []keyView) int {
+	n := 0
+	for _, kv := range views {
+		if kv.Status != keystore.StatusRevoked && kv.Status != keystore.StatusExpired {
+			n++
+		}
+	}
+	return n
+}
+
+// flash is a message named in the query of a redirect after a change:
+// chosen from a fixed list, so no text a link carries is shown.
+func flash(r *http.Request) string {
+	return map[string]string{"saved": "Saved. The gateway applies the change from the next request.",
+		"approved": "Approved: the key works from the next request."}[r.URL.Query().Get("done")]
+}
+
+type formView struct {
+	Policy   *Policy
+	Form     keyForm
+	Error    *formError
+	Editing  bool
+	Key      keyView
+	Services []serviceChoice
+	Roles    []string
+	Types    []string
+	MaxDays  int
+}
+
+type serviceChoice struct {
+	Name    string
+	Checked bool
+}
+
+func (v *visit) formView(f keyForm, ferr error) formView {
+	fv := formView{Policy: &v.s.policy, Form: f, Roles: v.s.policy.roles(), MaxDays: v.s.policy.maxDays()}
+	for _, t := range v.s.policy.Types {
+		fv.Types = append(fv.Types, t.String())
+	}
+	for _, svc := range v.s.policy.Services {
+		fv.Services = append(fv.Services, serviceChoice{svc.Name, slices.Contains(f.Services, svc.Name)})
+	}
+	errors.As(ferr, &fv.Error)
+	return fv
+}
+
+func (v *visit) newKeyForm(ferr error, status int) {
+	f := keyForm{Type: v.s.policy.Types[0].String(), Role: keystore.Reader.String()}
+	if ferr != nil {
+		f = readForm(v.r)
+	}
+	v.render(status, "new.html", "new", "Create a key", v.formView(f, ferr))
+}
+
+func readForm(r *http.Request) keyForm {
+	return keyForm{Name: r.PostFormValue("name"), Type: r.PostFormValue("type"), Role: r.PostFormValue("role"),
+		Services: r.PostForm["services"], Permissions: r.PostFormValue("permissions"),
+		AllowedIPs: r.PostFormValue("allowed_ips"), Days: r.PostFormValue("expiry_days")}
+}
+
+func (v *visit) create() {
+	f := readForm(v.r)
+	g, err := v.s.policy.checkForm(f, true)
+	if err == nil && looksLikeKey(f.Name) {
+		err = refuse("name", "looks like a key; a name describes a key and is shown to others")
+	}
+	if err != nil {
+		v.newKeyForm(err, http.StatusBadRequest)
+		return
+	}
+	// One creation at a time per developer on this instance, so the count
+	// below holds until the record is written.
+	mu, _ := v.s.creating.LoadOrStore(v.user, new(sync.Mutex))
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	recs, err := v.s.ownRecords(v.r.Context(), v.user)
+	if err != nil {
+		v.storeFailed(err)
+		return
+	}
+	views := make([]keyView, len(recs))
+	for i, rec := range recs {
+		views[i] = keyView{Status: v.statusOf(rec)}
+	}
+	if n := working(views); n >= v.s.policy.MaxKeys {
+		v.newKeyForm(refuse("keys", "you already hold %d working keys, the most allowed; revoke one first", n), http.StatusForbidden)
+		return
+	}
+	key, err := keystore.Generate(g.typ)
+	if err != nil {
+		v.storeFailed(err)
+		return
+	}
+	now := v.s.now().UTC()
+	rec := keystore.Record{Name: g.name, Hash: keystore.Sum(key).Encode(), Type: g.typ.String(), Role: g.role.String(),
+		Services: g.services, Permissions: g.permissions, AllowedIPs: g.allowedIPs, Owner: v.user,
+		CreatedAt: now.Format(time.RFC3339), ExpiresAt: now.Add(time.Duration(g.days) * 24 * time.Hour).Format(time.RFC3339),
+		Pending: g.typ == keystore.Prod && v.s.policy.ApproveProd && !v.admin}
+	for tries := 0; tries < 5; tries++ {
+		rec.ID = keystore.NewID()
+		if err = v.s.backend.Store.Create(v.r.Context(), rec); !errors.Is(err, keystore.ErrIDTaken) {
+			break
+		}
+	}
+	if err != nil {
+		v.storeFailed(err)
+		return
+	}
+	v.changed(rec.ID, audit.Entry{"event": "key.created", "key_id": rec.ID, "type": rec.Type, "role": rec.Role,
+		"services": rec.Services, "owner": rec.Owner, "pending": rec.Pending})
+	v.showKey("created", "Your new key", key, rec, time.Time{})
+}
+
+func (v *visit) statusOf(rec keystore.Record) string {
+	k, err := keystore.Compile(rec)
+	if err != nil {
+		return "invalid"
+	}
+	return k.Status(v.s.now())
+}
+
+// showKey shows a key's secret, this once.
+func (v *visit) showKey(what, title, key string, rec keystore.Record, graceUntil time.Time) {
+	data := map[string]any{"What": what, "Key": key, "Record": v.view(rec, nil), "Snippets": v.s.snippets(key, origin(v.r), rec)}
+	if !graceUntil.IsZero() {
+		data["GraceUntil"] = graceUntil.UTC().Format("2006-01-02 15:04 UTC")
+	}
+	v.render(http.StatusOK, "secret.html", "keys", title, data)
+}
+
+func (v *visit) keyPage(id string) {
+	rec, err := v.ownKey(id)
+	if err != nil {
+		v.notFoundOr(err)
+		return
+	}
+	f := keyForm{Name: rec.Name, Role: rec.Role, Services: rec.Services,
+		Permissions: strings.Join(rec.Permissions, "\n"), AllowedIPs: strings.Join(rec.AllowedIPs, "\n")}
+	v.keyPageWith(rec, f, nil, http.StatusOK)
+}
+
+func (v *visit) keyPageWith(rec keystore.Record, f keyForm, ferr error, status int) {
+	fv := v.formView(f, ferr)
+	fv.Editing = true
+	fv.Key = v.view(rec, v.s.lastUsed(v.r.Context()))
+	v.render(status, "key.html", "keys", "Key "+rec.ID, map[string]any{"Form": fv, "Flash": flash(v.r),
+		"Grace": v.s.policy.RotationGrace.String()})
+}
+
+func (v *visit) edit(id string) {
+	f := readForm(v.r)
+	g, err := v.s.policy.checkForm(f, false)
+	if err == nil && looksLikeKey(f.Name) {
+		err = refuse("name", "looks like a key; a name describes a key and is shown to others")
+	}
+	if err != nil {
+		rec, gerr := v.ownKey(id)
+		if gerr != nil {
+			v.notFoundOr(gerr)
+			return
+		}
+		v.keyPageWith(rec, f, err, http.StatusBadRequest)
+		return
+	}
+	_, err = v.s.backend.Store.Update(v.r.Context(), id, func(rec *keystore.Record) error {
+		if err := v.mine(rec); err != nil {
+			return err
+		}
+		if rec.Revoked {
+			return refuse("key", "is revoked; a revoked key cannot be changed")
+		}
+		if !v.admin && !v.s.policy.withinPolicy(*rec) {
+			// A key an operator gave more than the policy allows is
+			// theirs to change, not the developer's.
+			return refuse("key", "was given more than the portal's policy allows, so only an operator may change it")
+		}
+		rec.Name, rec.Role, rec.Services, rec.Permissions, rec.AllowedIPs = g.name, g.role.String(), g.services, g.permissions, g.allowedIPs
+		return nil
+	})
+	if err != nil {
+		v.changeFailed(id, f, err)
+		return
+	}
+	v.changed(id, audit.Entry{"event": "key.updated", "key_id": id, "role": g.role.String(), "services": g.services,
+		"permissions": len(g.permissions), "allowed_ips": len(g.allowedIPs)})
+	http.Redirect(v.w, v.r, v.s.base+"/keys/"+url.PathEscape(id)+"?done=saved", http.StatusSeeOther)
+}
+
+// withinPolicy reports whether a record's grant is one a developer could
+// have chosen.
+func (p *Policy) withinPolicy(rec keystore.Record) bool {
+	_, err := p.checkForm(keyForm{Name: rec.Name, Role: rec.Role, Services: rec.Services,
+		Permissions: strings.Join(rec.Permissions, "\n"), AllowedIPs: strings.Join(rec.AllowedIPs, "\n")}, false)
+	return err == nil
+}
+
+func (v *visit) rotate(id string) {
+	now := v.s.now().UTC()
+	var rec keystore.Record
+	key, until, err := keystore.Rotate(v.r.Context(), v.s.backend.Store, id, v.s.policy.RotationGrace, func(r *keystore.Record) error {
+		if err := v.mine(r); err != nil {
+			return err
+		}
+		if r.Revoked {
+			return refuse("key", "is revoked; a revoked key cannot be rotated")
+		}
+		if r.ExpiresAt != "" {
+			// The new secret gets a whole lifetime: rotating is how a
+			// key is kept.
+			r.ExpiresAt = now.Add(v.s.policy.Expiry).Format(time.RFC3339)
+		}
+		rec = *r
+		return nil
+	})
+	if err != nil {
+		v.changeFailed(id, keyForm{}, err)
+		return
+	}
+	v.changed(id, audit.Entry{"event": "key.rotated", "key_id": id, "old_valid_until": until.Format(time.RFC3339)})
+	v.showKey("rotated", "Your key's new secret", key, rec, until)
+}
+
+func (v *visit) confirmRevoke(id string) {
+	rec, err := v.ownKey(id)
+	if err != nil {
+		v.notFoundOr(err)
+		return
+	}
+	v.render(http.StatusOK, "revoke.html", "keys", "Revoke "+id, map[string]any{"Key": v.view(rec, nil)})
+}
+
+func (v *visit) revoke(id string) {
+	err := keystore.Revoke(v.r.Context(), v.s.backend.Store, id, func(r keystore.Record) error { return v.mine(&r) })
+	if err != nil {
+		v.changeFailed(id, keyForm{}, err)
+		return
+	}
+	v.changed(id, audit.Entry{"event": "key.revoked", "key_id": id})
+	v.render(http.StatusOK, "revoked.html", "keys", "Key revoked", map[string]any{"ID": id})
+}
+
+func (v *visit) approve(id string) {
+	if !v.admin {
+		v.s.fail(v.w, v.r, v, http.StatusForbidden, "Only the portal's administrators approve keys.")
+		return
+	}
+	_, err := v.s.backend.Store.Update(v.r.Context(), id, func(rec *keystore.Record) error {
+		if !rec.Pending {
+			return refuse("key", "is not waiting for approval")
+		}
+		rec.Pending = false
+		return nil
+	})
+	if err != nil {
+		v.changeFailed(id, keyForm{}, err)
+		return
+	}
+	v.changed(id, audit.Entry{"event": "key.approved", "key_id": id})
+	http.Redirect(v.w, v.r, v.s.base+"/admin?done=approved", http.StatusSeeOther)
+}
+
+// changed tells the gateway and the audit log of a change the visitor made.
+func (v *visit) changed(id string, e audit.Entry) {
+	if v.s.backend.Changed != nil {
+		v.s.backend.Changed(id)
+	}
+	if v.s.backend.Audit == nil {
+		return
+	}
+	e["actor"] = "portal:" + v.user
+	e["store"] = v.s.backend.Store.Describe()
+	if err := v.s.backend.Audit(e); err != nil {
+		v.s.backend.Logger.Error("writing the portal's change to the audit log failed", zap.String("key_id", id), zap.Error(err))
+	}
+}
+
+// changeFailed explains a refused or failed change; the store is unchanged.
+func (v *visit) changeFailed(id string, f keyForm, err error) {
+	var ferr *formError
+	switch {
+	case errors.Is(err, errNotYours), errors.Is(err, keystore.ErrUnknownID):
+		v.notFoundOr(errNotYours)
+	case errors.As(err, &ferr):
+		v.s.fail(v.w, v.r, v, http.StatusConflict, "Key "+id+" "+ferr.Message+".")
+	default:
+		var fieldErr *keystore.FieldError
+		if errors.As(err, &fieldErr) {
+			v.s.fail(v.w, v.r, v, http.StatusBadRequest, "The change was refused: "+fieldErr.Error()+".")
+			return
+		}
+		v.storeFailed(err)
+	}
+}
+
+func (v *visit) notFoundOr(err error) {
+	if errors.Is(err, errNotYours) {
+		v.s.fail(v.w, v.r, v, http.StatusNotFound, errNotYours.Error())
+		return
+	}
+	v.storeFailed(err)
+}
+
+func (v *visit) storeFailed(err error) {
+	v.s.backend.Logger.Error("the portal could not reach its key store", zap.String("store", v.s.backend.Store.Describe()), zap.Error(err))
+	v.s.fail(v.w, v.r, v, http.StatusServiceUnavailable, "The key store is unavailable right now; nothing was changed. Try again shortly.")
+}
+
+func looksLikeKey(s string) bool {
+	upper := strings.ToUpper(s)
+	return strings.Contains(upper, "DEV_API_") || strings.Contains(upper, "PROD_API_")
+}
+
+// origin is where the visitor reached the portal, and so the gateway.
+func origin(r *http.Request) string {
+	if r.TLS != nil {
+		return "https://" + r.Host
+	}
+	return "http://" + r.Host
+}

@@ -1,0 +1,266 @@
+package portal
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The playground sends one request through the gateway with a key the
+// developer pastes, and explains the answer. The key is used for that one
+// request: never stored, logged, or put back in the page.
+
+const (
+	playgroundTimeout = 30 * time.Second
+	maxTryBody        = 64 << 10 // what the playground sends
+	maxShownBody      = 16 << 10 // what it shows of the answer
+)
+
+// shownHeaders are the answer's headers the playground shows.
+var shownHeaders = []string{"Content-Type", "RateLimit-Policy", "RateLimit", "Retry-After", "X-Should-Retry",
+	"Deprecation", "Sunset", "WWW-Authenticate"}
+
+type tryForm struct {
+	Service, Method, Path, Body string
+}
+
+type tryResult struct {
+	Status      int
+	StatusText  string
+	Headers     [][2]string
+	Body        string
+	Cut         bool
+	Explanation string
+	OK          bool
+}
+
+func (v *visit) playground(res *tryResult, f ...tryForm) {
+	form := tryForm{Method: http.MethodGet}
+	if len(f) > 0 {
+		form = f[0]
+	} else if len(v.s.policy.Services) > 0 {
+		form.Service, form.Path = v.s.policy.Services[0].Name, v.s.policy.Services[0].Path
+	}
+	v.render(http.StatusOK, "playground.html", "playground", "Playground", map[string]any{
+		"Services": v.s.policy.Services, "Form": form, "Result": res, "Methods": []string{"GET", "POST", "PUT", "PATCH", "DELETE"}})
+}
+
+func (v *visit) try() {
+	f := tryForm{Service: v.r.PostFormValue("service"), Method: v.r.PostFormValue("method"),
+		Path: strings.TrimSpace(v.r.PostFormValue("path")), Body: v.r.PostFormValue("body")}
+	key := strings.TrimSpace(v.r.PostFormValue("key"))
+	svc, ok := v.s.policy.service(f.Service)
+	switch {
+	case !ok:
+		v.playground(&tryResult{Explanation: "Choose one of the listed services."}, f)
+		return
+	case !validMethod(f.Method):
+		v.playground(&tryResult{Explanation: "Choose one of the listed methods."}, f)
+		return
+	case !underService(f.Path, svc):
+		v.playground(&tryResult{Explanation: fmt.Sprintf("The path must start with %s, where the %s service is reached.", serviceRoot(svc), svc.Name)}, f)
+		return
+	case len(f.Body) > maxTryBody:
+		v.playground(&tryResult{Explanation: fmt.Sprintf("The body is longer than the playground sends (%d KiB).", maxTryBody>>10)}, f)
+		return
+	}
+	res, err := v.s.send(v.r, svc, f, key)
+	if err != nil {
+		v.playground(&tryResult{Explanation: "The gateway could not be reached: " + err.Error()}, f)
+		return
+	}
+	v.playground(res, f)
+}
+
+func validMethod(m string) bool {
+	switch m {
+	case "GET", "POST", "PUT", "PATCH", "DELETE":
+		return true
+	}
+	return false
+}
+
+// serviceRoot is the first segment of a service's path, under which the
+// playground may send: it is not a way to reach the rest of the site.
+func serviceRoot(svc Service) string {
+	seg, _, _ := strings.Cut(strings.TrimPrefix(svc.Path, "/"), "/")
+	return "/" + seg + "/"
+}
+
+func underService(path string, svc Service) bool {
+	u, err := url.Parse(path)
+	return err == nil && svc.Path != "" && u.Scheme == "" && u.Host == "" && u.Path == u.EscapedPath() &&
+		!strings.Contains(u.Path, "..") && !strings.Contains(u.Path, "//") && strings.HasPrefix(u.Path+"/", serviceRoot(svc))
+}
+
+// send makes the request to the gateway: the configured one, or the address
+// that accepted the portal's request (the same Caddy).
+func (s *Server) send(r *http.Request, svc Service, f tryForm, key string) (*tryResult, error) {
+	target := s.backend.Gateway
+	transport := &http.Transport{DisableKeepAlives: true, ResponseHeaderTimeout: playgroundTimeout}
+	if target == "" {
+		local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+		if local == nil {
+			return nil, errors.New("the portal does not know the gateway's address; set playground_url")
+		}
+		scheme := "http"
+		if r.TLS != nil {
+			scheme = "https"
+			transport.TLSClientConfig = &tls.Config{ServerName: hostOnly(r.Host)}
+		}
+		target = scheme + "://" + r.Host
+		addr := local.String()
+		dialer := &net.Dialer{Timeout: 5 * time.Second}
+		transport.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, network, addr)
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), playgroundTimeout)
+	defer cancel()
+	var body io.Reader
+	if f.Body != "" {
+		body = strings.NewReader(f.Body)
+	}
+	req, err := http.NewRequestWithContext(ctx, f.Method, strings.TrimSuffix(target, "/")+f.Path, body)
+	if err != nil {
+		return nil, errors.New("the request could not be made")
+	}
+	if f.Body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if key != "" {
+		value := key
+		if svc.Scheme != "" {
+			value = svc.Scheme + " " + key
+		}
+		req.Header.Set(svc.Header, value)
+	}
+	client := &http.Client{Transport: transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Do(req)
+	if err != nil {
+		// The error names the URL, never the key (it is in a header).
+		return nil, errors.New(strings.ReplaceAll(err.Error(), key, "…"))
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxShownBody+1))
+	res := &tryResult{Status: resp.StatusCode, StatusText: http.StatusText(resp.StatusCode), OK: resp.StatusCode < 400}
+	if len(data) > maxShownBody {
+		data, res.Cut = data[:maxShownBody], true
+	}
+	res.Body = strings.ReplaceAll(string(data), key, "…")
+	for _, name := range shownHeaders {
+		if val := resp.Header.Get(name); val != "" {
+			res.Headers = append(res.Headers, [2]string{name, val})
+		}
+	}
+	res.Explanation = explain(resp, data, key == "", s.now())
+	return res, nil
+}
+
+func hostOnly(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return hostport
+}
+
+// explain says in words what the gateway's answer means.
+func explain(resp *http.Response, body []byte, noKey bool, now time.Time) string {
+	code, reason, message := errorFields(body)
+	switch status := resp.StatusCode; {
+	case status < 300:
+		if resp.Header.Get("Deprecation") != "" {
+			return "Admitted, with an old secret: this key was rotated and its old secret stops working at " + resp.Header.Get("Sunset") + ". Switch to the new one."
+		}
+		return "Admitted: the gateway accepted the key and the service answered."
+	case status == http.StatusUnauthorized:
+		switch code {
+		case "missing_key":
+			if noKey {
+				return "401: no key was sent. Paste a key in the key field."
+			}
+			return "401: the gateway found no key where this route reads it."
+		case "invalid_key":
+			return "401: the gateway does not know this key. Check that it was copied whole; a key is shown only once, so a lost key must be rotated or replaced."
+		case "revoked_key":
+			return "401: this key has been revoked and will never work again. Create a new one."
+		case "expired_key":
+			return "401: this key has expired, or it is an old secret whose rotation grace is over. Use the key's current secret, or create a new key."
+		}
+	case status == http.StatusForbidden:
+		what := map[string]string{
+			"method":           "the key's role or permissions do not allow this method on this path",
+			"service":          "the key may not use this service; add the service to the key",
+			"ip":               "the key may not be used from this address (its IP allowlist); note that the playground's requests come from the portal's server",
+			"key_type":         "this route does not accept this type of key (development or production)",
+			"path":             "the path has dot segments or encoded slashes, so permissions cannot be checked",
+			"pending_approval": "the key waits for an administrator's approval",
+			"model":            "the key may not use this model",
+		}[reason]
+		if what != "" {
+			return "403: the key is valid, but " + what + "."
+		}
+	case status == http.StatusTooManyRequests:
+		when := resetText(resp.Header.Get("Retry-After"), now)
+		switch code {
+		case "quota_exceeded":
+			return "429: the key's daily quota is used up; it resets " + when + "."
+		case "rate_limited":
+			return "429: the key sent requests faster than its rate allows; it may send again " + when + "."
+		}
+		return "429: too many requests (" + code + "); try again " + when + "."
+	case status == http.StatusServiceUnavailable && code == "unavailable":
+		return "503: the gateway could not check the key because its key store is unreachable; this says nothing about the key. Retry shortly."
+	}
+	if message != "" {
+		return fmt.Sprintf("%d: %s", resp.StatusCode, message)
+	}
+	return fmt.Sprintf("%d %s: the key was accepted by the gateway or not involved; this is the service's own answer.", resp.StatusCode, http.StatusText(resp.StatusCode))
+}
+
+func resetText(retryAfter string, now time.Time) string {
+	secs, err := strconv.Atoi(retryAfter)
+	if err != nil || secs < 0 {
+		return "later"
+	}
+	at := now.Add(time.Duration(secs) * time.Second).UTC()
+	return fmt.Sprintf("in %s (at %s)", (time.Duration(secs) * time.Second).String(), at.Format("2006-01-02 15:04:05 UTC"))
+}
+
+// errorFields reads code, reason and message from any of the gateway's
+// error formats.
+func errorFields(body []byte) (code, reason, message string) {
+	var doc struct {
+		Error  json.RawMessage `json:"error"`
+		Code   string          `json:"code"`
+		Reason string          `json:"reason"`
+	}
+	if json.Unmarshal(body, &doc) != nil {
+		return "", "", ""
+	}
+	code, reason = doc.Code, doc.Reason
+	var inner struct {
+		Code, Reason, Message string
+	}
+	if json.Unmarshal(doc.Error, &inner) == nil {
+		if inner.Code != "" {
+			code = inner.Code
+		}
+		if inner.Reason != "" {
+			reason = inner.Reason
+		}
+		message = inner.Message
+	} else {
+		_ = json.Unmarshal(doc.Error, &message)
+	}
+	return code, reason, message
+}

@@ -1,0 +1,216 @@
+// Package portal is the developer portal: web pages on which developers
+// create, scope, rotate and revoke their own keys within an operator's
+// policy, see their usage and try the gateway, and on which administrators
+// approve and revoke keys. It serves HTML only; who the visitor is comes
+// from the authentication in front of it.
+package portal
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/moodmnky/caddy-apikey/audit"
+	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/usage"
+)
+
+//go:embed templates/*.html
+var templateFiles embed.FS
+
+//go:embed assets
+var assetFiles embed.FS
+
+// Backend is what the portal reads and changes, provided by the gateway.
+type Backend struct {
+	// Store is where keys are kept and changed.
+	Store keystore.Store
+	// Changed makes the gateway see a change to a key at once.
+	Changed func(id string)
+	// Usage answers usage queries: cluster-wide when counts are shared.
+	Usage func(ctx context.Context, q usage.Query) ([]usage.Row, error)
+	// Quota is a key's use of today's quota; ok is false when unknown.
+	Quota func(ctx context.Context, k *keystore.Key) (q Quota, ok bool)
+	// Audit records a change; nil when there is no audit log.
+	Audit func(e audit.Entry) error
+	// RecentAudit returns the audit log's last n entries, newest last.
+	RecentAudit func(n int) ([]audit.Entry, error)
+	// Gateway is the base URL the playground sends requests to, e.g.
+	// "http://127.0.0.1:8080"; "" means the address that accepted the
+	// portal's own request, with the same scheme.
+	Gateway string
+	// Logger gets the portal's failures; never a key.
+	Logger *zap.Logger
+}
+
+// Quota is a key's use of its daily quota.
+type Quota struct {
+	Used, Limit int64
+	Reset       time.Time
+}
+
+// Server serves the portal's pages under a base path.
+type Server struct {
+	base    string
+	policy  Policy
+	backend Backend
+	pages   map[string]*template.Template
+	assets  http.Handler
+	now     func() time.Time
+
+	// creating serializes key creation per owner on this instance, so
+	// that two tabs cannot both pass the max_keys check.
+	creating sync.Map // owner -> *sync.Mutex
+}
+
+// New makes a portal served under base (e.g. "/portal").
+func New(base string, policy Policy, backend Backend) (*Server, error) {
+	if err := policy.check(); err != nil {
+		return nil, err
+	}
+	if backend.Store == nil {
+		return nil, errors.New("the portal needs a key store")
+	}
+	if backend.Logger == nil {
+		backend.Logger = zap.NewNop()
+	}
+	base = "/" + strings.Trim(base, "/")
+	if base == "/" {
+		base = ""
+	}
+	s := &Server{base: base, policy: policy, backend: backend, now: time.Now}
+	var err error
+	if s.pages, err = parsePages(); err != nil {
+		return nil, err
+	}
+	sub, err := fs.Sub(assetFiles, "assets")
+	if err != nil {
+		return nil, err
+	}
+	s.assets = http.StripPrefix(base+"/assets/", http.FileServer(http.FS(sub)))
+	return s, nil
+}
+
+// securityHeaders are on every answer: no script or style from anywhere
+// but the portal's own files, no framing, nothing cached, no referrer.
+func securityHeaders(h http.Header) {
+	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "+
+		"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Cache-Control", "no-store")
+}
+
+// ServeHTTP serves one request from the visitor named user (the identity
+// the authentication in front of the portal established).
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request, user string) {
+	securityHeaders(w.Header())
+	path, ok := strings.CutPrefix(r.URL.Path, s.base)
+	if !ok || (path != "" && path[0] != '/') {
+		s.fail(w, r, nil, http.StatusNotFound, "There is no portal page here.")
+		return
+	}
+	if strings.HasPrefix(path, "/assets/") && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		w.Header().Set("Cache-Control", "no-cache")
+		s.assets.ServeHTTP(w, r)
+		return
+	}
+	if user == "" {
+		s.fail(w, r, nil, http.StatusUnauthorized, "Sign in first: the portal knows you from the sign-in in front of it, and there was none.")
+		return
+	}
+	if len(user) > keystore.MaxOwnerLength {
+		s.fail(w, r, nil, http.StatusForbidden, "Your user name is too long to own keys here.")
+		return
+	}
+	v := &visit{s: s, w: w, r: r, user: user, admin: s.policy.isAdmin(user), csrf: csrfToken(w, r, s.base)}
+	if r.Method == http.MethodPost {
+		if err := checkPost(r, v.csrf); err != nil {
+			s.fail(w, r, v, http.StatusForbidden, err.Error())
+			return
+		}
+	}
+	s.route(v, path)
+}
+
+// visit is one request's visitor and answer.
+type visit struct {
+	s     *Server
+	w     http.ResponseWriter
+	r     *http.Request
+	user  string
+	admin bool
+	csrf  string
+}
+
+func (s *Server) route(v *visit, path string) {
+	get, post := v.r.Method == http.MethodGet || v.r.Method == http.MethodHead, v.r.Method == http.MethodPost
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	switch {
+	case path == "" || path == "/":
+		if get {
+			http.Redirect(v.w, v.r, s.base+"/keys", http.StatusSeeOther)
+			return
+		}
+	case path == "/keys" && get:
+		v.myKeys()
+		return
+	case path == "/keys" && post:
+		v.create()
+		return
+	case path == "/keys/new" && get:
+		v.newKeyForm(nil, http.StatusOK)
+		return
+	case len(parts) == 2 && parts[0] == "keys":
+		switch {
+		case get:
+			v.keyPage(parts[1])
+			return
+		case post:
+			v.edit(parts[1])
+			return
+		}
+	case len(parts) == 3 && parts[0] == "keys" && parts[2] == "rotate" && post:
+		v.rotate(parts[1])
+		return
+	case len(parts) == 3 && parts[0] == "keys" && parts[2] == "revoke":
+		switch {
+		case get:
+			v.confirmRevoke(parts[1])
+			return
+		case post:
+			v.revoke(parts[1])
+			return
+		}
+	case path == "/usage" && get:
+		v.usagePage()
+		return
+	case path == "/playground" && get:
+		v.playground(nil)
+		return
+	case path == "/playground" && post:
+		v.try()
+		return
+	case path == "/admin" && get:
+		v.adminPage()
+		return
+	case len(parts) == 4 && parts[0] == "admin" && parts[1] == "keys" && parts[3] == "approve" && post:
+		v.approve(parts[2])
+		return
+	}
+	if get || post {
+		s.fail(v.w, v.r, v, http.StatusNotFound, "There is no portal page here.")
+		return
+	}
+	v.w.Header().Set("Allow", "GET, HEAD, POST")
+	s.fail(v.w, v.r, v, http.StatusMethodNotAllowed, "The portal takes GET and POST only.")
+}

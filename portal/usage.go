@@ -1,0 +1,182 @@
+package portal
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/moodmnky/caddy-apikey/usage"
+)
+
+// usageRange is a period the usage page shows.
+type usageRange struct {
+	Name  string
+	Label string
+	span  time.Duration
+	byDay bool
+}
+
+var usageRanges = []usageRange{
+	{"24h", "Last 24 hours", 24 * time.Hour, false},
+	{"7d", "Last 7 days", 7 * 24 * time.Hour, true},
+	{"30d", "Last 30 days", 30 * 24 * time.Hour, true},
+}
+
+func usageQuery(from, to time.Time, byDay bool) usage.Query {
+	return usage.Query{From: from, To: to, ByDay: byDay}
+}
+
+// bar is one bar of the chart, laid out for SVG.
+type bar struct {
+	Label             string
+	Tick              string // shown under some bars
+	Requests          int64
+	X, Y, W, H, TickX int
+}
+
+// tableRow is one line of the usage table.
+type tableRow struct {
+	KeyID, Service, Method, Endpoint string
+	Requests                         int64
+}
+
+// Chart geometry, in SVG user units.
+const (
+	chartW, chartH = 720, 220
+	chartTop       = 10
+	chartBottom    = 190
+)
+
+func (v *visit) usagePage() {
+	q := v.r.URL.Query()
+	rng := usageRanges[0]
+	for _, r := range usageRanges {
+		if r.Name == q.Get("range") {
+			rng = r
+		}
+	}
+	all := v.admin && q.Get("all") == "1"
+	keyID, service, endpoint := q.Get("key"), q.Get("service"), q.Get("endpoint")
+
+	ctx := v.r.Context()
+	owned := map[string]bool{}
+	var keyIDs []string
+	if !all {
+		recs, err := v.s.ownRecords(ctx, v.user)
+		if err != nil {
+			v.storeFailed(err)
+			return
+		}
+		for _, rec := range recs {
+			owned[rec.ID] = true
+			keyIDs = append(keyIDs, rec.ID)
+		}
+		slices.Sort(keyIDs)
+	}
+
+	now := v.s.now().UTC()
+	var from time.Time
+	var buckets int
+	if rng.byDay {
+		end := now.Truncate(24 * time.Hour).Add(24 * time.Hour)
+		buckets = int(rng.span / (24 * time.Hour))
+		from = end.Add(-rng.span)
+	} else {
+		buckets = 24
+		from = now.Truncate(time.Hour).Add(-23 * time.Hour)
+	}
+	var rows []usage.Row
+	var usageErr string
+	if v.s.backend.Usage != nil {
+		var err error
+		rows, err = v.s.backend.Usage(ctx, usage.Query{KeyID: keyID, Service: service, From: from, To: now, ByDay: rng.byDay})
+		if err != nil {
+			usageErr = "Usage could not be read right now; try again shortly."
+		}
+	}
+
+	counts := make([]int64, buckets)
+	sums := map[tableRow]int64{}
+	services, endpoints := map[string]bool{}, map[string]bool{}
+	var total int64
+	step := time.Hour
+	if rng.byDay {
+		step = 24 * time.Hour
+	}
+	for _, row := range rows {
+		if !all && !owned[row.KeyID] {
+			continue
+		}
+		services[row.Service] = true
+		endpoints[row.Endpoint] = true
+		if endpoint != "" && row.Endpoint != endpoint {
+			continue
+		}
+		i := int(row.Time.Sub(from) / step)
+		if i < 0 || i >= buckets {
+			continue
+		}
+		counts[i] += row.Requests
+		total += row.Requests
+		sums[tableRow{KeyID: row.KeyID, Service: row.Service, Method: row.Method, Endpoint: row.Endpoint}] += row.Requests
+	}
+	table := make([]tableRow, 0, len(sums))
+	for r, n := range sums {
+		r.Requests = n
+		table = append(table, r)
+	}
+	sort.Slice(table, func(i, j int) bool {
+		if table[i].Requests != table[j].Requests {
+			return table[i].Requests > table[j].Requests
+		}
+		return fmt.Sprint(table[i]) < fmt.Sprint(table[j])
+	})
+	const maxTable = 200
+	cut := len(table) > maxTable
+	table = table[:min(len(table), maxTable)]
+
+	var peak int64 = 1
+	for _, n := range counts {
+		peak = max(peak, n)
+	}
+	bars := make([]bar, buckets)
+	slot := chartW / buckets
+	for i, n := range counts {
+		at := from.Add(time.Duration(i) * step)
+		h := int(n * (chartBottom - chartTop) / peak)
+		b := bar{Requests: n, X: i*slot + 2, W: slot - 4, H: h, Y: chartBottom - h, TickX: i*slot + slot/2}
+		if rng.byDay {
+			b.Label = at.Format("Mon 2 Jan")
+			if buckets <= 7 || i%5 == 0 {
+				b.Tick = at.Format("2 Jan")
+			}
+		} else {
+			b.Label = at.Format("2 Jan 15:00") + " UTC"
+			if i%3 == 0 {
+				b.Tick = at.Format("15:00")
+			}
+		}
+		bars[i] = b
+	}
+	v.render(http.StatusOK, "usage.html", "usage", "Usage", map[string]any{
+		"Ranges": usageRanges, "Range": rng.Name, "All": all, "KeyID": keyID, "Service": service, "Endpoint": endpoint,
+		"KeyIDs": keyIDs, "Services": sortedKeys(services, service), "Endpoints": sortedKeys(endpoints, endpoint),
+		"Bars": bars, "Peak": peak, "Total": total, "Table": table, "Cut": cut, "Error": usageErr,
+		"ChartW": chartW, "ChartH": chartH, "Bottom": chartBottom, "From": from.Format("2006-01-02 15:04"), "To": now.Format("2006-01-02 15:04"),
+		"Unit": map[bool]string{false: "hour", true: "day"}[rng.byDay],
+	})
+}
+
+func sortedKeys(m map[string]bool, keep string) []string {
+	if keep != "" {
+		m[keep] = true
+	}
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out[:min(len(out), 500)]
+}

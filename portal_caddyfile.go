@@ -1,0 +1,164 @@
+package apikey
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("apikey_portal", parsePortalCaddyfile)
+	// After forward_auth (and basic_auth): the portal needs the identity
+	// they establish.
+	httpcaddyfile.RegisterDirectiveOrder("apikey_portal", httpcaddyfile.After, "forward_auth")
+}
+
+func parsePortalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	p := new(Portal)
+	err := p.UnmarshalCaddyfile(h.Dispenser)
+	return p, err
+}
+
+// UnmarshalCaddyfile sets up the portal from Caddyfile tokens. Syntax:
+//
+//	apikey_portal [<matcher>] {
+//	    keys file <path> | keys redis { … }
+//	    base_path <path>
+//	    service <name> [<path> [<Header> [<scheme>]]]
+//	    types dev|prod ...
+//	    max_role reader|writer|admin
+//	    custom_permissions
+//	    max_keys <n>
+//	    expiry <duration>
+//	    rotation_grace <duration>
+//	    approve_prod
+//	    admins <user> ...
+//	    audit_log <path>
+//	    playground_url <url>
+//	}
+func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		sub := d.Val()
+		if seen[sub] && sub != "service" && sub != "admins" {
+			return d.Errf("apikey_portal: %s given more than once", sub)
+		}
+		seen[sub] = true
+		switch sub {
+		case "keys":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			modID := "http.apikey.sources." + name
+			if name != "file" && name != "redis" {
+				return d.Errf("apikey_portal: keys %s cannot be changed; use keys file <path> or keys redis {…}", name)
+			}
+			keys, err := caddyfile.UnmarshalModule(d, modID)
+			if err != nil {
+				return err
+			}
+			p.KeysRaw = caddyconfig.JSONModuleObject(keys, "source", name, nil)
+		case "base_path":
+			if !d.AllArgs(&p.BasePath) {
+				return d.ArgErr()
+			}
+			if p.BasePath == "" || p.BasePath[0] != '/' {
+				return d.Errf("base_path %q must start with /", p.BasePath)
+			}
+		case "service":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 4 {
+				return d.Errf("want service <name> [<path> [<Header> [<scheme>]]], got %d arguments", len(args))
+			}
+			svc := PortalService{Name: args[0]}
+			if len(args) > 1 {
+				svc.Path = args[1]
+			}
+			if len(args) > 2 {
+				svc.Header = args[2]
+			}
+			if len(args) > 3 {
+				svc.Scheme = args[3]
+			}
+			p.Services = append(p.Services, svc)
+		case "types":
+			p.Types = d.RemainingArgs()
+			if len(p.Types) == 0 {
+				return d.ArgErr()
+			}
+		case "max_role":
+			if !d.AllArgs(&p.MaxRole) {
+				return d.ArgErr()
+			}
+		case "custom_permissions":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			p.CustomPermissions = true
+		case "max_keys":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return d.Errf("max_keys %q is not a positive whole number", v)
+			}
+			p.MaxKeys = n
+		case "expiry", "rotation_grace":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("%s %q is not a positive duration such as 90d or 24h", sub, v)
+			}
+			if sub == "expiry" {
+				p.Expiry = caddy.Duration(dur)
+			} else {
+				p.RotationGrace = caddy.Duration(dur)
+			}
+		case "approve_prod":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			p.ApproveProd = true
+		case "admins":
+			users := d.RemainingArgs()
+			if len(users) == 0 {
+				return d.ArgErr()
+			}
+			p.Admins = append(p.Admins, users...)
+		case "audit_log":
+			if !d.AllArgs(&p.AuditLog) {
+				return d.ArgErr()
+			}
+		case "playground_url":
+			if !d.AllArgs(&p.PlaygroundURL) {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unrecognized apikey_portal subdirective %q", sub)
+		}
+	}
+	if p.KeysRaw == nil {
+		return d.Err("apikey_portal: keys is required: keys file <path> or keys redis {…}")
+	}
+	if len(p.Services) == 0 {
+		return d.Err("apikey_portal: name at least one service developers may choose: service <name> <path>")
+	}
+	return nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Portal)(nil)
