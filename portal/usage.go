@@ -63,6 +63,7 @@ func (v *visit) usagePage() {
 	ctx := v.r.Context()
 	owned := map[string]bool{}
 	var keyIDs []string
+	var quotas []keyView // today's quota of the visitor's working keys
 	if !all {
 		recs, err := v.s.ownRecords(ctx, v.user)
 		if err != nil {
@@ -72,6 +73,11 @@ func (v *visit) usagePage() {
 		for _, rec := range recs {
 			owned[rec.ID] = true
 			keyIDs = append(keyIDs, rec.ID)
+			if (keyID == "" || keyID == rec.ID) && len(quotas) < 50 {
+				if kv := v.view(rec, nil); kv.Quota != nil {
+					quotas = append(quotas, kv)
+				}
+			}
 		}
 		slices.Sort(keyIDs)
 	}
@@ -163,7 +169,7 @@ func (v *visit) usagePage() {
 	v.render(http.StatusOK, "usage.html", "usage", "Usage", map[string]any{
 		"Ranges": usageRanges, "Range": rng.Name, "All": all, "KeyID": keyID, "Service": service, "Endpoint": endpoint,
 		"KeyIDs": keyIDs, "Services": sortedKeys(services, service), "Endpoints": sortedKeys(endpoints, endpoint),
-		"Bars": bars, "Peak": peak, "Total": total, "Table": table, "Cut": cut, "Error": usageErr,
+		"Bars": bars, "Peak": peak, "Quotas": quotas, "Total": total, "Table": table, "Cut": cut, "Error": usageErr,
 		"ChartW": chartW, "ChartH": chartH, "Bottom": chartBottom, "From": from.Format("2006-01-02 15:04"), "To": now.Format("2006-01-02 15:04"),
 		"Unit": map[bool]string{false: "hour", true: "day"}[rng.byDay],
 	})
