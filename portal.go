@@ -82,6 +82,13 @@ type Portal struct {
 	// Default: the audit_log of an apikey handler using the same store.
 	AuditLog string `json:"audit_log,omitempty"`
 
+	// User is the visitor's identity, as a placeholder. Default
+	// "{http.auth.user.id}", which basic_auth and caddy-security set; with
+	// forward_auth, name the header its copy_headers sets, e.g.
+	// "{http.request.header.X-Auth-Request-Email}" (forward_auth removes
+	// that header from the client's request first, so it cannot be forged).
+	User string `json:"user,omitempty"`
+
 	// PlaygroundURL is where the playground sends its requests, e.g.
 	// "http://127.0.0.1:8080". Default: the address that accepted the
 	// visitor's request, with the same scheme and Host.
@@ -235,12 +242,16 @@ func todaysQuota(ctx context.Context, store keystore.Store, k *keystore.Key) (po
 	return portal.Quota{Used: q.Used, Limit: q.Limit, Reset: reset}, true
 }
 
-// ServeHTTP serves a portal page to the visitor {http.auth.user.id} names.
+// ServeHTTP serves a portal page to the visitor User names.
 func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	user := ""
 	if repl != nil {
-		user, _ = repl.GetString("http.auth.user.id")
+		if p.User == "" {
+			user, _ = repl.GetString("http.auth.user.id")
+		} else {
+			user = repl.ReplaceKnown(p.User, "")
+		}
 	}
 	if r.Method == http.MethodPost {
 		r.Body = http.MaxBytesReader(w, r.Body, 1<<20)

@@ -38,6 +38,7 @@ func parsePortalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //	    approve_prod
 //	    admins <user> ...
 //	    audit_log <path>
+//	    user <placeholder>
 //	    playground_url <url>
 //	}
 func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -141,6 +142,10 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			p.Admins = append(p.Admins, users...)
 		case "audit_log":
 			if !d.AllArgs(&p.AuditLog) {
+				return d.ArgErr()
+			}
+		case "user":
+			if !d.AllArgs(&p.User) {
 				return d.ArgErr()
 			}
 		case "playground_url":

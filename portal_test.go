@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -471,5 +472,49 @@ func TestPortalCaddyfileErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: got %v, want an error naming %s", c.block, err, c.want)
 		}
+	}
+}
+
+// TestPortalBehindForwardAuth runs the README's production shape: an
+// identity provider asked by forward_auth, which answers with the user in a
+// header that the portal's user option names. A client cannot forge that
+// header: forward_auth removes the client's copy first.
+func TestPortalBehindForwardAuth(t *testing.T) {
+	idp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The provider knows a session cookie; anything else is signed out.
+		if c, err := r.Cookie("session"); err == nil && c.Value == "carol-session" {
+			w.Header().Set("X-Auth-Request-Email", "carol@example.com")
+			return
+		}
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	defer idp.Close()
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys.json")
+	os.WriteFile(keys, []byte(`{"keys": []}`), 0o600)
+	port := freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+}
+http://127.0.0.1:%d {
+	handle /portal/* {
+		forward_auth %s {
+			uri /oauth2/auth
+			copy_headers X-Auth-Request-Email
+		}
+		apikey_portal {
+			user {http.request.header.X-Auth-Request-Email}
+			keys file %s
+			service echo /echo/hello
+		}
+	}
+}
+`, port, strings.TrimPrefix(idp.URL, "http://"), keys))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	if r := send(t, "GET", base+"/portal/keys", "Cookie", "session=carol-session"); r.status != 200 || !strings.Contains(r.body, "Signed in as <strong>carol@example.com</strong>") {
+		t.Fatalf("signed in: %d, want the page for carol@example.com", r.status)
+	}
+	if r := send(t, "GET", base+"/portal/keys", "X-Auth-Request-Email", "carol@example.com"); r.status != http.StatusUnauthorized || strings.Contains(r.body, "carol@") {
+		t.Fatalf("a forged identity header: %d, want 401 from forward_auth", r.status)
 	}
 }
