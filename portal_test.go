@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 )
@@ -34,10 +35,19 @@ var portalUsers = map[string]string{
 func portalSite(t *testing.T, policy string) (base, keys, auditLog string) {
 	t.Helper()
 	dir := t.TempDir()
-	keys, auditLog = filepath.Join(dir, "keys.json"), filepath.Join(dir, "audit.log")
+	keys = filepath.Join(dir, "keys.json")
 	if err := os.WriteFile(keys, []byte(`{"keys": []}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	base, auditLog = portalSiteOn(t, "keys file "+keys, "", "", policy)
+	return base, keys, auditLog
+}
+
+// portalSiteOn is portalSite with the key store (a keys line) and global
+// options of the caller's choice.
+func portalSiteOn(t *testing.T, keys, gateway, global, policy string) (base, auditLog string) {
+	t.Helper()
+	auditLog = filepath.Join(t.TempDir(), "audit.log")
 	port := freePort(t)
 	var users strings.Builder
 	for name, hash := range portalUsers {
@@ -45,13 +55,14 @@ func portalSite(t *testing.T, policy string) (base, keys, auditLog string) {
 	}
 	startCaddy(t, fmt.Sprintf(`{
 	admin off
+%[6]s
 }
 http://127.0.0.1:%[1]d {
 	handle /portal/* {
 		basic_auth {
 %[2]s		}
 		apikey_portal {
-			keys file %[3]s
+			%[3]s
 			service echo /echo/hello
 			service other /other/x
 			admins admin
@@ -61,22 +72,23 @@ http://127.0.0.1:%[1]d {
 	}
 	handle /open/* {
 		apikey_portal {
-			keys file %[3]s
+			%[3]s
 			base_path /open
 			service echo /echo/hello
 		}
 	}
 	handle /echo/* {
 		apikey {
-			keys file %[3]s
+			%[3]s
 			service echo
 			audit_log %[4]s
+			%[7]s
 		}
 		respond "echo {http.apikey.id}"
 	}
 }
-`, port, users.String(), keys, auditLog, policy))
-	return fmt.Sprintf("http://127.0.0.1:%d", port), keys, auditLog
+`, port, users.String(), keys, auditLog, policy, global, gateway))
+	return fmt.Sprintf("http://127.0.0.1:%d", port), auditLog
 }
 
 // visitor is one signed-in browser: basic auth and a cookie jar.
@@ -516,5 +528,41 @@ http://127.0.0.1:%d {
 	}
 	if r := send(t, "GET", base+"/portal/keys", "X-Auth-Request-Email", "carol@example.com"); r.status != http.StatusUnauthorized || strings.Contains(r.body, "carol@") {
 		t.Fatalf("a forged identity header: %d, want 401 from forward_auth", r.status)
+	}
+}
+
+// TestPortalOnRedis: the portal on keys redis, with counters and usage on
+// Redis: a key made in the portal works at the gateway, its use shows in the
+// portal's usage (the cluster's sums) and today's quota, another developer
+// cannot see it, and a revocation is refused from the next request.
+func TestPortalOnRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	global := fmt.Sprintf("\tapikey {\n\t\tredis {\n\t\t\taddress %s\n\t\t}\n\t}", srv.Addr())
+	base, _ := portalSiteOn(t, "keys redis", "counters redis", global, "")
+	alice, bob := newVisitor(t, base, "alice"), newVisitor(t, base, "bob")
+	id, secret := alice.create(devForm())
+	for range 3 {
+		if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+secret); r.status != 200 {
+			t.Fatalf("the portal's key %s at the gateway: %d", id, r.status)
+		}
+	}
+	_, page := alice.get("/portal/usage?key=" + id)
+	if !regexp.MustCompile(`<code>` + id + `</code></td><td data-label="Service">echo</td><td data-label="Method">GET</td><td data-label="Endpoint"><code>/echo/hello</code></td><td data-label="Requests" class="num">3</td>`).MatchString(page) {
+		t.Errorf("the usage page does not show 3 GET /echo/hello for %s", id)
+	}
+	if !strings.Contains(page, `data-label="Used" class="num">3</td><td data-label="Limit" class="num">5000</td>`) {
+		t.Errorf("the usage page does not show 3 of 5000 used today for %s", id)
+	}
+	if _, body := bob.get("/portal/keys"); strings.Contains(body, id) {
+		t.Errorf("bob sees alice's key %s", id)
+	}
+	if status, _ := bob.get("/portal/keys/" + id); status != http.StatusNotFound {
+		t.Errorf("bob opening %s: %d", id, status)
+	}
+	if status, _ := alice.post("/portal/keys/"+id+"/revoke", url.Values{}); status != http.StatusOK {
+		t.Fatalf("revoking %s: %d", id, status)
+	}
+	if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+secret); r.status != 401 || r.err.Code != "revoked_key" {
+		t.Fatalf("%s after revocation: %d %s", id, r.status, r.err.Code)
 	}
 }
