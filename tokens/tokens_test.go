@@ -1,0 +1,212 @@
+package tokens
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestParseRequest(t *testing.T) {
+	for _, c := range []struct {
+		f    Format
+		body string
+		want Request
+	}{
+		{OpenAI, `{"model":"gpt-4o","messages":[],"max_tokens":100}`, Request{Model: "gpt-4o", MaxTokens: 100}},
+		{OpenAI, `{"model":"o1","max_completion_tokens":50,"max_tokens":9,"stream":true}`, Request{Model: "o1", MaxTokens: 50, Stream: true}},
+		{OpenAI, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, Request{Model: "m", Stream: true, IncludeUsage: true}},
+		{OpenAI, `{"model":"m","max_tokens":-1}`, Request{Model: "m"}},
+		{OpenAI, ` {"messages":[]}`, Request{}},
+		{Ollama, `{"model":"llama3","messages":[]}`, Request{Model: "llama3", Stream: true}},
+		{Ollama, `{"model":"llama3","stream":false,"options":{"num_predict":64}}`, Request{Model: "llama3", MaxTokens: 64}},
+		{Ollama, `{"model":"llama3","options":{"num_predict":-1}}`, Request{Model: "llama3", Stream: true}},
+	} {
+		got, err := ParseRequest(c.f, []byte(c.body))
+		if err != nil || got != c.want {
+			t.Errorf("%s %s: got %+v, %v; want %+v", c.f, c.body, got, err, c.want)
+		}
+	}
+	for _, body := range []string{``, `not json`, `[1,2]`, `{"model": 7}`, `{"stream":"yes"}`, `{"max_tokens":"many"}`, `{"model":"m"`} {
+		if _, err := ParseRequest(OpenAI, []byte(body)); !errors.Is(err, ErrNotJSON) {
+			t.Errorf("%q: got %v, want ErrNotJSON", body, err)
+		}
+	}
+	// The error never quotes the body.
+	_, err := ParseRequest(OpenAI, []byte(`{"model": ["DEV_API_secret"]}`))
+	if err == nil || strings.Contains(err.Error(), "DEV_API") {
+		t.Errorf("error %v", err)
+	}
+}
+
+func TestAskUsage(t *testing.T) {
+	for _, body := range []string{
+		`{"model":"m","stream":true,"messages":[{"role":"user","content":"<hi>"}]}`,
+		`{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}`,
+		`{"model":"m","stream":true,"stream_options":null}`,
+	} {
+		out, err := AskUsage([]byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := ParseRequest(OpenAI, out)
+		if err != nil || !r.IncludeUsage || r.Model != "m" || !r.Stream {
+			t.Errorf("%s → %s: %+v %v", body, out, r, err)
+		}
+		var before, after map[string]any
+		json.Unmarshal([]byte(body), &before)
+		json.Unmarshal(out, &after)
+		for k, v := range before {
+			if k != "stream_options" && !jsonEqual(v, after[k]) {
+				t.Errorf("%s: field %s changed to %v", body, k, after[k])
+			}
+		}
+	}
+}
+
+func jsonEqual(a, b any) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return bytes.Equal(x, y)
+}
+
+// feed passes an answer through a scanner in pieces of size n, as a
+// network would cut it, and returns what the client got.
+func feed(s *Scanner, answer string, n int) string {
+	var out strings.Builder
+	for i := 0; i < len(answer); i += n {
+		out.Write(s.Feed([]byte(answer[i:min(i+n, len(answer))])))
+	}
+	out.Write(s.Finish())
+	return out.String()
+}
+
+const openAIStream = "data: {\"id\":\"1\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}],\"usage\":null}\n\n" +
+	"data: {\"id\":\"1\",\"choices\":[{\"delta\":{\"content\":\"lo\"}}],\"usage\":null}\n\n" +
+	"data: {\"id\":\"1\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":2,\"total_tokens\":14}}\n\n" +
+	"data: [DONE]\n\n"
+
+func TestScanOpenAIStream(t *testing.T) {
+	for _, n := range []int{1, 7, 64, 1 << 20} {
+		s := NewScanner(OpenAI, true, false)
+		if got := feed(s, openAIStream, n); got != openAIStream {
+			t.Fatalf("pieces of %d: the stream changed", n)
+		}
+		if p, c, ok := s.Usage(); !ok || p != 12 || c != 2 {
+			t.Errorf("pieces of %d: usage %d %d %v", n, p, c, ok)
+		}
+		// Hidden: the client that did not ask never sees the usage chunk.
+		s = NewScanner(OpenAI, true, true)
+		got := feed(s, openAIStream, n)
+		want := strings.Replace(openAIStream, "data: {\"id\":\"1\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":2,\"total_tokens\":14}}\n\n", "", 1)
+		if got != want {
+			t.Fatalf("pieces of %d, hidden: got %q", n, got)
+		}
+		if p, c, ok := s.Usage(); !ok || p != 12 || c != 2 {
+			t.Errorf("pieces of %d, hidden: usage %d %d %v", n, p, c, ok)
+		}
+	}
+}
+
+func TestScanPlainAnswers(t *testing.T) {
+	big := strings.Repeat("x", 3*tailSize)
+	for _, c := range []struct {
+		f        Format
+		answer   string
+		p, c     int64
+		reported bool
+	}{
+		{OpenAI, `{"id":"1","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}`, 9, 3, true},
+		{OpenAI, `{"id":"1","choices":[{"message":{"content":"` + big + `"}}],"usage": {"prompt_tokens": 9, "completion_tokens": 30000}}`, 9, 30000, true},
+		{OpenAI, `{"object":"list","data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}`, 8, 0, true},
+		{OpenAI, `{"id":"1","choices":[]}`, 0, 0, false},
+		{OpenAI, `{"usage":{"prompt_tokens":-5,"completion_tokens":3}}`, 0, 0, false},
+		{OpenAI, `{"usage":{"prompt_tokens":1,"completion_tokens":99999999999}}`, 0, 0, false},
+		{Ollama, `{"model":"llama3","message":{"content":"hi"},"done":true,"prompt_eval_count":26,"eval_count":290}`, 26, 290, true},
+		{Ollama, `{"model":"llama3","response":"` + big + `","done":true,"context":[1,2,3],"prompt_eval_count":26,"eval_count":5}`, 26, 5, true},
+		{Ollama, `{"error":"model not found"}`, 0, 0, false},
+	} {
+		s := NewScanner(c.f, false, false)
+		if got := feed(s, c.answer, 4096); got != c.answer {
+			t.Fatalf("the answer changed")
+		}
+		p, comp, ok := s.Usage()
+		if p != c.p || comp != c.c || ok != c.reported {
+			t.Errorf("%s %.80s: got %d %d %v", c.f, c.answer, p, comp, ok)
+		}
+	}
+}
+
+func TestScanOllamaStream(t *testing.T) {
+	stream := "{\"model\":\"llama3\",\"message\":{\"content\":\"He\"},\"done\":false}\n" +
+		"{\"model\":\"llama3\",\"message\":{\"content\":\"llo\"},\"done\":false}\n" +
+		"{\"model\":\"llama3\",\"message\":{\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":26,\"eval_count\":2}\n"
+	for _, n := range []int{1, 13, 1 << 20} {
+		s := NewScanner(Ollama, true, true) // hide means nothing for Ollama
+		if got := feed(s, stream, n); got != stream {
+			t.Fatal("the stream changed")
+		}
+		if p, c, ok := s.Usage(); !ok || p != 26 || c != 2 {
+			t.Errorf("pieces of %d: %d %d %v", n, p, c, ok)
+		}
+	}
+	// A stream cut before its last object reports nothing.
+	s := NewScanner(Ollama, true, false)
+	feed(s, stream[:len(stream)-40], 5)
+	if _, _, ok := s.Usage(); ok {
+		t.Error("a cut stream reported usage")
+	}
+}
+
+// TestScanLongLines: a line past maxLineSize passes through whole, unread,
+// while hiding, and the scanner keeps working after it.
+func TestScanLongLines(t *testing.T) {
+	long := "data: {\"x\":\"" + strings.Repeat("y", maxLineSize+10) + "\"}\n\n"
+	stream := long + openAIStream
+	s := NewScanner(OpenAI, true, true)
+	got := feed(s, stream, 4096)
+	if !strings.HasPrefix(got, long) || strings.Contains(got, "prompt_tokens") {
+		t.Fatal("the long line was not passed on whole, or the usage chunk was not hidden")
+	}
+	if p, _, ok := s.Usage(); !ok || p != 12 {
+		t.Error("usage after a long line was not read")
+	}
+}
+
+func FuzzScanner(f *testing.F) {
+	f.Add([]byte(openAIStream), uint8(3), true)
+	f.Add([]byte(`{"usage":{"prompt_tokens":1}}`), uint8(1), false)
+	f.Fuzz(func(t *testing.T, answer []byte, piece uint8, hide bool) {
+		n := int(piece%64) + 1
+		for _, f := range []Format{OpenAI, Ollama} {
+			for _, stream := range []bool{false, true} {
+				s := NewScanner(f, stream, hide)
+				got := feed(s, string(answer), n)
+				if !(stream && hide && f == OpenAI) && got != string(answer) {
+					t.Fatalf("%s stream=%v changed the answer", f, stream)
+				}
+				if p, c, ok := s.Usage(); ok && (p < 0 || c < 0 || p+c > MaxReported) {
+					t.Fatalf("absurd usage believed: %d %d", p, c)
+				}
+			}
+		}
+	})
+}
+
+func BenchmarkScanStreamChunk(b *testing.B) {
+	chunk := []byte("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" word\"}}],\"usage\":null}\n\n")
+	for _, hide := range []bool{false, true} {
+		name := "pass"
+		if hide {
+			name = "hide"
+		}
+		b.Run(name, func(b *testing.B) {
+			s := NewScanner(OpenAI, true, hide)
+			b.ReportAllocs()
+			for b.Loop() {
+				s.Feed(chunk)
+			}
+		})
+	}
+}
