@@ -24,12 +24,13 @@ func NewID() string {
 
 // Rotate gives the key a new secret, returned once; its old secret works
 // until grace from now, and old secrets whose grace is over are dropped.
-// check, when not nil, is called with the current record first (to refuse
-// a rotation, e.g. of someone else's key); nothing is written when it fails.
-func Rotate(ctx context.Context, store Store, id string, grace time.Duration, check func(Record) error) (key string, until time.Time, err error) {
+// prepare, when not nil, is called with the current record first: it may
+// refuse the rotation (e.g. of someone else's key), and nothing is written,
+// or change the record further (e.g. extend its expiry).
+func Rotate(ctx context.Context, store Store, id string, grace time.Duration, prepare func(*Record) error) (key string, until time.Time, err error) {
 	_, err = store.Update(ctx, id, func(rec *Record) error {
-		if check != nil {
-			if err := check(*rec); err != nil {
+		if prepare != nil {
+			if err := prepare(rec); err != nil {
 				return err
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -57,6 +58,18 @@ type Record struct {
 	QuotaPerDay *int64 `json:"quota_per_day,omitempty"`
 	// Rate overrides the route's burst rate for this key, e.g. "20/s".
 	Rate string `json:"rate,omitempty"`
+	// TokensPerDay overrides the route's daily token budget for this key
+	// (routes with tokens).
+	TokensPerDay *int64 `json:"tokens_per_day,omitempty"`
+	// TokensPerMinute overrides the route's per-minute token budget.
+	TokensPerMinute *int64 `json:"tokens_per_minute,omitempty"`
+	// Models are the models the key may ask for on routes with tokens,
+	// exact or with * and ? patterns, e.g. "llama3*". Empty allows any.
+	Models []string `json:"models,omitempty"`
+	// ModelTokensPerDay gives models (names or patterns) a daily token
+	// budget of their own, e.g. {"gpt-4*": 20000}, spent besides the
+	// key's tokens_per_day.
+	ModelTokensPerDay map[string]int64 `json:"model_tokens_per_day,omitempty"`
 	// Owner is who the key belongs to: the identity of the developer who
 	// created it in the portal, or any name an operator gives.
 	Owner string `json:"owner,omitempty"`
@@ -143,6 +156,11 @@ type Key struct {
 	// Rate is the key's own burst rate; the zero Rate when it has none.
 	Rate ratelimit.Rate
 
+	// TokensPerDay and TokensPerMinute are the key's own token budgets,
+	// when HasTokensPerDay and HasTokensPerMinute.
+	TokensPerDay, TokensPerMinute       int64
+	HasTokensPerDay, HasTokensPerMinute bool
+
 	// IDValue and NameValue are ID and Name as interface values, made once
 	// so that setting placeholders costs no allocation per request.
 	IDValue, NameValue any
@@ -154,6 +172,10 @@ type Key struct {
 	allServices bool
 	permissions []permission
 	allowedIPs  []netip.Prefix
+	// models and modelBudgets are the record's models and
+	// model_tokens_per_day, budgets most specific first.
+	models       []modelRule
+	modelBudgets []modelRule
 }
 
 // PreviousDigest is a parsed PreviousHash.
@@ -268,6 +290,9 @@ func Compile(rec Record) (*Key, error) {
 		if k.Rate, err = ratelimit.ParseRate(rec.Rate); err != nil {
 			return nil, &FieldError{Field: "rate", Err: err}
 		}
+	}
+	if err := compileModels(k, rec); err != nil {
+		return nil, err
 	}
 	for i, ph := range rec.PreviousHashes {
 		field := fmt.Sprintf("previous_hashes[%d]", i)
@@ -470,5 +495,26 @@ func grantSum(r Record) uint64 {
 		write("-")
 	}
 	write(strconv.FormatBool(r.Pending))
+	for _, n := range []*int64{r.TokensPerDay, r.TokensPerMinute} {
+		if n != nil {
+			write(strconv.FormatInt(*n, 10))
+		} else {
+			write("-")
+		}
+	}
+	write(strconv.Itoa(len(r.Models)))
+	for _, m := range r.Models {
+		write(m)
+	}
+	models := make([]string, 0, len(r.ModelTokensPerDay))
+	for m := range r.ModelTokensPerDay {
+		models = append(models, m)
+	}
+	sort.Strings(models)
+	write(strconv.Itoa(len(models)))
+	for _, m := range models {
+		write(m)
+		write(strconv.FormatInt(r.ModelTokensPerDay[m], 10))
+	}
 	return h.Sum64()
 }

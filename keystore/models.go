@@ -1,0 +1,107 @@
+package keystore
+
+import (
+	"fmt"
+	"path"
+	"sort"
+	"strings"
+)
+
+// MaxModels bounds a record's models and model_tokens_per_day entries: each
+// model budget is a counter of its own.
+const MaxModels = 64
+
+// modelRule is one entry of models or model_tokens_per_day.
+type modelRule struct {
+	pattern string
+	tokens  int64 // daily budget, for model_tokens_per_day
+}
+
+// compileModels checks a record's models and model budgets.
+func compileModels(k *Key, rec Record) error {
+	if len(rec.Models) > MaxModels {
+		return fieldErr("models", "has %d entries; at most %d", len(rec.Models), MaxModels)
+	}
+	for i, m := range rec.Models {
+		if err := checkModelPattern(m); err != nil {
+			return &FieldError{Field: fmt.Sprintf("models[%d]", i), Err: err}
+		}
+		k.models = append(k.models, modelRule{pattern: m})
+	}
+	if len(rec.ModelTokensPerDay) > MaxModels {
+		return fieldErr("model_tokens_per_day", "has %d entries; at most %d", len(rec.ModelTokensPerDay), MaxModels)
+	}
+	for m, n := range rec.ModelTokensPerDay {
+		field := fmt.Sprintf("model_tokens_per_day[%q]", m)
+		if err := checkModelPattern(m); err != nil {
+			return &FieldError{Field: field, Err: err}
+		}
+		if n < 0 {
+			return fieldErr(field, "must not be negative")
+		}
+		k.modelBudgets = append(k.modelBudgets, modelRule{pattern: m, tokens: n})
+	}
+	// Most specific first, so "gpt-4o-mini" beats "gpt-4*"; ties by name,
+	// so the choice never depends on map order.
+	sort.Slice(k.modelBudgets, func(i, j int) bool {
+		a, b := k.modelBudgets[i].pattern, k.modelBudgets[j].pattern
+		if len(a) != len(b) {
+			return len(a) > len(b)
+		}
+		return a < b
+	})
+	for _, pair := range []struct {
+		field string
+		n     *int64
+	}{{"tokens_per_day", rec.TokensPerDay}, {"tokens_per_minute", rec.TokensPerMinute}} {
+		if pair.n != nil && *pair.n < 0 {
+			return fieldErr(pair.field, "must not be negative")
+		}
+	}
+	if rec.TokensPerDay != nil {
+		k.TokensPerDay, k.HasTokensPerDay = *rec.TokensPerDay, true
+	}
+	if rec.TokensPerMinute != nil {
+		k.TokensPerMinute, k.HasTokensPerMinute = *rec.TokensPerMinute, true
+	}
+	return nil
+}
+
+func checkModelPattern(m string) error {
+	if strings.TrimSpace(m) == "" || len(m) > 256 {
+		return fmt.Errorf("%q: a model name or pattern of 1 to 256 bytes", m)
+	}
+	if _, err := path.Match(m, ""); err != nil {
+		return fmt.Errorf("%q is not a valid pattern (use * and ?)", m)
+	}
+	return nil
+}
+
+// AllowsModel reports whether the key may use model: any model when its
+// record lists none.
+func (k *Key) AllowsModel(model string) bool {
+	if len(k.models) == 0 {
+		return true
+	}
+	for _, r := range k.models {
+		if ok, _ := path.Match(r.pattern, model); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// RestrictsModels reports whether the key's record lists models.
+func (k *Key) RestrictsModels() bool { return len(k.models) > 0 }
+
+// ModelBudget is the key's daily token budget for model: the most specific
+// model_tokens_per_day pattern that matches it, which also names the
+// counter (models matching one pattern share its budget).
+func (k *Key) ModelBudget(model string) (pattern string, tokens int64, ok bool) {
+	for _, r := range k.modelBudgets {
+		if matched, _ := path.Match(r.pattern, model); matched {
+			return r.pattern, r.tokens, true
+		}
+	}
+	return "", 0, false
+}
