@@ -89,6 +89,7 @@ func watchFile(name, path string) (*watchedFile, error) {
 	w := &watchedFile{name: name, path: path, stamp: stamp, sum: sha256.Sum256(data), since: time.Now(),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	w.set.Store(set)
+	releaseMemory(stamp.size)
 	go w.run()
 	return w, nil
 }
@@ -125,22 +126,27 @@ func (w *watchedFile) check() {
 		return
 	}
 	w.reads++
-	data, err := os.ReadFile(w.path)
+	// Hashed as a stream, not read whole: right after a change the file is
+	// hashed on every poll until it settles.
+	sum, err := hashFile(w.path)
 	if err != nil {
 		return // gone between the stat and the read: the next poll sees it
 	}
-	sum := sha256.Sum256(data)
 	if stamp.same(w.stamp) && sum == w.sum {
 		return
 	}
-	w.stamp, w.sum, w.since = stamp, sum, time.Now()
-	set, err := parseKeyFile(w.name, data)
+	set, sum, err := streamKeyFile(w.name, w.path)
+	if sum == ([sha256.Size]byte{}) {
+		return // not read (gone since the hash): the next poll sees it
+	}
+	w.stamp, w.sum, w.since = stamp, sum, time.Now() // of the version read, good or bad
 	if err != nil {
 		keystore.ObserveSourceError("file")
 		fileLogger().Error("key file rejected; keeping the last good keys", zap.Error(err))
 		return
 	}
 	old := w.set.Swap(set)
+	defer releaseMemory(stamp.size) // once the listeners have the changes
 	fileLogger().Info("key file reloaded", zap.String("file", w.name), zap.Int("keys", set.Len()))
 	if changes := keystore.Diff(old, set); len(changes) > 0 {
 		w.listenMu.Lock()
