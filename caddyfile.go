@@ -68,6 +68,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    quota dev|prod <n>/day
 //	    rate dev|prod <n>/s|m|h
 //	    quota_timezone <IANA zone>
+//	    tokens openai|ollama
+//	    token_quota dev|prod <n>/day
+//	    token_rate dev|prod <n>/m
+//	    default_max_tokens <n>
+//	    max_request_body <bytes>
 //	    failed_auth_limit <n>/s|m|h | off
 //	    counters memory {
 //	        file <path>
@@ -81,7 +86,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    metrics per_key
 //	}
 //
-// key_from may repeat, and quota and rate once per key type; every other
+// key_from may repeat, and quota, rate, token_quota and token_rate once per
+// key type; every other
 // subdirective is given at most once.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -103,7 +109,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	)
 	for d.NextBlock(0) {
 		sub := d.Val()
-		if seen[sub] && sub != "key_from" && sub != "quota" && sub != "rate" {
+		if seen[sub] && sub != "key_from" && sub != "quota" && sub != "rate" && sub != "token_quota" && sub != "token_rate" {
 			return d.Errf("%s given more than once", sub)
 		}
 		seen[sub] = true
@@ -222,6 +228,55 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Quota = map[string]int64{}
 			}
 			h.Quota[typ] = n
+
+		case "tokens":
+			if !d.AllArgs(&h.Tokens) {
+				return d.Errf("want tokens openai|ollama")
+			}
+			if h.Tokens != "openai" && h.Tokens != "ollama" {
+				return d.Errf("tokens %q: want openai or ollama (the answer format to read usage from)", h.Tokens)
+			}
+
+		case "token_quota", "token_rate":
+			var typ, value string
+			if !d.AllArgs(&typ, &value) {
+				return d.Errf("want %s dev|prod <n>/%s", sub, map[string]string{"token_quota": "day", "token_rate": "m"}[sub])
+			}
+			if _, err := keystore.ParseType(typ); err != nil {
+				return d.Errf("%s: %v", sub, err)
+			}
+			unit := map[string]string{"token_quota": "/day", "token_rate": "/m"}[sub]
+			digits, ok := strings.CutSuffix(value, unit)
+			n, err := strconv.ParseInt(digits, 10, 64)
+			if !ok || err != nil || n < 0 {
+				return d.Errf("%s %s %q: want a whole number of tokens and %s, e.g. 100000%s", sub, typ, value, unit, unit)
+			}
+			m := &h.TokenQuota
+			if sub == "token_rate" {
+				m = &h.TokenRate
+			}
+			if _, dup := (*m)[typ]; dup {
+				return d.Errf("%s %s given more than once", sub, typ)
+			}
+			if *m == nil {
+				*m = map[string]int64{}
+			}
+			(*m)[typ] = n
+
+		case "default_max_tokens", "max_request_body":
+			var value string
+			if !d.AllArgs(&value) {
+				return d.ArgErr()
+			}
+			n, err := strconv.ParseInt(value, 10, 64)
+			if err != nil || n <= 0 {
+				return d.Errf("%s %q is not a positive whole number", sub, value)
+			}
+			if sub == "default_max_tokens" {
+				h.DefaultMaxTokens = n
+			} else {
+				h.MaxRequestBody = n
+			}
 
 		case "rate":
 			var typ, value string

@@ -16,6 +16,7 @@ const (
 	eventQuotaExceeded = "apikey_quota_exceeded"
 	eventQuotaWarning  = "apikey_quota_warning"
 	eventDeprecatedKey = "apikey_deprecated_key_used"
+	eventTokenWarning  = "apikey_token_warning"
 )
 
 // deprecatedEventEvery limits apikey_deprecated_key_used to once per key per

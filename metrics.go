@@ -27,10 +27,10 @@ const allowedIndex = 0
 // decisions are every value of the decision label.
 var decisions = []string{
 	"allowed", decisionMissingKey, decisionInvalidKey, decisionExpiredKey, decisionRevokedKey,
-	decisionForbidden, decisionRateLimited, decisionQuotaExceeded, decisionUnavailable,
+	decisionForbidden, decisionRateLimited, decisionQuotaExceeded, decisionUnavailable, decisionInvalidRequest,
 }
 
-const numDecisions = 9
+const numDecisions = 10
 
 // decisionIndexes maps a decision to its index in decisions.
 var decisionIndexes = func() map[string]int {
@@ -99,7 +99,28 @@ var metrics = struct {
 	requestsByKey *prometheus.CounterVec
 	cache         *prometheus.CounterVec
 	sourceErrors  *prometheus.CounterVec
+	// tokens counts LLM tokens by service and kind: prompt and completion
+	// as reported, charged as settled (reports, or reservations for
+	// answers that reported none).
+	tokens *prometheus.CounterVec
+	// unreported counts answers on routes with tokens that reported no usage.
+	unreported *prometheus.CounterVec
 }{routes: map[string]*routeCounts{}}
+
+// countTokens records one settled answer's tokens. Services are the
+// routes' own names, so the series are bounded by the config.
+func countTokens(service string, prompt, completion, charged int64, reported bool) {
+	if metrics.tokens == nil {
+		return
+	}
+	if reported {
+		metrics.tokens.WithLabelValues(service, "prompt").Add(float64(prompt))
+		metrics.tokens.WithLabelValues(service, "completion").Add(float64(completion))
+	} else {
+		metrics.unreported.WithLabelValues(service).Inc()
+	}
+	metrics.tokens.WithLabelValues(service, "charged").Add(float64(charged))
+}
 
 // countsFor returns the shared counts of a service.
 func countsFor(service string) *routeCounts {
@@ -194,6 +215,14 @@ func initMetrics() {
 			Namespace: ns, Subsystem: sub, Name: "source_errors_total",
 			Help: "Failures of key sources: a rejected key file version, a failed key service call, a failed Redis lookup.",
 		}, []string{"source"})
+		metrics.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "tokens_total",
+			Help: "LLM tokens on routes with tokens, by service and kind: prompt and completion as the upstream reported, charged as settled to the budgets.",
+		}, []string{"service", "kind"})
+		metrics.unreported = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "token_reports_missing_total",
+			Help: "Answers on routes with tokens that reported no usage (cut streams, upstreams that do not report): their reservation was charged.",
+		}, []string{"service"})
 		cacheResults := map[string]prometheus.Counter{}
 		for _, r := range []string{"hit", "stale", "negative_hit", "miss"} {
 			cacheResults[r] = metrics.cache.WithLabelValues(r)
@@ -217,7 +246,7 @@ func initMetrics() {
 // apikey route in the same config finds them there already.
 func registerMetrics(registry *prometheus.Registry) error {
 	initMetrics()
-	for _, c := range []prometheus.Collector{metrics.collector, metrics.requestsByKey, metrics.cache, metrics.sourceErrors, audit.Collector()} {
+	for _, c := range []prometheus.Collector{metrics.collector, metrics.requestsByKey, metrics.cache, metrics.sourceErrors, metrics.tokens, metrics.unreported, audit.Collector()} {
 		if err := registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

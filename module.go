@@ -115,6 +115,34 @@ type Handler struct {
 	// "default" otherwise.
 	ErrorFormat string `json:"error_format,omitempty"`
 
+	// Tokens turns on token budgets and model allowlists on this route,
+	// naming how its upstream speaks: "openai" (chat completions,
+	// completions, embeddings) or "ollama" (/api/chat, /api/generate). The
+	// route then reads each request's JSON body (up to MaxRequestBody) for
+	// its model and limit, reserves tokens before the upstream is called,
+	// and settles to the usage the answer reports. Routes without it pay
+	// nothing for this.
+	Tokens string `json:"tokens,omitempty"`
+
+	// TokenQuota is the daily token budget per key type, e.g.
+	// {"dev": 100000}, in the quota_timezone day. None by default. A key
+	// record's tokens_per_day wins.
+	TokenQuota map[string]int64 `json:"token_quota,omitempty"`
+
+	// TokenRate is the token budget per minute per key type, e.g.
+	// {"dev": 20000}. None by default. A key record's tokens_per_minute
+	// wins.
+	TokenRate map[string]int64 `json:"token_rate,omitempty"`
+
+	// DefaultMaxTokens is the completion tokens reserved for a request
+	// that sets no max_tokens (max_completion_tokens, num_predict) of its
+	// own. Default 1024.
+	DefaultMaxTokens int64 `json:"default_max_tokens,omitempty"`
+
+	// MaxRequestBody is the largest request body, in bytes, a route with
+	// tokens reads; a larger one gets 413. Default 1 MiB.
+	MaxRequestBody int64 `json:"max_request_body,omitempty"`
+
 	// Preflight says what happens to a CORS preflight (OPTIONS with Origin
 	// and Access-Control-Request-Method), which browsers send without
 	// credentials: "pass" (the default) hands it on to the next handler
@@ -135,6 +163,7 @@ type Handler struct {
 	logger       *zap.Logger
 
 	limits       limits
+	tokens       *tokenLimits // nil on routes without tokens
 	counters     ratelimit.Store
 	failLimit    ratelimit.Rate
 	failures     *ratelimit.Failures
@@ -232,6 +261,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.counters, ok = mod.(ratelimit.Store); !ok {
 		return fmt.Errorf("counters: module %T is not a counter store", mod)
+	}
+	if err := h.provisionTokens(); err != nil {
+		return err
 	}
 
 	if err := h.provisionTracking(ctx); err != nil {
@@ -466,16 +498,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.forbid(w, r, now, h.denials.method, k, presented, policy)
 	}
 
+	// On a route with tokens, the body is read for its model, and its
+	// tokens are reserved before the request is counted.
+	var call *llmCall
+	if h.tokens != nil {
+		if call = h.readLLMRequest(w, r, now, k, presented, policy); call == nil {
+			return nil
+		}
+	}
+
 	// Only requests that pass every check above spend from the budget.
 	res, err := h.counters.Take(r.Context(), k.ID, policy)
 	if err != nil {
 		// The store logs its failures, once per change of state.
+		h.release(k, call)
 		return h.deny(w, r, now, h.denials.unavailable, k, presented)
 	}
 	if !res.Uncounted {
 		headers.WriteRateLimit(w.Header(), res, res.Now)
 	}
+	if call != nil && !call.res.Uncounted && !call.policy.IsZero() {
+		headers.WriteTokenLimits(w.Header(), call.res, call.res.Now)
+	}
 	if !res.Allowed {
+		h.release(k, call)
 		if res.DeniedBy == ratelimit.DailyLimit {
 			h.refused(r, now, decisionQuotaExceeded, "", k, presented, &res)
 			if h.events.on() && markSent(k.ID, res.Daily.Reset, 100) {
@@ -513,6 +559,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if c := h.logger.Check(zapcore.DebugLevel, "request allowed"); c != nil {
 		c.Write(zap.String("key_id", k.ID), zap.String("method", loggedMethod(r.Method)), zap.String("path", loggedPath(r.URL.Path)))
+	}
+	if call != nil {
+		return h.proxyLLM(w, r, next.ServeHTTP, k, presented, call, now)
 	}
 	return next.ServeHTTP(w, r)
 }

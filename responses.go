@@ -172,6 +172,7 @@ func newDenial(f errorFormat, status int, code, reason, message string) *denial 
 type denials struct {
 	missing, invalid, expired, rotatedOut, revoked *denial
 	method, service, ip, keyType, path, pending    *denial
+	model                                          *denial
 	unavailable                                    *denial
 }
 
@@ -207,6 +208,8 @@ func newDenials(f errorFormat, service string, allowTypes []string, keyFrom []he
 			"The key may not be used from this client address."),
 		path: newDenial(f, http.StatusForbidden, decisionForbidden, reasonPath,
 			"The request path has dot segments or encoded slashes, backslashes or dots, so the key's path permissions cannot be checked against what the upstream would see; send the path in its plain form."),
+		model: newDenial(f, http.StatusForbidden, decisionForbidden, reasonModel,
+			"The key may not use the model this request asks for."),
 		pending: newDenial(f, http.StatusForbidden, decisionForbidden, reasonPending,
 			"The key waits for an administrator's approval; it works once approved."),
 		keyType: newDenial(f, http.StatusForbidden, decisionForbidden, reasonKeyType,

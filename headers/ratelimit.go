@@ -100,3 +100,36 @@ func Seconds(d time.Duration) int64 {
 func SetRetryAfter(h http.Header, d time.Duration) {
 	h["Retry-After"] = []string{strconv.FormatInt(max(Seconds(d), 1), 10)}
 }
+
+// WriteTokenLimits adds a request's token budgets to the RateLimit-Policy
+// and RateLimit fields WriteRateLimit wrote, as items of their own:
+// "tokens-daily", "tokens-minute" and "tokens-model", each with the
+// parameter apikey-unit=tokens (draft-ietf-httpapi-ratelimit-headers-11
+// has no unit for tokens, and advises a vendor-prefixed parameter). Only
+// for routes with tokens, so it may allocate.
+func WriteTokenLimits(h http.Header, res ratelimit.TokenResult, now time.Time) {
+	var policy, usage []byte
+	for _, item := range []struct {
+		name string
+		u    ratelimit.Usage
+	}{{"tokens-daily", res.Daily}, {"tokens-minute", res.Minute}, {"tokens-model", res.Model}} {
+		if item.u.Limit <= 0 {
+			continue
+		}
+		if len(policy) > 0 {
+			policy, usage = append(policy, ", "...), append(usage, ", "...)
+		}
+		policy = append(appendPolicyItem(policy, item.name, item.u), ";apikey-unit=tokens"...)
+		usage = append(appendUsageItem(usage, item.name, item.u, now), ";apikey-unit=tokens"...)
+	}
+	if len(policy) == 0 {
+		return
+	}
+	for name, add := range map[string][]byte{"Ratelimit-Policy": policy, "Ratelimit": usage} {
+		if old := h[name]; len(old) > 0 && old[0] != "" {
+			h[name] = []string{old[0] + ", " + string(add)}
+		} else {
+			h[name] = []string{string(add)}
+		}
+	}
+}

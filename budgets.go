@@ -1,0 +1,347 @@
+package apikey
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/moodmnky/caddy-apikey/headers"
+	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/ratelimit"
+	"github.com/moodmnky/caddy-apikey/tokens"
+	"github.com/moodmnky/caddy-apikey/usage"
+)
+
+// Token budgets on routes with tokens: the request's body is read (bounded)
+// for its model and the most tokens it may use; an estimate is reserved
+// before the upstream is called, and settled to what the upstream reports
+// when the answer ends, read as it streams past.
+
+// Defaults for routes with tokens.
+const (
+	defaultMaxTokens      = 1024
+	defaultMaxRequestBody = 1 << 20
+	// promptBytesPerToken estimates a prompt's tokens from its body's size.
+	promptBytesPerToken = 4
+	// settleTimeout bounds the settlement, which runs after the client may
+	// have gone.
+	settleTimeout = 5 * time.Second
+)
+
+// Decision and reasons of refusals on routes with tokens.
+const (
+	decisionInvalidRequest = "invalid_request"
+	reasonModel            = "model"
+	reasonBody             = "body"
+	reasonBodyTooLarge     = "body_too_large"
+	reasonTokensDaily      = "tokens_daily"
+	reasonTokensMinute     = "tokens_minute"
+	reasonTokensModel      = "tokens_model"
+)
+
+// tokenLimits are a route's token settings, resolved.
+type tokenLimits struct {
+	format    tokens.Format
+	daily     [keystore.Prod + 1]int64
+	perMinute [keystore.Prod + 1]int64
+	maxTokens int64
+	maxBody   int64
+	store     ratelimit.TokenStore
+}
+
+// provisionTokens resolves Tokens, TokenQuota, TokenRate, DefaultMaxTokens
+// and MaxRequestBody.
+func (h *Handler) provisionTokens() error {
+	if h.Tokens == "" {
+		if len(h.TokenQuota) > 0 || len(h.TokenRate) > 0 || h.DefaultMaxTokens != 0 || h.MaxRequestBody != 0 {
+			return errors.New("token_quota, token_rate, default_max_tokens and max_request_body need tokens openai|ollama on the route")
+		}
+		return nil
+	}
+	f, err := tokens.ParseFormat(h.Tokens)
+	if err != nil {
+		return fmt.Errorf("tokens: %w", err)
+	}
+	store, ok := h.counters.(ratelimit.TokenStore)
+	if !ok {
+		return fmt.Errorf("tokens: the counter store %T cannot keep token budgets", h.counters)
+	}
+	tl := &tokenLimits{format: f, maxTokens: defaultMaxTokens, maxBody: defaultMaxRequestBody, store: store}
+	for field, m := range map[string]map[string]int64{"token_quota": h.TokenQuota, "token_rate": h.TokenRate} {
+		for name, n := range m {
+			t, err := keystore.ParseType(name)
+			if err != nil {
+				return fmt.Errorf("%s: %w", field, err)
+			}
+			if n < 0 {
+				return fmt.Errorf("%s: %s: must not be negative", field, name)
+			}
+			if field == "token_quota" {
+				tl.daily[t] = n
+			} else {
+				tl.perMinute[t] = n
+			}
+		}
+	}
+	if h.DefaultMaxTokens < 0 || h.MaxRequestBody < 0 {
+		return errors.New("default_max_tokens and max_request_body must be positive")
+	}
+	if h.DefaultMaxTokens > 0 {
+		tl.maxTokens = h.DefaultMaxTokens
+	}
+	if h.MaxRequestBody > 0 {
+		tl.maxBody = h.MaxRequestBody
+	}
+	h.tokens = tl
+	return nil
+}
+
+// policy is the token budgets of a key for a request for model.
+func (tl *tokenLimits) policy(k *keystore.Key, t keystore.Type, window ratelimit.Window, model string) ratelimit.TokenPolicy {
+	p := ratelimit.TokenPolicy{Daily: tl.daily[t], PerMinute: tl.perMinute[t], Window: window}
+	if k.HasTokensPerDay {
+		p.Daily = k.TokensPerDay
+	}
+	if k.HasTokensPerMinute {
+		p.PerMinute = k.TokensPerMinute
+	}
+	if model != "" {
+		if pattern, n, ok := k.ModelBudget(model); ok {
+			p.Model, p.ModelDaily = pattern, n
+		}
+	}
+	return p
+}
+
+// llmCall is one admitted request on a route with tokens.
+type llmCall struct {
+	req     tokens.Request
+	hide    bool // the gateway asked for the usage chunk the client did not
+	policy  ratelimit.TokenPolicy
+	reserve int64
+	res     ratelimit.TokenResult
+}
+
+// readLLMRequest reads the body of a request on a route with tokens, checks
+// its model, and reserves its estimate. It answers the request itself (and
+// returns nil) when the request is refused.
+func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now time.Time, k *keystore.Key, t keystore.Type, p ratelimit.Policy) *llmCall {
+	tl := h.tokens
+	call := &llmCall{}
+	if r.Body != nil && r.Body != http.NoBody {
+		body, err := io.ReadAll(io.LimitReader(r.Body, tl.maxBody+1))
+		r.Body.Close()
+		if err != nil {
+			h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody, "The request body could not be read.")
+			return nil
+		}
+		if int64(len(body)) > tl.maxBody {
+			h.refuseRequest(w, r, now, k, t, http.StatusRequestEntityTooLarge, reasonBodyTooLarge,
+				fmt.Sprintf("The request body is over %d bytes, the most this route reads.", tl.maxBody))
+			return nil
+		}
+		if len(bytes.TrimSpace(body)) > 0 {
+			if call.req, err = tokens.ParseRequest(tl.format, body); err != nil {
+				h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody,
+					"This route counts LLM tokens and needs a JSON body: "+err.Error()+".")
+				return nil
+			}
+			if tl.format == tokens.OpenAI && call.req.Stream && !call.req.IncludeUsage {
+				// Ask for the usage chunk; Scanner hides it from the client.
+				if body, err = tokens.AskUsage(body); err != nil {
+					h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody, "The request body could not be read: "+err.Error()+".")
+					return nil
+				}
+				call.hide = true
+			}
+			call.reserve = call.req.MaxTokens
+			if call.reserve == 0 {
+				call.reserve = tl.maxTokens
+			}
+			call.reserve += (int64(len(body)) + promptBytesPerToken - 1) / promptBytesPerToken
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
+		r.TransferEncoding = nil
+		r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	}
+	if call.req.Model != "" && !k.AllowsModel(call.req.Model) {
+		h.forbid(w, r, now, h.denials.model, k, t, p)
+		return nil
+	}
+	call.policy = tl.policy(k, t, h.limits.window, call.req.Model)
+	if call.policy.IsZero() {
+		return call
+	}
+	res, err := tl.store.Reserve(r.Context(), k.ID, call.policy, call.reserve)
+	if err != nil {
+		h.deny(w, r, now, h.denials.unavailable, k, t)
+		return nil
+	}
+	call.res = res
+	if !res.Uncounted {
+		headers.WriteTokenLimits(w.Header(), res, res.Now)
+	}
+	if !res.Allowed {
+		h.tokensExhausted(w, r, now, k, t, call)
+		return nil
+	}
+	return call
+}
+
+// refuseRequest answers a request whose body the route cannot use.
+func (h *Handler) refuseRequest(w http.ResponseWriter, r *http.Request, now time.Time, k *keystore.Key, t keystore.Type, status int, reason, message string) {
+	h.refused(r, now, decisionInvalidRequest, reason, k, t, nil)
+	hdr := w.Header()
+	hdr["Content-Type"] = []string{"application/json"}
+	hdr["Cache-Control"] = []string{"no-store"}
+	w.WriteHeader(status)
+	_, _ = w.Write(appendErrorBody(nil, h.format, status, decisionInvalidRequest, reason, message))
+}
+
+// tokensExhausted answers 429 for a reservation that does not fit.
+func (h *Handler) tokensExhausted(w http.ResponseWriter, r *http.Request, now time.Time, k *keystore.Key, t keystore.Type, call *llmCall) {
+	res := call.res
+	var reason, what string
+	var u ratelimit.Usage
+	switch res.DeniedBy {
+	case ratelimit.MinuteTokens:
+		reason, what, u = reasonTokensMinute, "per-minute token budget", res.Minute
+	case ratelimit.ModelTokens:
+		reason, what, u = reasonTokensModel, "daily token budget for "+call.policy.Model, res.Model
+	default:
+		reason, what, u = reasonTokensDaily, "daily token budget", res.Daily
+	}
+	h.refused(r, now, decisionQuotaExceeded, reason, k, t, nil)
+	msg := fmt.Sprintf("This request may use up to %d tokens and the key's %s has %d of %d left; it resets at %s.",
+		call.reserve, what, u.Remaining, u.Limit, u.Reset.UTC().Format(time.RFC3339))
+	if call.reserve > u.Limit {
+		msg = fmt.Sprintf("This request may use up to %d tokens, more than the key's whole %s (%d); ask for fewer with max_tokens.",
+			call.reserve, what, u.Limit)
+	}
+	writeTooMany(w, h.format, decisionQuotaExceeded, reason, msg, res.RetryAfter, res.DeniedBy != ratelimit.MinuteTokens)
+}
+
+// release gives back a reservation whose request was refused afterwards.
+func (h *Handler) release(k *keystore.Key, call *llmCall) {
+	if call == nil || !call.res.Allowed || call.res.Uncounted || call.policy.IsZero() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	_ = h.tokens.store.Settle(ctx, k.ID, call.policy, call.res.Reservation, 0)
+}
+
+// tokenWriter passes the upstream's answer on as it comes, reading the
+// usage it reports.
+type tokenWriter struct {
+	http.ResponseWriter
+	format  tokens.Format
+	hide    bool
+	scan    *tokens.Scanner
+	status  int
+	written bool
+}
+
+func (tw *tokenWriter) WriteHeader(status int) {
+	if !tw.written && status >= 200 {
+		tw.written = true
+		tw.status = status
+		ct := tw.Header().Get("Content-Type")
+		stream := bytes.HasPrefix([]byte(ct), []byte("text/event-stream")) || bytes.HasPrefix([]byte(ct), []byte("application/x-ndjson"))
+		tw.scan = tokens.NewScanner(tw.format, stream, tw.hide)
+	}
+	tw.ResponseWriter.WriteHeader(status)
+}
+
+func (tw *tokenWriter) Write(p []byte) (int, error) {
+	if !tw.written {
+		tw.WriteHeader(http.StatusOK)
+	}
+	out := tw.scan.Feed(p)
+	if len(out) > 0 {
+		if _, err := tw.ResponseWriter.Write(out); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+// Flush passes flushes on, so streams stay incremental.
+func (tw *tokenWriter) Flush() { _ = http.NewResponseController(tw.ResponseWriter).Flush() }
+
+// Unwrap lets http.ResponseController reach the writer underneath.
+func (tw *tokenWriter) Unwrap() http.ResponseWriter { return tw.ResponseWriter }
+
+// finish writes what the scanner still holds and returns the tokens to
+// charge: those reported; none for an upstream refusal with no report;
+// the reservation when an answer reported nothing (cut, or an upstream
+// that does not report).
+func (tw *tokenWriter) finish(call *llmCall) (prompt, completion, charged int64, reported bool) {
+	if tw.scan == nil {
+		return 0, 0, 0, false // nothing was answered: the request failed before the upstream
+	}
+	if rest := tw.scan.Finish(); len(rest) > 0 {
+		_, _ = tw.ResponseWriter.Write(rest)
+	}
+	prompt, completion, reported = tw.scan.Usage()
+	switch {
+	case reported:
+		return prompt, completion, prompt + completion, true
+	case tw.status >= 400 && !tw.scan.Absurd():
+		return 0, 0, 0, false
+	}
+	return 0, 0, call.reserve, false
+}
+
+// proxyLLM hands the request on and settles its tokens when the answer
+// ends, however it ends.
+func (h *Handler) proxyLLM(w http.ResponseWriter, r *http.Request, next func(http.ResponseWriter, *http.Request) error, k *keystore.Key, t keystore.Type, call *llmCall, now time.Time) error {
+	tw := &tokenWriter{ResponseWriter: w, format: h.tokens.format, hide: call.hide}
+	err := next(tw, r)
+	prompt, completion, charged, reported := tw.finish(call)
+	if tw.scan == nil && err != nil {
+		charged = 0 // the upstream was not reached, or answered nothing
+	}
+	if tw.scan != nil && tw.scan.Absurd() {
+		h.logger.Warn("the upstream reported an impossible token count; the reservation was charged instead",
+			zap.String("key_id", k.ID), zap.Int64("reserved", call.reserve))
+	}
+	if !call.policy.IsZero() && call.res.Allowed && !call.res.Uncounted {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), settleTimeout)
+		serr := h.tokens.store.Settle(ctx, k.ID, call.policy, call.res.Reservation, charged)
+		cancel()
+		if serr != nil {
+			h.logger.Warn("settling a token reservation failed; the reservation stays charged",
+				zap.String("key_id", k.ID), zap.Int64("reserved", call.reserve), zap.Error(serr))
+		}
+	}
+	if reported {
+		h.usage.AddTokens(k.ID, h.Service, r.Method, usage.Endpoint(r.URL.Path, h.usageDepth), now, prompt, completion)
+	}
+	countTokens(h.Service, prompt, completion, charged, reported)
+	h.tokenWarnings(k, call, charged)
+	return err
+}
+
+// tokenWarnings sends apikey_token_warning at 80 % and 90 % of a daily
+// token budget, once per key and window (once per cluster on Redis).
+func (h *Handler) tokenWarnings(k *keystore.Key, call *llmCall, charged int64) {
+	if !h.events.on() || call.res.Uncounted || call.policy.Daily <= 0 {
+		return
+	}
+	d := call.res.Daily
+	used := d.Limit - d.Remaining - call.reserve + charged
+	if level := quotaWarning(k.ID+"\x00tokens", used, d.Limit, d.Reset); level > 0 {
+		h.emitOnce(eventTokenWarning, k.ID, "tokens_warning"+strconv.FormatInt(level, 10), d.Reset,
+			map[string]any{"key_id": k.ID, "service": h.Service, "percent": level, "used": used, "limit": d.Limit,
+				"reset": d.Reset.UTC().Format(time.RFC3339)})
+	}
+}
