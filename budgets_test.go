@@ -11,7 +11,6 @@ import (
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
-
 // tokenSite starts a gateway with two routes with tokens, /openai/* and
 // /ollama/*, in front of up.
 func tokenSite(t *testing.T, up *llmUpstream, keys string, extra string) string {
