@@ -22,6 +22,10 @@ type Memory struct {
 type shard struct {
 	mu       sync.Mutex
 	counters map[string]*counter
+	// tokens is each key's token budgets (tokens_memory.go), beside its
+	// request counters under the same lock; a key that never reserved
+	// tokens has no entry, so request-only keys cost nothing more.
+	tokens map[string]*tokenState
 }
 
 // counter is one key's state and when it was last used.
@@ -38,6 +42,7 @@ func NewMemory(now func() time.Time) *Memory {
 	m := &Memory{now: now, seed: maphash.MakeSeed()}
 	for i := range m.shards {
 		m.shards[i].counters = make(map[string]*counter)
+		m.shards[i].tokens = make(map[string]*tokenState)
 	}
 	return m
 }
@@ -90,21 +95,31 @@ func (m *Memory) Mirror(key string, s state) {
 	sh.mu.Unlock()
 }
 
-// Reset forgets a key's counters.
+// Reset forgets a key's counters, its token budgets included.
 func (m *Memory) Reset(key string) {
 	sh := m.shard(key)
 	sh.mu.Lock()
 	delete(sh.counters, key)
+	delete(sh.tokens, key)
 	sh.mu.Unlock()
 }
 
-// Sweep forgets keys not seen since before cutoff and returns how many.
+// Sweep forgets the request counters and token budgets not used since
+// before cutoff, each on its own, and returns how many keys it forgot.
 func (m *Memory) Sweep(cutoff time.Time) int {
 	limit := cutoff.Unix()
 	n := 0
 	for i := range m.shards {
 		sh := &m.shards[i]
 		sh.mu.Lock()
+		for key, t := range sh.tokens {
+			if t.lastSeen < limit {
+				delete(sh.tokens, key)
+				if _, ok := sh.counters[key]; !ok {
+					n++ // nothing left of the key
+				}
+			}
+		}
 		for key, c := range sh.counters {
 			if c.lastSeen < limit {
 				delete(sh.counters, key)
@@ -116,13 +131,18 @@ func (m *Memory) Sweep(cutoff time.Time) int {
 	return n
 }
 
-// Len returns the number of keys with counters.
+// Len returns the number of keys with request counters or token budgets.
 func (m *Memory) Len() int {
 	n := 0
 	for i := range m.shards {
 		sh := &m.shards[i]
 		sh.mu.Lock()
 		n += len(sh.counters)
+		for key := range sh.tokens {
+			if _, ok := sh.counters[key]; !ok {
+				n++
+			}
+		}
 		sh.mu.Unlock()
 	}
 	return n

@@ -108,7 +108,22 @@ func (s *MemoryStore) Peek(ctx context.Context, key string, p Policy) (Result, e
 	return s.counters.Peek(ctx, key, p)
 }
 
-// Reset forgets a key's counters.
+// Reserve charges n tokens to every budget of p if each has room, or none.
+func (s *MemoryStore) Reserve(ctx context.Context, key string, p TokenPolicy, n int64) (TokenResult, error) {
+	return s.counters.Reserve(ctx, key, p, n)
+}
+
+// Settle replaces reservation r by the tokens used, in the windows still current.
+func (s *MemoryStore) Settle(ctx context.Context, key string, p TokenPolicy, r Reservation, used int64) error {
+	return s.counters.Settle(ctx, key, p, r, used)
+}
+
+// PeekTokens reports where key's token budgets stand under p.
+func (s *MemoryStore) PeekTokens(ctx context.Context, key string, p TokenPolicy) (TokenResult, error) {
+	return s.counters.PeekTokens(ctx, key, p)
+}
+
+// Reset forgets a key's counters and token budgets.
 func (s *MemoryStore) Reset(_ context.Context, key string) error {
 	s.counters.Reset(key)
 	return nil
@@ -226,6 +241,7 @@ func (p *persistedMemory) Destruct() error {
 // Interface guards
 var (
 	_ Store                 = (*MemoryStore)(nil)
+	_ TokenStore            = (*MemoryStore)(nil)
 	_ caddy.Provisioner     = (*MemoryStore)(nil)
 	_ caddy.CleanerUpper    = (*MemoryStore)(nil)
 	_ caddyfile.Unmarshaler = (*MemoryStore)(nil)

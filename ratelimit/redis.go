@@ -172,12 +172,13 @@ func (s *RedisStore) call(ctx context.Context, key string, p Policy, peekOnly bo
 	return Result{}, ErrUnavailable
 }
 
-// Reset forgets a key's counters, in Redis and in the local fallback.
+// Reset forgets a key's counters and token budgets, in Redis and in the
+// local fallback.
 func (s *RedisStore) Reset(ctx context.Context, key string) error {
 	s.shared.local.Reset(key)
 	ctx, cancel := context.WithTimeout(ctx, s.shared.timeout)
 	defer cancel()
-	names := []string{RedisKey(s.shared.prefix, key)}
+	names := []string{RedisKey(s.shared.prefix, key), TokensRedisKey(s.shared.prefix, key)}
 	for _, what := range announcements {
 		names = append(names, announceKey(s.shared.prefix, key, what))
 	}
@@ -434,6 +435,7 @@ func RedisKey(prefix, keyID string) string {
 // Interface guards
 var (
 	_ Store                 = (*RedisStore)(nil)
+	_ TokenStore            = (*RedisStore)(nil)
 	_ caddy.Provisioner     = (*RedisStore)(nil)
 	_ caddy.CleanerUpper    = (*RedisStore)(nil)
 	_ caddyfile.Unmarshaler = (*RedisStore)(nil)

@@ -1,0 +1,274 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+)
+
+// maxTokenModels bounds the models whose daily tokens one key's state
+// counts. A key has model budgets only for the models its record names, so
+// a real key stays far below it; the bound keeps a key whose requests name
+// ever new models (with budgets) from growing memory, or a Redis hash,
+// without end. A model beyond it has no room: its reservations are refused
+// by ModelTokens until the daily window rolls, since a budget that cannot
+// be counted cannot be granted.
+const maxTokenModels = 64
+
+// tokenState is one key's token budgets in a Memory: O(1) whatever the
+// traffic, plus one entry per budgeted model.
+type tokenState struct {
+	dayStart, dayEnd int64 // Unix seconds; the daily window dayUsed counts in
+	dayUsed          int64
+	minute           int64 // Unix seconds; the UTC minute minuteUsed counts in
+	minuteUsed       int64
+	// models is the tokens per model in the daily window, for models with a
+	// budget only; nil until one. Cleared when the daily window rolls.
+	models   map[string]int64
+	lastSeen int64 // Unix seconds
+}
+
+// tokenView is where a key's budgets stand at some instant, windows rolled
+// as they would be: what a decision or a report reads, in either store.
+type tokenView struct {
+	dayStart, dayEnd, dayUsed int64
+	minute, minuteUsed        int64
+	modelUsed                 int64 // of the policy's model, when it has a budget
+	modelFull                 bool  // that model is not counted and no room is left for it
+}
+
+// minuteStart is the start of the UTC minute holding now (Unix seconds).
+func minuteStart(now int64) int64 { return now - ((now%60)+60)%60 }
+
+// view reads the state as of now, rolling windows that ended like decide.go's
+// roll: a daily window, once begun, runs to its own end whatever Window a
+// later policy names, so routes in other zones cannot give a key two budgets.
+// It changes nothing, so that a refusal or a peek charges nothing.
+func (t *tokenState) view(now time.Time, p TokenPolicy) tokenView {
+	sec := now.Unix()
+	v := tokenView{dayStart: t.dayStart, dayEnd: t.dayEnd, dayUsed: t.dayUsed, minute: t.minute, minuteUsed: t.minuteUsed}
+	rolled := sec >= t.dayEnd
+	if rolled {
+		start, end := p.Window.Bounds(now)
+		v.dayStart, v.dayEnd, v.dayUsed = start.Unix(), end.Unix(), 0
+	}
+	if sec >= t.minute+60 {
+		v.minute, v.minuteUsed = minuteStart(sec), 0
+	}
+	if p.ModelDaily > 0 && !rolled {
+		used, ok := t.models[p.Model]
+		v.modelUsed, v.modelFull = used, !ok && len(t.models) >= maxTokenModels
+	}
+	return v
+}
+
+// decide names the first budget of p without room for n more tokens: daily,
+// then minute, then model. Each is checked before any is charged, so a
+// refused reservation charges nothing. Written as n > limit - used so that
+// no sum can overflow.
+func (v tokenView) decide(p TokenPolicy, n int64) TokenLimit {
+	switch {
+	case p.Daily > 0 && n > p.Daily-v.dayUsed:
+		return DailyTokens
+	case p.PerMinute > 0 && n > p.PerMinute-v.minuteUsed:
+		return MinuteTokens
+	case p.ModelDaily > 0 && (v.modelFull || n > p.ModelDaily-v.modelUsed):
+		return ModelTokens
+	}
+	return NoTokenLimit
+}
+
+// charge stores view v with n tokens added to every counter. The daily and
+// minute counters count even without a budget, so a budget that a key gains
+// during a day sees the day's use; a model is counted only with a budget,
+// which keeps the model map bounded by what records name.
+func (t *tokenState) charge(v tokenView, p TokenPolicy, n int64) tokenView {
+	v.dayUsed, v.minuteUsed = addTokens(v.dayUsed, n), addTokens(v.minuteUsed, n)
+	if p.ModelDaily > 0 {
+		v.modelUsed = addTokens(v.modelUsed, n)
+	}
+	t.store(v, p)
+	return v
+}
+
+// store sets the state to view v; a new daily window forgets the models.
+func (t *tokenState) store(v tokenView, p TokenPolicy) {
+	if v.dayStart != t.dayStart || v.dayEnd != t.dayEnd {
+		clear(t.models)
+	}
+	t.dayStart, t.dayEnd, t.dayUsed = v.dayStart, v.dayEnd, v.dayUsed
+	t.minute, t.minuteUsed = v.minute, v.minuteUsed
+	if p.ModelDaily > 0 {
+		t.setModel(p.Model, v.modelUsed)
+	}
+}
+
+// setModel sets a model's count, unless it is new and the map is full.
+func (t *tokenState) setModel(model string, used int64) {
+	if _, ok := t.models[model]; !ok && len(t.models) >= maxTokenModels {
+		return
+	}
+	if t.models == nil {
+		t.models = make(map[string]int64, 1)
+	}
+	t.models[model] = used
+}
+
+// settle adds delta to the windows r was charged in that are still current
+// at now (a new window starts from zero and owes nothing to the old one),
+// never below zero.
+func (t *tokenState) settle(now int64, p TokenPolicy, r Reservation, delta int64) {
+	if t.dayStart == r.Day && now < t.dayEnd {
+		t.dayUsed = addTokens(t.dayUsed, delta)
+		if p.ModelDaily > 0 {
+			used, ok := t.models[p.Model]
+			if ok || delta > 0 {
+				t.setModel(p.Model, addTokens(used, delta))
+			}
+		}
+	}
+	if t.minute == r.Minute && now < t.minute+60 {
+		t.minuteUsed = addTokens(t.minuteUsed, delta)
+	}
+}
+
+// addTokens is a+b kept within 0 and MaxInt64: a settlement never takes a
+// budget below zero, and absurd sizes cannot wrap a counter around.
+func addTokens(a, b int64) int64 {
+	s := a + b
+	switch {
+	case b > 0 && s < a:
+		return math.MaxInt64
+	case s < 0:
+		return 0
+	}
+	return s
+}
+
+// result reports a decision on v (the view after it) for n tokens.
+func (v tokenView) result(now time.Time, p TokenPolicy, n int64, denied TokenLimit) TokenResult {
+	res := TokenResult{Allowed: denied == NoTokenLimit, Now: now, DeniedBy: denied}
+	dayReset, day := time.Unix(v.dayEnd, 0), time.Duration(v.dayEnd-v.dayStart)*time.Second
+	if p.Daily > 0 {
+		res.Daily = Usage{Limit: p.Daily, Remaining: max(p.Daily-v.dayUsed, 0), Reset: dayReset, Window: day}
+	}
+	if p.PerMinute > 0 {
+		res.Minute = Usage{Limit: p.PerMinute, Remaining: max(p.PerMinute-v.minuteUsed, 0),
+			Reset: time.Unix(v.minute+60, 0), Window: time.Minute}
+	}
+	if p.ModelDaily > 0 {
+		res.Model = Usage{Limit: p.ModelDaily, Remaining: max(p.ModelDaily-v.modelUsed, 0), Reset: dayReset, Window: day}
+		if v.modelFull {
+			res.Model.Remaining = 0
+		}
+	}
+	switch denied {
+	case NoTokenLimit:
+		res.Reservation = Reservation{Tokens: n, Day: v.dayStart, Minute: v.minute}
+	case MinuteTokens:
+		res.RetryAfter = time.Unix(v.minute+60, 0).Sub(now)
+	default:
+		res.RetryAfter = dayReset.Sub(now)
+	}
+	return res
+}
+
+// maxTokens is the most tokens one reservation or settlement may name:
+// Redis's Lua counts in float64, exact for integers up to 2^53 only, and
+// both stores take the same sizes.
+const maxTokens = 1<<53 - 1
+
+// checkTokens refuses a reservation of fewer than zero tokens, which would
+// be a refund in disguise, or of more than can be counted exactly.
+func checkTokens(n int64) error {
+	if n < 0 || n > maxTokens {
+		return fmt.Errorf("ratelimit: cannot reserve %d tokens", n)
+	}
+	return nil
+}
+
+// Reserve charges n tokens to every budget of p if each has room for them,
+// or none. It is exact: the check and the charge happen under the key's
+// shard lock. It fails only for a size it cannot count (see checkTokens).
+func (m *Memory) Reserve(_ context.Context, key string, p TokenPolicy, n int64) (TokenResult, error) {
+	if err := checkTokens(n); err != nil {
+		return TokenResult{}, err
+	}
+	now := m.now()
+	sh := m.shard(key)
+	sh.mu.Lock()
+	t := sh.tokens[key]
+	if t == nil {
+		t = new(tokenState)
+		sh.tokens[key] = t
+	}
+	v := t.view(now, p)
+	denied := v.decide(p, n)
+	if denied == NoTokenLimit {
+		v = t.charge(v, p, n)
+	}
+	t.lastSeen = now.Unix()
+	sh.mu.Unlock()
+	return v.result(now, p, n, denied), nil
+}
+
+// Settle replaces reservation r by the tokens used: used - r.Tokens is added
+// to the windows r was charged in that are still current, never below zero
+// (a negative used counts as none, one over maxTokens as maxTokens).
+// Settling an uncounted reservation, or one of a key reset since, does
+// nothing. It never fails.
+func (m *Memory) Settle(_ context.Context, key string, p TokenPolicy, r Reservation, used int64) error {
+	if r.Uncounted {
+		return nil
+	}
+	delta := min(max(used, 0), maxTokens) - r.Tokens
+	if delta == 0 {
+		return nil
+	}
+	now := m.now().Unix()
+	sh := m.shard(key)
+	sh.mu.Lock()
+	if t := sh.tokens[key]; t != nil {
+		t.settle(now, p, r, delta)
+		t.lastSeen = now
+	}
+	sh.mu.Unlock()
+	return nil
+}
+
+// PeekTokens reports where key's budgets stand under p, charging nothing.
+func (m *Memory) PeekTokens(_ context.Context, key string, p TokenPolicy) (TokenResult, error) {
+	now := m.now()
+	sh := m.shard(key)
+	sh.mu.Lock()
+	var v tokenView
+	if t := sh.tokens[key]; t != nil {
+		v = t.view(now, p)
+	} else {
+		v = new(tokenState).view(now, p)
+	}
+	sh.mu.Unlock()
+	res := v.result(now, p, 0, NoTokenLimit)
+	res.Reservation = Reservation{}
+	return res, nil
+}
+
+// mirrorTokens sets a key's token state to what a shared store answered
+// (v, after its step), so that counting locally can go on from there when
+// the shared store fails.
+func (m *Memory) mirrorTokens(key string, p TokenPolicy, v tokenView) {
+	now := m.now().Unix()
+	sh := m.shard(key)
+	sh.mu.Lock()
+	t := sh.tokens[key]
+	if t == nil {
+		t = new(tokenState)
+		sh.tokens[key] = t
+	}
+	t.store(v, p)
+	t.lastSeen = now
+	sh.mu.Unlock()
+}
+
+var _ TokenStore = (*Memory)(nil)
