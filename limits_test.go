@@ -422,3 +422,19 @@ func TestHalfProvisionedHandlerLetsGo(t *testing.T) {
 		t.Errorf("the failed config still holds the failed-auth tracker (%d references)", n)
 	}
 }
+
+func TestLoggedPathMasksKeys(t *testing.T) {
+	key := "DEV_API_65sRIoVBVXlGsimi3Iw6fKseVy7x9r3JRZsl"
+	for in, want := range map[string]string{
+		"/echo/" + key + "/x":           "/echo/[key]/x",
+		"/echo/" + strings.ToLower(key): "/echo/[key]",
+		"/a/prod_api_ABC?x":             "/a/[key]?x",
+		"/plain/path":                   "/plain/path",
+		"/my_api_docs":                  "/my_api_docs",
+		"/" + key + key:                 "/[key][key]",
+	} {
+		if got := loggedPath(in); got != want {
+			t.Errorf("loggedPath(%q) = %q, want %q", strings.ReplaceAll(in, key, "<key>"), got, want)
+		}
+	}
+}
