@@ -28,18 +28,33 @@ func usageQuery(from, to time.Time, byDay bool) usage.Query {
 	return usage.Query{From: from, To: to, ByDay: byDay}
 }
 
-// bar is one bar of the chart, laid out for SVG.
-type bar struct {
-	Label             string
-	Tick              string // shown under some bars
-	Requests          int64
-	X, Y, W, H, TickX int
+// usageShows are what the chart's bars can show: requests, or the LLM
+// tokens (prompt and completion) of their answers.
+var usageShows = []struct{ Name, Label string }{
+	{"requests", "Requests"},
+	{"tokens", "Tokens"},
 }
 
-// tableRow is one line of the usage table.
-type tableRow struct {
+// bar is one bar of the chart, laid out for SVG; its height is Requests,
+// or Tokens when the chart shows tokens.
+type bar struct {
+	Label              string
+	Tick               string // shown under some bars
+	Requests           int64
+	Prompt, Completion int64 // tokens
+	Tokens             int64 // prompt and completion
+	X, Y, W, H, TickX  int
+}
+
+// tableLine names one line of the usage table.
+type tableLine struct {
 	KeyID, Service, Method, Endpoint string
-	Requests                         int64
+}
+
+// tableRow is one line of the usage table, with its counts.
+type tableRow struct {
+	tableLine
+	usage.Tally
 }
 
 // Chart geometry, in SVG user units.
@@ -58,6 +73,11 @@ func (v *visit) usagePage() {
 		}
 	}
 	all := v.admin && q.Get("all") == "1"
+	show := "requests"
+	if q.Get("show") == "tokens" {
+		show = "tokens"
+	}
+	tokens := show == "tokens"
 	keyID, service, endpoint := q.Get("key"), q.Get("service"), q.Get("endpoint")
 
 	ctx := v.r.Context()
@@ -103,10 +123,10 @@ func (v *visit) usagePage() {
 		}
 	}
 
-	counts := make([]int64, buckets)
-	sums := map[tableRow]int64{}
+	counts := make([]usage.Tally, buckets)
+	sums := map[tableLine]usage.Tally{}
 	services, endpoints := map[string]bool{}, map[string]bool{}
-	var total int64
+	var total usage.Tally
 	step := time.Hour
 	if rng.byDay {
 		step = 24 * time.Hour
@@ -124,18 +144,28 @@ func (v *visit) usagePage() {
 		if i < 0 || i >= buckets {
 			continue
 		}
-		counts[i] += row.Requests
-		total += row.Requests
-		sums[tableRow{KeyID: row.KeyID, Service: row.Service, Method: row.Method, Endpoint: row.Endpoint}] += row.Requests
+		t := usage.Tally{Requests: row.Requests, PromptTokens: row.PromptTokens, CompletionTokens: row.CompletionTokens}
+		counts[i].Add(t)
+		total.Add(t)
+		line := tableLine{KeyID: row.KeyID, Service: row.Service, Method: row.Method, Endpoint: row.Endpoint}
+		sum := sums[line]
+		sum.Add(t)
+		sums[line] = sum
+	}
+	// measure is what the chart shows, and what orders the table.
+	measure := func(t usage.Tally) int64 {
+		if tokens {
+			return t.PromptTokens + t.CompletionTokens
+		}
+		return t.Requests
 	}
 	table := make([]tableRow, 0, len(sums))
-	for r, n := range sums {
-		r.Requests = n
-		table = append(table, r)
+	for line, t := range sums {
+		table = append(table, tableRow{line, t})
 	}
 	sort.Slice(table, func(i, j int) bool {
-		if table[i].Requests != table[j].Requests {
-			return table[i].Requests > table[j].Requests
+		if a, b := measure(table[i].Tally), measure(table[j].Tally); a != b {
+			return a > b
 		}
 		return fmt.Sprint(table[i]) < fmt.Sprint(table[j])
 	})
@@ -144,15 +174,18 @@ func (v *visit) usagePage() {
 	table = table[:min(len(table), maxTable)]
 
 	var peak int64 = 1
-	for _, n := range counts {
-		peak = max(peak, n)
+	for _, t := range counts {
+		peak = max(peak, measure(t))
 	}
 	bars := make([]bar, buckets)
 	slot := chartW / buckets
-	for i, n := range counts {
+	for i, t := range counts {
 		at := from.Add(time.Duration(i) * step)
-		h := int(n * (chartBottom - chartTop) / peak)
-		b := bar{Requests: n, X: i*slot + 2, W: slot - 4, H: h, Y: chartBottom - h, TickX: i*slot + slot/2}
+		// In float: tokens times the chart's height may pass int64.
+		h := int(float64(measure(t)) * (chartBottom - chartTop) / float64(peak))
+		b := bar{Requests: t.Requests, Prompt: t.PromptTokens, Completion: t.CompletionTokens,
+			Tokens: t.PromptTokens + t.CompletionTokens,
+			X:      i*slot + 2, W: slot - 4, H: h, Y: chartBottom - h, TickX: i*slot + slot/2}
 		if rng.byDay {
 			b.Label = at.Format("Mon 2 Jan")
 			if buckets <= 7 || i%5 == 0 {
@@ -170,6 +203,7 @@ func (v *visit) usagePage() {
 		"Ranges": usageRanges, "Range": rng.Name, "All": all, "KeyID": keyID, "Service": service, "Endpoint": endpoint,
 		"KeyIDs": keyIDs, "Services": sortedKeys(services, service), "Endpoints": sortedKeys(endpoints, endpoint),
 		"Bars": bars, "Peak": peak, "Quotas": quotas, "Total": total, "Table": table, "Cut": cut, "Error": usageErr,
+		"Shows": usageShows, "Show": show, "Tokens": tokens, "TotalTokens": total.PromptTokens + total.CompletionTokens,
 		"ChartW": chartW, "ChartH": chartH, "Bottom": chartBottom, "From": from.Format("2006-01-02 15:04"), "To": now.Format("2006-01-02 15:04"),
 		"Unit": map[bool]string{false: "hour", true: "day"}[rng.byDay],
 	})

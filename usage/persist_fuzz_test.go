@@ -13,11 +13,12 @@ import (
 	"time"
 )
 
-// FuzzUsageFile loads arbitrary usage files. A file is used whole or not at
-// all: refused, it leaves the counts as they were and its error wraps
-// ErrCorrupt; loaded, every counter holds possible values (a key id, a
-// positive count, an hour's start no later than the next hour, a standard
-// method or OTHER), no request is lost or made up, and saving and loading
+// FuzzUsageFile loads arbitrary usage files, of this version (with tokens)
+// or the one before. A file is used whole or not at all: refused, it leaves
+// the counts as they were and its error wraps ErrCorrupt; loaded, every
+// counter holds possible values (a key id, counts none negative and not all
+// zero, an hour's start no later than the next hour, a standard method or
+// OTHER), no request or token is lost or made up, and saving and loading
 // again gives the same counts.
 func FuzzUsageFile(f *testing.F) {
 	now := time.Date(2026, 3, 1, 12, 30, 0, 0, time.UTC)
@@ -25,7 +26,15 @@ func FuzzUsageFile(f *testing.F) {
 	row := func(key, method string, h, n int64) string {
 		return fmt.Sprintf(`{"key_id": %q, "service": "ollama", "method": %q, "endpoint": "/api/tags", "hour": %d, "requests": %d}`, key, method, h, n)
 	}
+	tokRow := func(key string, h, n, p, c int64) string {
+		return fmt.Sprintf(`{"key_id": %q, "service": "ollama", "method": "POST", "endpoint": "/api/chat", "hour": %d, "requests": %d, "prompt_tokens": %d, "completion_tokens": %d}`, key, h, n, p, c)
+	}
 	for _, s := range []string{
+		`{"version": 2, "counts": [` + tokRow("k_a", hour, 3, 120, 80) + `, ` + tokRow("k_a", hour, 0, 5, 0) + `, ` + row("k_b", "GET", hour, 1) + `]}`,
+		`{"version": 2, "counts": [` + tokRow(":other", hour, 2, 7, 9) + `]}`,
+		`{"version": 2, "counts": [` + tokRow("k_a", hour, 0, 0, 0) + `]}`,
+		`{"version": 2, "counts": [` + tokRow("k_a", hour, 1, -5, 0) + `]}`,
+		`{"version": 1, "counts": [` + tokRow("k_a", hour, 1, 5, 0) + `]}`,
 		`{"version": 1, "counts": []}`,
 		`{"version": 1, "counts": [` + row("k_a", "GET", hour, 3) + `, ` + row("k_b", "POST", hour-3600, 1) + `]}`,
 		`{"version": 1, "counts": [` + row("k_a", "GET", hour, 3) + `, ` + row("k_a", "GET", hour, 4) + `]}`,
@@ -65,25 +74,30 @@ func FuzzUsageFile(f *testing.F) {
 			return
 		}
 
-		total := new(big.Int)
-		c.Each(func(b Bucket, n int64) {
-			if b.KeyID == "" || n <= 0 || b.Hour%3600 != 0 || b.Hour > now.Add(time.Hour).Unix() || Method(b.Method) != b.Method {
-				t.Fatalf("an impossible counter was loaded: %+v, %d requests", b, n)
+		total := [3]*big.Int{new(big.Int), new(big.Int), new(big.Int)}
+		c.Each(func(b Bucket, n Tally) {
+			if b.KeyID == "" || n.Requests < 0 || n.PromptTokens < 0 || n.CompletionTokens < 0 || n == (Tally{}) ||
+				b.Hour%3600 != 0 || b.Hour > now.Add(time.Hour).Unix() || Method(b.Method) != b.Method {
+				t.Fatalf("an impossible counter was loaded: %+v, %+v", b, n)
 			}
-			total.Add(total, big.NewInt(n))
+			for i, v := range []int64{n.Requests, n.PromptTokens, n.CompletionTokens} {
+				total[i].Add(total[i], big.NewInt(v))
+			}
 		})
 		var file struct {
-			Counts []struct {
-				Requests int64 `json:"requests"`
-			} `json:"counts"`
+			Counts []Tally `json:"counts"`
 		}
 		json.Unmarshal(data, &file)
-		want := big.NewInt(1) // the sentinel
+		want := [3]*big.Int{big.NewInt(1), new(big.Int), new(big.Int)} // the sentinel
 		for _, sc := range file.Counts {
-			want.Add(want, big.NewInt(sc.Requests))
+			for i, v := range []int64{sc.Requests, sc.PromptTokens, sc.CompletionTokens} {
+				want[i].Add(want[i], big.NewInt(v))
+			}
 		}
-		if total.Cmp(want) != 0 {
-			t.Fatalf("the file holds %v requests with the one before, the counts %v", want, total)
+		for i, what := range []string{"requests", "prompt tokens", "completion tokens"} {
+			if total[i].Cmp(want[i]) != 0 {
+				t.Fatalf("the file holds %v %s with the sentinel's, the counts %v", want[i], what, total[i])
+			}
 		}
 
 		// Saved and loaded again: the same counts.
@@ -103,7 +117,7 @@ func FuzzUsageFile(f *testing.F) {
 // usageDump is every counter, in a stable form.
 func usageDump(c *Counts) string {
 	var lines []string
-	c.Each(func(b Bucket, n int64) { lines = append(lines, fmt.Sprintf("%+v %d", b, n)) })
+	c.Each(func(b Bucket, n Tally) { lines = append(lines, fmt.Sprintf("%+v %+v", b, n)) })
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
 }

@@ -22,7 +22,10 @@ import (
 //
 // Layout, under <prefix>{usage}: (one hash tag: every script touches one
 // Cluster slot): h:<hour> is a hash of counter → requests for that hour,
-// expiring retention after the hour; b:<batch id> marks a batch applied.
+// and of counter+"p" → prompt tokens and counter+"c" → completion tokens
+// (fields a version that counted no tokens does not read), expiring
+// retention after the hour; b:<batch id> marks a batch applied, requests
+// and tokens together.
 type Cluster struct {
 	client    redis.UniversalClient
 	p         string
@@ -30,7 +33,7 @@ type Cluster struct {
 	instance  string
 
 	mu        sync.Mutex
-	flushed   map[Bucket]int64 // what this instance has added so far
+	flushed   map[Bucket]Tally // what this instance has added so far
 	seq       uint64
 	pending   []delta // a batch that failed, to send again first
 	pendingID string
@@ -44,7 +47,7 @@ func NewCluster(client redis.UniversalClient, keyPrefix string, retention time.D
 	id := make([]byte, 8)
 	_, _ = rand.Read(id)
 	return &Cluster{client: client, p: keyPrefix + "{usage}:", retention: retention,
-		instance: hex.EncodeToString(id), flushed: map[Bucket]int64{}}
+		instance: hex.EncodeToString(id), flushed: map[Bucket]Tally{}}
 }
 
 var addScript = redis.NewScript(`
@@ -69,8 +72,11 @@ func (cl *Cluster) Flush(ctx context.Context, c *Counts) error {
 		cl.pending = nil
 	}
 	var deltas []delta
-	c.Each(func(b Bucket, n int64) {
-		if d := n - cl.flushed[b]; d > 0 {
+	c.Each(func(b Bucket, t Tally) {
+		f := cl.flushed[b]
+		d := Tally{Requests: max(t.Requests-f.Requests, 0), PromptTokens: max(t.PromptTokens-f.PromptTokens, 0),
+			CompletionTokens: max(t.CompletionTokens-f.CompletionTokens, 0)}
+		if d != (Tally{}) {
 			deltas = append(deltas, delta{b, d})
 		}
 	})
@@ -86,7 +92,7 @@ func (cl *Cluster) Flush(ctx context.Context, c *Counts) error {
 	// Forget what the local counts no longer hold (pruned hours).
 	if len(cl.flushed) > c.Len()+1 {
 		held := make(map[Bucket]bool, c.Len())
-		c.Each(func(b Bucket, _ int64) { held[b] = true })
+		c.Each(func(b Bucket, _ Tally) { held[b] = true })
 		for b := range cl.flushed {
 			if !held[b] {
 				delete(cl.flushed, b)
@@ -98,20 +104,30 @@ func (cl *Cluster) Flush(ctx context.Context, c *Counts) error {
 
 type delta struct {
 	b Bucket
-	n int64
+	t Tally
 }
 
 // send applies one batch under its id, and counts it as flushed.
 func (cl *Cluster) send(ctx context.Context, id string, batch []delta) error {
 	args := []any{int64(48 * time.Hour / time.Second)}
 	for _, d := range batch {
-		args = append(args, cl.hourKey(d.b.Hour), encodeCounter(d.b), d.n, d.b.Hour+int64(cl.retention/time.Second)+3600)
+		key, field, expire := cl.hourKey(d.b.Hour), encodeCounter(d.b), d.b.Hour+int64(cl.retention/time.Second)+3600
+		for _, part := range [...]struct {
+			suffix string
+			n      int64
+		}{{"", d.t.Requests}, {promptSuffix, d.t.PromptTokens}, {completionSuffix, d.t.CompletionTokens}} {
+			if part.n > 0 {
+				args = append(args, key, field+part.suffix, part.n, expire)
+			}
+		}
 	}
 	if err := addScript.Run(ctx, cl.client, []string{cl.p + "b:" + id}, args...).Err(); err != nil {
 		return fmt.Errorf("adding usage to redis: %w", err)
 	}
 	for _, d := range batch {
-		cl.flushed[d.b] += d.n
+		f := cl.flushed[d.b]
+		f.Add(d.t)
+		cl.flushed[d.b] = f
 	}
 	return nil
 }
@@ -121,7 +137,7 @@ func (cl *Cluster) send(ctx context.Context, id string, batch []delta) error {
 func (cl *Cluster) MarkFlushed(c *Counts) {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
-	c.Each(func(b Bucket, n int64) { cl.flushed[b] = n })
+	c.Each(func(b Bucket, t Tally) { cl.flushed[b] = t })
 }
 
 func (cl *Cluster) hourKey(hour int64) string { return cl.p + "h:" + strconv.FormatInt(hour, 10) }
@@ -129,14 +145,14 @@ func (cl *Cluster) hourKey(hour int64) string { return cl.p + "h:" + strconv.For
 // Report answers a query from the sums of every instance.
 func (cl *Cluster) Report(ctx context.Context, q Query) ([]Row, error) {
 	from := q.From.Unix() / 3600 * 3600
-	sums := map[Bucket]int64{}
+	sums := map[Bucket]Tally{}
 	for hour := from; hour < q.To.Unix(); hour += 3600 {
 		fields, err := cl.client.HGetAll(ctx, cl.hourKey(hour)).Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return nil, err
 		}
 		for field, v := range fields {
-			b, ok := decodeCounter(field)
+			b, part, ok := decodeCounter(field)
 			n, err := strconv.ParseInt(v, 10, 64)
 			if !ok || err != nil || n <= 0 {
 				continue // not ours, or damaged: not counted
@@ -148,17 +164,26 @@ func (cl *Cluster) Report(ctx context.Context, q Query) ([]Row, error) {
 			if q.ByDay {
 				b.Hour = hour / 86400 * 86400
 			}
-			sums[b] += n
+			sum := sums[b]
+			switch part {
+			case "":
+				sum.Requests += n
+			case promptSuffix:
+				sum.PromptTokens += n
+			case completionSuffix:
+				sum.CompletionTokens += n
+			}
+			sums[b] = sum
 		}
 	}
-	rows := make([]Row, 0, len(sums))
-	for b, n := range sums {
-		rows = append(rows, Row{Time: time.Unix(b.Hour, 0).UTC(), KeyID: b.KeyID, Service: b.Service,
-			Method: b.Method, Endpoint: b.Endpoint, Requests: n})
-	}
-	SortRows(rows)
-	return rows, nil
+	return sortedRows(sums), nil
 }
+
+// The suffixes, after a counter's name, of the fields of its tokens.
+const (
+	promptSuffix     = "p"
+	completionSuffix = "c"
+)
 
 // encodeCounter names a counter within its hour: its fields, each with its
 // length, so any bytes a path holds survive.
@@ -171,16 +196,19 @@ func encodeCounter(b Bucket) string {
 	return string(out)
 }
 
-func decodeCounter(s string) (Bucket, bool) {
-	var b Bucket
+// decodeCounter reads a field's name: the counter, and what the field
+// holds: "" (requests), promptSuffix or completionSuffix.
+func decodeCounter(s string) (b Bucket, part string, ok bool) {
 	data := []byte(s)
 	for _, dst := range []*string{&b.KeyID, &b.Service, &b.Method, &b.Endpoint} {
 		size, n := binary.Uvarint(data)
 		if n <= 0 || size > uint64(len(data)-n) {
-			return Bucket{}, false
+			return Bucket{}, "", false
 		}
 		*dst = string(data[n : n+int(size)])
 		data = data[n+int(size):]
 	}
-	return b, len(data) == 0 && b.KeyID != ""
+	part = string(data)
+	ok = b.KeyID != "" && (part == "" || part == promptSuffix || part == completionSuffix)
+	return b, part, ok
 }

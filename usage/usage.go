@@ -1,5 +1,6 @@
-// Package usage counts admitted requests per key, service, method, endpoint
-// and hour, with bounded cardinality and retention.
+// Package usage counts admitted requests, and the LLM tokens their answers
+// used, per key, service, method, endpoint and hour, with bounded
+// cardinality and retention.
 package usage
 
 import (
@@ -53,6 +54,22 @@ type Bucket struct {
 	Hour     int64  `json:"hour"` // Unix seconds of the hour's start
 }
 
+// Tally is what one counter holds: requests, and the tokens of the LLM
+// answers to them (the prompt's and the completion's, as the upstream
+// reported them).
+type Tally struct {
+	Requests         int64 `json:"requests"`
+	PromptTokens     int64 `json:"prompt_tokens,omitempty"`
+	CompletionTokens int64 `json:"completion_tokens,omitempty"`
+}
+
+// Add adds o to t.
+func (t *Tally) Add(o Tally) {
+	t.Requests += o.Requests
+	t.PromptTokens += o.PromptTokens
+	t.CompletionTokens += o.CompletionTokens
+}
+
 const shards = 32
 
 // Counts holds the counters, bounded: MaxEndpointsPerKeyHour per key and
@@ -64,12 +81,12 @@ type Counts struct {
 	shards [shards]countShard
 
 	overflowMu sync.Mutex
-	overflow   map[int64]int64 // by hour: requests folded past MaxSeries
+	overflow   map[int64]Tally // by hour: what was folded past MaxSeries
 }
 
 type countShard struct {
 	mu sync.Mutex
-	m  map[Bucket]int64
+	m  map[Bucket]Tally
 	// perKeyHour counts each key's counters in each hour.
 	perKeyHour map[keyHour]int32
 }
@@ -83,7 +100,7 @@ type keyHour struct {
 func New() *Counts {
 	c := &Counts{seed: maphash.MakeSeed()}
 	for i := range c.shards {
-		c.shards[i].m = make(map[Bucket]int64)
+		c.shards[i].m = make(map[Bucket]Tally)
 		c.shards[i].perKeyHour = make(map[keyHour]int32)
 	}
 	return c
@@ -102,103 +119,112 @@ func Method(m string) string {
 
 // Add counts one request. method is folded by Method; endpoint should come
 // from Endpoint. A counter that does not exist yet is opened within the
-// bounds, or the request is folded into Other.
+// bounds, or the request is folded into Other. It allocates only to open a
+// counter.
 func (c *Counts) Add(keyID, service, method, endpoint string, at time.Time) {
 	if m := Method(method); m != method {
 		Folds.Method.Add(1)
 		method = m
 	}
-	b := Bucket{KeyID: keyID, Service: service, Method: method, Endpoint: endpoint, Hour: at.Unix() / 3600 * 3600}
-	sh := &c.shards[maphash.String(c.seed, keyID)%shards]
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if _, ok := sh.m[b]; ok {
-		sh.m[b]++
+	c.count(Bucket{KeyID: keyID, Service: service, Method: method, Endpoint: endpoint, Hour: at.Unix() / 3600 * 3600},
+		Tally{Requests: 1}, true)
+}
+
+// AddTokens adds the tokens an LLM answer used (negative numbers count as
+// none) to the counter Add counts the request in, without counting a
+// request: same folding of the method, same bounds. A counter that does not
+// exist yet (an answer that ends in the next hour, say) is opened within the
+// bounds, with no request, or the tokens are folded into Other as a request
+// would be; Folds counts requests only, so it does not count these.
+func (c *Counts) AddTokens(keyID, service, method, endpoint string, at time.Time, prompt, completion int64) {
+	t := Tally{PromptTokens: max(prompt, 0), CompletionTokens: max(completion, 0)}
+	if t == (Tally{}) {
 		return
 	}
-	kh := keyHour{keyID, b.Hour}
+	c.count(Bucket{KeyID: keyID, Service: service, Method: Method(method), Endpoint: endpoint, Hour: at.Unix() / 3600 * 3600},
+		t, false)
+}
+
+// count adds t to b's counter, opening it within the bounds, or folds it:
+// into the key's Other endpoint past MaxEndpointsPerKeyHour, into the
+// hour's overflow past MaxSeries. request counts the folds in Folds.
+func (c *Counts) count(b Bucket, t Tally, request bool) {
+	sh := &c.shards[maphash.String(c.seed, b.KeyID)%shards]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if cur, ok := sh.m[b]; ok {
+		cur.Add(t)
+		sh.m[b] = cur
+		return
+	}
+	kh := keyHour{b.KeyID, b.Hour}
 	if sh.perKeyHour[kh] >= MaxEndpointsPerKeyHour && b.Endpoint != Other {
-		Folds.Endpoint.Add(1)
+		if request {
+			Folds.Endpoint.Add(1)
+		}
 		b.Endpoint = Other
-		if _, ok := sh.m[b]; ok {
-			sh.m[b]++
+		if cur, ok := sh.m[b]; ok {
+			cur.Add(t)
+			sh.m[b] = cur
 			return
 		}
 	}
 	if c.series.Load() >= MaxSeries {
-		Folds.Series.Add(1)
-		c.putOverflow(b.Hour, 1)
+		if request {
+			Folds.Series.Add(1)
+		}
+		c.putOverflow(b.Hour, t)
 		return
 	}
 	// The endpoint may be part of a long request path: keep only its own
 	// bytes.
 	b.Endpoint = strings.Clone(b.Endpoint)
-	c.open(sh, b, kh, 1)
-}
-
-// open adds a new counter to sh, locked.
-func (c *Counts) open(sh *countShard, b Bucket, kh keyHour, n int64) {
-	sh.m[b] = n
+	sh.m[b] = t
 	sh.perKeyHour[kh]++
 	c.series.Add(1)
 }
 
-// putOverflow counts n requests in the hour's overflow counter, the one
-// place requests go once MaxSeries is reached: one per hour, so the
-// overflow stays bounded by the retention.
-func (c *Counts) putOverflow(hour int64, n int64) {
+// putOverflow adds t to the hour's overflow counter, the one place counts
+// go once MaxSeries is reached: one per hour, so the overflow stays bounded
+// by the retention.
+func (c *Counts) putOverflow(hour int64, t Tally) {
 	// A map of its own, with its own lock: the caller may hold a shard's.
 	c.overflowMu.Lock()
 	if c.overflow == nil {
-		c.overflow = map[int64]int64{}
+		c.overflow = map[int64]Tally{}
 	}
-	c.overflow[hour] += n
+	cur := c.overflow[hour]
+	cur.Add(t)
+	c.overflow[hour] = cur
 	c.overflowMu.Unlock()
 }
 
-// Put adds a saved counter, within the same bounds as Add.
-func (c *Counts) Put(b Bucket, n int64) {
+// Put adds a saved counter, within the same bounds as Add; a counter of
+// the key id Other goes to its hour's overflow.
+func (c *Counts) Put(b Bucket, t Tally) {
 	if b.KeyID == Other {
-		c.putOverflow(b.Hour, n)
+		c.putOverflow(b.Hour, t)
 		return
 	}
 	b.Method = Method(b.Method)
-	sh := &c.shards[maphash.String(c.seed, b.KeyID)%shards]
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if _, ok := sh.m[b]; ok {
-		sh.m[b] += n
-		return
-	}
-	kh := keyHour{b.KeyID, b.Hour}
-	if sh.perKeyHour[kh] >= MaxEndpointsPerKeyHour && b.Endpoint != Other {
-		b.Endpoint = Other
-		if _, ok := sh.m[b]; ok {
-			sh.m[b] += n
-			return
-		}
-	}
-	if c.series.Load() >= MaxSeries {
-		c.putOverflow(b.Hour, n)
-		return
-	}
-	c.open(sh, b, kh, n)
+	c.count(b, t, false)
 }
 
-// Each calls fn for every counter, shard by shard, then the overflow.
-func (c *Counts) Each(fn func(Bucket, int64)) {
+// Each calls fn for every counter, shard by shard, then the overflow's,
+// under the key id Other. fn must not call c's methods.
+func (c *Counts) Each(fn func(Bucket, Tally)) {
 	for i := range c.shards {
 		sh := &c.shards[i]
 		sh.mu.Lock()
-		for b, n := range sh.m {
-			fn(b, n)
+		for b, t := range sh.m {
+			fn(b, t)
 		}
 		sh.mu.Unlock()
 	}
 	c.overflowMu.Lock()
 	defer c.overflowMu.Unlock()
-	for hour, n := range c.overflow {
-		fn(Bucket{KeyID: Other, Service: Other, Method: OtherMethod, Endpoint: Other, Hour: hour}, n)
+	for hour, t := range c.overflow {
+		fn(Bucket{KeyID: Other, Service: Other, Method: OtherMethod, Endpoint: Other, Hour: hour}, t)
 	}
 }
 
@@ -243,19 +269,33 @@ type Query struct {
 
 // Row is one line of a usage report.
 type Row struct {
-	Time     time.Time `json:"time"`
-	KeyID    string    `json:"key_id"`
-	Service  string    `json:"service"`
-	Method   string    `json:"method"`
-	Endpoint string    `json:"endpoint"`
-	Requests int64     `json:"requests"`
+	Time             time.Time `json:"time"`
+	KeyID            string    `json:"key_id"`
+	Service          string    `json:"service"`
+	Method           string    `json:"method"`
+	Endpoint         string    `json:"endpoint"`
+	Requests         int64     `json:"requests"`
+	PromptTokens     int64     `json:"prompt_tokens,omitempty"`
+	CompletionTokens int64     `json:"completion_tokens,omitempty"`
+}
+
+// sortedRows makes the rows of sums, sorted.
+func sortedRows(sums map[Bucket]Tally) []Row {
+	rows := make([]Row, 0, len(sums))
+	for b, t := range sums {
+		rows = append(rows, Row{Time: time.Unix(b.Hour, 0).UTC(), KeyID: b.KeyID, Service: b.Service,
+			Method: b.Method, Endpoint: b.Endpoint,
+			Requests: t.Requests, PromptTokens: t.PromptTokens, CompletionTokens: t.CompletionTokens})
+	}
+	SortRows(rows)
+	return rows
 }
 
 // Report answers a query, sorted by time, key, service, method, endpoint.
 func (c *Counts) Report(q Query) []Row {
-	sums := map[Bucket]int64{}
+	sums := map[Bucket]Tally{}
 	from, to := q.From.Unix(), q.To.Unix()
-	c.Each(func(b Bucket, n int64) {
+	c.Each(func(b Bucket, t Tally) {
 		if (q.KeyID != "" && b.KeyID != q.KeyID) || (q.Service != "" && b.Service != q.Service) ||
 			b.Hour < from/3600*3600 || b.Hour >= to {
 			return
@@ -263,15 +303,11 @@ func (c *Counts) Report(q Query) []Row {
 		if q.ByDay {
 			b.Hour = b.Hour / 86400 * 86400
 		}
-		sums[b] += n
+		sum := sums[b]
+		sum.Add(t)
+		sums[b] = sum
 	})
-	rows := make([]Row, 0, len(sums))
-	for b, n := range sums {
-		rows = append(rows, Row{Time: time.Unix(b.Hour, 0).UTC(), KeyID: b.KeyID, Service: b.Service,
-			Method: b.Method, Endpoint: b.Endpoint, Requests: n})
-	}
-	SortRows(rows)
-	return rows
+	return sortedRows(sums)
 }
 
 // SortRows sorts rows as Report does: by time, key, service, method,
