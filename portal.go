@@ -250,7 +250,9 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 		if p.User == "" {
 			user, _ = repl.GetString("http.auth.user.id")
 		} else {
-			user = repl.ReplaceKnown(p.User, "")
+			// Unknown placeholders become "", so a typo or a missing
+			// header is no identity, never a shared one.
+			user = repl.ReplaceAll(p.User, "")
 		}
 	}
 	if r.Method == http.MethodPost {

@@ -3,6 +3,7 @@ package apikey
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -564,5 +565,115 @@ func TestPortalOnRedis(t *testing.T) {
 	}
 	if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+secret); r.status != 401 || r.err.Code != "revoked_key" {
 		t.Fatalf("%s after revocation: %d %s", id, r.status, r.err.Code)
+	}
+}
+
+// TestPortalReviewFindings: what an outside review broke, each now held.
+func TestPortalReviewFindings(t *testing.T) {
+	base, keys, _ := portalSite(t, "\t\t\tapprove_prod\n\t\t\tmax_keys 3\n\t\t\tcustom_permissions")
+	alice, admin := newVisitor(t, base, "alice"), newVisitor(t, base, "admin")
+	store := keyfile.NewStore(keys)
+	ctx := context.Background()
+
+	// An operator's admin key, 12 hours long, given to alice; an expired
+	// key of hers; and 1,200 revoked ones whose ids sort first.
+	op := newKey(t, keystore.Dev, keystore.Record{ID: "k_operator", Type: "dev", Role: "admin", Services: []string{"*"}, Owner: "alice",
+		ExpiresAt: time.Now().Add(12 * time.Hour).UTC().Format(time.RFC3339)})
+	old := newKey(t, keystore.Dev, keystore.Record{ID: "k_expired", Type: "dev", Role: "reader", Services: []string{"echo"}, Owner: "alice",
+		ExpiresAt: time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)})
+	records := []keystore.Record{op.record, old.record}
+	for i := range 1200 {
+		records = append(records, newKey(t, keystore.Dev, keystore.Record{ID: fmt.Sprintf("k_0old%04d", i), Type: "dev", Role: "reader",
+			Owner: "alice", Revoked: true, CreatedAt: "2020-01-01T00:00:00Z"}).record)
+	}
+	data, _ := json.Marshal(map[string]any{"keys": records})
+	if err := os.WriteFile(keys, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := alice.post("/portal/keys/k_operator/rotate", url.Values{}); status != http.StatusOK {
+		t.Fatalf("rotating k_operator: %d", status)
+	}
+	if rec, _ := store.Get(ctx, "k_operator"); rec.ExpiresAt != op.record.ExpiresAt {
+		t.Errorf("rotation moved the operator's expiry from %s to %s", op.record.ExpiresAt, rec.ExpiresAt)
+	}
+
+	// An expired key cannot be brought back by rotating it.
+	if status, body := alice.post("/portal/keys/k_expired/rotate", url.Values{}); status != http.StatusConflict || shownKey.MatchString(body) {
+		t.Errorf("rotating an expired key: %d, want 409 and no key", status)
+	}
+
+	// Revoked records, however many, do not hide working keys from max_keys.
+	id1, _ := alice.create(devForm()) // working: k_operator, and this one
+	id2, _ := alice.create(devForm())
+	if status, body := alice.post("/portal/keys", devForm()); status != http.StatusForbidden {
+		t.Fatalf("a fourth working key past max_keys 3 behind 1,200 revoked records: %d %q", status, errorText(body))
+	}
+
+	// Names and permissions with control characters, or that the record
+	// format refuses, are refused naming the field.
+	for _, c := range []struct {
+		form  url.Values
+		field string
+	}{
+		{devForm("name", "a\x1b[31mred"), "name"},
+		{devForm("name", "a\u202eb"), "name"},
+		{devForm("role", "custom", "permissions", "GET /echo/* DELETE"), "permissions"},
+		{devForm("role", "reader", "permissions", "POST /echo/*"), "permissions"},
+	} {
+		if status, body := alice.post("/portal/keys/k_operator", c.form); status != http.StatusBadRequest || !strings.Contains(errorText(body), c.field) {
+			t.Errorf("%v: %d %q, want 400 naming %s", c.form, status, errorText(body), c.field)
+		}
+	}
+
+	// A production key cannot be changed while it waits, and its later
+	// changes need approval again.
+	for _, id := range []string{id1, id2} {
+		if status, _ := alice.post("/portal/keys/"+id+"/revoke", url.Values{}); status != http.StatusOK {
+			t.Fatalf("revoking %s: %d", id, status)
+		}
+	}
+	pid, psecret := alice.create(devForm("type", "prod"))
+	if status, _ := alice.post("/portal/keys/"+pid, devForm("role", "writer", "services", "echo|other")); status != http.StatusConflict {
+		t.Errorf("editing a pending key: %d, want 409", status)
+	}
+	admin.post("/portal/admin/keys/"+pid+"/approve", url.Values{})
+	if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+psecret); r.status != 200 {
+		t.Fatalf("approved %s: %d", pid, r.status)
+	}
+	if status, _ := alice.post("/portal/keys/"+pid, devForm("role", "writer")); status != http.StatusSeeOther {
+		t.Fatalf("editing approved %s: %d", pid, status)
+	}
+	if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+psecret); r.status != 403 || r.err.Reason != "pending_approval" {
+		t.Errorf("%s after its permissions changed: %d %q, want 403 pending_approval", pid, r.status, r.err.Reason)
+	}
+
+	// Revoking twice is refused, and audited once.
+	alice.post("/portal/keys/"+pid+"/revoke", url.Values{})
+	if status, _ := alice.post("/portal/keys/"+pid+"/revoke", url.Values{}); status != http.StatusConflict {
+		t.Errorf("revoking %s twice: %d, want 409", pid, status)
+	}
+
+	// The playground without a key shows the gateway's answer as it is.
+	status, body := alice.post("/portal/playground", url.Values{"service": {"echo"}, "method": {"GET"}, "path": {"/echo/hello"}, "key": {""}})
+	if status != 200 || !strings.Contains(body, "missing_key") || strings.Contains(body, "…{") {
+		t.Errorf("playground without a key: %d, body garbled or missing", status)
+	}
+	// A malformed key is not sent (it would count against the portal's address).
+	if _, body := alice.post("/portal/playground", url.Values{"service": {"echo"}, "method": {"GET"}, "path": {"/echo/hello"}, "key": {"DEV_API_short"}}); !strings.Contains(body, "Not sent") {
+		t.Error("a malformed key was sent from the playground")
+	}
+}
+
+// TestPortalUnknownUserPlaceholder: a user placeholder that resolves to
+// nothing (a typo, a header that is missing) is no identity, never one
+// shared by every visitor.
+func TestPortalUnknownUserPlaceholder(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys.json")
+	os.WriteFile(keys, []byte(`{"keys": []}`), 0o600)
+	port := freePort(t)
+	startCaddy(t, fmt.Sprintf("{\n\tadmin off\n}\nhttp://127.0.0.1:%d {\n\tapikey_portal {\n\t\tuser {http.auth.user.email}\n\t\tkeys file %s\n\t\tservice echo /echo/hello\n\t}\n}\n", port, keys))
+	if r := send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/portal/keys", port)); r.status != http.StatusUnauthorized {
+		t.Fatalf("an unresolved user placeholder: %d, want 401", r.status)
 	}
 }

@@ -12,6 +12,10 @@ import (
 // adminPageSize is how many keys the admin page lists at a time.
 const adminPageSize = 100
 
+// pendingScan is how many records the admin page reads looking for keys
+// that wait for approval.
+const pendingScan = 100_000
+
 // auditShown is how many of the audit log's last entries the admin page shows.
 const auditShown = 50
 
@@ -37,18 +41,18 @@ func (v *visit) adminPage() {
 	for i, rec := range page.Records {
 		keys[i] = v.view(rec, used)
 	}
-	// Keys waiting for approval, from the first records of the store.
+	// Keys waiting for approval, among the store's first pendingScan
+	// records (in id order).
 	var pending []keyView
 	if v.s.policy.ApproveProd {
-		recs, err := v.s.ownRecords(ctx, "")
+		err := v.s.eachRecord(ctx, "", pendingScan, func(rec keystore.Record) {
+			if rec.Pending && !rec.Revoked && len(pending) < adminPageSize {
+				pending = append(pending, v.view(rec, used))
+			}
+		})
 		if err != nil {
 			v.storeFailed(err)
 			return
-		}
-		for _, rec := range recs {
-			if rec.Pending && !rec.Revoked {
-				pending = append(pending, v.view(rec, used))
-			}
 		}
 	}
 	var trail []auditLine

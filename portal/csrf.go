@@ -61,7 +61,10 @@ func checkPost(r *http.Request, token string) error {
 		return errors.New("Your session's form token is missing (cookies may be blocked). Reload the page and try again.")
 	}
 	if err := r.ParseMultipartForm(1 << 20); err != nil && !errors.Is(err, http.ErrNotMultipart) {
-		return errors.New("The form could not be read.")
+		return errors.New("The form could not be read (it may be too large).")
+	}
+	if err := r.ParseForm(); err != nil {
+		return errors.New("The form could not be read (it may be too large).")
 	}
 	sent := r.PostFormValue(csrfField)
 	if subtle.ConstantTimeCompare([]byte(sent), []byte(c.Value)) != 1 {

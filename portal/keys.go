@@ -51,9 +51,16 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 	if kv.Status == keystore.StatusActive && !k.ExpiresAt.IsZero() && k.ExpiresAt.Sub(now) < expiringSoon {
 		kv.Status, kv.StatusText = "expiring", "expiring soon"
 	}
-	for _, p := range k.Previous {
-		if now.Before(p.ValidUntil) && p.ValidUntil.Format(time.RFC3339) > kv.GraceUntil {
-			kv.GraceUntil = p.ValidUntil.UTC().Format("2006-01-02 15:04 UTC")
+	// A revoked or expired key has no working old secret to announce.
+	if kv.Status != keystore.StatusRevoked && kv.Status != keystore.StatusExpired {
+		var until time.Time
+		for _, p := range k.Previous {
+			if now.Before(p.ValidUntil) && p.ValidUntil.After(until) {
+				until = p.ValidUntil
+			}
+		}
+		if !until.IsZero() {
+			kv.GraceUntil = until.UTC().Format("2006-01-02 15:04 UTC")
 		}
 	}
 	if t, ok := lastUsed[rec.ID]; ok {
@@ -77,27 +84,47 @@ func day(rfc3339 string) string {
 	return ""
 }
 
-// ownRecords are the records of owner (every record, for owner ""), newest
-// first, at most maxOwnKeys.
+// ownRecords are owner's records, the newest maxOwnKeys of them, newest
+// first; every one of their records is read, so that none is missed
+// however many revoked ones came before.
 func (s *Server) ownRecords(ctx context.Context, owner string) ([]keystore.Record, error) {
 	var recs []keystore.Record
+	newestFirst := func(a, b keystore.Record) int { return strings.Compare(b.CreatedAt, a.CreatedAt) }
+	err := s.eachRecord(ctx, owner, 0, func(rec keystore.Record) {
+		recs = append(recs, rec)
+		if len(recs) >= 2*maxOwnKeys {
+			slices.SortStableFunc(recs, newestFirst)
+			recs = recs[:maxOwnKeys]
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(recs, newestFirst)
+	return recs[:min(len(recs), maxOwnKeys)], nil
+}
+
+// eachRecord calls fn with every record of owner (of every owner for ""),
+// page by page, up to limit records (0: all).
+func (s *Server) eachRecord(ctx context.Context, owner string, limit int, fn func(keystore.Record)) error {
 	q := keystore.ListQuery{Owner: owner, Limit: keystore.MaxListLimit}
+	n := 0
 	for {
 		page, err := s.backend.Store.List(ctx, q)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		recs = append(recs, page.Records...)
-		if page.Next == "" || len(recs) >= maxOwnKeys {
-			break
+		for _, rec := range page.Records {
+			fn(rec)
+			if n++; limit > 0 && n >= limit {
+				return nil
+			}
+		}
+		if page.Next == "" {
+			return nil
 		}
 		q.After = page.Next
 	}
-	if owner == "" {
-		return recs, nil
-	}
-	slices.SortStableFunc(recs, func(a, b keystore.Record) int { return strings.Compare(b.CreatedAt, a.CreatedAt) })
-	return recs[:min(len(recs), maxOwnKeys)], nil
 }
 
 // lastUsed is, per key, the last hour it was used in, within the usage
@@ -234,16 +261,17 @@ func (v *visit) create() {
 	mu, _ := v.s.creating.LoadOrStore(v.user, new(sync.Mutex))
 	mu.(*sync.Mutex).Lock()
 	defer mu.(*sync.Mutex).Unlock()
-	recs, err := v.s.ownRecords(v.r.Context(), v.user)
+	n := 0
+	err = v.s.eachRecord(v.r.Context(), v.user, 0, func(rec keystore.Record) {
+		if st := v.statusOf(rec); st != keystore.StatusRevoked && st != keystore.StatusExpired {
+			n++
+		}
+	})
 	if err != nil {
 		v.storeFailed(err)
 		return
 	}
-	views := make([]keyView, len(recs))
-	for i, rec := range recs {
-		views[i] = keyView{Status: v.statusOf(rec)}
-	}
-	if n := working(views); n >= v.s.policy.MaxKeys {
+	if n >= v.s.policy.MaxKeys {
 		v.newKeyForm(refuse("keys", "you already hold %d working keys, the most allowed; revoke one first", n), http.StatusForbidden)
 		return
 	}
@@ -264,7 +292,7 @@ func (v *visit) create() {
 		}
 	}
 	if err != nil {
-		v.storeFailed(err)
+		v.changeFailed("", readForm(v.r), err)
 		return
 	}
 	v.changed(rec.ID, audit.Entry{"event": "key.created", "key_id": rec.ID, "type": rec.Type, "role": rec.Role,
@@ -330,12 +358,20 @@ func (v *visit) edit(id string) {
 		if rec.Revoked {
 			return refuse("key", "is revoked; a revoked key cannot be changed")
 		}
+		if rec.Pending && !v.admin {
+			// What the administrator approves must be what they saw.
+			return refuse("key", "waits for approval, and cannot be changed until it is approved")
+		}
 		if !v.admin && !v.s.policy.withinPolicy(*rec) {
 			// A key an operator gave more than the policy allows is
 			// theirs to change, not the developer's.
 			return refuse("key", "was given more than the portal's policy allows, so only an operator may change it")
 		}
 		rec.Name, rec.Role, rec.Services, rec.Permissions, rec.AllowedIPs = g.name, g.role.String(), g.services, g.permissions, g.allowedIPs
+		if rec.Type == keystore.Prod.String() && v.s.policy.ApproveProd && !v.admin {
+			// A production key's new permissions need approval too.
+			rec.Pending = true
+		}
 		return nil
 	})
 	if err != nil {
@@ -365,9 +401,15 @@ func (v *visit) rotate(id string) {
 		if r.Revoked {
 			return refuse("key", "is revoked; a revoked key cannot be rotated")
 		}
-		if r.ExpiresAt != "" {
+		if exp, err := time.Parse(time.RFC3339, r.ExpiresAt); err == nil && !now.Before(exp) {
+			// Rotating must not bring an expired key (or its old secret)
+			// back, nor get round max_keys.
+			return refuse("key", "has expired; create a new key instead")
+		}
+		if r.ExpiresAt != "" && (v.admin || v.s.policy.withinPolicy(*r)) {
 			// The new secret gets a whole lifetime: rotating is how a
-			// key is kept.
+			// key is kept. Not for a key an operator gave more than the
+			// policy allows: its expiry is the operator's.
 			r.ExpiresAt = now.Add(v.s.policy.Expiry).Format(time.RFC3339)
 		}
 		rec = *r
@@ -391,7 +433,15 @@ func (v *visit) confirmRevoke(id string) {
 }
 
 func (v *visit) revoke(id string) {
-	err := keystore.Revoke(v.r.Context(), v.s.backend.Store, id, func(r keystore.Record) error { return v.mine(&r) })
+	err := keystore.Revoke(v.r.Context(), v.s.backend.Store, id, func(r keystore.Record) error {
+		if err := v.mine(&r); err != nil {
+			return err
+		}
+		if r.Revoked {
+			return refuse("key", "is revoked already")
+		}
+		return nil
+	})
 	if err != nil {
 		v.changeFailed(id, keyForm{}, err)
 		return

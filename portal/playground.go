@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
 // The playground sends one request through the gateway with a key the
@@ -72,6 +74,14 @@ func (v *visit) try() {
 	case len(f.Body) > maxTryBody:
 		v.playground(&tryResult{Explanation: fmt.Sprintf("The body is longer than the playground sends (%d KiB).", maxTryBody>>10)}, f)
 		return
+	}
+	if key != "" {
+		if _, ok := keystore.Check(key); !ok {
+			// Not sent: the gateway would refuse it, and count the
+			// failure against the portal's own address.
+			v.playground(&tryResult{Explanation: "Not sent: this is not a whole key. A key starts with DEV_API_ or PROD_API_ and ends with a checksum; copy it again, whole."}, f)
+			return
+		}
 	}
 	res, err := v.s.send(v.r, svc, f, key)
 	if err != nil {
@@ -148,7 +158,7 @@ func (s *Server) send(r *http.Request, svc Service, f tryForm, key string) (*try
 	resp, err := client.Do(req)
 	if err != nil {
 		// The error names the URL, never the key (it is in a header).
-		return nil, errors.New(strings.ReplaceAll(err.Error(), key, "…"))
+		return nil, errors.New(redact(err.Error(), key))
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxShownBody+1))
@@ -156,7 +166,7 @@ func (s *Server) send(r *http.Request, svc Service, f tryForm, key string) (*try
 	if len(data) > maxShownBody {
 		data, res.Cut = data[:maxShownBody], true
 	}
-	res.Body = strings.ReplaceAll(string(data), key, "…")
+	res.Body = redact(string(data), key)
 	for _, name := range shownHeaders {
 		if val := resp.Header.Get(name); val != "" {
 			res.Headers = append(res.Headers, [2]string{name, val})
@@ -164,6 +174,15 @@ func (s *Server) send(r *http.Request, svc Service, f tryForm, key string) (*try
 	}
 	res.Explanation = explain(resp, data, key == "", s.now())
 	return res, nil
+}
+
+// redact removes the key from what the page shows, should an upstream
+// echo it.
+func redact(s, key string) string {
+	if key == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, key, "…")
 }
 
 func hostOnly(hostport string) string {
@@ -215,6 +234,9 @@ func explain(resp *http.Response, body []byte, noKey bool, now time.Time) string
 		case "quota_exceeded":
 			return "429: the key's daily quota is used up; it resets " + when + "."
 		case "rate_limited":
+			if reason == "failed_auth" {
+				return "429: the address sending the request is throttled after too many failed keys; this is the portal's own address, shared by every developer using the playground, not your key. Try again " + when + ", or call the gateway directly."
+			}
 			return "429: the key sent requests faster than its rate allows; it may send again " + when + "."
 		}
 		return "429: too many requests (" + code + "); try again " + when + "."

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
@@ -179,8 +181,13 @@ func refuse(field, format string, args ...any) error {
 func (p *Policy) checkForm(f keyForm, creating bool) (grant, error) {
 	var g grant
 	g.name = strings.TrimSpace(f.Name)
-	if len(g.name) > 200 {
-		return g, refuse("name", "is %d characters long; at most 200", len(g.name))
+	if n := utf8.RuneCountInString(g.name); n > 200 || !utf8.ValidString(g.name) {
+		return g, refuse("name", "is %d characters long or not valid text; at most 200", n)
+	}
+	if hasControl(g.name) {
+		// Names are printed by caddy apikey list too, where a control
+		// character could forge a line.
+		return g, refuse("name", "has control or invisible formatting characters")
 	}
 	if creating {
 		t, err := keystore.ParseType(f.Type)
@@ -220,7 +227,7 @@ func (p *Policy) checkForm(f keyForm, creating bool) (grant, error) {
 		}
 		method, path, ok := strings.Cut(line, " ")
 		method, path = strings.ToUpper(method), strings.TrimSpace(path)
-		if !ok || !strings.HasPrefix(path, "/") || len(line) > 512 {
+		if !ok || !strings.HasPrefix(path, "/") || len(line) > 512 || strings.ContainsAny(path, " \t") || hasControl(line) {
 			return g, refuse("permissions", "%q is not \"METHOD /path\" (e.g. GET /ollama/api/*)", line)
 		}
 		if !p.methodWithin(method) {
@@ -233,6 +240,16 @@ func (p *Policy) checkForm(f keyForm, creating bool) (grant, error) {
 	}
 	if len(g.permissions) > 0 && !p.CustomPermissions {
 		return g, refuse("permissions", "your operator does not let developers set permissions")
+	}
+	if role != keystore.Custom && len(g.permissions) > 0 {
+		// Permissions narrow a role: each must allow something the role
+		// allows, or the key could do nothing with it.
+		for _, perm := range g.permissions {
+			method, _, _ := strings.Cut(perm, " ")
+			if !roleAllows(role, method) {
+				return g, refuse("permissions", "%s is beyond the %s role; choose a higher role or custom", method, role)
+			}
+		}
 	}
 	for _, line := range splitLines(strings.ReplaceAll(f.AllowedIPs, ",", "\n")) {
 		if len(g.allowedIPs) == maxAllowedIPs {
@@ -248,20 +265,26 @@ func (p *Policy) checkForm(f keyForm, creating bool) (grant, error) {
 		}
 		return g, refuse("allowed_ips", "%q is not an address or a CIDR range such as 203.0.113.0/24", clip(line, 60))
 	}
+	// The store checks every record it writes; check the same way here,
+	// so a refusal names the field rather than failing the write.
+	check := keystore.Record{ID: "k_check", Hash: checkHash, Name: g.name, Role: g.role.String(), Services: g.services,
+		Permissions: g.permissions, AllowedIPs: g.allowedIPs}
+	if _, err := keystore.Compile(check); err != nil {
+		var fe *keystore.FieldError
+		if errors.As(err, &fe) {
+			return g, refuse(strings.TrimRightFunc(fe.Field, func(r rune) bool { return r == ']' || r == '[' || ('0' <= r && r <= '9') }), "%v", fe.Err)
+		}
+		return g, refuse("key", "%v", err)
+	}
 	return g, nil
 }
 
+// checkHash is a well-formed hash for checking a form's record.
+var checkHash = keystore.Sum("DEV_API_form_check").Encode()
+
 // methodWithin reports whether a permission's method stays within the
 // highest role a developer may give.
-func (p *Policy) methodWithin(method string) bool {
-	switch method {
-	case "GET", "HEAD", "OPTIONS":
-		return true
-	case "POST", "PUT", "PATCH":
-		return p.MaxRole >= keystore.Writer
-	}
-	return p.MaxRole >= keystore.Admin
-}
+func (p *Policy) methodWithin(method string) bool { return roleAllows(p.MaxRole, method) }
 
 func (p *Policy) typeNames() string {
 	names := make([]string, len(p.Types))
@@ -287,4 +310,21 @@ func clip(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// roleAllows reports whether a role's own methods include method.
+func roleAllows(r keystore.Role, method string) bool {
+	switch method {
+	case "GET", "HEAD", "OPTIONS":
+		return true
+	case "POST", "PUT", "PATCH":
+		return r >= keystore.Writer
+	}
+	return r >= keystore.Admin
+}
+
+// hasControl reports control characters and invisible formatting ones
+// (bidirectional overrides among them).
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) })
 }

@@ -121,7 +121,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request, user string) 
 		s.fail(w, r, nil, http.StatusNotFound, "There is no portal page here.")
 		return
 	}
-	if strings.HasPrefix(path, "/assets/") && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+	if strings.HasPrefix(path, "/assets/") && !strings.HasSuffix(path, "/") && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		w.Header().Set("Cache-Control", "no-cache")
 		s.assets.ServeHTTP(w, r)
 		return

@@ -40,7 +40,7 @@ func (s *Server) snippets(key, baseURL string, rec keystore.Record) []snippet {
 			out = append(out, snippet{name, "python", "Python (Ollama SDK)",
 				"from ollama import Client\n\nclient = Client(host=" + q(root) + ", headers={" + q(svc.Header) + ": " + q(value) + "})\nprint(client.list())"})
 		}
-		if bearer {
+		if bearer && strings.Contains(svc.Path, "/v1/") {
 			out = append(out,
 				snippet{name, "typescript", "TypeScript (OpenAI SDK)",
 					"import OpenAI from \"openai\";\n\nconst client = new OpenAI({ baseURL: " + q(root+"/v1") + ", apiKey: " + q(key) + " });\nconsole.log(await client.models.list());"},
