@@ -110,6 +110,11 @@ func main() {
 	out := flag.String("out", "bench/results.md", "results file")
 	only := flag.String("configs", "a,h,b,c,d,e,f", "configurations to run")
 	profile := flag.String("profile", "b,e", "configurations whose last run is CPU-profiled, written to bench/profile-<config>.txt")
+	stream := flag.Bool("stream", false, "run the streaming configurations (s0-s3: event streams with and without token counting) instead, and write their section of -out")
+	streamOnly := flag.String("stream-configs", "s0,s1,s2,s3", "streaming configurations to run, with -stream")
+	streamConcurrency := flag.Int("stream-concurrency", 4, "streams in flight, with -stream")
+	chunks := flag.Int("chunks", defaultChunks, "content chunks per stream, with -stream")
+	gap := flag.Duration("chunk-gap", 0, "pause of the upstream between chunks, with -stream (0: as fast as it can)")
 	flag.Parse()
 
 	work, err := os.MkdirTemp("", "caddy-apikey-bench-")
@@ -120,6 +125,13 @@ func main() {
 	bin := filepath.Join(work, "caddy")
 	run(exec.Command("go", "build", "-o", bin, "./cmd/caddy"))
 	version, _ := exec.Command(bin, "version").Output()
+
+	if *stream {
+		runStream(bin, work, streamOptions{chunks: *chunks, concurrency: *streamConcurrency, nkeys: *nkeys, gap: *gap,
+			warmup: *warmup, duration: *duration, rounds: *rounds, only: strings.Split(*streamOnly, ","),
+			profile: strings.Split(*profile, ","), out: *out, version: strings.TrimSpace(string(version))})
+		return
+	}
 
 	upstream := startUpstream()
 	keyFile, records, auths := writeKeys(work, *nkeys)
@@ -197,17 +209,22 @@ func startUpstream() string {
 // use up: it is spread over all of them) and returns the key file, the
 // records and the requests' headers.
 func writeKeys(dir string, n int) (string, []keystore.Record, []string) {
+	return writeKeysAs(dir, "keys.json", "reader", n)
+}
+
+// writeKeysAs is writeKeys with the keys' role and the file's name.
+func writeKeysAs(dir, name, role string, n int) (string, []keystore.Record, []string) {
 	records := make([]keystore.Record, n)
 	auths := make([]string, n)
 	for i := range records {
 		k, err := keystore.Generate(keystore.Dev)
 		check(err)
-		records[i] = keystore.Record{ID: fmt.Sprintf("k_bench_%04d", i), Hash: keystore.Sum(k).Encode(), Role: "reader", Services: []string{"*"}}
+		records[i] = keystore.Record{ID: fmt.Sprintf("k_bench_%04d", i), Hash: keystore.Sum(k).Encode(), Role: role, Services: []string{"*"}}
 		auths[i] = "Bearer " + k
 	}
 	data, err := json.Marshal(map[string]any{"keys": records})
 	check(err)
-	path := filepath.Join(dir, "keys.json")
+	path := filepath.Join(dir, name)
 	check(os.WriteFile(path, data, 0o600))
 	return path, records, auths
 }
@@ -279,35 +296,9 @@ func waitPort(addr string) {
 // and stops it. Each run has its own data directory, so counts start at zero.
 func runConfig(bin, work string, c config, upstream, keyFile, redisAddr, hash string,
 	header func(int) (string, string), nkeys, concurrency int, warmup, duration time.Duration, profileTo string) result {
-	dir, err := os.MkdirTemp(work, c.name+"-")
-	check(err)
-	defer os.RemoveAll(dir)
-	port, adminPort := freePort(), freePort()
-	admin := "off"
-	if profileTo != "" {
-		admin = fmt.Sprintf("127.0.0.1:%d", adminPort) // for /debug/pprof
-	}
-	site := fmt.Sprintf("{\n\tadmin "+admin+"\n\tpersist_config off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\nhttp://127.0.0.1:%[1]d {"+c.caddyfile+"\n}\n",
-		port, upstream, keyFile, redisAddr, hash)
-	cfg := filepath.Join(dir, "Caddyfile")
-	check(os.WriteFile(cfg, []byte(site), 0o600))
-	cmd := exec.Command(bin, "run", "--config", cfg, "--adapter", "caddyfile")
-	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	check(cmd.Start())
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	}()
+	cmd, port, adminPort, stop := startCaddy(bin, work, c.name, c.caddyfile, profileTo != "", upstream, keyFile, redisAddr, hash)
+	defer stop()
 	url := fmt.Sprintf("http://127.0.0.1:%d/api/tags", port)
-	waitPort(fmt.Sprintf("127.0.0.1:%d", port))
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: concurrency, MaxConnsPerHost: concurrency, DisableCompression: true}}
 	if strings.Contains(c.caddyfile, "keys redis") {
@@ -355,6 +346,42 @@ func runConfig(bin, work string, c config, upstream, keyFile, redisAddr, hash st
 	return r
 }
 
+// startCaddy starts Caddy in a data directory of its own with a site on a
+// free port whose body is the template body (see config.caddyfile), with
+// the admin endpoint on (for /debug/pprof) when admin is set, and waits
+// for it to listen. stop ends it and removes the directory.
+func startCaddy(bin, work, name, body string, admin bool, args ...any) (cmd *exec.Cmd, port, adminPort int, stop func()) {
+	dir, err := os.MkdirTemp(work, name+"-")
+	check(err)
+	port, adminPort = freePort(), freePort()
+	adminAddr := "off"
+	if admin {
+		adminAddr = fmt.Sprintf("127.0.0.1:%d", adminPort)
+	}
+	site := fmt.Sprintf("{\n\tadmin "+adminAddr+"\n\tpersist_config off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\nhttp://127.0.0.1:%[1]d {"+body+"\n}\n",
+		append([]any{port}, args...)...)
+	cfg := filepath.Join(dir, "Caddyfile")
+	check(os.WriteFile(cfg, []byte(site), 0o600))
+	cmd = exec.Command(bin, "run", "--config", cfg, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	check(cmd.Start())
+	stop = func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		os.RemoveAll(dir)
+	}
+	waitPort(fmt.Sprintf("127.0.0.1:%d", port))
+	return cmd, port, adminPort, stop
+}
+
 // fetchProfile takes a CPU profile through Caddy's admin endpoint.
 func fetchProfile(url string) []byte {
 	resp, err := http.Get(url)
@@ -373,12 +400,23 @@ func fetchProfile(url string) []byte {
 
 // writeProfile writes a profile's top functions as text.
 func writeProfile(bin string, data []byte, to string) {
+	// The handler's own share first (under apikey's ServeHTTP, leaving out
+	// reverse_proxy, which it calls), then the whole process.
+	writeProfileFocus(bin, data, to, `apikey\.\(\*Handler\)\.ServeHTTP`, "reverseproxy",
+		"The apikey handler's own work (-focus apikey.(*Handler).ServeHTTP -ignore reverseproxy)")
+}
+
+// writeProfileFocus writes the top functions under focus (less those under
+// ignore, when set), then those of the whole process, as text.
+func writeProfileFocus(bin string, data []byte, to, focus, ignore, title string) {
 	raw := to + ".pb.gz"
 	check(os.WriteFile(raw, data, 0o644))
 	defer os.Remove(raw)
-	// The handler's own share first (under apikey's ServeHTTP, leaving out
-	// reverse_proxy, which it calls), then the whole process.
-	mine, err := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount", "30", "-focus", `apikey\.\(\*Handler\)\.ServeHTTP`, "-ignore", "reverseproxy", bin, raw).CombinedOutput()
+	args := []string{"tool", "pprof", "-top", "-cum", "-nodecount", "30", "-focus", focus}
+	if ignore != "" {
+		args = append(args, "-ignore", ignore)
+	}
+	mine, err := exec.Command("go", append(args, bin, raw)...).CombinedOutput()
 	if err != nil {
 		log.Printf("pprof: %v\n%s", err, mine)
 		return
@@ -388,7 +426,7 @@ func writeProfile(bin string, data []byte, to string) {
 		log.Printf("pprof: %v\n%s", err, all)
 		return
 	}
-	out := append([]byte("# The apikey handler's own work (-focus apikey.(*Handler).ServeHTTP -ignore reverseproxy)\n\n"), mine...)
+	out := append([]byte("# "+title+"\n\n"), mine...)
 	out = append(out, []byte("\n# The whole Caddy process (-top -cum)\n\n")...)
 	out = append(out, all...)
 	check(os.WriteFile(to, out, 0o644))
@@ -509,6 +547,13 @@ func writeResults(path string, results map[string][]result, rounds, concurrency,
 	fmt.Fprintf(&b, "\nThe figure of record is Caddy's CPU time per request (user and system, read from /proc/<pid>/stat around each measured run) and its difference from (a) in the same round, the median over rounds; the ratio of requests/s to that round's (a) is beside it. On a shared 2-core machine absolute numbers drift; differences and ratios from interleaved runs hold.\n")
 	if note != "" {
 		fmt.Fprintf(&b, "\n%s\n", note)
+	}
+	// The streaming mode's sections, written by go run ./bench -stream,
+	// stay: they come last.
+	if old, err := os.ReadFile(path); err == nil {
+		if i := strings.Index(string(old), "\n"+streamHeading); i >= 0 {
+			fmt.Fprintf(&b, "%s", old[i:])
+		}
 	}
 	check(os.WriteFile(path, []byte(b.String()), 0o644))
 }
