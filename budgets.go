@@ -292,10 +292,13 @@ func (tw *tokenWriter) finish(call *llmCall) (prompt, completion, charged int64,
 		_, _ = tw.ResponseWriter.Write(rest)
 	}
 	prompt, completion, reported = tw.scan.Usage()
+	absurd := tw.scan.Absurd()
+	tw.scan.Release()
+	tw.scan = nil
 	switch {
 	case reported:
 		return prompt, completion, prompt + completion, true
-	case tw.status >= 400 && !tw.scan.Absurd():
+	case tw.status >= 400 && !absurd:
 		return 0, 0, 0, false
 	}
 	return 0, 0, call.reserve, false
@@ -306,11 +309,13 @@ func (tw *tokenWriter) finish(call *llmCall) (prompt, completion, charged int64,
 func (h *Handler) proxyLLM(w http.ResponseWriter, r *http.Request, next func(http.ResponseWriter, *http.Request) error, k *keystore.Key, t keystore.Type, call *llmCall, now time.Time) error {
 	tw := &tokenWriter{ResponseWriter: w, format: h.tokens.format, hide: call.hide}
 	err := next(tw, r)
+	answered := tw.scan != nil
+	absurd := answered && tw.scan.Absurd()
 	prompt, completion, charged, reported := tw.finish(call)
-	if tw.scan == nil && err != nil {
+	if !answered && err != nil {
 		charged = 0 // the upstream was not reached, or answered nothing
 	}
-	if tw.scan != nil && tw.scan.Absurd() {
+	if absurd {
 		h.logger.Warn("the upstream reported an impossible token count; the reservation was charged instead",
 			zap.String("key_id", k.ID), zap.Int64("reserved", call.reserve))
 	}

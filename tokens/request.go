@@ -131,6 +131,18 @@ func describe(err error) string {
 // ends with a usage chunk (stream_options.include_usage: true), keeping every
 // other field as it was.
 func AskUsage(body []byte) ([]byte, error) {
+	trimmed := bytes.TrimSpace(body)
+	if !bytes.Contains(body, []byte(`"stream_options"`)) && len(trimmed) > 1 && trimmed[len(trimmed)-1] == '}' {
+		// The common case, without decoding: add the field at the end.
+		// The body parsed as an object, so its last byte closes it.
+		out := make([]byte, 0, len(trimmed)+len(`,"stream_options":{"include_usage":true}`))
+		out = append(out, trimmed[:len(trimmed)-1]...)
+		if len(bytes.TrimSpace(trimmed[1:len(trimmed)-1])) > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, `"stream_options":{"include_usage":true}}`...)
+		return out, nil
+	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrNotJSON, describe(err))

@@ -3,6 +3,7 @@ package tokens
 import (
 	"bytes"
 	"encoding/json"
+	"sync"
 )
 
 // Bounds on what a Scanner keeps: the end of a plain answer (where both
@@ -39,7 +40,22 @@ type Scanner struct {
 // event stream (OpenAI) or NDJSON (Ollama) rather than one JSON document;
 // hide drops OpenAI's usage-only chunks from the stream.
 func NewScanner(f Format, stream, hide bool) *Scanner {
-	return &Scanner{format: f, stream: stream, hide: hide && stream && f == OpenAI}
+	s := scanners.Get().(*Scanner)
+	line, tail, out := s.line[:0], s.tail[:0], s.out[:0]
+	*s = Scanner{format: f, stream: stream, hide: hide && stream && f == OpenAI, line: line, tail: tail, out: out}
+	return s
+}
+
+// scanners keeps scanners, and the buffers they grew, for the next answers.
+var scanners = sync.Pool{New: func() any { return new(Scanner) }}
+
+// Release gives the scanner back for another answer; it must not be used
+// after. Buffers grown past maxLineSize are dropped rather than kept.
+func (s *Scanner) Release() {
+	if cap(s.line) > maxLineSize || cap(s.out) > maxLineSize {
+		s.line, s.out = nil, nil
+	}
+	scanners.Put(s)
 }
 
 // Feed reads p and returns the bytes to send to the client now: p itself,
