@@ -257,6 +257,10 @@ func (tw *tokenWriter) WriteHeader(status int) {
 		ct := tw.Header().Get("Content-Type")
 		stream := bytes.HasPrefix([]byte(ct), []byte("text/event-stream")) || bytes.HasPrefix([]byte(ct), []byte("application/x-ndjson"))
 		tw.scan = tokens.NewScanner(tw.format, stream, tw.hide)
+		if stream && tw.hide {
+			// A chunk may be dropped: the length announced would be wrong.
+			tw.Header().Del("Content-Length")
+		}
 	}
 	tw.ResponseWriter.WriteHeader(status)
 }
