@@ -30,6 +30,9 @@ const (
 	defaultMaxRequestBody = 1 << 20
 	// promptBytesPerToken estimates a prompt's tokens from its body's size.
 	promptBytesPerToken = 4
+	// maxReservation caps a reservation: more than any budget, within what
+	// the counter stores count exactly (2^53).
+	maxReservation = 1 << 50
 	// settleTimeout bounds the settlement, which runs after the client may
 	// have gone.
 	settleTimeout = 5 * time.Second
@@ -127,6 +130,7 @@ type llmCall struct {
 	policy  ratelimit.TokenPolicy
 	reserve int64
 	res     ratelimit.TokenResult
+	bodyLen int
 }
 
 // readLLMRequest reads the body of a request on a route with tokens, checks
@@ -161,18 +165,24 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 				}
 				call.hide = true
 			}
-			call.reserve = call.req.MaxTokens
+			// Clients send huge limits to mean "none" (2^53-1 from
+			// JavaScript): the sum saturates at maxReservation, which no
+			// budget holds, so such a request gets 429, not an error.
+			call.reserve = min(call.req.MaxTokens, maxReservation)
 			if call.reserve == 0 {
 				call.reserve = tl.maxTokens
 			}
-			call.reserve += (int64(len(body)) + promptBytesPerToken - 1) / promptBytesPerToken
+			call.reserve = min(call.reserve+(int64(len(body))+promptBytesPerToken-1)/promptBytesPerToken, maxReservation)
 		}
+		call.bodyLen = len(bytes.TrimSpace(body))
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 		r.TransferEncoding = nil
 		r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 	}
-	if call.req.Model != "" && !k.AllowsModel(call.req.Model) {
+	// A key limited to models must name one: an upstream that falls back
+	// to a default model would otherwise serve any.
+	if k.RestrictsModels() && call.bodyLen > 0 && !k.AllowsModel(call.req.Model) {
 		h.forbid(w, r, now, h.denials.model, k, t, p)
 		return nil
 	}

@@ -72,6 +72,8 @@ func openAIType(status int) string {
 		return "permission_error"
 	case http.StatusTooManyRequests:
 		return "rate_limit_error"
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+		return "invalid_request_error"
 	}
 	return "server_error"
 }

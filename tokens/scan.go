@@ -115,7 +115,7 @@ func (s *Scanner) readLines(p []byte, out *[]byte) {
 		}
 		keep := s.readLine(line)
 		if out != nil && keep {
-			*out = append(*out, line...)
+			*out = appendWithoutNullUsage(*out, line)
 		}
 		s.line = s.line[:0]
 	}
@@ -317,4 +317,18 @@ func numberAfter(text []byte, name string) (int64, bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// appendWithoutNullUsage appends an OpenAI stream line without the
+// "usage":null that include_usage adds to every chunk, so that a client
+// that did not ask for usage gets the chunks it would have got.
+func appendWithoutNullUsage(out, line []byte) []byte {
+	for {
+		i := bytes.Index(line, []byte(`,"usage":null`))
+		if i < 0 {
+			return append(out, line...)
+		}
+		out = append(out, line[:i]...)
+		line = line[i+len(`,"usage":null`):]
+	}
 }
