@@ -212,3 +212,33 @@ func BenchmarkScanStreamChunk(b *testing.B) {
 		})
 	}
 }
+
+// FuzzParseRequest: any body either parses or is refused with ErrNotJSON;
+// a body that parses can always be given include_usage, keeping its model.
+func FuzzParseRequest(f *testing.F) {
+	f.Add([]byte(`{"model":"m","stream":true,"max_tokens":5}`))
+	f.Add([]byte(`{"model":"m","stream_options":{"x":1},"options":{"num_predict":3}}`))
+	f.Add([]byte(` {} `))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		for _, format := range []Format{OpenAI, Ollama} {
+			r, err := ParseRequest(format, body)
+			if err != nil {
+				if !errors.Is(err, ErrNotJSON) {
+					t.Fatalf("%v is not ErrNotJSON", err)
+				}
+				continue
+			}
+			if r.MaxTokens < 0 {
+				t.Fatalf("negative max tokens %d", r.MaxTokens)
+			}
+			out, err := AskUsage(body)
+			if err != nil {
+				continue // e.g. "stream_options" that is not an object
+			}
+			again, err := ParseRequest(OpenAI, out)
+			if err != nil || !again.IncludeUsage || again.Model != r.Model {
+				t.Fatalf("AskUsage(%q) = %q: %+v %v", body, out, again, err)
+			}
+		}
+	})
+}
