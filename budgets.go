@@ -30,6 +30,8 @@ const (
 	defaultMaxRequestBody = 1 << 20
 	// promptBytesPerToken estimates a prompt's tokens from its body's size.
 	promptBytesPerToken = 4
+	// bodyReadTimeout bounds reading a request body on a route with tokens.
+	bodyReadTimeout = 30 * time.Second
 	// maxReservation caps a reservation: more than any budget, within what
 	// the counter stores count exactly (2^53).
 	maxReservation = 1 << 50
@@ -140,7 +142,12 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 	tl := h.tokens
 	call := &llmCall{}
 	if r.Body != nil && r.Body != http.NoBody {
+		// A body that trickles in must not hold the gateway: its read has
+		// a deadline of its own (the server's read timeouts may be off).
+		rc := http.NewResponseController(w)
+		_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
 		body, err := io.ReadAll(io.LimitReader(r.Body, tl.maxBody+1))
+		_ = rc.SetReadDeadline(time.Time{})
 		r.Body.Close()
 		if err != nil {
 			h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody, "The request body could not be read.")
@@ -153,6 +160,8 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 		}
 		if len(bytes.TrimSpace(body)) > 0 {
 			if call.req, err = tokens.ParseRequest(tl.format, body); err != nil {
+				// Ambiguous bodies too: the upstream could read another
+				// model or limit than the gateway checked.
 				h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody,
 					"This route counts LLM tokens and needs a JSON body: "+err.Error()+".")
 				return nil
@@ -171,6 +180,10 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 			call.reserve = min(call.req.MaxTokens, maxReservation)
 			if call.reserve == 0 {
 				call.reserve = tl.maxTokens
+			}
+			// n and best_of ask for that many completions.
+			if call.req.Copies > 1 {
+				call.reserve = min(call.reserve, maxReservation/call.req.Copies) * call.req.Copies
 			}
 			call.reserve = min(call.reserve+(int64(len(body))+promptBytesPerToken-1)/promptBytesPerToken, maxReservation)
 		}
@@ -232,11 +245,18 @@ func (h *Handler) tokensExhausted(w http.ResponseWriter, r *http.Request, now ti
 	h.refused(r, now, decisionQuotaExceeded, reason, k, t, nil)
 	msg := fmt.Sprintf("This request may use up to %d tokens and the key's %s has %d of %d left; it resets at %s.",
 		call.reserve, what, u.Remaining, u.Limit, u.Reset.UTC().Format(time.RFC3339))
-	if call.reserve > u.Limit {
-		msg = fmt.Sprintf("This request may use up to %d tokens, more than the key's whole %s (%d); ask for fewer with max_tokens.",
-			call.reserve, what, u.Limit)
+	never := call.reserve > u.Limit
+	if never {
+		limitField := "max_tokens"
+		if h.tokens.format == tokens.Ollama {
+			limitField = "options.num_predict"
+		}
+		msg = fmt.Sprintf("This request may use up to %d tokens, more than the key's whole %s (%d); ask for fewer with %s.",
+			call.reserve, what, u.Limit, limitField)
 	}
-	writeTooMany(w, h.format, decisionQuotaExceeded, reason, msg, res.RetryAfter, res.DeniedBy != ratelimit.MinuteTokens)
+	// No retry helps a daily budget soon, nor a request larger than the
+	// budget ever.
+	writeTooMany(w, h.format, decisionQuotaExceeded, reason, msg, res.RetryAfter, never || res.DeniedBy != ratelimit.MinuteTokens)
 }
 
 // release gives back a reservation whose request was refused afterwards.
@@ -307,6 +327,7 @@ func (tw *tokenWriter) finish(call *llmCall) (prompt, completion, charged int64,
 	}
 	prompt, completion, reported = tw.scan.Usage()
 	absurd := tw.scan.Absurd()
+	chunks := tw.scan.Chunks()
 	tw.scan.Release()
 	tw.scan = nil
 	switch {
@@ -315,7 +336,9 @@ func (tw *tokenWriter) finish(call *llmCall) (prompt, completion, charged int64,
 	case tw.status >= 400 && !absurd:
 		return 0, 0, 0, false
 	}
-	return 0, 0, call.reserve, false
+	// A stream cut before its report passed at least a token a chunk: a
+	// client that stops reading before the usage does not pay less.
+	return 0, 0, max(call.reserve, chunks), false
 }
 
 // proxyLLM hands the request on and settles its tokens when the answer

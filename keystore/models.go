@@ -2,7 +2,6 @@ package keystore
 
 import (
 	"fmt"
-	"path"
 	"sort"
 	"strings"
 )
@@ -13,8 +12,9 @@ const MaxModels = 64
 
 // modelRule is one entry of models or model_tokens_per_day.
 type modelRule struct {
-	pattern string
-	tokens  int64 // daily budget, for model_tokens_per_day
+	pattern string // as written: names a model budget's counter
+	match   string // as ModelName makes it, for matching
+	tokens  int64  // daily budget, for model_tokens_per_day
 }
 
 // compileModels checks a record's models and model budgets.
@@ -26,7 +26,7 @@ func compileModels(k *Key, rec Record) error {
 		if err := checkModelPattern(m); err != nil {
 			return &FieldError{Field: fmt.Sprintf("models[%d]", i), Err: err}
 		}
-		k.models = append(k.models, modelRule{pattern: m})
+		k.models = append(k.models, modelRule{pattern: m, match: ModelName(m)})
 	}
 	if len(rec.ModelTokensPerDay) > MaxModels {
 		return fieldErr("model_tokens_per_day", "has %d entries; at most %d", len(rec.ModelTokensPerDay), MaxModels)
@@ -39,7 +39,7 @@ func compileModels(k *Key, rec Record) error {
 		if n < 0 {
 			return fieldErr(field, "must not be negative")
 		}
-		k.modelBudgets = append(k.modelBudgets, modelRule{pattern: m, tokens: n})
+		k.modelBudgets = append(k.modelBudgets, modelRule{pattern: m, match: ModelName(m), tokens: n})
 	}
 	// Most specific first, so "gpt-4o-mini" beats "gpt-4*"; ties by name,
 	// so the choice never depends on map order.
@@ -71,20 +71,59 @@ func checkModelPattern(m string) error {
 	if strings.TrimSpace(m) == "" || len(m) > 256 {
 		return fmt.Errorf("%q: a model name or pattern of 1 to 256 bytes", m)
 	}
-	if _, err := path.Match(m, ""); err != nil {
-		return fmt.Errorf("%q is not a valid pattern (use * and ?)", m)
+	if strings.ContainsAny(m, "[]\\") {
+		return fmt.Errorf("%q: a pattern has * (any text, / included) and ? (any one character), nothing else", m)
 	}
 	return nil
 }
 
+// ModelName is a model name as models and model_tokens_per_day compare it:
+// lower case, without Ollama's default registry and namespace
+// ("registry.ollama.ai/library/") or default tag (":latest"), so that every
+// name an upstream takes for the same model is the same name here.
+func ModelName(m string) string {
+	m = strings.ToLower(strings.TrimSpace(m))
+	m = strings.TrimPrefix(m, "registry.ollama.ai/")
+	m = strings.TrimPrefix(m, "library/")
+	return strings.TrimSuffix(m, ":latest")
+}
+
+// matchModel reports whether name matches pattern, both as ModelName makes
+// them: * is any text, / included; ? is any one character.
+func matchModel(pattern, name string) bool {
+	// Iterative glob with backtracking to the last *.
+	p, n := 0, 0
+	star, mark := -1, 0
+	for n < len(name) {
+		switch {
+		case p < len(pattern) && (pattern[p] == '?' || pattern[p] == name[n]):
+			p++
+			n++
+		case p < len(pattern) && pattern[p] == '*':
+			star, mark = p, n
+			p++
+		case star >= 0:
+			p, mark = star+1, mark+1
+			n = mark
+		default:
+			return false
+		}
+	}
+	for p < len(pattern) && pattern[p] == '*' {
+		p++
+	}
+	return p == len(pattern)
+}
+
 // AllowsModel reports whether the key may use model: any model when its
-// record lists none.
+// record lists none. Names compare as ModelName makes them.
 func (k *Key) AllowsModel(model string) bool {
 	if len(k.models) == 0 {
 		return true
 	}
+	name := ModelName(model)
 	for _, r := range k.models {
-		if ok, _ := path.Match(r.pattern, model); ok {
+		if matchModel(r.match, name) {
 			return true
 		}
 	}
@@ -98,8 +137,9 @@ func (k *Key) RestrictsModels() bool { return len(k.models) > 0 }
 // model_tokens_per_day pattern that matches it, which also names the
 // counter (models matching one pattern share its budget).
 func (k *Key) ModelBudget(model string) (pattern string, tokens int64, ok bool) {
+	name := ModelName(model)
 	for _, r := range k.modelBudgets {
-		if matched, _ := path.Match(r.pattern, model); matched {
+		if matchModel(r.match, name) {
 			return r.pattern, r.tokens, true
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"strings"
 )
 
 // Format is how an upstream speaks: which request fields ask for a limit and
@@ -51,64 +53,184 @@ func (f Format) String() string {
 type Request struct {
 	// Model is the model asked for; "" when the body names none.
 	Model string
-	// MaxTokens is the most completion tokens the request allows (OpenAI
-	// max_tokens or max_completion_tokens, Ollama options.num_predict);
-	// 0 when it sets no limit.
+	// MaxTokens is the most completion tokens the request allows: the
+	// largest of OpenAI's max_tokens, max_completion_tokens and
+	// max_output_tokens (upstreams honour different ones), or Ollama's
+	// options.num_predict; 0 when it sets no limit.
 	MaxTokens int64
 	// Stream is whether the answer is streamed. Ollama streams unless the
 	// body says "stream": false; OpenAI only when it says "stream": true.
 	Stream bool
 	// IncludeUsage is OpenAI's stream_options.include_usage.
 	IncludeUsage bool
+	// Copies is how many completions the request asks for (OpenAI n or
+	// best_of); at least 1.
+	Copies int64
 }
 
 // ErrNotJSON is wrapped by ParseRequest's errors for a body that is not a
 // JSON object with fields of the expected types.
 var ErrNotJSON = errors.New("the request body is not a JSON object")
 
+// ErrAmbiguous is wrapped by ParseRequest's errors for a body whose fields
+// could be read one way by the gateway and another by the upstream: a
+// field the gateway reads given twice, or written in another case
+// ("Model", "MAX_TOKENS"), which Go would match and most upstreams would not.
+var ErrAmbiguous = errors.New("the request body is ambiguous")
+
+// watched are the fields ParseRequest reads, top level and nested.
+var watched = map[string][]string{
+	"":               {"model", "max_tokens", "max_completion_tokens", "max_output_tokens", "stream", "stream_options", "options", "n", "best_of"},
+	"stream_options": {"include_usage"},
+	"options":        {"num_predict"},
+}
+
+// object reads a JSON object's fields as they are written, refusing a
+// watched field given twice or in another case.
+func object(data []byte, watch []string) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, ErrNotJSON
+	}
+	fields := map[string]json.RawMessage{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s", ErrNotJSON, describe(err))
+		}
+		name, _ := t.(string)
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, fmt.Errorf("%w: %s", ErrNotJSON, describe(err))
+		}
+		for _, w := range watch {
+			switch {
+			case name == w:
+				if _, dup := fields[name]; dup {
+					return nil, fmt.Errorf("%w: %q is given twice", ErrAmbiguous, w)
+				}
+			case strings.EqualFold(name, w):
+				return nil, fmt.Errorf("%w: %q is written %q", ErrAmbiguous, w, clip(name))
+			}
+		}
+		fields[name] = raw
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, fmt.Errorf("%w: %s", ErrNotJSON, describe(err))
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: data after the object", ErrNotJSON)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: data after the object", ErrNotJSON)
+	}
+	return fields, nil
+}
+
+func clip(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}
+
+// field decodes fields[name] into v when present and not null.
+func field(fields map[string]json.RawMessage, name string, v any) (bool, error) {
+	raw, ok := fields[name]
+	if !ok || string(raw) == "null" {
+		return false, nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return false, fmt.Errorf("%w: %q is not a %s", ErrNotJSON, name, kind(v))
+	}
+	return true, nil
+}
+
+func kind(v any) string {
+	switch v.(type) {
+	case *string:
+		return "string"
+	case *bool:
+		return "boolean"
+	case *int64:
+		return "whole number"
+	}
+	return "value"
+}
+
 // ParseRequest reads a request body in format f.
 func ParseRequest(f Format, body []byte) (Request, error) {
-	var b struct {
-		Model               json.RawMessage `json:"model"`
-		MaxTokens           *int64          `json:"max_tokens"`
-		MaxCompletionTokens *int64          `json:"max_completion_tokens"`
-		Stream              *bool           `json:"stream"`
-		StreamOptions       *struct {
-			IncludeUsage *bool `json:"include_usage"`
-		} `json:"stream_options"`
-		Options *struct {
-			NumPredict *int64 `json:"num_predict"`
-		} `json:"options"`
-	}
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return Request{}, ErrNotJSON
 	}
-	if err := json.Unmarshal(trimmed, &b); err != nil {
-		return Request{}, fmt.Errorf("%w: %s", ErrNotJSON, describe(err))
+	top, err := object(trimmed, watched[""])
+	if err != nil {
+		return Request{}, err
 	}
 	var r Request
-	if len(b.Model) > 0 && string(b.Model) != "null" {
-		if err := json.Unmarshal(b.Model, &r.Model); err != nil {
-			return Request{}, fmt.Errorf("%w: \"model\" is not a string", ErrNotJSON)
-		}
+	if _, err := field(top, "model", &r.Model); err != nil {
+		return Request{}, err
 	}
-	switch f {
-	case OpenAI:
-		for _, v := range []*int64{b.MaxCompletionTokens, b.MaxTokens} {
-			if v != nil && *v > 0 {
-				r.MaxTokens = *v
-				break
+	var stream bool
+	hasStream, err := field(top, "stream", &stream)
+	if err != nil {
+		return Request{}, err
+	}
+	// Every limit the upstream may honour: the largest bounds the answer.
+	var limit int64
+	for _, name := range []string{"max_tokens", "max_completion_tokens", "max_output_tokens"} {
+		var v int64
+		if _, err := field(top, name, &v); err != nil {
+			return Request{}, err
+		}
+		limit = max(limit, v)
+	}
+	// n and best_of ask for that many completions.
+	copies := int64(1)
+	for _, name := range []string{"n", "best_of"} {
+		var v int64
+		if _, err := field(top, name, &v); err != nil {
+			return Request{}, err
+		}
+		copies = max(copies, v)
+	}
+	for _, nested := range []string{"stream_options", "options"} {
+		raw, ok := top[nested]
+		if !ok || string(raw) == "null" {
+			continue
+		}
+		inner, err := object(raw, watched[nested])
+		if err != nil {
+			if errors.Is(err, ErrAmbiguous) {
+				return Request{}, err
+			}
+			return Request{}, fmt.Errorf("%w: %q is not an object", ErrNotJSON, nested)
+		}
+		switch nested {
+		case "stream_options":
+			if _, err := field(inner, "include_usage", &r.IncludeUsage); err != nil {
+				return Request{}, err
+			}
+		case "options":
+			var v int64
+			if _, err := field(inner, "num_predict", &v); err != nil {
+				return Request{}, err
+			}
+			if f == Ollama {
+				limit = max(limit, v) // -1 or -2 mean "until done": no limit
 			}
 		}
-		r.Stream = b.Stream != nil && *b.Stream
-		r.IncludeUsage = b.StreamOptions != nil && b.StreamOptions.IncludeUsage != nil && *b.StreamOptions.IncludeUsage
+	}
+	if limit > 0 {
+		r.MaxTokens = limit
+	}
+	r.Copies = copies
+	switch f {
+	case OpenAI:
+		r.Stream = hasStream && stream
 	case Ollama:
-		// num_predict -1 (or -2) means "until done": no limit.
-		if b.Options != nil && b.Options.NumPredict != nil && *b.Options.NumPredict > 0 {
-			r.MaxTokens = *b.Options.NumPredict
-		}
-		r.Stream = b.Stream == nil || *b.Stream
+		r.Stream = !hasStream || stream
 	}
 	return r, nil
 }

@@ -34,6 +34,7 @@ type Scanner struct {
 	prompt, completion int64
 	reported           bool
 	absurd             bool
+	chunks             int64 // content events seen in a stream
 }
 
 // NewScanner reads an answer in format f; stream says whether it is an
@@ -162,13 +163,21 @@ func (s *Scanner) readLine(line []byte) bool {
 		if !ok {
 			return true
 		}
-		if s.readOpenAIUsage(data) && s.hide && usageOnly(data) {
-			s.skip = true
-			return false
+		hasUsage := s.readOpenAIUsage(data)
+		if hasUsage && usageOnly(data) {
+			if s.hide {
+				s.skip = true
+				return false
+			}
+			return true
+		}
+		if !bytes.Equal(bytes.TrimSpace(data), []byte("[DONE]")) {
+			s.chunks++
 		}
 	case Ollama:
+		s.chunks++
 		if bytes.Contains(body, []byte(`"done"`)) {
-			s.readOllama(body)
+			s.readOllama(body, true)
 		}
 	}
 	return true
@@ -202,8 +211,17 @@ func (s *Scanner) readOpenAIUsage(text []byte) bool {
 		PromptTokens     *int64 `json:"prompt_tokens"`
 		CompletionTokens *int64 `json:"completion_tokens"`
 		TotalTokens      *int64 `json:"total_tokens"`
+		// The Responses API's names.
+		InputTokens  *int64 `json:"input_tokens"`
+		OutputTokens *int64 `json:"output_tokens"`
 	}
-	if json.NewDecoder(bytes.NewReader(rest)).Decode(&u) != nil || u.PromptTokens == nil {
+	if json.NewDecoder(bytes.NewReader(rest)).Decode(&u) != nil {
+		return false
+	}
+	if u.PromptTokens == nil && u.InputTokens != nil {
+		u.PromptTokens, u.CompletionTokens = u.InputTokens, u.OutputTokens
+	}
+	if u.PromptTokens == nil {
 		return false
 	}
 	completion := int64(0)
@@ -217,8 +235,10 @@ func (s *Scanner) readOpenAIUsage(text []byte) bool {
 	return true
 }
 
-// readOllama reads the counts of Ollama's last object.
-func (s *Scanner) readOllama(text []byte) {
+// readOllama reads the counts of Ollama's last object: the one with
+// "done": true in a stream (or a chat/generate answer); a plain answer of
+// another endpoint (/api/embed) reports prompt_eval_count without "done".
+func (s *Scanner) readOllama(text []byte, needDone bool) {
 	var o struct {
 		Done            bool   `json:"done"`
 		PromptEvalCount *int64 `json:"prompt_eval_count"`
@@ -234,7 +254,7 @@ func (s *Scanner) readOllama(text []byte) {
 			o.EvalCount = &n
 		}
 	}
-	if !o.Done || (o.PromptEvalCount == nil && o.EvalCount == nil) {
+	if (needDone && !o.Done) || (o.PromptEvalCount == nil && o.EvalCount == nil) {
 		return
 	}
 	var prompt, completion int64
@@ -263,7 +283,7 @@ func (s *Scanner) Finish() []byte {
 		if s.format == OpenAI {
 			s.readOpenAIUsage(text)
 		} else {
-			s.readOllama(bytes.TrimSpace(text))
+			s.readOllama(bytes.TrimSpace(text), false)
 		}
 		return nil
 	}
@@ -286,6 +306,11 @@ func (s *Scanner) Finish() []byte {
 func (s *Scanner) Usage() (prompt, completion int64, ok bool) {
 	return s.prompt, s.completion, s.reported
 }
+
+// Chunks is how many content events a stream passed (OpenAI data events
+// other than usage and [DONE]; Ollama lines): each carried at least one
+// token, so it is a floor for an answer cut before its report.
+func (s *Scanner) Chunks() int64 { return s.chunks }
 
 // Absurd reports whether the answer reported impossible numbers (negative,
 // or over MaxReported), which were not believed.
@@ -324,11 +349,28 @@ func numberAfter(text []byte, name string) (int64, bool) {
 // that did not ask for usage gets the chunks it would have got.
 func appendWithoutNullUsage(out, line []byte) []byte {
 	for {
-		i := bytes.Index(line, []byte(`,"usage":null`))
+		i := bytes.Index(line, []byte(`"usage"`))
 		if i < 0 {
 			return append(out, line...)
 		}
-		out = append(out, line[:i]...)
-		line = line[i+len(`,"usage":null`):]
+		// `, "usage" : null`, in any spacing, is cut with its comma.
+		end := i + len(`"usage"`)
+		rest := bytes.TrimLeft(line[end:], " \t")
+		if after, ok := bytes.CutPrefix(rest, []byte(":")); ok {
+			rest = bytes.TrimLeft(after, " \t")
+			if after, ok := bytes.CutPrefix(rest, []byte("null")); ok {
+				start := i
+				for start > 0 && (line[start-1] == ' ' || line[start-1] == '\t') {
+					start--
+				}
+				if start > 0 && line[start-1] == ',' {
+					out = append(out, line[:start-1]...)
+					line = after
+					continue
+				}
+			}
+		}
+		out = append(out, line[:end]...)
+		line = line[end:]
 	}
 }

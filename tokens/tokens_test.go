@@ -14,23 +14,36 @@ func TestParseRequest(t *testing.T) {
 		body string
 		want Request
 	}{
-		{OpenAI, `{"model":"gpt-4o","messages":[],"max_tokens":100}`, Request{Model: "gpt-4o", MaxTokens: 100}},
-		{OpenAI, `{"model":"o1","max_completion_tokens":50,"max_tokens":9,"stream":true}`, Request{Model: "o1", MaxTokens: 50, Stream: true}},
-		{OpenAI, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, Request{Model: "m", Stream: true, IncludeUsage: true}},
-		{OpenAI, `{"model":"m","max_tokens":-1}`, Request{Model: "m"}},
-		{OpenAI, ` {"messages":[]}`, Request{}},
-		{Ollama, `{"model":"llama3","messages":[]}`, Request{Model: "llama3", Stream: true}},
-		{Ollama, `{"model":"llama3","stream":false,"options":{"num_predict":64}}`, Request{Model: "llama3", MaxTokens: 64}},
-		{Ollama, `{"model":"llama3","options":{"num_predict":-1}}`, Request{Model: "llama3", Stream: true}},
+		{OpenAI, `{"model":"gpt-4o","messages":[],"max_tokens":100}`, Request{Model: "gpt-4o", MaxTokens: 100, Copies: 1}},
+		{OpenAI, `{"model":"o1","max_completion_tokens":50,"max_tokens":9,"stream":true}`, Request{Model: "o1", MaxTokens: 50, Stream: true, Copies: 1}},
+		{OpenAI, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, Request{Model: "m", Stream: true, IncludeUsage: true, Copies: 1}},
+		{OpenAI, `{"model":"m","max_tokens":-1}`, Request{Model: "m", Copies: 1}},
+		{OpenAI, ` {"messages":[]}`, Request{Copies: 1}},
+		{Ollama, `{"model":"llama3","messages":[]}`, Request{Model: "llama3", Stream: true, Copies: 1}},
+		{Ollama, `{"model":"llama3","stream":false,"options":{"num_predict":64}}`, Request{Model: "llama3", MaxTokens: 64, Copies: 1}},
+		{Ollama, `{"model":"llama3","options":{"num_predict":-1}}`, Request{Model: "llama3", Stream: true, Copies: 1}},
+		{OpenAI, `{"model":"m","max_completion_tokens":1,"max_tokens":2900}`, Request{Model: "m", MaxTokens: 2900, Copies: 1}},
+		{OpenAI, `{"model":"m","max_output_tokens":300}`, Request{Model: "m", MaxTokens: 300, Copies: 1}},
+		{OpenAI, `{"model":"m","max_tokens":10,"n":100,"best_of":3}`, Request{Model: "m", MaxTokens: 10, Copies: 100}},
+		{OpenAI, `{"model":"m","Messages":[],"metadata":{"Model":"x"}}`, Request{Model: "m", Copies: 1}},
 	} {
 		got, err := ParseRequest(c.f, []byte(c.body))
 		if err != nil || got != c.want {
 			t.Errorf("%s %s: got %+v, %v; want %+v", c.f, c.body, got, err, c.want)
 		}
 	}
-	for _, body := range []string{``, `not json`, `[1,2]`, `{"model": 7}`, `{"stream":"yes"}`, `{"max_tokens":"many"}`, `{"model":"m"`} {
+	for _, body := range []string{``, `not json`, `[1,2]`, `{"model": 7}`, `{"stream":"yes"}`, `{"max_tokens":"many"}`, `{"model":"m"`,
+		`{"model":"m"} {}`, `{"max_tokens":1e3}`, `{"stream_options":5}`} {
 		if _, err := ParseRequest(OpenAI, []byte(body)); !errors.Is(err, ErrNotJSON) {
 			t.Errorf("%q: got %v, want ErrNotJSON", body, err)
+		}
+	}
+	// Fields another parser could read differently are refused.
+	for _, body := range []string{`{"model":"gpt-4o","Model":"gpt-4o-mini"}`, `{"model":"a","model":"b"}`, `{"MAX_TOKENS":1}`,
+		`{"stream":true,"Stream_options":{"include_usage":true}}`, `{"stream_options":{"Include_Usage":true}}`,
+		`{"options":{"NUM_PREDICT":1}}`, `{"max_tokens":1,"max_tokens":5000}`, `{"ſtream":true}`} {
+		if _, err := ParseRequest(Ollama, []byte(body)); !errors.Is(err, ErrAmbiguous) {
+			t.Errorf("%q: got %v, want ErrAmbiguous", body, err)
 		}
 	}
 	// The error never quotes the body.
@@ -223,8 +236,8 @@ func FuzzParseRequest(f *testing.F) {
 		for _, format := range []Format{OpenAI, Ollama} {
 			r, err := ParseRequest(format, body)
 			if err != nil {
-				if !errors.Is(err, ErrNotJSON) {
-					t.Fatalf("%v is not ErrNotJSON", err)
+				if !errors.Is(err, ErrNotJSON) && !errors.Is(err, ErrAmbiguous) {
+					t.Fatalf("%v is neither ErrNotJSON nor ErrAmbiguous", err)
 				}
 				continue
 			}
@@ -241,4 +254,31 @@ func FuzzParseRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestScanFloorsAndShapes(t *testing.T) {
+	// A stream cut before its usage: the content chunks passed are a floor.
+	s := NewScanner(OpenAI, true, true)
+	feed(s, strings.SplitAfter(openAIStream, "\n\n")[0]+strings.SplitAfter(openAIStream, "\n\n")[1], 9)
+	if _, _, ok := s.Usage(); ok || s.Chunks() != 2 {
+		t.Errorf("cut stream: reported %v, %d chunks, want none and 2", ok, s.Chunks())
+	}
+	// Python's json.dumps spacing: "usage": null is removed for hidden streams too.
+	spaced := "data: {\"id\": \"1\", \"choices\": [{\"delta\": {\"content\": \"x\"}}], \"usage\": null}\n\n"
+	s = NewScanner(OpenAI, true, true)
+	if got := feed(s, spaced, 5); strings.Contains(got, "usage") || !strings.Contains(got, `"content": "x"`) {
+		t.Errorf("spaced null usage: %q", got)
+	}
+	// The Responses API's usage names.
+	s = NewScanner(OpenAI, false, false)
+	feed(s, `{"id":"resp_1","output":[],"usage":{"input_tokens":7,"output_tokens":50,"total_tokens":57}}`, 100)
+	if p, c, ok := s.Usage(); !ok || p != 7 || c != 50 {
+		t.Errorf("responses usage: %d %d %v", p, c, ok)
+	}
+	// Ollama's /api/embed answers report prompt_eval_count without done.
+	s = NewScanner(Ollama, false, false)
+	feed(s, `{"model":"all-minilm","embeddings":[[0.1,0.2]],"total_duration":1,"load_duration":1,"prompt_eval_count":8}`, 100)
+	if p, c, ok := s.Usage(); !ok || p != 8 || c != 0 {
+		t.Errorf("embed usage: %d %d %v", p, c, ok)
+	}
 }

@@ -1,0 +1,33 @@
+package keystore
+
+import "testing"
+
+func TestModelMatching(t *testing.T) {
+	k, err := Compile(Record{ID: "k", Hash: Sum("DEV_API_x").Encode(), Role: "reader",
+		Models:            []string{"llama3*", "gpt-4o-mini", "hf.co/org/*"},
+		ModelTokensPerDay: map[string]int64{"*": 2000, "llama3:70b": 3000, "gpt-4*": 100}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for model, want := range map[string]bool{
+		"llama3": true, "LLAMA3:70B": true, "registry.ollama.ai/library/llama3:latest": true, "library/llama3:8b": true,
+		"gpt-4o-mini": true, "GPT-4o-mini": true, "gpt-4o": false, "hf.co/org/model": true, "hf.co/other/model": false, "": false,
+	} {
+		if got := k.AllowsModel(model); got != want {
+			t.Errorf("AllowsModel(%q) = %v, want %v", model, got, want)
+		}
+	}
+	for model, want := range map[string]string{
+		"llama3:70b": "llama3:70b", "LLAMA3:70B": "llama3:70b", "registry.ollama.ai/library/llama3:70b": "llama3:70b",
+		"gpt-4o": "gpt-4*", "hf.co/x/y": "*", "library/mistral": "*",
+	} {
+		if got, _, ok := k.ModelBudget(model); !ok || got != want {
+			t.Errorf("ModelBudget(%q) = %q, want %q", model, got, want)
+		}
+	}
+	for _, bad := range []string{"", " ", "a[b]", `a\b`} {
+		if _, err := Compile(Record{ID: "k", Hash: Sum("DEV_API_x").Encode(), Role: "reader", Models: []string{bad}}); err == nil {
+			t.Errorf("pattern %q accepted", bad)
+		}
+	}
+}
