@@ -105,6 +105,9 @@ func (u *llmUpstream) serve(w http.ResponseWriter, r *http.Request) {
 	switch req.Model {
 	case "no-usage":
 		withUsage, sane = false, false
+	case "ignores-limit":
+		// Streams 300 chunks whatever the limit, and reports nothing.
+		completion, withUsage, sane = 300, false, false
 	case "absurd-negative":
 		repPrompt, sane = -5, false
 	case "absurd-huge":

@@ -2,6 +2,8 @@ package apikey
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -97,5 +99,75 @@ http://127.0.0.1:%d {
 	}
 	if fmt.Sprint(levels) != "[80 90]" {
 		t.Fatalf("token warnings %v, want [80 90]", levels)
+	}
+}
+
+// TestTokenReviewFindings: what an outside review broke on token routes,
+// each now held, through a real Caddy.
+func TestTokenReviewFindings(t *testing.T) {
+	up := newLLMUpstream(t, 0)
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_token_review", Type: "dev", Role: "writer", Services: []string{"*"},
+		TokensPerDay: int64p(100000), Models: []string{"llama3*", "ignores-limit"}})
+	base := tokenSite(t, up, writeKeyFile(t, key.record), "")
+	chat := base + "/openai/v1/chat/completions"
+	calls := up.calls.Load()
+	for _, body := range []string{
+		`{"model":"gpt-4o","Model":"llama3","max_tokens":5}`,
+		`{"model":"llama3","max_tokens":1,"MAX_TOKENS":5000}`,
+		`{"model":"llama3","stream":true,"Stream_options":{"include_usage":true}}`,
+		`{"model":"llama3","model":"gpt-4o"}`,
+	} {
+		resp, got := post(t, chat, key.secret, body)
+		if resp.StatusCode != 400 || !strings.Contains(got, "ambiguous") {
+			t.Errorf("%s: %d %s, want 400 ambiguous", body, resp.StatusCode, got)
+		}
+	}
+	if up.calls.Load() != calls {
+		t.Fatal("an ambiguous body reached the upstream")
+	}
+	// Model names as Ollama takes them: the allowlist sees through case,
+	// registry and tag.
+	if resp, _ := post(t, chat, key.secret, `{"model":"registry.ollama.ai/library/LLAMA3:latest","max_tokens":5}`); resp.StatusCode != 200 {
+		t.Errorf("an allowed model under another of its names: %d", resp.StatusCode)
+	}
+	// n multiplies the reservation.
+	resp, _ := post(t, base+"/openai/v1/models", key.secret, "")
+	before, _ := strconv.Atoi(tokensDailyRemaining.FindStringSubmatch(resp.Header.Get("RateLimit"))[1])
+	up.setGap(200 * time.Millisecond)
+	held, err := http.NewRequest(http.MethodPost, chat, strings.NewReader(`{"model":"llama3","max_tokens":100,"n":10,"stream":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	held.Header.Set("Authorization", "Bearer "+key.secret)
+	hresp, err := client.Do(held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	during, _ := strconv.Atoi(tokensDailyRemaining.FindStringSubmatch(hresp.Header.Get("RateLimit"))[1])
+	if reserved := before - during; reserved < 1000 {
+		t.Errorf("max_tokens 100 with n 10 reserved %d, want at least 1000", reserved)
+	}
+	io.Copy(io.Discard, hresp.Body)
+	hresp.Body.Close()
+	up.setGap(0)
+
+	// A stream that runs past its limit and reports nothing is charged at
+	// least a token per chunk it passed.
+	resp, _ = post(t, base+"/openai/v1/models", key.secret, "")
+	before, _ = strconv.Atoi(tokensDailyRemaining.FindStringSubmatch(resp.Header.Get("RateLimit"))[1])
+	resp, got := post(t, chat, key.secret, `{"model":"ignores-limit","max_tokens":1,"stream":true}`)
+	if resp.StatusCode != 200 || strings.Count(got, `"content"`) < 300 {
+		t.Fatalf("the long stream: %d", resp.StatusCode)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, _ = post(t, base+"/openai/v1/models", key.secret, "")
+		after, _ := strconv.Atoi(tokensDailyRemaining.FindStringSubmatch(resp.Header.Get("RateLimit"))[1])
+		if charged := before - after; charged >= 300 {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("300 chunks without a report were charged %d", charged)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
