@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -368,7 +369,7 @@ func listCommand() *cobra.Command {
 				if expires == "" {
 					expires = "-"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, typ, l.Role, l.Status, strings.Join(l.Services, ","), expires, l.Name)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, typ, l.Role, l.Status, printable(strings.Join(l.Services, ",")), expires, printable(l.Name))
 			}
 			return tw.Flush()
 		},
@@ -630,4 +631,16 @@ func refuseKeyAsID(c *cobra.Command) error {
 		return errors.New("--id: that looks like a key or a key's hash, not a key id; it is not repeated here, and nothing was changed (caddy apikey list shows the ids)")
 	}
 	return nil
+}
+
+// printable shows text from a record on a terminal: control and invisible
+// formatting characters (a name given in a form, a file edited by hand)
+// are written as escapes, so they cannot move the cursor, recolour the
+// screen or forge a line of the table.
+func printable(s string) string {
+	if !strings.ContainsFunc(s, func(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == '\t' }) {
+		return s
+	}
+	q := strconv.QuoteToASCII(s)
+	return q[1 : len(q)-1]
 }

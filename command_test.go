@@ -343,3 +343,11 @@ func TestCLIKeepsOwnerAndMakesFolders(t *testing.T) {
 		t.Errorf("owner %d:%d after the change, want %d:%d", st.Uid, st.Gid, nobody, nobody)
 	}
 }
+
+func TestPrintable(t *testing.T) {
+	for in, want := range map[string]string{"plain name": "plain name", "a\x1b[31mred": `a\x1b[31mred`, "a\nb": `a\nb`, "a\u202eb": `a\u202eb`, "ünï": "ünï"} {
+		if got := printable(in); got != want {
+			t.Errorf("printable(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
