@@ -13,17 +13,33 @@ type Change struct {
 
 // Diff lists what changed from old to new, by key id, in id order.
 func Diff(old, new *Set) []Change {
-	before := map[string]*Key{}
+	var before, after []*Key
 	if old != nil {
-		for _, k := range old.keys {
-			before[k.ID] = k
-		}
+		before = old.keys
+	}
+	if new != nil {
+		after = new.keys
+	}
+	// A new version of a large file shares the keys its change left as
+	// they were (see NewSetOfKeys): the keys both versions hold at the same
+	// place at either end are unchanged, and, since ids are unique in each
+	// version, none of their ids is in the rest. Only the rest is compared
+	// by id, without maps the size of the whole set.
+	for len(before) > 0 && len(after) > 0 && before[0] == after[0] {
+		before, after = before[1:], after[1:]
+	}
+	for len(before) > 0 && len(after) > 0 && before[len(before)-1] == after[len(after)-1] {
+		before, after = before[:len(before)-1], after[:len(after)-1]
+	}
+	byID := make(map[string]*Key, len(before))
+	for _, k := range before {
+		byID[k.ID] = k
 	}
 	var changes []Change
-	seen := map[string]bool{}
-	for _, k := range new.keys {
+	seen := make(map[string]bool, len(after))
+	for _, k := range after {
 		seen[k.ID] = true
-		prev := before[k.ID]
+		prev := byID[k.ID]
 		switch {
 		case prev == nil:
 			changes = append(changes, Change{"key.created", k.ID})
@@ -40,7 +56,7 @@ func Diff(old, new *Set) []Change {
 			changes = append(changes, Change{"key.updated", k.ID})
 		}
 	}
-	for id := range before {
+	for id := range byID {
 		if !seen[id] {
 			changes = append(changes, Change{"key.removed", id})
 		}

@@ -95,13 +95,35 @@ func (e *RecordError) Unwrap() error { return e.Err }
 // NewSet validates records and indexes them. Ids must be unique, and no two
 // records may answer to the same digest.
 func NewSet(records []Record) (*Set, error) {
-	s := &Set{byDigest: make(map[Digest]entry, len(records))}
-	ids := make(map[string]int, len(records))
 	compiled, errs := compileAll(records)
-	for i, rec := range records {
-		k, err := compiled[i], errs[i]
-		if err != nil {
-			return nil, &RecordError{Index: i, ID: rec.ID, Err: err}
+	return indexKeys(compiled, func(i int) (string, error) { return records[i].ID, errs[i] })
+}
+
+// NewSetOfKeys indexes keys compiled from a version's records, in record
+// order, with NewSet's rules (ids unique, no digest answering to two keys)
+// and its errors, which name the record by its index. The keys may be
+// shared with other sets, e.g. those of the previous version of a file its
+// change left as they were: a Set never modifies its keys. The set keeps
+// keys; the caller must not modify it.
+func NewSetOfKeys(keys []*Key) (*Set, error) {
+	for i, k := range keys {
+		if k == nil {
+			return nil, &RecordError{Index: i, Err: errors.New("no key")}
+		}
+	}
+	return indexKeys(keys, nil)
+}
+
+// indexKeys indexes keys in order; compiled, when not nil, gives the id
+// and the compile error of each record (a nil key).
+func indexKeys(keys []*Key, compiled func(i int) (string, error)) (*Set, error) {
+	s := &Set{keys: keys, byDigest: make(map[Digest]entry, len(keys))}
+	ids := make(map[string]int, len(keys))
+	for i, k := range keys {
+		if compiled != nil {
+			if id, err := compiled(i); err != nil {
+				return nil, &RecordError{Index: i, ID: id, Err: err}
+			}
 		}
 		if first, dup := ids[k.ID]; dup {
 			return nil, &RecordError{Index: i, ID: k.ID, Err: fieldErr("id", "duplicates keys[%d]", first)}
@@ -115,7 +137,6 @@ func NewSet(records []Record) (*Set, error) {
 				return nil, &RecordError{Index: i, ID: k.ID, Err: err}
 			}
 		}
-		s.keys = append(s.keys, k)
 	}
 	return s, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
@@ -130,11 +129,11 @@ func (f *FileSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // LoadFile reads and validates a key file.
 func LoadFile(path string) (*keystore.Set, error) {
-	data, err := os.ReadFile(path)
+	l, _, err := loadKeyFile(path, path, nil, false)
 	if err != nil {
-		return nil, fmt.Errorf("key file %s: %w", path, err)
+		return nil, err
 	}
-	return parseKeyFile(path, data)
+	return l.set, nil
 }
 
 // parseKeyFile validates a key file's content; errors name the file.

@@ -3,6 +3,7 @@ package keyfile
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -31,8 +32,9 @@ func hashesOnlyInHashFields(input string) bool {
 
 // FuzzKeyFile: a key file that loads has unique ids, never two records
 // answering to one hash, and every hash it holds finds its own key; its
-// records, written out again, load to the same keys. A file that does not
-// load fails with an error that names the file and never repeats a hash.
+// records, written out again, load to the same keys; the watcher's load
+// (streamed, reusing a version's keys) agrees with a whole parse. A file
+// that does not load fails with an error that names the file and never repeats a hash.
 func FuzzKeyFile(f *testing.F) {
 	if data, err := os.ReadFile("../../examples/keys.json"); err == nil {
 		f.Add(data)
@@ -58,7 +60,16 @@ func FuzzKeyFile(f *testing.F) {
 		f.Add([]byte(s))
 	}
 
+	path := filepath.Join(f.TempDir(), "keys.json")
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// Read as the watcher reads it, the same keys or the same error; and
+		// again as a new version of itself, through a small buffer.
+		if l := compareLoadsAt(t, path, data, nil); l != nil {
+			defer func(b int) { loadBuffer = b }(loadBuffer)
+			loadBuffer = 16
+			compareLoadsAt(t, path, data, l)
+			loadBuffer = 4 << 20
+		}
 		set, err := parseKeyFile("fuzz.json", data)
 		if err != nil {
 			if !strings.HasPrefix(err.Error(), "key file fuzz.json: ") {

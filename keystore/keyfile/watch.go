@@ -2,7 +2,6 @@ package keyfile
 
 import (
 	"crypto/sha256"
-	"fmt"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -32,6 +31,7 @@ type watchedFile struct {
 	set  atomic.Pointer[keystore.Set]
 
 	mu    sync.Mutex // one check at a time: the watcher's, or an admin's
+	sums  []uint64   // fingerprints of the records of set, or nil (see loaded)
 	stamp fileStamp  // of the version last read, good or bad
 	sum   [sha256.Size]byte
 	// since is when stamp and sum were last found changed, on this
@@ -78,17 +78,13 @@ func fileLogger() *zap.Logger {
 // load fails here, so a bad file at startup fails the config load.
 func watchFile(name, path string) (*watchedFile, error) {
 	stamp, _ := stampOf(path)
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("key file %s: %w", name, err)
-	}
-	set, err := parseKeyFile(name, data)
+	l, sum, err := loadKeyFile(name, path, nil, true)
 	if err != nil {
 		return nil, err
 	}
-	w := &watchedFile{name: name, path: path, stamp: stamp, sum: sha256.Sum256(data), since: time.Now(),
+	w := &watchedFile{name: name, path: path, sums: l.sums, stamp: stamp, sum: sum, since: time.Now(),
 		stop: make(chan struct{}), done: make(chan struct{})}
-	w.set.Store(set)
+	w.set.Store(l.set)
 	releaseMemory(stamp.size)
 	go w.run()
 	return w, nil
@@ -135,7 +131,9 @@ func (w *watchedFile) check() {
 	if stamp.same(w.stamp) && sum == w.sum {
 		return
 	}
-	set, sum, err := streamKeyFile(w.name, w.path)
+	// The version in force lends the new one the keys of the records it
+	// left as they were.
+	l, sum, err := loadKeyFile(w.name, w.path, &loaded{set: w.set.Load(), sums: w.sums}, true)
 	if sum == ([sha256.Size]byte{}) {
 		return // not read (gone since the hash): the next poll sees it
 	}
@@ -145,6 +143,8 @@ func (w *watchedFile) check() {
 		fileLogger().Error("key file rejected; keeping the last good keys", zap.Error(err))
 		return
 	}
+	set := l.set
+	w.sums = l.sums
 	old := w.set.Swap(set)
 	defer releaseMemory(stamp.size) // once the listeners have the changes
 	fileLogger().Info("key file reloaded", zap.String("file", w.name), zap.Int("keys", set.Len()))

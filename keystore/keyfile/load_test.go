@@ -1,0 +1,199 @@
+package keyfile
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+// sameKeys fails unless got and want hold the same keys in the same order.
+func sameKeys(t *testing.T, got, want *keystore.Set) {
+	t.Helper()
+	if got.Len() != want.Len() {
+		t.Fatalf("%d keys, want %d", got.Len(), want.Len())
+	}
+	for i, k := range got.Keys() {
+		w := want.Keys()[i]
+		if k.ID != w.ID || k.Digest != w.Digest || k.Revoked != w.Revoked || k.Role != w.Role || k.Type != w.Type ||
+			k.Name != w.Name || len(k.Previous) != len(w.Previous) || k.HasQuota != w.HasQuota || k.QuotaPerDay != w.QuotaPerDay ||
+			fmt.Sprint(k.Services()) != fmt.Sprint(w.Services()) {
+			t.Fatalf("keys[%d]: %+v, want %+v", i, k, w)
+		}
+		if m := got.Lookup(k.Digest); m.Key != k {
+			t.Fatalf("keys[%d] (%s): its hash does not find it", i, k.ID)
+		}
+	}
+	if d := keystore.Diff(want, got); len(d) != 0 {
+		t.Fatalf("differs from the whole parse: %v", d)
+	}
+}
+
+// compareLoads loads data as a file, with prev, and as ParseAndValidate
+// does: both must accept it, or reject it with the same message.
+func compareLoads(t *testing.T, data []byte, prev *loaded) *loaded {
+	t.Helper()
+	return compareLoadsAt(t, filepath.Join(t.TempDir(), "keys.json"), data, prev)
+}
+
+// compareLoadsAt is compareLoads through the file at path.
+func compareLoadsAt(t *testing.T, path string, data []byte, prev *loaded) *loaded {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, _, err := loadKeyFile("keys.json", path, prev, true)
+	want, wantErr := parseKeyFile("keys.json", data)
+	if (err == nil) != (wantErr == nil) || err != nil && err.Error() != wantErr.Error() {
+		t.Fatalf("loaded with %v, parsed whole with %v", err, wantErr)
+	}
+	if err != nil {
+		if l != nil {
+			t.Fatal("a version came back with the error")
+		}
+		return nil
+	}
+	sameKeys(t, l.set, want)
+	if l.sums != nil && len(l.sums) != l.set.Len() {
+		t.Fatalf("%d fingerprints for %d keys", len(l.sums), l.set.Len())
+	}
+	return l
+}
+
+func lines(records []string) []byte {
+	return []byte("{\n  \"keys\": [\n    " + strings.Join(records, ",\n    ") + "\n  ]\n}\n")
+}
+
+// TestReloadReusesUnchangedKeys: a new version of a file takes the compiled
+// key of every record the change left as it was (by its bytes), compiles
+// the others, and loads to what a whole parse makes of it, whatever the
+// change: one record changed, added, removed, records moved about, a file
+// rewritten in another layout, or read through a small buffer.
+func TestReloadReusesUnchangedKeys(t *testing.T) {
+	record := func(i int, extra string) string {
+		return fmt.Sprintf(`{"id":"k_%04d","hash":"sha256:%064x","type":"dev","role":"reader","services":["ollama"]%s}`, i, i+1, extra)
+	}
+	const n = 600 // past the parallel compile and the misses before the sorted index
+	base := make([]string, n)
+	for i := range base {
+		base[i] = record(i, "")
+	}
+	for _, buffer := range []int{4 << 20, 64} {
+		t.Run(fmt.Sprintf("buffer %d", buffer), func(t *testing.T) {
+			defer func(b int) { loadBuffer = b }(loadBuffer)
+			loadBuffer = buffer
+			first := compareLoads(t, lines(base), nil)
+			if len(first.sums) != n {
+				t.Fatalf("%d fingerprints", len(first.sums))
+			}
+			for _, c := range []struct {
+				name    string
+				records []string
+				reused  int
+				moved   bool // records moved: those missed before the sorted index are compiled anew
+			}{
+				{"unchanged", base, n, false},
+				{"one revoked", slices.Concat(base[:300], []string{record(300, `,"revoked":true`)}, base[301:]), n - 1, false},
+				{"one added at the end", append(slices.Clone(base), record(n, "")), n, false},
+				{"one added at the start", append([]string{record(n, "")}, base...), n, false},
+				{"one removed", slices.Concat(base[:10], base[11:]), n - 1, false},
+				{"a hundred removed", slices.Concat(base[:100], base[200:]), n - 100, true},
+				{"reversed", reversed(base), n, true},
+				{"every other one changed", everyOther(base, func(i int) string { return record(i, `,"name":"x"`) }), n / 2, false},
+			} {
+				t.Run(c.name, func(t *testing.T) {
+					next := compareLoads(t, lines(c.records), first)
+					reused := 0
+					prevKeys := map[*keystore.Key]bool{}
+					for _, k := range first.set.Keys() {
+						prevKeys[k] = true
+					}
+					for _, k := range next.set.Keys() {
+						if prevKeys[k] {
+							reused++
+						}
+					}
+					if reused != c.reused && !(c.moved && reused >= c.reused-missesBeforeIndex) {
+						t.Errorf("%d keys reused, want %d", reused, c.reused)
+					}
+					// Diff skips the keys both versions share at either end:
+					// the same changes as between keys compiled apart.
+					apart, err := keystore.ParseAndValidate(lines(base))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got, want := fmt.Sprint(keystore.Diff(first.set, next.set)), fmt.Sprint(keystore.Diff(apart, next.set)); got != want {
+						t.Errorf("changes %s, want %s", got, want)
+					}
+				})
+			}
+			// Another layout: the same records, other bytes; compiled anew.
+			spaced := []byte(strings.ReplaceAll(string(lines(base)), `","`, `", "`))
+			next := compareLoads(t, spaced, first)
+			if next.set.Keys()[0] == first.set.Keys()[0] {
+				t.Error("a record written otherwise kept its key")
+			}
+		})
+	}
+}
+
+func reversed(s []string) []string {
+	r := slices.Clone(s)
+	slices.Reverse(r)
+	return r
+}
+
+func everyOther(s []string, change func(i int) string) []string {
+	r := slices.Clone(s)
+	for i := 0; i < len(r); i += 2 {
+		r[i] = change(i)
+	}
+	return r
+}
+
+// TestReloadRejectsAsBefore: a new version with a bad record, or an id or
+// hash that another record has (reused or not), is rejected with the
+// message a whole parse gives, and nothing of it is kept.
+func TestReloadRejectsAsBefore(t *testing.T) {
+	record := func(i, h int, extra string) string {
+		return fmt.Sprintf(`{"id":"k_%04d","hash":"sha256:%064x","role":"reader"%s}`, i, h, extra)
+	}
+	base := make([]string, 300)
+	for i := range base {
+		base[i] = record(i, i+1, "")
+	}
+	first := compareLoads(t, lines(base), nil)
+	for name, records := range map[string][]string{
+		"unknown field":      slices.Concat(base[:5], []string{record(5, 6, `,"revokd":true`)}, base[6:]),
+		"bad role":           slices.Concat(base[:5], []string{strings.Replace(record(5, 6, ""), "reader", "boss", 1)}, base[6:]),
+		"duplicate id":       append(slices.Clone(base), record(7, 9999, "")),
+		"duplicate hash":     append(slices.Clone(base), record(9999, 8, "")),
+		"a record twice":     append(slices.Clone(base), base[3]),
+		"previous hash used": append(slices.Clone(base), record(9999, 9999, `,"previous_hashes":[{"hash":"sha256:`+fmt.Sprintf("%064x", 2)+`","valid_until":"2030-01-01T00:00:00Z"}]`)),
+		"bad JSON":           append(slices.Clone(base), `{"id":"k_x",}`),
+		"trailing comma":     append(slices.Clone(base), ``),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if l := compareLoads(t, lines(records), first); l != nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+	for name, data := range map[string]string{
+		"Keys":          `{"Keys": [` + base[0] + `]}`,
+		"keys twice":    `{"keys": [` + base[0] + `], "keys": [` + base[1] + `]}`,
+		"closing brace": `{"keys": [` + base[0] + `]}}`,
+		"after":         `{"keys": [` + base[0] + `]} x`,
+		"empty":         `{"keys": []}`,
+		"nothing":       ``,
+		"null record":   `{"keys": [null]}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			compareLoads(t, []byte(data), first)
+		})
+	}
+}
