@@ -32,8 +32,12 @@ func csrfToken(w http.ResponseWriter, r *http.Request, base string) string {
 	if path == "" {
 		path = "/"
 	}
+	// Lax, not Strict: a link from another site (or the identity
+	// provider's redirect back) must not arrive without the cookie, or a
+	// new token would replace it and break the forms open in other tabs.
+	// The token and the origin check protect the changes, not SameSite.
 	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: token, Path: path, HttpOnly: true,
-		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+		Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
 	// The token just made is what this answer's forms carry; the request
 	// that got it had none, so a POST fails below.
 	r.Header.Del("Cookie")
