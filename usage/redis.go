@@ -146,37 +146,58 @@ func (cl *Cluster) hourKey(hour int64) string { return cl.p + "h:" + strconv.For
 func (cl *Cluster) Report(ctx context.Context, q Query) ([]Row, error) {
 	from := q.From.Unix() / 3600 * 3600
 	sums := map[Bucket]Tally{}
-	for hour := from; hour < q.To.Unix(); hour += 3600 {
-		fields, err := cl.client.HGetAll(ctx, cl.hourKey(hour)).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
+	// A day's hours in one round trip: a 30-day report is 30 of them, not 720.
+	for start := from; start < q.To.Unix(); start += reportBatch * 3600 {
+		pipe := cl.client.Pipeline()
+		var cmds []*redis.MapStringStringCmd
+		var hours []int64
+		for hour := start; hour < q.To.Unix() && hour < start+reportBatch*3600; hour += 3600 {
+			cmds = append(cmds, pipe.HGetAll(ctx, cl.hourKey(hour)))
+			hours = append(hours, hour)
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return nil, err
 		}
-		for field, v := range fields {
-			b, part, ok := decodeCounter(field)
-			n, err := strconv.ParseInt(v, 10, 64)
-			if !ok || err != nil || n <= 0 {
-				continue // not ours, or damaged: not counted
+		for i, cmd := range cmds {
+			fields, err := cmd.Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return nil, err
 			}
-			if (q.KeyID != "" && b.KeyID != q.KeyID) || (q.Service != "" && b.Service != q.Service) {
-				continue
-			}
-			b.Hour = hour
-			if q.ByDay {
-				b.Hour = hour / 86400 * 86400
-			}
-			sum := sums[b]
-			switch part {
-			case "":
-				sum.Requests += n
-			case promptSuffix:
-				sum.PromptTokens += n
-			case completionSuffix:
-				sum.CompletionTokens += n
-			}
-			sums[b] = sum
+			cl.sum(sums, fields, hours[i], q)
 		}
 	}
 	return sortedRows(sums), nil
+}
+
+// reportBatch is how many hours Report asks for in one round trip.
+const reportBatch = 24
+
+// sum adds one hour's fields to sums, as q selects and groups them.
+func (cl *Cluster) sum(sums map[Bucket]Tally, fields map[string]string, hour int64, q Query) {
+	for field, v := range fields {
+		b, part, ok := decodeCounter(field)
+		n, err := strconv.ParseInt(v, 10, 64)
+		if !ok || err != nil || n <= 0 {
+			continue // not ours, or damaged: not counted
+		}
+		if (q.KeyID != "" && b.KeyID != q.KeyID) || (q.Service != "" && b.Service != q.Service) {
+			continue
+		}
+		b.Hour = hour
+		if q.ByDay {
+			b.Hour = hour / 86400 * 86400
+		}
+		sum := sums[b]
+		switch part {
+		case "":
+			sum.Requests += n
+		case promptSuffix:
+			sum.PromptTokens += n
+		case completionSuffix:
+			sum.CompletionTokens += n
+		}
+		sums[b] = sum
+	}
 }
 
 // The suffixes, after a counter's name, of the fields of its tokens.
