@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -158,7 +160,8 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 				fmt.Sprintf("The request body is over %d bytes, the most this route reads.", tl.maxBody))
 			return nil
 		}
-		if len(bytes.TrimSpace(body)) > 0 {
+		call.bodyLen = len(bytes.TrimSpace(body))
+		if call.bodyLen > 0 {
 			if call.req, err = tokens.ParseRequest(tl.format, body); err != nil {
 				// Ambiguous bodies too: the upstream could read another
 				// model or limit than the gateway checked.
@@ -187,7 +190,6 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 			}
 			call.reserve = min(call.reserve+(int64(len(body))+promptBytesPerToken-1)/promptBytesPerToken, maxReservation)
 		}
-		call.bodyLen = len(bytes.TrimSpace(body))
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 		r.TransferEncoding = nil
@@ -285,7 +287,7 @@ func (tw *tokenWriter) WriteHeader(status int) {
 		tw.written = true
 		tw.status = status
 		ct := tw.Header().Get("Content-Type")
-		stream := bytes.HasPrefix([]byte(ct), []byte("text/event-stream")) || bytes.HasPrefix([]byte(ct), []byte("application/x-ndjson"))
+		stream := strings.HasPrefix(ct, "text/event-stream") || strings.HasPrefix(ct, "application/x-ndjson")
 		tw.scan = tokens.NewScanner(tw.format, stream, tw.hide)
 		if stream && tw.hide {
 			// A chunk may be dropped: the length announced would be wrong.
@@ -352,16 +354,16 @@ func (h *Handler) proxyLLM(w http.ResponseWriter, r *http.Request, next func(htt
 	if !answered && err != nil {
 		charged = 0 // the upstream was not reached, or answered nothing
 	}
-	if absurd {
-		h.logger.Warn("the upstream reported an impossible token count; the reservation was charged instead",
+	if absurd && tokenLogDue(&lastAbsurdLog) {
+		h.logger.Warn("the upstream reported an impossible token count; the reservation was charged instead (logged at most every 10 s)",
 			zap.String("key_id", k.ID), zap.Int64("reserved", call.reserve))
 	}
 	if !call.policy.IsZero() && call.res.Allowed && !call.res.Uncounted {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), settleTimeout)
 		serr := h.tokens.store.Settle(ctx, k.ID, call.policy, call.res.Reservation, charged)
 		cancel()
-		if serr != nil {
-			h.logger.Warn("settling a token reservation failed; the reservation stays charged",
+		if serr != nil && tokenLogDue(&lastSettleLog) {
+			h.logger.Warn("settling a token reservation failed; the reservation stays charged (logged at most every 10 s)",
 				zap.String("key_id", k.ID), zap.Int64("reserved", call.reserve), zap.Error(serr))
 		}
 	}
@@ -371,6 +373,16 @@ func (h *Handler) proxyLLM(w http.ResponseWriter, r *http.Request, next func(htt
 	countTokens(h.Service, prompt, completion, charged, reported)
 	h.tokenWarnings(k, call, charged)
 	return err
+}
+
+// When the two warnings above were last logged (Unix ns): an upstream that
+// always misreports, or a Redis outage, must not write a line per request.
+var lastAbsurdLog, lastSettleLog atomic.Int64
+
+func tokenLogDue(last *atomic.Int64) bool {
+	now := time.Now().UnixNano()
+	prev := last.Load()
+	return now-prev >= int64(10*time.Second) && last.CompareAndSwap(prev, now)
 }
 
 // tokenWarnings sends apikey_token_warning at 80 % and 90 % of a daily
