@@ -15,7 +15,6 @@ import (
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/portal"
-	"github.com/moodmnky/caddy-apikey/usage"
 )
 
 func init() {
@@ -155,11 +154,9 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 	}
 	store := src.Store()
 	backend := portal.Backend{
-		Store:   store,
-		Changed: src.Changed,
-		Usage: func(ctx context.Context, q usage.Query) ([]usage.Row, error) {
-			return usageRows(ctx, q)
-		},
+		Store:       store,
+		Changed:     src.Changed,
+		Usage:       usageRows,
 		Quota:       func(ctx context.Context, k *keystore.Key) (portal.Quota, bool) { return todaysQuota(ctx, store, k) },
 		Audit:       p.writeAudit,
 		RecentAudit: p.recentAudit,
