@@ -135,6 +135,10 @@ type llmCall struct {
 	reserve int64
 	res     ratelimit.TokenResult
 	bodyLen int
+	// tw is the answer, once the request was handed on.
+	tw *tokenWriter
+	// settled: settle ran (it runs once).
+	settled bool
 }
 
 // readLLMRequest reads the body of a request on a route with tokens, checks
@@ -169,7 +173,7 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 					"This route counts LLM tokens and needs a JSON body: "+err.Error()+".")
 				return nil
 			}
-			if tl.format == tokens.OpenAI && call.req.Stream && !call.req.IncludeUsage {
+			if tl.format == tokens.OpenAI && call.req.Stream && !call.req.IncludeUsage && tokens.TakesStreamOptions(r.URL.Path) {
 				// Ask for the usage chunk; Scanner hides it from the client.
 				if body, err = tokens.AskUsage(body); err != nil {
 					h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody, "The request body could not be read: "+err.Error()+".")
@@ -261,16 +265,6 @@ func (h *Handler) tokensExhausted(w http.ResponseWriter, r *http.Request, now ti
 	writeTooMany(w, h.format, decisionQuotaExceeded, reason, msg, res.RetryAfter, never || res.DeniedBy != ratelimit.MinuteTokens)
 }
 
-// release gives back a reservation whose request was refused afterwards.
-func (h *Handler) release(k *keystore.Key, call *llmCall) {
-	if call == nil || !call.res.Allowed || call.res.Uncounted || call.policy.IsZero() {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-	defer cancel()
-	_ = h.tokens.store.Settle(ctx, k.ID, call.policy, call.res.Reservation, 0)
-}
-
 // tokenWriter passes the upstream's answer on as it comes, reading the
 // usage it reports.
 type tokenWriter struct {
@@ -280,18 +274,31 @@ type tokenWriter struct {
 	scan    *tokens.Scanner
 	status  int
 	written bool
+	// dec decodes an answer the upstream compressed although it was asked
+	// for identity (see decode.go); nil for a plain answer.
+	dec *decoder
+	// unread: the answer is in an encoding the gateway cannot decode; it
+	// passes on unread, and is charged its reservation.
+	unread bool
 }
 
 func (tw *tokenWriter) WriteHeader(status int) {
 	if !tw.written && status >= 200 {
 		tw.written = true
 		tw.status = status
-		ct := tw.Header().Get("Content-Type")
+		hdr := tw.Header()
+		ct := hdr.Get("Content-Type")
 		stream := strings.HasPrefix(ct, "text/event-stream") || strings.HasPrefix(ct, "application/x-ndjson")
 		tw.scan = tokens.NewScanner(tw.format, stream, tw.hide)
-		if stream && tw.hide {
-			// A chunk may be dropped: the length announced would be wrong.
-			tw.Header().Del("Content-Length")
+		if ce := hdr["Content-Encoding"]; len(ce) > 0 && !identity(ce) {
+			if tw.dec = newDecoder(tw, ce); tw.dec == nil {
+				tw.unread = true
+			}
+		}
+		if stream && tw.hide || tw.dec != nil {
+			// A chunk may be dropped, or the answer is decoded: the
+			// length announced would be wrong.
+			hdr.Del("Content-Length")
 		}
 	}
 	tw.ResponseWriter.WriteHeader(status)
@@ -300,6 +307,12 @@ func (tw *tokenWriter) WriteHeader(status int) {
 func (tw *tokenWriter) Write(p []byte) (int, error) {
 	if !tw.written {
 		tw.WriteHeader(http.StatusOK)
+	}
+	switch {
+	case tw.dec != nil:
+		return tw.dec.write(p)
+	case tw.unread:
+		return tw.ResponseWriter.Write(p)
 	}
 	out := tw.scan.Feed(p)
 	if len(out) > 0 {
@@ -311,73 +324,136 @@ func (tw *tokenWriter) Write(p []byte) (int, error) {
 }
 
 // Flush passes flushes on, so streams stay incremental.
-func (tw *tokenWriter) Flush() { _ = http.NewResponseController(tw.ResponseWriter).Flush() }
+func (tw *tokenWriter) Flush() {
+	if tw.dec != nil {
+		tw.dec.flush()
+		return
+	}
+	_ = http.NewResponseController(tw.ResponseWriter).Flush()
+}
 
 // Unwrap lets http.ResponseController reach the writer underneath.
 func (tw *tokenWriter) Unwrap() http.ResponseWriter { return tw.ResponseWriter }
 
-// finish writes what the scanner still holds and returns the tokens to
-// charge: those reported; none for an upstream refusal with no report;
-// the reservation when an answer reported nothing (cut, or an upstream
-// that does not report).
-func (tw *tokenWriter) finish(call *llmCall) (prompt, completion, charged int64, reported bool) {
+// settlement is what an answer is charged, read when it ended.
+type settlement struct {
+	prompt, completion, charged int64
+	// reported: the answer reported its usage (sanely).
+	reported bool
+	// answered: the upstream answered (a status and headers went on).
+	answered bool
+	// status is the upstream's status, when answered.
+	status int
+	// absurd: the answer reported impossible numbers, not believed.
+	absurd bool
+}
+
+// finish ends the answer (what the scanner still holds goes on, a decoder
+// is waited for) and returns what to charge: the tokens reported; none for
+// an upstream refusal with no report, or for a request the upstream never
+// answered; otherwise (a stream cut by the client or the upstream before
+// its report, an upstream or endpoint that does not report) the
+// reservation, or the content chunks the answer passed when more.
+func (tw *tokenWriter) finish(call *llmCall) settlement {
 	if tw.scan == nil {
-		return 0, 0, 0, false // nothing was answered: the request failed before the upstream
+		return settlement{} // nothing was answered: the request failed before the upstream
+	}
+	if tw.dec != nil {
+		tw.dec.close()
 	}
 	if rest := tw.scan.Finish(); len(rest) > 0 {
 		_, _ = tw.ResponseWriter.Write(rest)
 	}
-	prompt, completion, reported = tw.scan.Usage()
-	absurd := tw.scan.Absurd()
+	st := settlement{answered: true, status: tw.status, absurd: tw.scan.Absurd()}
+	st.prompt, st.completion, st.reported = tw.scan.Usage()
 	chunks := tw.scan.Chunks()
 	tw.scan.Release()
 	tw.scan = nil
 	switch {
-	case reported:
-		return prompt, completion, prompt + completion, true
-	case tw.status >= 400 && !absurd:
-		return 0, 0, 0, false
+	case st.reported:
+		st.charged = st.prompt + st.completion
+	case tw.status >= 400 && !st.absurd:
+	default:
+		// A stream cut before its report passed at least a token a chunk: a
+		// client that stops reading before the usage does not pay less.
+		st.charged = max(call.reserve, chunks)
 	}
-	// A stream cut before its report passed at least a token a chunk: a
-	// client that stops reading before the usage does not pay less.
-	return 0, 0, max(call.reserve, chunks), false
+	return st
 }
 
-// proxyLLM hands the request on and settles its tokens when the answer
-// ends, however it ends.
-func (h *Handler) proxyLLM(w http.ResponseWriter, r *http.Request, next func(http.ResponseWriter, *http.Request) error, k *keystore.Key, t keystore.Type, call *llmCall, now time.Time) error {
-	tw := &tokenWriter{ResponseWriter: w, format: h.tokens.format, hide: call.hide}
-	err := next(tw, r)
-	answered := tw.scan != nil
-	absurd := answered && tw.scan.Absurd()
-	prompt, completion, charged, reported := tw.finish(call)
-	if !answered && err != nil {
-		charged = 0 // the upstream was not reached, or answered nothing
+// identityEncoding is what a route with tokens asks its upstream for:
+// answers the gateway reads as they stream (shared, never modified).
+var identityEncoding = []string{"identity"}
+
+// proxyLLM hands the request on, asking the upstream for an answer it does
+// not compress, through a writer that reads the usage as it passes. The
+// settlement is not here: ServeHTTP defers settle as soon as the tokens are
+// reserved, so it runs however the request ends (see settle).
+func (h *Handler) proxyLLM(w http.ResponseWriter, r *http.Request, next func(http.ResponseWriter, *http.Request) error, call *llmCall) error {
+	call.tw = &tokenWriter{ResponseWriter: w, format: h.tokens.format, hide: call.hide}
+	// The upstream is asked for identity: an answer compressed by the
+	// upstream could not be read as it streams. The client's own
+	// Accept-Encoding comes back afterwards, for the access log.
+	accept, had := r.Header["Accept-Encoding"]
+	r.Header["Accept-Encoding"] = identityEncoding
+	defer func() {
+		if had {
+			r.Header["Accept-Encoding"] = accept
+		} else {
+			delete(r.Header, "Accept-Encoding")
+		}
+	}()
+	return next(call.tw, r)
+}
+
+// settle settles the request's reservation, exactly once: ServeHTTP defers
+// it as soon as readLLMRequest reserved, so it runs whatever happens next:
+// a refusal before the upstream (the reservation is released), an upstream
+// error, a client that goes away mid-stream (reverse_proxy then panics
+// with http.ErrAbortHandler, which goes on after this ran), or an answer
+// that ends. A cut answer is charged what finish says, and counted as a
+// missing report when its endpoint should have reported.
+func (h *Handler) settle(r *http.Request, k *keystore.Key, call *llmCall, now time.Time) {
+	if call.settled {
+		return
 	}
-	if absurd && tokenLogDue(&lastAbsurdLog) {
+	call.settled = true
+	var st settlement
+	if call.tw != nil {
+		st = call.tw.finish(call)
+	}
+	if st.absurd && tokenLogDue(&lastAbsurdLog) {
 		h.logger.Warn("the upstream reported an impossible token count; the reservation was charged instead (logged at most every 10 s)",
 			zap.String("key_id", k.ID), zap.Int64("reserved", call.reserve))
 	}
+	if call.tw != nil && call.tw.unread && tokenLogDue(&lastUnreadLog) {
+		h.logger.Warn("the upstream compressed its answer in an encoding the gateway cannot read although asked for identity; the reservation was charged (logged at most every 10 s)",
+			zap.String("key_id", k.ID), zap.Strings("content_encoding", call.tw.Header()["Content-Encoding"]), zap.Int64("reserved", call.reserve))
+	}
 	if !call.policy.IsZero() && call.res.Allowed && !call.res.Uncounted {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), settleTimeout)
-		serr := h.tokens.store.Settle(ctx, k.ID, call.policy, call.res.Reservation, charged)
+		serr := h.tokens.store.Settle(ctx, k.ID, call.policy, call.res.Reservation, st.charged)
 		cancel()
 		if serr != nil && tokenLogDue(&lastSettleLog) {
 			h.logger.Warn("settling a token reservation failed; the reservation stays charged (logged at most every 10 s)",
 				zap.String("key_id", k.ID), zap.Int64("reserved", call.reserve), zap.Error(serr))
 		}
 	}
-	if reported {
-		h.usage.AddTokens(k.ID, h.Service, r.Method, usage.Endpoint(r.URL.Path, h.usageDepth), now, prompt, completion)
+	if !st.answered {
+		return // refused before the upstream, or the upstream never answered
 	}
-	countTokens(h.Service, prompt, completion, charged, reported)
-	h.tokenWarnings(k, call, charged)
-	return err
+	if st.reported {
+		h.usage.AddTokens(k.ID, h.Service, r.Method, usage.Endpoint(r.URL.Path, h.usageDepth), now, st.prompt, st.completion)
+	}
+	// A missing report: an answer that should have reported and did not.
+	missing := !st.reported && st.status < 300 && tokens.Reports(h.tokens.format, r.Method, r.URL.Path)
+	countTokens(h.Service, st.prompt, st.completion, st.charged, st.reported, missing)
+	h.tokenWarnings(k, call, st.charged)
 }
 
 // When the two warnings above were last logged (Unix ns): an upstream that
 // always misreports, or a Redis outage, must not write a line per request.
-var lastAbsurdLog, lastSettleLog atomic.Int64
+var lastAbsurdLog, lastSettleLog, lastUnreadLog atomic.Int64
 
 func tokenLogDue(last *atomic.Int64) bool {
 	now := time.Now().UnixNano()

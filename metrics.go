@@ -103,20 +103,23 @@ var metrics = struct {
 	// as reported, charged as settled (reports, or reservations for
 	// answers that reported none).
 	tokens *prometheus.CounterVec
-	// unreported counts answers on routes with tokens that reported no usage.
+	// unreported counts answers on routes with tokens that should have
+	// reported usage and did not.
 	unreported *prometheus.CounterVec
 }{routes: map[string]*routeCounts{}}
 
-// countTokens records one settled answer's tokens. Services are the
+// countTokens records one settled answer's tokens; missing says it should
+// have reported usage and did not (see tokens.Reports). Services are the
 // routes' own names, so the series are bounded by the config.
-func countTokens(service string, prompt, completion, charged int64, reported bool) {
+func countTokens(service string, prompt, completion, charged int64, reported, missing bool) {
 	if metrics.tokens == nil {
 		return
 	}
 	if reported {
 		metrics.tokens.WithLabelValues(service, "prompt").Add(float64(prompt))
 		metrics.tokens.WithLabelValues(service, "completion").Add(float64(completion))
-	} else {
+	}
+	if missing {
 		metrics.unreported.WithLabelValues(service).Inc()
 	}
 	metrics.tokens.WithLabelValues(service, "charged").Add(float64(charged))
@@ -221,7 +224,7 @@ func initMetrics() {
 		}, []string{"service", "kind"})
 		metrics.unreported = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "token_reports_missing_total",
-			Help: "Answers on routes with tokens that reported no usage (cut streams, upstreams that do not report): their reservation was charged.",
+			Help: "Answers on routes with tokens that should have reported usage and did not: 2xx answers of endpoints that generate (chat, completions, responses, embeddings; Ollama chat, generate, embed) cut before their report, or from upstreams that do not report. They were charged their reservation, or the content chunks they passed when more.",
 		}, []string{"service"})
 		cacheResults := map[string]prometheus.Counter{}
 		for _, r := range []string{"hit", "stale", "negative_hit", "miss"} {

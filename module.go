@@ -505,13 +505,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if call = h.readLLMRequest(w, r, now, k, presented, policy); call == nil {
 			return nil
 		}
+		// From here the reservation is settled exactly once, however the
+		// request ends: refused below (released), answered, or cut.
+		defer h.settle(r, k, call, now)
 	}
 
 	// Only requests that pass every check above spend from the budget.
 	res, err := h.counters.Take(r.Context(), k.ID, policy)
 	if err != nil {
 		// The store logs its failures, once per change of state.
-		h.release(k, call)
 		return h.deny(w, r, now, h.denials.unavailable, k, presented)
 	}
 	if !res.Uncounted {
@@ -521,7 +523,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		headers.WriteTokenLimits(w.Header(), call.res, call.res.Now)
 	}
 	if !res.Allowed {
-		h.release(k, call)
 		if res.DeniedBy == ratelimit.DailyLimit {
 			h.refused(r, now, decisionQuotaExceeded, "", k, presented, &res)
 			if h.events.on() && markSent(k.ID, res.Daily.Reset, 100) {
@@ -561,7 +562,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		c.Write(zap.String("key_id", k.ID), zap.String("method", loggedMethod(r.Method)), zap.String("path", loggedPath(r.URL.Path)))
 	}
 	if call != nil {
-		return h.proxyLLM(w, r, next.ServeHTTP, k, presented, call, now)
+		return h.proxyLLM(w, r, next.ServeHTTP, call)
 	}
 	return next.ServeHTTP(w, r)
 }

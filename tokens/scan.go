@@ -35,6 +35,10 @@ type Scanner struct {
 	reported           bool
 	absurd             bool
 	chunks             int64 // content events seen in a stream
+	// lifecycle: the last "event:" line named a Responses API event that
+	// carries no content (response.created, ….done): its data is not a
+	// content chunk.
+	lifecycle bool
 }
 
 // NewScanner reads an answer in format f; stream says whether it is an
@@ -161,8 +165,14 @@ func (s *Scanner) readLine(line []byte) bool {
 	case OpenAI:
 		data, ok := bytes.CutPrefix(body, []byte("data:"))
 		if !ok {
+			if name, ok := bytes.CutPrefix(body, []byte("event:")); ok {
+				name = bytes.TrimSpace(name)
+				s.lifecycle = bytes.HasPrefix(name, []byte("response.")) && !bytes.HasSuffix(name, []byte(".delta"))
+			}
 			return true
 		}
+		lifecycle := s.lifecycle
+		s.lifecycle = false
 		hasUsage := s.readOpenAIUsage(data)
 		if hasUsage && usageOnly(data) {
 			if s.hide {
@@ -171,7 +181,7 @@ func (s *Scanner) readLine(line []byte) bool {
 			}
 			return true
 		}
-		if !bytes.Equal(bytes.TrimSpace(data), []byte("[DONE]")) {
+		if !lifecycle && !bytes.Equal(bytes.TrimSpace(data), []byte("[DONE]")) {
 			s.chunks++
 		}
 	case Ollama:
@@ -308,7 +318,8 @@ func (s *Scanner) Usage() (prompt, completion int64, ok bool) {
 }
 
 // Chunks is how many content events a stream passed (OpenAI data events
-// other than usage and [DONE]; Ollama lines): each carried at least one
+// other than usage, [DONE] and the Responses API's events around the
+// content, such as response.created; Ollama lines): each carried at least one
 // token, so it is a floor for an answer cut before its report.
 func (s *Scanner) Chunks() int64 { return s.chunks }
 
