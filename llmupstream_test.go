@@ -386,7 +386,7 @@ func (u *llmUpstream) legacyCompletions(w http.ResponseWriter, model string, str
 // token, their ….done events, and response.completed, whose response holds
 // the usage: input_tokens, output_tokens).
 func (u *llmUpstream) responses(w http.ResponseWriter, model string, stream bool, completion, repPrompt, repCompletion int64, withUsage bool, report func(), flush func() bool) {
-	text := strings.TrimSpace(strings.Repeat("tok ", int(completion)))
+	text := strings.Repeat("tok ", int(completion)) // the deltas, end to end
 	usage := "null"
 	if withUsage {
 		usage = fmt.Sprintf(`{"input_tokens":%d,"input_tokens_details":{"cached_tokens":0},"output_tokens":%d,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":%d}`,

@@ -9,8 +9,13 @@
 // usage for has no chunk with usage (and content arrives); one that asked
 // has exactly one usage chunk. The result never repeats the key.
 //
-// Ops: openai "chat", "chat_stream", "chat_stream_usage", "chat_refused";
-// ollama "chat", "chat_stream", "generate", "generate_stream".
+// Ops: openai "chat", "chat_stream", "chat_stream_usage", "chat_refused",
+// "responses", "responses_stream" (responses.stream: its final response must
+// carry the usage), "completions", "completions_stream", "embeddings";
+// ollama "chat", "chat_stream", "generate", "generate_stream", "embed".
+// "usage" is always {prompt_tokens, completion_tokens}, whatever the API
+// calls them (the Responses API's input_tokens/output_tokens, an embedding's
+// prompt tokens with completion 0).
 import OpenAI from 'openai';
 import { Ollama } from 'ollama';
 import { createInterface } from 'node:readline';
@@ -73,14 +78,66 @@ async function openai() {
       if (usages.length !== 1) fail(`${usages.length} usage chunks, want exactly 1`);
       return { content, chunks, usage_chunks: usages.length, usage: usages[0] };
     }
+    case 'responses': {
+      const r = await client.responses.create({ model: step.model, input: 'say hello', max_output_tokens: step.max_tokens });
+      return { content: r.output_text, usage: responseUsage(r.usage) };
+    }
+    case 'responses_stream': {
+      const stream = client.responses.stream({ model: step.model, input: 'say hello', max_output_tokens: step.max_tokens });
+      let content = '';
+      let chunks = 0;
+      for await (const event of stream) {
+        chunks++;
+        if (event.type === 'response.output_text.delta') content += event.delta;
+      }
+      const final = await stream.finalResponse();
+      if (final.status !== 'completed') fail(`the final response is ${final.status}`);
+      if (final.output_text !== content) fail(`the final text ${JSON.stringify(final.output_text)} is not the deltas' ${JSON.stringify(content)}`);
+      if (final.usage == null) fail('the final response has no usage');
+      return { content, chunks, usage: responseUsage(final.usage) };
+    }
+    case 'completions': {
+      const c = await client.completions.create({ model: step.model, prompt: 'say hello', max_tokens: step.max_tokens });
+      return { content: c.choices[0].text, usage: c.usage ?? null };
+    }
+    case 'completions_stream': {
+      const stream = await client.completions.create({ model: step.model, prompt: 'say hello', max_tokens: step.max_tokens, stream: true });
+      let content = '';
+      let chunks = 0;
+      for await (const c of stream) {
+        chunks++;
+        // As for chat: usage the client did not ask for must not arrive.
+        if (c.usage != null) fail(`chunk ${chunks} has usage ${JSON.stringify(c.usage)}; the client did not ask for it`);
+        content += c.choices?.[0]?.text ?? '';
+      }
+      if (content === '') fail('no content arrived');
+      return { content, chunks, usage: null };
+    }
+    case 'embeddings': {
+      const e = await client.embeddings.create({ model: step.model, input: 'say hello' });
+      const v = e.data?.[0]?.embedding;
+      if (!Array.isArray(v) || v.length !== 2 || v[0] !== 0.5 || v[1] !== 0.25) fail(`embedding ${JSON.stringify(v)}, want [0.5, 0.25]`);
+      return { content: '', usage: { prompt_tokens: e.usage.prompt_tokens, completion_tokens: e.usage.total_tokens - e.usage.prompt_tokens } };
+    }
     default:
       throw new Error(`unknown op ${step.op}`);
   }
 }
 
+// responseUsage is a Responses API usage in chat's names.
+function responseUsage(u) {
+  return u == null ? null : { prompt_tokens: u.input_tokens, completion_tokens: u.output_tokens };
+}
+
 async function ollama() {
   const client = new Ollama({ host: step.base, fetch: countingFetch, headers: { Authorization: `Bearer ${step.key}` } });
   const options = step.max_tokens ? { num_predict: step.max_tokens } : undefined;
+  if (step.op === 'embed') {
+    const e = await client.embed({ model: step.model, input: 'say hello' });
+    const v = e.embeddings?.[0];
+    if (!Array.isArray(v) || v.length !== 2) fail(`embeddings ${JSON.stringify(e.embeddings)}`);
+    return { content: '', usage: { prompt_tokens: e.prompt_eval_count ?? null, completion_tokens: 0 } };
+  }
   const chat = step.op.startsWith('chat');
   const stream = step.op.endsWith('_stream');
   const req = chat
