@@ -231,7 +231,9 @@ func (h *Handler) refuseRequest(w http.ResponseWriter, r *http.Request, now time
 	_, _ = w.Write(appendErrorBody(nil, h.format, status, decisionInvalidRequest, reason, message))
 }
 
-// tokensExhausted answers 429 for a reservation that does not fit.
+// tokensExhausted answers a reservation that does not fit: 429 while a
+// budget is spent; 400 when it is larger than a whole budget, so that no
+// client retries a request no retry can pass (docs/choices.md).
 func (h *Handler) tokensExhausted(w http.ResponseWriter, r *http.Request, now time.Time, k *keystore.Key, t keystore.Type, call *llmCall) {
 	res := call.res
 	var reason, what string
@@ -244,21 +246,38 @@ func (h *Handler) tokensExhausted(w http.ResponseWriter, r *http.Request, now ti
 	default:
 		reason, what, u = reasonTokensDaily, "daily token budget", res.Daily
 	}
-	h.refused(r, now, decisionQuotaExceeded, reason, k, t, nil)
-	msg := fmt.Sprintf("This request may use up to %d tokens and the key's %s has %d of %d left; it resets at %s.",
-		call.reserve, what, u.Remaining, u.Limit, u.Reset.UTC().Format(time.RFC3339))
-	never := call.reserve > u.Limit
-	if never {
+	// Larger than a whole budget: the one that refused, or another that
+	// applies (a spent daily budget may hide a per-minute one it exceeds).
+	for _, b := range [...]struct {
+		reason string
+		limit  int64
+	}{{reason, u.Limit}, {reasonTokensDaily, call.policy.Daily}, {reasonTokensMinute, call.policy.PerMinute}, {reasonTokensModel, call.policy.ModelDaily}} {
+		if b.limit <= 0 || call.reserve <= b.limit {
+			continue
+		}
+		switch b.reason {
+		case reasonTokensDaily:
+			what = "daily token budget"
+		case reasonTokensMinute:
+			what = "per-minute token budget"
+		case reasonTokensModel:
+			what = "daily token budget for " + call.policy.Model
+		}
 		limitField := "max_tokens"
 		if h.tokens.format == tokens.Ollama {
 			limitField = "options.num_predict"
 		}
-		msg = fmt.Sprintf("This request may use up to %d tokens, more than the key's whole %s (%d); ask for fewer with %s.",
-			call.reserve, what, u.Limit, limitField)
+		w.Header()["X-Should-Retry"] = []string{"false"}
+		h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, b.reason, fmt.Sprintf(
+			"This request may use up to %d tokens, more than the key's whole %s (%d), so no retry can pass; ask for fewer with %s.",
+			call.reserve, what, b.limit, limitField))
+		return
 	}
-	// No retry helps a daily budget soon, nor a request larger than the
-	// budget ever.
-	writeTooMany(w, h.format, decisionQuotaExceeded, reason, msg, res.RetryAfter, never || res.DeniedBy != ratelimit.MinuteTokens)
+	h.refused(r, now, decisionQuotaExceeded, reason, k, t, nil)
+	msg := fmt.Sprintf("This request may use up to %d tokens and the key's %s has %d of %d left; it resets at %s.",
+		call.reserve, what, u.Remaining, u.Limit, u.Reset.UTC().Format(time.RFC3339))
+	// No retry helps a daily budget soon.
+	writeTooMany(w, h.format, decisionQuotaExceeded, reason, msg, res.RetryAfter, res.DeniedBy != ratelimit.MinuteTokens)
 }
 
 // release gives back a reservation whose request was refused afterwards.
