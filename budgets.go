@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -163,6 +164,12 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 		call.bodyLen = len(bytes.TrimSpace(body))
 		if call.bodyLen > 0 {
 			if call.req, err = tokens.ParseRequest(tl.format, body); err != nil {
+				// A body that is no JSON object at all (a multipart
+				// upload, a blob) names a model the gateway cannot read.
+				if k.RestrictsModels() && errors.Is(err, tokens.ErrNotJSON) && bytes.TrimSpace(body)[0] != '{' {
+					h.forbid(w, r, now, h.denials.model, k, t, p)
+					return nil
+				}
 				// Ambiguous bodies too: the upstream could read another
 				// model or limit than the gateway checked.
 				h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody,
@@ -195,9 +202,10 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 		r.TransferEncoding = nil
 		r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 	}
-	// A key limited to models must name one: an upstream that falls back
-	// to a default model would otherwise serve any.
-	if k.RestrictsModels() && call.bodyLen > 0 && !k.AllowsModel(call.req.Model) {
+	// A key limited to models may name only those, and must name one:
+	// an upstream that falls back to a default model would otherwise
+	// serve any.
+	if k.RestrictsModels() && !allowsModels(k, r, call) {
 		h.forbid(w, r, now, h.denials.model, k, t, p)
 		return nil
 	}
@@ -219,6 +227,38 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 		return nil
 	}
 	return call
+}
+
+// allowsModels reports whether a key limited to models may send r: every
+// model it names, in its body (tokens.ModelFields, a Modelfile's FROM
+// lines) and in "model" query parameters (the realtime API's WebSocket
+// upgrade), is one of the key's. A request with a body or an upgrade must
+// name one; a body that asks for a model the gateway cannot name (an
+// Ollama create from uploaded files), or a query the gateway cannot read,
+// is refused.
+func allowsModels(k *keystore.Key, r *http.Request, call *llmCall) bool {
+	if call.req.Unnamed {
+		return false
+	}
+	named := len(call.req.Models)
+	for _, m := range call.req.Models {
+		if !k.AllowsModel(m) {
+			return false
+		}
+	}
+	if r.URL.RawQuery != "" {
+		q, err := url.ParseQuery(r.URL.RawQuery)
+		if err != nil {
+			return false
+		}
+		for _, m := range q["model"] {
+			if !k.AllowsModel(m) {
+				return false
+			}
+			named++
+		}
+	}
+	return named > 0 || (call.bodyLen == 0 && r.Header.Get("Upgrade") == "")
 }
 
 // refuseRequest answers a request whose body the route cannot use.
