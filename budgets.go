@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -167,6 +168,12 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 		call.bodyLen = len(bytes.TrimSpace(body))
 		if call.bodyLen > 0 {
 			if call.req, err = tokens.ParseRequest(tl.format, body); err != nil {
+				// A body that is no JSON object at all (a multipart
+				// upload, a blob) names a model the gateway cannot read.
+				if k.RestrictsModels() && errors.Is(err, tokens.ErrNotJSON) && bytes.TrimSpace(body)[0] != '{' {
+					h.forbid(w, r, now, h.denials.model, k, t, p)
+					return nil
+				}
 				// Ambiguous bodies too: the upstream could read another
 				// model or limit than the gateway checked.
 				h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody,
@@ -199,9 +206,10 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 		r.TransferEncoding = nil
 		r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 	}
-	// A key limited to models must name one: an upstream that falls back
-	// to a default model would otherwise serve any.
-	if k.RestrictsModels() && call.bodyLen > 0 && !k.AllowsModel(call.req.Model) {
+	// A key limited to models may name only those, and must name one:
+	// an upstream that falls back to a default model would otherwise
+	// serve any.
+	if k.RestrictsModels() && !allowsModels(k, r, call) {
 		h.forbid(w, r, now, h.denials.model, k, t, p)
 		return nil
 	}
@@ -225,6 +233,38 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 	return call
 }
 
+// allowsModels reports whether a key limited to models may send r: every
+// model it names, in its body (tokens.ModelFields, a Modelfile's FROM
+// lines) and in "model" query parameters (the realtime API's WebSocket
+// upgrade), is one of the key's. A request with a body or an upgrade must
+// name one; a body that asks for a model the gateway cannot name (an
+// Ollama create from uploaded files), or a query the gateway cannot read,
+// is refused.
+func allowsModels(k *keystore.Key, r *http.Request, call *llmCall) bool {
+	if call.req.Unnamed {
+		return false
+	}
+	named := len(call.req.Models)
+	for _, m := range call.req.Models {
+		if !k.AllowsModel(m) {
+			return false
+		}
+	}
+	if r.URL.RawQuery != "" {
+		q, err := url.ParseQuery(r.URL.RawQuery)
+		if err != nil {
+			return false
+		}
+		for _, m := range q["model"] {
+			if !k.AllowsModel(m) {
+				return false
+			}
+			named++
+		}
+	}
+	return named > 0 || (call.bodyLen == 0 && r.Header.Get("Upgrade") == "")
+}
+
 // refuseRequest answers a request whose body the route cannot use.
 func (h *Handler) refuseRequest(w http.ResponseWriter, r *http.Request, now time.Time, k *keystore.Key, t keystore.Type, status int, reason, message string) {
 	h.refused(r, now, decisionInvalidRequest, reason, k, t, nil)
@@ -235,7 +275,9 @@ func (h *Handler) refuseRequest(w http.ResponseWriter, r *http.Request, now time
 	_, _ = w.Write(appendErrorBody(nil, h.format, status, decisionInvalidRequest, reason, message))
 }
 
-// tokensExhausted answers 429 for a reservation that does not fit.
+// tokensExhausted answers a reservation that does not fit: 429 while a
+// budget is spent; 400 when it is larger than a whole budget, so that no
+// client retries a request no retry can pass (docs/choices.md).
 func (h *Handler) tokensExhausted(w http.ResponseWriter, r *http.Request, now time.Time, k *keystore.Key, t keystore.Type, call *llmCall) {
 	res := call.res
 	var reason, what string
@@ -248,21 +290,38 @@ func (h *Handler) tokensExhausted(w http.ResponseWriter, r *http.Request, now ti
 	default:
 		reason, what, u = reasonTokensDaily, "daily token budget", res.Daily
 	}
-	h.refused(r, now, decisionQuotaExceeded, reason, k, t, nil)
-	msg := fmt.Sprintf("This request may use up to %d tokens and the key's %s has %d of %d left; it resets at %s.",
-		call.reserve, what, u.Remaining, u.Limit, u.Reset.UTC().Format(time.RFC3339))
-	never := call.reserve > u.Limit
-	if never {
+	// Larger than a whole budget: the one that refused, or another that
+	// applies (a spent daily budget may hide a per-minute one it exceeds).
+	for _, b := range [...]struct {
+		reason string
+		limit  int64
+	}{{reason, u.Limit}, {reasonTokensDaily, call.policy.Daily}, {reasonTokensMinute, call.policy.PerMinute}, {reasonTokensModel, call.policy.ModelDaily}} {
+		if b.limit <= 0 || call.reserve <= b.limit {
+			continue
+		}
+		switch b.reason {
+		case reasonTokensDaily:
+			what = "daily token budget"
+		case reasonTokensMinute:
+			what = "per-minute token budget"
+		case reasonTokensModel:
+			what = "daily token budget for " + call.policy.Model
+		}
 		limitField := "max_tokens"
 		if h.tokens.format == tokens.Ollama {
 			limitField = "options.num_predict"
 		}
-		msg = fmt.Sprintf("This request may use up to %d tokens, more than the key's whole %s (%d); ask for fewer with %s.",
-			call.reserve, what, u.Limit, limitField)
+		w.Header()["X-Should-Retry"] = []string{"false"}
+		h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, b.reason, fmt.Sprintf(
+			"This request may use up to %d tokens, more than the key's whole %s (%d), so no retry can pass; ask for fewer with %s.",
+			call.reserve, what, b.limit, limitField))
+		return
 	}
-	// No retry helps a daily budget soon, nor a request larger than the
-	// budget ever.
-	writeTooMany(w, h.format, decisionQuotaExceeded, reason, msg, res.RetryAfter, never || res.DeniedBy != ratelimit.MinuteTokens)
+	h.refused(r, now, decisionQuotaExceeded, reason, k, t, nil)
+	msg := fmt.Sprintf("This request may use up to %d tokens and the key's %s has %d of %d left; it resets at %s.",
+		call.reserve, what, u.Remaining, u.Limit, u.Reset.UTC().Format(time.RFC3339))
+	// No retry helps a daily budget soon.
+	writeTooMany(w, h.format, decisionQuotaExceeded, reason, msg, res.RetryAfter, res.DeniedBy != ratelimit.MinuteTokens)
 }
 
 // tokenWriter passes the upstream's answer on as it comes, reading the

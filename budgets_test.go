@@ -95,8 +95,8 @@ func TestTokenBudgetsSmoke(t *testing.T) {
 	}
 	calls := up.calls.Load()
 	resp, body = post(t, base+"/openai/v1/chat/completions", key.secret, `{"model":"llama3","messages":[],"max_tokens":5000}`)
-	if resp.StatusCode != 429 || !strings.Contains(body, "tokens_daily") || up.calls.Load() != calls {
-		t.Fatalf("a reservation over the budget: %d %s; upstream calls %d→%d", resp.StatusCode, body, calls, up.calls.Load())
+	if resp.StatusCode != 400 || !strings.Contains(body, "tokens_daily") || up.calls.Load() != calls {
+		t.Fatalf("a reservation over the whole budget: %d %s; upstream calls %d→%d", resp.StatusCode, body, calls, up.calls.Load())
 	}
 	resp, body = post(t, base+"/ollama/api/chat", key.secret, `{"model":"llama3","messages":[{"role":"user","content":"hi"}]}`)
 	if resp.StatusCode != 200 || !strings.Contains(body, `"eval_count":5`) {
@@ -403,7 +403,8 @@ func TestTokenStreamsIncremental(t *testing.T) {
 }
 
 // TestTokenReserveSettle: a reservation that does not fit is refused (429,
-// the budget's reason, in the route's error format) before the upstream;
+// the budget's reason, in the route's error format; 400 when it is larger
+// than the whole budget, which no retry can pass) before the upstream;
 // one that fits is charged at once and settled to what the upstream
 // reported; a stream the client cuts is charged its reservation; the
 // model allowlist and a model's own budget.
@@ -444,13 +445,33 @@ func TestTokenReserveSettle(t *testing.T) {
 		}
 		return resp
 	}
+	// tooLarge: a reservation larger than a whole budget, which no retry
+	// can pass, is 400 invalid_request_error with the budget's reason and
+	// no Retry-After, which no client library retries.
+	tooLarge := func(what string, k testKey, body, reason string) *http.Response {
+		t.Helper()
+		calls := up.calls.Load()
+		resp, got := g.do(k, chat, body)
+		if resp.StatusCode != 400 {
+			t.Errorf("%s (key %s): %d %s, want 400 %s", what, k.record.ID, resp.StatusCode, got, reason)
+			return resp
+		}
+		if n := up.calls.Load(); n != calls {
+			t.Errorf("%s: the upstream was called (%d -> %d calls)", what, calls, n)
+		}
+		checkOpenAIRefusal(t, what, got, "invalid_request_error", "invalid_request", reason)
+		if ra := resp.Header.Get("Retry-After"); ra != "" || resp.Header.Get("X-Should-Retry") != "false" {
+			t.Errorf("%s: Retry-After %q, X-Should-Retry %q", what, ra, resp.Header.Get("X-Should-Retry"))
+		}
+		return resp
+	}
 
 	t.Run("daily", func(t *testing.T) {
 		if n := g.tokensLeft(daily); n != 1000 {
 			t.Fatalf("a new key has %d tokens left, want 1000", n)
 		}
 		// More than the whole budget.
-		resp := refused("over the whole budget", daily, msg("llama3", 2000, ""), "tokens_daily", true)
+		resp := tooLarge("over the whole budget", daily, msg("llama3", 2000, ""), "tokens_daily")
 		if n, _ := rateItem(resp.Header, "tokens-daily"); n != 1000 {
 			t.Errorf("a refused reservation charged something: %d left, want 1000", n)
 		}
@@ -495,9 +516,8 @@ func TestTokenReserveSettle(t *testing.T) {
 	})
 
 	t.Run("minute", func(t *testing.T) {
-		// Larger than the whole per-minute budget: no retry can pass, so
-		// x-should-retry: false, as on daily budgets.
-		refused("over the per-minute budget", minute, msg("llama3", 500, ""), "tokens_minute", true)
+		// Larger than the whole per-minute budget: no retry can pass.
+		tooLarge("over the per-minute budget", minute, msg("llama3", 500, ""), "tokens_minute")
 		if s := time.Now().Second(); s >= 55 {
 			time.Sleep(time.Duration(61-s) * time.Second) // stay in one minute
 		}
@@ -517,7 +537,7 @@ func TestTokenReserveSettle(t *testing.T) {
 	t.Run("model budget", func(t *testing.T) {
 		// gpt-4* has 150 tokens a day: gpt-4o is held to them, llama3 is not.
 		start := up.total()
-		refused("gpt-4o over its model budget", model, msg("gpt-4o", 200, ""), "tokens_model", true)
+		tooLarge("gpt-4o over its whole model budget", model, msg("gpt-4o", 200, ""), "tokens_model")
 		calls := up.calls.Load()
 		resp, got := g.do(model, chat, msg("llama3", 200, ""))
 		if resp.StatusCode != 200 || up.calls.Load() != calls+1 {
@@ -712,7 +732,7 @@ func TestTokenBadInput(t *testing.T) {
 }
 
 // TestTokenHugeMaxTokens: a request whose limit is past anything a budget
-// could hold is just over the budget: 429 tokens_daily ("ask for fewer with
+// could hold is just over the budget: 400 tokens_daily ("ask for fewer with
 // max_tokens"), never reaching the upstream, not a 503 "unavailable" that
 // SDKs retry and that reads as a key service failure. 2^53-1 is
 // JavaScript's Number.MAX_SAFE_INTEGER, an "unlimited" some clients send:
@@ -730,10 +750,10 @@ func TestTokenHugeMaxTokens(t *testing.T) {
 		{"/ollama/api/generate", `{"model":"llama3","prompt":"x","options":{"num_predict":9007199254740991}}`},
 	} {
 		resp, got := g.do(key, c.path, c.body)
-		if resp.StatusCode != 429 || !strings.Contains(got, `"reason":"tokens_daily"`) {
-			t.Errorf("%s %s: %d %s, want 429 tokens_daily", c.path, c.body, resp.StatusCode, got)
+		if resp.StatusCode != 400 || !strings.Contains(got, `"reason":"tokens_daily"`) {
+			t.Errorf("%s %s: %d %s, want 400 tokens_daily", c.path, c.body, resp.StatusCode, got)
 		}
-		if resp.StatusCode == 429 && resp.Header.Get("X-Should-Retry") != "false" {
+		if resp.StatusCode == 400 && resp.Header.Get("X-Should-Retry") != "false" {
 			t.Errorf("%s: X-Should-Retry %q", c.path, resp.Header.Get("X-Should-Retry"))
 		}
 	}

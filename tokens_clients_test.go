@@ -130,9 +130,9 @@ func (s *tokenSDK) run(k testKey, step map[string]any) tokenSDKResult {
 // include_usage (exactly one usage chunk, the upstream's numbers); the
 // ollama SDK's chat and generate, streamed and not. After each call the
 // key's daily tokens left must be the budget less the sum the upstream
-// reported. Last, a reservation over the budget: the openai SDK gets the
-// 429 once (x-should-retry: false stops its retries) and the upstream is
-// not called.
+// reported. Last, a reservation over the whole budget: the openai SDK gets
+// a 400 once (no retry can pass; TestTokenOverWholeBudgetClients has every
+// client library) and the upstream is not called.
 func TestTokenClients(t *testing.T) {
 	node := requireTokenSDKs(t)
 	const budget = 100000
@@ -190,20 +190,20 @@ func TestTokenClients(t *testing.T) {
 		t.Logf("%s: %d chunks, upstream reported %d tokens, charged as much", name, r.Chunks, reported)
 	}
 
-	// A reservation over the whole budget: one 429, no retry, no upstream call.
+	// A reservation over the whole budget: one 400, no retry, no upstream call.
 	calls, left := up.calls.Load(), budget-up.total()
 	r := sdk.run(key, map[string]any{"sdk": "openai", "op": "chat_refused", "base": base + "/openai/v1", "model": "llama3", "max_tokens": budget})
 	switch {
-	case r.OK || r.Error == nil || r.Error.Status != 429:
-		t.Errorf("over the budget: ok %v, error %+v, want a 429 error", r.OK, r.Error)
+	case r.OK || r.Error == nil || r.Error.Status != 400:
+		t.Errorf("over the budget: ok %v, error %+v, want a 400 error", r.OK, r.Error)
 	case len(r.Attempts) != 1:
-		t.Errorf("over the budget: the SDK sent %d requests, want 1 (x-should-retry: false)", len(r.Attempts))
+		t.Errorf("over the budget: the SDK sent %d requests, want 1", len(r.Attempts))
 	default:
 		a := r.Attempts[0]
-		if a.ShouldRetry == nil || *a.ShouldRetry != "false" || a.RetryAfter == nil {
+		if a.ShouldRetry == nil || *a.ShouldRetry != "false" || a.RetryAfter != nil {
 			t.Errorf("over the budget: x-should-retry %v, retry-after %v", a.ShouldRetry, a.RetryAfter)
 		}
-		checkOpenAIRefusal(t, "over the budget (SDK)", a.Body, "rate_limit_error", "quota_exceeded", "tokens_daily")
+		checkOpenAIRefusal(t, "over the budget (SDK)", a.Body, "invalid_request_error", "invalid_request", "tokens_daily")
 	}
 	if up.calls.Load() != calls {
 		t.Errorf("over the budget: the upstream was called")

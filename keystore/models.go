@@ -12,9 +12,9 @@ const MaxModels = 64
 
 // modelRule is one entry of models or model_tokens_per_day.
 type modelRule struct {
-	pattern string // as written: names a model budget's counter
-	match   string // as ModelName makes it, for matching
-	tokens  int64  // daily budget, for model_tokens_per_day
+	pattern string     // as written: names a model budget's counter
+	match   modelParts // as splitModel reads it, for matching
+	tokens  int64      // daily budget, for model_tokens_per_day
 }
 
 // compileModels checks a record's models and model budgets.
@@ -26,7 +26,7 @@ func compileModels(k *Key, rec Record) error {
 		if err := checkModelPattern(m); err != nil {
 			return &FieldError{Field: fmt.Sprintf("models[%d]", i), Err: err}
 		}
-		k.models = append(k.models, modelRule{pattern: m, match: ModelName(m)})
+		k.models = append(k.models, modelRule{pattern: m, match: splitModel(m)})
 	}
 	if len(rec.ModelTokensPerDay) > MaxModels {
 		return fieldErr("model_tokens_per_day", "has %d entries; at most %d", len(rec.ModelTokensPerDay), MaxModels)
@@ -39,7 +39,7 @@ func compileModels(k *Key, rec Record) error {
 		if n < 0 {
 			return fieldErr(field, "must not be negative")
 		}
-		k.modelBudgets = append(k.modelBudgets, modelRule{pattern: m, match: ModelName(m), tokens: n})
+		k.modelBudgets = append(k.modelBudgets, modelRule{pattern: m, match: splitModel(m), tokens: n})
 	}
 	// Most specific first, so "gpt-4o-mini" beats "gpt-4*"; ties by name,
 	// so the choice never depends on map order.
@@ -77,19 +77,63 @@ func checkModelPattern(m string) error {
 	return nil
 }
 
-// ModelName is a model name as models and model_tokens_per_day compare it:
-// lower case, without Ollama's default registry and namespace
-// ("registry.ollama.ai/library/") or default tag (":latest"), so that every
-// name an upstream takes for the same model is the same name here.
-func ModelName(m string) string {
-	m = strings.ToLower(strings.TrimSpace(m))
-	m = strings.TrimPrefix(m, "registry.ollama.ai/")
-	m = strings.TrimPrefix(m, "library/")
-	return strings.TrimSuffix(m, ":latest")
+// defaultRegistry is the registry a model name without a host comes from,
+// and defaultNamespace the namespace of one without a namespace: Ollama's.
+const (
+	defaultRegistry  = "registry.ollama.ai"
+	defaultNamespace = "library"
+)
+
+// modelParts is a model name or pattern read as Ollama reads a name:
+// [host/][namespace/]model[:tag], lower case, without a scheme, with the
+// default registry and namespace filled in and the default tag (":latest")
+// removed. The host is everything before the last two "/"-separated parts.
+type modelParts struct {
+	host, namespace, model string
 }
 
-// matchModel reports whether name matches pattern, both as ModelName makes
-// them: * is any text, / included; ? is any one character.
+func splitModel(m string) modelParts {
+	m = strings.ToLower(strings.TrimSpace(m))
+	if i := strings.Index(m, "://"); i >= 0 {
+		m = m[i+3:]
+	}
+	m = strings.TrimSuffix(m, ":latest")
+	p := modelParts{host: defaultRegistry, namespace: defaultNamespace, model: m}
+	if i := strings.LastIndexByte(m, '/'); i >= 0 {
+		p.model = m[i+1:]
+		p.namespace = m[:i]
+		if j := strings.LastIndexByte(p.namespace, '/'); j >= 0 {
+			p.host, p.namespace = p.namespace[:j], p.namespace[j+1:]
+		}
+	}
+	return p
+}
+
+// ModelName is a model name as models and model_tokens_per_day compare it:
+// lower case, read as Ollama reads a name ([host/][namespace/]model[:tag]),
+// without the default registry and namespace ("registry.ollama.ai/library/")
+// or the default tag (":latest"), so that every name an upstream takes for
+// the same model is the same name here.
+func ModelName(m string) string {
+	p := splitModel(m)
+	switch {
+	case p.host != defaultRegistry:
+		return p.host + "/" + p.namespace + "/" + p.model
+	case p.namespace != defaultNamespace:
+		return p.namespace + "/" + p.model
+	}
+	return p.model
+}
+
+// matches reports whether name matches the pattern p, part by part: a
+// pattern without a host matches only the default registry's models, one
+// without a namespace only the library's.
+func (p modelParts) matches(name modelParts) bool {
+	return matchModel(p.host, name.host) && matchModel(p.namespace, name.namespace) && matchModel(p.model, name.model)
+}
+
+// matchModel reports whether name matches pattern, one part of a model
+// name each: * is any text, ? is any one character.
 func matchModel(pattern, name string) bool {
 	// Iterative glob with backtracking to the last *.
 	p, n := 0, 0
@@ -116,14 +160,19 @@ func matchModel(pattern, name string) bool {
 }
 
 // AllowsModel reports whether the key may use model: any model when its
-// record lists none. Names compare as ModelName makes them.
+// record lists none. A name and a pattern compare part by part, as
+// splitModel reads them: a pattern without a host matches only the
+// default registry's models, one without a namespace only its library's.
 func (k *Key) AllowsModel(model string) bool {
 	if len(k.models) == 0 {
 		return true
 	}
-	name := ModelName(model)
+	if strings.TrimSpace(model) == "" {
+		return false
+	}
+	name := splitModel(model)
 	for _, r := range k.models {
-		if matchModel(r.match, name) {
+		if r.match.matches(name) {
 			return true
 		}
 	}
@@ -137,9 +186,9 @@ func (k *Key) RestrictsModels() bool { return len(k.models) > 0 }
 // model_tokens_per_day pattern that matches it, which also names the
 // counter (models matching one pattern share its budget).
 func (k *Key) ModelBudget(model string) (pattern string, tokens int64, ok bool) {
-	name := ModelName(model)
+	name := splitModel(model)
 	for _, r := range k.modelBudgets {
-		if matchModel(r.match, name) {
+		if r.match.matches(name) {
 			return r.pattern, r.tokens, true
 		}
 	}

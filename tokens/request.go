@@ -66,6 +66,13 @@ type Request struct {
 	// Copies is how many completions the request asks for (OpenAI n or
 	// best_of); at least 1.
 	Copies int64
+	// Models is every model the body names, Model first when given: the
+	// fields of ModelFields and every FROM line of an Ollama Modelfile
+	// ("modelfile"); nil when it names none.
+	Models []string
+	// Unnamed is set when the body asks for a model the gateway cannot
+	// name: an Ollama create from uploaded files ("files").
+	Unnamed bool
 }
 
 // ErrNotJSON is wrapped by ParseRequest's errors for a body that is not a
@@ -78,11 +85,62 @@ var ErrNotJSON = errors.New("the request body is not a JSON object")
 // ("Model", "MAX_TOKENS"), which Go would match and most upstreams would not.
 var ErrAmbiguous = errors.New("the request body is ambiguous")
 
-// watched are the fields ParseRequest reads, top level and nested.
+// watched are the fields ParseRequest reads, top level and nested (the
+// model fields' objects are watched by modelWatch).
 var watched = map[string][]string{
 	"":               {"model", "max_tokens", "max_completion_tokens", "max_output_tokens", "stream", "stream_options", "options", "n", "best_of"},
 	"stream_options": {"include_usage"},
 	"options":        {"num_predict"},
+}
+
+// ModelFields are the fields besides the top-level "model" that name
+// models, in every body of a format: the gateway reads them on every
+// endpoint, since a route's prefix or rewrites do not change what a body
+// names. OpenAI: the Responses API's tools (image_generation has a
+// "model"), realtime sessions, client secrets and transcription sessions;
+// and, on both formats, Ollama's create ("from"; "modelfile" is read for
+// its FROM lines) and copy ("source", "destination"), so that a route of
+// either format in front of Ollama checks them. Ollama routes also read
+// the legacy "name" of show, pull, push, delete and create (OpenAI bodies
+// use "name" for other things).
+//
+// A path is field names joined by "."; "[]" after a name reads each
+// element of an array.
+var ModelFields = [...][]string{
+	OpenAI: {"from", "source", "destination", "tools[].model", "session.model", "session.audio.input.transcription.model",
+		"input_audio_transcription.model"},
+	Ollama: {"name", "from", "source", "destination", "tools[].model", "session.model",
+		"session.audio.input.transcription.model", "input_audio_transcription.model"},
+}
+
+// topWatch and modelWatch are the fields ParseRequest watches per format:
+// at the top level, and in the objects ModelFields go into (keyed by the
+// path to them, e.g. "session.audio").
+var topWatch, modelWatch = func() ([Ollama + 1][]string, [Ollama + 1]map[string][]string) {
+	var top [Ollama + 1][]string
+	var nested [Ollama + 1]map[string][]string
+	for _, f := range []Format{OpenAI, Ollama} {
+		top[f] = append(append([]string{}, watched[""]...), "modelfile", "files")
+		nested[f] = map[string][]string{}
+		for _, path := range ModelFields[f] {
+			segs := strings.Split(path, ".")
+			top[f] = appendNew(top[f], strings.TrimSuffix(segs[0], "[]"))
+			for i := 1; i < len(segs); i++ {
+				at := strings.Join(segs[:i], ".")
+				nested[f][at] = appendNew(nested[f][at], strings.TrimSuffix(segs[i], "[]"))
+			}
+		}
+	}
+	return top, nested
+}()
+
+func appendNew(list []string, s string) []string {
+	for _, have := range list {
+		if have == s {
+			return list
+		}
+	}
+	return append(list, s)
 }
 
 // object reads a JSON object's fields as they are written, refusing a
@@ -164,12 +222,19 @@ func ParseRequest(f Format, body []byte) (Request, error) {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return Request{}, ErrNotJSON
 	}
-	top, err := object(trimmed, watched[""])
+	top, err := object(trimmed, topWatch[f])
 	if err != nil {
 		return Request{}, err
 	}
 	var r Request
-	if _, err := field(top, "model", &r.Model); err != nil {
+	hasModel, err := field(top, "model", &r.Model)
+	if err != nil {
+		return Request{}, err
+	}
+	if hasModel {
+		r.Models = append(r.Models, r.Model)
+	}
+	if err := r.readModels(f, top); err != nil {
 		return Request{}, err
 	}
 	var stream bool
@@ -233,6 +298,90 @@ func ParseRequest(f Format, body []byte) (Request, error) {
 		r.Stream = !hasStream || stream
 	}
 	return r, nil
+}
+
+// readModels adds the models named by ModelFields, a Modelfile's FROM
+// lines, and marks a create from files.
+func (r *Request) readModels(f Format, top map[string]json.RawMessage) error {
+	for _, path := range ModelFields[f] {
+		if err := r.readModelField(f, top, "", strings.Split(path, ".")); err != nil {
+			return err
+		}
+	}
+	var modelfile string
+	if _, err := field(top, "modelfile", &modelfile); err != nil {
+		return err
+	}
+	r.Models = append(r.Models, ModelfileFroms(modelfile)...)
+	if raw, ok := top["files"]; ok && string(raw) != "null" {
+		files, err := object(raw, nil)
+		r.Unnamed = err != nil || len(files) > 0
+	}
+	return nil
+}
+
+// readModelField adds the models at path segs in fields, the object at
+// "at" (a path itself).
+func (r *Request) readModelField(f Format, fields map[string]json.RawMessage, at string, segs []string) error {
+	name, each := strings.CutSuffix(segs[0], "[]")
+	raw, ok := fields[name]
+	if !ok || string(raw) == "null" {
+		return nil
+	}
+	if len(segs) == 1 {
+		var m string
+		if _, err := field(fields, name, &m); err != nil {
+			return err
+		}
+		r.Models = append(r.Models, m)
+		return nil
+	}
+	if at != "" {
+		at += "."
+	}
+	at += segs[0]
+	elems := []json.RawMessage{raw}
+	if each {
+		elems = nil
+		if err := json.Unmarshal(raw, &elems); err != nil {
+			return fmt.Errorf("%w: %q is not an array", ErrNotJSON, name)
+		}
+	}
+	for _, elem := range elems {
+		if len(elem) == 0 || elem[0] != '{' {
+			continue // not an object: names no model (the upstream refuses it)
+		}
+		inner, err := object(elem, modelWatch[f][at])
+		if err != nil {
+			return err
+		}
+		if err := r.readModelField(f, inner, at, segs[1:]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ModelfileFroms returns the model of every FROM line of an Ollama
+// Modelfile (the command in any case, its argument unquoted). Lines of a
+// multi-line string that begin with FROM count too: reading too many
+// names only refuses more.
+func ModelfileFroms(modelfile string) []string {
+	var froms []string
+	for len(modelfile) > 0 {
+		line, rest, _ := strings.Cut(modelfile, "\n")
+		modelfile = rest
+		line = strings.TrimSpace(line)
+		if len(line) < 5 || !strings.EqualFold(line[:4], "from") || (line[4] != ' ' && line[4] != '\t') {
+			continue
+		}
+		arg := strings.TrimSpace(line[5:])
+		if len(arg) >= 2 && arg[0] == '"' && arg[len(arg)-1] == '"' {
+			arg = arg[1 : len(arg)-1]
+		}
+		froms = append(froms, arg)
+	}
+	return froms
 }
 
 // describe names a JSON error without quoting the body (which may hold

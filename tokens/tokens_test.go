@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -14,21 +15,21 @@ func TestParseRequest(t *testing.T) {
 		body string
 		want Request
 	}{
-		{OpenAI, `{"model":"gpt-4o","messages":[],"max_tokens":100}`, Request{Model: "gpt-4o", MaxTokens: 100, Copies: 1}},
-		{OpenAI, `{"model":"o1","max_completion_tokens":50,"max_tokens":9,"stream":true}`, Request{Model: "o1", MaxTokens: 50, Stream: true, Copies: 1}},
-		{OpenAI, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, Request{Model: "m", Stream: true, IncludeUsage: true, Copies: 1}},
-		{OpenAI, `{"model":"m","max_tokens":-1}`, Request{Model: "m", Copies: 1}},
+		{OpenAI, `{"model":"gpt-4o","messages":[],"max_tokens":100}`, Request{Model: "gpt-4o", MaxTokens: 100, Copies: 1, Models: []string{"gpt-4o"}}},
+		{OpenAI, `{"model":"o1","max_completion_tokens":50,"max_tokens":9,"stream":true}`, Request{Model: "o1", MaxTokens: 50, Stream: true, Copies: 1, Models: []string{"o1"}}},
+		{OpenAI, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, Request{Model: "m", Stream: true, IncludeUsage: true, Copies: 1, Models: []string{"m"}}},
+		{OpenAI, `{"model":"m","max_tokens":-1}`, Request{Model: "m", Copies: 1, Models: []string{"m"}}},
 		{OpenAI, ` {"messages":[]}`, Request{Copies: 1}},
-		{Ollama, `{"model":"llama3","messages":[]}`, Request{Model: "llama3", Stream: true, Copies: 1}},
-		{Ollama, `{"model":"llama3","stream":false,"options":{"num_predict":64}}`, Request{Model: "llama3", MaxTokens: 64, Copies: 1}},
-		{Ollama, `{"model":"llama3","options":{"num_predict":-1}}`, Request{Model: "llama3", Stream: true, Copies: 1}},
-		{OpenAI, `{"model":"m","max_completion_tokens":1,"max_tokens":2900}`, Request{Model: "m", MaxTokens: 2900, Copies: 1}},
-		{OpenAI, `{"model":"m","max_output_tokens":300}`, Request{Model: "m", MaxTokens: 300, Copies: 1}},
-		{OpenAI, `{"model":"m","max_tokens":10,"n":100,"best_of":3}`, Request{Model: "m", MaxTokens: 10, Copies: 100}},
-		{OpenAI, `{"model":"m","Messages":[],"metadata":{"Model":"x"}}`, Request{Model: "m", Copies: 1}},
+		{Ollama, `{"model":"llama3","messages":[]}`, Request{Model: "llama3", Stream: true, Copies: 1, Models: []string{"llama3"}}},
+		{Ollama, `{"model":"llama3","stream":false,"options":{"num_predict":64}}`, Request{Model: "llama3", MaxTokens: 64, Copies: 1, Models: []string{"llama3"}}},
+		{Ollama, `{"model":"llama3","options":{"num_predict":-1}}`, Request{Model: "llama3", Stream: true, Copies: 1, Models: []string{"llama3"}}},
+		{OpenAI, `{"model":"m","max_completion_tokens":1,"max_tokens":2900}`, Request{Model: "m", MaxTokens: 2900, Copies: 1, Models: []string{"m"}}},
+		{OpenAI, `{"model":"m","max_output_tokens":300}`, Request{Model: "m", MaxTokens: 300, Copies: 1, Models: []string{"m"}}},
+		{OpenAI, `{"model":"m","max_tokens":10,"n":100,"best_of":3}`, Request{Model: "m", MaxTokens: 10, Copies: 100, Models: []string{"m"}}},
+		{OpenAI, `{"model":"m","Messages":[],"metadata":{"Model":"x"}}`, Request{Model: "m", Copies: 1, Models: []string{"m"}}},
 	} {
 		got, err := ParseRequest(c.f, []byte(c.body))
-		if err != nil || got != c.want {
+		if err != nil || !reflect.DeepEqual(got, c.want) {
 			t.Errorf("%s %s: got %+v, %v; want %+v", c.f, c.body, got, err, c.want)
 		}
 	}
@@ -50,6 +51,47 @@ func TestParseRequest(t *testing.T) {
 	_, err := ParseRequest(OpenAI, []byte(`{"model": ["DEV_API_secret"]}`))
 	if err == nil || strings.Contains(err.Error(), "DEV_API") {
 		t.Errorf("error %v", err)
+	}
+}
+
+// TestParseRequestModels: every field that names a model is read, on every
+// endpoint; one given twice or in another case is ambiguous.
+func TestParseRequestModels(t *testing.T) {
+	for _, c := range []struct {
+		f       Format
+		body    string
+		models  []string
+		unnamed bool
+	}{
+		{Ollama, `{"model":"llama3-alias","from":"gpt-4o"}`, []string{"llama3-alias", "gpt-4o"}, false},
+		{Ollama, `{"model":"a","modelfile":"FROM gpt-4o\nADAPTER ./x.gguf\r\n\tfrom  \"b c\"\nFROMAGE x\nPARAMETER from 1"}`, []string{"a", "gpt-4o", "b c"}, false},
+		{Ollama, `{"model":"a","files":{"m.gguf":"sha256:00"}}`, []string{"a"}, true},
+		{Ollama, `{"model":"a","files":{}}`, []string{"a"}, false},
+		{Ollama, `{"model":"a","files":["m.gguf"]}`, []string{"a"}, true},
+		{Ollama, `{"source":"x","destination":"y"}`, []string{"x", "y"}, false},
+		{Ollama, `{"name":"x"}`, []string{"x"}, false},
+		{OpenAI, `{"name":"my assistant","model":"m"}`, []string{"m"}, false},
+		{OpenAI, `{"from":"x","source":"y","destination":"z","modelfile":"FROM w"}`, []string{"x", "y", "z", "w"}, false},
+		{OpenAI, `{"model":"m","tools":[{"type":"image_generation","model":"gpt-image-1"},{"type":"function","name":"f"},"x",{"model":null}]}`, []string{"m", "gpt-image-1"}, false},
+		{OpenAI, `{"session":{"type":"realtime","model":"r","audio":{"input":{"transcription":{"model":"w"}}}}}`, []string{"r", "w"}, false},
+		{OpenAI, `{"model":"r","input_audio_transcription":{"model":"w"}}`, []string{"r", "w"}, false},
+		{OpenAI, `{"metadata":{"model":"x"},"session":null,"tools":null}`, nil, false},
+	} {
+		r, err := ParseRequest(c.f, []byte(c.body))
+		if err != nil || !reflect.DeepEqual(r.Models, c.models) || r.Unnamed != c.unnamed {
+			t.Errorf("%s %s: models %q, unnamed %v, %v; want %q, %v", c.f, c.body, r.Models, r.Unnamed, err, c.models, c.unnamed)
+		}
+	}
+	for _, body := range []string{`{"model":"a","From":"b"}`, `{"source":"a","source":"b"}`, `{"MODELFILE":"FROM x"}`,
+		`{"tools":[{"model":"a","Model":"b"}]}`, `{"session":{"Model":"b"}}`, `{"session":{"audio":{"Input":{}}}}`, `{"Files":{}}`} {
+		if _, err := ParseRequest(Ollama, []byte(body)); !errors.Is(err, ErrAmbiguous) {
+			t.Errorf("%s: got %v, want ErrAmbiguous", body, err)
+		}
+	}
+	for _, body := range []string{`{"from":5}`, `{"tools":{"model":"x"}}`, `{"tools":[{"model":7}]}`, `{"modelfile":["FROM x"]}`} {
+		if _, err := ParseRequest(Ollama, []byte(body)); !errors.Is(err, ErrNotJSON) {
+			t.Errorf("%s: got %v, want ErrNotJSON", body, err)
+		}
 	}
 }
 
@@ -232,6 +274,9 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add([]byte(`{"model":"m","stream":true,"max_tokens":5}`))
 	f.Add([]byte(`{"model":"m","stream_options":{"x":1},"options":{"num_predict":3}}`))
 	f.Add([]byte(` {} `))
+	f.Add([]byte(`{"model":"a","from":"b","modelfile":"FROM c\nfrom d","files":{"x":"y"}}`))
+	f.Add([]byte(`{"source":"a","destination":"b","name":"c"}`))
+	f.Add([]byte(`{"model":"m","tools":[{"type":"image_generation","model":"i"}],"session":{"model":"r","audio":{"input":{"transcription":{"model":"w"}}}}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, format := range []Format{OpenAI, Ollama} {
 			r, err := ParseRequest(format, body)
@@ -244,12 +289,15 @@ func FuzzParseRequest(f *testing.F) {
 			if r.MaxTokens < 0 {
 				t.Fatalf("negative max tokens %d", r.MaxTokens)
 			}
+			if r.Model != "" && (len(r.Models) == 0 || r.Models[0] != r.Model) {
+				t.Fatalf("model %q is not first in %q", r.Model, r.Models)
+			}
 			out, err := AskUsage(body)
 			if err != nil {
 				continue // e.g. "stream_options" that is not an object
 			}
 			again, err := ParseRequest(OpenAI, out)
-			if err != nil || !again.IncludeUsage || again.Model != r.Model {
+			if err != nil || !again.IncludeUsage || again.Model != r.Model || (format == OpenAI && !reflect.DeepEqual(again.Models, r.Models)) {
 				t.Fatalf("AskUsage(%q) = %q: %+v %v", body, out, again, err)
 			}
 		}
