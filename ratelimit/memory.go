@@ -105,14 +105,19 @@ func (m *Memory) Reset(key string) {
 }
 
 // Sweep forgets the request counters and token budgets not used since
-// before cutoff, each on its own, and returns how many keys it forgot.
+// before cutoff, each on its own, and returns how many keys it forgot. It
+// gives back the token reservations unsettled for reservationTTL.
 func (m *Memory) Sweep(cutoff time.Time) int {
 	limit := cutoff.Unix()
+	now := m.now().Unix()
 	n := 0
 	for i := range m.shards {
 		sh := &m.shards[i]
 		sh.mu.Lock()
 		for key, t := range sh.tokens {
+			if len(t.pending) > 0 {
+				t.reapReservations(now, now-int64(reservationTTL/time.Second))
+			}
 			if t.lastSeen < limit {
 				delete(sh.tokens, key)
 				if _, ok := sh.counters[key]; !ok {

@@ -132,13 +132,26 @@ func (s *RedisStore) Retain() (redis.UniversalClient, func()) {
 	return val.(*sharedRedis).client, func() { once.Do(func() { _, _ = redisPool.Delete(key) }) }
 }
 
-// Take counts the request in Redis, or as on_failure says while Redis fails.
+// Take counts the request: from a lease of the key's window (lease.go) for
+// a policy without a burst rate, in Redis (one round trip) for one with a
+// burst rate, which GCRA must check exactly across the cluster; or as
+// on_failure says while Redis fails.
 func (s *RedisStore) Take(ctx context.Context, key string, p Policy) (Result, error) {
+	if p.Burst.IsZero() {
+		return s.takeLeased(ctx, key, p)
+	}
 	return s.call(ctx, key, p, false)
 }
 
-// Peek reads where key stands in Redis without spending anything.
+// Peek reports where key stands without spending anything: from the key's
+// lease when this instance holds a current one (as of its last grant), else
+// read in Redis.
 func (s *RedisStore) Peek(ctx context.Context, key string, p Policy) (Result, error) {
+	if p.Burst.IsZero() {
+		if res, ok := s.peekLeased(key, p); ok {
+			return res, nil
+		}
+	}
 	return s.call(ctx, key, p, true)
 }
 
@@ -176,9 +189,10 @@ func (s *RedisStore) call(ctx context.Context, key string, p Policy, peekOnly bo
 // local fallback.
 func (s *RedisStore) Reset(ctx context.Context, key string) error {
 	s.shared.local.Reset(key)
+	s.shared.leases.forget(key)
 	ctx, cancel := context.WithTimeout(ctx, s.shared.timeout)
 	defer cancel()
-	names := []string{RedisKey(s.shared.prefix, key), TokensRedisKey(s.shared.prefix, key)}
+	names := append([]string{RedisKey(s.shared.prefix, key)}, s.shared.tokenKeys(key)...)
 	for _, what := range announcements {
 		names = append(names, announceKey(s.shared.prefix, key, what))
 	}
@@ -254,12 +268,20 @@ type sharedRedis struct {
 	timeout time.Duration
 	mode    string // on_failure of the store that opened it, for the log
 	local   *Memory
+	// leases is the units of keys' windows this instance holds (lease.go);
+	// instanceField names this instance in a key's hash ("i:<random id>").
+	leases        *leaseTable
+	instanceID    string
+	instanceField string
+	// settles is the token settlements to retry (settle_queue.go).
+	settles settleQueue
 
 	down     atomic.Bool
 	failures atomic.Int64 // transport failures in a row
 	lastLog  atomic.Int64 // when an answer error was last logged, Unix ns
 	stop     chan struct{}
 	probing  sync.WaitGroup
+	sweeping sync.WaitGroup
 	once     sync.Once
 }
 
@@ -273,15 +295,21 @@ func openRedis(s *RedisStore, timeout time.Duration) (*sharedRedis, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &sharedRedis{
-		client:  client,
-		release: release,
-		prefix:  s.KeyPrefix,
-		timeout: timeout,
-		mode:    s.OnFailure,
-		local:   NewMemory(nil),
-		stop:    make(chan struct{}),
-	}, nil
+	sh := &sharedRedis{
+		client:     client,
+		release:    release,
+		prefix:     s.KeyPrefix,
+		timeout:    timeout,
+		mode:       s.OnFailure,
+		local:      NewMemory(nil),
+		leases:     newLeaseTable(),
+		instanceID: newInstanceID(),
+		stop:       make(chan struct{}),
+	}
+	sh.instanceField = "i:" + sh.instanceID
+	sh.sweeping.Add(1)
+	go sh.sweep()
+	return sh, nil
 }
 
 func redisLogger() *zap.Logger { return caddy.Log().Named("http.apikey.counters.redis") }
@@ -336,10 +364,16 @@ func (sh *sharedRedis) probe() {
 	}
 }
 
-// Destruct stops the prober and closes the client.
+// Destruct stops the prober and the sweeper, gives back every unit leased,
+// charges what is owed and tries the settlements queued once more (each one
+// pipeline, bounded by the timeout and at least a second), and closes the
+// client.
 func (sh *sharedRedis) Destruct() error {
 	sh.once.Do(func() { close(sh.stop) })
 	sh.probing.Wait()
+	sh.sweeping.Wait()
+	sh.giveBack(sh.leases.collect(time.Now().UnixNano(), true, true), max(sh.timeout, time.Second))
+	sh.retrySettles(max(sh.timeout, time.Second))
 	return sh.release()
 }
 

@@ -144,9 +144,12 @@ func TestRedisClockSkew(t *testing.T) {
 }
 
 // TestRedisFailureModes kills and freezes Redis under each on_failure mode.
+//
+// The limit, 100, makes every lease one unit (leaseCap), so that every
+// request of an outage counts locally.
 func TestRedisFailureModes(t *testing.T) {
 	srv := redistest.Start(t)
-	p := Policy{Daily: 1000, Window: DayIn(nil)}
+	p := Policy{Daily: 100, Window: DayIn(nil)}
 	closed := newRedisStore(t, srv.Addr(), "closed", nil)
 	open := newRedisStore(t, srv.Addr(), "open", nil)
 	local := newRedisStore(t, srv.Addr(), "local", nil)
@@ -163,6 +166,7 @@ func TestRedisFailureModes(t *testing.T) {
 		} else {
 			srv.Kill()
 		}
+		var allowance int64
 		for i := 1; i <= downAfter+2; i++ {
 			start := time.Now()
 			if _, err := closed.Take(ctx, "k_f", p); !errors.Is(err, ErrUnavailable) {
@@ -172,9 +176,18 @@ func TestRedisFailureModes(t *testing.T) {
 				t.Errorf("%s: open: %+v %v", when, res, err)
 			}
 			res, err := local.Take(ctx, "k_f", p)
-			// Local counting goes on from the count this instance last saw.
-			if err != nil || !res.Allowed || res.Uncounted || res.Daily.Remaining != seen.Daily.Remaining-int64(i) {
-				t.Errorf("%s: local call %d: remaining %d, want %d (%v)", when, i, res.Daily.Remaining, seen.Daily.Remaining-int64(i), err)
+			// Local counting spends the outage allowance: what the key had
+			// left at this instance's last lease, shared by the instances
+			// spending it then (up to the three stores here).
+			if i == 1 {
+				allowance = res.Daily.Remaining + 1
+				if k := seen.Daily.Remaining / allowance; allowance > seen.Daily.Remaining || k < 1 || k > 3 ||
+					seen.Daily.Remaining/k != allowance {
+					t.Errorf("%s: outage allowance %d, want %d divided by 1, 2 or 3 instances", when, allowance, seen.Daily.Remaining)
+				}
+			}
+			if err != nil || !res.Allowed || res.Uncounted || res.Daily.Remaining != allowance-int64(i) {
+				t.Errorf("%s: local call %d: remaining %d, want %d (%v)", when, i, res.Daily.Remaining, allowance-int64(i), err)
 			}
 			took := time.Since(start)
 			if took > 3*DefaultRedisTimeout+300*time.Millisecond {
@@ -202,11 +215,13 @@ func TestRedisFailureModes(t *testing.T) {
 	outage("frozen")
 	outage("killed")
 
+	// The five requests counted locally during the second outage are
+	// charged to the restarted Redis with the next lease.
 	res, err := local.Take(ctx, "k_f", p)
-	if err != nil || res.Daily.Remaining != 999 {
+	if err != nil || res.Daily.Remaining != 94 {
 		t.Fatalf("counting did not resume in redis: %+v %v", res.Daily, err)
 	}
-	if res, _ := closed.Take(ctx, "k_f", p); res.Daily.Remaining != 998 {
+	if res, _ := closed.Take(ctx, "k_f", p); res.Daily.Remaining != 93 {
 		t.Errorf("the instances do not share the restarted redis: %d left", res.Daily.Remaining)
 	}
 }
@@ -246,6 +261,17 @@ func TestRedisRejectsRatesItCannotCount(t *testing.T) {
 }
 
 // waitUp waits for the store's prober to find Redis back.
+func waitSettled(t *testing.T, s *RedisStore) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.shared.settles.Len() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d settlements still queued", s.shared.settles.Len())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func waitUp(t *testing.T, s *RedisStore) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 )
 
@@ -44,6 +45,10 @@ const (
 // Reservation is tokens charged ahead of a request, to be settled once its
 // use is known.
 type Reservation struct {
+	// ID names the reservation in its store, so that it is settled once:
+	// settling it again does nothing. 0 for one made before ids (a test's
+	// literal), which is settled every time.
+	ID uint64
 	// Tokens is what was charged.
 	Tokens int64
 	// Day and Minute are the starts (Unix seconds) of the daily window and
@@ -76,6 +81,16 @@ type TokenResult struct {
 	Reservation Reservation
 }
 
+// reservationIDs numbers reservations in this process; a shared store
+// adds the instance's id.
+var reservationIDs atomic.Uint64
+
+// reservationTTL is how long a reservation stays charged without being
+// settled: one whose settlement is lost (an instance that died, a Redis
+// that never acknowledged) is then given back by the store itself, and a
+// settlement that comes later charges the tokens used alone.
+const reservationTTL = 15 * time.Minute
+
 // TokenStore keeps token budgets per key, exactly: a reservation and a
 // settlement are each one atomic step, across instances for a shared store.
 type TokenStore interface {
@@ -84,7 +99,8 @@ type TokenStore interface {
 	Reserve(ctx context.Context, key string, p TokenPolicy, n int64) (TokenResult, error)
 	// Settle replaces reservation r by the tokens used: it adds
 	// used - r.Tokens to the windows r was charged in that are still
-	// current, never taking a budget below zero.
+	// current, never taking a budget below zero. It does so once per
+	// reservation id: settling a reservation again does nothing.
 	Settle(ctx context.Context, key string, p TokenPolicy, r Reservation, used int64) error
 	// PeekTokens reports where key's budgets stand under p.
 	PeekTokens(ctx context.Context, key string, p TokenPolicy) (TokenResult, error)

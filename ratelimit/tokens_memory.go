@@ -27,7 +27,23 @@ type tokenState struct {
 	// budget only; nil until one. Cleared when the daily window rolls.
 	models   map[string]int64
 	lastSeen int64 // Unix seconds
+	// pending is the reservations not settled yet, by id: a settlement
+	// applies once. Bounded by the requests in flight; one unsettled for
+	// reservationTTL is given back by Sweep.
+	pending map[uint64]pendingReservation
 }
+
+// pendingReservation is what a Memory needs to settle, or give back, a
+// reservation.
+type pendingReservation struct {
+	tokens, day, minute, at int64 // at: when it was made, or given back, Unix seconds
+	model                   string
+	reaped                  bool // given back: a settlement adds the tokens used alone
+}
+
+// reapedMarkTTL is how long a reservation given back is remembered, for a
+// settlement that comes that late; one later than that does nothing.
+const reapedMarkTTL = time.Hour
 
 // tokenView is where a key's budgets stand at some instant, windows rolled
 // as they would be: what a decision or a report reads, in either store.
@@ -205,36 +221,88 @@ func (m *Memory) Reserve(_ context.Context, key string, p TokenPolicy, n int64) 
 	}
 	v := t.view(now, p)
 	denied := v.decide(p, n)
+	var id uint64
 	if denied == NoTokenLimit {
 		v = t.charge(v, p, n)
+		id = reservationIDs.Add(1)
+		if t.pending == nil {
+			t.pending = make(map[uint64]pendingReservation)
+		}
+		t.pending[id] = pendingReservation{tokens: n, day: v.dayStart, minute: v.minute, at: now.Unix(), model: p.Model}
 	}
 	t.lastSeen = now.Unix()
 	sh.mu.Unlock()
-	return v.result(now, p, n, denied), nil
+	res := v.result(now, p, n, denied)
+	res.Reservation.ID = id
+	return res, nil
 }
 
 // Settle replaces reservation r by the tokens used: used - r.Tokens is added
 // to the windows r was charged in that are still current, never below zero
 // (a negative used counts as none, one over maxTokens as maxTokens).
-// Settling an uncounted reservation, or one of a key reset since, does
-// nothing. It never fails.
+// Settling an uncounted reservation, one settled before (by id), one given
+// back after reservationTTL (then the tokens used are added alone), or one
+// of a key reset since, does nothing. It never fails.
 func (m *Memory) Settle(_ context.Context, key string, p TokenPolicy, r Reservation, used int64) error {
+	m.settleOnce(key, p, r, used)
+	return nil
+}
+
+// settleOnce is Settle, reporting whether the settlement applied (false
+// for one settled before).
+func (m *Memory) settleOnce(key string, p TokenPolicy, r Reservation, used int64) bool {
 	if r.Uncounted {
-		return nil
+		return false
 	}
-	delta := min(max(used, 0), maxTokens) - r.Tokens
-	if delta == 0 {
-		return nil
-	}
+	used = min(max(used, 0), maxTokens)
 	now := m.now().Unix()
 	sh := m.shard(key)
 	sh.mu.Lock()
-	if t := sh.tokens[key]; t != nil {
-		t.settle(now, p, r, delta)
-		t.lastSeen = now
+	defer sh.mu.Unlock()
+	t := sh.tokens[key]
+	if t == nil {
+		return false
 	}
-	sh.mu.Unlock()
-	return nil
+	delta := used - r.Tokens
+	if r.ID != 0 {
+		pr, ok := t.pending[r.ID]
+		if !ok {
+			return false
+		}
+		delete(t.pending, r.ID)
+		if pr.reaped { // given back already: charge what was used
+			delta = used
+		}
+	}
+	if delta != 0 {
+		t.settle(now, p, r, delta)
+	}
+	t.lastSeen = now
+	return true
+}
+
+// reapReservations gives back the reservations of t unsettled since before
+// cutoff (Unix seconds), in the windows still current at now; a settlement
+// that comes later adds the tokens used alone.
+func (t *tokenState) reapReservations(now, cutoff int64) {
+	for id, pr := range t.pending {
+		if pr.reaped {
+			if pr.at < now-int64(reapedMarkTTL/time.Second) {
+				delete(t.pending, id)
+			}
+			continue
+		}
+		if pr.at >= cutoff {
+			continue
+		}
+		p := TokenPolicy{Model: pr.model, ModelDaily: 1}
+		if _, ok := t.models[pr.model]; !ok {
+			p.ModelDaily = 0
+		}
+		t.settle(now, p, Reservation{Day: pr.day, Minute: pr.minute}, -pr.tokens)
+		pr.at, pr.reaped = now, true
+		t.pending[id] = pr
+	}
 }
 
 // PeekTokens reports where key's budgets stand under p, charging nothing.
