@@ -408,8 +408,9 @@ func (adminAPI) usage(w http.ResponseWriter, r *http.Request) error {
 }
 
 // usageRows answers a usage query from every usage file in use, sorted:
-// counts shared on Redis answer for the whole cluster (this instance's
-// newest counts added first), the others for this instance.
+// counts shared on Redis answer for the whole cluster (with what this
+// instance counted and Redis does not hold yet), the others for this
+// instance.
 func usageRows(ctx context.Context, query usage.Query) ([]usage.Row, error) {
 	rows := []usage.Row{}
 	seen := map[*usageTracker]bool{}
@@ -424,22 +425,15 @@ func usageRows(ctx context.Context, query usage.Query) ([]usage.Row, error) {
 			rows = append(rows, h.usage.Report(query)...)
 			continue
 		}
-		h.usage.flush()
 		name := h.usage.clusterName()
-		if clusters[name] {
-			continue
-		}
-		clusters[name] = true
-		sums, err := cl.Report(ctx, query)
+		sums, err := h.usage.clusterReport(ctx, cl, query, !clusters[name])
 		if err != nil {
 			return nil, fmt.Errorf("reading usage from redis: %w", err)
 		}
+		clusters[name] = true
 		rows = append(rows, sums...)
 	}
-	if len(seen) > 1 {
-		usage.SortRows(rows)
-	}
-	return rows, nil
+	return usage.MergeRows(rows), nil
 }
 
 // Usage pages: rows per answer by default, and at most.

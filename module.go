@@ -175,6 +175,7 @@ type Handler struct {
 	perKey     bool
 	usage      *usageTracker
 	usageKey   string
+	usageLeave func() // lets go of the usage's Redis, if it names one
 	usageDepth int
 	audit      *audit.Writer
 	auditKey   string
@@ -336,9 +337,15 @@ func (h *Handler) Cleanup() error {
 		errs = append(errs, err)
 	}
 	if h.usageKey != "" {
+		// The last route on the file ends the tracker (which sends the
+		// last counts to its Redis) before it lets go of that Redis.
 		_, err := usagePool.Delete(h.usageKey)
 		h.usageKey = ""
 		errs = append(errs, err)
+	}
+	if h.usageLeave != nil {
+		h.usageLeave()
+		h.usageLeave = nil
 	}
 	if h.auditKey != "" {
 		_, err := auditPool.Delete(h.auditKey)
@@ -388,7 +395,7 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 	if rs, ok := h.counters.(*ratelimit.RedisStore); ok {
 		// The counters' Redis sums every instance's usage too.
 		client, release := rs.Retain()
-		h.usage.shareOn(client, release, rs.KeyPrefix, fmt.Sprintf("%p|%s", client, rs.KeyPrefix))
+		h.usageLeave = h.usage.shareOn(client, release, rs.KeyPrefix, fmt.Sprintf("%p|%s", client, rs.KeyPrefix))
 	}
 
 	if h.AuditLog != "" {

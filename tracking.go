@@ -18,69 +18,179 @@ import (
 	"github.com/moodmnky/caddy-apikey/usage"
 )
 
-// usageSaveEvery is how often usage counts are saved; usageFlushEvery how
-// often they are added to Redis, when the counters are there.
-const (
-	usageSaveEvery  = 10 * time.Second
-	usageFlushEvery = 5 * time.Second
-)
+// usageSaveEvery is how often usage counts are saved, and, when the
+// counters are on Redis, added to it: a batch goes to Redis only once the
+// usage file records it (see usage.Outbox).
+const usageSaveEvery = 10 * time.Second
+
+// usageSendTimeout bounds one attempt to add the counts to Redis.
+const usageSendTimeout = 5 * time.Second
 
 // usagePool shares usage counts per file among every route, across reloads.
 var usagePool = caddy.NewUsagePool()
 
-// usageTracker is the pooled usage counts of one file and the goroutine
-// that saves and prunes them.
+// usageTracker is the pooled usage counts of one file, what of them Redis
+// has not acknowledged yet, and the goroutine that saves them, prunes them
+// and sends them to Redis.
 type usageTracker struct {
 	*usage.Counts
+	outbox    *usage.Outbox
 	path      string
 	retention time.Duration
 	stop      chan struct{}
+	kick      chan struct{} // a tick now: a Redis was joined
 	done      chan struct{}
 	once      sync.Once
 
+	// flushMu makes taking, saving and sending one step at a time.
+	flushMu sync.Mutex
+
 	// cluster, when the counters are on Redis, sums every instance's
-	// counts there; the first route that names a Redis sets it.
-	cluster      atomic.Pointer[usage.Cluster]
-	clusterKey   string
-	clusterMu    sync.Mutex
-	releaseRedis func()
+	// counts there: the Redis of the share named last of those the routes
+	// in force name (see shareOn).
+	cluster    atomic.Pointer[usage.Cluster]
+	mu         sync.Mutex // guards what follows
+	shares     []*usageShare
+	current    *usageShare
+	destructed bool
 }
 
-// shareOn adds this instance's counts to Redis from now on, if no Redis was
-// named before; it keeps the client until the tracker ends (release), so
-// the last counts go up at shutdown. name identifies the Redis and prefix,
-// for reports. What the tracker counted before (its file's counts) is taken
-// as added already: an instance that restarts must not add its history
-// again.
-func (t *usageTracker) shareOn(client redis.UniversalClient, release func(), prefix, name string) {
-	t.clusterMu.Lock()
-	defer t.clusterMu.Unlock()
-	if t.cluster.Load() != nil {
+// usageShare is one Redis the routes on a usage file name, and how many of
+// them name it.
+type usageShare struct {
+	name    string
+	cluster *usage.Cluster
+	release func() // lets go of the client
+	holders int
+}
+
+// shareOn names the Redis the route's counters are on (name identifies it
+// and prefix, for reports); the route calls the function it returns when
+// it ends. The counts go to the Redis named last among those named by
+// routes in force: a reload that moves the counters to another Redis moves
+// the usage sums with them, pending counts included, and the Redis no
+// route names any more is let go of, its connections closed. shareOn keeps
+// the client (release lets go of it) while a route names it, or until the
+// tracker ends, so the last counts go up at shutdown.
+func (t *usageTracker) shareOn(client redis.UniversalClient, release func(), prefix, name string) (leave func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.destructed {
 		release()
+		return func() {}
+	}
+	var s *usageShare
+	for _, held := range t.shares {
+		if held.name == name {
+			s = held
+			release() // the share holds the client already
+			break
+		}
+	}
+	if s == nil {
+		s = &usageShare{name: name, cluster: usage.NewCluster(client, prefix, t.retention), release: release}
+		t.shares = append(t.shares, s)
+	}
+	s.holders++
+	t.follow()
+	var once sync.Once
+	return func() { once.Do(func() { t.leave(s) }) }
+}
+
+// leave is a route's end: a share no route holds is let go of.
+func (t *usageTracker) leave(s *usageShare) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.destructed {
+		return // Destruct let go of every share
+	}
+	if s.holders--; s.holders > 0 {
 		return
 	}
-	cl := usage.NewCluster(client, prefix, t.retention)
-	cl.MarkFlushed(t.Counts)
-	t.cluster.Store(cl)
-	t.clusterKey, t.releaseRedis = name, release
+	for i, held := range t.shares {
+		if held == s {
+			t.shares = append(t.shares[:i], t.shares[i+1:]...)
+			break
+		}
+	}
+	t.follow()
+	s.release()
+}
+
+// follow makes the share named last the one the counts go to. What was
+// counted up to the change is noted as pending for the Redis before (none,
+// if there was none); what is pending goes to the new one. t.mu is held.
+func (t *usageTracker) follow() {
+	var next *usageShare
+	if n := len(t.shares); n > 0 {
+		next = t.shares[n-1]
+	}
+	if next == t.current {
+		return
+	}
+	t.flushMu.Lock()
+	t.outbox.Take(t.Counts, t.current != nil, time.Now().Add(-t.retention))
+	t.current = next
+	if next != nil {
+		t.cluster.Store(next.cluster)
+	} else {
+		t.cluster.Store(nil)
+	}
+	t.flushMu.Unlock()
+	if next != nil && t.outbox.Waiting() {
+		select {
+		case t.kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // clusterName names the Redis the counts are shared on, or "".
 func (t *usageTracker) clusterName() string {
-	t.clusterMu.Lock()
-	defer t.clusterMu.Unlock()
-	return t.clusterKey
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.current == nil {
+		return ""
+	}
+	return t.current.name
 }
 
-// flush adds the new counts to Redis, if shared there.
-func (t *usageTracker) flush() {
-	if cl := t.cluster.Load(); cl != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := cl.Flush(ctx, t.Counts); err != nil {
-			trackingLogger().Warn("adding usage counts to redis failed; they are sent again next time", zap.Error(err))
+// flush sends what the usage file records and Redis has not acknowledged,
+// if the counts are shared there. It reports how many batches went.
+func (t *usageTracker) flush() int {
+	t.flushMu.Lock()
+	defer t.flushMu.Unlock()
+	return t.send()
+}
+
+// send is flush with flushMu held.
+func (t *usageTracker) send() int {
+	cl := t.cluster.Load()
+	if cl == nil {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), usageSendTimeout)
+	defer cancel()
+	sent, err := t.outbox.Send(ctx, cl)
+	if err != nil {
+		trackingLogger().Warn("adding usage counts to redis failed; they are kept in the usage file and sent again next time",
+			zap.Error(err))
+	}
+	return sent
+}
+
+// clusterReport answers a query from the cluster's sums in Redis, with
+// what this instance counted and Redis does not hold yet added.
+func (t *usageTracker) clusterReport(ctx context.Context, cl *usage.Cluster, query usage.Query, fromRedis bool) ([]usage.Row, error) {
+	t.flush()
+	var rows []usage.Row
+	if fromRedis {
+		var err error
+		if rows, err = cl.Report(ctx, query); err != nil {
+			return nil, err
 		}
 	}
+	return append(rows, t.outbox.Report(t.Counts, query)...), nil
 }
 
 func trackingLogger() *zap.Logger { return caddy.Log().Named("http.handlers.apikey.usage") }
@@ -90,9 +200,11 @@ func defaultUsageFile() string {
 }
 
 func openUsage(path string, retention time.Duration) *usageTracker {
-	t := &usageTracker{Counts: usage.New(), path: path, retention: retention,
-		stop: make(chan struct{}), done: make(chan struct{})}
-	if err := t.Load(path, time.Now()); err != nil {
+	t := &usageTracker{Counts: usage.New(), outbox: usage.NewOutbox(), path: path, retention: retention,
+		stop: make(chan struct{}), kick: make(chan struct{}, 1), done: make(chan struct{})}
+	if err := t.outbox.Load(t.Counts, path, time.Now()); err != nil {
+		// A file that is not used at all: start from zero.
+		t.Counts, t.outbox = usage.New(), usage.NewOutbox()
 		if errors.Is(err, usage.ErrCorrupt) {
 			aside, renameErr := atomicfile.SetAside(path, time.Now())
 			trackingLogger().Error("usage file is corrupt; set it aside and started from zero",
@@ -109,38 +221,65 @@ func (t *usageTracker) run() {
 	defer close(t.done)
 	tick := time.NewTicker(usageSaveEvery)
 	defer tick.Stop()
-	flush := time.NewTicker(usageFlushEvery)
-	defer flush.Stop()
 	for {
 		select {
 		case <-t.stop:
 			return
 		case <-tick.C:
-			t.save()
-		case <-flush.C:
-			t.flush()
+			t.tick()
+		case <-t.kick:
+			t.tick()
 		}
 	}
 }
 
-func (t *usageTracker) save() {
-	t.Prune(time.Now().Add(-t.retention))
-	if err := t.Save(t.path); err != nil {
-		trackingLogger().Error("saving usage failed", zap.String("file", t.path), zap.Error(err))
+// tick prunes, notes what is new (pending for Redis, when shared there),
+// saves, and sends what the saved file records; when that emptied a
+// backlog (after an outage, or a start), what was counted meanwhile goes
+// at once too. It reports whether a save failed, and how many batches
+// went.
+func (t *usageTracker) tick() (saveFailed bool, sent int) {
+	t.flushMu.Lock()
+	defer t.flushMu.Unlock()
+	for range 2 {
+		cutoff := time.Now().Add(-t.retention)
+		t.Prune(cutoff)
+		t.outbox.Take(t.Counts, t.cluster.Load() != nil, cutoff)
+		if err := t.outbox.Save(t.path); err != nil {
+			trackingLogger().Error("saving usage failed; counts not saved are not sent to redis either",
+				zap.String("file", t.path), zap.Error(err))
+			return true, sent
+		}
+		n := t.send()
+		sent += n
+		if n == 0 || !t.outbox.Waiting() {
+			break
+		}
 	}
+	return false, sent
 }
 
-// Destruct saves one last time and stops.
+// Destruct saves and sends one last time, and lets go of the Redis.
 func (t *usageTracker) Destruct() error {
 	t.once.Do(func() { close(t.stop) })
 	<-t.done
-	t.save()
-	t.flush()
-	t.clusterMu.Lock()
-	if t.releaseRedis != nil {
-		t.releaseRedis()
+	if failed, sent := t.tick(); !failed && sent > 0 {
+		// The file recorded the batches before they went: record that
+		// they went, so the next start has nothing to send again.
+		t.flushMu.Lock()
+		if err := t.outbox.Save(t.path); err != nil {
+			trackingLogger().Error("saving usage failed", zap.String("file", t.path), zap.Error(err))
+		}
+		t.flushMu.Unlock()
 	}
-	t.clusterMu.Unlock()
+	t.mu.Lock()
+	t.destructed = true
+	for _, s := range t.shares {
+		s.release()
+	}
+	t.shares, t.current = nil, nil
+	t.cluster.Store(nil)
+	t.mu.Unlock()
 	return nil
 }
 

@@ -2,23 +2,20 @@ package usage
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
 // Cluster adds one instance's counts to Redis, where every instance's are
-// summed, and reads the sums back. Counts go up in batches (Flush, every
-// few seconds and at shutdown), never from the request path; each batch
-// has an id that Redis remembers, so a batch whose answer was lost and is
-// sent again is not counted twice.
+// summed, and reads the sums back. Counts go up in batches (see Outbox),
+// never from the request path; each batch has an id that Redis remembers
+// for two days, so a batch whose answer was lost and is sent again is not
+// counted twice.
 //
 // Layout, under <prefix>{usage}: (one hash tag: every script touches one
 // Cluster slot): h:<hour> is a hash of counter → requests for that hour,
@@ -30,24 +27,17 @@ type Cluster struct {
 	client    redis.UniversalClient
 	p         string
 	retention time.Duration
-	instance  string
-
-	mu        sync.Mutex
-	flushed   map[Bucket]Tally // what this instance has added so far
-	seq       uint64
-	pending   []delta // a batch that failed, to send again first
-	pendingID string
 }
 
 // batchSize bounds the counters one script call adds.
 const batchSize = 1000
 
+// batchMarkTTL is how long Redis remembers a batch it applied.
+const batchMarkTTL = 48 * time.Hour
+
 // NewCluster returns the shared counts under keyPrefix.
 func NewCluster(client redis.UniversalClient, keyPrefix string, retention time.Duration) *Cluster {
-	id := make([]byte, 8)
-	_, _ = rand.Read(id)
-	return &Cluster{client: client, p: keyPrefix + "{usage}:", retention: retention,
-		instance: hex.EncodeToString(id), flushed: map[Bucket]Tally{}}
+	return &Cluster{client: client, p: keyPrefix + "{usage}:", retention: retention}
 }
 
 var addScript = redis.NewScript(`
@@ -59,57 +49,15 @@ end
 return 1
 `)
 
-// Flush adds what c counted since the last flush. A batch that fails is
-// sent again first at the next flush, with the same id and content, so it
-// is applied once however often it is sent.
-func (cl *Cluster) Flush(ctx context.Context, c *Counts) error {
-	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	if cl.pending != nil {
-		if err := cl.send(ctx, cl.pendingID, cl.pending); err != nil {
-			return err
-		}
-		cl.pending = nil
-	}
-	var deltas []delta
-	c.Each(func(b Bucket, t Tally) {
-		f := cl.flushed[b]
-		d := Tally{Requests: max(t.Requests-f.Requests, 0), PromptTokens: max(t.PromptTokens-f.PromptTokens, 0),
-			CompletionTokens: max(t.CompletionTokens-f.CompletionTokens, 0)}
-		if d != (Tally{}) {
-			deltas = append(deltas, delta{b, d})
-		}
-	})
-	for start := 0; start < len(deltas); start += batchSize {
-		batch := deltas[start:min(start+batchSize, len(deltas))]
-		cl.seq++
-		id := cl.instance + ":" + strconv.FormatUint(cl.seq, 10)
-		if err := cl.send(ctx, id, batch); err != nil {
-			cl.pending, cl.pendingID = batch, id
-			return err
-		}
-	}
-	// Forget what the local counts no longer hold (pruned hours).
-	if len(cl.flushed) > c.Len()+1 {
-		held := make(map[Bucket]bool, c.Len())
-		c.Each(func(b Bucket, _ Tally) { held[b] = true })
-		for b := range cl.flushed {
-			if !held[b] {
-				delete(cl.flushed, b)
-			}
-		}
-	}
-	return nil
-}
-
 type delta struct {
 	b Bucket
 	t Tally
 }
 
-// send applies one batch under its id, and counts it as flushed.
+// send applies one batch under its id, unless Redis applied it before: the
+// mark and the sums are written by one script, atomically.
 func (cl *Cluster) send(ctx context.Context, id string, batch []delta) error {
-	args := []any{int64(48 * time.Hour / time.Second)}
+	args := []any{int64(batchMarkTTL / time.Second)}
 	for _, d := range batch {
 		key, field, expire := cl.hourKey(d.b.Hour), encodeCounter(d.b), d.b.Hour+int64(cl.retention/time.Second)+3600
 		for _, part := range [...]struct {
@@ -124,20 +72,7 @@ func (cl *Cluster) send(ctx context.Context, id string, batch []delta) error {
 	if err := addScript.Run(ctx, cl.client, []string{cl.p + "b:" + id}, args...).Err(); err != nil {
 		return fmt.Errorf("adding usage to redis: %w", err)
 	}
-	for _, d := range batch {
-		f := cl.flushed[d.b]
-		f.Add(d.t)
-		cl.flushed[d.b] = f
-	}
 	return nil
-}
-
-// MarkFlushed takes what c holds now as added already: the counts an
-// instance saved before it shared them on Redis, or before a restart.
-func (cl *Cluster) MarkFlushed(c *Counts) {
-	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	c.Each(func(b Bucket, t Tally) { cl.flushed[b] = t })
 }
 
 func (cl *Cluster) hourKey(hour int64) string { return cl.p + "h:" + strconv.FormatInt(hour, 10) }

@@ -3,6 +3,9 @@ package usage
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,136 +14,44 @@ import (
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 )
 
-// TestClusterSumsInstances: two instances' counts add up in Redis, each
-// flush adds only what is new, and a batch sent again after an outage is
-// counted once.
-func TestClusterSumsInstances(t *testing.T) {
-	srv := redistest.Start(t)
-	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1})
-	defer client.Close()
-	ctx := context.Background()
-	now := time.Date(2026, 11, 27, 10, 30, 0, 0, time.UTC)
-	a, b := New(), New()
-	ca, cb := NewCluster(client, "t:", DefaultRetention), NewCluster(client, "t:", DefaultRetention)
-	for range 3 {
-		a.Add("k_x", "ollama", "GET", "/api/tags", now)
-	}
-	b.Add("k_x", "ollama", "GET", "/api/tags", now)
-	b.Add("k_y", "n8n", "POST", "/api/v1", now)
-	for _, f := range []func() error{func() error { return ca.Flush(ctx, a) }, func() error { return cb.Flush(ctx, b) }, func() error { return ca.Flush(ctx, a) }} {
-		if err := f(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	a.Add("k_x", "ollama", "GET", "/api/tags", now)
-	// An outage: the flush fails; once Redis is back, the batch goes once.
-	srv.Kill()
-	if err := ca.Flush(ctx, a); err == nil {
-		t.Fatal("a flush to a dead redis succeeded")
-	}
-	srv.Restart() // empty: redistest keeps no data; start the sums again
-	client.FlushAll(ctx)
-	ca, cb = NewCluster(client, "t:", DefaultRetention), NewCluster(client, "t:", DefaultRetention)
-	if err := ca.Flush(ctx, a); err != nil {
-		t.Fatal(err)
-	}
-	if err := cb.Flush(ctx, b); err != nil {
-		t.Fatal(err)
-	}
-	rows, err := ca.Report(ctx, Query{From: now.Add(-time.Hour), To: now.Add(time.Hour)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]int64{}
-	for _, r := range rows {
-		got[r.KeyID+" "+r.Method+" "+r.Endpoint] = r.Requests
-	}
-	if got["k_x GET /api/tags"] != 5 || got["k_y POST /api/v1"] != 1 || len(got) != 2 {
-		t.Errorf("cluster sums %v, want k_x 5 (4 + 1), k_y 1", got)
-	}
+// instance is one gateway's counts, its outbox and its usage file.
+type instance struct {
+	c    *Counts
+	o    *Outbox
+	path string
 }
 
-// TestClusterResendsOnce: a batch whose answer was lost is sent again
-// with the same id and is not counted twice.
-func TestClusterResendsOnce(t *testing.T) {
-	srv := redistest.Start(t)
-	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1})
-	defer client.Close()
-	ctx := context.Background()
-	now := time.Date(2026, 11, 27, 10, 30, 0, 0, time.UTC)
-	c := New()
-	c.Add("k_z", "s", "GET", "/", now)
-	cl := NewCluster(client, "t2:", DefaultRetention)
-	batch := []delta{{Bucket{KeyID: "k_z", Service: "s", Method: "GET", Endpoint: "/", Hour: now.Unix() / 3600 * 3600}, Tally{Requests: 1}}}
-	// The batch reached Redis, and its answer was lost: it stays pending.
-	if err := cl.send(ctx, "lost:1", batch); err != nil {
-		t.Fatal(err)
-	}
-	cl.flushed = map[Bucket]Tally{}
-	cl.pending, cl.pendingID = batch, "lost:1"
-	if err := cl.Flush(ctx, c); err != nil {
-		t.Fatal(err)
-	}
-	rows, _ := cl.Report(ctx, Query{From: now.Add(-time.Hour), To: now.Add(time.Hour)})
-	if len(rows) != 1 || rows[0].Requests != 1 {
-		t.Errorf("rows %+v, want one request counted once", rows)
-	}
+func newInstance(t *testing.T) *instance {
+	return &instance{c: New(), o: NewOutbox(), path: filepath.Join(t.TempDir(), "usage.json")}
 }
 
-// TestClusterTokens: tokens go up with the requests, in the same batches:
-// each flush adds only what is new, a batch sent again after its answer
-// was lost is counted once, tokens alone make a counter, and the sums of
-// every instance come back; requests a version without tokens added still
-// read, and fields of a kind not known are not counted.
-func TestClusterTokens(t *testing.T) {
-	srv := redistest.Start(t)
-	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1})
-	defer client.Close()
-	ctx := context.Background()
-	now := time.Date(2026, 11, 27, 10, 30, 0, 0, time.UTC)
-	hour := now.Unix() / 3600 * 3600
-	a, b := New(), New()
-	ca, cb := NewCluster(client, "t3:", DefaultRetention), NewCluster(client, "t3:", DefaultRetention)
-	a.Add("k_x", "ollama", "POST", "/api/chat", now)
-	a.AddTokens("k_x", "ollama", "POST", "/api/chat", now, 100, 40)
-	if err := ca.Flush(ctx, a); err != nil {
-		t.Fatal(err)
+// flush is what the tracker does every 10 seconds: take what is new, save
+// it, send what the file records.
+func (in *instance) flush(ctx context.Context, cl *Cluster) error {
+	in.o.Take(in.c, cl != nil, time.Time{})
+	if err := in.o.Save(in.path); err != nil {
+		return err
 	}
-	// Tokens alone, after the request went up: the next flush adds them.
-	a.AddTokens("k_x", "ollama", "POST", "/api/chat", now, 10, 0)
-	a.AddTokens("k_y", "openai", "POST", "/v1/chat", now, 0, 5)
-	// The batch reaches Redis, and its answer is lost: it stays pending,
-	// and is sent again, once applied.
-	var lost []delta
-	a.Each(func(bk Bucket, n Tally) {
-		f := ca.flushed[bk]
-		d := Tally{Requests: n.Requests - f.Requests, PromptTokens: n.PromptTokens - f.PromptTokens, CompletionTokens: n.CompletionTokens - f.CompletionTokens}
-		if d != (Tally{}) {
-			lost = append(lost, delta{bk, d})
-		}
-	})
-	saved := ca.flushed
-	ca.flushed = map[Bucket]Tally{}
-	if err := ca.send(ctx, "lost:t3", lost); err != nil {
-		t.Fatal(err)
+	if cl == nil {
+		return nil
 	}
-	ca.flushed = saved
-	ca.pending, ca.pendingID = lost, "lost:t3"
-	for range 2 {
-		if err := ca.Flush(ctx, a); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b.Add("k_x", "ollama", "POST", "/api/chat", now)
-	b.AddTokens("k_x", "ollama", "POST", "/api/chat", now, 1, 2)
-	if err := cb.Flush(ctx, b); err != nil {
-		t.Fatal(err)
-	}
-	// Requests added by the version before, and a field of a kind to come.
-	old := Bucket{KeyID: "k_old", Service: "n8n", Method: "GET", Endpoint: "/api/v1"}
-	client.HSet(ctx, ca.hourKey(hour), encodeCounter(old), 7, encodeCounter(old)+"x", 99)
+	_, err := in.o.Send(ctx, cl)
+	return err
+}
 
-	rows, err := cb.Report(ctx, Query{From: now.Add(-time.Hour), To: now.Add(time.Hour)})
+// restart is the instance started again on its file.
+func (in *instance) restart(t *testing.T, now time.Time) *instance {
+	t.Helper()
+	next := &instance{c: New(), o: NewOutbox(), path: in.path}
+	if err := next.o.Load(next.c, in.path, now); err != nil {
+		t.Fatal(err)
+	}
+	return next
+}
+
+func clusterSums(t *testing.T, cl *Cluster, now time.Time) map[string]Tally {
+	t.Helper()
+	rows, err := cl.Report(context.Background(), Query{From: now.Add(-time.Hour), To: now.Add(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,12 +59,215 @@ func TestClusterTokens(t *testing.T) {
 	for _, r := range rows {
 		got[r.KeyID+" "+r.Method+" "+r.Endpoint] = r.tally()
 	}
+	return got
+}
+
+// TestClusterSumsInstances: two instances' counts add up in Redis, each
+// flush adds only what is new, and what could not go while Redis was down
+// goes once it is back, once.
+func TestClusterSumsInstances(t *testing.T) {
+	srv := redistest.StartWith(t, "--appendonly", "yes", "--appendfsync", "always")
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1})
+	defer client.Close()
+	ctx := context.Background()
+	now := time.Date(2026, 11, 27, 10, 30, 0, 0, time.UTC)
+	a, b := newInstance(t), newInstance(t)
+	cl := NewCluster(client, "t:", DefaultRetention)
+	for range 3 {
+		a.c.Add("k_x", "ollama", "GET", "/api/tags", now)
+	}
+	b.c.Add("k_x", "ollama", "GET", "/api/tags", now)
+	b.c.Add("k_y", "n8n", "POST", "/api/v1", now)
+	for _, in := range []*instance{a, b, a} {
+		if err := in.flush(ctx, cl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.c.Add("k_x", "ollama", "GET", "/api/tags", now)
+	srv.Kill()
+	if err := a.flush(ctx, cl); err == nil {
+		t.Fatal("a flush to a dead redis succeeded")
+	}
+	a.c.Add("k_x", "ollama", "GET", "/api/tags", now)
+	if err := a.flush(ctx, cl); err == nil {
+		t.Fatal("a flush to a dead redis succeeded")
+	}
+	srv.Restart()
+	for range 2 { // the batch out first, then what came after
+		if err := a.flush(ctx, cl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := clusterSums(t, cl, now)
+	if fmt.Sprint(got) != fmt.Sprint(map[string]Tally{"k_x GET /api/tags": {Requests: 6}, "k_y POST /api/v1": {Requests: 1}}) {
+		t.Errorf("cluster sums %v, want k_x 6 (5 + 1), k_y 1", got)
+	}
+	if a.o.Waiting() {
+		t.Error("something still waits for redis")
+	}
+}
+
+// TestOutboxSurvivesRestarts: what an instance counted while Redis was
+// down, and then stopped, goes to Redis from its file once it starts
+// again, once; a batch Redis applied whose answer was lost (or that the
+// file still records after a crash) is sent again and counted once; and
+// what was counted while the counts went to no Redis is not sent later.
+func TestOutboxSurvivesRestarts(t *testing.T) {
+	srv := redistest.StartWith(t, "--appendonly", "yes", "--appendfsync", "always")
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1})
+	defer client.Close()
+	ctx := context.Background()
+	now := time.Date(2026, 11, 27, 10, 30, 0, 0, time.UTC)
+	cl := NewCluster(client, "t4:", DefaultRetention)
+	in := newInstance(t)
+	for range 50 {
+		in.c.Add("k_a", "s", "GET", "/", now)
+	}
+	if err := in.flush(ctx, cl); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	for range 80 {
+		in.c.Add("k_a", "s", "GET", "/", now)
+	}
+	in.c.AddTokens("k_a", "s", "GET", "/", now, 7, 3)
+	if err := in.flush(ctx, cl); err == nil {
+		t.Fatal("a flush to a dead redis succeeded")
+	}
+	in.c.Add("k_a", "s", "GET", "/", now) // counted after the batch was made
+	in.o.Take(in.c, true, time.Time{})
+	if err := in.o.Save(in.path); err != nil { // a clean stop saves last
+		t.Fatal(err)
+	}
+	srv.Restart()
+
+	in = in.restart(t, now)
+	if !in.o.Waiting() {
+		t.Fatal("the file records nothing pending for redis")
+	}
+	for range 2 { // the batch out first, then what came after
+		if err := in.flush(ctx, cl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := map[string]Tally{"k_a GET /": {Requests: 131, PromptTokens: 7, CompletionTokens: 3}}
+	if got := clusterSums(t, cl, now); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after the restart: %v, want %v", got, want)
+	}
+
+	// A batch saved, applied, and the instance killed before it knew: the
+	// file still records it, and it goes again, once.
+	in.c.Add("k_a", "s", "GET", "/", now)
+	in.o.Take(in.c, true, time.Time{})
+	if err := in.o.Save(in.path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.o.Send(ctx, cl); err != nil {
+		t.Fatal(err)
+	}
+	in = in.restart(t, now)
+	for range 2 {
+		if err := in.flush(ctx, cl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want["k_a GET /"] = Tally{Requests: 132, PromptTokens: 7, CompletionTokens: 3}
+	if got := clusterSums(t, cl, now); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("a batch sent again: %v, want %v", got, want)
+	}
+	if data, _ := os.ReadFile(in.path); strings.Contains(string(data), `"redis"`) {
+		t.Errorf("the file still records something pending: %s", data)
+	}
+
+	// Counted while the counts go to no Redis: never sent.
+	in.c.Add("k_a", "s", "GET", "/", now)
+	if err := in.flush(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.flush(ctx, cl); err != nil {
+		t.Fatal(err)
+	}
+	if got := clusterSums(t, cl, now); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("counts from no redis went up: %v, want %v", got, want)
+	}
+}
+
+// TestOutboxReport: the counts Redis does not hold yet, for a report to
+// add to the cluster's sums: counted since the last take, in no batch, in
+// a batch not saved; not a batch sent whose answer did not come.
+func TestOutboxReport(t *testing.T) {
+	now := time.Date(2026, 11, 27, 10, 30, 0, 0, time.UTC)
+	q := Query{From: now.Add(-time.Hour), To: now.Add(time.Hour)}
+	in := newInstance(t)
+	total := func() int64 {
+		var n int64
+		for _, r := range in.o.Report(in.c, q) {
+			n += r.Requests
+		}
+		return n
+	}
+	in.c.Add("k_a", "s", "GET", "/", now)
+	if n := total(); n != 1 {
+		t.Errorf("counted since the last take: %d, want 1", n)
+	}
+	in.o.Take(in.c, true, time.Time{}) // in a batch, not saved
+	in.c.Add("k_a", "s", "GET", "/", now)
+	if n := total(); n != 2 {
+		t.Errorf("a batch not saved and one more: %d, want 2", n)
+	}
+	if err := in.o.Save(in.path); err != nil {
+		t.Fatal(err)
+	}
+	if n := total(); n != 1 {
+		t.Errorf("with the batch saved (it may be in redis): %d, want 1", n)
+	}
+	in.o.Take(in.c, true, time.Time{}) // a batch is out: in none yet
+	if n := total(); n != 1 {
+		t.Errorf("in no batch yet: %d, want 1", n)
+	}
+}
+
+// TestClusterTokens: tokens go up with the requests, in the same batches:
+// each flush adds only what is new, tokens alone make a counter, and the
+// sums of every instance come back; requests a version without tokens
+// added still read, and fields of a kind not known are not counted.
+func TestClusterTokens(t *testing.T) {
+	srv := redistest.Start(t)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1})
+	defer client.Close()
+	ctx := context.Background()
+	now := time.Date(2026, 11, 27, 10, 30, 0, 0, time.UTC)
+	hour := now.Unix() / 3600 * 3600
+	a, b := newInstance(t), newInstance(t)
+	cl := NewCluster(client, "t3:", DefaultRetention)
+	a.c.Add("k_x", "ollama", "POST", "/api/chat", now)
+	a.c.AddTokens("k_x", "ollama", "POST", "/api/chat", now, 100, 40)
+	if err := a.flush(ctx, cl); err != nil {
+		t.Fatal(err)
+	}
+	// Tokens alone, after the request went up: the next flush adds them.
+	a.c.AddTokens("k_x", "ollama", "POST", "/api/chat", now, 10, 0)
+	a.c.AddTokens("k_y", "openai", "POST", "/v1/chat", now, 0, 5)
+	for range 2 {
+		if err := a.flush(ctx, cl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.c.Add("k_x", "ollama", "POST", "/api/chat", now)
+	b.c.AddTokens("k_x", "ollama", "POST", "/api/chat", now, 1, 2)
+	if err := b.flush(ctx, cl); err != nil {
+		t.Fatal(err)
+	}
+	// Requests added by the version before, and a field of a kind to come.
+	old := Bucket{KeyID: "k_old", Service: "n8n", Method: "GET", Endpoint: "/api/v1"}
+	client.HSet(ctx, cl.hourKey(hour), encodeCounter(old), 7, encodeCounter(old)+"x", 99)
+
 	want := map[string]Tally{
 		"k_x POST /api/chat": {Requests: 2, PromptTokens: 111, CompletionTokens: 42},
 		"k_y POST /v1/chat":  {CompletionTokens: 5},
 		"k_old GET /api/v1":  {Requests: 7},
 	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
+	if got := clusterSums(t, cl, now); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("cluster sums %v, want %v", got, want)
 	}
 }

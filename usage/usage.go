@@ -292,10 +292,13 @@ func sortedRows(sums map[Bucket]Tally) []Row {
 }
 
 // Report answers a query, sorted by time, key, service, method, endpoint.
-func (c *Counts) Report(q Query) []Row {
+func (c *Counts) Report(q Query) []Row { return report(c.Each, q) }
+
+// report answers a query from the counters each lists.
+func report(each func(func(Bucket, Tally)), q Query) []Row {
 	sums := map[Bucket]Tally{}
 	from, to := q.From.Unix(), q.To.Unix()
-	c.Each(func(b Bucket, t Tally) {
+	each(func(b Bucket, t Tally) {
 		if (q.KeyID != "" && b.KeyID != q.KeyID) || (q.Service != "" && b.Service != q.Service) ||
 			b.Hour < from/3600*3600 || b.Hour >= to {
 			return
@@ -314,6 +317,27 @@ func (c *Counts) Report(q Query) []Row {
 // endpoint.
 func SortRows(rows []Row) {
 	sort.Slice(rows, func(i, j int) bool { return rowLess(&rows[i], &rows[j]) })
+}
+
+// MergeRows sorts rows as Report does, and adds up the rows of one
+// counter (one time, key, service, method and endpoint) into one.
+func MergeRows(rows []Row) []Row {
+	SortRows(rows)
+	out := rows[:0]
+	for _, r := range rows {
+		if n := len(out); n > 0 && sameCounter(&out[n-1], &r) {
+			out[n-1].Requests += r.Requests
+			out[n-1].PromptTokens += r.PromptTokens
+			out[n-1].CompletionTokens += r.CompletionTokens
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func sameCounter(a, b *Row) bool {
+	return a.Time.Equal(b.Time) && a.KeyID == b.KeyID && a.Service == b.Service && a.Method == b.Method && a.Endpoint == b.Endpoint
 }
 
 func rowLess(a, b *Row) bool {
