@@ -136,7 +136,8 @@ func TestMethodOverridesAreChecked(t *testing.T) {
 		{"multipart, NAME in capitals", "multipart/form-data; boundary=XX", "--XX\r\nContent-Disposition: form-data; NAME=\"_method\"\r\n\r\nDELETE\r\n--XX--\r\n", 403},
 		{"urlencoded, a type list", "application/x-www-form-urlencoded, text/plain", "_method=DELETE", 403},
 		{"urlencoded, charset twice", "application/x-www-form-urlencoded; charset=utf-8; charset=latin1", "_method=DELETE", 403},
-		{"JSON is not a form", "application/json", `{"_method": "DELETE"}`, 200},
+		{"JSON, as Express's body getter and Laravel read it", "application/json", `{"_method": "DELETE"}`, 403},
+		{"JSON asking for PUT", "application/json", `{"_method": "PUT"}`, 200},
 	} {
 		req, _ := http.NewRequest("POST", base+"/x", strings.NewReader(c.body))
 		req.Header.Set("Content-Type", c.contentType)

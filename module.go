@@ -501,8 +501,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.forbid(w, r, now, h.denials.service, k, presented, policy)
 	case k.HasPermissions() && !canonicalPath(r):
 		return h.forbid(w, r, now, h.denials.path, k, presented, policy)
-	case !k.Permits(r) || !permitsOverride(k, r):
+	case !k.Permits(r):
 		return h.forbid(w, r, now, h.denials.method, k, presented, policy)
+	}
+	if d := h.overrideRefusal(k, r); d != nil {
+		return h.forbid(w, r, now, d, k, presented, policy)
 	}
 
 	// On a route with tokens, the body is read for its model, and its

@@ -174,6 +174,7 @@ func newDenial(f errorFormat, status int, code, reason, message string) *denial 
 type denials struct {
 	missing, invalid, expired, rotatedOut, revoked *denial
 	method, service, ip, keyType, path, pending    *denial
+	methodUnreadable                               *denial
 	model                                          *denial
 	unavailable                                    *denial
 }
@@ -204,6 +205,8 @@ func newDenials(f errorFormat, service string, allowTypes []string, keyFrom []he
 			"The API key has been revoked; ask the gateway's operator for a new key."),
 		method: newDenial(f, http.StatusForbidden, decisionForbidden, reasonMethod,
 			"The key's role or permissions do not allow this method on this path."),
+		methodUnreadable: newDenial(f, http.StatusForbidden, decisionForbidden, reasonMethod,
+			"The request body could hold a method override (_method) that the gateway cannot read: its Content-Encoding is not gzip, deflate or zstd, it is corrupt, it is longer than 64 KiB compressed or 4 MiB decompressed, or its charset is not ASCII-compatible; and the key's role or permissions do not allow every method it could ask for. Send the body uncompressed, in UTF-8."),
 		service: newDenial(f, http.StatusForbidden, decisionForbidden, reasonService,
 			"The key is not allowed to use the "+realm+" service."),
 		ip: newDenial(f, http.StatusForbidden, decisionForbidden, reasonIP,
