@@ -12,6 +12,7 @@ import (
 
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/tokens"
 )
 
 // tokenMetricsSite is tokenSite with Caddy's metrics handler at /metrics,
@@ -226,4 +227,32 @@ func TestTokenMissingReports(t *testing.T) {
 		t.Fatal("GET /v1/models")
 	}
 	waitMetric(t, base, metricMissing, "openai", "", before+1, "after another GET /v1/models")
+}
+
+// flushDiscard is a ResponseWriter that drops what it gets and can flush,
+// for the benchmark below.
+type flushDiscard struct{ h http.Header }
+
+func (d flushDiscard) Header() http.Header         { return d.h }
+func (d flushDiscard) Write(p []byte) (int, error) { return len(p), nil }
+func (d flushDiscard) WriteHeader(int)             {}
+func (d flushDiscard) Flush()                      {}
+
+// BenchmarkTokenWriterChunk: what a streamed chunk costs on a route with
+// tokens, written and flushed through the tokenWriter as reverse_proxy does
+// (no allocation per chunk: the answer is not buffered).
+func BenchmarkTokenWriterChunk(b *testing.B) {
+	chunk := []byte("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" word\"}}],\"usage\":null}\n\n")
+	for _, hide := range []bool{false, true} {
+		b.Run(fmt.Sprintf("hide=%v", hide), func(b *testing.B) {
+			w := flushDiscard{h: http.Header{"Content-Type": {"text/event-stream"}}}
+			tw := &tokenWriter{ResponseWriter: w, format: tokens.OpenAI, hide: hide}
+			tw.WriteHeader(http.StatusOK)
+			b.ReportAllocs()
+			for b.Loop() {
+				tw.Write(chunk)
+				tw.Flush()
+			}
+		})
+	}
 }

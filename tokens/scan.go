@@ -207,10 +207,13 @@ func usageOnly(data []byte) bool {
 
 // readOpenAIUsage reads a "usage" object from JSON text, when it has one.
 func (s *Scanner) readOpenAIUsage(text []byte) bool {
-	i := bytes.LastIndex(text, []byte(`"usage"`))
+	// Most chunks have no usage: a forward search (vectorized) says so
+	// faster than the backward one.
+	i := bytes.Index(text, []byte(`"usage"`))
 	if i < 0 {
 		return false
 	}
+	i += bytes.LastIndex(text[i:], []byte(`"usage"`))
 	rest := bytes.TrimLeft(text[i+len(`"usage"`):], " \t\r\n")
 	rest, ok := bytes.CutPrefix(rest, []byte(":"))
 	rest = bytes.TrimLeft(rest, " \t\r\n")
