@@ -262,7 +262,9 @@ func allowsModels(k *keystore.Key, r *http.Request, call *llmCall) bool {
 			named++
 		}
 	}
-	return named > 0 || (call.bodyLen == 0 && r.Header.Get("Upgrade") == "")
+	// An upgrade (HTTP/1.1 Upgrade, or HTTP/2's extended CONNECT) opens a
+	// socket whose frames the gateway does not read.
+	return named > 0 || (call.bodyLen == 0 && r.Header.Get("Upgrade") == "" && r.Method != http.MethodConnect)
 }
 
 // refuseRequest answers a request whose body the route cannot use.

@@ -113,10 +113,12 @@ var ModelFields = [...][]string{
 		"session.audio.input.transcription.model", "input_audio_transcription.model"},
 }
 
-// topWatch and modelWatch are the fields ParseRequest watches per format:
-// at the top level, and in the objects ModelFields go into (keyed by the
-// path to them, e.g. "session.audio").
-var topWatch, modelWatch = func() ([Ollama + 1][]string, [Ollama + 1]map[string][]string) {
+// modelPaths are ModelFields split at "."; topWatch and modelWatch are
+// the fields ParseRequest watches per format: at the top level, and in the
+// objects ModelFields go into (keyed by the path to them, e.g.
+// "session.audio").
+var modelPaths, topWatch, modelWatch = func() ([Ollama + 1][][]string, [Ollama + 1][]string, [Ollama + 1]map[string][]string) {
+	var paths [Ollama + 1][][]string
 	var top [Ollama + 1][]string
 	var nested [Ollama + 1]map[string][]string
 	for _, f := range []Format{OpenAI, Ollama} {
@@ -124,6 +126,7 @@ var topWatch, modelWatch = func() ([Ollama + 1][]string, [Ollama + 1]map[string]
 		nested[f] = map[string][]string{}
 		for _, path := range ModelFields[f] {
 			segs := strings.Split(path, ".")
+			paths[f] = append(paths[f], segs)
 			top[f] = appendNew(top[f], strings.TrimSuffix(segs[0], "[]"))
 			for i := 1; i < len(segs); i++ {
 				at := strings.Join(segs[:i], ".")
@@ -131,7 +134,7 @@ var topWatch, modelWatch = func() ([Ollama + 1][]string, [Ollama + 1]map[string]
 			}
 		}
 	}
-	return top, nested
+	return paths, top, nested
 }()
 
 func appendNew(list []string, s string) []string {
@@ -303,8 +306,8 @@ func ParseRequest(f Format, body []byte) (Request, error) {
 // readModels adds the models named by ModelFields, a Modelfile's FROM
 // lines, and marks a create from files.
 func (r *Request) readModels(f Format, top map[string]json.RawMessage) error {
-	for _, path := range ModelFields[f] {
-		if err := r.readModelField(f, top, "", strings.Split(path, ".")); err != nil {
+	for _, segs := range modelPaths[f] {
+		if err := r.readModelField(f, top, "", segs); err != nil {
 			return err
 		}
 	}

@@ -330,3 +330,16 @@ func TestScanFloorsAndShapes(t *testing.T) {
 		t.Errorf("embed usage: %d %d %v", p, c, ok)
 	}
 }
+
+// BenchmarkParseRequest: a chat body of about 1 KiB, the model fields
+// that are absent costing map lookups only.
+func BenchmarkParseRequest(b *testing.B) {
+	body := []byte(`{"model":"llama3","max_tokens":256,"stream":true,"messages":[{"role":"system","content":"` +
+		strings.Repeat("be brief. ", 50) + `"},{"role":"user","content":"` + strings.Repeat("hello ", 80) + `"}]}`)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if _, err := ParseRequest(OpenAI, body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
