@@ -42,7 +42,7 @@ import (
 const (
 	leaseCapMax      = 1000             // no lease is larger, whatever the limit
 	leaseCapFraction = 100              // nor larger than 1 % of the limit
-	leaseFast        = time.Second      // a lease used up this fast doubles the next
+	leaseFast        = 2 * time.Second  // a lease used up this fast doubles the next
 	leaseIdle        = 2 * time.Second  // a lease unused this long goes back
 	leaseSweepEvery  = time.Second      // how often the sweeper looks
 	leaseForget      = time.Minute      // an entry holding nothing, unused this long, is dropped
@@ -290,6 +290,28 @@ func (s *RedisStore) outageSpend(key string, p Policy, nowT time.Time) Result {
 		res.DeniedBy, res.RetryAfter = DailyLimit, max(time.Unix(we, 0).Sub(redisNow), 0)
 	}
 	return res
+}
+
+// spendersOf is the divisor of a key's outage allowance: the instances
+// spending it at this instance's last lease, else the most any grant
+// reported, else 2.
+func (s *RedisStore) spendersOf(key string) int64 {
+	ls := s.shared.leases.shard(key)
+	ls.mu.Lock()
+	l := ls.m[key]
+	known := l != nil && l.known
+	var n int64
+	if known {
+		n = l.spenders
+	}
+	ls.mu.Unlock()
+	if known {
+		return max(n, 1)
+	}
+	if peers := s.shared.leases.peers.Load(); peers > 0 {
+		return peers
+	}
+	return 2
 }
 
 // peekLeased answers a Peek from the key's lease, without a round trip,
