@@ -42,7 +42,7 @@ import (
 const (
 	leaseCapMax      = 1000             // no lease is larger, whatever the limit
 	leaseCapFraction = 100              // nor larger than 1 % of the limit
-	leaseFast        = time.Second      // a lease used up this fast doubles the next
+	leaseFast        = 2 * time.Second  // a lease used up this fast doubles the next
 	leaseIdle        = 2 * time.Second  // a lease unused this long goes back
 	leaseSweepEvery  = time.Second      // how often the sweeper looks
 	leaseForget      = time.Minute      // an entry holding nothing, unused this long, is dropped
@@ -55,16 +55,17 @@ func leaseCap(limit int64) int64 { return max(1, min(leaseCapMax, limit/leaseCap
 // lease is one key's units held by this instance, and what the instance
 // last learned of the key from Redis.
 type lease struct {
-	daily    int64 // the limit the units were granted under
-	ws, we   int64 // the window they belong to (Redis's, Unix s)
-	left     int64 // units held, not spent
-	n        int64 // Redis's count after the last grant, leased units included
-	spenders int64 // instances spending the key at the last grant, this one included
-	want     int64 // the size of the next grant
-	granted  int64 // when the last grant arrived (this instance's clock, Unix ns)
-	used     int64 // when a unit was last spent or granted (Unix ns)
-	offset   int64 // Redis's clock less this instance's, at the last grant (ns)
-	known    bool  // a grant was seen: ws, we, n, spenders hold
+	daily    int64  // the limit the units were granted under
+	window   Window // and the policy's window, for charging what is owed
+	ws, we   int64  // the window they belong to (Redis's, Unix s)
+	left     int64  // units held, not spent
+	n        int64  // Redis's count after the last grant, leased units included
+	spenders int64  // instances spending the key at the last grant, this one included
+	want     int64  // the size of the next grant
+	granted  int64  // when the last grant arrived (this instance's clock, Unix ns)
+	used     int64  // when a unit was last spent or granted (Unix ns)
+	offset   int64  // Redis's clock less this instance's, at the last grant (ns)
+	known    bool   // a grant was seen: ws, we, n, spenders hold
 
 	// Counting while Redis fails (on_failure local), see outageSpend.
 	owed, owedWs int64 // units spent while Redis failed, not yet charged to Redis, and their window
@@ -177,7 +178,7 @@ func (s *RedisStore) takeLeased(ctx context.Context, key string, p Policy) (Resu
 			if !l.known || l.ws != g.ws {
 				l.left = 0
 			}
-			l.daily, l.ws, l.we, l.n, l.spenders, l.known = p.Daily, g.ws, g.we, g.n, g.spenders, true
+			l.daily, l.window, l.ws, l.we, l.n, l.spenders, l.known = p.Daily, p.Window, g.ws, g.we, g.n, g.spenders, true
 			l.offset = g.now.UnixNano() - now
 			l.left += g.units
 			l.granted, l.used = now, now
@@ -266,7 +267,8 @@ func (s *RedisStore) outageSpend(key string, p Policy, nowT time.Time) Result {
 		}
 	}
 	if !l.known {
-		l.ws, l.we = ws, we // for the result, the sweeper and the charge
+		// For the sweeper and the charge.
+		l.ws, l.we, l.daily, l.window = ws, we, p.Daily, p.Window
 	}
 	l.used = now
 	allowed := l.outSpent < l.allowance
@@ -288,6 +290,28 @@ func (s *RedisStore) outageSpend(key string, p Policy, nowT time.Time) Result {
 		res.DeniedBy, res.RetryAfter = DailyLimit, max(time.Unix(we, 0).Sub(redisNow), 0)
 	}
 	return res
+}
+
+// spendersOf is the divisor of a key's outage allowance: the instances
+// spending it at this instance's last lease, else the most any grant
+// reported, else 2.
+func (s *RedisStore) spendersOf(key string) int64 {
+	ls := s.shared.leases.shard(key)
+	ls.mu.Lock()
+	l := ls.m[key]
+	known := l != nil && l.known
+	var n int64
+	if known {
+		n = l.spenders
+	}
+	ls.mu.Unlock()
+	if known {
+		return max(n, 1)
+	}
+	if peers := s.shared.leases.peers.Load(); peers > 0 {
+		return peers
+	}
+	return 2
 }
 
 // peekLeased answers a Peek from the key's lease, without a round trip,
@@ -342,7 +366,7 @@ for i = 1, #h, 2 do
   end
 end
 if now_s >= we then
-  if want == 0 then
+  if want == 0 and owed == 0 then
     return {0, 0, ws, we, 1, now_s, tonumber(t[2])}
   end
   local found = false
@@ -375,12 +399,12 @@ redis.call('EXPIREAT', KEYS[1], we + 86400)
 return {g, n, ws, we, math.max(spenders, 1), now_s, tonumber(t[2])}
 `)
 
-// leaseArgs are the ARGV of one leaseScript call; a call that takes no
+// leaseArgs are the ARGV of one leaseScript call; a call that only returns
 // units passes no windows (it changes nothing once the window ended).
 func (sh *sharedRedis) leaseArgs(p Policy, local time.Time, want, ret, retWs, owed, owedWs int64) []any {
 	args := make([]any, 0, 14)
 	args = append(args, p.Daily, want, sh.instanceField, ret, retWs, owed, owedWs, spenderStale.Milliseconds())
-	if want == 0 {
+	if want == 0 && owed == 0 {
 		return args
 	}
 	for _, day := range [3]time.Time{local.AddDate(0, 0, -1), local, local.AddDate(0, 0, 1)} {
@@ -432,7 +456,7 @@ func (t *leaseTable) collect(now int64, all, redisUp bool) []leaseReturn {
 			if l.owed > 0 && l.owedWs != l.ws && redisSec >= l.we {
 				l.owed = 0
 			}
-			r := leaseReturn{key: key, policy: Policy{Daily: l.daily}}
+			r := leaseReturn{key: key, policy: Policy{Daily: l.daily, Window: l.window}}
 			if redisUp && l.left > 0 && (all || now-l.used > int64(leaseIdle)) {
 				r.ret, r.retWs = l.left, l.ws
 				l.left = 0

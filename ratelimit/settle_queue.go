@@ -45,8 +45,9 @@ func (ps pendingSettle) args() []any {
 
 // settleQueue holds the settlements to retry, oldest first.
 type settleQueue struct {
-	mu    sync.Mutex
-	items []pendingSettle
+	mu       sync.Mutex
+	items    []pendingSettle
+	inFlight int // taken by retrySettles, not yet acknowledged or put back
 }
 
 // add queues ps, unless the queue is full.
@@ -60,11 +61,11 @@ func (q *settleQueue) add(ps pendingSettle) bool {
 	return true
 }
 
-// Len is the number of settlements waiting.
+// Len is the number of settlements waiting, those being sent included.
 func (q *settleQueue) Len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.items)
+	return len(q.items) + q.inFlight
 }
 
 // retrySettles sends the queued settlements in one pipeline bounded by
@@ -74,10 +75,16 @@ func (sh *sharedRedis) retrySettles(timeout time.Duration) {
 	sh.settles.mu.Lock()
 	items := sh.settles.items
 	sh.settles.items = nil
+	sh.settles.inFlight = len(items)
 	sh.settles.mu.Unlock()
 	if len(items) == 0 {
 		return
 	}
+	defer func() {
+		sh.settles.mu.Lock()
+		sh.settles.inFlight = 0
+		sh.settles.mu.Unlock()
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	pipe := sh.client.Pipeline()
@@ -102,13 +109,14 @@ func (sh *sharedRedis) retrySettles(timeout time.Duration) {
 		redisLogger().Error("token settlements were not acknowledged by redis in time and are dropped; their reservations are given back when they expire",
 			zap.Int("dropped", dropped), zap.Duration("retried_for", settleRetryFor))
 	}
+	sh.settles.mu.Lock()
+	sh.settles.inFlight = 0
 	if len(keep) > 0 {
-		sh.settles.mu.Lock()
 		// Those queued meanwhile go after: the queue stays oldest first.
 		sh.settles.items = append(keep, sh.settles.items...)
 		if len(sh.settles.items) > maxPendingSettles {
 			sh.settles.items = sh.settles.items[:maxPendingSettles]
 		}
-		sh.settles.mu.Unlock()
 	}
+	sh.settles.mu.Unlock()
 }

@@ -31,6 +31,9 @@ type tokenState struct {
 	// applies once. Bounded by the requests in flight; one unsettled for
 	// reservationTTL is given back by Sweep.
 	pending map[uint64]pendingReservation
+	// shared is dayUsed as a shared store last answered it, for the day
+	// starting sharedDay: the base of the outage allowance (reserveWithin).
+	shared, sharedDay int64
 }
 
 // pendingReservation is what a Memory needs to settle, or give back, a
@@ -335,8 +338,34 @@ func (m *Memory) mirrorTokens(key string, p TokenPolicy, v tokenView) {
 		sh.tokens[key] = t
 	}
 	t.store(v, p)
+	t.shared, t.sharedDay = v.dayUsed, v.dayStart
 	t.lastSeen = now
 	sh.mu.Unlock()
+}
+
+// reserveWithin is Reserve while a shared store fails: the daily budget is
+// cut to this instance's outage allowance, what the key had left when the
+// shared store last answered divided by spenders, or the budget divided by
+// spenders for a day it never answered about. The result reports the
+// budget's real limit, and as remaining what the allowance leaves.
+func (m *Memory) reserveWithin(key string, p TokenPolicy, n, spenders int64) (TokenResult, error) {
+	if p.Daily == 0 || spenders <= 1 {
+		return m.Reserve(context.Background(), key, p, n)
+	}
+	q := p
+	now := m.now()
+	start, _ := p.Window.Bounds(now)
+	sh := m.shard(key)
+	sh.mu.Lock()
+	if t := sh.tokens[key]; t != nil && t.sharedDay == t.view(now, p).dayStart && t.sharedDay == start.Unix() {
+		q.Daily = t.shared + max(p.Daily-t.shared, 0)/spenders
+	} else {
+		q.Daily = p.Daily / spenders
+	}
+	sh.mu.Unlock()
+	res, err := m.Reserve(context.Background(), key, q, n)
+	res.Daily.Limit = p.Daily
+	return res, err
 }
 
 var _ TokenStore = (*Memory)(nil)

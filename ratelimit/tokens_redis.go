@@ -333,7 +333,8 @@ func (s *RedisStore) tokenCall(ctx context.Context, key string, p TokenPolicy, n
 		if peekOnly {
 			return sh.local.PeekTokens(ctx, key, p)
 		}
-		res, err := sh.local.Reserve(ctx, key, p, n)
+		// Within the outage allowance, as for requests (lease.go).
+		res, err := sh.local.reserveWithin(key, p, n, s.spendersOf(key))
 		res.Reservation.Local = res.Allowed
 		return res, err
 	}
