@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math"
 	"os"
@@ -106,6 +107,9 @@ func readFile(path string, now time.Time) (*savedFile, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: more after the counts", ErrCorrupt)
 	}
 	switch {
 	case f.Version < fileVersionNoToks || f.Version > fileVersion || f.Counts == nil:
