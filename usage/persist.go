@@ -45,9 +45,6 @@ type savedBatch struct {
 	Counts []savedCount `json:"counts"`
 }
 
-// maxBatchID bounds a batch id read from a file (ours are 26 bytes or so).
-const maxBatchID = 64
-
 // savedCount is one counter: the fields of its Bucket and of its Tally.
 type savedCount struct {
 	Bucket
@@ -125,8 +122,8 @@ func readFile(path string, now time.Time) (*savedFile, error) {
 			return nil, err
 		}
 		for _, b := range f.Redis.Batches {
-			if b.ID == "" || len(b.ID) > maxBatchID {
-				return nil, fmt.Errorf("%w: a batch id of %d bytes", ErrCorrupt, len(b.ID))
+			if _, ok := parseBatchID(b.ID); !ok {
+				return nil, fmt.Errorf("%w: a batch id that is not one", ErrCorrupt)
 			}
 			if err := checkCounts(b.Counts, f.Version, now); err != nil {
 				return nil, err

@@ -44,7 +44,7 @@ func FuzzUsageFile(f *testing.F) {
 		`{"version": 1, "counts": [` + row("k_a", "GET", hour, 0) + `]}`,
 		`{"version": 1, "counts": [` + row("", "GET", hour, 1) + `]}`,
 		`{"version": 1, "counts": [` + row("sentinel", "GET", hour, 1) + `]}`,
-		`{"version": 3, "counts": [` + row("k_a", "GET", hour, 3) + `], "redis": {"batches": [{"id": "b:1", "counts": [` + row("k_a", "GET", hour, 2) + `]}], "unsent": [` + row("k_a", "GET", hour, 1) + `]}}`,
+		`{"version": 3, "counts": [` + row("k_a", "GET", hour, 3) + `], "redis": {"batches": [{"id": "0a1b2c3d4e5f6071:42", "counts": [` + row("k_a", "GET", hour, 2) + `]}], "unsent": [` + row("k_a", "GET", hour, 1) + `]}}`,
 		`{"version": 3, "counts": [` + row("k_a", "GET", hour, 3) + `], "redis": {"batches": [{"id": "", "counts": []}]}}`,
 		`{"version": 2, "counts": [` + row("k_a", "GET", hour, 3) + `], "redis": {"unsent": [` + row("k_a", "GET", hour, 1) + `]}}`,
 		`{"version": 2, "counts": []}`, `{"version": 1}`, `{"version": 1, "counts": [], "x": 1}`, ``, `null`,
@@ -156,7 +156,7 @@ func outboxDump(o *Outbox) string {
 			counts = append(counts, fmt.Sprintf("%+v %+v", d.b, d.t))
 		}
 		sort.Strings(counts)
-		lines = append(lines, "batch "+b.id+": "+strings.Join(counts, "; "))
+		lines = append(lines, "batch "+b.id.String()+": "+strings.Join(counts, "; "))
 	}
 	return strings.Join(lines, "\n")
 }
