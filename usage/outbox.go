@@ -4,17 +4,17 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"strconv"
 	"sync"
 	"time"
 )
 
 // Outbox is what an instance counted that Redis has not acknowledged yet,
 // and the usage file that keeps it across restarts. Counts go to Redis in
-// batches, each with an id that Redis remembers (see Cluster), and a batch
-// is sent only once the usage file records it (Save): whatever stops the
-// instance before Redis acknowledged a batch, it sends it again, with the
-// same id, when it starts again, and Redis applies it once. A crash
+// batches, numbered in order, of which Redis remembers the last it applied
+// (see Cluster), and a batch is sent only once the usage file records it
+// (Save): whatever stops the instance before Redis acknowledged a batch,
+// it sends it again, with the same id, when it starts again, and Redis
+// applies it once. A crash
 // (kill -9) loses what was counted since the last Save, never counts
 // anything twice; a clean stop saves last, and loses nothing.
 //
@@ -36,13 +36,13 @@ type Outbox struct {
 }
 
 type outBatch struct {
-	id      string
+	id      batchID
 	counts  []delta
 	durable bool // a saved usage file records it
 }
 
 // NewOutbox returns an empty outbox; its batch ids start with 16 random
-// hex digits of its own.
+// hex digits of its own, its id.
 func NewOutbox() *Outbox {
 	id := make([]byte, 8)
 	_, _ = rand.Read(id)
@@ -70,7 +70,8 @@ func (o *Outbox) Load(c *Counts, path string, now time.Time) error {
 		addTo(o.unsent, sc.Bucket, sc.Tally)
 	}
 	for _, sb := range f.Redis.Batches {
-		b := &outBatch{id: sb.ID, durable: true}
+		id, _ := parseBatchID(sb.ID) // readFile checked it
+		b := &outBatch{id: id, durable: true}
 		for _, sc := range sb.Counts {
 			b.counts = append(b.counts, delta{sc.Bucket, sc.Tally})
 		}
@@ -126,7 +127,7 @@ func (o *Outbox) Take(c *Counts, shared bool, cutoff time.Time) {
 	for bk, t := range o.unsent {
 		if b == nil || len(b.counts) == batchSize {
 			o.seq++
-			b = &outBatch{id: o.instance + ":" + strconv.FormatUint(o.seq, 10)}
+			b = &outBatch{id: batchID{o.instance, o.seq}}
 			o.batches = append(o.batches, b)
 		}
 		b.counts = append(b.counts, delta{bk, t})
@@ -153,7 +154,7 @@ func (o *Outbox) Save(path string) error {
 	if len(o.unsent) > 0 || len(o.batches) > 0 {
 		f.Redis = &savedPending{}
 		for _, b := range o.batches {
-			sb := savedBatch{ID: b.id, Counts: make([]savedCount, len(b.counts))}
+			sb := savedBatch{ID: b.id.String(), Counts: make([]savedCount, len(b.counts))}
 			for i, d := range b.counts {
 				sb.Counts[i] = savedCount{d.b, d.t}
 			}

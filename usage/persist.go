@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math"
 	"os"
@@ -43,9 +44,6 @@ type savedBatch struct {
 	ID     string       `json:"id"`
 	Counts []savedCount `json:"counts"`
 }
-
-// maxBatchID bounds a batch id read from a file (ours are 26 bytes or so).
-const maxBatchID = 64
 
 // savedCount is one counter: the fields of its Bucket and of its Tally.
 type savedCount struct {
@@ -107,6 +105,9 @@ func readFile(path string, now time.Time) (*savedFile, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: more after the counts", ErrCorrupt)
+	}
 	switch {
 	case f.Version < fileVersionNoToks || f.Version > fileVersion || f.Counts == nil:
 		return nil, fmt.Errorf("%w: version %d or no counts", ErrCorrupt, f.Version)
@@ -121,8 +122,8 @@ func readFile(path string, now time.Time) (*savedFile, error) {
 			return nil, err
 		}
 		for _, b := range f.Redis.Batches {
-			if b.ID == "" || len(b.ID) > maxBatchID {
-				return nil, fmt.Errorf("%w: a batch id of %d bytes", ErrCorrupt, len(b.ID))
+			if _, ok := parseBatchID(b.ID); !ok {
+				return nil, fmt.Errorf("%w: a batch id that is not one", ErrCorrupt)
 			}
 			if err := checkCounts(b.Counts, f.Version, now); err != nil {
 				return nil, err

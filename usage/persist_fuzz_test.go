@@ -13,8 +13,8 @@ import (
 	"time"
 )
 
-// FuzzUsageFile loads arbitrary usage files, of this version (with tokens)
-// or the one before. A file is used whole or not at all: refused, it leaves
+// FuzzUsageFile loads arbitrary usage files, of this version (with counts
+// pending for Redis) or the ones before (with tokens, requests only). A file is used whole or not at all: refused, it leaves
 // the counts as they were and its error wraps ErrCorrupt; loaded, every
 // counter holds possible values (a key id, counts none negative and not all
 // zero, an hour's start no later than the next hour, a standard method or
@@ -44,6 +44,9 @@ func FuzzUsageFile(f *testing.F) {
 		`{"version": 1, "counts": [` + row("k_a", "GET", hour, 0) + `]}`,
 		`{"version": 1, "counts": [` + row("", "GET", hour, 1) + `]}`,
 		`{"version": 1, "counts": [` + row("sentinel", "GET", hour, 1) + `]}`,
+		`{"version": 3, "counts": [` + row("k_a", "GET", hour, 3) + `], "redis": {"batches": [{"id": "0a1b2c3d4e5f6071:42", "counts": [` + row("k_a", "GET", hour, 2) + `]}], "unsent": [` + row("k_a", "GET", hour, 1) + `]}}`,
+		`{"version": 3, "counts": [` + row("k_a", "GET", hour, 3) + `], "redis": {"batches": [{"id": "", "counts": []}]}}`,
+		`{"version": 2, "counts": [` + row("k_a", "GET", hour, 3) + `], "redis": {"unsent": [` + row("k_a", "GET", hour, 1) + `]}}`,
 		`{"version": 2, "counts": []}`, `{"version": 1}`, `{"version": 1, "counts": [], "x": 1}`, ``, `null`,
 	} {
 		f.Add([]byte(s))
@@ -100,6 +103,24 @@ func FuzzUsageFile(f *testing.F) {
 			}
 		}
 
+		// The outbox loads the file too, and a save of it keeps the same
+		// counts and the same pending for Redis.
+		o, oc := NewOutbox(), New()
+		if err := o.Load(oc, path, now); err != nil {
+			t.Fatalf("the outbox refuses a file the counts load: %v", err)
+		}
+		pending := outboxDump(o)
+		if err := o.Save(path); err != nil {
+			t.Fatal(err)
+		}
+		o, oc2 := NewOutbox(), New()
+		if err := o.Load(oc2, path, now); err != nil {
+			t.Fatalf("a file the outbox saved does not load: %v", err)
+		}
+		if outboxDump(o) != pending || usageDump(oc2) != usageDump(oc) {
+			t.Fatal("saving the outbox and loading it again changed what it holds")
+		}
+
 		// Saved and loaded again: the same counts.
 		if err := c.Save(path); err != nil {
 			t.Fatal(err)
@@ -119,5 +140,23 @@ func usageDump(c *Counts) string {
 	var lines []string
 	c.Each(func(b Bucket, n Tally) { lines = append(lines, fmt.Sprintf("%+v %+v", b, n)) })
 	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+// outboxDump is what an outbox holds as pending, in a stable form.
+func outboxDump(o *Outbox) string {
+	var lines []string
+	for b, n := range o.unsent {
+		lines = append(lines, fmt.Sprintf("unsent %+v %+v", b, n))
+	}
+	sort.Strings(lines)
+	for _, b := range o.batches {
+		var counts []string
+		for _, d := range b.counts {
+			counts = append(counts, fmt.Sprintf("%+v %+v", d.b, d.t))
+		}
+		sort.Strings(counts)
+		lines = append(lines, "batch "+b.id.String()+": "+strings.Join(counts, "; "))
+	}
 	return strings.Join(lines, "\n")
 }

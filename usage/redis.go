@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -13,16 +14,17 @@ import (
 
 // Cluster adds one instance's counts to Redis, where every instance's are
 // summed, and reads the sums back. Counts go up in batches (see Outbox),
-// never from the request path; each batch has an id that Redis remembers
-// for two days, so a batch whose answer was lost and is sent again is not
-// counted twice.
+// never from the request path. A batch's id is its outbox's own id and a
+// sequence number; Redis keeps, per outbox, the number of the last batch
+// it applied, so a batch whose answer was lost and is sent again (even
+// from the usage file, after a restart) is not counted twice.
 //
 // Layout, under <prefix>{usage}: (one hash tag: every script touches one
 // Cluster slot): h:<hour> is a hash of counter → requests for that hour,
 // and of counter+"p" → prompt tokens and counter+"c" → completion tokens
 // (fields a version that counted no tokens does not read), expiring
-// retention after the hour; b:<batch id> marks a batch applied, requests
-// and tokens together.
+// retention after the hour; i:<outbox id> is the number of the outbox's
+// last batch applied, kept retention plus two days.
 type Cluster struct {
 	client    redis.UniversalClient
 	p         string
@@ -32,32 +34,61 @@ type Cluster struct {
 // batchSize bounds the counters one script call adds.
 const batchSize = 1000
 
-// batchMarkTTL is how long Redis remembers a batch it applied.
-const batchMarkTTL = 48 * time.Hour
-
 // NewCluster returns the shared counts under keyPrefix.
 func NewCluster(client redis.UniversalClient, keyPrefix string, retention time.Duration) *Cluster {
 	return &Cluster{client: client, p: keyPrefix + "{usage}:", retention: retention}
 }
 
+// addScript applies a batch unless its outbox's last batch applied is this
+// one or a later one: the mark and the sums are written together,
+// atomically. KEYS[1] is the outbox's mark; ARGV: the batch's number, the
+// mark's lifetime (s), then hash, field, increment, expiry (Unix s) for
+// each field.
 var addScript = redis.NewScript(`
-if redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) == false then return 0 end
-for i = 2, #ARGV, 4 do
+if tonumber(ARGV[1]) <= tonumber(redis.call('GET', KEYS[1]) or '0') then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+for i = 3, #ARGV, 4 do
   redis.call('HINCRBY', ARGV[i], ARGV[i+1], ARGV[i+2])
   redis.call('EXPIREAT', ARGV[i], ARGV[i+3])
 end
 return 1
 `)
 
+// batchID names a batch: its outbox's id (hex) and its number (from 1).
+type batchID struct {
+	outbox string
+	seq    uint64
+}
+
+func (id batchID) String() string { return id.outbox + ":" + strconv.FormatUint(id.seq, 10) }
+
+// parseBatchID reads what String wrote.
+func parseBatchID(s string) (batchID, bool) {
+	i := strings.LastIndexByte(s, ':')
+	if i < 1 || i > 32 {
+		return batchID{}, false
+	}
+	for _, c := range []byte(s[:i]) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return batchID{}, false
+		}
+	}
+	seq, err := strconv.ParseUint(s[i+1:], 10, 64)
+	if err != nil || seq == 0 || seq > 1<<53 { // exact in Lua's numbers
+		return batchID{}, false
+	}
+	return batchID{s[:i], seq}, true
+}
+
 type delta struct {
 	b Bucket
 	t Tally
 }
 
-// send applies one batch under its id, unless Redis applied it before: the
-// mark and the sums are written by one script, atomically.
-func (cl *Cluster) send(ctx context.Context, id string, batch []delta) error {
-	args := []any{int64(batchMarkTTL / time.Second)}
+// send applies one batch, unless Redis applied it, or a later batch of its
+// outbox, before.
+func (cl *Cluster) send(ctx context.Context, id batchID, batch []delta) error {
+	args := []any{id.seq, int64((cl.retention + 48*time.Hour) / time.Second)}
 	for _, d := range batch {
 		key, field, expire := cl.hourKey(d.b.Hour), encodeCounter(d.b), d.b.Hour+int64(cl.retention/time.Second)+3600
 		for _, part := range [...]struct {
@@ -69,7 +100,7 @@ func (cl *Cluster) send(ctx context.Context, id string, batch []delta) error {
 			}
 		}
 	}
-	if err := addScript.Run(ctx, cl.client, []string{cl.p + "b:" + id}, args...).Err(); err != nil {
+	if err := addScript.Run(ctx, cl.client, []string{cl.p + "i:" + id.outbox}, args...).Err(); err != nil {
 		return fmt.Errorf("adding usage to redis: %w", err)
 	}
 	return nil

@@ -167,16 +167,17 @@ func TestSaveLoadTokens(t *testing.T) {
 	}
 
 	for name, file := range map[string]string{
-		"tokens in version 1":      `{"version":1,"counts":[{"key_id":"k","hour":%d,"requests":1,"prompt_tokens":3}]}`,
-		"no request in version 1":  `{"version":1,"counts":[{"key_id":"k","hour":%d,"requests":0}]}`,
-		"negative tokens":          `{"version":2,"counts":[{"key_id":"k","hour":%d,"requests":1,"completion_tokens":-3}]}`,
-		"an empty counter":         `{"version":2,"counts":[{"key_id":"k","hour":%d,"requests":0}]}`,
-		"tokens past int64":        `{"version":2,"counts":[{"key_id":"k","hour":%[1]d,"prompt_tokens":9000000000000000000},{"key_id":"k","hour":%[1]d,"prompt_tokens":9000000000000000000}]}`,
-		"a version to come":        `{"version":4,"counts":[{"key_id":"k","hour":%d,"requests":1}]}`,
-		"pending in version 2":     `{"version":2,"counts":[{"key_id":"k","hour":%[1]d,"requests":1}],"redis":{"unsent":[{"key_id":"k","hour":%[1]d,"requests":1}]}}`,
-		"a pending count negative": `{"version":3,"counts":[{"key_id":"k","hour":%[1]d,"requests":1}],"redis":{"unsent":[{"key_id":"k","hour":%[1]d,"requests":-1}]}}`,
-		"a batch without an id":    `{"version":3,"counts":[{"key_id":"k","hour":%[1]d,"requests":1}],"redis":{"batches":[{"id":"","counts":[{"key_id":"k","hour":%[1]d,"requests":1}]}]}}`,
-		"an unknown field":         `{"version":2,"counts":[{"key_id":"k","hour":%d,"requests":1,"cached_tokens":1}]}`,
+		"tokens in version 1":        `{"version":1,"counts":[{"key_id":"k","hour":%d,"requests":1,"prompt_tokens":3}]}`,
+		"no request in version 1":    `{"version":1,"counts":[{"key_id":"k","hour":%d,"requests":0}]}`,
+		"negative tokens":            `{"version":2,"counts":[{"key_id":"k","hour":%d,"requests":1,"completion_tokens":-3}]}`,
+		"an empty counter":           `{"version":2,"counts":[{"key_id":"k","hour":%d,"requests":0}]}`,
+		"tokens past int64":          `{"version":2,"counts":[{"key_id":"k","hour":%[1]d,"prompt_tokens":9000000000000000000},{"key_id":"k","hour":%[1]d,"prompt_tokens":9000000000000000000}]}`,
+		"a version to come":          `{"version":4,"counts":[{"key_id":"k","hour":%d,"requests":1}]}`,
+		"pending in version 2":       `{"version":2,"counts":[{"key_id":"k","hour":%[1]d,"requests":1}],"redis":{"unsent":[{"key_id":"k","hour":%[1]d,"requests":1}]}}`,
+		"a pending count negative":   `{"version":3,"counts":[{"key_id":"k","hour":%[1]d,"requests":1}],"redis":{"unsent":[{"key_id":"k","hour":%[1]d,"requests":-1}]}}`,
+		"a batch id that is not one": `{"version":3,"counts":[{"key_id":"k","hour":%[1]d,"requests":1}],"redis":{"batches":[{"id":"xyz:1","counts":[{"key_id":"k","hour":%[1]d,"requests":1}]}]}}`,
+		"a batch without an id":      `{"version":3,"counts":[{"key_id":"k","hour":%[1]d,"requests":1}],"redis":{"batches":[{"id":"","counts":[{"key_id":"k","hour":%[1]d,"requests":1}]}]}}`,
+		"an unknown field":           `{"version":2,"counts":[{"key_id":"k","hour":%d,"requests":1,"cached_tokens":1}]}`,
 	} {
 		os.WriteFile(path, fmt.Appendf(nil, file, hour), 0o600)
 		c := New()
