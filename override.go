@@ -55,7 +55,7 @@ const (
 	// maxOverridePeek is how much of a body is read, before the request is
 	// admitted, for an override: all of it when it is compressed (a longer
 	// compressed body is refused), its start otherwise (the rest is watched
-	// as it streams to the upstream, see overrideGuard).
+	// as it streams to the upstream, see peekedBody).
 	maxOverridePeek = 64 << 10
 	// maxOverrideDecoded bounds what a compressed body may decode to.
 	maxOverrideDecoded = 4 << 20
@@ -367,8 +367,8 @@ func zstdDecoder() *zstd.Decoder {
 
 // peekBody reads up to n bytes of the body and puts them back in front of
 // the rest, so the upstream gets the body whole; complete says the body
-// ended there. When guard is set, the rest, if any, streams through an
-// overrideGuard.
+// ended there. When guard is set, the rest, if any, is watched for signs of
+// an override as it streams.
 func peekBody(r *http.Request, n int, kinds bodyKind, guard bool) (head []byte, complete bool) {
 	size := n
 	if r.ContentLength >= 0 && r.ContentLength < int64(n) {
@@ -378,36 +378,40 @@ func peekBody(r *http.Request, n int, kinds bodyKind, guard bool) (head []byte, 
 	got, err := io.ReadFull(r.Body, buf)
 	buf = buf[:got]
 	complete = err != nil || (r.ContentLength >= 0 && int64(got) == r.ContentLength)
-	var rest io.Reader = r.Body
-	if !complete && guard {
-		g := &overrideGuard{Reader: r.Body}
-		g.seam.kinds = kinds
-		g.seam.keep(buf)
-		rest = g
+	p := &peekedBody{head: buf, body: r.Body, guard: !complete && guard}
+	if p.guard {
+		p.seam.kinds = kinds
+		p.seam.keep(buf)
 	}
-	r.Body = struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(bytes.NewReader(buf), rest), r.Body}
+	r.Body = p
 	return buf, complete
 }
 
-// overrideGuard reads the rest of a body (past the part read before the
-// request was admitted) and fails the request on any sign of an override
-// in it: the upstream then gets a cut body, which no framework acts on,
-// and the client a 502.
-type overrideGuard struct {
-	io.Reader
-	seam overrideSeam
+// peekedBody is a body whose start was read before the request was
+// admitted: that start, then the rest. When guard is set, it fails the
+// request on any sign of an override in the rest: the upstream then gets a
+// cut body, which no framework acts on, and the client a 502.
+type peekedBody struct {
+	head  []byte
+	body  io.ReadCloser
+	guard bool
+	seam  overrideSeam
 }
 
-func (g *overrideGuard) Read(p []byte) (int, error) {
-	n, err := g.Reader.Read(p)
-	if n > 0 && g.seam.found(p[:n]) {
+func (p *peekedBody) Read(b []byte) (int, error) {
+	if len(p.head) > 0 {
+		n := copy(b, p.head)
+		p.head = p.head[n:]
+		return n, nil
+	}
+	n, err := p.body.Read(b)
+	if p.guard && n > 0 && p.seam.found(b[:n]) {
 		return 0, errOverrideInBody
 	}
 	return n, err
 }
+
+func (p *peekedBody) Close() error { return p.body.Close() }
 
 // overrideSeam looks for the signs of an override (overrideNeedle) in a
 // stream read in parts, including across the parts.

@@ -101,9 +101,12 @@ func hasEscapeOf[T ~string | ~[]byte](b T, prefix string) bool {
 		if !isHex(h) || !isHex(l) {
 			continue
 		}
-		switch (unhex(h)<<4 | unhex(l)) | 0x20 {
-		case '_' | 0x20, '.' | 0x20, 'm', 'e', 't', 'h', 'o', 'd':
-			// '_'|0x20 is DEL and '.'|0x20 is '.': neither is a letter.
+		c := unhex(h)<<4 | unhex(l)
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		switch c {
+		case '_', '.', 'm', 'e', 't', 'h', 'o', 'd':
 			return true
 		}
 	}
