@@ -548,12 +548,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Set("http.auth.user.id", k.IDValue)
-	repl.Set("http.apikey.id", k.IDValue)
-	repl.Set("http.apikey.name", k.NameValue)
-	repl.Set("http.apikey.role", roleValues[k.Role])
-	repl.Set("http.apikey.type", typeValues[presented])
-	repl.Set("http.apikey.service", h.serviceValue)
+	h.setPlaceholders(repl, k, presented)
 	h.credential.Apply(r.Header, repl) // after the placeholders, which it may use
 	// Request trailers come after the checks: none is passed on, so no key,
 	// credential or override can arrive in one.
@@ -576,12 +571,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	return next.ServeHTTP(w, r)
 }
-
-// Placeholder values for roles and types, boxed once.
-var (
-	roleValues = [...]any{keystore.Reader: "reader", keystore.Writer: "writer", keystore.Admin: "admin", keystore.Custom: "custom"}
-	typeValues = [...]any{keystore.Dev: "dev", keystore.Prod: "prod"}
-)
 
 // deny answers the request with d. A failed authentication counts against
 // the client address.

@@ -73,7 +73,7 @@ func (p *profiling) finish(bin string, s *snapshot, v view, c config, o options,
 	fmt.Fprintf(&b, "- Caddy CPU (user and system, /proc): %.1f µs a request (%v in all).\n", us(r.cpuPerReq), cpuUsed.Round(time.Millisecond))
 	if before != nil && after != nil && r.requests > 0 {
 		n := float64(r.requests)
-		fmt.Fprintf(&b, "- Heap allocations (runtime.MemStats through /debug/vars): %.1f a request, %.0f B a request.\n", r.allocsPerReq, r.bytesPerReq)
+		fmt.Fprintf(&b, "- Heap allocations (runtime.MemStats through /debug/vars): %.1f a request, %.0f B a request, the CPU profiler's own included (its fixed cost spread over the requests; the results' tables have the figures without it).\n", r.allocsPerReq, r.bytesPerReq)
 		pauses := time.Duration(after.PauseTotalNs - before.PauseTotalNs)
 		fmt.Fprintf(&b, "- Collections: %d, one every %.0f requests; stop-the-world pauses %v in all.\n",
 			r.gcs, n/max(float64(r.gcs), 1), pauses.Round(time.Microsecond))
@@ -93,10 +93,10 @@ func (p *profiling) finish(bin string, s *snapshot, v view, c config, o options,
 		defer os.Remove(raw)
 		textSection(&b, "CPU: the apikey handler's own work (-top -cum -focus apikey.(*Handler).ServeHTTP -ignore reverseproxy)",
 			pprofText(bin, raw, "-top", "-cum", "-nodecount", "30", "-focus", `apikey\.\(\*Handler\)\.ServeHTTP`, "-ignore", "reverseproxy"))
-		textSection(&b, "CPU: the whole Caddy process, by function (-top)",
-			pprofText(bin, raw, "-top", "-nodecount", "40"))
-		textSection(&b, "CPU: the whole Caddy process, cumulative (-top -cum)",
-			pprofText(bin, raw, "-top", "-cum", "-nodecount", "50"))
+		textSection(&b, "CPU: the whole Caddy process but the profiler, by function (-top -ignore pprof)",
+			pprofText(bin, raw, "-top", "-nodecount", "40", "-ignore", "pprof"))
+		textSection(&b, "CPU: the whole Caddy process but the profiler, cumulative (-top -cum -ignore pprof)",
+			pprofText(bin, raw, "-top", "-cum", "-nodecount", "50", "-ignore", "pprof"))
 	}
 	if s.allocsBefore != nil && allocsAfter != nil {
 		base, raw := writeTemp(s.allocsBefore), writeTemp(allocsAfter)
@@ -104,10 +104,10 @@ func (p *profiling) finish(bin string, s *snapshot, v view, c config, o options,
 		defer os.Remove(raw)
 		textSection(&b, "Allocations during the load: the apikey handler's own, by objects (-sample_index=alloc_objects -top -focus apikey.(*Handler).ServeHTTP -ignore reverseproxy, base: before the load)",
 			pprofText(bin, raw, "-base", base, "-sample_index=alloc_objects", "-top", "-nodecount", "25", "-focus", `apikey\.\(\*Handler\)\.ServeHTTP`, "-ignore", "reverseproxy"))
-		textSection(&b, "Allocations during the load: the whole process, by objects (-sample_index=alloc_objects -top)",
-			pprofText(bin, raw, "-base", base, "-sample_index=alloc_objects", "-top", "-nodecount", "30"))
-		textSection(&b, "Allocations during the load: the whole process, by bytes (-sample_index=alloc_space -top)",
-			pprofText(bin, raw, "-base", base, "-sample_index=alloc_space", "-top", "-nodecount", "20"))
+		textSection(&b, "Allocations during the load: the whole process but the profiler, by objects (-sample_index=alloc_objects -top -ignore pprof)",
+			pprofText(bin, raw, "-base", base, "-sample_index=alloc_objects", "-top", "-nodecount", "30", "-ignore", "pprof"))
+		textSection(&b, "Allocations during the load: the whole process but the profiler, by bytes (-sample_index=alloc_space -top -ignore pprof)",
+			pprofText(bin, raw, "-base", base, "-sample_index=alloc_space", "-top", "-nodecount", "20", "-ignore", "pprof"))
 	}
 	if len(gcLines) > 0 {
 		var gc []string

@@ -136,8 +136,12 @@ func writeResults(o options, results map[string]map[string][]result, note string
 		fmt.Fprintf(&b, "Written by `%s` on %s.\n\n", o.command, time.Now().UTC().Format("2006-01-02 15:04 MST"))
 		fmt.Fprintf(&b, "- Machine: %d CPUs (%s), %s/%s; %s.\n", runtime.NumCPU(), cpu, runtime.GOOS, runtime.GOARCH, v.describe())
 		fmt.Fprintf(&b, "- Go: %s. Caddy: %s.\n", runtime.Version(), o.version)
-		fmt.Fprintf(&b, "- %d rounds, each running every configuration of both views in turn (interleaved); each run %v after %v of warm-up, at %d requests in flight, keep-alive, over %d key ids.\n\n",
-			o.rounds, o.duration, o.warmup, o.concurrency, o.nkeys)
+		turn := "every configuration in turn"
+		if len(o.views) > 1 {
+			turn = "every configuration of both views in turn"
+		}
+		fmt.Fprintf(&b, "- %d round(s), each running %s (interleaved); each run %v after %v of warm-up, at %d requests in flight, keep-alive, over %d key id(s).\n\n",
+			o.rounds, turn, o.duration, o.warmup, o.concurrency, o.nkeys)
 		fmt.Fprintf(&b, "| config | what | req/s ratio to (a) | rounds' range | Caddy CPU per request | over (a) | over (h) | allocs per request | over (a) | bytes per request | requests per GC | median req/s | p50 | p99 | errors |\n")
 		fmt.Fprintf(&b, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		byView := results[v.name]
