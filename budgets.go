@@ -356,7 +356,7 @@ func (tw *tokenWriter) WriteHeader(status int) {
 				tw.unread = true
 			}
 		}
-		if stream && tw.hide || tw.dec != nil {
+		if (stream && tw.hide) || tw.dec != nil {
 			// A chunk may be dropped, or the answer is decoded: the
 			// length announced would be wrong.
 			hdr.Del("Content-Length")
@@ -473,9 +473,11 @@ func (h *Handler) proxyLLM(w http.ResponseWriter, r *http.Request, next func(htt
 // error, a client that goes away mid-stream (reverse_proxy then panics
 // with http.ErrAbortHandler, which goes on after this ran), or an answer
 // that ends. A cut answer is charged what finish says, and counted as a
-// missing report when its endpoint should have reported.
+// missing report when its endpoint should have reported. The refusals after
+// the reservation call it before they answer, so the tokens are back when
+// the client reads the refusal; call may be nil (no tokens on the route).
 func (h *Handler) settle(r *http.Request, k *keystore.Key, call *llmCall, now time.Time) {
-	if call.settled {
+	if call == nil || call.settled {
 		return
 	}
 	call.settled = true

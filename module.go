@@ -524,6 +524,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	res, err := h.counters.Take(r.Context(), k.ID, policy)
 	if err != nil {
 		// The store logs its failures, once per change of state.
+		h.settle(r, k, call, now) // released before the answer (the deferred call is then a no-op)
 		return h.deny(w, r, now, h.denials.unavailable, k, presented)
 	}
 	if !res.Uncounted {
@@ -533,6 +534,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		headers.WriteTokenLimits(w.Header(), call.res, call.res.Now)
 	}
 	if !res.Allowed {
+		h.settle(r, k, call, now) // released before the answer (the deferred call is then a no-op)
 		if res.DeniedBy == ratelimit.DailyLimit {
 			h.refused(r, now, decisionQuotaExceeded, "", k, presented, &res)
 			if h.events.on() && markSent(k.ID, res.Daily.Reset, 100) {
