@@ -37,7 +37,8 @@ func TokensRedisKey(prefix, keyID string) string {
 //
 //	<tokens>:r  a hash: reservation id -> "tokens:ds:ms:model field"
 //	<tokens>:e  a sorted set: reservation id, scored by when it expires
-//	<tokens>:x  a sorted set: ids given back or cancelled, scored by when
+//	<tokens>:x  a sorted set: ids given back (<id>), cancelled (c:<id>) or
+//	            charged from an instance's memory (<id>l), scored by when
 //
 // A settlement with an id in :r applies used - tokens and deletes it. Each
 // script call on the key first gives back (at most reapBatch of) the
@@ -110,7 +111,7 @@ local xttl = tonumber(ARGV[10])
 if not peek then
   reap(now, xttl)
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - xttl)
-  if redis.call('ZSCORE', KEYS[4], id) then
+  if redis.call('ZSCORE', KEYS[4], 'c:' .. id) then
     return {-1}
   end
 end
@@ -204,27 +205,33 @@ redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - xttl)
 local delta = 0
 local pend = redis.call('HGET', KEYS[2], id)
 if pend then
-  local n = tonumber(string.match(pend, '^([^:]*):')) or 0
+  -- the reservation's own windows and model (a cancellation knows none)
+  local pn, pd, pm, pf = string.match(pend, '^([^:]*):([^:]*):([^:]*):(.*)$')
+  local n = tonumber(pn) or 0
   redis.call('HDEL', KEYS[2], id)
   redis.call('ZREM', KEYS[3], id)
   if mode == 'c' then
+    rday, rmin, mf = tonumber(pd), tonumber(pm), pf
     delta = -n
-    redis.call('ZADD', KEYS[4], now, id)
+    redis.call('ZADD', KEYS[4], now, 'c:' .. id)
     redis.call('EXPIRE', KEYS[4], xttl)
   else
     delta = used - n
   end
-elseif redis.call('ZSCORE', KEYS[4], id) then
-  if mode ~= 's' then
+elseif mode == 's' then
+  if not redis.call('ZSCORE', KEYS[4], id) then
     return {0, 0}
   end
   delta = used
   redis.call('ZREM', KEYS[4], id)
 else
-  if mode == 's' then
+  -- 'c' marks c:<id>, 'l' marks <id>: each applies once
+  local mark = id
+  if mode == 'c' then mark = 'c:' .. id end
+  if redis.call('ZSCORE', KEYS[4], mark) then
     return {0, 0}
   end
-  redis.call('ZADD', KEYS[4], now, id)
+  redis.call('ZADD', KEYS[4], now, mark)
   redis.call('EXPIRE', KEYS[4], xttl)
   if mode == 'c' then
     return {0, 0}

@@ -659,3 +659,58 @@ func BenchmarkReserveSettleRedis(b *testing.B) {
 		}
 	}
 }
+
+// TestRedisReservationsByID: a reservation whose call failed is cancelled by
+// its id (given back, in its own windows), and a cancellation that arrives
+// before its reservation voids it; one never settled is given back by Redis
+// once it expires, and a settlement that comes later adds the tokens used
+// alone, once.
+func TestRedisReservationsByID(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newRedisStore(t, srv.Addr(), "closed", nil, time.Second)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	awayFromMinuteEnd()
+	p := TokenPolicy{Daily: 1000, PerMinute: 1000, Model: "gpt", ModelDaily: 1000, Window: DayIn(nil)}
+	hash := TokensRedisKey("test:", "k_id")
+	check := func(what, want string) {
+		t.Helper()
+		h, _ := c.HGetAll(ctx, hash).Result()
+		if h["du"] != want || h["mu"] != want || h["m:gpt"] != want {
+			t.Errorf("%s: %v, want du, mu, m:gpt %s", what, h, want)
+		}
+	}
+	sh := s.shared
+
+	r := mustReserve(t, s, "k_id", p, 100).Reservation
+	check("reserved", "100")
+	if err := sh.settle(ctx, pendingSettle{key: "k_id", field: sh.reservationField(r.ID), mode: 'c'}); err != nil {
+		t.Fatal(err)
+	}
+	check("cancelled", "0")
+	s.Settle(ctx, "k_id", p, r, 50) // cancelled: its request never ran
+	check("settling a cancelled reservation", "0")
+
+	// The cancellation first: the reservation that arrives after charges nothing.
+	id := reservationIDs.Add(1)
+	sh.settle(ctx, pendingSettle{key: "k_id", field: sh.reservationField(id), mode: 'c'})
+	if _, _, err := sh.reserveTokens(ctx, "k_id", p, 100, time.Now(), false, id); err == nil {
+		t.Error("a cancelled reservation was answered as made")
+	}
+	check("reservation after its cancellation", "0")
+
+	// Expired: given back by the next call on the key; settled late, the
+	// tokens used alone are added, once.
+	r = mustReserve(t, s, "k_id", p, 100).Reservation
+	c.ZAdd(ctx, hash+":e", redis.Z{Score: 0, Member: sh.reservationField(r.ID)})
+	mustPeek(t, s, "k_id", p) // a peek reaps nothing
+	mustReserve(t, s, "k_id", p, 10)
+	check("expired reservation given back", "10")
+	s.Settle(ctx, "k_id", p, r, 30)
+	check("settled after it expired", "40")
+	s.Settle(ctx, "k_id", p, r, 30)
+	check("settled twice after it expired", "40")
+	if n, _ := c.HLen(ctx, hash+":r").Result(); n != 1 {
+		t.Errorf("%d reservations pending, want 1 (the last)", n)
+	}
+}
