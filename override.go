@@ -291,15 +291,19 @@ func decodedOverrides(kinds bodyKind, coding string, raw []byte) (methods []stri
 	var dec io.Reader
 	switch coding {
 	case "gzip":
-		zr, _ := gzipReaders.Get().(*gzip.Reader)
-		if zr == nil {
-			zr = new(gzip.Reader)
+		g, _ := gzipReaders.Get().(*gzipState)
+		if g == nil {
+			g = new(gzipState)
 		}
-		if err := zr.Reset(bytes.NewReader(raw)); err != nil {
+		g.src.Reset(raw)
+		if err := g.zr.Reset(&g.src); err != nil {
 			return nil, false, err
 		}
-		defer gzipReaders.Put(zr)
-		dec = zr
+		defer func() {
+			g.src.Reset(nil)
+			gzipReaders.Put(g)
+		}()
+		dec = &g.zr
 	case "deflate":
 		zr, err := zlib.NewReader(bytes.NewReader(raw))
 		if err != nil {
@@ -348,8 +352,15 @@ func decodedOverrides(kinds bodyKind, coding string, raw []byte) (methods []stri
 	return methods, unknown, nil
 }
 
+// gzipState is a gzip reader and its source, reused across requests.
+type gzipState struct {
+	src bytes.Reader
+	zr  gzip.Reader
+}
+
 var (
 	gzipReaders   sync.Pool
+	headBuffers   = sync.Pool{New: func() any { b := make([]byte, maxOverridePeek); return &b }}
 	decodeBuffers = sync.Pool{New: func() any { b := make([]byte, maxOverridePeek); return &b }}
 	zstdOnce      sync.Once
 	zstdDec       *zstd.Decoder
@@ -374,11 +385,11 @@ func peekBody(r *http.Request, n int, kinds bodyKind, guard bool) (head []byte, 
 	if r.ContentLength >= 0 && r.ContentLength < int64(n) {
 		size = int(r.ContentLength)
 	}
-	buf := make([]byte, size)
-	got, err := io.ReadFull(r.Body, buf)
-	buf = buf[:got]
+	bufp := headBuffers.Get().(*[]byte)
+	got, err := io.ReadFull(r.Body, (*bufp)[:size])
+	buf := (*bufp)[:got]
 	complete = err != nil || (r.ContentLength >= 0 && int64(got) == r.ContentLength)
-	p := &peekedBody{head: buf, body: r.Body, guard: !complete && guard}
+	p := &peekedBody{head: buf, buf: bufp, body: r.Body, guard: !complete && guard}
 	if p.guard {
 		p.seam.kinds = kinds
 		p.seam.keep(buf)
@@ -391,8 +402,14 @@ func peekBody(r *http.Request, n int, kinds bodyKind, guard bool) (head []byte, 
 // admitted: that start, then the rest. When guard is set, it fails the
 // request on any sign of an override in the rest: the upstream then gets a
 // cut body, which no framework acts on, and the client a 502.
+//
+// The start is held in a buffer shared between requests: it goes back to
+// the pool once read whole (by Read only, since Close may run while a Read
+// is under way); a body never read whole leaves it to the garbage
+// collector.
 type peekedBody struct {
 	head  []byte
+	buf   *[]byte // head's buffer, until read whole
 	body  io.ReadCloser
 	guard bool
 	seam  overrideSeam
@@ -401,7 +418,11 @@ type peekedBody struct {
 func (p *peekedBody) Read(b []byte) (int, error) {
 	if len(p.head) > 0 {
 		n := copy(b, p.head)
-		p.head = p.head[n:]
+		if p.head = p.head[n:]; len(p.head) == 0 {
+			p.head = nil
+			headBuffers.Put(p.buf)
+			p.buf = nil
+		}
 		return n, nil
 	}
 	n, err := p.body.Read(b)
