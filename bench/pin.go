@@ -76,12 +76,34 @@ func (v view) leave(e *environment) {
 	if !v.pinned {
 		return
 	}
-	all := fmt.Sprintf("0-%d", runtime.NumCPU()-1)
-	pinAll(os.Getpid(), all)
+	pinAll(os.Getpid(), startCPUs)
 	runtime.SetDefaultGOMAXPROCS()
 	if e.redisPID != 0 {
-		pinAll(e.redisPID, all)
+		pinAll(e.redisPID, startCPUs)
 	}
+}
+
+// startCPUs is the cores this process (and so redis-server, which it
+// starts) could run on when it started, which leave gives back.
+var startCPUs = func() string {
+	if cpus := allowedCPUs(os.Getpid()); cpus != "" {
+		return cpus
+	}
+	return fmt.Sprintf("0-%d", runtime.NumCPU()-1)
+}()
+
+// allowedCPUs is Cpus_allowed_list of process pid's main thread, or "".
+func allowedCPUs(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // pinAll sets the CPU affinity of every thread of process pid to cpus (a

@@ -170,7 +170,7 @@ func writeResults(o options, results map[string]map[string][]result, note string
 		var lines []string
 		for _, t := range targets {
 			s, ok := sums[t.config]
-			if t.view != v.name || !ok {
+			if t.view != v.name || !ok || (strings.Contains(t.what, "(h)") && !s.hasH) {
 				continue
 			}
 			got, met := t.met(s, sums["h"])
