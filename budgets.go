@@ -498,7 +498,7 @@ func (h *Handler) settle(r *http.Request, k *keystore.Key, call *llmCall, now ti
 		serr := h.tokens.store.Settle(ctx, k.ID, call.policy, call.res.Reservation, st.charged)
 		cancel()
 		if serr != nil && tokenLogDue(&lastSettleLog) {
-			h.logger.Warn("settling a token reservation failed; the reservation stays charged (logged at most every 10 s)",
+			h.logger.Warn("a token settlement could be neither made nor queued for retry; the reservation stays charged until the store gives it back (logged at most every 10 s)",
 				zap.String("key_id", k.ID), zap.Int64("reserved", call.reserve), zap.Error(serr))
 		}
 	}
