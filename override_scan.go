@@ -49,7 +49,7 @@ func isMethodName(name string) bool {
 		if c == '.' || c == ' ' {
 			c = '_'
 		}
-		if c|0x20 != want[i]|0x20 {
+		if lowerASCII(c) != want[i] {
 			return false
 		}
 	}
@@ -255,7 +255,7 @@ func jsonKeyIsMethod(s []byte) bool {
 				c = e // \" \\ \/ and the control escapes: none is in "_method"
 			}
 		}
-		if n >= len(want) || c|0x20 != want[n]|0x20 {
+		if n >= len(want) || lowerASCII(c) != want[n] {
 			return false
 		}
 	}
@@ -307,6 +307,13 @@ func indexFold[T ~string | ~[]byte](s T, sub string) int {
 		}
 	}
 	return -1
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // matchFold reports whether s equals sub, an ASCII lower-case string of the
