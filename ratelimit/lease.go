@@ -72,6 +72,11 @@ type lease struct {
 	outWs        int64 // the window outSpent and allowance belong to
 	outSpent     int64
 	allowance    int64
+
+	// granting is closed when the grant in flight for the key ends (nil:
+	// none in flight); grantFailed says whether the last grant failed.
+	granting    chan struct{}
+	grantFailed bool
 }
 
 type leaseShard struct {
@@ -130,25 +135,55 @@ func (l *lease) current(now int64, p Policy) bool {
 }
 
 // takeLeased spends a unit of key's lease, or takes a new lease from Redis,
-// or counts as on_failure says when Redis fails.
+// or counts as on_failure says when Redis fails. One grant per key is in
+// flight at a time on an instance: the requests that find the lease empty
+// meanwhile wait for that grant rather than send their own, so a stalled
+// Redis costs at most one lost lease per key and instance, not one per
+// waiting request; when that grant fails, they go on as on_failure says
+// without another call.
 func (s *RedisStore) takeLeased(ctx context.Context, key string, p Policy) (Result, error) {
 	sh := s.shared
-	nowT := s.now()
-	now := nowT.UnixNano()
 	ls := sh.leases.shard(key)
-	ls.mu.Lock()
-	l := ls.m[key]
-	if l == nil {
-		l = &lease{want: 1}
-		ls.m[key] = l
+	for {
+		nowT := s.now()
+		now := nowT.UnixNano()
+		ls.mu.Lock()
+		l := ls.m[key]
+		if l == nil {
+			l = &lease{want: 1}
+			ls.m[key] = l
+		}
+		if l.left > 0 && l.current(now, p) {
+			l.left--
+			l.used = now
+			res := l.result(now, p, true)
+			ls.mu.Unlock()
+			return res, nil
+		}
+		if wait := l.granting; wait != nil {
+			ls.mu.Unlock()
+			select {
+			case <-wait:
+			case <-ctx.Done():
+				return Result{}, ctx.Err()
+			}
+			ls.mu.Lock()
+			failed := l.grantFailed
+			ls.mu.Unlock()
+			if failed {
+				return s.onFailure(key, p, nowT)
+			}
+			continue // the grant came: spend from it, or take the next
+		}
+		return s.grantAndSpend(ctx, key, p, ls, l, nowT)
 	}
-	if l.left > 0 && l.current(now, p) {
-		l.left--
-		l.used = now
-		res := l.result(now, p, true)
-		ls.mu.Unlock()
-		return res, nil
-	}
+}
+
+// grantAndSpend takes a new lease of key from Redis for l (the caller holds
+// ls.mu, which it releases) and spends a unit of it.
+func (s *RedisStore) grantAndSpend(ctx context.Context, key string, p Policy, ls *leaseShard, l *lease, nowT time.Time) (Result, error) {
+	sh := s.shared
+	now := nowT.UnixNano()
 	// Units of another limit go back with this call; those of an ended
 	// window are void.
 	var ret, retWs int64
@@ -164,48 +199,61 @@ func (s *RedisStore) takeLeased(ctx context.Context, key string, p Policy) (Resu
 	want := min(l.want, leaseCap(p.Daily))
 	owed, owedWs := l.owed, l.owedWs
 	l.owed = 0
+	if sh.down.Load() {
+		ls.mu.Unlock()
+		s.keepOwed(key, owed, owedWs)
+		return s.onFailure(key, p, nowT)
+	}
+	done := make(chan struct{})
+	l.granting, l.grantFailed = done, false
 	ls.mu.Unlock()
 
-	if !sh.down.Load() {
-		g, err := sh.grant(ctx, key, p, nowT, want, ret, retWs, owed, owedWs)
-		if err == nil {
-			sh.failures.Store(0)
-			ls.mu.Lock()
-			if l = ls.m[key]; l == nil { // reset meanwhile
-				l = &lease{want: 1}
-				ls.m[key] = l
-			}
-			if !l.known || l.ws != g.ws {
-				l.left = 0
-			}
-			l.daily, l.window, l.ws, l.we, l.n, l.spenders, l.known = p.Daily, p.Window, g.ws, g.we, g.n, g.spenders, true
-			l.offset = g.now.UnixNano() - now
-			l.left += g.units
-			l.granted, l.used = now, now
-			l.outWs, l.outSpent = 0, 0 // what was spent locally is in n now
-			allowed := l.left > 0
-			if allowed {
-				l.left--
-			}
-			res := l.result(now, p, allowed)
-			ls.mu.Unlock()
-			if g.spenders > sh.leases.peers.Load() {
-				sh.leases.peers.Store(g.spenders)
-			}
-			return res, nil
+	g, err := sh.grant(ctx, key, p, nowT, want, ret, retWs, owed, owedWs)
+	ls.mu.Lock()
+	mine := l
+	mine.granting, mine.grantFailed = nil, err != nil
+	close(done)
+	if err == nil {
+		sh.failures.Store(0)
+		if l = ls.m[key]; l == nil { // reset meanwhile
+			l = &lease{want: 1}
+			ls.m[key] = l
 		}
-		// The call may have run: the units granted are lost (counted in
-		// Redis, spent by nobody), the safe side; those returned may or
-		// may not be back. What was owed is charged again later: counted
-		// twice at worst, never lost.
-		s.keepOwed(key, owed, owedWs)
-		if ctx.Err() != nil {
-			return Result{}, err // the client went away; Redis is not to blame
+		if !l.known || l.ws != g.ws {
+			l.left = 0
 		}
-		sh.failed(err)
-	} else {
-		s.keepOwed(key, owed, owedWs)
+		l.daily, l.window, l.ws, l.we, l.n, l.spenders, l.known = p.Daily, p.Window, g.ws, g.we, g.n, g.spenders, true
+		l.offset = g.now.UnixNano() - now
+		l.left += g.units
+		l.granted, l.used = now, now
+		l.outWs, l.outSpent = 0, 0 // what was spent locally is in n now
+		allowed := l.left > 0
+		if allowed {
+			l.left--
+		}
+		res := l.result(now, p, allowed)
+		ls.mu.Unlock()
+		if g.spenders > sh.leases.peers.Load() {
+			sh.leases.peers.Store(g.spenders)
+		}
+		return res, nil
 	}
+	ls.mu.Unlock()
+	// The call may have run: the units granted are lost (counted in
+	// Redis, spent by nobody), the safe side; those returned may or
+	// may not be back. What was owed is charged again later: counted
+	// twice at worst, never lost.
+	s.keepOwed(key, owed, owedWs)
+	if ctx.Err() != nil {
+		return Result{}, err // the client went away; Redis is not to blame
+	}
+	sh.failed(err)
+	return s.onFailure(key, p, nowT)
+}
+
+// onFailure counts a request as on_failure says, once its lease is spent
+// and Redis could not grant another.
+func (s *RedisStore) onFailure(key string, p Policy, nowT time.Time) (Result, error) {
 	switch s.OnFailure {
 	case "open":
 		return Result{Allowed: true, Uncounted: true, Now: time.Now()}, nil

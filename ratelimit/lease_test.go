@@ -318,3 +318,77 @@ func BenchmarkTakeLeased(b *testing.B) {
 		}
 	})
 }
+
+// TestLeaseStallSendsOneGrant: requests that find a key's lease empty while
+// its grant is in flight wait for that grant instead of sending their own,
+// so a Redis that stalls past the timeout costs at most one lease per key
+// and instance (counted in Redis, spent by nobody), not one per request.
+func TestLeaseStallSendsOneGrant(t *testing.T) {
+	srv := redistest.Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	s := newRedisStore(t, srv.Addr(), "closed", nil)
+	p := Policy{Daily: 1_000_000, Window: DayIn(nil)}
+	// Grow the lease, then spend what it holds.
+	for range 500 {
+		if res, err := s.Take(ctx, "k_stall", p); err != nil || !res.Allowed {
+			t.Fatal(res, err)
+		}
+	}
+	for held(s, "k_stall") > 0 {
+		s.Take(ctx, "k_stall", p)
+	}
+	ls := s.shared.leases.shard("k_stall")
+	ls.mu.Lock()
+	lease := ls.m["k_stall"].want * 2 // at most the next grant's size
+	ls.mu.Unlock()
+	// Open the pool's connections, as a busy instance has them: a request
+	// on a new connection would not reach a stalled Redis at all.
+	var open sync.WaitGroup
+	for range 64 {
+		open.Add(1)
+		go func() {
+			defer open.Done()
+			s.shared.client.BLPop(context.Background(), 100*time.Millisecond, "test:nothing")
+		}()
+	}
+	open.Wait()
+	before := redisCount(t, c, "k_stall")
+
+	srv.Freeze()
+	var wg sync.WaitGroup
+	var admitted atomic.Int64
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if res, err := s.Take(ctx, "k_stall", p); err == nil && res.Allowed {
+				admitted.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	srv.Thaw()
+	if admitted.Load() != 0 {
+		t.Errorf("%d requests admitted by a closed store while Redis stalled", admitted.Load())
+	}
+	// The grants sent before the stall run once Redis wakes (on
+	// connections it accepts then): wait until the count stops moving.
+	deadline := time.Now().Add(5 * time.Second)
+	last, still := before, 0
+	for still < 5 {
+		if time.Now().After(deadline) {
+			t.Fatal("the count never settled after the stall")
+		}
+		time.Sleep(50 * time.Millisecond)
+		n := redisCount(t, c, "k_stall")
+		if n == last && n != before {
+			still++
+		} else {
+			last, still = n, 0
+		}
+	}
+	if lost := redisCount(t, c, "k_stall") - before; lost > min(lease, leaseCap(p.Daily)) {
+		t.Errorf("a stall lost %d units, more than one lease (%d): a grant per waiting request", lost, lease)
+	}
+}
