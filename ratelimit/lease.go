@@ -455,11 +455,7 @@ func (sh *sharedRedis) leaseArgs(p Policy, local time.Time, want, ret, retWs, ow
 	if want == 0 && owed == 0 {
 		return args
 	}
-	for _, day := range [3]time.Time{local.AddDate(0, 0, -1), local, local.AddDate(0, 0, 1)} {
-		start, end := p.Window.Bounds(day)
-		args = append(args, start.Unix(), end.Unix())
-	}
-	return args
+	return p.Window.appendCandidates(args, local)
 }
 
 // grant makes the one round trip of a lease.

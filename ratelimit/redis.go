@@ -437,10 +437,7 @@ func (sh *sharedRedis) run(ctx context.Context, key string, p Policy, local time
 		peekArg = "1"
 	}
 	args = append(args, p.Daily, p.Burst.Limit, int64(p.Burst.Period/time.Microsecond), peekArg)
-	for _, day := range []time.Time{local.AddDate(0, 0, -1), local, local.AddDate(0, 0, 1)} {
-		start, end := p.Window.Bounds(day)
-		args = append(args, start.Unix(), end.Unix())
-	}
+	args = p.Window.appendCandidates(args, local)
 	// The braces make a hash tag: in a cluster, all of a key's state is in
 	// one slot (it is one hash anyway).
 	redisKey := RedisKey(sh.prefix, key)

@@ -438,10 +438,7 @@ func (sh *sharedRedis) reserveTokens(ctx context.Context, key string, p TokenPol
 	args := make([]any, 0, 16)
 	args = append(args, n, p.Daily, p.PerMinute, p.ModelDaily, modelField(p), peekArg, maxTokenModels,
 		sh.reservationField(id), int64(reservationTTL/time.Second), int64(reapedMarkTTL/time.Second))
-	for _, day := range []time.Time{local.AddDate(0, 0, -1), local, local.AddDate(0, 0, 1)} {
-		start, end := p.Window.Bounds(day)
-		args = append(args, start.Unix(), end.Unix())
-	}
+	args = p.Window.appendCandidates(args, local)
 	vals, err := reserveScript.Run(ctx, sh.client, sh.tokenKeys(key), args...).Int64Slice()
 	if err != nil {
 		return TokenResult{}, tokenView{}, err

@@ -72,3 +72,15 @@ func dateBefore(a, b time.Time) bool {
 	}
 	return ad < bd
 }
+
+// appendCandidates appends the bounds (Unix seconds, start then end) of the
+// windows of yesterday, today and tomorrow by the instance clock local: the
+// Redis scripts take the one that holds Redis's own time, so instance
+// clocks that differ by less than a day cannot move a reset.
+func (w Window) appendCandidates(args []any, local time.Time) []any {
+	for _, day := range [3]time.Time{local.AddDate(0, 0, -1), local, local.AddDate(0, 0, 1)} {
+		start, end := w.Bounds(day)
+		args = append(args, start.Unix(), end.Unix())
+	}
+	return args
+}
