@@ -143,7 +143,12 @@ func loadCaddy(caddyfile string) error {
 	if err != nil {
 		return err
 	}
-	return caddy.Load(cfg, true)
+	err = caddy.Load(cfg, true)
+	// A reload stops the old servers, which close their idle connections; a
+	// kept-alive connection can still look open to the shared client for a
+	// moment and meet EOF. Start the next request on a fresh connection.
+	client.CloseIdleConnections()
+	return err
 }
 
 // seenRequest is what the upstream received.

@@ -243,6 +243,7 @@ func TestCountsSurviveReload(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("admin /load: %d", resp.StatusCode)
 	}
+	client.CloseIdleConnections() // the old server closed them (see loadCaddy)
 	r := send(t, "GET", g.url+"/ollama/x", bearer(key)...)
 	if r.status != 200 || r.header.Get("X-RateLimit-Remaining") != "1" {
 		t.Fatalf("after reload: %d, remaining %q (want 1: the reload kept the count)", r.status, r.header.Get("X-RateLimit-Remaining"))

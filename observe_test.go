@@ -387,6 +387,11 @@ func TestMetricsSurviveReload(t *testing.T) {
 		t.Fatalf("reload: %v %v", err, resp)
 	}
 	resp.Body.Close()
+	// The old server closed its idle connections when it stopped; a kept-alive
+	// connection may still look open to this client for a moment, and a
+	// request sent on it meets EOF. Real clients retry that; the test starts
+	// on a fresh connection instead.
+	client.CloseIdleConnections()
 	if r := send(t, "GET", g.base+"/ollama/x", bearer(g.keys["reader"])...); r.body != "ok, reloaded" {
 		t.Fatalf("the new config is not in force: %q", r.body)
 	}
