@@ -3,6 +3,7 @@
 package keystore
 
 import (
+	"bytes"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -183,3 +184,52 @@ func Diagnose(key string) (Type, error) {
 	}
 	return t, nil
 }
+
+// Find calls yield for each well-formed key in text, in order, with the
+// offset of its first byte; it stops when yield returns false. A key counts
+// only when it stands alone: the byte before its prefix and the byte after
+// its checksum are not base62 or '_' (so a key inside a longer token is not
+// one), and its checksum matches (so a random string of the same shape is
+// never reported: one in 62^6 would pass by chance, and CRC-32 of the rest
+// must agree). Find reads text as bytes; it allocates only the keys it
+// yields.
+func Find(text []byte, yield func(offset int, key string) bool) {
+	const shortest = len(devPrefix) + RandomLen + ChecksumLen
+	for i := 0; i+shortest <= len(text); {
+		j := bytes.Index(text[i:], apiMark)
+		if j < 0 {
+			return
+		}
+		// text[i+j:] starts with "_API_"; the prefix is DEV or PROD before it.
+		at := i + j
+		i = at + 1
+		var start int
+		switch {
+		case at >= 3 && string(text[at-3:at]) == "DEV":
+			start = at - 3
+		case at >= 4 && string(text[at-4:at]) == "PROD":
+			start = at - 4
+		default:
+			continue
+		}
+		if start > 0 && isKeyByte(text[start-1]) {
+			continue
+		}
+		end := at + len("_API_") + RandomLen + ChecksumLen
+		if end > len(text) || (end < len(text) && isKeyByte(text[end])) {
+			continue
+		}
+		if _, ok := Check(string(text[start:end])); !ok {
+			continue
+		}
+		if !yield(start, string(text[start:end])) {
+			return
+		}
+		i = end
+	}
+}
+
+var apiMark = []byte("_API_")
+
+// isKeyByte reports whether c could continue a key or an identifier.
+func isKeyByte(c byte) bool { return c == '_' || base62Value[c] >= 0 }
