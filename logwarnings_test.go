@@ -56,10 +56,17 @@ func warningsAbout(ws []loadWarning, subject string) []loadWarning {
 	return out
 }
 
-// edgeConfig is the README's "A TLS edge site" Caddyfile, made to run here:
+// edgeSite is the README's "A TLS edge site" Caddyfile, made to run here:
 // plain HTTP on a free port, files in temporary folders, Caddy's own log
-// into logPath.
-func edgeConfig(t *testing.T, logPath string) string {
+// into logPath, the upstreams on ports where nothing listens.
+type edgeSite struct {
+	config    string
+	port      int
+	key       testKey
+	accessLog string
+}
+
+func edgeConfig(t *testing.T, logPath string) edgeSite {
 	t.Helper()
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
@@ -69,9 +76,10 @@ func edgeConfig(t *testing.T, logPath string) string {
 	if m == nil {
 		t.Fatal(`README.md has no Caddyfile under "### A TLS edge site"`)
 	}
-	key := newKey(t, keystore.Prod, keystore.Record{ID: "k_edge", Role: "reader", Services: []string{"*"}})
-	keyFile := writeKeyFile(t, key.record)
+	site := edgeSite{port: freePort(t), key: newKey(t, keystore.Prod, keystore.Record{ID: "k_edge", Role: "reader", Services: []string{"*"}})}
+	keyFile := writeKeyFile(t, site.key.record)
 	secrets, logs := t.TempDir(), t.TempDir()
+	site.accessLog = filepath.Join(logs, "access.log")
 	for _, name := range []string{"ollama", "n8n"} {
 		if err := os.WriteFile(filepath.Join(secrets, name), []byte("upstream-secret-"+name+"\n"), 0o600); err != nil {
 			t.Fatal(err)
@@ -81,17 +89,22 @@ func edgeConfig(t *testing.T, logPath string) string {
 		"/etc/caddy/keys/keys.json", keyFile,
 		"/etc/caddy/secrets/", secrets+"/",
 		"/var/log/caddy/", logs+"/",
-		"api.example.com {", fmt.Sprintf("http://api.example.com:%d {", freePort(t)),
+		"api.example.com {", fmt.Sprintf("http://api.example.com:%d {", site.port),
+		"localhost:11434", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"localhost:5678", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 	).Replace(string(m[1]))
 	cfg = strings.Replace(cfg, "{\n", "{\n\tadmin off\n\tpersist_config off\n", 1)
-	return strings.Replace(cfg, "\tlog {\n", "\tlog {\n\t\toutput file "+logPath+"\n", 1)
+	site.config = strings.Replace(cfg, "\tlog {\n", "\tlog {\n\t\toutput file "+logPath+"\n", 1)
+	return site
 }
 
 // TestEdgeConfigLogWarnings loads the README's TLS edge site: its filters
 // keep X-Api-Key out of the access log and the global log, so nothing is
 // warned about; without the site log's filter, the access log is warned
 // about once, naming the log; without the global filter, the error log
-// (the default log) is.
+// (the default log) is. Each case sends a key in X-Api-Key to a route
+// whose upstream does not answer, and the key is written into a log
+// exactly when a warning said it would be.
 func TestEdgeConfigLogWarnings(t *testing.T) {
 	for _, c := range []struct {
 		name, drop string
@@ -104,15 +117,35 @@ func TestEdgeConfigLogWarnings(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			logPath := filepath.Join(t.TempDir(), "caddy.log")
-			cfg := edgeConfig(t, logPath)
+			site := edgeConfig(t, logPath)
 			if c.drop != "" {
-				if !strings.Contains(cfg, c.drop) {
+				if !strings.Contains(site.config, c.drop) {
 					t.Fatalf("the README's edge config no longer has %q", c.drop)
 				}
-				cfg = strings.Replace(cfg, c.drop, "", 1)
+				site.config = strings.Replace(site.config, c.drop, "", 1)
 			}
-			startCaddy(t, cfg)
+			startCaddy(t, site.config)
+			req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/ollama/api/tags", site.port), nil)
+			req.Host = "api.example.com"
+			req.Header.Set("X-Api-Key", site.key.secret)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadGateway {
+				t.Fatalf("%s through a route whose upstream does not answer: %d, want 502", site.key.record.ID, resp.StatusCode)
+			}
 			stopCaddy()
+			caddyLog, _ := os.ReadFile(logPath)
+			accessLog, _ := os.ReadFile(site.accessLog)
+			if len(accessLog) == 0 {
+				t.Fatal("the access log is empty")
+			}
+			inCaddyLog, inAccessLog := strings.Contains(string(caddyLog), site.key.secret), strings.Contains(string(accessLog), site.key.secret)
+			if inCaddyLog != (c.logs != nil && c.logs[0] == "default") || inAccessLog != (c.logs != nil && c.logs[0] == "log0") {
+				t.Fatalf("%s written into Caddy's log: %v, into the access log: %v; the warning names %v", site.key.record.ID, inCaddyLog, inAccessLog, c.logs)
+			}
 			ws := apikeyWarnings(t, logPath)
 			if c.subject == "" {
 				if len(ws) != 0 {
