@@ -643,3 +643,54 @@ func quotaOfTwo(t *testing.T, url, what string, storeArgs ...string) {
 		t.Errorf("%s: %v, want [200 200 429]", what, statuses)
 	}
 }
+
+// TestRedisClusterDescribedByItsAddresses: a key source on a three-node
+// Redis Cluster names its nodes separated by commas wherever it describes
+// itself: the CLI's message after making a key, and each key's "source" in
+// the admin API's listing.
+func TestRedisClusterDescribedByItsAddresses(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	adminPort := freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys redis {
+			address %s
+			timeout 2s
+		}
+	}
+	respond ok
+}`, adminPort, freePort(t), strings.Join(cluster.Addrs(), " ")))
+	want := "redis " + strings.Join(cluster.Addrs(), ",") + " apikey:"
+	_, errOut, code := cli(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader", "--id", "k_described")
+	if code != 0 {
+		t.Fatalf("new on a cluster: exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(errOut, "to "+want+".") {
+		t.Errorf("the CLI describes the cluster as %q, want %q", errOut, want)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := adminCall(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/apikey/keys", adminPort))
+		var listing struct {
+			Keys []struct {
+				ID     string `json:"id"`
+				Source string `json:"source"`
+			} `json:"keys"`
+		}
+		json.Unmarshal([]byte(body), &listing)
+		if code == 200 && len(listing.Keys) == 1 {
+			if got := listing.Keys[0].Source; got != want {
+				t.Errorf("the admin listing's source is %q, want %q", got, want)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the admin listing never showed the key: %d %s", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

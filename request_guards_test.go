@@ -886,9 +886,9 @@ func rssOf(t *testing.T, pid int) int64 {
 	return 0
 }
 
-// TestProvisionWarnings: a server whose access log would write a key
-// header in full, and one whose trusted proxies are not strict, are warned
-// about once when the config loads, naming what to add.
+// TestProvisionWarnings: a server whose access log (and error log) would
+// write a key header in full, and one whose trusted proxies are not strict,
+// are warned about once when the config loads, naming what to add.
 func TestProvisionWarnings(t *testing.T) {
 	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_warn", Role: "reader"})
 	keyFile := writeKeyFile(t, key.record)
@@ -896,9 +896,9 @@ func TestProvisionWarnings(t *testing.T) {
 		name, global, site string
 		want, notWant      []string
 	}{
-		{"access log, default key headers", "", "log", []string{"request>headers>X-Api-Key delete"}, []string{"trusted_proxies_strict"}},
+		{"access log, default key headers", "", "log", []string{"access log writes request headers", "error log writes request headers"}, []string{"trusted_proxies_strict"}},
 		{"access log, Authorization only", "", "log\n\tkey_from_note", nil, []string{"format filter", "trusted_proxies_strict"}},
-		{"loose trusted proxies", "servers {\n\t\ttrusted_proxies static private_ranges\n\t}", "", []string{"set trusted_proxies_strict"}, []string{"format filter"}},
+		{"loose trusted proxies", "servers {\n\t\ttrusted_proxies static private_ranges\n\t}", "", []string{"set trusted_proxies_strict"}, []string{"access log writes"}},
 		{"strict trusted proxies", "servers {\n\t\ttrusted_proxies static private_ranges\n\t\ttrusted_proxies_strict\n\t}", "", nil, []string{"trusted_proxies_strict"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -10,7 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 
@@ -92,12 +95,38 @@ func (c Config) Identity() string {
 	return fmt.Sprintf("%q|%s|%s|%d|%v|%s", c.Addresses, c.MasterName, c.Username, c.DB, c.TLS, hex.EncodeToString(sum[:8]))
 }
 
-// Describe names the Redis for messages: never the password.
+// Describe names the Redis for messages, listings and audit entries: its
+// addresses separated by commas (at most maxDescribed bytes of them), the
+// Sentinel master and the database when set; never the password.
 func (c Config) Describe() string {
+	var b strings.Builder
+	b.WriteString("redis ")
 	if c.MasterName != "" {
-		return fmt.Sprintf("redis sentinel %s (%v)", c.MasterName, c.Addresses)
+		b.WriteString("sentinel " + c.MasterName + " (" + describeAddrs(c.Addresses) + ")")
+	} else {
+		b.WriteString(describeAddrs(c.Addresses))
 	}
-	return fmt.Sprintf("redis %v", c.Addresses)
+	if c.DB != 0 {
+		b.WriteString(" db " + strconv.Itoa(c.DB))
+	}
+	return b.String()
+}
+
+// maxDescribed bounds the addresses in a description.
+const maxDescribed = 200
+
+// describeAddrs joins addresses with commas, cut after maxDescribed bytes
+// with a count of them all.
+func describeAddrs(addrs []string) string {
+	s := strings.Join(addrs, ",")
+	if len(s) <= maxDescribed {
+		return s
+	}
+	cut := maxDescribed
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "… (" + strconv.Itoa(len(addrs)) + " addresses)"
 }
 
 // socketTimeout is the client's own bound on dialling, reading, writing and
