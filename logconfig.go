@@ -17,9 +17,10 @@ type configuredLog struct {
 	name             string
 	level            zapcore.Level
 	include, exclude []string
-	// hidden are the fields a delete, replace or hash filter of the log's
-	// "filter" encoder covers, e.g. "request>headers>X-Api-Key".
-	hidden map[string]bool
+	// hidden are the fields a delete or replace filter of the log's
+	// "filter" encoder covers, e.g. "request>headers>X-Api-Key"; hashed,
+	// those a hash filter covers.
+	hidden, hashed map[string]bool
 }
 
 // loadedLogs reads the logs of the config being loaded. Caddy keeps a
@@ -53,7 +54,7 @@ func loadedLogs(ctx caddy.Context) (logs []configuredLog, ok bool) {
 		}
 		l := configuredLog{name: it.Key().String(), level: parseLogLevel(level.String()),
 			include: stringsOf(include), exclude: stringsOf(exclude)}
-		if l.hidden, ok = hiddenFields(enc); !ok {
+		if l.hidden, l.hashed, ok = hiddenFields(enc); !ok {
 			return nil, false
 		}
 		logs = append(logs, l)
@@ -86,49 +87,69 @@ func stringsOf(v reflect.Value) []string {
 var (
 	filterEncoderType = reflect.TypeOf(&logging.FilterEncoder{})
 	// hidingFilters are the field filters that keep a value out of the
-	// log: the value is dropped, replaced or hashed.
+	// log: the value is dropped or replaced.
 	hidingFilters = map[reflect.Type]bool{
 		reflect.TypeOf(&logging.DeleteFilter{}):  true,
 		reflect.TypeOf(logging.DeleteFilter{}):   true,
 		reflect.TypeOf(&logging.ReplaceFilter{}): true,
 		reflect.TypeOf(logging.ReplaceFilter{}):  true,
-		reflect.TypeOf(&logging.HashFilter{}):    true,
-		reflect.TypeOf(logging.HashFilter{}):     true,
+	}
+	// hashingFilters write the first 8 hex digits of the value's SHA-256:
+	// enough to hide an upstream's credential, but of a client's key that
+	// is the start of the digest the key store keeps, which a log must
+	// never hold.
+	hashingFilters = map[reflect.Type]bool{
+		reflect.TypeOf(&logging.HashFilter{}): true,
+		reflect.TypeOf(logging.HashFilter{}):  true,
 	}
 )
 
 // hiddenFields lists the fields a log's encoder keeps out: none unless it
 // is a filter encoder. A filter nested in another's "wrap" is not read.
-func hiddenFields(enc reflect.Value) (map[string]bool, bool) {
+func hiddenFields(enc reflect.Value) (hidden, hashed map[string]bool, ok bool) {
 	if enc.Kind() != reflect.Interface {
-		return nil, false
+		return nil, nil, false
 	}
 	if enc.IsNil() || enc.Elem().Type() != filterEncoderType || enc.Elem().IsNil() {
-		return nil, true
+		return nil, nil, true
 	}
 	fields := enc.Elem().Elem().FieldByName("Fields")
 	if !fields.IsValid() || fields.Kind() != reflect.Map {
-		return nil, false
+		return nil, nil, false
 	}
-	hidden := map[string]bool{}
+	hidden, hashed = map[string]bool{}, map[string]bool{}
 	for it := fields.MapRange(); it.Next(); {
 		f := it.Value()
-		if f.Kind() == reflect.Interface && !f.IsNil() && hidingFilters[f.Elem().Type()] {
+		if f.Kind() != reflect.Interface || f.IsNil() {
+			continue
+		}
+		switch t := f.Elem().Type(); {
+		case hidingFilters[t]:
 			hidden[it.Key().String()] = true
+		case hashingFilters[t]:
+			hashed[it.Key().String()] = true
 		}
 	}
-	return hidden, true
+	return hidden, hashed, true
 }
 
 // writes reports whether the log writes the request header (canonical
 // form) of an entry at level from logger: it takes the entry, and no
-// filter covers the header or an object holding it. Caddy logs header
-// names in canonical form, and its filters match field names exactly.
-func (l configuredLog) writes(logger string, level zapcore.Level, header string) bool {
+// filter covers the header or an object holding it (a hash filter counts
+// only when hashOK). Caddy logs header names in canonical form, and its
+// filters match field names exactly.
+func (l configuredLog) writes(logger string, level zapcore.Level, header string, hashOK bool) bool {
 	if level < l.level || !loggerAllowed(l.include, l.exclude, logger) {
 		return false
 	}
-	return !l.hidden["request"] && !l.hidden["request>headers"] && !l.hidden["request>headers>"+header]
+	covers := func(field string) bool { return l.hidden[field] || (hashOK && l.hashed[field]) }
+	return !covers("request") && !covers("request>headers") && !covers("request>headers>"+header)
+}
+
+// hashes reports whether the log's filter hashes the header (or the
+// request, or its headers).
+func (l configuredLog) hashes(header string) bool {
+	return l.hashed["request"] || l.hashed["request>headers"] || l.hashed["request>headers>"+header]
 }
 
 // misspelt returns a field of the log's filter that names the header in
@@ -136,6 +157,11 @@ func (l configuredLog) writes(logger string, level zapcore.Level, header string)
 func (l configuredLog) misspelt(header string) string {
 	want := "request>headers>" + header
 	for f := range l.hidden {
+		if f != want && strings.EqualFold(f, want) {
+			return f
+		}
+	}
+	for f := range l.hashed {
 		if f != want && strings.EqualFold(f, want) {
 			return f
 		}

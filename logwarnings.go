@@ -31,8 +31,10 @@ type loggedRequest struct {
 // failing handler, and rewrite's debug line all write the request as the
 // client sent it) or writes the upstream's credential into
 // (reverse_proxy's debug "upstream roundtrip" line writes the request sent
-// upstream). A log whose format filter deletes, replaces or hashes the
-// header (or the request, or its headers) does not write it.
+// upstream). A log whose format filter deletes or replaces the header (or
+// the request, or its headers) does not write it; a hash filter hides the
+// upstream's credential, but not a client's key: it writes the start of the
+// SHA-256 the key store keeps.
 func (h *Handler) warnAboutLogs(ctx caddy.Context, srv *caddyhttp.Server, once func(*caddyhttp.Server, string) bool) {
 	logCredentials := srv.Logs != nil && srv.Logs.ShouldLogCredentials
 	exposed := func(header string) bool { return header != "" && (!redactedByCaddy[header] || logCredentials) }
@@ -62,14 +64,14 @@ func (h *Handler) warnAboutLogs(ctx caddy.Context, srv *caddyhttp.Server, once f
 			fix:  ", or log at info"})
 	for _, header := range clientHeaders {
 		for _, line := range lines {
-			h.warnIfLogged(srv, once, logs, readable, line, header, "clients send keys in "+header)
+			h.warnIfLogged(srv, once, logs, readable, line, header, "clients send keys in "+header, false)
 		}
 	}
 	if exposed(upstream) {
 		line := loggedRequest{subject: "debug", level: zapcore.DebugLevel, loggers: []string{"http.handlers.reverse_proxy"},
 			what: `debug logging writes the headers sent upstream in full (reverse_proxy's "upstream roundtrip" line)`,
 			fix:  ", or log at info"}
-		h.warnIfLogged(srv, once, logs, readable, line, upstream, "upstream_auth sets the upstream's credential in "+upstream)
+		h.warnIfLogged(srv, once, logs, readable, line, upstream, "upstream_auth sets the upstream's credential in "+upstream, true)
 	}
 }
 
@@ -78,17 +80,19 @@ func (h *Handler) warnAboutLogs(ctx caddy.Context, srv *caddyhttp.Server, once f
 // header in a line of this kind. When the logs could not be read, only
 // the access log is warned about, as if it had no filter.
 func (h *Handler) warnIfLogged(srv *caddyhttp.Server, once func(*caddyhttp.Server, string) bool, logs []configuredLog, readable bool,
-	line loggedRequest, header, why string) {
+	line loggedRequest, header, why string, hashOK bool) {
 	var writers []string
 	var misspelt string
+	hashed := false
 	if readable {
 		for _, l := range logs {
 			for _, logger := range line.loggers {
-				if l.writes(logger, line.level, header) {
+				if l.writes(logger, line.level, header, hashOK) {
 					writers = append(writers, l.name)
 					if m := l.misspelt(header); m != "" {
 						misspelt = m
 					}
+					hashed = hashed || l.hashes(header)
 					break
 				}
 			}
@@ -118,6 +122,9 @@ func (h *Handler) warnIfLogged(srv *caddyhttp.Server, once func(*caddyhttp.Serve
 		", e.g. log { format filter { request>headers>" + header + " delete } }" + line.fix
 	if misspelt != "" {
 		msg += "; the filter names " + misspelt + ", which Caddy does not match: it writes header names in canonical form"
+	}
+	if hashed {
+		msg += "; a hash filter is not enough for a key: it writes the first 8 hex digits of the key's SHA-256, the start of the digest the key store keeps"
 	}
 	fields := []zap.Field{zap.String("header", header)}
 	if len(writers) > 0 {

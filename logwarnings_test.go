@@ -255,13 +255,18 @@ func TestNamedAccessLogWarnings(t *testing.T) {
 	for _, c := range []struct {
 		name, filter string
 		warns        bool
+		hint         string
 	}{
-		{"with a filter", "format filter {\n\t\t\trequest>headers>X-Api-Key delete\n\t\t}", false},
-		{"without a filter", "", true},
+		{"with a filter", "format filter {\n\t\t\trequest>headers>X-Api-Key delete\n\t\t}", false, ""},
+		{"without a filter", "", true, ""},
+		// Caddy's hash filter writes the first 8 hex digits of the value's
+		// SHA-256: of a key, the start of the digest the key file keeps.
+		{"with a hash filter", "format filter {\n\t\t\trequest>headers>X-Api-Key hash\n\t\t}", true, "hash filter is not enough"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
 			logPath := filepath.Join(dir, "caddy.log")
+			port := freePort(t)
 			startCaddy(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
@@ -283,8 +288,16 @@ http://127.0.0.1:%[4]d {
 		keys file %[5]s
 	}
 	respond ok
-}`, logPath, filepath.Join(dir, "access.log"), c.filter, freePort(t), keyFile))
+}`, logPath, filepath.Join(dir, "access.log"), c.filter, port, keyFile))
+			if r := send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), "X-Api-Key", key.secret); r.status != 200 {
+				t.Fatalf("%s: %d", key.record.ID, r.status)
+			}
 			stopCaddy()
+			access, _ := os.ReadFile(filepath.Join(dir, "access.log"))
+			digest := strings.TrimPrefix(key.record.Hash, "sha256:")
+			if c.hint != "" && !strings.Contains(string(access), digest[:8]) {
+				t.Fatalf("the hash filter did not write the start of %s's digest: the warning would be wrong", key.record.ID)
+			}
 			ws := apikeyWarnings(t, logPath)
 			got := warningsAbout(ws, "access log writes request headers")
 			if !c.warns {
@@ -295,6 +308,9 @@ http://127.0.0.1:%[4]d {
 			}
 			if len(got) != 1 || strings.Join(got[0].Logs, ",") != "access" {
 				t.Fatalf("want one warning naming the log \"access\"; got %+v", ws)
+			}
+			if c.hint != "" && !strings.Contains(got[0].Msg, c.hint) {
+				t.Fatalf("the warning does not say %q: %+v", c.hint, got[0])
 			}
 		})
 	}
