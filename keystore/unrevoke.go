@@ -3,6 +3,8 @@ package keystore
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,4 +43,13 @@ func Same(a, b Record) bool {
 	x, errX := json.Marshal(a)
 	y, errY := json.Marshal(b)
 	return errX == nil && errY == nil && bytes.Equal(x, y)
+}
+
+// Version names a version of a record: the first 16 bytes of the SHA-256
+// of its JSON, in hex. A form that shows a record carries it back, so that
+// the change it asks for is made only to the version it showed.
+func Version(rec Record) string {
+	data, _ := json.Marshal(rec)
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:16])
 }
