@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
-	"unicode"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -91,18 +91,32 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	if looksSecret(r.RequestURI) || looksSecret(r.URL.Path) || looksSecret(r.URL.RawQuery) {
 		return apiError(http.StatusBadRequest, "that looks like a key or a key's hash, not a key id; never send a key to the admin API (this answer does not repeat it)")
 	}
-	path := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/apikey/"), "/")
+	// The path is split as sent, and each part unescaped on its own, so
+	// that an id is the exact bytes given ("%2F" is a slash in an id, not a
+	// step of the path). Nothing is trimmed or normalised: an id that no
+	// key may have (white space around it, a character that does not
+	// show) is refused, never read as another key's id.
+	path := strings.TrimSuffix(strings.TrimPrefix(r.URL.EscapedPath(), "/apikey/"), "/")
 	parts := strings.Split(path, "/")
 	for i := range parts {
-		parts[i] = cleanID(parts[i])
+		part, err := url.PathUnescape(parts[i])
+		if err != nil {
+			return apiError(http.StatusBadRequest, "the path holds a bad escape")
+		}
+		parts[i] = part
 	}
-	if q := r.URL.Query(); q.Has("id") || q.Has("key") {
-		for _, name := range []string{"id", "key"} {
-			if q.Has(name) {
-				q.Set(name, cleanID(q.Get(name)))
+	path = strings.Join(parts, "/")
+	if len(parts) > 1 && (parts[0] == "keys" || parts[0] == "quota") && parts[1] != "" {
+		if err := givenID(parts[1]); err != nil {
+			return err
+		}
+	}
+	for _, name := range []string{"id", "key"} {
+		if q := r.URL.Query(); q.Get(name) != "" {
+			if err := givenID(q.Get(name)); err != nil {
+				return err
 			}
 		}
-		r.URL.RawQuery = q.Encode()
 	}
 	switch {
 	case path == "audit/head":
@@ -121,13 +135,14 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	return apiError(http.StatusNotFound, "no apikey admin endpoint %s", r.URL.Path)
 }
 
-// cleanID is a key id as given in a URL, without the white space, control
-// and invisible formatting characters that a copy and paste brings along
-// around it (" k_abc\n" is k_abc).
-func cleanID(s string) string {
-	return strings.TrimFunc(s, func(r rune) bool {
-		return unicode.IsSpace(r) || unicode.IsControl(r) || unicode.Is(unicode.Cf, r)
-	})
+// givenID refuses an id no key may have (see keystore.CheckID) with 400,
+// naming the character: the admin API acts on exactly the id it is given,
+// so " k_abc" or "k_abc" and a zero-width space are never read as k_abc.
+func givenID(id string) error {
+	if err := keystore.CheckID(id); err != nil {
+		return apiError(http.StatusBadRequest, "key id %s: %v; ids are matched exactly, and no key has such an id", strconv.QuoteToASCII(id), err)
+	}
+	return nil
 }
 
 // looksSecret reports whether a request URI (or part of one) holds
@@ -453,9 +468,23 @@ func parseTimeParam(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor a date such as 2026-11-27", s)
 }
 
+// revoke answers POST /apikey/keys/<id>/revoke: the key is revoked in
+// every store in use that holds its id (a key file and Redis both may,
+// during a migration), in the stores' name order, and the answer lists
+// them. A store that cannot be reached fails the request (503) after the
+// others were tried, naming what was revoked and what was not: revoking
+// again is safe, and finishes the job.
 func (adminAPI) revoke(w http.ResponseWriter, r *http.Request, id string) error {
 	stores := editableStores()
-	for _, so := range stores {
+	names := make([]string, 0, len(stores))
+	for name := range stores {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	revoked := []string{}
+	var failed []string
+	for _, name := range names {
+		so := stores[name]
 		_, err := so.store.Update(r.Context(), id, func(rec *keystore.Record) error {
 			rec.Revoked = true
 			return nil
@@ -464,11 +493,19 @@ func (adminAPI) revoke(w http.ResponseWriter, r *http.Request, id string) error 
 			continue
 		}
 		if err != nil {
-			return apiError(http.StatusServiceUnavailable, "revoking %q in %s: %v", id, so.store.Describe(), err)
+			failed = append(failed, fmt.Sprintf("%s: %v", name, err))
+			continue
 		}
 		so.src.Changed(id)
-		auditAll(audit.Entry{"event": "key.revoked", "key_id": id, "store": so.store.Describe()})
-		return writeJSON(w, map[string]any{"id": id, "revoked": true, "store": so.store.Describe()})
+		auditAll(audit.Entry{"event": "key.revoked", "key_id": id, "store": name})
+		revoked = append(revoked, name)
+	}
+	if len(failed) > 0 {
+		return apiError(http.StatusServiceUnavailable, "revoking %q: revoked in %d store(s) %v; failed in %s; try again",
+			id, len(revoked), revoked, strings.Join(failed, "; "))
+	}
+	if len(revoked) > 0 {
+		return writeJSON(w, map[string]any{"id": id, "revoked": true, "stores": revoked})
 	}
 	for _, h := range activeHandlers() {
 		if src, ok := h.source.(*keyservice.HTTPSource); ok && src.CacheOf().Knows(id) {

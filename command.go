@@ -630,6 +630,13 @@ func refuseKeyAsID(c *cobra.Command) error {
 		strings.Contains(strings.ToLower(id), "sha256:") || longest >= 64 {
 		return errors.New("--id: that looks like a key or a key's hash, not a key id; it is not repeated here, and nothing was changed (caddy apikey list shows the ids)")
 	}
+	if id != "" {
+		// Ids are matched exactly: one with a character that does not show
+		// is no key's, and is never trimmed into one.
+		if err := keystore.CheckID(id); err != nil {
+			return fmt.Errorf("--id %s: %v; nothing was changed", strconv.QuoteToASCII(id), err)
+		}
+	}
 	return nil
 }
 

@@ -90,9 +90,17 @@ func encodeKeyFile(records []keystore.Record) ([]byte, error) {
 // importCommand loads a key file into Redis: new ids are created, changed
 // ones updated to the file's version, the rest left alone; keys in Redis
 // that the file lacks stay. Idempotent: a second run changes nothing.
+//
+// Each write is a compare and set against the record the plan read: a
+// record that changed in Redis while the import ran is never overwritten
+// with the plan. A revocation made meanwhile is kept, and the rest of the
+// plan applied over it; any other change leaves the record as it now is,
+// and the import ends with an error naming it. A record revoked in Redis
+// stays revoked whatever the file says, unless --unrevoke is given (and
+// then only a revocation the plan showed is undone).
 func importCommand() *cobra.Command {
 	c := &cobra.Command{
-		Use:          "import <key file> --redis <address> [--dry-run]",
+		Use:          "import <key file> --redis <address> [--dry-run] [--unrevoke]",
 		Short:        "Loads a key file into Redis; --dry-run shows what would change",
 		Args:         cobra.ExactArgs(1),
 		SilenceUsage: true,
@@ -101,11 +109,9 @@ func importCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			set, err := keystore.ParseAndValidate(data)
-			if err != nil {
+			if _, err := keystore.ParseAndValidate(data); err != nil {
 				return fmt.Errorf("key file %s: %w (nothing was imported)", args[0], err)
 			}
-			_ = set
 			records, _ := keystore.ParseRecords(data)
 			if redis, _ := c.Flags().GetString("redis"); redis == "" {
 				return errors.New("import needs --redis <address>")
@@ -116,7 +122,8 @@ func importCommand() *cobra.Command {
 			}
 			defer closeStore()
 			ctx := context.Background()
-			plan, err := planImport(ctx, store, records)
+			unrevoke, _ := c.Flags().GetBool("unrevoke")
+			plan, err := planImport(ctx, store, records, unrevoke)
 			if err != nil {
 				return fmt.Errorf("%w (nothing was imported)", err)
 			}
@@ -124,25 +131,30 @@ func importCommand() *cobra.Command {
 			for _, step := range plan.steps {
 				fmt.Fprintln(os.Stdout, step.describe())
 			}
+			for _, id := range plan.keptRevoked {
+				fmt.Fprintf(os.Stdout, "! %s stays revoked: revoked in %s, not in the file (--unrevoke undoes that)\n", id, store.Describe())
+			}
 			if dry {
 				fmt.Fprintf(stderr, "Dry run: %s; nothing was written to %s.\n", plan.summary(), store.Describe())
 				return nil
 			}
+			var left []string
 			for i, step := range plan.steps {
-				var err error
-				switch step.action {
-				case "create":
-					err = store.Create(ctx, step.rec)
-				case "update":
-					_, err = store.Update(ctx, step.rec.ID, func(r *keystore.Record) error {
-						*r = step.rec
-						return nil
-					})
-				}
-				if err != nil {
+				outcome, err := applyImportStep(ctx, store, step)
+				switch {
+				case err != nil:
 					return fmt.Errorf("%s %s: %w (%d of %d changes were made; run the import again to finish)",
 						step.action, step.rec.ID, err, i, len(plan.steps))
+				case outcome == stepKeptRevoked:
+					fmt.Fprintf(os.Stdout, "! %s was revoked while the import ran: kept revoked, the rest of its change made\n", step.rec.ID)
+				case outcome == stepLeft:
+					fmt.Fprintf(os.Stdout, "! %s changed in %s while the import ran: left as it now is\n", step.rec.ID, store.Describe())
+					left = append(left, step.rec.ID)
 				}
+			}
+			if len(left) > 0 {
+				return fmt.Errorf("%d record(s) changed in %s while the import ran and were left as they now are, not overwritten: %s; the other changes were made; run the import again to re-plan them",
+					len(left), store.Describe(), strings.Join(left, ", "))
 			}
 			fmt.Fprintf(stderr, "Imported %s into %s.\n", plan.summary(), store.Describe())
 			return nil
@@ -150,13 +162,70 @@ func importCommand() *cobra.Command {
 	}
 	addStoreFlags(c)
 	c.Flags().Bool("dry-run", false, "show what would change, and change nothing")
+	c.Flags().Bool("unrevoke", false, "un-revoke the keys revoked in Redis that the file has unrevoked (as the plan shows them); without it they stay revoked")
 	return c
 }
 
+// What became of an import step.
+const (
+	stepDone        = iota // written as planned
+	stepKeptRevoked        // revoked since the plan: written as planned, but revoked
+	stepLeft               // changed since the plan otherwise: left as it is
+)
+
+// errChangedSincePlan stops an update whose record changed since the plan.
+var errChangedSincePlan = errors.New("changed since the plan")
+
+// applyImportStep makes one step, as a compare and set against the record
+// the plan read (step.old): the store hands the change the record as it
+// is at the moment of writing.
+func applyImportStep(ctx context.Context, store keystore.Store, step importStep) (int, error) {
+	if step.action == "create" {
+		err := store.Create(ctx, step.rec)
+		if errors.Is(err, keystore.ErrIDTaken) {
+			return stepLeft, nil // made by someone else since the plan
+		}
+		return stepDone, err
+	}
+	if step.unrevoke {
+		ctx = keystore.AllowUnrevoke(ctx)
+	}
+	outcome := stepDone
+	_, err := store.Update(ctx, step.rec.ID, func(r *keystore.Record) error {
+		outcome = stepDone
+		if keystore.Same(*r, step.old) {
+			*r = step.rec
+			return nil
+		}
+		// Revoked since the plan, and nothing else: the plan is made over
+		// it, and the revocation stays.
+		unrevoked := *r
+		unrevoked.Revoked = step.old.Revoked
+		if r.Revoked && !step.old.Revoked && keystore.Same(unrevoked, step.old) {
+			*r = step.rec
+			r.Revoked = true
+			outcome = stepKeptRevoked
+			return nil
+		}
+		return errChangedSincePlan
+	})
+	switch {
+	case errors.Is(err, errChangedSincePlan), errors.Is(err, keystore.ErrUnknownID):
+		return stepLeft, nil
+	case err != nil:
+		return stepDone, err
+	}
+	return outcome, nil
+}
+
 type importStep struct {
-	action  string // create or update
-	rec     keystore.Record
-	changed []string // for an update: the fields that differ, by name
+	action string          // create or update
+	rec    keystore.Record // the record to write
+	// old is the record as the plan read it, for an update.
+	old keystore.Record
+	// unrevoke: the update un-revokes the record (--unrevoke).
+	unrevoke bool
+	changed  []string // for an update: the fields that differ, by name
 }
 
 // describe says what a step does, naming fields, never their values (one
@@ -171,6 +240,9 @@ func (s importStep) describe() string {
 type importPlan struct {
 	steps     []importStep
 	unchanged int
+	// keptRevoked are the ids revoked in the store that the file has
+	// unrevoked, left revoked (no --unrevoke).
+	keptRevoked []string
 }
 
 func (p importPlan) summary() string {
@@ -186,8 +258,9 @@ func (p importPlan) summary() string {
 }
 
 // planImport works out the changes, and checks that the store would be
-// valid after them (no hash answering to two keys), before any is made.
-func planImport(ctx context.Context, store keystore.Store, records []keystore.Record) (importPlan, error) {
+// valid after them (no hash answering to two keys), before any is made. A
+// record revoked in the store stays revoked unless unrevoke.
+func planImport(ctx context.Context, store keystore.Store, records []keystore.Record, unrevoke bool) (importPlan, error) {
 	current := map[string]keystore.Record{}
 	if err := eachRecord(ctx, store, "", func(rec keystore.Record) error {
 		current[rec.ID] = rec
@@ -199,13 +272,18 @@ func planImport(ctx context.Context, store keystore.Store, records []keystore.Re
 	var plan importPlan
 	for _, rec := range records {
 		old, ok := current[rec.ID]
+		if ok && old.Revoked && !rec.Revoked && !unrevoke {
+			rec.Revoked = true
+			plan.keptRevoked = append(plan.keptRevoked, rec.ID)
+		}
 		switch {
 		case !ok:
 			plan.steps = append(plan.steps, importStep{action: "create", rec: rec})
 		case reflect.DeepEqual(normalized(old), normalized(rec)):
 			plan.unchanged++
 		default:
-			plan.steps = append(plan.steps, importStep{action: "update", rec: rec, changed: changedFields(old, rec)})
+			plan.steps = append(plan.steps, importStep{action: "update", rec: rec, old: old,
+				unrevoke: old.Revoked && !rec.Revoked, changed: changedFields(old, rec)})
 		}
 		current[rec.ID] = rec
 	}

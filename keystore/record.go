@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -213,8 +212,8 @@ func Compile(rec Record) (*Key, error) {
 		// Ids are logged and audited; a key pasted as an id would be too.
 		return nil, fieldErr("id", "looks like a key; an id names a key and is not secret")
 	}
-	if strings.TrimSpace(rec.ID) != rec.ID || strings.ContainsFunc(rec.ID, unicode.IsControl) {
-		return nil, fieldErr("id", "has white space around it or control characters in it")
+	if err := CheckID(rec.ID); err != nil {
+		return nil, err
 	}
 	for _, f := range []struct {
 		name, value string

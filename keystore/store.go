@@ -22,6 +22,15 @@ type Store interface {
 	// store keeps what change does not touch (in the key file: unknown
 	// fields and their order). It returns the record as written.
 	// ErrUnknownID when no record has the id.
+	//
+	// Update is a compare and set: the record change gets is the one
+	// written over, read under the key file's lock or checked unchanged
+	// by the script that writes it to Redis (which reads it again and
+	// calls change again when another writer came first). A caller that
+	// planned a change from an earlier read compares that read with the
+	// record change gets (see Same), never writes its plan back blind. A
+	// change that un-revokes a record is refused (ErrUnrevoke) unless
+	// ctx allows it (AllowUnrevoke).
 	Update(ctx context.Context, id string, change func(*Record) error) (Record, error)
 	// Get returns the record with id; ErrUnknownID when none has it.
 	Get(ctx context.Context, id string) (Record, error)

@@ -28,6 +28,9 @@ type keyView struct {
 	Quota                       *Quota
 	QuotaPercent                int
 	Revoked, Pending            bool
+	// Version is the record's version (keystore.Version), which the edit
+	// form sends back.
+	Version string
 }
 
 // maxOwnKeys bounds how many of a developer's records (revoked ones too)
@@ -36,7 +39,7 @@ const maxOwnKeys = 1000
 
 func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView {
 	now := v.s.now()
-	kv := keyView{ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Type: rec.Type, Role: rec.Role,
+	kv := keyView{Version: keystore.Version(rec), ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Type: rec.Type, Role: rec.Role,
 		Services: rec.Services, Permissions: rec.Permissions, AllowedIPs: rec.AllowedIPs,
 		Created: day(rec.CreatedAt), Expires: day(rec.ExpiresAt), Revoked: rec.Revoked, Pending: rec.Pending}
 	k, err := keystore.Compile(rec)
@@ -351,12 +354,18 @@ func (v *visit) edit(id string) {
 		v.keyPageWith(rec, f, err, http.StatusBadRequest)
 		return
 	}
+	shown := v.r.PostFormValue("version")
 	_, err = v.s.backend.Store.Update(v.r.Context(), id, func(rec *keystore.Record) error {
 		if err := v.mine(rec); err != nil {
 			return err
 		}
 		if rec.Revoked {
 			return refuse("key", "is revoked; a revoked key cannot be changed")
+		}
+		if shown != "" && shown != keystore.Version(*rec) {
+			// The form was filled in over a version someone has changed
+			// since: saving it would undo their change.
+			return refuse("key", "was changed since this page was opened, so nothing was saved; open the key again and make your change there")
 		}
 		if rec.Pending && !v.admin {
 			// What the administrator approves must be what they saw.

@@ -50,7 +50,7 @@ func (s *Store) Create(_ context.Context, rec keystore.Record) error {
 }
 
 // Update changes the record with id in the file.
-func (s *Store) Update(_ context.Context, id string, change func(*keystore.Record) error) (keystore.Record, error) {
+func (s *Store) Update(ctx context.Context, id string, change func(*keystore.Record) error) (keystore.Record, error) {
 	var written keystore.Record
 	err := EditKeyFile(s.Path, func(kf *KeyFile) error {
 		r := kf.Find(id)
@@ -71,6 +71,9 @@ func (s *Store) Update(_ context.Context, id string, change func(*keystore.Recor
 		}
 		if after.ID != id {
 			return errors.New("a key's id cannot change")
+		}
+		if err := keystore.CheckUnrevoke(ctx, before, after); err != nil {
+			return err
 		}
 		if err := r.setChanged(before, after); err != nil {
 			return err

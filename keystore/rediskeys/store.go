@@ -201,6 +201,9 @@ func (s *Store) Update(ctx context.Context, id string, change func(*keystore.Rec
 		if after.ID != id {
 			return keystore.Record{}, errors.New("a key's id cannot change")
 		}
+		if err := keystore.CheckUnrevoke(ctx, before, after); err != nil {
+			return keystore.Record{}, err
+		}
 		if _, err := keystore.Compile(after); err != nil {
 			return keystore.Record{}, fmt.Errorf("the change would make key %q invalid, so it was not written: %w", id, err)
 		}

@@ -50,6 +50,34 @@ func Run(t *testing.T, open func(t *testing.T) keystore.Store) {
 		}
 	})
 
+	t.Run("a revocation is undone only explicitly", func(t *testing.T) {
+		s := open(t)
+		rec := record(t, "k_rev", "")
+		rec.Revoked = true
+		if err := s.Create(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Update(ctx, "k_rev", func(r *keystore.Record) error {
+			*r = rec
+			r.Revoked, r.Name = false, "renamed"
+			return nil
+		}); !errors.Is(err, keystore.ErrUnrevoke) {
+			t.Fatalf("an update that un-revokes without saying so: %v, want ErrUnrevoke", err)
+		}
+		if got, _ := s.Get(ctx, "k_rev"); !got.Revoked || got.Name != "" {
+			t.Fatalf("after a refused un-revoke: revoked %v, name %q", got.Revoked, got.Name)
+		}
+		if _, err := s.Update(keystore.AllowUnrevoke(ctx), "k_rev", func(r *keystore.Record) error {
+			r.Revoked = false
+			return nil
+		}); err != nil {
+			t.Fatalf("an explicit un-revoke: %v", err)
+		}
+		if got, _ := s.Get(ctx, "k_rev"); got.Revoked {
+			t.Fatal("an explicit un-revoke left the key revoked")
+		}
+	})
+
 	t.Run("refusals leave the store as it was", func(t *testing.T) {
 		s := open(t)
 		rec := record(t, "k_one", "")
