@@ -74,6 +74,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    default_max_tokens <n>
 //	    max_request_body <bytes>
 //	    failed_auth_limit <n>/s|m|h | off
+//	    failed_auth_prefix_limit <n>/s|m|h | off [/<ipv4 bits> /<ipv6 bits>]
 //	    counters memory {
 //	        file <path>
 //	        persist_interval <duration>
@@ -312,6 +313,36 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if h.FailedAuthLimit != "off" {
 				if _, err := ratelimit.ParseRate(h.FailedAuthLimit); err != nil {
 					return d.Errf("failed_auth_limit: %v (or off)", err)
+				}
+			}
+
+		case "failed_auth_prefix_limit":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.FailedAuthPrefixLimit = d.Val()
+			if h.FailedAuthPrefixLimit != "off" {
+				if _, err := ratelimit.ParseRate(h.FailedAuthPrefixLimit); err != nil {
+					return d.Errf("failed_auth_prefix_limit: %v (or off)", err)
+				}
+			}
+			lengths := d.RemainingArgs()
+			if len(lengths) != 0 && len(lengths) != 2 {
+				return d.Errf("failed_auth_prefix_limit: want <n>/s|m|h [/<ipv4 bits> /<ipv6 bits>], e.g. 200/m /16 /48")
+			}
+			for i, l := range lengths {
+				lo, hi := 8, 32
+				if i == 1 {
+					lo, hi = 16, 64
+				}
+				n, err := strconv.Atoi(strings.TrimPrefix(l, "/"))
+				if !strings.HasPrefix(l, "/") || err != nil || n < lo || n > hi {
+					return d.Errf("failed_auth_prefix_limit: %q is not a prefix length from /%d to /%d", l, lo, hi)
+				}
+				if i == 0 {
+					h.FailedAuthPrefixIPv4 = n
+				} else {
+					h.FailedAuthPrefixIPv6 = n
 				}
 			}
 
