@@ -179,12 +179,12 @@ type Handler struct {
 	preflight    bool // pass preflights on
 	logger       *zap.Logger
 
-	limits       limits
-	tokens       *tokenLimits // nil on routes without tokens
-	counters     ratelimit.Store
-	failLimit    ratelimit.Rate
-	failures     *ratelimit.Failures
-	failuresKey  string // its place in failuresPool, while held
+	limits      limits
+	tokens      *tokenLimits // nil on routes without tokens
+	counters    ratelimit.Store
+	failLimit   ratelimit.Rate
+	failures    *ratelimit.Failures
+	failuresKey string // its place in failuresPool, while held
 	// wideLimit and wide: the failed-authentication throttle of networks
 	// of wideBits bits (IPv4, IPv6).
 	wideLimit    ratelimit.Rate

@@ -50,10 +50,10 @@ type anonRefusals struct {
 	logger *zap.Logger
 	audit  *audit.Writer
 
-	start     time.Time // of the interval; zero when none is open
+	start     time.Time           // of the interval; zero when none is open
 	written   map[refusalKind]int // at most maxSummaryKinds entries
 	perClient map[anonClient]int  // at most anonPerInterval entries per kind
-	total     int64              // refusals summarised
+	total     int64               // refusals summarised
 	kinds     map[refusalKind]int64
 	prefixes  map[netip.Prefix]int64
 	other     int64 // refusals from networks past maxSummaryPrefixes
