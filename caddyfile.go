@@ -5,6 +5,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -83,7 +85,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    usage_depth <n>
 //	    usage_retention <duration>
 //	    usage_file <path>
-//	    audit_log <path>
+//	    audit_log <path> {
+//	        roll_size <size>
+//	        roll_keep <n>
+//	        roll_disabled
+//	    }
 //	    metrics per_key
 //	}
 //
@@ -391,6 +397,37 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "audit_log":
 			if !d.AllArgs(&h.AuditLog) {
 				return d.ArgErr()
+			}
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				switch opt := d.Val(); opt {
+				case "roll_size":
+					var v string
+					if !d.AllArgs(&v) {
+						return d.ArgErr()
+					}
+					n, err := humanize.ParseBytes(v)
+					if err != nil || n == 0 || n > 1<<50 {
+						return d.Errf("audit_log roll_size: %q is not a size such as 100MiB", v)
+					}
+					h.AuditRollSize = int64(n)
+				case "roll_keep":
+					var v string
+					if !d.AllArgs(&v) {
+						return d.ArgErr()
+					}
+					n, err := strconv.Atoi(v)
+					if err != nil || n <= 0 {
+						return d.Errf("audit_log roll_keep: %q is not a positive whole number", v)
+					}
+					h.AuditRollKeep = n
+				case "roll_disabled":
+					if d.NextArg() {
+						return d.ArgErr()
+					}
+					h.AuditRollDisabled = true
+				default:
+					return d.Errf("unrecognized audit_log option %q (roll_size, roll_keep, roll_disabled)", opt)
+				}
 			}
 
 		case "metrics":

@@ -121,6 +121,19 @@ type Handler struct {
 	// every refusal and every management change made through the admin API.
 	AuditLog string `json:"audit_log,omitempty"`
 
+	// AuditRollSize rolls the audit log once it reaches this many bytes:
+	// it is moved aside to <path>.<UTC time>, and the new log's first line
+	// (audit.continued) chains to its last. Default: 100 MiB.
+	AuditRollSize int64 `json:"audit_roll_size,omitempty"`
+
+	// AuditRollKeep is how many rolled files are kept; older ones are
+	// deleted. Default: 10.
+	AuditRollKeep int `json:"audit_roll_keep,omitempty"`
+
+	// AuditRollDisabled never rolls the audit log (it then grows until
+	// moved aside with caddy apikey audit rotate).
+	AuditRollDisabled bool `json:"audit_roll_disabled,omitempty"`
+
 	// Metrics adjusts the Prometheus metrics.
 	Metrics *MetricsOptions `json:"metrics,omitempty"`
 
@@ -437,6 +450,18 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 			return fmt.Errorf("audit_log: %w", err)
 		}
 		h.auditKey = h.audit.Path()
+		roll := audit.Roll{Size: defaultAuditRollSize, Keep: defaultAuditRollKeep}
+		if h.AuditRollSize > 0 {
+			roll.Size = h.AuditRollSize
+		}
+		if h.AuditRollKeep > 0 {
+			roll.Keep = h.AuditRollKeep
+		}
+		if h.AuditRollDisabled {
+			roll = audit.Roll{}
+		}
+		// Routes that share the log share its writer: the last loaded sets it.
+		h.audit.SetRoll(roll)
 		// Whoever changes the key file (the commands, an editor, a
 		// deployment), the change is recorded: once per file and log.
 		if src, ok := h.source.(*keyfile.FileSource); ok {
