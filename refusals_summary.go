@@ -29,7 +29,7 @@ import (
 var summaryEvery = time.Minute
 
 const (
-	anonPerClient      = 10
+	anonPerClient      = 20
 	anonPerInterval    = 100
 	maxSummaryPrefixes = 64
 	maxSummaryKinds    = 32
