@@ -26,10 +26,11 @@ var (
 	// DefaultFailedAuthLimit throttles an address after 20 failed
 	// authentications in a minute.
 	defaultFailedAuthLimit = ratelimit.Rate{Limit: 20, Period: time.Minute}
-	// defaultFailedAuthPrefixLimit throttles a network (/16, /48) after 200
-	// failed authentications in a minute.
-	defaultFailedAuthPrefixLimit = ratelimit.Rate{Limit: 200, Period: time.Minute}
 )
+
+// wideFactor: a network's failed-authentication limit is, by default, ten
+// times an address's (200 a minute by default).
+const wideFactor = 10
 
 // Default network lengths of the wide failed-authentication throttle.
 const (
@@ -208,7 +209,12 @@ func (h *Handler) provisionWideLimit() error {
 	}
 	switch h.FailedAuthPrefixLimit {
 	case "":
-		h.wideLimit = defaultFailedAuthPrefixLimit
+		// Ten times the address's limit, in its period (200/m by default);
+		// off when that is off.
+		h.wideLimit = ratelimit.Rate{}
+		if !h.failLimit.IsZero() {
+			h.wideLimit = ratelimit.Rate{Limit: h.failLimit.Limit * wideFactor, Period: h.failLimit.Period}
+		}
 	case "off":
 		h.wideLimit = ratelimit.Rate{}
 	default:

@@ -87,10 +87,11 @@ type Handler struct {
 	// FailedAuthPrefixLimit throttles whole networks that fail
 	// authentication, counted apart from each address: after this many
 	// failures from one network (the /16 of IPv4 addresses, the /48 of IPv6
-	// ones, see FailedAuthPrefixIPv4 and FailedAuthPrefixIPv6), e.g. "200/m"
-	// (the default), every address in it gets 429 for the rest of the
-	// period. A client holding many addresses (a free IPv6 /48 is 65,536
-	// /64s) is stopped here. "off" disables it.
+	// ones, see FailedAuthPrefixIPv4 and FailedAuthPrefixIPv6), e.g.
+	// "200/m", every address in it gets 429 for the rest of the period. A
+	// client holding many addresses (a free IPv6 /48 is 65,536 /64s) is
+	// stopped here. Default: ten times FailedAuthLimit in its period (200/m
+	// by default; off when FailedAuthLimit is off). "off" disables it.
 	FailedAuthPrefixLimit string `json:"failed_auth_prefix_limit,omitempty"`
 
 	// FailedAuthPrefixIPv4 is the length of the IPv4 networks counted by
