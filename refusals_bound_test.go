@@ -275,3 +275,48 @@ func TestAuditLogRollsBySize(t *testing.T) {
 		t.Errorf("a rolled file removed: exit %d %s", code, errOut)
 	}
 }
+
+// TestRefusalSummaryEachInterval: while Caddy runs, the refusals of
+// unknown clients past the budget are summarised when their interval ends,
+// once per interval, in the log and the audit log, by reason and network.
+func TestRefusalSummaryEachInterval(t *testing.T) {
+	defer func(d time.Duration) { summaryEvery = d }(summaryEvery)
+	summaryEvery = 2 * time.Second // long enough for a round of 150 requests, under -race too
+	dir := t.TempDir()
+	logPath, auditLog := filepath.Join(dir, "caddy.log"), filepath.Join(dir, "audit.log")
+	g := &quotaGateway{up: newUpstream(t), counters: filepath.Join(dir, "counters.json")}
+	port := freePort(t)
+	g.url = fmt.Sprintf("http://127.0.0.1:%d", port)
+	cfg := quotaSite(port, writeKeyFile(t, newKey(t, keystore.Dev, keystore.Record{ID: "k_unused", Role: "reader"}).record), g.counters, g.up.addr(), "failed_auth_limit off\n\t\t\taudit_log "+auditLog)
+	cfg = strings.Replace(cfg, "persist_config off", "persist_config off\n\tlog {\n\t\toutput file "+logPath+"\n\t\tformat json\n\t}", 1)
+	startCaddy(t, cfg)
+
+	summaries := func() (lines []map[string]any) {
+		for _, l := range jsonLines(t, logPath) {
+			if l["msg"] == "requests denied, summarised" {
+				lines = append(lines, l)
+			}
+		}
+		return lines
+	}
+	for round := 1; round <= 2; round++ {
+		for i := range 150 { // from 150 addresses of 198.51.0.0/16: past the 100 of a kind
+			send(t, "GET", g.url+"/ollama/x", "X-Forwarded-For", fmt.Sprintf("198.51.%d.%d", round, i+1))
+		}
+		for deadline := time.Now().Add(5 * time.Second); len(summaries()) < round && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
+		got := summaries()
+		if len(got) != round {
+			t.Fatalf("round %d: %d summaries while Caddy runs, want %d", round, len(got), round)
+		}
+		s := got[round-1]
+		if s["refused"] != 50.0 || s["by_reason"].(map[string]any)["missing_key"] != 50.0 || s["by_prefix"].(map[string]any)["198.51.0.0/16"] != 50.0 {
+			t.Errorf("round %d: summary %v, want 50 missing_key from 198.51.0.0/16", round, s)
+		}
+	}
+	audit := readWhenContains(t, auditLog, "request.denied.summary")
+	if n := strings.Count(audit, `"event":"request.denied"`); n > 2*anonPerInterval {
+		t.Errorf("%d request.denied entries, want at most %d", n, 2*anonPerInterval)
+	}
+}
