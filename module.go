@@ -731,8 +731,8 @@ func (h *Handler) refused(r *http.Request, start time.Time, decision, reason str
 	h.counted(r, decisionIndexes[decision], k, t, start)
 	var repeated int64
 	if k != nil {
-		// A known key's refusals are written once a minute per kind
-		// (refusals.go); an unknown client's are bounded by the throttle.
+		// A known key's refusals are written 10 times a minute per kind
+		// at most (refusals.go).
 		var write bool
 		if write, repeated = h.refusals.admit(refusalKey{k.ID, decision, reason}, start); !write {
 			return
