@@ -5,6 +5,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -74,6 +76,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    default_max_tokens <n>
 //	    max_request_body <bytes>
 //	    failed_auth_limit <n>/s|m|h | off
+//	    failed_auth_prefix_limit <n>/s|m|h | off [/<ipv4 bits> /<ipv6 bits>]
 //	    counters memory {
 //	        file <path>
 //	        persist_interval <duration>
@@ -82,7 +85,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    usage_depth <n>
 //	    usage_retention <duration>
 //	    usage_file <path>
-//	    audit_log <path>
+//	    audit_log <path> {
+//	        roll_size <size>
+//	        roll_keep <n>
+//	        roll_disabled
+//	    }
 //	    metrics per_key
 //	}
 //
@@ -315,6 +322,36 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 
+		case "failed_auth_prefix_limit":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.FailedAuthPrefixLimit = d.Val()
+			if h.FailedAuthPrefixLimit != "off" {
+				if _, err := ratelimit.ParseRate(h.FailedAuthPrefixLimit); err != nil {
+					return d.Errf("failed_auth_prefix_limit: %v (or off)", err)
+				}
+			}
+			lengths := d.RemainingArgs()
+			if len(lengths) != 0 && len(lengths) != 2 {
+				return d.Errf("failed_auth_prefix_limit: want <n>/s|m|h [/<ipv4 bits> /<ipv6 bits>], e.g. 200/m /16 /48")
+			}
+			for i, l := range lengths {
+				lo, hi := 8, 32
+				if i == 1 {
+					lo, hi = 16, 64
+				}
+				n, err := strconv.Atoi(strings.TrimPrefix(l, "/"))
+				if !strings.HasPrefix(l, "/") || err != nil || n < lo || n > hi {
+					return d.Errf("failed_auth_prefix_limit: %q is not a prefix length from /%d to /%d", l, lo, hi)
+				}
+				if i == 0 {
+					h.FailedAuthPrefixIPv4 = n
+				} else {
+					h.FailedAuthPrefixIPv6 = n
+				}
+			}
+
 		case "counters":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -360,6 +397,37 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "audit_log":
 			if !d.AllArgs(&h.AuditLog) {
 				return d.ArgErr()
+			}
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				switch opt := d.Val(); opt {
+				case "roll_size":
+					var v string
+					if !d.AllArgs(&v) {
+						return d.ArgErr()
+					}
+					n, err := humanize.ParseBytes(v)
+					if err != nil || n == 0 || n > 1<<50 {
+						return d.Errf("audit_log roll_size: %q is not a size such as 100MiB", v)
+					}
+					h.AuditRollSize = int64(n)
+				case "roll_keep":
+					var v string
+					if !d.AllArgs(&v) {
+						return d.ArgErr()
+					}
+					n, err := strconv.Atoi(v)
+					if err != nil || n <= 0 {
+						return d.Errf("audit_log roll_keep: %q is not a positive whole number", v)
+					}
+					h.AuditRollKeep = n
+				case "roll_disabled":
+					if d.NextArg() {
+						return d.ArgErr()
+					}
+					h.AuditRollDisabled = true
+				default:
+					return d.Errf("unrecognized audit_log option %q (roll_size, roll_keep, roll_disabled)", opt)
+				}
 			}
 
 		case "metrics":

@@ -483,6 +483,10 @@ The head the log's writers record beside it (<path>.head) must still be in
 the log, at its line; so must every --head given (as caddy apikey audit head
 printed it: <lines>:<sha256>, or a bare <sha256>). A head that is not there
 means lines were cut from the end, or the log was emptied or rewritten.
+
+A log rolled by size (roll_size) is checked with the files rolled from it
+(<path>.<UTC time>): each must continue the one before it exactly, from the
+oldest kept, and a --head may be in any of them.
 `,
 		Args:         cobra.ExactArgs(1),
 		SilenceUsage: true,
@@ -497,28 +501,28 @@ means lines were cut from the end, or the log was emptied or rewritten.
 				heads = append(heads, h)
 			}
 			given := heads
-			recorded, hasFile, err := audit.ReadHead(path)
+			if _, err := os.Stat(path); err != nil {
+				return err
+			}
+			chain, err := audit.CheckFiles(path, heads...)
 			if err != nil {
 				return err
 			}
-			if hasFile {
-				heads = append(heads, recorded)
+			if chain.Gone != "" {
+				fmt.Printf("the oldest file kept continues %s, which is no longer there (deleted past roll_keep?): checked from there\n", chain.Gone)
 			}
-			f, err := os.Open(path)
-			if err != nil {
-				return err
+			for i, f := range chain.Files {
+				if i < len(chain.Files)-1 {
+					fmt.Printf("%s: %d lines, chain intact; head %s (rolled)\n", f.Path, f.Head.Lines, f.Head)
+				} else {
+					fmt.Printf("%s: %d lines, chain intact; head %s\n", path, f.Head.Lines, f.Head)
+				}
+				if f.TornLines > 0 {
+					fmt.Printf("%d torn line(s) closed off by a writer and kept outside the chain (a write cut short), first at line(s) %v\n", f.TornLines, f.Torn)
+				}
 			}
-			defer f.Close()
-			res, err := audit.Check(f, heads...)
-			if err != nil {
-				return fmt.Errorf("%s: %w", path, err)
-			}
-			fmt.Printf("%s: %d lines, chain intact; head %s\n", path, res.Head.Lines, res.Head)
-			if res.TornLines > 0 {
-				fmt.Printf("%d torn line(s) closed off by a writer and kept outside the chain (a write cut short), first at line(s) %v\n", res.TornLines, res.Torn)
-			}
-			if hasFile {
-				fmt.Printf("the head recorded in %s (%s) is in the log\n", audit.HeadPath(path), recorded)
+			if last := chain.Files[len(chain.Files)-1]; last.Recorded != nil {
+				fmt.Printf("the head recorded in %s (%s) is in the log\n", audit.HeadPath(path), *last.Recorded)
 			}
 			for _, h := range given { // as parsed: never the text given, which may hold line breaks
 				if h.Lines == audit.AnyLine {

@@ -28,12 +28,26 @@ var (
 	defaultFailedAuthLimit = ratelimit.Rate{Limit: 20, Period: time.Minute}
 )
 
+// wideFactor: a network's failed-authentication limit is, by default, ten
+// times an address's (200 a minute by default).
+const wideFactor = 10
+
+// Default network lengths of the wide failed-authentication throttle.
+const (
+	defaultWideIPv4 = 16
+	defaultWideIPv6 = 48
+)
+
 // failuresPool shares one failed-authentication tracker per period among
 // every apikey route, across config reloads. Routes with different periods
 // keep their own windows, so neither resets the other's.
 var failuresPool = caddy.NewUsagePool()
 
 func failuresPoolKey(period time.Duration) string { return "apikey.failed_auth/" + period.String() }
+
+// widePoolKey is the tracker of networks: apart from the addresses', so
+// that the two limits never share a window.
+func widePoolKey(period time.Duration) string { return "apikey.failed_auth_prefix/" + period.String() }
 
 // sweepEvery is how often ended blocks are reported and forgotten.
 const sweepEvery = time.Second
@@ -59,13 +73,36 @@ func (p *pooledFailures) run() {
 	defer close(p.done)
 	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
+	var (
+		minute            time.Time
+		written           int
+		more, moreRefused int64
+	)
 	for {
 		select {
 		case <-p.stop:
+			if more > 0 {
+				reportBlocksEnded(p.Failures, nil, more, moreRefused)
+			}
 			return
-		case <-t.C:
-			if ended := p.Sweep(p.period); len(ended) > 0 {
-				reportBlocksEnded(p.Failures, ended)
+		case now := <-t.C:
+			if now.Sub(minute) >= time.Minute {
+				if more > 0 {
+					reportBlocksEnded(p.Failures, nil, more, moreRefused)
+				}
+				minute, written, more, moreRefused = now, 0, 0, 0
+			}
+			ended := p.Sweep(p.period)
+			if n := min(len(ended), maxBlockEndsWritten-written); n < len(ended) {
+				for _, e := range ended[n:] {
+					more++
+					moreRefused += e.Refused
+				}
+				ended = ended[:n]
+			}
+			if len(ended) > 0 {
+				written += len(ended)
+				reportBlocksEnded(p.Failures, ended, 0, 0)
 			}
 		}
 	}
@@ -152,7 +189,59 @@ func (h *Handler) provisionLimits() error {
 		h.failures = val.(*pooledFailures).Failures
 		h.failuresKey = key
 	}
+	return h.provisionWideLimit()
+}
+
+// provisionWideLimit resolves FailedAuthPrefixLimit and its lengths.
+func (h *Handler) provisionWideLimit() error {
+	h.wideBits = [2]int{defaultWideIPv4, defaultWideIPv6}
+	if h.FailedAuthPrefixIPv4 != 0 {
+		if h.FailedAuthPrefixIPv4 < 8 || h.FailedAuthPrefixIPv4 > 32 {
+			return fmt.Errorf("failed_auth_prefix_ipv4: /%d is not between /8 and /32", h.FailedAuthPrefixIPv4)
+		}
+		h.wideBits[0] = h.FailedAuthPrefixIPv4
+	}
+	if h.FailedAuthPrefixIPv6 != 0 {
+		if h.FailedAuthPrefixIPv6 < 16 || h.FailedAuthPrefixIPv6 > 64 {
+			return fmt.Errorf("failed_auth_prefix_ipv6: /%d is not between /16 and /64", h.FailedAuthPrefixIPv6)
+		}
+		h.wideBits[1] = h.FailedAuthPrefixIPv6
+	}
+	switch h.FailedAuthPrefixLimit {
+	case "":
+		// Ten times the address's limit, in its period (200/m by default);
+		// off when that is off.
+		h.wideLimit = ratelimit.Rate{}
+		if !h.failLimit.IsZero() {
+			h.wideLimit = ratelimit.Rate{Limit: h.failLimit.Limit * wideFactor, Period: h.failLimit.Period}
+		}
+	case "off":
+		h.wideLimit = ratelimit.Rate{}
+	default:
+		r, err := ratelimit.ParseRate(h.FailedAuthPrefixLimit)
+		if err != nil {
+			return fmt.Errorf("failed_auth_prefix_limit: %w", err)
+		}
+		h.wideLimit = r
+	}
+	if h.wideLimit.IsZero() {
+		return nil
+	}
+	key := widePoolKey(h.wideLimit.Period)
+	val, _, err := failuresPool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return newPooledFailures(h.wideLimit.Period), nil
+	})
+	if err != nil {
+		return err
+	}
+	h.wide = val.(*pooledFailures).Failures
+	h.wideKey = key
 	return nil
+}
+
+// widePrefix is addr's network for the wide throttle.
+func (h *Handler) widePrefix(addr netip.Addr) netip.Prefix {
+	return ratelimit.WidePrefix(addr, h.wideBits[0], h.wideBits[1])
 }
 
 func quotaMessage(res ratelimit.Result) string {
@@ -170,39 +259,60 @@ func throttleMessage(wait time.Duration) string {
 		strconv.FormatInt(max(headers.Seconds(wait), 1), 10) + " s."
 }
 
+func wideThrottleMessage(wait time.Duration) string {
+	return "Too many failed authentications from this address's network; retry in " +
+		strconv.FormatInt(max(headers.Seconds(wait), 1), 10) + " s."
+}
+
 // reportBlocksEnded logs each ended block once, with the requests it
 // refused, and records it in the audit logs of the routes that share the
-// tracker.
-func reportBlocksEnded(f *ratelimit.Failures, ended []ratelimit.BlockEnd) {
+// tracker; more blocks (and the requests they refused), past the budget,
+// are written as one line and entry.
+func reportBlocksEnded(f *ratelimit.Failures, ended []ratelimit.BlockEnd, more, moreRefused int64) {
 	logger := caddy.Log().Named("http.handlers.apikey")
 	for _, e := range ended {
 		logger.Info("client address no longer throttled",
 			zap.Stringer("client", e.Prefix), zap.Int64("refused", e.Refused))
 	}
+	if more > 0 {
+		logger.Info("more client addresses no longer throttled",
+			zap.Int64("clients", more), zap.Int64("refused", moreRefused))
+	}
 	seen := map[*audit.Writer]bool{}
 	for _, h := range activeHandlers() {
-		if h.failures != f || h.audit == nil || seen[h.audit] {
+		if (h.failures != f && h.wide != f) || h.audit == nil || seen[h.audit] {
 			continue
 		}
 		seen[h.audit] = true
 		for _, e := range ended {
 			h.audit.Log(audit.Entry{"event": "client.unthrottled", "client": e.Prefix.String(), "refused": e.Refused})
 		}
+		if more > 0 {
+			h.audit.Log(audit.Entry{"event": "client.unthrottled", "client": "other", "clients": more, "refused": moreRefused})
+		}
 	}
 }
+
+// maxBlockEndsWritten bounds the ended blocks written one by one a
+// minute; the others are written as one line (and audit entry) at the end
+// of the minute.
+const maxBlockEndsWritten = 100
 
 // throttled records, once, that a client address has just been blocked
 // after failed authentications: one log line, one audit entry, one event.
 // The requests it then sends are only counted in the metrics, and their
 // number is reported when the block ends.
-func (h *Handler) throttled(r *http.Request, addr netip.Addr) {
-	until := time.Now().Add(h.failLimit.Period).UTC().Format(time.RFC3339)
-	client := ratelimit.ClientPrefix(addr).String()
+func (h *Handler) throttled(r *http.Request, addr netip.Addr, prefix netip.Prefix, limit ratelimit.Rate) {
+	if h.anon != nil && !h.anon.admit(decisionRateLimited, "failed_auth", addr, prefix, time.Now()) {
+		return // summarised with the interval's other refusals of unknown clients
+	}
+	until := time.Now().Add(limit.Period).UTC().Format(time.RFC3339)
+	client := prefix.String()
 	h.logger.Warn("client address throttled after failed authentications",
-		zap.String("client", client), zap.String("limit", h.failLimit.String()), zap.String("until", until))
+		zap.String("client", client), zap.String("limit", limit.String()), zap.String("until", until))
 	if h.audit != nil {
 		h.audit.Log(audit.Entry{"event": "client.throttled", "client": client, "service": h.Service,
-			"limit": h.failLimit.String(), "until": until})
+			"limit": limit.String(), "until": until})
 	}
 	if h.events.on() {
 		h.events.emit(eventDenied, map[string]any{"decision": decisionRateLimited, "reason": "failed_auth",

@@ -84,6 +84,24 @@ type Handler struct {
 	// period, even with a valid key. "off" disables it.
 	FailedAuthLimit string `json:"failed_auth_limit,omitempty"`
 
+	// FailedAuthPrefixLimit throttles whole networks that fail
+	// authentication, counted apart from each address: after this many
+	// failures from one network (the /16 of IPv4 addresses, the /48 of IPv6
+	// ones, see FailedAuthPrefixIPv4 and FailedAuthPrefixIPv6), e.g.
+	// "200/m", every address in it gets 429 for the rest of the period. A
+	// client holding many addresses (a free IPv6 /48 is 65,536 /64s) is
+	// stopped here. Default: ten times FailedAuthLimit in its period (200/m
+	// by default; off when FailedAuthLimit is off). "off" disables it.
+	FailedAuthPrefixLimit string `json:"failed_auth_prefix_limit,omitempty"`
+
+	// FailedAuthPrefixIPv4 is the length of the IPv4 networks counted by
+	// FailedAuthPrefixLimit, 8 to 32. Default: 16.
+	FailedAuthPrefixIPv4 int `json:"failed_auth_prefix_ipv4,omitempty"`
+
+	// FailedAuthPrefixIPv6 is the length of the IPv6 networks counted by
+	// FailedAuthPrefixLimit, 16 to 64. Default: 48.
+	FailedAuthPrefixIPv6 int `json:"failed_auth_prefix_ipv6,omitempty"`
+
 	// Counters is the counter store, named by its "store" field. Default:
 	// {"store": "memory"}.
 	CountersRaw json.RawMessage `json:"counters,omitempty" caddy:"namespace=http.apikey.counters inline_key=store"`
@@ -103,6 +121,19 @@ type Handler struct {
 	// AuditLog is a file that gets a JSON line, chained by SHA-256, for
 	// every refusal and every management change made through the admin API.
 	AuditLog string `json:"audit_log,omitempty"`
+
+	// AuditRollSize rolls the audit log once it reaches this many bytes:
+	// it is moved aside to <path>.<UTC time>, and the new log's first line
+	// (audit.continued) chains to its last. Default: 100 MiB.
+	AuditRollSize int64 `json:"audit_roll_size,omitempty"`
+
+	// AuditRollKeep is how many rolled files are kept; older ones are
+	// deleted. Default: 10.
+	AuditRollKeep int `json:"audit_roll_keep,omitempty"`
+
+	// AuditRollDisabled never rolls the audit log (it then grows until
+	// moved aside with caddy apikey audit rotate).
+	AuditRollDisabled bool `json:"audit_roll_disabled,omitempty"`
 
 	// Metrics adjusts the Prometheus metrics.
 	Metrics *MetricsOptions `json:"metrics,omitempty"`
@@ -162,12 +193,19 @@ type Handler struct {
 	preflight    bool // pass preflights on
 	logger       *zap.Logger
 
-	limits       limits
-	tokens       *tokenLimits // nil on routes without tokens
-	counters     ratelimit.Store
-	failLimit    ratelimit.Rate
-	failures     *ratelimit.Failures
-	failuresKey  string // its place in failuresPool, while held
+	limits      limits
+	tokens      *tokenLimits // nil on routes without tokens
+	counters    ratelimit.Store
+	failLimit   ratelimit.Rate
+	failures    *ratelimit.Failures
+	failuresKey string // its place in failuresPool, while held
+	// wideLimit and wide: the failed-authentication throttle of networks
+	// of wideBits bits (IPv4, IPv6).
+	wideLimit    ratelimit.Rate
+	wide         *ratelimit.Failures
+	wideKey      string // its place in failuresPool, while held
+	wideBits     [2]int
+	anon         *anonRefusals
 	refusals     *refusalLog
 	refusalsHeld bool
 
@@ -326,10 +364,20 @@ func (h *Handler) Cleanup() error {
 	}
 	var errs []error
 	errs = append(errs, h.credential.Release())
+	if h.anon != nil {
+		// The interval's summary is written while the audit log is held.
+		h.anon.flush()
+		h.anon = nil
+	}
 	if h.refusalsHeld {
 		h.refusalsHeld = false
 		_, err := refusalsPool.Delete(refusalsPoolKey)
 		errs = append(errs, err)
+	}
+	if h.wideKey != "" {
+		_, err := failuresPool.Delete(h.wideKey)
+		errs = append(errs, err)
+		h.wideKey = ""
 	}
 	if h.failuresKey != "" {
 		_, err := failuresPool.Delete(h.failuresKey)
@@ -403,6 +451,18 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 			return fmt.Errorf("audit_log: %w", err)
 		}
 		h.auditKey = h.audit.Path()
+		roll := audit.Roll{Size: defaultAuditRollSize, Keep: defaultAuditRollKeep}
+		if h.AuditRollSize > 0 {
+			roll.Size = h.AuditRollSize
+		}
+		if h.AuditRollKeep > 0 {
+			roll.Keep = h.AuditRollKeep
+		}
+		if h.AuditRollDisabled {
+			roll = audit.Roll{}
+		}
+		// Routes that share the log share its writer: the last loaded sets it.
+		h.audit.SetRoll(roll)
 		// Whoever changes the key file (the commands, an editor, a
 		// deployment), the change is recorded: once per file and log.
 		if src, ok := h.source.(*keyfile.FileSource); ok {
@@ -414,6 +474,7 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 			})
 		}
 	}
+	h.anon = h.refusals.anonFor(h.auditKey, h.audit, h.logger)
 	h.events = newEmitter(ctx)
 	register(h)
 	return nil
@@ -422,12 +483,16 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 // ServeHTTP admits or refuses the request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	now := time.Now()
-	if h.failures != nil && h.failures.Active() {
-		if wait, blocked := h.failures.Blocked(clientIP(r), h.failLimit); blocked {
+	if (h.failures != nil && h.failures.Active()) || (h.wide != nil && h.wide.Active()) {
+		if wait, blocked, wide := h.blocked(clientIP(r)); blocked {
 			// Logged, audited and sent as an event once, when the
 			// address was blocked; here only counted.
 			h.counted(r, decisionIndexes[decisionRateLimited], nil, 0, now)
-			writeTooMany(w, h.format, decisionRateLimited, "failed_auth", throttleMessage(wait), wait, false)
+			msg := throttleMessage(wait)
+			if wide {
+				msg = wideThrottleMessage(wait)
+			}
+			writeTooMany(w, h.format, decisionRateLimited, "failed_auth", msg, wait, false)
 			return nil
 		}
 	}
@@ -585,20 +650,41 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, now time.Time, d 
 	return nil
 }
 
-// failed counts a failed authentication against the client address, and
-// records the block it may start.
+// failed counts a failed authentication against the client address and
+// its network, and records the block it may start.
 func (h *Handler) failed(r *http.Request) {
-	if h.failures == nil {
+	if h.failures == nil && h.wide == nil {
 		return
 	}
 	addr := clientIP(r)
-	if h.failures.Fail(addr, h.failLimit) {
-		h.throttled(r, addr)
+	if h.failures != nil && h.failures.Fail(addr, h.failLimit) {
+		h.throttled(r, addr, ratelimit.ClientPrefix(addr), h.failLimit)
+	}
+	if h.wide != nil {
+		if p := h.widePrefix(addr); h.wide.FailPrefix(p, h.wideLimit) {
+			h.throttled(r, addr, p, h.wideLimit)
+		}
 	}
 }
 
+// blocked reports whether addr, or its network, is throttled after failed
+// authentications, and for how long; wide is true for its network.
+func (h *Handler) blocked(addr netip.Addr) (wait time.Duration, blocked, wide bool) {
+	if h.failures != nil {
+		if wait, blocked = h.failures.Blocked(addr, h.failLimit); blocked {
+			return wait, true, false
+		}
+	}
+	if h.wide != nil && h.wide.Active() {
+		if wait, blocked = h.wide.BlockedPrefix(h.widePrefix(addr), h.wideLimit); blocked {
+			return wait, true, true
+		}
+	}
+	return 0, false, false
+}
+
 func (h *Handler) isBlocked(r *http.Request) bool {
-	_, blocked := h.failures.Blocked(clientIP(r), h.failLimit)
+	_, blocked, _ := h.blocked(clientIP(r))
 	return blocked
 }
 
@@ -607,7 +693,7 @@ func (h *Handler) isBlocked(r *http.Request) bool {
 // address like a failed authentication, so that a flood of made-up keys
 // ends in a block rather than in calls to the source.
 func (h *Handler) busy(w http.ResponseWriter, r *http.Request, now time.Time, t keystore.Type) error {
-	if h.failures != nil && h.isBlocked(r) {
+	if h.isBlocked(r) {
 		// Blocked by the wave it belongs to: counted, not logged again.
 		h.counted(r, decisionIndexes[decisionRateLimited], nil, t, now)
 	} else {
@@ -645,10 +731,16 @@ func (h *Handler) refused(r *http.Request, start time.Time, decision, reason str
 	h.counted(r, decisionIndexes[decision], k, t, start)
 	var repeated int64
 	if k != nil {
-		// A known key's refusals are written once a minute per kind
-		// (refusals.go); an unknown client's are bounded by the throttle.
+		// A known key's refusals are written 10 times a minute per kind
+		// at most (refusals.go).
 		var write bool
 		if write, repeated = h.refusals.admit(refusalKey{k.ID, decision, reason}, start); !write {
+			return
+		}
+	} else if h.anon != nil {
+		// Unknown clients' refusals: the first ones one by one, the rest
+		// summarised once an interval (refusals_summary.go).
+		if addr := clientIP(r); !h.anon.admit(decision, reason, addr, h.widePrefix(addr), start) {
 			return
 		}
 	}

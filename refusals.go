@@ -37,6 +37,8 @@ type refusalWindow struct {
 }
 
 type refusalLog struct {
+	anonMu sync.Mutex
+	anon   map[string]*anonRefusals // by audit log path, "" for none
 	seed   maphash.Seed
 	shards [refusalShards]struct {
 		mu sync.Mutex

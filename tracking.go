@@ -283,6 +283,12 @@ func (t *usageTracker) Destruct() error {
 	return nil
 }
 
+// Defaults of the audit log's roll by size.
+const (
+	defaultAuditRollSize = 100 << 20
+	defaultAuditRollKeep = 10
+)
+
 // auditPool shares one writer per audit log among every route, across reloads.
 var auditPool = caddy.NewUsagePool()
 
@@ -299,7 +305,9 @@ func openAudit(path string) (*audit.Writer, error) {
 		return nil, err
 	}
 	val, _, err := auditPool.LoadOrNew(abs, func() (caddy.Destructor, error) {
-		return pooledAudit{audit.NewWriter(abs, func() *zap.Logger { return caddy.Log().Named("http.handlers.apikey.audit") })}, nil
+		w := audit.NewWriter(abs, func() *zap.Logger { return caddy.Log().Named("http.handlers.apikey.audit") })
+		w.SetRoll(audit.Roll{Size: defaultAuditRollSize, Keep: defaultAuditRollKeep})
+		return pooledAudit{w}, nil
 	})
 	if err != nil {
 		return nil, err

@@ -27,7 +27,7 @@ func (h *Handler) warnAboutServer(ctx caddy.Context) {
 		return !dup
 	}
 	h.warnAboutLogs(ctx, srv, once)
-	if h.failures != nil && trustsProxiesLoosely(srv) && once(srv, "trusted_proxies") {
+	if (h.failures != nil || h.wide != nil) && trustsProxiesLoosely(srv) && once(srv, "trusted_proxies") {
 		h.logger.Warn("trusted_proxies is set without trusted_proxies_strict: a client behind a proxy that appends " +
 			"to X-Forwarded-For can choose the address that allowed_ips and the failed-authentication throttle see " +
 			"(and get another address locked out); set trusted_proxies_strict")

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
-	"github.com/moodmnky/caddy-apikey/internal/flock"
 )
 
 // Genesis is the "prev" of the first line.
@@ -56,23 +55,22 @@ var ErrHeadNotWritten = errors.New("the entries were written, but the head file 
 // (see Head). A write that fails is undone, as far as the system allows, so
 // that the same entries can be tried again.
 func Append(path string, entries ...Entry) error {
-	path = flock.Resolve(path)
-	unlock, err := flock.Lock(path)
-	if err != nil {
-		return fmt.Errorf("locking audit log %s: %w", path, err)
-	}
-	defer unlock()
+	return AppendRolling(path, Roll{}, entries...)
+}
 
+// appendLocked is Append with the lock held (path resolved); it returns
+// the new head.
+func appendLocked(path string, entries []Entry) (Head, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR|os.O_APPEND, 0o600)
 	if err == nil {
 		atomicfile.MatchOwner(f, path) // a new log belongs to its folder's owner
 	} else if f, err = os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0); err != nil {
-		return err
+		return Head{}, err
 	}
 	defer f.Close()
 	end, err := inspect(f, path)
 	if err != nil {
-		return fmt.Errorf("audit log %s: %w", path, err)
+		return Head{}, fmt.Errorf("audit log %s: %w", path, err)
 	}
 
 	var buf bytes.Buffer
@@ -96,7 +94,7 @@ func Append(path string, entries ...Entry) error {
 		e["prev"] = prev
 		line, err := json.Marshal(e) // map keys come out sorted: lines are stable
 		if err != nil {
-			return err
+			return Head{}, err
 		}
 		buf.Write(line)
 		buf.WriteByte('\n')
@@ -105,16 +103,17 @@ func Append(path string, entries ...Entry) error {
 	}
 	if _, err := f.Write(buf.Bytes()); err != nil {
 		_ = f.Truncate(end.size) // leave no half of it behind
-		return err
+		return Head{}, err
 	}
 	if err := f.Sync(); err != nil {
 		_ = f.Truncate(end.size)
-		return err
+		return Head{}, err
 	}
-	if err := writeHead(path, Head{Lines: lines, SHA256: prev, Size: end.size + int64(buf.Len())}); err != nil {
-		return fmt.Errorf("audit log %s: %w: %v", path, ErrHeadNotWritten, err)
+	head := Head{Lines: lines, SHA256: prev, Size: end.size + int64(buf.Len())}
+	if err := writeHead(path, head); err != nil {
+		return head, fmt.Errorf("audit log %s: %w: %v", path, ErrHeadNotWritten, err)
 	}
-	return nil
+	return head, nil
 }
 
 func lineHash(line []byte) string {

@@ -21,6 +21,12 @@ type Result struct {
 	// audit.recovered entry. TornLines counts them all.
 	Torn      []int64
 	TornLines int64
+	// Continues is the head of the file this one continues, as its first
+	// line (an audit.continued entry, written by a roll) names it; nil
+	// when the log starts its own chain.
+	Continues *Head
+
+	looseFound []bool
 }
 
 // Verify reads a whole log and checks the chain. It returns the number of
@@ -45,13 +51,34 @@ func Verify(r io.Reader) (lines int, head string, err error) {
 // Each of heads must be in the log: at its line, or anywhere for a head of
 // AnyLine. A head that is not there means lines were cut from the end or
 // the log was rewritten.
+//
+// A log a roll started begins with an audit.continued entry that chains to
+// the last line of the file before (see Roll): Check accepts it when its
+// "prev" is the previous_sha256 it names, and reports that head in
+// Result.Continues; CheckFiles checks it against that file.
 func Check(r io.Reader, heads ...Head) (Result, error) {
-	var res Result
+	return check(r, nil, heads, nil)
+}
+
+// check is Check. When after is not nil, the log must continue the file
+// whose head it is. Each of loose is looked for too, without failing:
+// found[i] says which were at their line (or anywhere, for AnyLine).
+func check(r io.Reader, after *Head, heads []Head, loose []Head) (res Result, err error) {
+	looseFound := make([]bool, len(loose))
+	reachedLoose := func(n int64, sum string) {
+		for i, h := range loose {
+			if (h.Lines == n || h.Lines == AnyLine) && h.SHA256 == sum {
+				looseFound[i] = true
+			}
+		}
+	}
+	defer func() { res.looseFound = looseFound }()
 	br := bufio.NewReaderSize(r, 64<<10)
 	prev := Genesis
 	var n, size int64
 	found := make([]bool, len(heads))
 	reached := func(sum string) error {
+		reachedLoose(n, sum)
 		for i, h := range heads {
 			switch {
 			case h.Lines == n && h.SHA256 != sum:
@@ -93,17 +120,32 @@ func Check(r io.Reader, heads ...Head) (Result, error) {
 		n++
 		size += int64(len(cur.data) + 1)
 		var e struct {
-			Prev       *string `json:"prev"`
-			Event      string  `json:"event"`
-			HeadLines  int64   `json:"head_lines"`
-			HeadSHA256 string  `json:"head_sha256"`
-			LinesFound int64   `json:"lines_found"`
+			Prev           *string `json:"prev"`
+			Event          string  `json:"event"`
+			HeadLines      int64   `json:"head_lines"`
+			HeadSHA256     string  `json:"head_sha256"`
+			LinesFound     int64   `json:"lines_found"`
+			PreviousLines  int64   `json:"previous_lines"`
+			PreviousSHA256 string  `json:"previous_sha256"`
 		}
 		if err := json.Unmarshal(cur.data, &e); err != nil {
 			return res, fmt.Errorf("line %d: not valid JSON: %v", n, err)
 		}
 		if e.Prev == nil {
 			return res, fmt.Errorf("line %d: no \"prev\" field", n)
+		}
+		if n == 1 && e.Event == EventContinued {
+			// A roll started this log: it chains to the file before.
+			if *e.Prev != e.PreviousSHA256 {
+				return res, fmt.Errorf("line 1: an audit.continued entry whose prev is not the previous_sha256 it names")
+			}
+			if after != nil && (e.PreviousSHA256 != after.SHA256 || e.PreviousLines != after.Lines) {
+				return res, fmt.Errorf("line 1: continues a file whose head was %d:%s, but the file before ends at %s: that file was changed, cut or replaced", e.PreviousLines, e.PreviousSHA256, after)
+			}
+			res.Continues = &Head{Lines: e.PreviousLines, SHA256: e.PreviousSHA256}
+			prev = *e.Prev
+		} else if n == 1 && after != nil {
+			return res, fmt.Errorf("line 1: does not continue the file before it (no audit.continued entry): a file was put in its place")
 		}
 		if *e.Prev != prev {
 			if n == 1 {

@@ -37,6 +37,7 @@ type Writer struct {
 	path    string
 	queue   chan Entry
 	dropped atomic.Int64
+	roll    atomic.Pointer[Roll]
 	logger  func() *zap.Logger
 	stop    chan struct{}
 	done    chan struct{}
@@ -58,6 +59,17 @@ func NewWriter(path string, logger func() *zap.Logger) *Writer {
 	return w
 }
 
+// SetRoll sets how the writer rolls the log by size (see Roll); the zero
+// Roll never rolls.
+func (w *Writer) SetRoll(r Roll) { w.roll.Store(&r) }
+
+func (w *Writer) rolling() Roll {
+	if r := w.roll.Load(); r != nil {
+		return *r
+	}
+	return Roll{}
+}
+
 // Path is the log's path.
 func (w *Writer) Path() string { return w.path }
 
@@ -73,7 +85,7 @@ func (w *Writer) Log(e Entry) {
 // LogNow writes an entry before returning, for management changes whose
 // caller should know it was recorded. A failure is counted, and returned.
 func (w *Writer) LogNow(e Entry) error {
-	err := Append(w.path, e)
+	err := AppendRolling(w.path, w.rolling(), e)
 	w.report(err, 1)
 	return err
 }
@@ -139,7 +151,7 @@ func (w *Writer) batch(first Entry) []Entry {
 // write appends a batch in one locked append, and returns it when it has
 // to be tried again.
 func (w *Writer) write(batch []Entry) []Entry {
-	err := Append(w.path, batch...)
+	err := AppendRolling(w.path, w.rolling(), batch...)
 	w.report(err, len(batch))
 	if err != nil && !errors.Is(err, ErrHeadNotWritten) {
 		return batch

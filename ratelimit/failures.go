@@ -83,7 +83,27 @@ func (f *Failures) Blocked(addr netip.Addr, limit Rate) (time.Duration, bool) {
 	if f.tracked.Load() == 0 || !addr.IsValid() {
 		return 0, false
 	}
-	key := failureKey(addr)
+	return f.BlockedPrefix(failureKey(addr), limit)
+}
+
+// WidePrefix is addr's network of bits4 bits (IPv4) or bits6 bits (IPv6),
+// for counting failures of a whole network (see BlockedPrefix and
+// FailPrefix). An invalid addr gives an invalid prefix.
+func WidePrefix(addr netip.Addr, bits4, bits6 int) netip.Prefix {
+	addr = addr.Unmap()
+	bits := bits4
+	if addr.Is6() {
+		bits = bits6
+	}
+	p, _ := addr.Prefix(bits)
+	return p
+}
+
+// BlockedPrefix is Blocked for a prefix given whole (see WidePrefix).
+func (f *Failures) BlockedPrefix(key netip.Prefix, limit Rate) (time.Duration, bool) {
+	if f.tracked.Load() == 0 || !key.IsValid() {
+		return 0, false
+	}
 	now := f.now().UnixNano()
 	sh := f.shard(key)
 	sh.mu.Lock()
@@ -107,7 +127,14 @@ func (f *Failures) Fail(addr netip.Addr, limit Rate) (blocksNow bool) {
 	if !addr.IsValid() {
 		return false
 	}
-	key := failureKey(addr)
+	return f.FailPrefix(failureKey(addr), limit)
+}
+
+// FailPrefix is Fail for a prefix given whole (see WidePrefix).
+func (f *Failures) FailPrefix(key netip.Prefix, limit Rate) (blocksNow bool) {
+	if !key.IsValid() {
+		return false
+	}
 	now := f.now().UnixNano()
 	sh := f.shard(key)
 	sh.mu.Lock()
