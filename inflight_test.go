@@ -289,3 +289,24 @@ http://127.0.0.1:%d {
 	}
 	waitUntil(t, "every byte given back at the end", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
 }
+
+// TestMaxInflightBodyBelowRequestBodyRefused: a per-key cap below
+// max_request_body, which no body of that size could pass, fails the load.
+func TestMaxInflightBodyBelowRequestBodyRefused(t *testing.T) {
+	err := loadCaddy(fmt.Sprintf(`{
+	admin off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+		tokens openai
+		max_request_body 2097152
+		max_inflight_body 1MiB
+	}
+	respond ok
+}`, freePort(t), writeKeyFile(t, tokenKey(t, "k_inflight_cfg", nil).record)))
+	t.Cleanup(func() { stopCaddy() })
+	if err == nil || !strings.Contains(err.Error(), "below max_request_body") {
+		t.Fatalf("loading a per-key cap below max_request_body: %v", err)
+	}
+}
