@@ -278,6 +278,6 @@ func (h *Handler) provisionInflight(tl *tokenLimits) error {
 	if err != nil {
 		return err
 	}
-	h.held = val.(*heldBodies)
+	h.held, h.heldRef = val.(*heldBodies), true
 	return nil
 }

@@ -310,3 +310,72 @@ http://127.0.0.1:%d {
 		t.Fatalf("loading a per-key cap below max_request_body: %v", err)
 	}
 }
+
+// TestInflightBodiesCountedAcrossReload: bodies held by requests admitted
+// under one config still count after a reload: with 4 bodies of 1,000,000
+// bytes held and a total of 4MiB, a body from another key gets 503 under the
+// new config, and passes once the old requests ended.
+func TestInflightBodiesCountedAcrossReload(t *testing.T) {
+	const size = 1_000_000
+	up := newSlowLLM(t)
+	a, b := tokenKey(t, "k_reload_a", nil), tokenKey(t, "k_reload_b", nil)
+	port := freePort(t)
+	config := func(comment string) string {
+		return fmt.Sprintf(`{
+	admin off
+}
+http://127.0.0.1:%d {
+	# %s
+	apikey {
+		keys file %s
+		service openai
+		tokens openai
+		failed_auth_limit off
+		max_inflight_body 4MiB 4MiB
+	}
+	reverse_proxy %s
+}`, port, comment, writeKeyFile(t, a.record, b.record), strings.TrimPrefix(up.URL, "http://"))
+	}
+	startCaddy(t, config("first"))
+	url := fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", port)
+	body := llmBody(size)
+	do := func(k testKey) (int, string) {
+		req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+k.secret)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := (&http.Client{Timeout: 20 * time.Second}).Do(req)
+		if err != nil {
+			return -1, err.Error()
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(data)
+	}
+	var wg sync.WaitGroup
+	statuses := make([]int, 4)
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses[i], _ = do(a)
+		}()
+	}
+	waitUntil(t, "4 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 4 })
+	if err := loadCaddy(config("second")); err != nil {
+		t.Fatal(err)
+	}
+	if status, body := do(b); status != http.StatusServiceUnavailable || !strings.Contains(body, `"inflight_body"`) {
+		t.Errorf("a body after the reload, with the old config's requests holding the total: %d %.200s", status, body)
+	}
+	close(up.release)
+	wg.Wait()
+	for _, s := range statuses {
+		if s != 200 {
+			t.Errorf("a request admitted before the reload: %d", s)
+		}
+	}
+	waitUntil(t, "every byte given back", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
+	if status, body := do(b); status != 200 {
+		t.Errorf("a body once the old requests ended: %d %.200s", status, body)
+	}
+}

@@ -170,7 +170,8 @@ type Handler struct {
 
 	limits       limits
 	tokens       *tokenLimits // nil on routes without tokens
-	held         *heldBodies  // the bodies routes with tokens hold, while held
+	held         *heldBodies  // the bodies routes with tokens hold
+	heldRef      bool         // held's place in heldPool is taken
 	counters     ratelimit.Store
 	failLimit    ratelimit.Rate
 	failures     *ratelimit.Failures
@@ -346,8 +347,9 @@ func (h *Handler) Cleanup() error {
 		h.failuresKey = ""
 		errs = append(errs, err)
 	}
-	if h.held != nil {
-		h.held = nil
+	if h.heldRef {
+		// h.held stays: a request still in flight gives its bytes back.
+		h.heldRef = false
 		_, err := heldPool.Delete(heldPoolKey)
 		errs = append(errs, err)
 	}
