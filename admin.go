@@ -375,6 +375,9 @@ func (adminAPI) usage(w http.ResponseWriter, r *http.Request) error {
 			return apiError(http.StatusBadRequest, "%s: %s is out of range", name, t.UTC().Format(time.RFC3339))
 		}
 	}
+	// Only the hours a usage store still keeps are read: a range wider
+	// than the retention would cost a Redis read an hour for nothing.
+	query, clamped := query.Clamp(time.Now(), usageRetention())
 	switch by := q.Get("by"); by {
 	case "", "hour":
 	case "day":
@@ -416,6 +419,9 @@ func (adminAPI) usage(w http.ResponseWriter, r *http.Request) error {
 		by = "day"
 	}
 	answer := map[string]any{"from": query.From.UTC(), "to": query.To.UTC(), "by": by, "rows": page}
+	if clamped {
+		answer["clamped"] = true
+	}
 	if next != "" {
 		answer["next_cursor"] = next
 	}
@@ -449,6 +455,21 @@ func usageRows(ctx context.Context, query usage.Query) ([]usage.Row, error) {
 		rows = append(rows, sums...)
 	}
 	return usage.MergeRows(rows), nil
+}
+
+// usageRetention is the longest usage_retention of the usage files in use
+// (the default when none is): no store holds hours older than that.
+func usageRetention() time.Duration {
+	var longest time.Duration
+	for _, h := range activeHandlers() {
+		if h.usage != nil {
+			longest = max(longest, h.usage.retention)
+		}
+	}
+	if longest == 0 {
+		longest = usage.DefaultRetention
+	}
+	return longest
 }
 
 // Usage pages: rows per answer by default, and at most.

@@ -62,14 +62,18 @@ type tokenLimits struct {
 	maxTokens int64
 	maxBody   int64
 	store     ratelimit.TokenStore
+	// inflightPerKey and inflightTotal cap the bodies held (inflight.go).
+	inflightPerKey, inflightTotal int64
+	// allBodies refuses a body over inflightTotal.
+	allBodies *denial
 }
 
 // provisionTokens resolves Tokens, TokenQuota, TokenRate, DefaultMaxTokens
 // and MaxRequestBody.
 func (h *Handler) provisionTokens() error {
 	if h.Tokens == "" {
-		if len(h.TokenQuota) > 0 || len(h.TokenRate) > 0 || h.DefaultMaxTokens != 0 || h.MaxRequestBody != 0 {
-			return errors.New("token_quota, token_rate, default_max_tokens and max_request_body need tokens openai|ollama on the route")
+		if len(h.TokenQuota) > 0 || len(h.TokenRate) > 0 || h.DefaultMaxTokens != 0 || h.MaxRequestBody != 0 || h.MaxInflightBody != nil {
+			return errors.New("token_quota, token_rate, default_max_tokens, max_request_body and max_inflight_body need tokens openai|ollama on the route")
 		}
 		return nil
 	}
@@ -107,6 +111,9 @@ func (h *Handler) provisionTokens() error {
 	if h.MaxRequestBody > 0 {
 		tl.maxBody = h.MaxRequestBody
 	}
+	if err := h.provisionInflight(tl); err != nil {
+		return err
+	}
 	h.tokens = tl
 	return nil
 }
@@ -136,6 +143,8 @@ type llmCall struct {
 	reserve int64
 	res     ratelimit.TokenResult
 	bodyLen int
+	// hold is the body's bytes, counted until the request ends.
+	hold bodyHold
 	// tw is the answer, once the request was handed on.
 	tw *tokenWriter
 	// settled: settle ran (it runs once).
@@ -145,24 +154,42 @@ type llmCall struct {
 // readLLMRequest reads the body of a request on a route with tokens, checks
 // its model, and reserves its estimate. It answers the request itself (and
 // returns nil) when the request is refused.
-func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now time.Time, k *keystore.Key, t keystore.Type, p ratelimit.Policy) *llmCall {
+func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now time.Time, k *keystore.Key, t keystore.Type, p ratelimit.Policy) (admitted *llmCall) {
 	tl := h.tokens
-	call := &llmCall{}
+	call := &llmCall{hold: bodyHold{bodies: h.held, keyID: k.ID, perKey: tl.inflightPerKey, total: tl.inflightTotal}}
+	// A refused request lets go of its body at once; an admitted one when
+	// it ends (ServeHTTP).
+	defer func() {
+		if admitted == nil {
+			call.hold.release()
+		}
+	}()
 	if r.Body != nil && r.Body != http.NoBody {
 		// A body that trickles in must not hold the gateway: its read has
 		// a deadline of its own (the server's read timeouts may be off).
 		rc := http.NewResponseController(w)
 		_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
-		body, err := io.ReadAll(io.LimitReader(r.Body, tl.maxBody+1))
+		body, err := readHeldBody(r.Body, r.ContentLength, tl.maxBody, &call.hold)
 		_ = rc.SetReadDeadline(time.Time{})
 		r.Body.Close()
-		if err != nil {
-			h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody, "The request body could not be read.")
-			return nil
-		}
-		if int64(len(body)) > tl.maxBody {
+		switch {
+		case err == nil:
+		case errors.Is(err, errBodyTooLarge):
 			h.refuseRequest(w, r, now, k, t, http.StatusRequestEntityTooLarge, reasonBodyTooLarge,
 				fmt.Sprintf("The request body is over %d bytes, the most this route reads.", tl.maxBody))
+			return nil
+		case errors.Is(err, errKeyBodies):
+			h.refused(r, now, decisionRateLimited, reasonInflightBody, k, t, nil)
+			writeTooMany(w, h.format, decisionRateLimited, reasonInflightBody, fmt.Sprintf(
+				"This key's requests in flight hold as many request bodies as the gateway holds for one key (%d bytes); retry when some have finished.",
+				tl.inflightPerKey), time.Second, false)
+			return nil
+		case errors.Is(err, errAllBodies):
+			h.refused(r, now, decisionUnavailable, reasonInflightBody, k, t, nil)
+			tl.allBodies.write(w)
+			return nil
+		default:
+			h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody, "The request body could not be read.")
 			return nil
 		}
 		call.bodyLen = len(bytes.TrimSpace(body))

@@ -5,13 +5,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dustin/go-humanize"
-
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
 
 	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
@@ -75,6 +74,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    token_rate dev|prod <n>/m
 //	    default_max_tokens <n>
 //	    max_request_body <bytes>
+//	    max_inflight_body <per_key> [<total>]
 //	    failed_auth_limit <n>/s|m|h | off
 //	    failed_auth_prefix_limit <n>/s|m|h | off [/<ipv4 bits> /<ipv6 bits>]
 //	    counters memory {
@@ -284,6 +284,25 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.MaxRequestBody = n
 			}
+
+		case "max_inflight_body":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return d.Errf("want max_inflight_body <per_key> [<total>], sizes such as 64MiB")
+			}
+			c := &InflightBody{}
+			for i, arg := range args {
+				n, err := humanize.ParseBytes(arg)
+				if err != nil || n == 0 || n > 1<<62 {
+					return d.Errf("max_inflight_body: %q is not a size such as 64MiB", arg)
+				}
+				if i == 0 {
+					c.PerKey = int64(n)
+				} else {
+					c.Total = int64(n)
+				}
+			}
+			h.MaxInflightBody = c
 
 		case "rate":
 			var typ, value string

@@ -174,6 +174,12 @@ type Handler struct {
 	// tokens reads; a larger one gets 413. Default 1 MiB.
 	MaxRequestBody int64 `json:"max_request_body,omitempty"`
 
+	// MaxInflightBody caps the bytes of request bodies a route with tokens
+	// holds in memory while their requests are in flight, per key (429
+	// beyond it) and in all (503 beyond it). Defaults: 64 MiB per key,
+	// 512 MiB in all, counted across every route with tokens.
+	MaxInflightBody *InflightBody `json:"max_inflight_body,omitempty"`
+
 	// Preflight says what happens to a CORS preflight (OPTIONS with Origin
 	// and Access-Control-Request-Method), which browsers send without
 	// credentials: "pass" (the default) hands it on to the next handler
@@ -195,6 +201,8 @@ type Handler struct {
 
 	limits      limits
 	tokens      *tokenLimits // nil on routes without tokens
+	held        *heldBodies  // the bodies routes with tokens hold
+	heldRef     bool         // held's place in heldPool is taken
 	counters    ratelimit.Store
 	failLimit   ratelimit.Rate
 	failures    *ratelimit.Failures
@@ -325,6 +333,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	h.serviceValue = h.Service
 	h.denials = newDenials(h.format, h.Service, allowed, locs)
+	if h.tokens != nil {
+		h.tokens.allBodies = allBodiesDenial(h.format)
+	}
 	h.warnAboutServer(ctx)
 	return nil
 }
@@ -382,6 +393,12 @@ func (h *Handler) Cleanup() error {
 	if h.failuresKey != "" {
 		_, err := failuresPool.Delete(h.failuresKey)
 		h.failuresKey = ""
+		errs = append(errs, err)
+	}
+	if h.heldRef {
+		// h.held stays: a request still in flight gives its bytes back.
+		h.heldRef = false
+		_, err := heldPool.Delete(heldPoolKey)
 		errs = append(errs, err)
 	}
 	if h.usageKey != "" {
@@ -580,6 +597,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if call = h.readLLMRequest(w, r, now, k, presented, policy); call == nil {
 			return nil
 		}
+		// The body is held until the request ends, however it ends.
+		defer call.hold.release()
 		// From here the reservation is settled exactly once, however the
 		// request ends: refused below (released), answered, or cut.
 		defer h.settle(r, k, call, now)

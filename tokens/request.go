@@ -147,8 +147,122 @@ func appendNew(list []string, s string) []string {
 }
 
 // object reads a JSON object's fields as they are written, refusing a
-// watched field given twice or in another case.
+// watched field given twice or in another case. The values are parts of
+// data, not copies: a body's large fields (messages, prompts) are read in
+// place, never copied.
 func object(data []byte, watch []string) (map[string]json.RawMessage, error) {
+	if !json.Valid(data) {
+		return objectDecoded(data, watch) // says where and why
+	}
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return nil, ErrNotJSON
+	}
+	fields := map[string]json.RawMessage{}
+	// data is valid JSON: every index below is within it.
+	for i = skipSpace(data, i+1); data[i] != '}'; {
+		end := stringEnd(data, i)
+		name := keyName(data[i : end+1])
+		i = skipSpace(data, skipSpace(data, end+1)+1) // past the colon
+		vend := valueEnd(data, i)
+		if err := checkWatched(fields, name, watch); err != nil {
+			return nil, err
+		}
+		fields[name] = data[i:vend:vend]
+		if i = skipSpace(data, vend); data[i] == ',' {
+			i = skipSpace(data, i+1)
+		}
+	}
+	return fields, nil
+}
+
+// checkWatched refuses name, a field about to be read, when it is a watched
+// field already read, or one written in another case.
+func checkWatched(fields map[string]json.RawMessage, name string, watch []string) error {
+	for _, w := range watch {
+		switch {
+		case name == w:
+			if _, dup := fields[name]; dup {
+				return fmt.Errorf("%w: %q is given twice", ErrAmbiguous, w)
+			}
+		case strings.EqualFold(name, w):
+			return fmt.Errorf("%w: %q is written %q", ErrAmbiguous, w, clip(name))
+		}
+	}
+	return nil
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the index of the quote that closes the string opened
+// at b[i], in valid JSON.
+func stringEnd(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i
+		}
+	}
+	return len(b) - 1
+}
+
+// valueEnd returns the index after the value at b[i], in valid JSON.
+func valueEnd(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i) + 1
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '"':
+				i = stringEnd(b, i)
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return len(b)
+	}
+	for ; i < len(b); i++ {
+		switch b[i] {
+		case ',', '}', ']', ' ', '\t', '\n', '\r':
+			return i
+		}
+	}
+	return i
+}
+
+// keyName decodes a member name, quotes included, as encoding/json does.
+func keyName(quoted []byte) string {
+	plain := true
+	for _, c := range quoted {
+		if c == '\\' || c >= 0x80 {
+			plain = false
+			break
+		}
+	}
+	if plain {
+		return string(quoted[1 : len(quoted)-1])
+	}
+	var name string
+	_ = json.Unmarshal(quoted, &name) // valid: it was checked
+	return name
+}
+
+// objectDecoded is object through encoding/json's decoder, which copies data
+// but says where it is not JSON: for the error of a body that is not.
+func objectDecoded(data []byte, watch []string) (map[string]json.RawMessage, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
 		return nil, ErrNotJSON
@@ -164,15 +278,8 @@ func object(data []byte, watch []string) (map[string]json.RawMessage, error) {
 		if err := dec.Decode(&raw); err != nil {
 			return nil, fmt.Errorf("%w: %s", ErrNotJSON, describe(err))
 		}
-		for _, w := range watch {
-			switch {
-			case name == w:
-				if _, dup := fields[name]; dup {
-					return nil, fmt.Errorf("%w: %q is given twice", ErrAmbiguous, w)
-				}
-			case strings.EqualFold(name, w):
-				return nil, fmt.Errorf("%w: %q is written %q", ErrAmbiguous, w, clip(name))
-			}
+		if err := checkWatched(fields, name, watch); err != nil {
+			return nil, err
 		}
 		fields[name] = raw
 	}
@@ -401,20 +508,32 @@ func describe(err error) string {
 	return "invalid JSON"
 }
 
+// usageField ends a body AskUsage adds the field to.
+const usageField = `"stream_options":{"include_usage":true}}`
+
+// AskUsageRoom is the room AskUsage needs after a body's last byte to add
+// the field in place.
+const AskUsageRoom = len(usageField) + 1
+
 // AskUsage rewrites an OpenAI streaming request's body so that the answer
 // ends with a usage chunk (stream_options.include_usage: true), keeping every
-// other field as it was.
+// other field as it was. In the common case it adds the field in place when
+// body has the room for it after its end (see AskUsageRoom), so that the
+// body is not copied; body must not be used afterwards.
 func AskUsage(body []byte) ([]byte, error) {
 	trimmed := bytes.TrimSpace(body)
 	if !bytes.Contains(body, []byte(`"stream_options"`)) && len(trimmed) > 1 && trimmed[len(trimmed)-1] == '}' {
 		// The common case, without decoding: add the field at the end.
 		// The body parsed as an object, so its last byte closes it.
-		out := make([]byte, 0, len(trimmed)+len(`,"stream_options":{"include_usage":true}`))
-		out = append(out, trimmed[:len(trimmed)-1]...)
-		if len(bytes.TrimSpace(trimmed[1:len(trimmed)-1])) > 0 {
+		comma := len(bytes.TrimSpace(trimmed[1:len(trimmed)-1])) > 0
+		out := trimmed[:len(trimmed)-1]
+		if cap(out)-len(out) < AskUsageRoom {
+			out = append(make([]byte, 0, len(out)+AskUsageRoom), out...)
+		}
+		if comma {
 			out = append(out, ',')
 		}
-		out = append(out, `"stream_options":{"include_usage":true}}`...)
+		out = append(out, usageField...)
 		return out, nil
 	}
 	var fields map[string]json.RawMessage

@@ -108,8 +108,11 @@ func (cl *Cluster) send(ctx context.Context, id batchID, batch []delta) error {
 
 func (cl *Cluster) hourKey(hour int64) string { return cl.p + "h:" + strconv.FormatInt(hour, 10) }
 
-// Report answers a query from the sums of every instance.
+// Report answers a query from the sums of every instance. Only the hours
+// Redis may still hold are read (see Query.Clamp): one HGETALL an hour of
+// the retention at most, whatever range q asks for.
 func (cl *Cluster) Report(ctx context.Context, q Query) ([]Row, error) {
+	q, _ = q.Clamp(time.Now(), cl.retention)
 	from := q.From.Unix() / 3600 * 3600
 	sums := map[Bucket]Tally{}
 	// A day's hours in one round trip: a 30-day report is 30 of them, not 720.

@@ -1,0 +1,381 @@
+package apikey
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
+)
+
+// slowLLM is a real upstream that reads each request's body (without
+// keeping it: the test measures the gateway's memory, in this process), then
+// holds its answer until released, then answers an OpenAI chat completion.
+type slowLLM struct {
+	*httptest.Server
+	arrived  atomic.Int64 // requests whose body was read whole
+	release  chan struct{}
+	mu       sync.Mutex
+	lastSize int64
+	lastSum  [sha256.Size]byte
+}
+
+func newSlowLLM(t *testing.T) *slowLLM {
+	u := &slowLLM{release: make(chan struct{})}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, _ := io.Copy(h, r.Body)
+		u.mu.Lock()
+		u.lastSize = n
+		copy(u.lastSum[:], h.Sum(nil))
+		u.mu.Unlock()
+		u.arrived.Add(1)
+		select {
+		case <-u.release:
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"id":"c","object":"chat.completion","model":"llama3","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":1,"total_tokens":11}}`)
+	}))
+	t.Cleanup(u.Close)
+	t.Cleanup(func() {
+		select {
+		case <-u.release:
+		default:
+			close(u.release)
+		}
+	})
+	return u
+}
+
+// llmBody is a chat completion request of exactly size bytes.
+func llmBody(size int) []byte {
+	head := `{"model":"llama3","max_tokens":1,"messages":[{"role":"user","content":"`
+	tail := `"}]}`
+	return []byte(head + strings.Repeat("a", size-len(head)-len(tail)) + tail)
+}
+
+// heapSampler records the largest HeapInuse seen until stopped.
+type heapSampler struct {
+	stop chan struct{}
+	done chan struct{}
+	peak atomic.Uint64
+}
+
+func sampleHeap() *heapSampler {
+	s := &heapSampler{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > s.peak.Load() {
+				s.peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-s.stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	return s
+}
+
+func (s *heapSampler) end() uint64 {
+	close(s.stop)
+	<-s.done
+	return s.peak.Load()
+}
+
+// heapInuse is HeapInuse after a collection.
+func heapInuse() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse
+}
+
+// bodiesHeld is what the process's requests hold, for key id ("" for all).
+func bodiesHeld(id string) int64 {
+	var n int64
+	heldPool.Range(func(_, v any) bool {
+		n += v.(*heldBodies).held(id)
+		return true
+	})
+	return n
+}
+
+// inflightAnswer is one client's answer.
+type inflightAnswer struct {
+	status     int
+	retryAfter string
+	body       string
+}
+
+// TestTokenRouteCapsBodiesInFlight: a route with tokens in front of a slow
+// upstream, with max_inflight_body 8MiB 24MiB. One key sends 30 bodies of
+// 1,000,000 bytes at once: 8 reach the upstream, 22 get 429 inflight_body
+// with Retry-After. Then 40 other keys send one each: the total admits 17
+// more (25 in all), the other 23 get 503 inflight_body with Retry-After. The
+// heap meanwhile grows by less than the total cap plus 16 MiB (it grew by
+// about 2 MiB a body before). A client that goes away mid-body leaves
+// nothing held; once the answers are released every byte is given back, and
+// the key again gets 8 bodies through at once, and a chunked body passes
+// whole.
+func TestTokenRouteCapsBodiesInFlight(t *testing.T) {
+	const size, perKeyCap, totalCap = 1_000_000, 8 << 20, 24 << 20
+	up := newSlowLLM(t)
+	one := tokenKey(t, "k_inflight_one", nil)
+	records := []keystore.Record{one.record}
+	var many []testKey
+	for i := range 40 {
+		k := tokenKey(t, fmt.Sprintf("k_inflight_%02d", i), nil)
+		many = append(many, k)
+		records = append(records, k.record)
+	}
+	port := freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+		service openai
+		tokens openai
+		failed_auth_limit off
+		max_inflight_body 8MiB 24MiB
+	}
+	reverse_proxy %s
+}`, port, writeKeyFile(t, records...), strings.TrimPrefix(up.URL, "http://")))
+	url := fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", port)
+	body := llmBody(size)
+	// Many connections at once: none may wait for an idle one.
+	cl := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 0, MaxIdleConnsPerHost: 100}}
+	defer cl.CloseIdleConnections()
+
+	var wg sync.WaitGroup
+	answers := make(chan inflightAnswer, 200)
+	sendBody := func(k testKey) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+k.secret)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := cl.Do(req)
+			if err != nil {
+				answers <- inflightAnswer{status: -1, body: err.Error()}
+				return
+			}
+			data, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			answers <- inflightAnswer{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After"), body: string(data)}
+		}()
+	}
+	// collect waits for n refusals (the admitted requests wait upstream).
+	collect := func(n int, what string) []inflightAnswer {
+		t.Helper()
+		var got []inflightAnswer
+		timeout := time.After(15 * time.Second)
+		for len(got) < n {
+			select {
+			case a := <-answers:
+				got = append(got, a)
+			case <-timeout:
+				t.Fatalf("%s: %d answers of %d within 15 s; upstream has %d", what, len(got), n, up.arrived.Load())
+			}
+		}
+		return got
+	}
+	checkRefusals := func(got []inflightAnswer, status int, what string) {
+		t.Helper()
+		for _, a := range got {
+			if a.status != status || a.retryAfter == "" || !strings.Contains(a.body, `"inflight_body"`) {
+				t.Fatalf("%s: %d, Retry-After %q, %.200s; want %d inflight_body with Retry-After", what, a.status, a.retryAfter, a.body, status)
+			}
+		}
+	}
+
+	before := heapInuse()
+	sampler := sampleHeap()
+	for range 30 {
+		sendBody(one)
+	}
+	checkRefusals(collect(22, "one key, 30 bodies"), http.StatusTooManyRequests, "one key over its cap")
+	waitUntil(t, "8 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 8 })
+	if held := bodiesHeld(one.record.ID); held != 8*size {
+		t.Errorf("the key holds %d bytes, want %d", held, 8*size)
+	}
+
+	// A client that goes away in the middle of its body.
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", port, many[39].secret, size)
+	conn.Write(body[:size/10])
+	waitUntil(t, "the cut body counted", 5*time.Second, func() bool { return bodiesHeld(many[39].record.ID) == size })
+	conn.Close()
+	waitUntil(t, "the cut body given back", 5*time.Second, func() bool { return bodiesHeld(many[39].record.ID) == 0 })
+
+	for _, k := range many {
+		sendBody(k)
+	}
+	checkRefusals(collect(23, "40 keys, one body each"), http.StatusServiceUnavailable, "all keys over the total")
+	waitUntil(t, "25 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 25 })
+	if held := bodiesHeld(""); held != 25*size {
+		t.Errorf("all requests hold %d bytes, want %d", held, 25*size)
+	}
+	atPeak := heapInuse()
+	peak := sampler.end()
+	t.Logf("heap in use: %.1f MiB before, %.1f MiB with 25 bodies held (after a GC), %.1f MiB at the peak (sampled)",
+		float64(before)/(1<<20), float64(atPeak)/(1<<20), float64(peak)/(1<<20))
+	if grew := int64(peak) - int64(before); grew > totalCap+16<<20 {
+		t.Errorf("the heap grew by %.1f MiB with 25 bodies held, more than the total cap (24 MiB) plus 16 MiB", float64(grew)/(1<<20))
+	}
+
+	close(up.release)
+	wg.Wait()
+	close(answers)
+	ok := 0
+	for a := range answers {
+		if a.status != 200 {
+			t.Errorf("an admitted request: %d %.200s", a.status, a.body)
+		}
+		ok++
+	}
+	if ok != 25 {
+		t.Errorf("%d admitted requests answered, want 25", ok)
+	}
+	waitUntil(t, "every byte given back", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
+
+	// The key's whole cap is free again: 8 bodies at once all pass.
+	codes := tally(burst(8, func(int) *http.Request {
+		req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+one.secret)
+		req.Header.Set("Content-Type", "application/json")
+		return req
+	}))
+	if codes[200] != 8 {
+		t.Errorf("8 bodies from the key after the others ended: %v", codes)
+	}
+	// A body of unknown length (chunked) passes whole.
+	req, _ := http.NewRequest("POST", url, io.MultiReader(bytes.NewReader(body)))
+	req.Header.Set("Authorization", "Bearer "+one.secret)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := cl.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	up.mu.Lock()
+	gotSize, gotSum := up.lastSize, up.lastSum
+	up.mu.Unlock()
+	if resp.StatusCode != 200 || gotSize != size || gotSum != sha256.Sum256(body) {
+		t.Errorf("a chunked body: %d; the upstream got %d bytes (want %d), same bytes: %v", resp.StatusCode, gotSize, size, gotSum == sha256.Sum256(body))
+	}
+	waitUntil(t, "every byte given back at the end", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
+}
+
+// TestMaxInflightBodyBelowRequestBodyRefused: a per-key cap below
+// max_request_body, which no body of that size could pass, fails the load.
+func TestMaxInflightBodyBelowRequestBodyRefused(t *testing.T) {
+	err := loadCaddy(fmt.Sprintf(`{
+	admin off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+		tokens openai
+		max_request_body 2097152
+		max_inflight_body 1MiB
+	}
+	respond ok
+}`, freePort(t), writeKeyFile(t, tokenKey(t, "k_inflight_cfg", nil).record)))
+	t.Cleanup(func() { stopCaddy() })
+	if err == nil || !strings.Contains(err.Error(), "below max_request_body") {
+		t.Fatalf("loading a per-key cap below max_request_body: %v", err)
+	}
+}
+
+// TestInflightBodiesCountedAcrossReload: bodies held by requests admitted
+// under one config still count after a reload: with 4 bodies of 1,000,000
+// bytes held and a total of 4MiB, a body from another key gets 503 under the
+// new config, and passes once the old requests ended.
+func TestInflightBodiesCountedAcrossReload(t *testing.T) {
+	const size = 1_000_000
+	up := newSlowLLM(t)
+	a, b := tokenKey(t, "k_reload_a", nil), tokenKey(t, "k_reload_b", nil)
+	port := freePort(t)
+	config := func(comment string) string {
+		return fmt.Sprintf(`{
+	admin off
+}
+http://127.0.0.1:%d {
+	# %s
+	apikey {
+		keys file %s
+		service openai
+		tokens openai
+		failed_auth_limit off
+		max_inflight_body 4MiB 4MiB
+	}
+	reverse_proxy %s
+}`, port, comment, writeKeyFile(t, a.record, b.record), strings.TrimPrefix(up.URL, "http://"))
+	}
+	startCaddy(t, config("first"))
+	url := fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", port)
+	body := llmBody(size)
+	do := func(k testKey) (int, string) {
+		req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+k.secret)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := (&http.Client{Timeout: 20 * time.Second}).Do(req)
+		if err != nil {
+			return -1, err.Error()
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(data)
+	}
+	var wg sync.WaitGroup
+	statuses := make([]int, 4)
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses[i], _ = do(a)
+		}()
+	}
+	waitUntil(t, "4 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 4 })
+	if err := loadCaddy(config("second")); err != nil {
+		t.Fatal(err)
+	}
+	if status, body := do(b); status != http.StatusServiceUnavailable || !strings.Contains(body, `"inflight_body"`) {
+		t.Errorf("a body after the reload, with the old config's requests holding the total: %d %.200s", status, body)
+	}
+	close(up.release)
+	wg.Wait()
+	for _, s := range statuses {
+		if s != 200 {
+			t.Errorf("a request admitted before the reload: %d", s)
+		}
+	}
+	waitUntil(t, "every byte given back", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
+	if status, body := do(b); status != 200 {
+		t.Errorf("a body once the old requests ended: %d %.200s", status, body)
+	}
+}
