@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/audit"
+	"github.com/moodmnky/caddy-apikey/internal/flock"
 )
 
 // auditLines reads an audit log's lines.
@@ -85,10 +86,18 @@ func TestAuditSurvivesATornLineAndWriteFailures(t *testing.T) {
 	if n := audit.WriteErrors() - errors0; n < 2 {
 		t.Errorf("%d write failures counted in 3 s of retries", n)
 	}
+	// Put the log back under the writers' lock, as the commands change it:
+	// between the folder's removal and the rename, a retry would otherwise
+	// start a new log there, which the rename would then replace.
+	unlock, err := flock.Lock(g.auditLog)
+	if err != nil {
+		t.Fatal(err)
+	}
 	os.Remove(g.auditLog)
 	if err := os.Rename(away, g.auditLog); err != nil {
 		t.Fatal(err)
 	}
+	unlock()
 	readWhenCount(t, g.auditLog, `"decision":"revoked_key"`, 4)
 	logs := readWhenContains(t, g.caddyLog, "writing the audit log works again")
 	if n := strings.Count(logs, "writing the audit log failed; retrying"); n != 1 {
