@@ -57,24 +57,49 @@ func ReadFile(what, path string, limit int64) ([]byte, error) {
 }
 
 // ReadAll reads r to its end, if it holds at most limit bytes; otherwise it
-// fails with a *TooLargeError naming what and path.
+// fails with a *TooLargeError naming what and path. A regular file is read
+// into one buffer of its size; anything else (a pipe, a device) in chunks,
+// joined at the end, so that what is held never passes the cap before the
+// error (and twice what was read, the moment they are joined).
 func ReadAll(r io.Reader, what, path string, limit int64) ([]byte, error) {
-	var buf bytes.Buffer
+	tooLarge := &TooLargeError{What: what, Path: path, Limit: limit}
 	if f, ok := r.(*os.File); ok {
 		if info, err := f.Stat(); err == nil && info.Mode().IsRegular() {
 			if info.Size() > limit {
-				return nil, &TooLargeError{What: what, Path: path, Limit: limit}
+				return nil, tooLarge
 			}
+			var buf bytes.Buffer
 			buf.Grow(int(info.Size()) + bytes.MinRead)
+			if _, err := buf.ReadFrom(io.LimitReader(r, limit+1)); err != nil {
+				return nil, err
+			}
+			if int64(buf.Len()) > limit { // it grew since the stat
+				return nil, tooLarge
+			}
+			return buf.Bytes(), nil
 		}
 	}
-	if _, err := buf.ReadFrom(io.LimitReader(r, limit+1)); err != nil {
-		return nil, err
+	const chunk = 1 << 20
+	var chunks [][]byte
+	var total int64
+	for {
+		c := make([]byte, min(chunk, limit+1-total))
+		n, err := io.ReadFull(r, c)
+		total += int64(n)
+		if n > 0 {
+			chunks = append(chunks, c[:n])
+		}
+		if total > limit {
+			return nil, tooLarge
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
-	if int64(buf.Len()) > limit {
-		return nil, &TooLargeError{What: what, Path: path, Limit: limit}
-	}
-	return buf.Bytes(), nil
+	return bytes.Join(chunks, nil), nil
 }
 
 // Size writes a number of bytes as people read it: 256 MiB, 64 KiB.
