@@ -51,7 +51,7 @@ type watchedFile struct {
 	since time.Time
 	// hashed is when the content was last hashed (see hashEvery).
 	hashed time.Time
-	reads int // times the file was read, for tests
+	reads  int // times the file was read, for tests
 
 	listenMu  sync.Mutex
 	listeners map[string]*listener
