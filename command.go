@@ -547,6 +547,11 @@ later with caddy apikey audit verify --head <lines>:<sha256>.
 		Args:         cobra.ExactArgs(1),
 		SilenceUsage: true,
 		RunE: func(c *cobra.Command, args []string) error {
+			// A mistyped path must not print the empty log's head, which
+			// would pass for a record of a log that is not there.
+			if _, err := os.Stat(args[0]); err != nil {
+				return fmt.Errorf("audit log: %w", err)
+			}
 			h, recorded, err := audit.ReadHead(args[0])
 			if err != nil {
 				return err

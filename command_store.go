@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/moodmnky/caddy-apikey/internal/capped"
 	"github.com/moodmnky/caddy-apikey/internal/redisconn"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
@@ -61,7 +62,7 @@ func openStore(c *cobra.Command) (keystore.Store, func(), error) {
 	cfg.Timeout = caddy.Duration(timeout)
 	password := os.Getenv(redisPasswordEnv)
 	if file, _ := f.GetString("redis-password-file"); file != "" {
-		data, err := os.ReadFile(file)
+		data, err := capped.ReadFile("Redis password file", file, capped.Secret)
 		if err != nil {
 			return nil, nil, fmt.Errorf("--redis-password-file: %w", err)
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
 	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 )
 
 // exportCommand writes a store's records as a key file: a backup of Redis,
@@ -105,9 +106,9 @@ func importCommand() *cobra.Command {
 		Args:         cobra.ExactArgs(1),
 		SilenceUsage: true,
 		RunE: func(c *cobra.Command, args []string) error {
-			data, err := os.ReadFile(args[0])
+			data, err := keyfile.ReadFile(args[0]) // up to the key file's cap
 			if err != nil {
-				return err
+				return fmt.Errorf("%w (nothing was imported)", err)
 			}
 			if _, err := keystore.ParseAndValidate(data); err != nil {
 				return fmt.Errorf("key file %s: %w (nothing was imported)", args[0], err)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/headers"
+	"github.com/moodmnky/caddy-apikey/internal/redisconn"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
@@ -457,6 +458,11 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 		return err
 	}
 	h.usage, h.usageKey = val.(*usageTracker), path
+	// Saving and sending begin when the config runs: caddy validate reads
+	// the usage file and writes nothing, to it or to Redis.
+	if err := redisconn.WhenRunning(ctx, h.usage.start); err != nil {
+		return err
+	}
 	if rs, ok := h.counters.(*ratelimit.RedisStore); ok {
 		// The counters' Redis sums every instance's usage too.
 		client, release := rs.Retain()

@@ -37,10 +37,15 @@ type usageTracker struct {
 	outbox    *usage.Outbox
 	path      string
 	retention time.Duration
+	loadErr   error // a corrupt file, set aside at start
 	stop      chan struct{}
 	kick      chan struct{} // a tick now: a Redis was joined
 	done      chan struct{}
 	once      sync.Once
+
+	startMu sync.Mutex
+	started bool
+	stopped bool
 
 	// flushMu makes taking, saving and sending one step at a time.
 	flushMu sync.Mutex
@@ -206,15 +211,31 @@ func openUsage(path string, retention time.Duration) *usageTracker {
 		// A file that is not used at all: start from zero.
 		t.Counts, t.outbox = usage.New(), usage.NewOutbox()
 		if errors.Is(err, usage.ErrCorrupt) {
-			aside, renameErr := atomicfile.SetAside(path, time.Now())
-			trackingLogger().Error("usage file is corrupt; set it aside and started from zero",
-				zap.String("file", path), zap.String("set_aside_as", aside), zap.NamedError("rename_error", renameErr), zap.Error(err))
+			t.loadErr = err // set aside when the config runs
 		} else {
 			trackingLogger().Error("usage file could not be read; started from zero", zap.String("file", path), zap.Error(err))
 		}
 	}
-	go t.run()
 	return t
+}
+
+// start sets a corrupt file aside and starts saving and sending, once: the
+// first time a config that uses the counts runs. Until then nothing is
+// written to the file or sent to Redis, so that validating a config (which
+// provisions it, and never runs it) changes neither.
+func (t *usageTracker) start() {
+	t.startMu.Lock()
+	defer t.startMu.Unlock()
+	if t.started || t.stopped {
+		return
+	}
+	t.started = true
+	if t.loadErr != nil {
+		aside, renameErr := atomicfile.SetAside(t.path, time.Now())
+		trackingLogger().Error("usage file is corrupt; set it aside and started from zero",
+			zap.String("file", t.path), zap.String("set_aside_as", aside), zap.NamedError("rename_error", renameErr), zap.Error(t.loadErr))
+	}
+	go t.run()
 }
 
 func (t *usageTracker) run() {
@@ -259,8 +280,29 @@ func (t *usageTracker) tick() (saveFailed bool, sent int) {
 	return false, sent
 }
 
-// Destruct saves and sends one last time, and lets go of the Redis.
+// Destruct saves and sends one last time, and lets go of the Redis; counts
+// that never ran (a config only validated) are neither saved nor sent.
 func (t *usageTracker) Destruct() error {
+	t.startMu.Lock()
+	started := t.started
+	t.stopped = true
+	t.startMu.Unlock()
+	if started {
+		t.finish()
+	}
+	t.mu.Lock()
+	t.destructed = true
+	for _, s := range t.shares {
+		s.release()
+	}
+	t.shares, t.current = nil, nil
+	t.cluster.Store(nil)
+	t.mu.Unlock()
+	return nil
+}
+
+// finish stops the goroutine, then saves and sends one last time.
+func (t *usageTracker) finish() {
 	t.once.Do(func() { close(t.stop) })
 	<-t.done
 	if failed, sent := t.tick(); !failed && sent > 0 {
@@ -272,15 +314,6 @@ func (t *usageTracker) Destruct() error {
 		}
 		t.flushMu.Unlock()
 	}
-	t.mu.Lock()
-	t.destructed = true
-	for _, s := range t.shares {
-		s.release()
-	}
-	t.shares, t.current = nil, nil
-	t.cluster.Store(nil)
-	t.mu.Unlock()
-	return nil
 }
 
 // Defaults of the audit log's roll by size.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
+	"github.com/moodmnky/caddy-apikey/internal/capped"
 	"github.com/moodmnky/caddy-apikey/internal/flock"
 )
 
@@ -71,7 +72,7 @@ func HeadPath(log string) string { return flock.Resolve(log) + ".head" }
 // readHeadFile reads the head recorded beside the log at path (already
 // resolved). A missing or unreadable head file is an error.
 func readHeadFile(path string) (Head, error) {
-	data, err := os.ReadFile(path + ".head")
+	data, err := capped.ReadFile("audit head file", path+".head", capped.Small)
 	if err != nil {
 		return Head{}, err
 	}

@@ -15,6 +15,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/moodmnky/caddy-apikey/internal/capped"
 )
 
 // secretPool shares one watcher per secret file and scheme among every
@@ -27,7 +29,7 @@ var secretPool = caddy.NewUsagePool()
 var secretPollInterval = 500 * time.Millisecond
 
 // maxSecretSize bounds a secret file.
-const maxSecretSize = 64 << 10
+const maxSecretSize = capped.Secret
 
 // watchedSecret is the current header value made from a secret file.
 type watchedSecret struct {

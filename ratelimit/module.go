@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
+	"github.com/moodmnky/caddy-apikey/internal/redisconn"
 )
 
 func init() {
@@ -80,6 +81,11 @@ func (s *MemoryStore) Provision(ctx caddy.Context) error {
 	}
 	s.poolKey = path
 	s.counters = val.(*persistedMemory)
+	// Saving begins when the config runs: caddy validate reads the file
+	// and writes nothing.
+	if err := redisconn.WhenRunning(ctx, s.counters.start); err != nil {
+		return err
+	}
 	if loaded && s.counters.interval != interval {
 		ctx.Logger().Warn("counters already open with another persist_interval; keeping it",
 			zap.String("file", path), zap.Duration("in_use", s.counters.interval), zap.Duration("configured", interval))
@@ -170,14 +176,19 @@ func (s *MemoryStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // persistedMemory is the pooled value: counters and the goroutine that saves
-// and sweeps them.
+// and sweeps them, started when a config that uses them runs (start).
 type persistedMemory struct {
 	*Memory
 	path     string
 	interval time.Duration
+	loadErr  error // a corrupt file, set aside at start
 	stop     chan struct{}
 	done     chan struct{}
 	once     sync.Once
+
+	startMu sync.Mutex
+	started bool
+	stopped bool
 }
 
 func logger() *zap.Logger {
@@ -192,16 +203,32 @@ func openPersistedMemory(path string, interval time.Duration) *persistedMemory {
 	n, err := p.Load(path)
 	switch {
 	case errors.Is(err, ErrCorrupt):
-		aside, renameErr := atomicfile.SetAside(path, time.Now())
-		logger().Error("counter file is corrupt; set it aside and started counting from zero",
-			zap.String("file", path), zap.String("set_aside_as", aside), zap.NamedError("rename_error", renameErr), zap.Error(err))
+		p.loadErr = err // set aside when the config runs
 	case err != nil:
 		logger().Error("counter file could not be read; started counting from zero", zap.String("file", path), zap.Error(err))
 	case n > 0:
 		logger().Info("loaded counters", zap.String("file", path), zap.Int("keys", n))
 	}
-	go p.run()
 	return p
+}
+
+// start sets a corrupt file aside and starts saving, once: the first time
+// a config that uses the counters runs. Until then nothing is written, so
+// that validating a config (which provisions it, and never runs it) leaves
+// the file as it is.
+func (p *persistedMemory) start() {
+	p.startMu.Lock()
+	defer p.startMu.Unlock()
+	if p.started || p.stopped {
+		return
+	}
+	p.started = true
+	if p.loadErr != nil {
+		aside, renameErr := atomicfile.SetAside(p.path, time.Now())
+		logger().Error("counter file is corrupt; set it aside and started counting from zero",
+			zap.String("file", p.path), zap.String("set_aside_as", aside), zap.NamedError("rename_error", renameErr), zap.Error(p.loadErr))
+	}
+	go p.run()
 }
 
 func (p *persistedMemory) run() {
@@ -227,8 +254,16 @@ func (p *persistedMemory) run() {
 	}
 }
 
-// Destruct stops the saver and saves one last time.
+// Destruct stops the saver and saves one last time; counters that never
+// ran (a config only validated) are dropped, unsaved.
 func (p *persistedMemory) Destruct() error {
+	p.startMu.Lock()
+	started := p.started
+	p.stopped = true
+	p.startMu.Unlock()
+	if !started {
+		return nil
+	}
 	p.once.Do(func() { close(p.stop) })
 	<-p.done
 	if err := p.Save(p.path); err != nil {

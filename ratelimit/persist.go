@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
+	"github.com/moodmnky/caddy-apikey/internal/capped"
 )
 
 // counterFileVersion is written into every counter file; a file of another
@@ -112,7 +112,7 @@ func (m *Memory) Save(path string) error {
 // that does not parse or holds impossible values is not used at all, and
 // the error wraps ErrCorrupt.
 func (m *Memory) Load(path string) (int, error) {
-	data, err := os.ReadFile(path)
+	data, err := capped.ReadFile("counter file", path, capped.State)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
 	}

@@ -8,10 +8,10 @@ import (
 	"io"
 	"io/fs"
 	"math"
-	"os"
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
+	"github.com/moodmnky/caddy-apikey/internal/capped"
 )
 
 // The usage file's versions: 1 held requests only, each counter's more
@@ -92,7 +92,7 @@ func (c *Counts) Load(path string, now time.Time) error {
 
 // readFile reads and checks a usage file: nil, nil when there is none.
 func readFile(path string, now time.Time) (*savedFile, error) {
-	data, err := os.ReadFile(path)
+	data, err := capped.ReadFile("usage file", path, capped.State)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}

@@ -3,6 +3,7 @@ package redisconn
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -28,21 +29,71 @@ func init() {
 //	}
 //
 // A keys redis or counters redis that names no address uses its Redis.
+//
+// The app also tells the gateway's parts when the config runs (see
+// WhenRunning): it is in every config that has an apikey route, configured
+// or not.
 type App struct {
 	// Redis is the Redis that keys, counters, usage and events share.
 	Redis *Config `json:"redis,omitempty"`
+
+	started bool // guarded by startMu
+	onStart []func()
 }
+
+// startMu guards every App's started and onStart.
+var startMu sync.Mutex
 
 // CaddyModule returns the Caddy module information.
 func (App) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "apikey", New: func() caddy.Module { return new(App) }}
 }
 
-// Start does nothing: the app only holds settings.
-func (App) Start() error { return nil }
+// Start runs what waited for the config to run (see WhenRunning).
+func (a *App) Start() error {
+	startMu.Lock()
+	hooks := a.onStart
+	a.started, a.onStart = true, nil
+	startMu.Unlock()
+	for _, f := range hooks {
+		f()
+	}
+	return nil
+}
 
 // Stop does nothing.
-func (App) Stop() error { return nil }
+func (*App) Stop() error { return nil }
+
+// WhenRunning calls start once the config being provisioned runs, when
+// Caddy starts its apps; never when the config is only validated (caddy
+// validate, caddy adapt --validate), which provisions every module and
+// starts none. The parts that write files or send to Redis (saving
+// counters and usage, setting a corrupt file aside) begin there, so that
+// provisioning reads and never writes. A part pooled across reloads is
+// started by the first config that runs; start must cope with being called
+// again by later ones.
+//
+// A context made outside a config (caddy.NewContext of an empty Context, as
+// tools and tests do) has no apps and no start: start is called at once.
+func WhenRunning(ctx caddy.Context, start func()) error {
+	a, err := appOf(ctx)
+	if err != nil {
+		return err
+	}
+	if a == nil {
+		start()
+		return nil
+	}
+	startMu.Lock()
+	if !a.started {
+		a.onStart = append(a.onStart, start)
+		startMu.Unlock()
+		return nil
+	}
+	startMu.Unlock()
+	start()
+	return nil
+}
 
 // Shared fills c from the global apikey option when c names no address.
 // what names the setting for the error when there is neither.
@@ -63,6 +114,21 @@ func Shared(ctx caddy.Context, c *Config, what string) error {
 	}
 	*c = *shared
 	return nil
+}
+
+// appOf returns the config's apikey app, loading it if the config names
+// none; nil for a context outside any config.
+func appOf(ctx caddy.Context) (a *App, err error) {
+	defer func() {
+		if recover() != nil { // caddy.Context.App reads the config it has not got
+			a, err = nil, nil
+		}
+	}()
+	val, err := ctx.App("apikey")
+	if err != nil {
+		return nil, err
+	}
+	return val.(*App), nil
 }
 
 // parseGlobalOption reads the global apikey option.

@@ -13,6 +13,7 @@ import (
 	"github.com/moodmnky/caddy-apikey/keystore"
 
 	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
+	"github.com/moodmnky/caddy-apikey/internal/capped"
 	"github.com/moodmnky/caddy-apikey/internal/flock"
 )
 
@@ -58,10 +59,12 @@ func EditKeyFile(path string, change func(*KeyFile) error) error {
 	defer unlock()
 
 	mode := fs.FileMode(0o600)
-	data, err := os.ReadFile(target)
+	data, err := capped.ReadFile("key file", target, maxFileSize)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		data = []byte(`{"keys": []}`)
+	case errors.Is(err, capped.ErrTooLarge):
+		return &capped.TooLargeError{What: "key file", Path: path, Limit: maxFileSize}
 	case err != nil:
 		return fmt.Errorf("key file %s: %w", path, err)
 	}

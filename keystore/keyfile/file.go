@@ -26,6 +26,9 @@ func init() {
 // reload. A changed file that fails to parse or validate is rejected whole
 // and logged; the last good keys stay in force until a good version appears.
 // Every route naming the same file shares one loaded copy and one watcher.
+// The watcher compares the file's size, modification and change times and
+// identity every 500 ms, and its content every minute. A file over 256 MiB
+// is refused, naming the file and the cap.
 type FileSource struct {
 	// Path of the key file. A relative path is relative to Caddy's working
 	// directory.

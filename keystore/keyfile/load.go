@@ -1,9 +1,9 @@
 package keyfile
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
 	"hash/maphash"
@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/moodmnky/caddy-apikey/internal/capped"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -63,22 +64,29 @@ func loadKeyFile(name, path string, prev *loaded, hashed bool) (*loaded, [sha256
 		return nil, sum, fmt.Errorf("key file %s: %w", name, err)
 	}
 	defer f.Close()
-	var r io.Reader = f
-	var h hash.Hash
-	if hashed {
-		h = sha256.New()
-		r = io.TeeReader(f, h)
-	}
 	size := int64(0)
 	if info, err := f.Stat(); err == nil {
 		size = info.Size()
 	}
+	tooLarge := &capped.TooLargeError{What: "key file", Path: name, Limit: maxFileSize}
+	if size > maxFileSize {
+		return nil, sum, tooLarge
+	}
+	// Whatever the stat said (a device, a file growing), no more than the
+	// cap and one byte is read.
+	limited := &io.LimitedReader{R: f, N: maxFileSize + 1}
+	var r io.Reader = limited
+	var h hash.Hash
+	if hashed {
+		h = sha256.New()
+		r = io.TeeReader(limited, h)
+	}
 	l := newLoader(r, prev, size)
-	if !l.scan() {
+	if !l.scan() || limited.N == 0 {
 		l = nil
-		data, err := readAllFrom(f) // the same open file: the same version
+		data, err := readAllFrom(f, name) // the same open file: the same version
 		if err != nil {
-			return nil, sum, fmt.Errorf("key file %s: %w", name, err)
+			return nil, sum, err
 		}
 		if hashed {
 			sum = sha256.Sum256(data)
@@ -90,10 +98,13 @@ func loadKeyFile(name, path string, prev *loaded, hashed bool) (*loaded, [sha256
 		return &loaded{set: set}, sum, nil
 	}
 	if hashed {
-		if _, err := io.Copy(h, f); err != nil { // the scan read to the end; to be sure
+		if _, err := io.Copy(h, limited); err != nil { // the scan read to the end; to be sure
 			return nil, sum, fmt.Errorf("key file %s: %w", name, err)
 		}
 		h.Sum(sum[:0])
+	}
+	if limited.N == 0 {
+		return nil, sum, tooLarge
 	}
 	// The buffer and prev's sorted fingerprints are let go of here, before
 	// the new index is made. Every record compiled: the checks left are
@@ -433,20 +444,38 @@ func (l *loader) more(n int) bool {
 	return true
 }
 
-// readAllFrom reads an open file whole, from its start.
-func readAllFrom(f *os.File) ([]byte, error) {
+// maxFileSize is the most a key file may hold (capped.KeyFile); a
+// variable for tests.
+var maxFileSize int64 = capped.KeyFile
+
+// readAllFrom reads an open file whole, from its start, up to the cap;
+// errors name the file as name.
+func readAllFrom(f *os.File, name string) ([]byte, error) {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("key file %s: %w", name, err)
 	}
-	var buf bytes.Buffer
-	if info, err := f.Stat(); err == nil && info.Size() < 1<<40 {
-		buf.Grow(int(info.Size()) + bytes.MinRead)
+	data, err := capped.ReadAll(f, "key file", name, maxFileSize)
+	var tooLarge *capped.TooLargeError
+	if err != nil && !errors.As(err, &tooLarge) {
+		err = fmt.Errorf("key file %s: %w", name, err)
 	}
-	_, err := buf.ReadFrom(f)
-	return buf.Bytes(), err
+	return data, err
 }
 
-// hashFile returns the SHA-256 of the file at path, read as a stream.
+// ReadFile reads the key file at path whole, up to the cap (a larger file
+// is an error naming it); errors name the file.
+func ReadFile(path string) ([]byte, error) {
+	data, err := capped.ReadFile("key file", path, maxFileSize)
+	var tooLarge *capped.TooLargeError
+	if err != nil && !errors.As(err, &tooLarge) {
+		err = fmt.Errorf("key file %s: %w", path, err)
+	}
+	return data, err
+}
+
+// hashFile returns the SHA-256 of the file at path, read as a stream, and
+// no further than one byte past the cap (a larger file does not load
+// anyway).
 func hashFile(path string) ([sha256.Size]byte, error) {
 	var sum [sha256.Size]byte
 	f, err := os.Open(path)
@@ -455,7 +484,7 @@ func hashFile(path string) ([sha256.Size]byte, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	if _, err := io.Copy(h, io.LimitReader(f, maxFileSize+1)); err != nil {
 		return sum, err
 	}
 	h.Sum(sum[:0])

@@ -55,6 +55,9 @@ func (s *Store) Update(ctx context.Context, id string, change func(*keystore.Rec
 	err := EditKeyFile(s.Path, func(kf *KeyFile) error {
 		r := kf.Find(id)
 		if r == nil {
+			if _, err := os.Stat(s.Path); errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("%w: %w", keystore.ErrUnknownID, missingFile(s.Path))
+			}
 			return fmt.Errorf("%w: %q is not in %s", keystore.ErrUnknownID, id, s.Path)
 		}
 		before, err := r.Decode()
@@ -108,20 +111,29 @@ func (s *Store) List(_ context.Context, q keystore.ListQuery) (keystore.Page, er
 	return keystore.PageOf(records, q), nil
 }
 
-// records reads the file; a missing file holds none.
+// records reads the file. A missing file is an error (a mistyped path must
+// not list or export as an empty store); so is one over the cap.
 func (s *Store) records() ([]keystore.Record, error) {
-	data, err := os.ReadFile(s.Path)
+	data, err := ReadFile(s.Path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil, missingFile(s.Path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("key file %s: %w", s.Path, err)
+		return nil, err
 	}
 	records, err := keystore.ParseRecords(data)
 	if err != nil {
 		return nil, fmt.Errorf("key file %s: %w", s.Path, err)
 	}
 	return records, nil
+}
+
+// ErrNoFile is a key file that does not exist, where one must (a listing,
+// an export, a change to a record).
+var ErrNoFile = errors.New("key file does not exist")
+
+func missingFile(path string) error {
+	return fmt.Errorf("%w: %s (check the path; only caddy apikey new creates a key file)", ErrNoFile, path)
 }
 
 // answersTo returns the id of a record that answers to one of rec's

@@ -23,6 +23,18 @@ var filePool = caddy.NewUsagePool()
 // with mounted secrets) and network filesystems alike.
 var pollInterval = 500 * time.Millisecond
 
+// hashEvery is how often the file's content is hashed and compared even
+// when its stat (size, modification and change times, identity) says
+// nothing changed: for a system or filesystem without a change time, where
+// an edit in place that keeps the size and puts the modification time back
+// shows in nothing else. It costs one streamed SHA-256 of the file (at most
+// the key file cap, 256 MiB) a minute.
+var hashEvery = time.Minute
+
+// useChangeTime turns the change time's comparison off, for the test of
+// the slow content check.
+var useChangeTime = true
+
 // watchedFile is a key file's current good version and the goroutine that
 // watches for the next.
 type watchedFile struct {
@@ -37,7 +49,9 @@ type watchedFile struct {
 	// since is when stamp and sum were last found changed, on this
 	// process's monotonic clock: the file has been unchanged since.
 	since time.Time
-	reads int // times the file was read, for tests
+	// hashed is when the content was last hashed (see hashEvery).
+	hashed time.Time
+	reads  int // times the file was read, for tests
 
 	listenMu  sync.Mutex
 	listeners map[string]*listener
@@ -46,11 +60,15 @@ type watchedFile struct {
 	once      sync.Once
 }
 
-// fileStamp tells versions of a file apart without reading it.
+// fileStamp tells versions of a file apart without reading it: its size,
+// modification time, identity and change time (ctime, where the system
+// has one; zero otherwise). A program can put the modification time back
+// after an edit (touch -d, os.Chtimes); the change time it cannot.
 type fileStamp struct {
-	info    os.FileInfo
-	size    int64
-	modTime time.Time
+	info       os.FileInfo
+	size       int64
+	modTime    time.Time
+	changeTime time.Time
 }
 
 func stampOf(path string) (fileStamp, error) {
@@ -58,14 +76,18 @@ func stampOf(path string) (fileStamp, error) {
 	if err != nil {
 		return fileStamp{}, err
 	}
-	return fileStamp{info: info, size: info.Size(), modTime: info.ModTime()}, nil
+	s := fileStamp{info: info, size: info.Size(), modTime: info.ModTime()}
+	if useChangeTime {
+		s.changeTime = changeTime(info)
+	}
+	return s, nil
 }
 
 func (s fileStamp) same(o fileStamp) bool {
 	if s.info == nil || o.info == nil {
 		return s.info == nil && o.info == nil
 	}
-	return s.size == o.size && s.modTime.Equal(o.modTime) && os.SameFile(s.info, o.info)
+	return s.size == o.size && s.modTime.Equal(o.modTime) && s.changeTime.Equal(o.changeTime) && os.SameFile(s.info, o.info)
 }
 
 func fileLogger() *zap.Logger {
@@ -82,7 +104,8 @@ func watchFile(name, path string) (*watchedFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &watchedFile{name: name, path: path, sums: l.sums, stamp: stamp, sum: sum, since: time.Now(),
+	now := time.Now()
+	w := &watchedFile{name: name, path: path, sums: l.sums, stamp: stamp, sum: sum, since: now, hashed: now,
 		stop: make(chan struct{}), done: make(chan struct{})}
 	w.set.Store(l.set)
 	releaseMemory(stamp.size)
@@ -118,7 +141,7 @@ func (w *watchedFile) check() {
 		w.stamp, w.since = fileStamp{}, time.Now()
 		return
 	}
-	if stamp.same(w.stamp) && w.settled() {
+	if stamp.same(w.stamp) && w.settled() && time.Since(w.hashed) < hashEvery {
 		return
 	}
 	w.reads++
@@ -128,7 +151,13 @@ func (w *watchedFile) check() {
 	if err != nil {
 		return // gone between the stat and the read: the next poll sees it
 	}
-	if stamp.same(w.stamp) && sum == w.sum {
+	w.hashed = time.Now()
+	if sum == w.sum {
+		// The content read last (a chmod, a rename of the same bytes over
+		// it): nothing to load.
+		if !stamp.same(w.stamp) {
+			w.stamp, w.since = stamp, time.Now()
+		}
 		return
 	}
 	// The version in force lends the new one the keys of the records it
@@ -137,7 +166,7 @@ func (w *watchedFile) check() {
 	if sum == ([sha256.Size]byte{}) {
 		return // not read (gone since the hash): the next poll sees it
 	}
-	w.stamp, w.sum, w.since = stamp, sum, time.Now() // of the version read, good or bad
+	w.stamp, w.sum, w.since, w.hashed = stamp, sum, time.Now(), time.Now() // of the version read, good or bad
 	if err != nil {
 		keystore.ObserveSourceError("file")
 		fileLogger().Error("key file rejected; keeping the last good keys", zap.Error(err))
