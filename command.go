@@ -401,8 +401,13 @@ func eachRecord(ctx context.Context, store keystore.Store, owner string, fn func
 	}
 }
 
+// maxKeyLine is the most of stdin read for a key: a key is 44 or 45
+// characters, and a line of more than this is not one (stdin may be a file
+// or a device that never ends).
+const maxKeyLine = 4 << 10
+
 // readKey reads a key from stdin: a prompt without echo on a terminal, the
-// first line otherwise.
+// first line otherwise, of at most maxKeyLine bytes.
 func readKey() (string, error) {
 	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		fmt.Fprint(stderr, "Key: ")
@@ -410,9 +415,12 @@ func readKey() (string, error) {
 		fmt.Fprintln(stderr)
 		return strings.TrimSpace(string(b)), err
 	}
-	line, err := bufio.NewReader(stdin).ReadString('\n')
+	line, err := bufio.NewReaderSize(io.LimitReader(stdin, maxKeyLine+1), maxKeyLine+1).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
 		return "", err
+	}
+	if len(line) > maxKeyLine {
+		return "", fmt.Errorf("the first line on stdin is longer than %d bytes: a key is one line of 44 or 45 characters", maxKeyLine)
 	}
 	return strings.TrimSpace(line), nil
 }

@@ -154,3 +154,33 @@ func TestCLIMissingPathIsAnError(t *testing.T) {
 		t.Errorf("list after new: exit %d, %q %q", code, out, errOut)
 	}
 }
+
+// TestCLIKeyFromAnEndlessStdin: check and hash read one line of stdin, and
+// a line longer than any key (stdin from /dev/zero) ends them with an
+// error, having read no more than a few KiB.
+func TestCLIKeyFromAnEndlessStdin(t *testing.T) {
+	for _, sub := range []string{"check", "hash"} {
+		zero, err := os.Open("/dev/zero")
+		if err != nil {
+			t.Skip("no /dev/zero")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, builtCaddy(t), "apikey", sub)
+		cmd.Stdin = zero
+		var out, errOut strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err = cmd.Run()
+		timedOut := ctx.Err() != nil
+		zero.Close()
+		cancel()
+		if timedOut {
+			t.Fatalf("%s < /dev/zero did not end within a minute", sub)
+		}
+		if err == nil || out.String() != "" || !strings.Contains(errOut.String(), "longer than 4096 bytes") {
+			t.Errorf("%s < /dev/zero: %v, stdout %q, stderr %q", sub, err, out.String(), errOut.String())
+		}
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && ru.Maxrss > 256<<10 { // KiB
+			t.Errorf("%s < /dev/zero held %d MiB", sub, ru.Maxrss>>10)
+		}
+	}
+}
