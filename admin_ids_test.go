@@ -97,9 +97,9 @@ http://127.0.0.1:%d {
 	}
 
 	file := writeKeyFile(t, k.record)
-	for _, id := range []string{"k_zw\u200b", "k_\u202ezw", "k\u00a0zw", "k_zw\u2028"} {
+	for _, id := range []string{"k_zw\u200b", "k_\u202ezw", "k\u00a0zw", "k_zw\u2028", "k_cafe\u0301"} {
 		_, errOut, code := cli(t, "", "new", "--keys", file, "--type", "dev", "--role", "reader", "--id", id)
-		if code != 1 || !strings.Contains(errOut, "id:") || !strings.Contains(errOut, "U+") {
+		if code != 1 || !strings.Contains(errOut, "id:") || !(strings.Contains(errOut, "U+") || strings.Contains(errOut, "normal form C")) {
 			t.Errorf("new --id %q: exit %d: %s", id, code, errOut)
 		}
 	}

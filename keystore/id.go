@@ -3,6 +3,8 @@ package keystore
 import (
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // CheckID refuses a key id that two people could read as another: one with
@@ -23,7 +25,14 @@ import (
 //     selectors, the combining grapheme joiner, Hangul fillers, Mongolian
 //     free variation selectors) and the braille blank U+2800;
 //   - surrogates, private-use and unassigned code points, U+FFFD (the
-//     mark of a bad encoding), and bytes that are not UTF-8.
+//     mark of a bad encoding), and bytes that are not UTF-8;
+//   - and an id not in Unicode normal form C: "café" with a combining accent
+//     after the "e" shows as "café" with a precomposed "é", and the two would
+//     be different ids.
+//
+// Letters of different scripts that look alike (a Cyrillic "а" and a Latin
+// "a") are allowed: they are different characters, ids in those scripts are
+// real, and every lookup is exact.
 func CheckID(id string) error {
 	if id == "" {
 		return fieldErr("id", "is required")
@@ -31,6 +40,7 @@ func CheckID(id string) error {
 	if !utf8.ValidString(id) {
 		return fieldErr("id", "is not valid UTF-8")
 	}
+	nonASCII := false
 	for i, r := range id {
 		if r < utf8.RuneSelf && r > ' ' && r != 0x7f {
 			continue // printable ASCII, most ids whole
@@ -44,6 +54,10 @@ func CheckID(id string) error {
 		if what := invisible(r); what != "" {
 			return fieldErr("id", "holds %s %U at byte %d; an id may hold only characters that show, so that no two ids look alike", what, r, i)
 		}
+		nonASCII = true
+	}
+	if nonASCII && !norm.NFC.IsNormalString(id) {
+		return fieldErr("id", "is not in Unicode normal form C (a letter and a combining mark where one precomposed character exists): write it composed, as %q", norm.NFC.String(id))
 	}
 	return nil
 }

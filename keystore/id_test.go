@@ -9,7 +9,7 @@ import (
 // show (or shows as a plain space) is refused when a record is compiled,
 // so no two ids look alike; ids that show, in any script, pass.
 func TestCheckIDRefusesWhatDoesNotShow(t *testing.T) {
-	for _, id := range []string{"k_abc", "k_7fq2xk9m3a", "team alpha", "clé_été", "ключ", "鍵-1", "k/with/slash", "k_a\u0301"} {
+	for _, id := range []string{"k_abc", "k_7fq2xk9m3a", "team alpha", "clé_été", "ключ", "鍵-1", "k/with/slash", "k_q\u0301"} {
 		if err := CheckID(id); err != nil {
 			t.Errorf("%q: %v", id, err)
 		}
@@ -39,6 +39,8 @@ func TestCheckIDRefusesWhatDoesNotShow(t *testing.T) {
 		{"k_\ue000", "U+E000"},       // private use
 		{"k_\ufffd", "U+FFFD"},       // replacement character
 		{"k_\xff", "UTF-8"},          // not UTF-8
+		{"k_cafe\u0301", "normal form C"}, // NFD: "café" beside an NFC "café"
+		{"k_a\u0301", "normal form C"},
 		{" k_a", "white space"},
 		{"k_a ", "white space"},
 	} {
