@@ -1,6 +1,8 @@
 package apikey
 
 import (
+	"bytes"
+	"encoding/json"
 	"slices"
 	"sort"
 	"strings"
@@ -10,6 +12,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/moodmnky/caddy-apikey/headers"
 )
 
 // redactedByCaddy are the request headers Caddy's logs redact (unless the
@@ -45,10 +49,11 @@ func (h *Handler) warnAboutLogs(ctx caddy.Context, srv *caddyhttp.Server, once f
 		}
 	}
 	upstream := h.credential.Header()
+	logs, readable := loadedLogs(ctx)
+	h.warnAboutConfigLine(once, logs, readable)
 	if len(clientHeaders) == 0 && !exposed(upstream) {
 		return
 	}
-	logs, readable := loadedLogs(ctx)
 
 	var lines []loggedRequest
 	if srv.Logs != nil {
@@ -68,7 +73,7 @@ func (h *Handler) warnAboutLogs(ctx caddy.Context, srv *caddyhttp.Server, once f
 		}
 	}
 	if exposed(upstream) {
-		line := loggedRequest{subject: "debug", level: zapcore.DebugLevel, loggers: []string{"http.handlers.reverse_proxy"},
+		line := loggedRequest{subject: "debug-upstream", level: zapcore.DebugLevel, loggers: []string{"http.handlers.reverse_proxy"},
 			what: `debug logging writes the headers sent upstream in full (reverse_proxy's "upstream roundtrip" line)`,
 			fix:  ", or log at info"}
 		h.warnIfLogged(srv, once, logs, readable, line, upstream, "upstream_auth sets the upstream's credential in "+upstream, true)
@@ -105,7 +110,7 @@ func (h *Handler) warnIfLogged(srv *caddyhttp.Server, once func(*caddyhttp.Serve
 		return
 	}
 	key := srv
-	if line.subject == "debug" {
+	if strings.HasPrefix(line.subject, "debug") {
 		key = nil
 	}
 	if !once(key, line.subject+":"+header) {
@@ -169,4 +174,76 @@ func quoteAll(names []string) []string {
 		out[i] = `"` + n + `"`
 	}
 	return out
+}
+
+// configLogger logs the whole HTTP app's config at debug on every load
+// (automatic HTTPS's "adjusted config" line), the handlers' own JSON in it.
+const configLogger = "http.auto_https"
+
+// warnAboutConfigLine warns, once per config load, when a log at debug
+// takes Caddy's "adjusted config" line and this handler's config holds a
+// secret as it is: the line writes it. A secret from a file or an {env.*}
+// placeholder stays out (the line shows the path or the placeholder).
+func (h *Handler) warnAboutConfigLine(once func(*caddyhttp.Server, string) bool, logs []configuredLog, readable bool) {
+	if len(h.inlineSecrets) == 0 || !readable {
+		return
+	}
+	var writers []string
+	for _, l := range logs {
+		if zapcore.DebugLevel >= l.level && loggerAllowed(l.include, l.exclude, configLogger) && !l.hidden["http"] {
+			writers = append(writers, l.name)
+		}
+	}
+	if len(writers) == 0 || !once(nil, "config:"+strings.Join(h.inlineSecrets, ",")) {
+		return
+	}
+	sort.Strings(writers)
+	h.logger.Warn("debug logging writes the whole config (the \"adjusted config\" line of "+configLogger+
+		"), and this handler's config holds "+strings.Join(h.inlineSecrets, " and ")+
+		" as it is; take it from a file or an {env.*} placeholder (upstream_auth file <path>, password_file <path>), or log at info",
+		zap.Strings("logs", writers), zap.Strings("secrets", h.inlineSecrets))
+}
+
+// inlineSecrets names the secrets of a handler's config written as they
+// are: upstream_auth's value, and any "password" of its key source or
+// counter store (their Redis settings), unless a placeholder fills it.
+func inlineSecrets(auth *headers.Credential, raws ...json.RawMessage) []string {
+	var names []string
+	if auth != nil && auth.Value != "" && !strings.Contains(auth.Value, "{") {
+		names = append(names, "upstream_auth's credential")
+	}
+	for _, raw := range raws {
+		if len(raw) == 0 || !bytes.Contains(raw, []byte(`"password"`)) {
+			continue
+		}
+		var v any
+		if json.Unmarshal(raw, &v) == nil && holdsPassword(v) {
+			names = append(names, "a Redis password")
+			break
+		}
+	}
+	return names
+}
+
+// holdsPassword reports whether a decoded JSON value has a non-empty
+// "password" without a placeholder, at any depth.
+func holdsPassword(v any) bool {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, x := range v {
+			if s, ok := x.(string); ok && k == "password" && s != "" && !strings.Contains(s, "{") {
+				return true
+			}
+			if holdsPassword(x) {
+				return true
+			}
+		}
+	case []any:
+		for _, x := range v {
+			if holdsPassword(x) {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -315,3 +315,114 @@ http://127.0.0.1:%[4]d {
 		})
 	}
 }
+
+// TestDebugConfigLineWarning: at debug, Caddy logs the whole HTTP app's
+// config on every load (automatic HTTPS's "adjusted config" line), the
+// handler's JSON with it. The handler warns exactly when that writes a
+// secret: upstream_auth's credential written in the config as it is, not
+// one taken from a file.
+func TestDebugConfigLineWarning(t *testing.T) {
+	const secret = "upstream-bearer-7d2kq9"
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_debug_config", Role: "reader"})
+	keyFile := writeKeyFile(t, key.record)
+	secretFile := filepath.Join(t.TempDir(), "ollama")
+	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, auth, level string
+		warns             bool
+	}{
+		{"inline, at debug", "upstream_auth bearer " + secret, "DEBUG", true},
+		{"from a file, at debug", "upstream_auth bearer file " + secretFile, "DEBUG", false},
+		{"inline, at info", "upstream_auth bearer " + secret, "INFO", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			logPath := filepath.Join(t.TempDir(), "caddy.log")
+			startCaddy(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+	log {
+		output file %s
+		level %s
+		format filter {
+			request>headers>X-Api-Key delete
+		}
+	}
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+		%s
+	}
+	respond ok
+}`, logPath, c.level, freePort(t), keyFile, c.auth))
+			stopCaddy()
+			data, _ := os.ReadFile(logPath)
+			written := strings.Contains(string(data), secret)
+			got := warningsAbout(apikeyWarnings(t, logPath), "writes the whole config")
+			if written != c.warns {
+				t.Fatalf("the log holds the credential: %v, want %v (the test's premise)", written, c.warns)
+			}
+			if c.warns && (len(got) != 1 || !strings.Contains(got[0].Msg, "upstream_auth's credential")) {
+				t.Fatalf("want one warning naming upstream_auth's credential; got %+v", got)
+			}
+			if !c.warns && len(got) != 0 {
+				t.Fatalf("a warning although the credential is not written: %+v", got)
+			}
+		})
+	}
+}
+
+// TestDebugUpstreamWarningWithLogCredentials: with log_credentials, Caddy
+// writes Authorization in full, so reverse_proxy's debug "upstream
+// roundtrip" line writes the upstream's bearer token. The handler warns
+// about it, besides the warning about the client's key in the same header.
+func TestDebugUpstreamWarningWithLogCredentials(t *testing.T) {
+	const secret = "upstream-bearer-q8w2m5"
+	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_log_credentials", Role: "reader"})
+	keyFile := writeKeyFile(t, key.record)
+	secretFile := filepath.Join(t.TempDir(), "ollama")
+	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	up := newUpstream(t)
+	logPath := filepath.Join(t.TempDir(), "caddy.log")
+	port := freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+	servers {
+		log_credentials
+	}
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+http://127.0.0.1:%d {
+	handle_path /ollama/* {
+		apikey {
+			keys file %s
+			key_from header Authorization Bearer
+			upstream_auth bearer file %s
+		}
+		reverse_proxy %s
+	}
+}`, logPath, port, keyFile, secretFile, up.addr()))
+	if r := send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/ollama/api/tags", port), bearer(key)...); r.status != 200 {
+		t.Fatalf("%s: %d", key.record.ID, r.status)
+	}
+	stopCaddy()
+	data, _ := os.ReadFile(logPath)
+	if !strings.Contains(string(data), secret) {
+		t.Fatal("the debug log does not hold the upstream's credential: the test's premise is gone")
+	}
+	ws := apikeyWarnings(t, logPath)
+	if got := warningsAbout(ws, "headers sent upstream"); len(got) != 1 || got[0].Header != "Authorization" {
+		t.Fatalf("want one warning about the headers sent upstream, naming Authorization; got %+v", ws)
+	}
+	if got := warningsAbout(ws, "clients send keys in Authorization"); len(got) == 0 {
+		t.Fatalf("the warning about the client's key is gone: %+v", ws)
+	}
+}

@@ -217,6 +217,9 @@ type Handler struct {
 	anon         *anonRefusals
 	refusals     *refusalLog
 	refusalsHeld bool
+	// inlineSecrets names the secrets written in this handler's config as
+	// they are (not from a file or a placeholder), for the warnings.
+	inlineSecrets []string
 
 	requests   *routeCounts
 	perKey     bool
@@ -252,6 +255,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.KeysRaw == nil {
 		return errors.New("keys: a key source is required, e.g. keys file /etc/caddy/keys.json")
 	}
+	h.inlineSecrets = inlineSecrets(h.UpstreamAuth, h.KeysRaw, h.CountersRaw) // before loading clears the raw JSON
 	mod, err := ctx.LoadModule(h, "KeysRaw")
 	if err != nil {
 		return fmt.Errorf("keys: %w", err)
