@@ -23,7 +23,8 @@ func NewID() string {
 }
 
 // Rotate gives the key a new secret, returned once; its old secret works
-// until grace from now, and old secrets whose grace is over are dropped.
+// until grace from now, and old secrets whose grace is over are dropped. A
+// revoked key is not rotated (an error says so, and nothing is written).
 // prepare, when not nil, is called with the current record first: it may
 // refuse the rotation (e.g. of someone else's key), and nothing is written,
 // or change the record further (e.g. extend its expiry).
@@ -33,6 +34,11 @@ func Rotate(ctx context.Context, store Store, id string, grace time.Duration, pr
 			if err := prepare(rec); err != nil {
 				return err
 			}
+		}
+		if rec.Revoked {
+			// A new secret for a revoked key would work nowhere, and printing
+			// it as if it would misleads.
+			return fmt.Errorf("key %q is revoked: a revoked key is not rotated; make a new key", rec.ID)
 		}
 		typ, err := TypeOf(*rec)
 		if err != nil {
