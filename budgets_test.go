@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -762,5 +764,36 @@ func TestTokenHugeMaxTokens(t *testing.T) {
 	}
 	if n := g.tokensLeft(key); n != 1000 {
 		t.Errorf("%d tokens left, want 1000", n)
+	}
+}
+
+// TestTokenBodyOverTheLimitRefusedUnread: a body whose Content-Length is
+// over max_request_body gets 413 at once, before any of it is read: a
+// client that declares a large body and sends a few bytes does not hold the
+// request open (before, the method-override check waited for the body's
+// first 64 KiB, then the read deadline, 30 s).
+func TestTokenBodyOverTheLimitRefusedUnread(t *testing.T) {
+	up := newLLMUpstream(t, 0)
+	key := tokenKey(t, "k_big_body", func(r *keystore.Record) { r.TokensPerDay = int64p(1_000_000) })
+	g := newTokenGateway(t, tokenSite(t, up, writeKeyFile(t, key.record), "max_request_body 1048576"))
+	u, _ := url.Parse(g.base)
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"+
+		"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 2000000\r\n\r\n_method=GE", u.Host, key.secret)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("%s: no answer within 10 s to a body declared over max_request_body: %v", key.record.ID, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 413 || !strings.Contains(string(body), `"reason":"body_too_large"`) {
+		t.Fatalf("%s: %d %s, want 413 body_too_large", key.record.ID, resp.StatusCode, body)
+	}
+	if up.calls.Load() != 0 {
+		t.Fatal("the upstream was called")
 	}
 }

@@ -596,6 +596,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case !k.Permits(r):
 		return h.forbid(w, r, now, h.denials.method, k, presented, policy)
 	}
+	// A body its Content-Length puts over what a route with tokens reads
+	// is refused before any of it is read, the override check's included.
+	if h.tokens != nil && r.ContentLength > h.tokens.maxBody {
+		// Answer without waiting for the body: Go's server would otherwise
+		// read up to 256 KiB of it before writing the answer, and close
+		// the connection after it rather than read the rest.
+		_ = http.NewResponseController(w).EnableFullDuplex()
+		w.Header().Set("Connection", "close")
+		h.refuseRequest(w, r, now, k, presented, http.StatusRequestEntityTooLarge, reasonBodyTooLarge,
+			fmt.Sprintf("The request body is over %d bytes, the most this route reads.", h.tokens.maxBody))
+		return nil
+	}
 	if d := h.overrideRefusal(k, r); d != nil {
 		return h.forbid(w, r, now, d, k, presented, policy)
 	}
