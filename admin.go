@@ -356,9 +356,23 @@ func (adminAPI) usage(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	query := usage.Query{KeyID: q.Get("key"), Service: q.Get("service"), To: time.Now()}
 	var err error
+	inRange := func(name string, t time.Time) error {
+		if t.Year() < 2000 || t.Year() > 9999 {
+			return apiError(http.StatusBadRequest, "%s: %s is out of range", name, t.UTC().Format(time.RFC3339))
+		}
+		return nil
+	}
 	if s := q.Get("to"); s != "" {
 		if query.To, err = parseTimeParam(s); err != nil {
 			return apiError(http.StatusBadRequest, "to: %v", err)
+		}
+		if err := inRange("to", query.To); err != nil {
+			return err
+		}
+		if len(s) == len(dateParam) {
+			// A date as "to" takes in that day: from=2026-12-02&to=2026-12-02
+			// is December 2nd.
+			query.To = query.To.Add(24 * time.Hour)
 		}
 	}
 	query.From = query.To.Add(-24 * time.Hour)
@@ -367,13 +381,11 @@ func (adminAPI) usage(w http.ResponseWriter, r *http.Request) error {
 			return apiError(http.StatusBadRequest, "from: %v", err)
 		}
 	}
+	if err := inRange("from", query.From); err != nil {
+		return err
+	}
 	if !query.From.Before(query.To) {
 		return apiError(http.StatusBadRequest, "from must be before to")
-	}
-	for name, t := range map[string]time.Time{"from": query.From, "to": query.To} {
-		if t.Year() < 2000 || t.Year() > 9999 {
-			return apiError(http.StatusBadRequest, "%s: %s is out of range", name, t.UTC().Format(time.RFC3339))
-		}
 	}
 	// Only the hours a usage store still keeps are read: a range wider
 	// than the retention would cost a Redis read an hour for nothing.
@@ -478,12 +490,15 @@ const (
 	maxUsagePage     = 10000
 )
 
+// dateParam is the layout of a date in a query.
+const dateParam = "2006-01-02"
+
 // parseTimeParam reads RFC 3339 or a date (YYYY-MM-DD, UTC midnight).
 func parseTimeParam(s string) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
 		return t, nil
 	}
-	if t, err := time.Parse("2006-01-02", s); err == nil {
+	if t, err := time.Parse(dateParam, s); err == nil {
 		return t, nil
 	}
 	return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor a date such as 2026-11-27", s)

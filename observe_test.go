@@ -193,6 +193,10 @@ func TestAdminKeysAndUsage(t *testing.T) {
 	if rows := usage("?from=" + today + "&to=" + time.Now().Add(time.Hour).UTC().Format(time.RFC3339)); len(rows) != 3 {
 		t.Errorf("usage from today: %+v", rows)
 	}
+	// A date as "to" takes in that day.
+	if rows := usage("?from=" + today + "&to=" + today); len(rows) != 3 {
+		t.Errorf("usage of today, from and to as dates: %+v", rows)
+	}
 
 	for query, want := range map[string]string{
 		"?by=week":                       "by",
