@@ -274,10 +274,30 @@ func (h *Handler) provisionInflight(tl *tokenLimits) error {
 	if tl.inflightTotal < tl.inflightPerKey {
 		return fmt.Errorf("max_inflight_body: the total (%d bytes) is below the per-key cap (%d)", tl.inflightTotal, tl.inflightPerKey)
 	}
+	return h.holdBodies()
+}
+
+// holdBodies takes the process's counts of bodies held (heldPool), once.
+func (h *Handler) holdBodies() error {
+	if h.heldRef {
+		return nil
+	}
 	val, _, err := heldPool.LoadOrNew(heldPoolKey, func() (caddy.Destructor, error) { return newHeldBodies(), nil })
 	if err != nil {
 		return err
 	}
 	h.held, h.heldRef = val.(*heldBodies), true
 	return nil
+}
+
+// provisionPeeks sets the caps on the body starts the method-override check
+// reads (up to 64 KiB a request, on any route): the route's
+// max_inflight_body on a route with tokens, its defaults elsewhere. They
+// count with the bodies of routes with tokens, in the same counts.
+func (h *Handler) provisionPeeks() error {
+	h.peekPerKey, h.peekTotal = defaultInflightPerKey, defaultInflightTotal
+	if h.tokens != nil {
+		h.peekPerKey, h.peekTotal = h.tokens.inflightPerKey, h.tokens.inflightTotal
+	}
+	return h.holdBodies()
 }

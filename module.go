@@ -202,8 +202,11 @@ type Handler struct {
 
 	limits      limits
 	tokens      *tokenLimits // nil on routes without tokens
-	held        *heldBodies  // the bodies routes with tokens hold
+	held        *heldBodies  // the bodies requests hold (read whole on routes with tokens, their start for the override check)
 	heldRef     bool         // held's place in heldPool is taken
+	// peekPerKey and peekTotal cap the bodies held by the override check:
+	// the route's max_inflight_body, or its defaults.
+	peekPerKey, peekTotal int64
 	counters    ratelimit.Store
 	failLimit   ratelimit.Rate
 	failures    *ratelimit.Failures
@@ -315,6 +318,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("counters: module %T is not a counter store", mod)
 	}
 	if err := h.provisionTokens(); err != nil {
+		return err
+	}
+	if err := h.provisionPeeks(); err != nil {
 		return err
 	}
 
@@ -599,16 +605,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// A body its Content-Length puts over what a route with tokens reads
 	// is refused before any of it is read, the override check's included.
 	if h.tokens != nil && r.ContentLength > h.tokens.maxBody {
-		// Answer without waiting for the body: Go's server would otherwise
-		// read up to 256 KiB of it before writing the answer, and close
-		// the connection after it rather than read the rest.
-		_ = http.NewResponseController(w).EnableFullDuplex()
-		w.Header().Set("Connection", "close")
+		answerUnread(w)
 		h.refuseRequest(w, r, now, k, presented, http.StatusRequestEntityTooLarge, reasonBodyTooLarge,
 			fmt.Sprintf("The request body is over %d bytes, the most this route reads.", h.tokens.maxBody))
 		return nil
 	}
-	if d := h.overrideRefusal(k, r); d != nil {
+	// The start of a body the override check reads is held until the
+	// request ends, and counted in max_inflight_body meanwhile.
+	peek := bodyHold{bodies: h.held, keyID: k.ID, perKey: h.peekPerKey, total: h.peekTotal}
+	defer peek.release()
+	if d := h.overrideRefusal(k, r, &peek); d != nil {
+		if d == h.denials.keyBodies || d == h.denials.allBodies {
+			answerUnread(w)
+		}
 		return h.forbid(w, r, now, d, k, presented, policy)
 	}
 
@@ -616,6 +625,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// tokens are reserved before the request is counted.
 	var call *llmCall
 	if h.tokens != nil {
+		// Its start, if the override check read it, is counted again
+		// with the whole body.
+		peek.release()
 		if call = h.readLLMRequest(w, r, now, k, presented, policy); call == nil {
 			return nil
 		}
@@ -744,6 +756,14 @@ func (h *Handler) busy(w http.ResponseWriter, r *http.Request, now time.Time, t 
 	writeTooMany(w, h.format, decisionRateLimited, "key_checks_in_flight",
 		"Too many keys from this address are being checked at once; retry in 1 s.", time.Second, false)
 	return nil
+}
+
+// answerUnread makes a refusal go out without waiting for the request's
+// body: Go's server would otherwise read up to 256 KiB of it before writing
+// the answer. The connection is closed after the answer instead of read.
+func answerUnread(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).EnableFullDuplex()
+	w.Header().Set("Connection", "close")
 }
 
 // forbid answers 403 to an authenticated key, with its rate-limit headers

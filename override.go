@@ -72,23 +72,31 @@ const (
 	overrideAllowed    overrideVerdict = iota
 	overrideForbidden                  // a method the key may not use
 	overrideUnreadable                 // a body that could hold one, which the gateway cannot read
+	overrideKeyBodies                  // its start could not be read: the key holds its max_inflight_body
+	overrideAllBodies                  // its start could not be read: all requests hold theirs
 )
 
 // overrideRefusal returns the refusal for a request that asks to be run as a
-// method the key may not use, or nil.
-func (h *Handler) overrideRefusal(k *keystore.Key, r *http.Request) *denial {
-	switch overrideCheck(k, r) {
+// method the key may not use, or nil. The start of a body it reads is
+// counted in hold (max_inflight_body) until the request ends.
+func (h *Handler) overrideRefusal(k *keystore.Key, r *http.Request, hold *bodyHold) *denial {
+	switch overrideCheck(k, r, hold) {
 	case overrideForbidden:
 		return h.denials.method
 	case overrideUnreadable:
 		return h.denials.methodUnreadable
+	case overrideKeyBodies:
+		return h.denials.keyBodies
+	case overrideAllBodies:
+		return h.denials.allBodies
 	}
 	return nil
 }
 
 // overrideCheck checks every method the request asks to be run as against
-// the key's role and permissions.
-func overrideCheck(k *keystore.Key, r *http.Request) overrideVerdict {
+// the key's role and permissions. The start of the body it reads is counted
+// in hold first, when hold is not nil.
+func overrideCheck(k *keystore.Key, r *http.Request, hold *bodyHold) overrideVerdict {
 	permits := func(m string) bool {
 		return k.PermitsMethod(r, strings.ToUpper(strings.TrimSpace(m)))
 	}
@@ -115,7 +123,7 @@ func overrideCheck(k *keystore.Key, r *http.Request) overrideVerdict {
 	}
 	for _, m := range anyOverride {
 		if !permits(m) {
-			return bodyOverrideCheck(r, kinds, permits)
+			return bodyOverrideCheck(r, kinds, permits, hold)
 		}
 	}
 	return overrideAllowed // whatever the body asks, the key may do it
@@ -123,10 +131,22 @@ func overrideCheck(k *keystore.Key, r *http.Request) overrideVerdict {
 
 // bodyOverrideCheck reads the body's start (all of it when compressed) for
 // overrides; kinds says how frameworks could read it.
-func bodyOverrideCheck(r *http.Request, kinds bodyKind, permits func(string) bool) overrideVerdict {
+func bodyOverrideCheck(r *http.Request, kinds bodyKind, permits func(string) bool, hold *bodyHold) overrideVerdict {
 	coding, ok := contentCoding(r.Header)
 	if !ok || !asciiCharsets(r.Header["Content-Type"]) {
 		return overrideUnreadable
+	}
+	if hold != nil {
+		size := int64(maxOverridePeek)
+		if r.ContentLength >= 0 && r.ContentLength < size {
+			size = r.ContentLength
+		}
+		switch err := hold.take(size); {
+		case errors.Is(err, errKeyBodies):
+			return overrideKeyBodies
+		case err != nil:
+			return overrideAllBodies
+		}
 	}
 	raw, complete := peekBody(r, maxOverridePeek, kinds, coding == "")
 	methods, unknown := bodyOverrides(kinds, raw)

@@ -175,6 +175,7 @@ type denials struct {
 	missing, invalid, expired, rotatedOut, revoked *denial
 	method, service, ip, keyType, path, pending    *denial
 	methodUnreadable                               *denial
+	keyBodies, allBodies                           *denial // bodies held over max_inflight_body
 	model                                          *denial
 	unavailable                                    *denial
 }
@@ -221,7 +222,11 @@ func newDenials(f errorFormat, service string, allowTypes []string, keyFrom []he
 			"This endpoint accepts only "+strings.Join(allowTypes, " or ")+" keys."),
 		unavailable: newDenial(f, http.StatusServiceUnavailable, decisionUnavailable, "",
 			"The key service is unavailable, so the key could not be checked; retry shortly."),
+		keyBodies: newDenial(f, http.StatusTooManyRequests, decisionRateLimited, reasonInflightBody,
+			"This key's requests in flight hold as many request bodies as the gateway holds for one key; retry when some have finished."),
+		allBodies: allBodiesDenial(f),
 	}
+	d.keyBodies.retryAfter = "1"
 	d.missing.authenticate = challenge
 	for _, den := range []*denial{d.invalid, d.expired, d.rotatedOut, d.revoked} {
 		den.authenticate = invalidChallenge
