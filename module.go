@@ -200,17 +200,17 @@ type Handler struct {
 	preflight    bool // pass preflights on
 	logger       *zap.Logger
 
-	limits      limits
-	tokens      *tokenLimits // nil on routes without tokens
-	held        *heldBodies  // the bodies requests hold (read whole on routes with tokens, their start for the override check)
-	heldRef     bool         // held's place in heldPool is taken
+	limits  limits
+	tokens  *tokenLimits // nil on routes without tokens
+	held    *heldBodies  // the bodies requests hold (read whole on routes with tokens, their start for the override check)
+	heldRef bool         // held's place in heldPool is taken
 	// peekPerKey and peekTotal cap the bodies held by the override check:
 	// the route's max_inflight_body, or its defaults.
 	peekPerKey, peekTotal int64
-	counters    ratelimit.Store
-	failLimit   ratelimit.Rate
-	failures    *ratelimit.Failures
-	failuresKey string // its place in failuresPool, while held
+	counters              ratelimit.Store
+	failLimit             ratelimit.Rate
+	failures              *ratelimit.Failures
+	failuresKey           string // its place in failuresPool, while held
 	// wideLimit and wide: the failed-authentication throttle of networks
 	// of wideBits bits (IPv4, IPv6).
 	wideLimit    ratelimit.Rate
