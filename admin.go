@@ -146,14 +146,11 @@ func givenID(id string) error {
 }
 
 // looksSecret reports whether a request URI (or part of one) holds
-// something shaped like a key (its prefix, in any case, anywhere) or like a
-// key's hash ("sha256:", or 64 hex digits in a row), percent-encoded once,
-// twice or not at all.
+// something shaped like a key or a key's hash (keystore.LooksLikeSecret),
+// percent-encoded once, twice or not at all.
 func looksSecret(s string) bool {
 	for range 4 {
-		upper := strings.ToUpper(s)
-		if strings.Contains(upper, "DEV_API_") || strings.Contains(upper, "PROD_API_") ||
-			strings.Contains(upper, "SHA256:") || hexRun(s) >= 64 {
+		if keystore.LooksLikeSecret(s) {
 			return true
 		}
 		decoded := lenientUnescape(s)
@@ -163,58 +160,6 @@ func looksSecret(s string) bool {
 		s = decoded
 	}
 	return false
-}
-
-// lenientUnescape decodes every valid %XX escape and "+" of s and keeps
-// whatever is not one as it is: one bad escape must not hide the good ones
-// (Go's own unescaping fails whole, while the query parser still decodes
-// each pair it can).
-func lenientUnescape(s string) string {
-	if !strings.ContainsAny(s, "%+") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		switch {
-		case s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]):
-			b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
-			i += 2
-		case s[i] == '+':
-			b.WriteByte(' ')
-		default:
-			b.WriteByte(s[i])
-		}
-	}
-	return b.String()
-}
-
-func isHex(c byte) bool {
-	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
-}
-
-func unhex(c byte) byte {
-	switch {
-	case c <= '9':
-		return c - '0'
-	case c <= 'F':
-		return c - 'A' + 10
-	}
-	return c - 'a' + 10
-}
-
-// hexRun is the length of the longest run of hex digits in s.
-func hexRun(s string) int {
-	longest, run := 0, 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' {
-			run++
-			longest = max(longest, run)
-		} else {
-			run = 0
-		}
-	}
-	return longest
 }
 
 func expect(r *http.Request, method string, serve func() error) error {

@@ -626,25 +626,11 @@ func givenHeads(c *cobra.Command) []string {
 }
 
 // refuseKeyAsID refuses an --id that looks like a key or a key's hash (a
-// key pasted in the wrong place), before anything else, so that no message
-// repeats it: ids are printed, logged and audited. It looks for a key's
-// prefix at the start (spaces and control characters around it aside) or
-// anywhere in its own case ("Bearer DEV_API_…"), "sha256:" in any case, or
-// 64 hex digits in a row.
+// key pasted in the wrong place: keystore.LooksLikeSecret), before anything
+// else, so that no message repeats it: ids are printed, logged and audited.
 func refuseKeyAsID(c *cobra.Command) error {
 	id, _ := c.Flags().GetString("id")
-	trimmed := strings.TrimFunc(id, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) || unicode.Is(unicode.Cf, r) })
-	hexDigits, longest := 0, 0
-	for _, r := range id {
-		if strings.ContainsRune("0123456789abcdefABCDEF", r) {
-			hexDigits++
-			longest = max(longest, hexDigits)
-		} else {
-			hexDigits = 0
-		}
-	}
-	if keystore.HasKnownPrefix(trimmed) || strings.Contains(id, "DEV_API_") || strings.Contains(id, "PROD_API_") ||
-		strings.Contains(strings.ToLower(id), "sha256:") || longest >= 64 {
+	if keystore.LooksLikeSecret(id) {
 		return errors.New("--id: that looks like a key or a key's hash, not a key id; it is not repeated here, and nothing was changed (caddy apikey list shows the ids)")
 	}
 	if id != "" {

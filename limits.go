@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -327,7 +326,7 @@ const maxLoggedPath = 256
 // loggedPath is p cut to maxLoggedPath bytes (on a character boundary),
 // marked with "…" when cut.
 func loggedPath(p string) string {
-	p = maskKeys(p)
+	p = keystore.MaskSecrets(p)
 	if len(p) <= maxLoggedPath {
 		return p
 	}
@@ -336,51 +335,4 @@ func loggedPath(p string) string {
 		cut--
 	}
 	return p[:cut] + "…"
-}
-
-// maskKeys replaces anything shaped like a key in a path (a client that put
-// its key in the URL by mistake) with "[key]": a key never reaches a log
-// line, an audit entry or an event. Prefixes are matched in any case.
-func maskKeys(p string) string {
-	if !hasAPIMark(p) {
-		return p
-	}
-	var b strings.Builder
-	for i := 0; i < len(p); {
-		rest := strings.ToUpper(p[i:min(len(p), i+9)])
-		n := 0
-		switch {
-		case strings.HasPrefix(rest, "DEV_API_"):
-			n = len("DEV_API_")
-		case strings.HasPrefix(rest, "PROD_API_"):
-			n = len("PROD_API_")
-		}
-		if n == 0 {
-			b.WriteByte(p[i])
-			i++
-			continue
-		}
-		j := i + n
-		for j < len(p) && j < i+n+keystore.RandomLen+keystore.ChecksumLen && isAlnum(p[j]) {
-			j++
-		}
-		b.WriteString("[key]")
-		i = j
-	}
-	return b.String()
-}
-
-func isAlnum(c byte) bool {
-	return '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
-}
-
-// hasAPIMark reports whether p holds "_api_" in any case, without
-// allocating.
-func hasAPIMark(p string) bool {
-	for i := 0; i+5 <= len(p); i++ {
-		if p[i] == '_' && p[i+4] == '_' && (p[i+1]|0x20) == 'a' && (p[i+2]|0x20) == 'p' && (p[i+3]|0x20) == 'i' {
-			return true
-		}
-	}
-	return false
 }

@@ -233,3 +233,91 @@ var apiMark = []byte("_API_")
 
 // isKeyByte reports whether c could continue a key or an identifier.
 func isKeyByte(c byte) bool { return c == '_' || base62Value[c] >= 0 }
+
+// LooksLikeSecret reports whether s holds something shaped like a key (a
+// key's prefix, in any case, anywhere) or like a key's hash ("sha256:" in
+// any case, or 64 hex digits in a row): text that must never be repeated in
+// a message, a log line, a listing or a URL. It reads s as it is; a caller
+// that takes percent-encoded text checks each decoding too.
+func LooksLikeSecret(s string) bool {
+	if hasAPIMark(s) {
+		for i := 0; i+len(devPrefix) <= len(s); i++ {
+			if hasPrefixFold(s[i:], devPrefix) || hasPrefixFold(s[i:], prodPrefix) {
+				return true
+			}
+		}
+	}
+	run := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' {
+			if run++; run >= 64 {
+				return true
+			}
+			continue
+		}
+		run = 0
+		if (c == 's' || c == 'S') && hasPrefixFold(s[i:], "sha256:") {
+			return true
+		}
+	}
+	return false
+}
+
+// MaskSecrets replaces anything shaped like a key in s (a key's prefix, in
+// any case, and the base62 characters after it, up to a key's length) with
+// "[key]": for text a client chose, such as a path, on its way to a log
+// line, an audit entry or an event. It allocates only when s holds one.
+func MaskSecrets(s string) string {
+	if !hasAPIMark(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		n := 0
+		switch {
+		case hasPrefixFold(s[i:], devPrefix):
+			n = len(devPrefix)
+		case hasPrefixFold(s[i:], prodPrefix):
+			n = len(prodPrefix)
+		}
+		if n == 0 {
+			b.WriteByte(s[i])
+			i++
+			continue
+		}
+		j := i + n
+		for j < len(s) && j < i+n+RandomLen+ChecksumLen && base62Value[s[j]] >= 0 {
+			j++
+		}
+		b.WriteString("[key]")
+		i = j
+	}
+	return b.String()
+}
+
+// hasAPIMark reports whether s holds "_api_" in any case, without
+// allocating: every key prefix does.
+func hasAPIMark(s string) bool {
+	for i := 0; i+5 <= len(s); i++ {
+		if s[i] == '_' && s[i+4] == '_' && (s[i+1]|0x20) == 'a' && (s[i+2]|0x20) == 'p' && (s[i+3]|0x20) == 'i' {
+			return true
+		}
+	}
+	return false
+}
+
+// hasPrefixFold is strings.HasPrefix, ASCII case folded, for an upper-case
+// or lower-case ASCII prefix.
+func hasPrefixFold(s, prefix string) bool {
+	if len(s) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		a, b := s[i], prefix[i]
+		if a != b && !('a' <= a|0x20 && a|0x20 <= 'z' && a|0x20 == b|0x20) {
+			return false
+		}
+	}
+	return true
+}

@@ -252,7 +252,7 @@ func readForm(r *http.Request) keyForm {
 func (v *visit) create() {
 	f := readForm(v.r)
 	g, err := v.s.policy.checkForm(f, true)
-	if err == nil && looksLikeKey(f.Name) {
+	if err == nil && keystore.LooksLikeSecret(f.Name) {
 		err = refuse("name", "looks like a key; a name describes a key and is shown to others")
 	}
 	if err != nil {
@@ -342,7 +342,7 @@ func (v *visit) keyPageWith(rec keystore.Record, f keyForm, ferr error, status i
 func (v *visit) edit(id string) {
 	f := readForm(v.r)
 	g, err := v.s.policy.checkForm(f, false)
-	if err == nil && looksLikeKey(f.Name) {
+	if err == nil && keystore.LooksLikeSecret(f.Name) {
 		err = refuse("name", "looks like a key; a name describes a key and is shown to others")
 	}
 	if err != nil {
@@ -523,11 +523,6 @@ func (v *visit) notFoundOr(err error) {
 func (v *visit) storeFailed(err error) {
 	v.s.backend.Logger.Error("the portal could not reach its key store", zap.String("store", v.s.backend.Store.Describe()), zap.Error(err))
 	v.s.fail(v.w, v.r, v, http.StatusServiceUnavailable, "The key store is unavailable right now; nothing was changed. Try again shortly.")
-}
-
-func looksLikeKey(s string) bool {
-	upper := strings.ToUpper(s)
-	return strings.Contains(upper, "DEV_API_") || strings.Contains(upper, "PROD_API_")
 }
 
 // origin is where the visitor reached the portal, and so the gateway.
