@@ -64,8 +64,6 @@ type tokenLimits struct {
 	store     ratelimit.TokenStore
 	// inflightPerKey and inflightTotal cap the bodies held (inflight.go).
 	inflightPerKey, inflightTotal int64
-	// allBodies refuses a body over inflightTotal.
-	allBodies *denial
 }
 
 // provisionTokens resolves Tokens, TokenQuota, TokenRate, DefaultMaxTokens
@@ -186,7 +184,7 @@ func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now tim
 			return nil
 		case errors.Is(err, errAllBodies):
 			h.refused(r, now, decisionUnavailable, reasonInflightBody, k, t, nil)
-			tl.allBodies.write(w)
+			h.denials.allBodies.write(w)
 			return nil
 		default:
 			h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody, "The request body could not be read.")

@@ -344,9 +344,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	h.serviceValue = h.Service
 	h.denials = newDenials(h.format, h.Service, allowed, locs)
-	if h.tokens != nil {
-		h.tokens.allBodies = allBodiesDenial(h.format)
-	}
 	h.warnAboutServer(ctx)
 	return nil
 }
