@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/moodmnky/caddy-apikey/audit"
+	"github.com/moodmnky/caddy-apikey/internal/keylist"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keycache"
 	"github.com/moodmnky/caddy-apikey/keystore/keyservice"
@@ -178,7 +179,7 @@ func writeJSON(w http.ResponseWriter, v any) error {
 
 // keyEntry is one key in GET /apikey/keys.
 type keyEntry struct {
-	keyListing
+	keylist.Entry
 	Source string `json:"source"`
 }
 
@@ -265,11 +266,11 @@ func (adminAPI) keys(w http.ResponseWriter, r *http.Request) error {
 	list := make([]keyEntry, 0, len(all))
 	for _, c := range all {
 		k := c.key
-		e := keyEntry{keyListing: listingOf(k, now), Source: c.owner.store.Describe()}
+		e := keyEntry{Entry: keylist.Of(k, now), Source: c.owner.store.Describe()}
 		h := c.owner.h
 		if k.Type != 0 {
 			if res, err := h.counters.Peek(ctx, k.ID, h.limits.policy(k, k.Type)); err == nil && !res.Uncounted {
-				e.Quota = quotaOf(res)
+				e.Quota = keylist.QuotaOf(res)
 			}
 			list = append(list, e)
 			continue
@@ -283,9 +284,9 @@ func (adminAPI) keys(w http.ResponseWriter, r *http.Request) error {
 			}
 			if res, err := h.counters.Peek(ctx, k.ID, h.limits.policy(k, t)); err == nil && !res.Uncounted {
 				if e.QuotaByType == nil {
-					e.QuotaByType = map[string]*quotaUse{}
+					e.QuotaByType = map[string]*keylist.Quota{}
 				}
-				e.QuotaByType[t.String()] = quotaOf(res)
+				e.QuotaByType[t.String()] = keylist.QuotaOf(res)
 			}
 		}
 		list = append(list, e)

@@ -21,8 +21,8 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	"github.com/moodmnky/caddy-apikey/audit"
+	"github.com/moodmnky/caddy-apikey/internal/keylist"
 	"github.com/moodmnky/caddy-apikey/keystore"
-	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
 func init() {
@@ -277,55 +277,6 @@ func RevokeKey(ctx context.Context, store keystore.Store, id string) error {
 	return keystore.Revoke(ctx, store, id, nil)
 }
 
-// keyListing is one key as list and the admin API show it: never a hash.
-type keyListing struct {
-	ID        string   `json:"id"`
-	Name      string   `json:"name,omitempty"`
-	Owner     string   `json:"owner,omitempty"`
-	Type      string   `json:"type,omitempty"`
-	Role      string   `json:"role"`
-	Services  []string `json:"services"`
-	Status    string   `json:"status"`
-	ExpiresAt string   `json:"expires_at,omitempty"`
-	// GraceUntil is when the last old secret stops working, in rotation grace.
-	GraceUntil string `json:"grace_until,omitempty"`
-	// Quota is today's use, where the admin API knows it.
-	Quota *quotaUse `json:"quota,omitempty"`
-	// QuotaByType is today's use of a record without "type", under each
-	// type's limits: which apply depends on the prefix of the key presented,
-	// which the record's hash does not tell.
-	QuotaByType map[string]*quotaUse `json:"quota_by_type,omitempty"`
-}
-
-type quotaUse struct {
-	Limit     int64  `json:"limit"`
-	Used      int64  `json:"used"`
-	Remaining int64  `json:"remaining"`
-	Reset     string `json:"reset"`
-}
-
-func listingOf(k *keystore.Key, now time.Time) keyListing {
-	l := keyListing{ID: k.ID, Name: k.Name, Owner: k.Owner, Type: k.Type.String(), Role: k.Role.String(),
-		Services: k.Services(), Status: k.Status(now)}
-	if l.Services == nil {
-		l.Services = []string{}
-	}
-	if !k.ExpiresAt.IsZero() {
-		l.ExpiresAt = k.ExpiresAt.UTC().Format(time.RFC3339)
-	}
-	for _, p := range k.Previous {
-		if now.Before(p.ValidUntil) && p.ValidUntil.UTC().Format(time.RFC3339) > l.GraceUntil {
-			l.GraceUntil = p.ValidUntil.UTC().Format(time.RFC3339)
-		}
-	}
-	return l
-}
-
-func quotaOf(res ratelimit.Result) *quotaUse {
-	return &quotaUse{Limit: res.Daily.Limit, Used: res.Daily.Limit - res.Daily.Remaining,
-		Remaining: res.Daily.Remaining, Reset: res.Daily.Reset.UTC().Format(time.RFC3339)}
-}
-
 func listCommand() *cobra.Command {
 	c := &cobra.Command{
 		Use:          "list --keys <file> | --redis <address> [--owner <owner>] [--json]",
@@ -341,13 +292,13 @@ func listCommand() *cobra.Command {
 			}
 			defer closeStore()
 			now := time.Now()
-			list := []keyListing{}
+			list := []keylist.Entry{}
 			err = eachRecord(context.Background(), store, owner, func(rec keystore.Record) error {
 				k, err := keystore.Compile(rec)
 				if err != nil {
 					return fmt.Errorf("key %q: %w", rec.ID, err)
 				}
-				list = append(list, listingOf(k, now))
+				list = append(list, keylist.Of(k, now))
 				return nil
 			})
 			if err != nil {

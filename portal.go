@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/moodmnky/caddy-apikey/audit"
+	"github.com/moodmnky/caddy-apikey/internal/keylist"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/portal"
 )
@@ -234,7 +235,7 @@ func todaysQuota(ctx context.Context, store keystore.Store, k *keystore.Key) (po
 	if err != nil || res.Uncounted {
 		return portal.Quota{}, false
 	}
-	q := quotaOf(res)
+	q := keylist.QuotaOf(res)
 	reset, _ := time.Parse(time.RFC3339, q.Reset)
 	return portal.Quota{Used: q.Used, Limit: q.Limit, Reset: reset}, true
 }
