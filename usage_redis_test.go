@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
@@ -85,9 +86,9 @@ func TestUsageCountedDuringAnOutageReachesRedisOnce(t *testing.T) {
 		t.Run(strings.ReplaceAll(stop, " ", ""), func(t *testing.T) {
 			srv := redistest.StartWith(t, "--appendonly", "yes", "--appendfsync", "always")
 			keyID := "k_outage_restart_" + strings.TrimPrefix(strings.ReplaceAll(stop, " ", ""), "-")
-			key := newKey(t, keystore.Dev, keystore.Record{ID: keyID, Role: "reader"})
+			key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: keyID, Role: "reader"})
 			usageFile := filepath.Join(t.TempDir(), "usage.json")
-			port := freePort(t)
+			port := gatewaytest.Port(t)
 			cfg := fmt.Sprintf(`{
 	admin off
 	persist_config off
@@ -103,19 +104,19 @@ http://127.0.0.1:%d {
 		}
 	}
 	respond ok
-}`, port, writeKeyFile(t, key.record), usageFile, srv.Addr())
+}`, port, gatewaytest.WriteKeyFile(t, key.Record), usageFile, srv.Addr())
 			url := fmt.Sprintf("http://127.0.0.1:%d/v1/x", port)
 			requests := func(n int) {
 				t.Helper()
 				for range n {
-					if r := send(t, "GET", url, bearer(key)...); r.status != 200 {
-						t.Fatalf("request: %d", r.status)
+					if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 200 {
+						t.Fatalf("request: %d", r.Status)
 					}
 				}
 			}
 			inRedis := func() int64 { return redisUsage(t, srv.Addr(), keyID) }
 
-			cmd := runCaddyProcess(t, cfg, port)
+			cmd := gatewaytest.StartProcess(t, cfg)
 			requests(50)
 			waitUntil(t, "50 requests in redis", 30*time.Second, func() bool { return inRedis() == 50 })
 			srv.Kill()
@@ -134,7 +135,7 @@ http://127.0.0.1:%d {
 				t.Fatalf("redis after its restart: %d, want the 50 counted before the outage", n)
 			}
 
-			cmd = runCaddyProcess(t, cfg, port)
+			cmd = gatewaytest.StartProcess(t, cfg)
 			waitUntil(t, "the 80 counted during the outage in redis", 30*time.Second, func() bool { return inRedis() >= 130 })
 			if n := inRedis(); n != 130 {
 				t.Fatalf("redis holds %d, want 130", n)
@@ -144,7 +145,7 @@ http://127.0.0.1:%d {
 			// goes up behind whatever the file still held.
 			cmd.Process.Signal(syscall.SIGTERM)
 			cmd.Wait()
-			runCaddyProcess(t, cfg, port)
+			gatewaytest.StartProcess(t, cfg)
 			requests(1)
 			waitUntil(t, "the request after the second restart in redis", 30*time.Second, func() bool { return inRedis() >= 131 })
 			if n := inRedis(); n != 131 {
@@ -160,10 +161,10 @@ http://127.0.0.1:%d {
 // goes unnoticed.
 func TestReloadToAnotherRedisMovesUsage(t *testing.T) {
 	r1, r2 := redistest.Start(t), redistest.Start(t)
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_reload_redis", Role: "reader"})
-	keyFile := writeKeyFile(t, key.record)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_reload_redis", Role: "reader"})
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	usageFile := filepath.Join(t.TempDir(), "usage.json")
-	port, adminPort := freePort(t), freePort(t)
+	port, adminPort := gatewaytest.Port(t), gatewaytest.Port(t)
 	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	cfg := func(redisAddr string) string {
 		return fmt.Sprintf(`{
@@ -187,26 +188,26 @@ http://127.0.0.1:%d {
 	requests := func(n int) {
 		t.Helper()
 		for range n {
-			if r := send(t, "GET", url, bearer(key)...); r.status != 200 {
-				t.Fatalf("request: %d", r.status)
+			if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 200 {
+				t.Fatalf("request: %d", r.Status)
 			}
 		}
 	}
-	startCaddy(t, cfg(r1.Addr()))
+	gatewaytest.Start(t, cfg(r1.Addr()))
 	requests(3)
-	waitUntil(t, "3 requests in redis 1", 30*time.Second, func() bool { return redisUsage(t, r1.Addr(), key.record.ID) == 3 })
+	waitUntil(t, "3 requests in redis 1", 30*time.Second, func() bool { return redisUsage(t, r1.Addr(), key.Record.ID) == 3 })
 
-	if err := loadCaddy(cfg(r2.Addr())); err != nil {
+	if err := gatewaytest.Load(cfg(r2.Addr())); err != nil {
 		t.Fatal(err)
 	}
 	requests(4)
 	waitUntil(t, "the 4 requests after the reload in redis 2", 30*time.Second, func() bool {
-		return redisUsage(t, r2.Addr(), key.record.ID) >= 4
+		return redisUsage(t, r2.Addr(), key.Record.ID) >= 4
 	})
-	if n1, n2 := redisUsage(t, r1.Addr(), key.record.ID), redisUsage(t, r2.Addr(), key.record.ID); n1 != 3 || n2 != 4 {
+	if n1, n2 := redisUsage(t, r1.Addr(), key.Record.ID), redisUsage(t, r2.Addr(), key.Record.ID); n1 != 3 || n2 != 4 {
 		t.Fatalf("redis 1 holds %d, redis 2 %d; want 3 and 4", n1, n2)
 	}
-	if n := usageTotal(t, admin, key.record.ID); n != 4 {
+	if n := usageTotal(t, admin, key.Record.ID); n != 4 {
 		t.Errorf("/apikey/usage answers %d, want redis 2's 4", n)
 	}
 
@@ -231,11 +232,11 @@ http://127.0.0.1:%d {
 
 	r1.Kill()
 	requests(2)
-	status, body := adminCall(t, "GET", admin+"/apikey/usage?key="+key.record.ID)
+	status, body := gatewaytest.Admin(t, "GET", admin, "/apikey/usage?key="+key.Record.ID)
 	if status != 200 {
 		t.Fatalf("/apikey/usage with redis 1 stopped: %d %s", status, body)
 	}
-	if n := usageTotal(t, admin, key.record.ID); n != 6 {
+	if n := usageTotal(t, admin, key.Record.ID); n != 6 {
 		t.Errorf("/apikey/usage answers %d, want 6", n)
 	}
 }
