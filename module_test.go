@@ -367,9 +367,14 @@ func TestRotationGrace(t *testing.T) {
 		t.Errorf("403 to an old secret: %d, Deprecation %q, Sunset %q", r.Status, r.Header.Get("Deprecation"), r.Header.Get("Sunset"))
 	}
 
+	// Past its grace, an old secret is refused like any unusable key:
+	// a 401 tells no sunset (the secret is already dead).
 	r = gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", k.rotatedEnded.Bearer()...)
 	if r.Status != 401 || r.Err.Code != "expired_key" {
 		t.Errorf("old secret past valid_until: %d %q", r.Status, r.Err.Code)
+	}
+	if r.Header.Get("Deprecation") != "" || r.Header.Get("Sunset") != "" {
+		t.Errorf("401 to an old secret past its grace: Deprecation %q, Sunset %q", r.Header.Get("Deprecation"), r.Header.Get("Sunset"))
 	}
 }
 
