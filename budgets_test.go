@@ -845,21 +845,21 @@ func TestOverrideReadsCountInFlight(t *testing.T) {
 	for range 2 {
 		stalled = append(stalled, stall(keys[0]))
 	}
-	waitUntil(t, "two body starts held", 10*time.Second, func() bool { return held() == 2*65536 })
+	gatewaytest.WaitUntil(t, "two body starts held", 10*time.Second, func() bool { return held() == 2*65536 })
 	if code, body := answer(keys[0]); code != 429 || !strings.Contains(body, `"reason":"inflight_body"`) {
 		t.Fatalf("%s, a third stalled body: %d %s, want 429 inflight_body", keys[0].Record.ID, code, body)
 	}
 	for range 2 {
 		stalled = append(stalled, stall(keys[1]))
 	}
-	waitUntil(t, "four body starts held", 10*time.Second, func() bool { return held() == 4*65536 })
+	gatewaytest.WaitUntil(t, "four body starts held", 10*time.Second, func() bool { return held() == 4*65536 })
 	if code, body := answer(keys[2]); code != 503 || !strings.Contains(body, `"reason":"inflight_body"`) {
 		t.Fatalf("%s, over the total: %d %s, want 503 inflight_body", keys[2].Record.ID, code, body)
 	}
 	for _, c := range stalled {
 		c.Close()
 	}
-	waitUntil(t, "the stalled requests' starts given back", 10*time.Second, func() bool { return held() == 0 })
+	gatewaytest.WaitUntil(t, "the stalled requests' starts given back", 10*time.Second, func() bool { return held() == 0 })
 	if resp, got := g.do(keys[2], path, `{"model":"llama3","max_tokens":3,"messages":[]}`); resp.StatusCode != 200 {
 		t.Fatalf("%s after the stalls: %d %s", keys[2].Record.ID, resp.StatusCode, got)
 	}

@@ -215,7 +215,7 @@ http://127.0.0.1:%d {
 		sendBody(one)
 	}
 	checkRefusals(collect(22, "one key, 30 bodies"), http.StatusTooManyRequests, "one key over its cap")
-	waitUntil(t, "8 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 8 })
+	gatewaytest.WaitUntil(t, "8 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 8 })
 	if held := bodiesHeld(one.Record.ID); held != 8*size {
 		t.Errorf("the key holds %d bytes, want %d", held, 8*size)
 	}
@@ -227,15 +227,15 @@ http://127.0.0.1:%d {
 	}
 	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", port, many[39].Secret, size)
 	conn.Write(body[:size/10])
-	waitUntil(t, "the cut body counted", 5*time.Second, func() bool { return bodiesHeld(many[39].Record.ID) == size })
+	gatewaytest.WaitUntil(t, "the cut body counted", 5*time.Second, func() bool { return bodiesHeld(many[39].Record.ID) == size })
 	conn.Close()
-	waitUntil(t, "the cut body given back", 5*time.Second, func() bool { return bodiesHeld(many[39].Record.ID) == 0 })
+	gatewaytest.WaitUntil(t, "the cut body given back", 5*time.Second, func() bool { return bodiesHeld(many[39].Record.ID) == 0 })
 
 	for _, k := range many {
 		sendBody(k)
 	}
 	checkRefusals(collect(23, "40 keys, one body each"), http.StatusServiceUnavailable, "all keys over the total")
-	waitUntil(t, "25 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 25 })
+	gatewaytest.WaitUntil(t, "25 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 25 })
 	if held := bodiesHeld(""); held != 25*size {
 		t.Errorf("all requests hold %d bytes, want %d", held, 25*size)
 	}
@@ -260,7 +260,7 @@ http://127.0.0.1:%d {
 	if ok != 25 {
 		t.Errorf("%d admitted requests answered, want 25", ok)
 	}
-	waitUntil(t, "every byte given back", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
+	gatewaytest.WaitUntil(t, "every byte given back", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
 
 	// The key's whole cap is free again: 8 bodies at once all pass.
 	codes := gatewaytest.Tally(gatewaytest.Burst(8, func(int) *http.Request {
@@ -288,7 +288,7 @@ http://127.0.0.1:%d {
 	if resp.StatusCode != 200 || gotSize != size || gotSum != sha256.Sum256(body) {
 		t.Errorf("a chunked body: %d; the upstream got %d bytes (want %d), same bytes: %v", resp.StatusCode, gotSize, size, gotSum == sha256.Sum256(body))
 	}
-	waitUntil(t, "every byte given back at the end", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
+	gatewaytest.WaitUntil(t, "every byte given back at the end", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
 }
 
 // TestMaxInflightBodyBelowRequestBodyRefused: a per-key cap below
@@ -361,7 +361,7 @@ http://127.0.0.1:%d {
 			statuses[i], _ = do(a)
 		}()
 	}
-	waitUntil(t, "4 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 4 })
+	gatewaytest.WaitUntil(t, "4 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 4 })
 	if err := gatewaytest.Load(config("second")); err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +375,7 @@ http://127.0.0.1:%d {
 			t.Errorf("a request admitted before the reload: %d", s)
 		}
 	}
-	waitUntil(t, "every byte given back", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
+	gatewaytest.WaitUntil(t, "every byte given back", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
 	if status, body := do(b); status != 200 {
 		t.Errorf("a body once the old requests ended: %d %.200s", status, body)
 	}

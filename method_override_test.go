@@ -160,7 +160,7 @@ func overrideGateway(t *testing.T, upstream string, keys ...gatewaytest.Key) str
 		records[i] = k.Record
 	}
 	port := gatewaytest.Port(t)
-	gatewaytest.Start(t, hardeningSite(port, filepath.Join(t.TempDir(), "caddy.log"), gatewaytest.WriteKeyFile(t, records...), upstream, "", ""))
+	gatewaytest.Start(t, guardedSite(port, filepath.Join(t.TempDir(), "caddy.log"), gatewaytest.WriteKeyFile(t, records...), upstream, "", ""))
 	return fmt.Sprintf("http://127.0.0.1:%d/api", port)
 }
 
