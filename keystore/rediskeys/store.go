@@ -48,6 +48,10 @@ func NewStore(client redis.UniversalClient, keyPrefix, describe string) *Store {
 	return &Store{client: client, p: layout(keyPrefix), name: describe + " " + keyPrefix}
 }
 
+// Identity is the store's client (one per Redis, shared by every store
+// on it) and prefix: two stores with both equal change the same records.
+func (s *Store) Identity() any { return *s }
+
 // Describe names the store: the Redis and the prefix, never a password.
 func (s *Store) Describe() string { return s.name }
 
