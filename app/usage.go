@@ -322,9 +322,6 @@ func (t *Usage) finish() {
 	}
 }
 
-// Retention is how long the counts keep an hour.
-func (t *Usage) Retention() time.Duration { return t.retention }
-
 // UsageRows answers a usage query from every usage file the config's
 // routes use, sorted: counts shared on Redis answer for the whole cluster
 // (with what this instance counted and Redis does not hold yet), the
