@@ -45,9 +45,9 @@ func (e emitter) emit(name string, data map[string]any) {
 	}
 }
 
-// quotaWarning returns the warning level (80 or 90) that a key has just
+// warningDue returns the warning level (80 or 90) that a key has just
 // reached in its window and that was not sent yet, or 0.
-func (h *Handler) quotaWarning(keyID string, used, limit int64, reset time.Time) int64 {
+func (h *Handler) warningDue(keyID string, used, limit int64, reset time.Time) int64 {
 	if limit <= 0 {
 		return 0
 	}

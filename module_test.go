@@ -370,9 +370,14 @@ func TestRotationGrace(t *testing.T) {
 		t.Errorf("403 to an old secret: %d, Deprecation %q, Sunset %q", r.status, r.header.Get("Deprecation"), r.header.Get("Sunset"))
 	}
 
+	// Past its grace, an old secret is refused like any unusable key:
+	// a 401 tells no sunset (the secret is already dead).
 	r = send(t, "GET", g.url+"/ollama/api/tags", bearer(k.rotatedEnded)...)
 	if r.status != 401 || r.err.Code != "expired_key" {
 		t.Errorf("old secret past valid_until: %d %q", r.status, r.err.Code)
+	}
+	if r.header.Get("Deprecation") != "" || r.header.Get("Sunset") != "" {
+		t.Errorf("401 to an old secret past its grace: Deprecation %q, Sunset %q", r.header.Get("Deprecation"), r.header.Get("Sunset"))
 	}
 }
 
