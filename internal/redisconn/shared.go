@@ -20,20 +20,18 @@ func Shared(ctx caddy.Context, c *Config, what string) error {
 	if len(c.Addresses) > 0 {
 		return nil
 	}
+	// The app is in every config with an apikey route, given in the
+	// global options or not: it is its Redis that tells.
 	app, err := ctx.AppIfConfigured("apikey")
-	if errors.Is(err, caddy.ErrNotConfigured) {
-		return fmt.Errorf("%s: no address; give one here, or once for every route in the global option apikey { redis { address … } }", what)
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, caddy.ErrNotConfigured) {
 		return err
 	}
-	holder, _ := app.(SharedHolder)
 	var shared *Config
-	if holder != nil {
+	if holder, ok := app.(SharedHolder); ok {
 		shared = holder.SharedRedis()
 	}
 	if shared == nil {
-		return fmt.Errorf("%s: no address, and the global apikey option has no redis block", what)
+		return fmt.Errorf("%s: no address; give one here, or once for every route in the global option apikey { redis { address … } }", what)
 	}
 	*c = *shared
 	return nil
