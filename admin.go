@@ -566,18 +566,17 @@ func knownID(id string) bool {
 // change (see audit.Head).
 func (adminAPI) auditHeads(w http.ResponseWriter) error {
 	seen := map[string]bool{}
-	heads := []auditHead{}
+	heads := []audit.HeadReport{}
 	for _, h := range activeHandlers() {
 		if h.audit == nil || seen[h.audit.Path()] {
 			continue
 		}
 		seen[h.audit.Path()] = true
-		head, recorded, err := audit.ReadHead(h.audit.Path())
+		head, err := audit.ReportHead(h.audit.Path())
 		if err != nil {
 			return apiError(http.StatusInternalServerError, "audit log %s: %v", h.audit.Path(), err)
 		}
-		heads = append(heads, auditHead{Path: h.audit.Path(), Lines: head.Lines, SHA256: head.SHA256,
-			Head: head.String(), Recorded: recorded})
+		heads = append(heads, head)
 	}
 	sort.Slice(heads, func(i, j int) bool { return heads[i].Path < heads[j].Path })
 	return writeJSON(w, map[string]any{"logs": heads})

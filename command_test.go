@@ -344,14 +344,6 @@ func TestCLIKeepsOwnerAndMakesFolders(t *testing.T) {
 	}
 }
 
-func TestPrintable(t *testing.T) {
-	for in, want := range map[string]string{"plain name": "plain name", "a\x1b[31mred": `a\x1b[31mred`, "a\nb": `a\nb`, "a\u202eb": `a\u202eb`, "ünï": "ünï"} {
-		if got := printable(in); got != want {
-			t.Errorf("printable(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // TestCLIRotateRefusesARevokedKey: a new secret for a revoked key would be
 // refused everywhere; rotate says so and prints no key, and the file keeps
 // the record as it was.

@@ -88,7 +88,7 @@ func TestSymlinkedKeyFileWritersTakeTurns(t *testing.T) {
 				}
 			}()
 		}
-		run(func() error { return RevokeKey(context.Background(), keyfile.NewStore(link), "k_victim") })
+		run(func() error { return keystore.Revoke(context.Background(), keyfile.NewStore(link), "k_victim", nil) })
 		for i := range 10 {
 			viaLink, viaTarget := fmt.Sprintf("k_link_%d", i), fmt.Sprintf("k_target_%d", i)
 			ids = append(ids, viaLink, viaTarget)
