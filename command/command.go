@@ -84,9 +84,20 @@ func group(c *cobra.Command, subcommands ...*cobra.Command) *cobra.Command {
 		}
 		return nil
 	}
+	// A typo followed by the flags of the command meant (caddy apikey
+	// lsit --keys keys.json) fails on the flags, which c does not have:
+	// the typo is the error to show. (Subcommands inherit this function:
+	// theirs is the flag's error.)
+	c.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		if args := c.Flags().Args(); c.HasSubCommands() && len(args) > 0 && args[0] != "help" {
+			return unknownCommand(c, args[0])
+		}
+		return err
+	})
 	c.RunE = func(c *cobra.Command, args []string) error {
 		if len(args) == 2 {
 			sub, _, _ := c.Find(args[1:])
+			sub.InitDefaultHelpFlag()
 			return sub.Help()
 		}
 		return c.Help()
