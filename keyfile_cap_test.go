@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/moodmnky/caddy-apikey/internal/capped"
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 )
 
 // TestKeyFileOverTheCapFailsTheLoad: Caddy refuses a key file over the cap
@@ -20,7 +21,7 @@ func TestKeyFileOverTheCapFailsTheLoad(t *testing.T) {
 	if err := os.Truncate(big, capped.KeyFile+1); err != nil { // sparse: it takes no room on disk
 		t.Fatal(err)
 	}
-	err := loadCaddy(fmt.Sprintf(`{
+	err := gatewaytest.Load(fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -29,9 +30,9 @@ http://127.0.0.1:%d {
 		keys file %s
 	}
 	respond ok
-}`, freePort(t), big))
+}`, gatewaytest.Port(t), big))
 	if err == nil {
-		stopCaddy()
+		gatewaytest.Stop()
 		t.Fatal("a key file over the cap loaded")
 	}
 	if !strings.Contains(err.Error(), big) || !strings.Contains(err.Error(), capped.Size(capped.KeyFile)) {

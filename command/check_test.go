@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -63,7 +64,7 @@ func TestCLIKeyFromAnEndlessStdin(t *testing.T) {
 			t.Skip("no /dev/zero")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		cmd := exec.CommandContext(ctx, builtCaddy(t), "apikey", sub)
+		cmd := exec.CommandContext(ctx, gatewaytest.CaddyBinary(t), "apikey", sub)
 		cmd.Stdin = zero
 		var out, errOut strings.Builder
 		cmd.Stdout, cmd.Stderr = &out, &errOut

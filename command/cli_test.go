@@ -2,58 +2,25 @@ package command_test
 
 import (
 	"bytes"
-	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
+	_ "github.com/moodmnky/caddy-apikey"
+
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
-// The commands are tested as users run them: the built binary (cmd/caddy,
-// Caddy with the plugin), built once per test run.
-var built struct {
-	once sync.Once
-	dir  string
-	path string
-	err  error
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if built.dir != "" {
-		os.RemoveAll(built.dir)
-	}
-	os.Exit(code)
-}
-
-// builtCaddy is the path of cmd/caddy built for this run.
-func builtCaddy(t testing.TB) string {
-	t.Helper()
-	built.once.Do(func() {
-		built.dir, built.err = os.MkdirTemp("", "caddy-apikey-cli-")
-		if built.err != nil {
-			return
-		}
-		built.path = filepath.Join(built.dir, "caddy")
-		out, err := exec.Command("go", "build", "-o", built.path, "github.com/moodmnky/caddy-apikey/cmd/caddy").CombinedOutput()
-		if err != nil {
-			built.err = fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
-		}
-	})
-	if built.err != nil {
-		t.Fatal(built.err)
-	}
-	return built.path
-}
+// TestMain keeps Caddy and the commands out of the real HOME; the
+// commands are tested as users run them, from the built binary
+// (gatewaytest.CaddyBinary: cmd/caddy, Caddy with the plugin).
+func TestMain(m *testing.M) { gatewaytest.Main(m) }
 
 // cli runs `caddy apikey ...` from the built binary.
 func cli(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := exec.Command(builtCaddy(t), append([]string{"apikey"}, args...)...)
+	cmd := exec.Command(gatewaytest.CaddyBinary(t), append([]string{"apikey"}, args...)...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/moodmnky/caddy-apikey/internal/capped"
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 )
@@ -120,7 +121,7 @@ func TestCLIDanglingLinkRace(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("symbolic links")
 	}
-	bin := builtCaddy(t)
+	bin := gatewaytest.CaddyBinary(t)
 	dir := t.TempDir()
 	for _, d := range []string{"real", "race", "other"} {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
@@ -350,5 +351,31 @@ func TestSymlinkedKeyFileCommandsTakeTurns(t *testing.T) {
 		}
 		wg.Wait()
 		checkNothingLost(t, round, link, target, ids)
+	}
+}
+
+// TestCLIKeepsWhatItDoesNotTouch: other records, field order and the file
+// mode survive a change.
+func TestCLIKeepsWhatItDoesNotTouch(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "keys.json")
+	a := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
+	b := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{})
+	content := `{"keys": [
+  {"role": "custom", "id": "k_a", "permissions": ["GET /api/*"], "hash": "` + a.Record.Hash + `", "name": "Alpha", "allowed_ips": ["203.0.113.0/24"]},
+  {"id": "k_b", "hash": "` + b.Record.Hash + `", "role": "admin", "type": "prod", "services": ["*"], "expires_at": "2099-01-01T00:00:00Z"}
+]}`
+	os.WriteFile(keyFile, []byte(content), 0o640)
+	if _, errOut, code := cli(t, "", "revoke", "--keys", keyFile, "--id", "k_b"); code != 0 {
+		t.Fatalf("revoke: %s", errOut)
+	}
+	data, _ := os.ReadFile(keyFile)
+	if info, _ := os.Stat(keyFile); info.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640 kept", info.Mode().Perm())
+	}
+	wantA := `{"role":"custom","id":"k_a","permissions":["GET /api/*"],"hash":"` + a.Record.Hash + `","name":"Alpha","allowed_ips":["203.0.113.0/24"]}`
+	wantB := `{"id":"k_b","hash":"` + b.Record.Hash + `","role":"admin","type":"prod","services":["*"],"expires_at":"2099-01-01T00:00:00Z","revoked":true}`
+	if !strings.Contains(string(data), wantA) || !strings.Contains(string(data), wantB) {
+		t.Errorf("records changed beyond the revocation:\n%s", data)
 	}
 }
