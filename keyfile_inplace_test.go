@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -63,4 +64,26 @@ func TestKeyFileEditInPlaceKeepingSizeAndTime(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// startFileGateway runs Caddy in front of a key file the CLI edits.
+func startFileGateway(t *testing.T, keyFile string) string {
+	t.Helper()
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+		service ollama
+		failed_auth_limit off
+		counters memory {
+			file %s
+		}
+	}
+	respond "admitted {http.apikey.id}"
+}`, port, keyFile, filepath.Join(t.TempDir(), "counters.json")))
+	return fmt.Sprintf("http://127.0.0.1:%d/api/tags", port)
 }

@@ -10,27 +10,17 @@ import (
 	"github.com/moodmnky/caddy-apikey/audit"
 )
 
-// auditHead is one audit log's head in GET /apikey/audit/head.
-type auditHead struct {
-	Path     string `json:"path"`
-	Lines    int64  `json:"lines"`
-	SHA256   string `json:"sha256"`
-	Head     string `json:"head"`
-	Recorded bool   `json:"recorded"`
-}
-
 // auditHeads answers GET /apikey/audit/head: the head of every audit log
 // the running config names, to record somewhere the log's writers cannot
 // change (see audit.Head).
 func auditHeads(w http.ResponseWriter, _ *http.Request, running *app.App) error {
-	heads := []auditHead{}
+	heads := []audit.HeadReport{}
 	for _, log := range running.Audits() {
-		head, recorded, err := audit.ReadHead(log.Path())
+		head, err := audit.ReportHead(log.Path())
 		if err != nil {
 			return apiError(http.StatusInternalServerError, "audit log %s: %v", log.Path(), err)
 		}
-		heads = append(heads, auditHead{Path: log.Path(), Lines: head.Lines, SHA256: head.SHA256,
-			Head: head.String(), Recorded: recorded})
+		heads = append(heads, head)
 	}
 	sort.Slice(heads, func(i, j int) bool { return heads[i].Path < heads[j].Path })
 	return writeJSON(w, map[string]any{"logs": heads})

@@ -114,6 +114,32 @@ func writeHead(path string, h Head) error {
 	return os.Rename(tmp.Name(), name)
 }
 
+// HeadReport is an audit log's head as caddy apikey audit head --json and
+// the admin API's GET /apikey/audit/head show it.
+type HeadReport struct {
+	// Path is the audit log's path.
+	Path string `json:"path"`
+	// Lines is the number of lines up to the head.
+	Lines int64 `json:"lines"`
+	// SHA256 is the hash of the line at the head.
+	SHA256 string `json:"sha256"`
+	// Head is "<lines>:<sha256>", for audit verify --head.
+	Head string `json:"head"`
+	// Recorded is false when no writer has recorded the head beside the
+	// log yet, and it was worked out from the log.
+	Recorded bool `json:"recorded"`
+}
+
+// ReportHead reads the head of the log at path (see ReadHead) as a
+// HeadReport.
+func ReportHead(path string) (HeadReport, error) {
+	h, recorded, err := ReadHead(path)
+	if err != nil {
+		return HeadReport{}, err
+	}
+	return HeadReport{Path: path, Lines: h.Lines, SHA256: h.SHA256, Head: h.String(), Recorded: recorded}, nil
+}
+
 // ReadHead returns the head recorded beside the log at path. When there is
 // no head file (no writer of this version has appended yet), it is worked
 // out from the log itself, and recorded is false. A missing log has the

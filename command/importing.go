@@ -1,7 +1,6 @@
-package apikey
+package command
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,79 +13,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 )
-
-// exportCommand writes a store's records as a key file: a backup of Redis,
-// or a copy to review in git.
-func exportCommand() *cobra.Command {
-	c := &cobra.Command{
-		Use:          "export --redis <address> | --keys <file> [--out <file>]",
-		Short:        "Writes every record of a store as a key file (hashes, never keys)",
-		Args:         cobra.NoArgs,
-		SilenceUsage: true,
-		RunE: func(c *cobra.Command, _ []string) error {
-			store, closeStore, err := openStore(c)
-			if err != nil {
-				return err
-			}
-			defer closeStore()
-			var records []keystore.Record
-			if err := eachRecord(context.Background(), store, "", func(rec keystore.Record) error {
-				records = append(records, rec)
-				return nil
-			}); err != nil {
-				return err
-			}
-			data, err := encodeKeyFile(records)
-			if err != nil {
-				return err
-			}
-			out, _ := c.Flags().GetString("out")
-			if out == "" {
-				_, err = os.Stdout.Write(data)
-				return err
-			}
-			if err := atomicfile.WriteFile(out, data, 0o600); err != nil {
-				return err
-			}
-			fmt.Fprintf(stderr, "Wrote %d keys from %s to %s.\n", len(records), store.Describe(), out)
-			return nil
-		},
-	}
-	addStoreFlags(c)
-	c.Flags().String("out", "", "the key file to write (default: stdout); replaced atomically, mode 0600")
-	return c
-}
-
-// encodeKeyFile writes records as a key file, one record a line, in id
-// order, so that two exports of the same keys are the same bytes.
-func encodeKeyFile(records []keystore.Record) ([]byte, error) {
-	sort.Slice(records, func(i, j int) bool { return records[i].ID < records[j].ID })
-	var b bytes.Buffer
-	b.WriteString("{\n  \"keys\": [")
-	for i, rec := range records {
-		line, err := json.Marshal(rec)
-		if err != nil {
-			return nil, err
-		}
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString("\n    ")
-		b.Write(line)
-	}
-	if len(records) > 0 {
-		b.WriteString("\n  ")
-	}
-	b.WriteString("]\n}\n")
-	if _, err := keystore.ParseAndValidate(b.Bytes()); err != nil {
-		return nil, fmt.Errorf("the store's records do not make a valid key file: %w", err)
-	}
-	return b.Bytes(), nil
-}
 
 // importCommand loads a key file into Redis: new ids are created, changed
 // ones updated to the file's version, the rest left alone; keys in Redis
@@ -100,71 +29,71 @@ func encodeKeyFile(records []keystore.Record) ([]byte, error) {
 // stays revoked whatever the file says, unless --unrevoke is given (and
 // then only a revocation the plan showed is undone).
 func importCommand() *cobra.Command {
-	c := &cobra.Command{
-		Use:          "import <key file> --redis <address> [--dry-run] [--unrevoke]",
-		Short:        "Loads a key file into Redis; --dry-run shows what would change",
-		Args:         cobra.ExactArgs(1),
-		SilenceUsage: true,
-		RunE: func(c *cobra.Command, args []string) error {
-			data, err := keyfile.ReadFile(args[0]) // up to the key file's cap
-			if err != nil {
-				return fmt.Errorf("%w (nothing was imported)", err)
-			}
-			if _, err := keystore.ParseAndValidate(data); err != nil {
-				return fmt.Errorf("key file %s: %w (nothing was imported)", args[0], err)
-			}
-			records, _ := keystore.ParseRecords(data)
-			if redis, _ := c.Flags().GetString("redis"); redis == "" {
-				return errors.New("import needs --redis <address>")
-			}
-			store, closeStore, err := openStore(c)
-			if err != nil {
-				return err
-			}
-			defer closeStore()
-			ctx := context.Background()
-			unrevoke, _ := c.Flags().GetBool("unrevoke")
-			plan, err := planImport(ctx, store, records, unrevoke)
-			if err != nil {
-				return fmt.Errorf("%w (nothing was imported)", err)
-			}
-			dry, _ := c.Flags().GetBool("dry-run")
-			for _, step := range plan.steps {
-				fmt.Fprintln(os.Stdout, step.describe())
-			}
-			for _, id := range plan.keptRevoked {
-				fmt.Fprintf(os.Stdout, "! %s stays revoked: revoked in %s, not in the file (--unrevoke undoes that)\n", id, store.Describe())
-			}
-			if dry {
-				fmt.Fprintf(stderr, "Dry run: %s; nothing was written to %s.\n", plan.summary(), store.Describe())
-				return nil
-			}
-			var left []string
-			for i, step := range plan.steps {
-				outcome, err := applyImportStep(ctx, store, step)
-				switch {
-				case err != nil:
-					return fmt.Errorf("%s %s: %w (%d of %d changes were made; run the import again to finish)",
-						step.action, step.rec.ID, err, i, len(plan.steps))
-				case outcome == stepKeptRevoked:
-					fmt.Fprintf(os.Stdout, "! %s was revoked while the import ran: kept revoked, the rest of its change made\n", step.rec.ID)
-				case outcome == stepLeft:
-					fmt.Fprintf(os.Stdout, "! %s changed in %s while the import ran: left as it now is\n", step.rec.ID, store.Describe())
-					left = append(left, step.rec.ID)
-				}
-			}
-			if len(left) > 0 {
-				return fmt.Errorf("%d record(s) changed in %s while the import ran and were left as they now are, not overwritten: %s; the other changes were made; run the import again to re-plan them",
-					len(left), store.Describe(), strings.Join(left, ", "))
-			}
-			fmt.Fprintf(stderr, "Imported %s into %s.\n", plan.summary(), store.Describe())
-			return nil
-		},
-	}
+	c := leaf("import <key file> --redis <address> [--dry-run] [--unrevoke]",
+		"Loads a key file into Redis; --dry-run shows what would change", cobra.ExactArgs(1), runImport)
 	addStoreFlags(c)
 	c.Flags().Bool("dry-run", false, "show what would change, and change nothing")
 	c.Flags().Bool("unrevoke", false, "un-revoke the keys revoked in Redis that the file has unrevoked (as the plan shows them); without it they stay revoked")
 	return c
+}
+
+func runImport(c *cobra.Command, args []string) error {
+	data, err := keyfile.ReadFile(args[0]) // up to the key file's cap
+	if err != nil {
+		return fmt.Errorf("%w (nothing was imported)", err)
+	}
+	if _, err := keystore.ParseAndValidate(data); err != nil {
+		return fmt.Errorf("key file %s: %w (nothing was imported)", args[0], err)
+	}
+	records, _ := keystore.ParseRecords(data)
+	if redis, _ := c.Flags().GetString("redis"); redis == "" {
+		return errors.New("import needs --redis <address>")
+	}
+	unrevoke, _ := c.Flags().GetBool("unrevoke")
+	dry, _ := c.Flags().GetBool("dry-run")
+	return withStore(c, func(store keystore.Store) error {
+		ctx := context.Background()
+		plan, err := planImport(ctx, store, records, unrevoke)
+		if err != nil {
+			return fmt.Errorf("%w (nothing was imported)", err)
+		}
+		for _, step := range plan.steps {
+			fmt.Fprintln(os.Stdout, step.describe())
+		}
+		for _, id := range plan.keptRevoked {
+			fmt.Fprintf(os.Stdout, "! %s stays revoked: revoked in %s, not in the file (--unrevoke undoes that)\n", id, store.Describe())
+		}
+		if dry {
+			fmt.Fprintf(stderr, "Dry run: %s; nothing was written to %s.\n", plan.summary(), store.Describe())
+			return nil
+		}
+		return applyImport(ctx, store, plan)
+	})
+}
+
+// applyImport makes the plan's steps, one by one, saying which records
+// changed in the store since the plan (and were left as they now are).
+func applyImport(ctx context.Context, store keystore.Store, plan importPlan) error {
+	var left []string
+	for i, step := range plan.steps {
+		outcome, err := applyImportStep(ctx, store, step)
+		switch {
+		case err != nil:
+			return fmt.Errorf("%s %s: %w (%d of %d changes were made; run the import again to finish)",
+				step.action, step.rec.ID, err, i, len(plan.steps))
+		case outcome == stepKeptRevoked:
+			fmt.Fprintf(os.Stdout, "! %s was revoked while the import ran: kept revoked, the rest of its change made\n", step.rec.ID)
+		case outcome == stepLeft:
+			fmt.Fprintf(os.Stdout, "! %s changed in %s while the import ran: left as it now is\n", step.rec.ID, store.Describe())
+			left = append(left, step.rec.ID)
+		}
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("%d record(s) changed in %s while the import ran and were left as they now are, not overwritten: %s; the other changes were made; run the import again to re-plan them",
+			len(left), store.Describe(), strings.Join(left, ", "))
+	}
+	fmt.Fprintf(stderr, "Imported %s into %s.\n", plan.summary(), store.Describe())
+	return nil
 }
 
 // What became of an import step.

@@ -1,7 +1,8 @@
-package apikey
+package command_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -10,13 +11,112 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/capped"
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
+
+// TestCLIImportOfAnEndlessFile: import /dev/zero ends with an error naming
+// the file and the cap, having held no more than the cap.
+func TestCLIImportOfAnEndlessFile(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, gatewaytest.CaddyBinary(t), "apikey", "import", "/dev/zero", "--redis", "127.0.0.1:1")
+	var errOut strings.Builder
+	cmd.Stderr = &errOut
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatal("import /dev/zero did not end within 2 minutes")
+	}
+	if err == nil {
+		t.Fatal("import /dev/zero: exit 0")
+	}
+	if !strings.Contains(errOut.String(), "/dev/zero") || !strings.Contains(errOut.String(), capped.Size(capped.KeyFile)) {
+		t.Errorf("import /dev/zero: the message does not name the file and the cap: %q", errOut.String())
+	}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		t.Logf("peak RSS %d MiB", ru.Maxrss>>10)
+		if ru.Maxrss > 1<<20 { // KiB: 1 GiB
+			t.Errorf("import /dev/zero held %d MiB", ru.Maxrss>>10)
+		}
+	}
+}
+
+// TestExportImport: a key file imported into Redis (dry run first, which
+// writes nothing), imported again (nothing changes), changed and imported
+// (one update), exported back to the same records; an import that would
+// give one hash to two keys is refused and leaves Redis as it was.
+func TestExportImport(t *testing.T) {
+	srv := redistest.Start(t)
+	a := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_imp_a", Type: "dev", Role: "reader", Services: []string{"ollama"}})
+	b := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_imp_b", Type: "prod", Role: "writer", Owner: "bob"})
+	file := gatewaytest.WriteKeyFile(t, a.Record, b.Record)
+
+	run := func(args ...string) (string, string, int) {
+		t.Helper()
+		return cli(t, "", args...)
+	}
+	out, _, code := run("import", file, "--redis", srv.Addr(), "--dry-run")
+	if code != 0 || !strings.Contains(out, "+ k_imp_a") || !strings.Contains(out, "+ k_imp_b") {
+		t.Fatalf("dry run: %d %q", code, out)
+	}
+	if out, _, _ := run("list", "--redis", srv.Addr(), "--json"); strings.Contains(out, "k_imp_a") {
+		t.Fatal("the dry run wrote to Redis")
+	}
+	if _, errOut, code := run("import", file, "--redis", srv.Addr()); code != 0 || !strings.Contains(errOut, "2 created, 0 updated, 0 unchanged") {
+		t.Fatalf("import: %d %q", code, errOut)
+	}
+	if _, errOut, code := run("import", file, "--redis", srv.Addr()); code != 0 || !strings.Contains(errOut, "0 created, 0 updated, 2 unchanged") {
+		t.Fatalf("second import: %d %q", code, errOut)
+	}
+	a.Record.Role = "writer"
+	file = gatewaytest.WriteKeyFile(t, a.Record, b.Record)
+	out, errOut, code := run("import", file, "--redis", srv.Addr())
+	if code != 0 || !strings.Contains(out, "~ k_imp_a (role)") || !strings.Contains(errOut, "0 created, 1 updated, 1 unchanged") {
+		t.Fatalf("changed import: %d %q %q", code, out, errOut)
+	}
+
+	exported := filepath.Join(t.TempDir(), "export.json")
+	if _, errOut, code := run("export", "--redis", srv.Addr(), "--out", exported); code != 0 {
+		t.Fatalf("export: %d %q", code, errOut)
+	}
+	data, _ := os.ReadFile(exported)
+	records, err := keystore.ParseRecords(data)
+	if err != nil || len(records) != 2 || records[0].Role != "writer" || records[1].Owner != "bob" || records[0].Hash != a.Record.Hash {
+		t.Fatalf("export: %d records, %v", len(records), err)
+	}
+
+	// A record whose hash is k_imp_a's, under another id: refused whole.
+	thief := b.Record
+	thief.ID, thief.Hash = "k_imp_thief", a.Record.Hash
+	fresh := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_imp_fresh", Type: "dev", Role: "reader"})
+	bad := gatewaytest.WriteKeyFile(t, fresh.Record, thief)
+	if _, errOut, code := run("import", bad, "--redis", srv.Addr()); code != 1 || !strings.Contains(errOut, "nothing was imported") {
+		t.Fatalf("conflicting import: %d %q", code, errOut)
+	}
+	if out, _, _ := run("list", "--redis", srv.Addr(), "--json"); strings.Contains(out, "k_imp_fresh") || strings.Contains(out, "k_imp_thief") {
+		t.Error("a refused import wrote part of itself")
+	}
+
+	// Two keys swapping secrets, beside another change: valid in the end,
+	// impossible one record at a time, so refused before anything is
+	// written.
+	swapA, swapB := a.Record, b.Record
+	swapA.Name, swapB.Name = "renamed", b.Record.Name
+	swapA.Hash, swapB.Hash = b.Record.Hash, a.Record.Hash
+	swap := gatewaytest.WriteKeyFile(t, swapA, swapB)
+	if _, errOut, code := run("import", swap, "--redis", srv.Addr()); code != 1 || !strings.Contains(errOut, "nothing was imported") {
+		t.Fatalf("swapping import: %d %q", code, errOut)
+	}
+	if out, _, _ := run("list", "--redis", srv.Addr(), "--json"); strings.Contains(out, "renamed") {
+		t.Error("a refused import wrote part of itself")
+	}
+}
 
 // writeGate is a TCP relay in front of a real Redis that holds every
 // client's first write (a script call: EVALSHA or EVAL) until released:

@@ -1,4 +1,4 @@
-package apikey
+package command
 
 import (
 	"context"
@@ -81,4 +81,36 @@ func openStore(c *cobra.Command) (keystore.Store, func(), error) {
 	}
 	prefix, _ := f.GetString("redis-prefix")
 	return rediskeys.NewStore(client, prefix, cfg.Describe()), func() { release() }, nil
+}
+
+// withStore runs fn with the store the flags name (see openStore), and
+// closes the store after it.
+func withStore(c *cobra.Command, fn func(keystore.Store) error) error {
+	store, closeStore, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	return fn(store)
+}
+
+// eachRecord calls fn for every record of the store (of one owner, when
+// given), in id order, a page at a time.
+func eachRecord(ctx context.Context, store keystore.Store, owner string, fn func(keystore.Record) error) error {
+	q := keystore.ListQuery{Owner: owner, Limit: keystore.MaxListLimit}
+	for {
+		page, err := store.List(ctx, q)
+		if err != nil {
+			return err
+		}
+		for _, rec := range page.Records {
+			if err := fn(rec); err != nil {
+				return err
+			}
+		}
+		if page.Next == "" {
+			return nil
+		}
+		q.After = page.Next
+	}
 }

@@ -1,0 +1,87 @@
+package command_test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestCLIAuditVerifyFindsTampering edits a line of a real audit log.
+func TestCLIAuditVerifyFindsTampering(t *testing.T) {
+	dir := t.TempDir()
+	keyFile, auditLog := filepath.Join(dir, "keys.json"), filepath.Join(dir, "audit.log")
+	for i := 0; i < 3; i++ {
+		newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", fmt.Sprintf("k_%d", i), "--audit-log", auditLog)
+	}
+	data, _ := os.ReadFile(auditLog)
+	os.WriteFile(auditLog, bytes.Replace(data, []byte(`"key_id":"k_1"`), []byte(`"key_id":"k_9"`), 1), 0o600)
+	_, errOut, code := cli(t, "", "audit", "verify", auditLog)
+	if code != 1 || !strings.Contains(errOut, "line 3: does not follow line 2") {
+		t.Errorf("tampered log: exit %d, %q", code, errOut)
+	}
+}
+
+// TestCLIAuditVerifyHeadOutput: whatever --head is given, audit verify's
+// output is whole lines: a refusal is one line on stderr, ending with a
+// newline, and what it says of a head it checked is the head as read, not
+// the text given (a head copied with a line break or carriage return would
+// otherwise break its line in two). An empty --head (from an empty file,
+// say) is refused, not skipped.
+func TestCLIAuditVerifyHeadOutput(t *testing.T) {
+	dir := t.TempDir()
+	keyFile, auditLog := filepath.Join(dir, "keys.json"), filepath.Join(dir, "audit.log")
+	newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_1", "--audit-log", auditLog)
+	out, errOut, code := cli(t, "", "audit", "head", auditLog)
+	if code != 0 {
+		t.Fatalf("audit head: exit %d %s", code, errOut)
+	}
+	head := strings.TrimSpace(out)
+	sum := head[strings.IndexByte(head, ':')+1:]
+	zeros := strings.Repeat("0", 64)
+
+	wholeLines := func(name, s string, lines int) {
+		t.Helper()
+		if s == "" && lines == 0 {
+			return
+		}
+		if !strings.HasSuffix(s, "\n") || strings.Count(s, "\n") != lines || strings.ContainsAny(s, "\r\x00") {
+			t.Errorf("--head %s: want %d whole line(s), got %q", name, lines, s)
+		}
+	}
+	for _, c := range []struct {
+		name, head string
+	}{
+		{"empty", ""},
+		{"blank", " \n"},
+		{"wrong", "wrong"},
+		{"wrong with a line break", "wrong\nmore"},
+		{"not in the log", "1:" + zeros},
+		{"past the end", "5:" + sum},
+		{"a bare sha256 not in the log", strings.Repeat("ab", 32) + "\r\n"},
+	} {
+		out, errOut, code := cli(t, "", "audit", "verify", "--head", c.head, auditLog)
+		if code != 1 || out != "" || !strings.HasPrefix(errOut, "Error: ") {
+			t.Errorf("--head %s: exit %d, stdout %q, stderr %q", c.name, code, out, errOut)
+		}
+		wholeLines(c.name, errOut, 1)
+	}
+	for _, c := range []struct {
+		name, head, shown string
+	}{
+		{"with a carriage return", head + "\r", head},
+		{"with a line break", head + "\n", head},
+		{"bare, with spaces", " " + sum + " \r\n", sum},
+	} {
+		out, errOut, code := cli(t, "", "audit", "verify", "--head", c.head, auditLog)
+		if code != 0 || errOut != "" {
+			t.Errorf("--head %s: exit %d, stderr %q", c.name, code, errOut)
+		}
+		wholeLines(c.name, out, 3) // the chain, the recorded head, the head given
+		if !strings.HasSuffix(out, "the head "+c.shown+" is in the log\n") {
+			t.Errorf("--head %s: %q", c.name, out)
+		}
+	}
+}
