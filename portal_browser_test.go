@@ -24,6 +24,7 @@ import (
 	"github.com/chromedp/chromedp/kb"
 
 	"github.com/moodmnky/caddy-apikey/internal/browsertest"
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 )
 
@@ -52,7 +53,7 @@ func TestPortalInBrowser(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Setenv("APIKEY_DEMO_DIR", dir)
-			gw, admin := freePort(t), freePort(t)
+			gw, admin := gatewaytest.Port(t), gatewaytest.Port(t)
 			cfg := strings.NewReplacer(
 				"localhost:8080", fmt.Sprintf("localhost:%d", gw),
 				"localhost:2019", fmt.Sprintf("localhost:%d", admin),
@@ -63,7 +64,7 @@ func TestPortalInBrowser(t *testing.T) {
 			if variant.redis {
 				cfg = portalOnRedis(t, cfg, redistest.Start(t).Addr())
 			}
-			startCaddy(t, cfg)
+			gatewaytest.Start(t, cfg)
 			p := &portalDemo{base: fmt.Sprintf("http://localhost:%d", gw), b: b}
 			if variant.name == "key file" {
 				p.shots = os.Getenv("APIKEY_SCREENSHOTS")
@@ -848,7 +849,7 @@ func (p *portalDemo) gateway(t *testing.T, method, path, key string) gatewayAnsw
 		t.Fatal(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := client.Do(req)
+	resp, err := gatewaytest.Client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -887,7 +888,7 @@ func (p *portalDemo) page(t *testing.T, user, method, path string, form url.Valu
 	if token != "" {
 		req.AddCookie(&http.Cookie{Name: "apikey_portal_csrf", Value: token})
 	}
-	resp, err := client.Do(req)
+	resp, err := gatewaytest.Client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s as %s: %v", method, path, user, err)
 	}
@@ -904,7 +905,7 @@ func (p *portalDemo) csrfToken(t *testing.T, user string) string {
 		t.Fatal(err)
 	}
 	req.SetBasicAuth(user, demoPasswords[user])
-	resp, err := client.Do(req)
+	resp, err := gatewaytest.Client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

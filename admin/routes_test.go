@@ -1,4 +1,4 @@
-package apikey
+package admin_test
 
 import (
 	"fmt"
@@ -6,17 +6,18 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
-// TestAdminRoutes: the admin API's answers to a method or a path it does
-// not serve are its own JSON errors, naming the method a path takes (HEAD
-// is not GET here); one slash at the end of a path is no step of it; an id
-// is a path segment as sent, "%2F" included.
-func TestAdminRoutes(t *testing.T) {
-	k := newKey(t, keystore.Dev, keystore.Record{ID: "k_route", Type: "dev", Role: "reader", Services: []string{"*"}})
-	adminPort := freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+// TestRoutes: the admin API's answers to a method or a path it does not
+// serve are its own JSON errors, naming the method a path takes (HEAD is
+// not GET here); one slash at the end of a path is no step of it; an id is
+// a path segment as sent, "%2F" included.
+func TestRoutes(t *testing.T) {
+	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_route", Type: "dev", Role: "reader", Services: []string{"*"}})
+	adminPort := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
 }
@@ -28,7 +29,7 @@ http://127.0.0.1:%d {
 		}
 	}
 	respond "admitted"
-}`, adminPort, freePort(t), writeKeyFile(t, k.record), filepath.Join(t.TempDir(), "counters.json")))
+}`, adminPort, gatewaytest.Port(t), gatewaytest.WriteKeyFile(t, k.Record), filepath.Join(t.TempDir(), "counters.json")))
 	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	for _, c := range []struct {
 		method, uri string
@@ -50,7 +51,7 @@ http://127.0.0.1:%d {
 		{"POST", "/apikey/keys/k%2Froute/revoke", 404, `no key has id \"k/route\"`},
 		{"DELETE", "/apikey/quota/k%2Froute", 404, `no key has id \"k/route\"`},
 	} {
-		code, body := adminCall(t, c.method, admin+c.uri)
+		code, body := gatewaytest.Admin(t, c.method, admin, c.uri)
 		if code != c.code || !strings.Contains(body, c.says) {
 			t.Errorf("%s %s: %d %s, want %d saying %s", c.method, c.uri, code, body, c.code, c.says)
 		}
