@@ -11,9 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
-
 	"github.com/moodmnky/caddy-apikey/app"
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 

@@ -1,4 +1,4 @@
-package apikey
+package admin_test
 
 import (
 	"fmt"
@@ -10,11 +10,11 @@ import (
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
-// TestAdminRoutes: the admin API's answers to a method or a path it does
-// not serve are its own JSON errors, naming the method a path takes (HEAD
-// is not GET here); one slash at the end of a path is no step of it; an id
-// is a path segment as sent, "%2F" included.
-func TestAdminRoutes(t *testing.T) {
+// TestRoutes: the admin API's answers to a method or a path it does not
+// serve are its own JSON errors, naming the method a path takes (HEAD is
+// not GET here); one slash at the end of a path is no step of it; an id is
+// a path segment as sent, "%2F" included.
+func TestRoutes(t *testing.T) {
 	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_route", Type: "dev", Role: "reader", Services: []string{"*"}})
 	adminPort := gatewaytest.Port(t)
 	gatewaytest.Start(t, fmt.Sprintf(`{

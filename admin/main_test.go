@@ -1,0 +1,12 @@
+package admin_test
+
+import (
+	"testing"
+
+	_ "github.com/moodmnky/caddy-apikey" // the apikey modules
+
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
+)
+
+// TestMain keeps the Caddy instances the tests start out of the real HOME.
+func TestMain(m *testing.M) { gatewaytest.Main(m) }
