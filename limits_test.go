@@ -441,3 +441,50 @@ func TestLoggedPathMasksKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestThrottlePeriodsKeepTheirOwnWindows: a route with a per-second limit
+// must not restart the window of a route with a per-minute limit.
+func TestThrottlePeriodsKeepTheirOwnWindows(t *testing.T) {
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_periods", Role: "reader"})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
+	gatewaytest.Start(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%[1]d {
+	handle_path /minute/* {
+		apikey {
+			keys file %[2]s
+			failed_auth_limit 10/m
+		}
+		reverse_proxy %[3]s
+	}
+	handle_path /second/* {
+		apikey {
+			keys file %[2]s
+			failed_auth_limit 1000/s
+		}
+		reverse_proxy %[3]s
+	}
+}`, port, keyFile, up.Addr()))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	for i := range 10 {
+		if i == 5 {
+			// Past the per-second window: a failure on /second would
+			// have restarted a window shared by both routes.
+			time.Sleep(1100 * time.Millisecond)
+			gatewaytest.Send(t, "GET", base+"/second/x")
+		}
+		if r := gatewaytest.Send(t, "GET", base+"/minute/x"); r.Status != 401 {
+			t.Fatalf("failure %d: %d", i+1, r.Status)
+		}
+	}
+	if r := gatewaytest.Send(t, "GET", base+"/minute/x", key.Bearer()...); r.Status != 429 || r.Err.Code != decisionRateLimited {
+		t.Errorf("after 10 failures in a minute: %d %s, want 429 rate_limited", r.Status, r.Err.Code)
+	}
+	if r := gatewaytest.Send(t, "GET", base+"/second/x", key.Bearer()...); r.Status != 200 {
+		t.Errorf("the per-second route: %d, want 200", r.Status)
+	}
+}
