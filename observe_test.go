@@ -297,24 +297,3 @@ func TestAdminOnKeyService(t *testing.T) {
 		t.Errorf("cache misses %v", misses)
 	}
 }
-
-// TestKeyFileChangesAreAudited: a change made to the key file by any means
-// (here the CLI, without --audit-log) is recorded by the running Caddy.
-func TestKeyFileChangesAreAudited(t *testing.T) {
-	g := startOpsGateway(t)
-	newKeyByCLI(t, "--keys", g.keyFile, "--type", "dev", "--role", "reader", "--id", "k_made_outside")
-	logs := gatewaytest.WaitForLog(t, g.auditLog, `"key_id":"k_made_outside"`)
-	if !strings.Contains(logs, `"actor":"key_file","event":"key.created"`) {
-		t.Errorf("the new key is not audited as created through the key file:\n%s", logs)
-	}
-	if _, errOut, code := cli(t, "", "revoke", "--keys", g.keyFile, "--id", "k_ops_writer"); code != 0 {
-		t.Fatal(errOut)
-	}
-	logs = gatewaytest.WaitForLog(t, g.auditLog, `"event":"key.revoked","file"`)
-	if strings.Count(logs, `"event":"key.created"`) != 1 {
-		t.Errorf("the creation was audited more than once (two routes share the file and the log):\n%s", logs)
-	}
-	if out, _, code := cli(t, "", "audit", "verify", g.auditLog); code != 0 {
-		t.Errorf("audit verify: %s", out)
-	}
-}
