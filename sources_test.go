@@ -41,13 +41,7 @@ func writeKeyFileAtomic(t *testing.T, path string, records ...keystore.Record) {
 // for a key-file change) have passed.
 func eventually(t *testing.T, what string, check func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for !check() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 2s", what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	gatewaytest.WaitUntil(t, what, 2*time.Second, check)
 }
 
 // TestKeyFileLiveReload adds, revokes, rotates and breaks the key file while
