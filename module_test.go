@@ -425,11 +425,11 @@ func TestLogsNeverHoldKeys(t *testing.T) {
 	gatewaytest.Send(t, "GET", g.url+"/n8n/api/v1/workflows", k.writer.Bearer()...)
 	sent = append(sent, unknown, k.admin, k.noServices, k.writer)
 
-	logs := gatewaytest.WaitForLog(t, g.logPath, `"decision":"forbidden"`)
+	gatewaytest.WaitForLog(t, g.logPath, `"decision":"forbidden"`)
 	access := gatewaytest.WaitForLog(t, g.accessLog, `"user_id":"k_reader"`)
 	// The upstream credentials too: reverse_proxy logs the headers it sends
 	// at DEBUG, and only the README's filter keeps X-N8N-API-KEY out.
-	logs = gatewaytest.WaitForLog(t, g.logPath, "upstream roundtrip")
+	logs := gatewaytest.WaitForLog(t, g.logPath, "upstream roundtrip")
 	for _, secret := range []string{ollamaToken, "n8n-upstream-key-0002"} {
 		if strings.Contains(logs, secret) || strings.Contains(access, secret) {
 			t.Errorf("a log holds an upstream credential (%d bytes)", len(secret))
