@@ -91,3 +91,17 @@ func TestCaddyfileErrors(t *testing.T) {
 		})
 	}
 }
+
+// adaptJSON adapts a Caddyfile into a JSON document a test can change.
+func adaptJSON(t *testing.T, caddyfile string) map[string]any {
+	t.Helper()
+	cfg, err := gatewaytest.Adapt(caddyfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(cfg, &doc); err != nil {
+		t.Fatal(err)
+	}
+	return doc
+}

@@ -442,3 +442,114 @@ func TestLoggedPathMasksKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestThrottlePeriodsKeepTheirOwnWindows: a route with a per-second limit
+// must not restart the window of a route with a per-minute limit.
+func TestThrottlePeriodsKeepTheirOwnWindows(t *testing.T) {
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_periods", Role: "reader"})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
+	gatewaytest.Start(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%[1]d {
+	handle_path /minute/* {
+		apikey {
+			keys file %[2]s
+			failed_auth_limit 10/m
+		}
+		reverse_proxy %[3]s
+	}
+	handle_path /second/* {
+		apikey {
+			keys file %[2]s
+			failed_auth_limit 1000/s
+		}
+		reverse_proxy %[3]s
+	}
+}`, port, keyFile, up.Addr()))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	for i := range 10 {
+		if i == 5 {
+			// Past the per-second window: a failure on /second would
+			// have restarted a window shared by both routes.
+			time.Sleep(1100 * time.Millisecond)
+			gatewaytest.Send(t, "GET", base+"/second/x")
+		}
+		if r := gatewaytest.Send(t, "GET", base+"/minute/x"); r.Status != 401 {
+			t.Fatalf("failure %d: %d", i+1, r.Status)
+		}
+	}
+	if r := gatewaytest.Send(t, "GET", base+"/minute/x", key.Bearer()...); r.Status != 429 || r.Err.Code != decisionRateLimited {
+		t.Errorf("after 10 failures in a minute: %d %s, want 429 rate_limited", r.Status, r.Err.Code)
+	}
+	if r := gatewaytest.Send(t, "GET", base+"/second/x", key.Bearer()...); r.Status != 200 {
+		t.Errorf("the per-second route: %d, want 200", r.Status)
+	}
+}
+
+// TestFailedAuthThrottlesWideNetworks: a client with many addresses, each
+// under failed_auth_limit (many /64s of one IPv6 /48, many IPv4 addresses
+// of one /16, through trusted_proxies), is throttled on its network once
+// failed_auth_prefix_limit is reached: a valid key from another address of
+// that network gets 429, one from elsewhere does not. Its refusals write
+// at most the interval's budget of lines.
+func TestFailedAuthThrottlesWideNetworks(t *testing.T) {
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_wide", Role: "reader", Services: []string{"*"}})
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "caddy.log")
+	g := &quotaGateway{up: gatewaytest.NewUpstream(t), counters: filepath.Join(dir, "counters.json")}
+	port := gatewaytest.Port(t)
+	g.url = fmt.Sprintf("http://127.0.0.1:%d", port)
+	cfg := quotaSite(port, gatewaytest.WriteKeyFile(t, key.Record), g.counters, g.up.Addr(), "failed_auth_limit 5/m\n\t\t\tfailed_auth_prefix_limit 50/m /16 /48")
+	cfg = strings.Replace(cfg, "persist_config off", "persist_config off\n\tlog {\n\t\toutput file "+logPath+"\n\t\tformat json\n\t}", 1)
+	gatewaytest.Start(t, cfg)
+	from := func(ip string, h ...string) gatewaytest.Response {
+		return gatewaytest.Send(t, "GET", g.url+"/ollama/x", append([]string{"X-Forwarded-For", ip}, h...)...)
+	}
+
+	for _, c := range []struct {
+		name            string
+		attacker        func(i int) string
+		neighbour, away string
+	}{
+		{"IPv6 /64s of one /48", func(i int) string { return fmt.Sprintf("2001:db8:7:%x::1", i) }, "2001:db8:7:ffff::9", "2001:db8:8::1"},
+		{"IPv4 addresses of one /16", func(i int) string { return fmt.Sprintf("10.7.%d.%d", i/200, i%200+1) }, "10.7.250.250", "10.8.0.1"},
+	} {
+		var throttled int
+		for i := range 120 {
+			if r := from(c.attacker(i), "X-API-Key", "DEV_API_nonsense"); r.Status == 429 && r.Err.Code == "rate_limited" {
+				throttled++
+			}
+		}
+		if throttled != 70 {
+			t.Errorf("%s: %d of 120 failures from distinct addresses throttled, want the 70 after the network's 50", c.name, throttled)
+		}
+		if r := from(c.neighbour, key.Bearer()...); r.Status != 429 {
+			t.Errorf("%s: a valid key from the throttled network got %d, want 429", c.name, r.Status)
+		}
+		if r := from(c.away, key.Bearer()...); r.Status != 200 {
+			t.Errorf("%s: a valid key from another network got %d, want 200", c.name, r.Status)
+		}
+	}
+	if err := gatewaytest.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	var denied, throttledLines int
+	for _, l := range jsonLines(t, logPath) {
+		switch l["msg"] {
+		case "request denied":
+			denied++
+		case "client address throttled after failed authentications":
+			throttledLines++
+			if l["client"] != "2001:db8:7::/48" && l["client"] != "10.7.0.0/16" {
+				t.Errorf("throttled %v, want the /48 or the /16", l["client"])
+			}
+		}
+	}
+	if denied > anonPerInterval || throttledLines != 2 {
+		t.Errorf("%d request denied lines (want at most %d), %d throttle lines (want 2)", denied, anonPerInterval, throttledLines)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -398,5 +399,127 @@ func TestMethodOverrideCheckKeepsBodies(t *testing.T) {
 	zstdDelete := overrideBody{"zstd form asking for DELETE", formType, "zstd", zstded(t, "_method=DELETE")}
 	if status, answer := postBody(t, gateway+"/x", &writer, zstdDelete); status != 403 || !bytes.Contains(answer, []byte(`"reason":"method"`)) {
 		t.Errorf("%s: %d %s, want 403 reason method", zstdDelete.name, status, answer)
+	}
+}
+
+// TestMethodOverridesAreChecked: a reader's GET that asks to be run as
+// DELETE, through any override header or _method, is refused (403 method)
+// and never reaches the upstream; an override the role allows passes.
+func TestMethodOverridesAreChecked(t *testing.T) {
+	reader := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_override_reader", Role: "reader"})
+	writer := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_override_writer", Role: "writer"})
+	custom := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_override_custom", Role: "custom", Permissions: []string{"GET /x", "POST /chat"}})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, guardedSite(port, filepath.Join(t.TempDir(), "caddy.log"),
+		gatewaytest.WriteKeyFile(t, reader.Record, writer.Record, custom.Record), up.Addr(), "", ""))
+	base := fmt.Sprintf("http://127.0.0.1:%d/api", port)
+
+	for _, c := range []struct {
+		name    string
+		key     gatewaytest.Key
+		path    string
+		headers []string
+		status  int
+	}{
+		{"X-HTTP-Method-Override", reader, "/x", []string{"X-HTTP-Method-Override", "DELETE"}, 403},
+		{"X-Method-Override", reader, "/x", []string{"X-Method-Override", "delete"}, 403},
+		{"X-HTTP-Method", reader, "/x", []string{"X-HTTP-Method", "PUT"}, 403},
+		{"_method", reader, "/x?_method=DELETE", nil, 403},
+		{"_method among others", reader, "/x?a=1&_method=patch", nil, 403},
+		{"writer overrides to DELETE", writer, "/x", []string{"X-HTTP-Method-Override", "DELETE"}, 403},
+		{"writer overrides to PUT", writer, "/x", []string{"X-HTTP-Method-Override", "PUT"}, 200},
+		{"custom overrides to a permitted method", custom, "/chat?_method=POST", nil, 403}, // GET /chat itself is not permitted
+		{"custom override to POST on /x", custom, "/x", []string{"X-HTTP-Method-Override", "POST"}, 403},
+		{"_method escaped", reader, "/x?%5Fmethod=DELETE", nil, 403},
+		{"_method escaped lowercase", reader, "/x?%5fmethod=delete", nil, 403},
+		{"_method after a semicolon", reader, "/x?a=1;_method=DELETE", nil, 403},
+		{"no override", reader, "/x", nil, 200},
+	} {
+		before := up.Count()
+		r := gatewaytest.Send(t, "GET", base+c.path, append(c.key.Bearer(), c.headers...)...)
+		if r.Status != c.status {
+			t.Errorf("%s: %d, want %d", c.name, r.Status, c.status)
+			continue
+		}
+		if c.status == 403 {
+			if r.Err.Reason != reasonMethod {
+				t.Errorf("%s: reason %q, want method", c.name, r.Err.Reason)
+			}
+			if up.Count() != before {
+				t.Errorf("%s: the refused request reached the upstream", c.name)
+			}
+		}
+	}
+
+	// A form body's _method, as Rails and Laravel read it.
+	for _, c := range []struct {
+		name, contentType, body string
+		status                  int
+	}{
+		{"urlencoded DELETE", "application/x-www-form-urlencoded", "a=1&_method=DELETE", 403},
+		{"urlencoded escaped", "application/x-www-form-urlencoded", "a=1&%5Fmethod=delete", 403},
+		{"urlencoded PUT", "application/x-www-form-urlencoded", "_method=PUT&a=1", 200},
+		{"multipart", "multipart/form-data; boundary=XX", "--XX\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XX--\r\n", 403},
+		{"multipart, name unquoted", "multipart/form-data; boundary=XX", "--XX\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--XX--\r\n", 403},
+		{"multipart, NAME in capitals", "multipart/form-data; boundary=XX", "--XX\r\nContent-Disposition: form-data; NAME=\"_method\"\r\n\r\nDELETE\r\n--XX--\r\n", 403},
+		{"urlencoded, a type list", "application/x-www-form-urlencoded, text/plain", "_method=DELETE", 403},
+		{"urlencoded, charset twice", "application/x-www-form-urlencoded; charset=utf-8; charset=latin1", "_method=DELETE", 403},
+		{"JSON, as Express's body getter and Laravel read it", "application/json", `{"_method": "DELETE"}`, 403},
+		{"JSON asking for PUT", "application/json", `{"_method": "PUT"}`, 200},
+	} {
+		req, _ := http.NewRequest("POST", base+"/x", strings.NewReader(c.body))
+		req.Header.Set("Content-Type", c.contentType)
+		req.Header.Set("Authorization", "Bearer "+writer.Secret)
+		resp, err := gatewaytest.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.status {
+			t.Errorf("writer POST with %s: %d, want %d", c.name, resp.StatusCode, c.status)
+		}
+		if c.status == 200 {
+			if seen := up.Last(t); seen.Method != "POST" {
+				t.Errorf("%s: the upstream got %s", c.name, seen.Method)
+			}
+		}
+	}
+}
+
+// TestMethodOverrideLateInABody: a "_method" past the first 64 KiB of a
+// form body, which frameworks still read, fails the request: the upstream
+// never gets the whole body, so it never acts on it.
+func TestMethodOverrideLateInABody(t *testing.T) {
+	writer := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_late_writer", Role: "writer"})
+	var complete atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.ReadAll(r.Body); err != nil {
+			http.Error(w, "cut body", http.StatusBadRequest)
+			return
+		}
+		complete.Add(1)
+	}))
+	t.Cleanup(up.Close)
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, guardedSite(port, filepath.Join(t.TempDir(), "caddy.log"), gatewaytest.WriteKeyFile(t, writer.Record),
+		strings.TrimPrefix(up.URL, "http://"), "", ""))
+	post := func(body string) int {
+		req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d/api/x", port), strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Authorization", "Bearer "+writer.Secret)
+		resp, err := gatewaytest.Client.Do(req)
+		if err != nil {
+			return -1
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	padding := "a=" + strings.Repeat("x", 70<<10)
+	if code := post(padding + "&b=1"); code != 200 || complete.Load() != 1 {
+		t.Fatalf("a large form without _method: %d, %d complete", code, complete.Load())
+	}
+	if code := post(padding + "&_method=DELETE"); code == 200 || complete.Load() != 1 {
+		t.Errorf("a _method past 64 KiB: %d, and the upstream got %d whole bodies (want 1)", code, complete.Load())
 	}
 }

@@ -1,9 +1,15 @@
 package apikey
 
 import (
+	"bytes"
 	"net/http"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
+
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 )
 
 // TestShardsSpread: requests allocated one after another land on every
@@ -23,4 +29,100 @@ func TestShardsSpread(t *testing.T) {
 		}
 	}
 	runtime.KeepAlive(keep) // the requests' addresses stay distinct while counted
+}
+
+// metricValue reads one sample from a Prometheus text exposition.
+func metricValue(t *testing.T, exposition, name string, labels map[string]string) (float64, bool) {
+	t.Helper()
+	for _, line := range strings.Split(exposition, "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for k, v := range labels {
+			if !strings.Contains(line, k+`="`+v+`"`) {
+				ok = false
+			}
+		}
+		if !ok {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		return v, err == nil
+	}
+	return 0, false
+}
+
+// TestMetricsSurviveReload scrapes /metrics after traffic and after a reload.
+func TestMetricsSurviveReload(t *testing.T) {
+	g := startOpsGateway(t)
+	scrape := func() string {
+		code, body := gatewaytest.Admin(t, "GET", g.admin, "/metrics")
+		if code != 200 {
+			t.Fatalf("/metrics: %d", code)
+		}
+		return body
+	}
+	before := scrape()
+	allowed := map[string]string{"service": "ollama", "decision": "allowed", "key_type": "dev"}
+	base, _ := metricValue(t, before, "caddy_apikey_requests_total", allowed)
+	for i := 0; i < 4; i++ {
+		gatewaytest.Send(t, "GET", g.base+"/ollama/x", g.keys["reader"].Bearer()...)
+	}
+	gatewaytest.Send(t, "GET", g.base+"/ollama/x", g.keys["revoked"].Bearer()...)
+	gatewaytest.Send(t, "GET", g.base+"/n8n/x")
+
+	after := scrape()
+	if v, _ := metricValue(t, after, "caddy_apikey_requests_total", allowed); v != base+4 {
+		t.Errorf("allowed on ollama: %v, want %v", v, base+4)
+	}
+	if v, ok := metricValue(t, after, "caddy_apikey_requests_total", map[string]string{"service": "ollama", "decision": "revoked_key", "key_type": "dev"}); !ok || v < 1 {
+		t.Errorf("revoked_key on ollama: %v %v", v, ok)
+	}
+	if v, ok := metricValue(t, after, "caddy_apikey_requests_total", map[string]string{"service": "n8n", "decision": "missing_key", "key_type": "unknown"}); !ok || v < 1 {
+		t.Errorf("missing_key on n8n: %v %v", v, ok)
+	}
+	if v, ok := metricValue(t, after, "caddy_apikey_requests_by_key_total", map[string]string{"key_id": "k_ops_reader", "decision": "allowed"}); !ok || v < 4 {
+		t.Errorf("per-key metric: %v %v", v, ok)
+	}
+	if v, ok := metricValue(t, after, "caddy_apikey_check_duration_seconds_count", nil); !ok || v < 6 {
+		t.Errorf("check duration count: %v %v", v, ok)
+	}
+	if strings.Contains(after, g.keys["reader"].Secret) {
+		t.Fatal("a key in the metrics")
+	}
+
+	// Reload a changed config through the admin API: counts go on.
+	changed := strings.Replace(g.config, `respond "ok"`, `respond "ok, reloaded"`, 1)
+	cfg, err := gatewaytest.Config(changed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", g.admin+"/load", bytes.NewReader(cfg))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := gatewaytest.Client.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("reload: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	// The old server closed its idle connections when it stopped; a kept-alive
+	// connection may still look open to this client for a moment, and a
+	// request sent on it meets EOF. Real clients retry that; the test starts
+	// on a fresh connection instead.
+	gatewaytest.Client.CloseIdleConnections()
+	if r := gatewaytest.Send(t, "GET", g.base+"/ollama/x", g.keys["reader"].Bearer()...); r.Body != "ok, reloaded" {
+		t.Fatalf("the new config is not in force: %q", r.Body)
+	}
+	if v, _ := metricValue(t, scrape(), "caddy_apikey_requests_total", allowed); v != base+5 {
+		t.Errorf("after the reload: %v, want %v", v, base+5)
+	}
+
+	// A rejected key file version counts as a source error.
+	errBefore, _ := metricValue(t, scrape(), "caddy_apikey_source_errors_total", map[string]string{"source": "file"})
+	os.WriteFile(g.keyFile, []byte(`{"keys": [`), 0o600)
+	eventually(t, "source error counted", func() bool {
+		v, _ := metricValue(t, scrape(), "caddy_apikey_source_errors_total", map[string]string{"source": "file"})
+		return v == errBefore+1
+	})
 }

@@ -551,3 +551,85 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestUpstreamSecretFromFile: upstream_auth … file <path> is read at load
+// and watched; a rotated secret reaches the upstream within a second, with
+// no reload, and a version that is empty keeps the last good one.
+func TestUpstreamSecretFromFile(t *testing.T) {
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_secret_file", Role: "reader", Services: []string{"*"}})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "n8n.secret")
+	bearerSecret := filepath.Join(dir, "ollama.secret")
+	os.WriteFile(secret, []byte("n8n-secret-one\n"), 0o600)
+	os.WriteFile(bearerSecret, []byte("ollama-secret-one\n"), 0o600)
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
+	logPath := filepath.Join(dir, "caddy.log")
+	gatewaytest.Start(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+	log {
+		output file %[5]s
+	}
+}
+http://127.0.0.1:%[1]d {
+	handle_path /n8n/* {
+		apikey {
+			keys file %[2]s
+			service n8n
+			upstream_auth file %[3]s
+		}
+		reverse_proxy %[6]s
+	}
+	handle_path /ollama/* {
+		apikey {
+			keys file %[2]s
+			upstream_auth bearer file %[4]s
+		}
+		reverse_proxy %[6]s
+	}
+}`, port, keyFile, secret, bearerSecret, logPath, up.Addr()))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	seen := func(path, header string) string {
+		t.Helper()
+		if r := gatewaytest.Send(t, "GET", base+path, key.Bearer()...); r.Status != 200 {
+			t.Fatalf("%s: %d", path, r.Status)
+		}
+		return up.Last(t).Header.Get(header)
+	}
+	if got := seen("/n8n/x", "X-N8n-Api-Key"); got != "n8n-secret-one" {
+		t.Fatalf("n8n got %q", got)
+	}
+	if got := seen("/ollama/x", "Authorization"); got != "Bearer ollama-secret-one" {
+		t.Fatalf("ollama got %q", got)
+	}
+
+	// Rotate both, the way Kubernetes does: a new file renamed over.
+	for path, value := range map[string]string{secret: "n8n-secret-two", bearerSecret: "ollama-secret-two"} {
+		tmp := path + ".new"
+		os.WriteFile(tmp, []byte(value+"\n"), 0o600)
+		os.Rename(tmp, path)
+	}
+	rotated := time.Now()
+	for seen("/n8n/x", "X-N8n-Api-Key") != "n8n-secret-two" || seen("/ollama/x", "Authorization") != "Bearer ollama-secret-two" {
+		if time.Since(rotated) > 3*time.Second {
+			t.Fatal("the rotated secret was not used within 3s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("rotated secret in use after %v", time.Since(rotated).Round(10*time.Millisecond))
+
+	// An empty version is refused; the last good secret stays.
+	os.WriteFile(secret, nil, 0o600)
+	gatewaytest.WaitForLog(t, logPath, "upstream secret file cannot be used")
+	if got := seen("/n8n/x", "X-N8n-Api-Key"); got != "n8n-secret-two" {
+		t.Errorf("after an empty version: %q", got)
+	}
+	log, _ := os.ReadFile(logPath)
+	for _, s := range []string{"n8n-secret-one", "n8n-secret-two", "ollama-secret-one", "ollama-secret-two"} {
+		if strings.Contains(string(log), s) {
+			t.Errorf("the log holds an upstream secret")
+		}
+	}
+}

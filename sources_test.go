@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -40,13 +41,7 @@ func writeKeyFileAtomic(t *testing.T, path string, records ...keystore.Record) {
 // for a key-file change) have passed.
 func eventually(t *testing.T, what string, check func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for !check() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 2s", what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	gatewaytest.WaitUntil(t, what, 2*time.Second, check)
 }
 
 // TestKeyFileLiveReload adds, revokes, rotates and breaks the key file while
@@ -485,4 +480,65 @@ func TestHTTPSourceBadAnswersAreLogged(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKeyServiceSlotsPerAddress: with a key service that answers in 1.5 s,
+// one address sending 300 concurrent made-up keys gets throttled instead of
+// taking every call slot: a valid, uncached key from another address still
+// gets 200, and the service sees at most the throttle limit plus the
+// per-address cap in calls.
+func TestKeyServiceSlotsPerAddress(t *testing.T) {
+	valid := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_slots_valid", Role: "reader"})
+	svc := newFakeKeyService(t, valid.Record)
+	svc.delay = 1500 * time.Millisecond
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys http %s {
+			timeout 5s
+		}
+		failed_auth_limit 20/m
+	}
+	reverse_proxy %s
+}`, port, svc.URL, up.Addr()))
+	url := fmt.Sprintf("http://127.0.0.1:%d/x", port)
+
+	const wave, limit, perAddressCap = 300, 20, 8
+	done := make(chan []int)
+	go func() {
+		done <- gatewaytest.Burst(wave, func(int) *http.Request {
+			req, _ := http.NewRequest("GET", url, nil)
+			req.Header.Set("X-API-Key", gatewaytest.NewKey(t, keystore.Dev, keystore.Record{}).Secret)
+			return req
+		})
+	}()
+	time.Sleep(300 * time.Millisecond) // the wave is in flight
+	other := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: (&net.Dialer{
+		LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Authorization", "Bearer "+valid.Secret)
+	resp, err := other.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("a valid key from another address during the wave: %d, want 200", resp.StatusCode)
+	}
+	codes := gatewaytest.Tally(<-done)
+	if codes[503] != 0 || codes[-1] != 0 {
+		t.Errorf("the wave got %v: no 503s or dropped connections expected", codes)
+	}
+	if codes[401] > perAddressCap || codes[401]+codes[429] != wave {
+		t.Errorf("the wave got %v, want at most %d × 401 and the rest 429", codes, perAddressCap)
+	}
+	if calls := svc.calls.Load(); calls > limit+perAddressCap+1 {
+		t.Errorf("the key service got %d calls, want at most %d (limit + cap) + 1 (the valid key)", calls, limit+perAddressCap)
+	}
+	t.Logf("wave: %v; key service calls: %d", codes, svc.calls.Load())
 }
