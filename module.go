@@ -256,7 +256,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 
 	if h.KeysRaw == nil {
-		return errors.New("keys: a key source is required, e.g. keys file /etc/caddy/keys.json")
+		return errors.New("keys: a key source is required, e.g. keys file /etc/caddy/keys/keys.json")
 	}
 	h.inlineSecrets = inlineSecrets(h.UpstreamAuth, h.KeysRaw, h.CountersRaw) // before loading clears the raw JSON
 	mod, err := ctx.LoadModule(h, "KeysRaw")
