@@ -18,6 +18,8 @@ import (
 	"unicode"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
 // The documentation's tests: every Caddyfile and JSON block of README.md and
@@ -506,4 +508,20 @@ func TestObservabilityReferenceHasEveryMetricAndEvent(t *testing.T) {
 	}
 	check("metric", metrics)
 	check("event", events)
+}
+
+// TestKeyFileReferenceHasEveryField: every field of a key record, read from
+// the record type, is in docs/key-file.md.
+func TestKeyFileReferenceHasEveryField(t *testing.T) {
+	fields := map[string]string{}
+	jsonFields(reflect.TypeOf(keystore.Record{}), fields, map[reflect.Type]bool{})
+	if len(fields) < 20 {
+		t.Fatalf("found only %d record fields", len(fields))
+	}
+	words := codeWords(readDoc(t, "docs/key-file.md"))
+	for name, where := range fields {
+		if !words[name] {
+			t.Errorf("key record field %q (%s) is not in docs/key-file.md", name, where)
+		}
+	}
 }
