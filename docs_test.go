@@ -525,3 +525,26 @@ func TestKeyFileReferenceHasEveryField(t *testing.T) {
 		}
 	}
 }
+
+// TestDocsTemplate: every subject page of docs/ follows one template: a
+// title, a summary, then Syntax, Example, JSON and Notes, in that order
+// and alone at their level. (choices.md, benchmarks.md and
+// method-overrides.md are design notes, not subject pages.)
+func TestDocsTemplate(t *testing.T) {
+	notes := map[string]bool{"docs/choices.md": true, "docs/benchmarks.md": true, "docs/method-overrides.md": true}
+	want := []string{"## Syntax", "## Example", "## JSON", "## Notes"}
+	for _, path := range docPages(t) {
+		if !strings.HasPrefix(path, "docs/") || notes[path] {
+			continue
+		}
+		page := readDoc(t, path)
+		if !strings.HasPrefix(page, "# ") || !strings.Contains(strings.SplitN(page, "\n## ", 2)[0], "**Summary.**") {
+			t.Errorf("%s does not start with a title and a **Summary.** paragraph", path)
+		}
+		prose := regexp.MustCompile("(?ms)^```.*?^```").ReplaceAllString(page, "")
+		got := regexp.MustCompile(`(?m)^## .*$`).FindAllString(prose, -1)
+		if strings.Join(got, "|") != strings.Join(want, "|") {
+			t.Errorf("%s has the sections %q, want %q", path, got, want)
+		}
+	}
+}
