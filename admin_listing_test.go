@@ -14,7 +14,7 @@ import (
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
-// adminURIFilter is the log filter README.md gives for Caddy's own admin
+// adminURIFilter is the log filter docs/admin-api.md gives for Caddy's own admin
 // log, whose "received request" line holds the request URI.
 const adminURIFilter = `uri regexp (?i)((dev|prod)(_|%(25)*5f)api(_|%(25)*5f)|sha256(:|%(25)*3a))[^/?&]*|([0-9a-f]|%(25)*[0-9a-f]{2}){64} REDACTED`
 
@@ -22,7 +22,7 @@ const adminURIFilter = `uri regexp (?i)((dev|prod)(_|%(25)*5f)api(_|%(25)*5f)|sh
 // belongs, with white space or invisible characters around it, percent-
 // encoded or not, in the path, a parameter's value or its name, is refused
 // with 400, and neither the answer nor any log line (Caddy's own admin log,
-// with the filter README.md gives) holds it. A real id with the same
+// with the filter docs/admin-api.md gives) holds it. A real id with the same
 // clutter around it is refused too, never trimmed into the real id.
 func TestAdminNeverRepeatsAKey(t *testing.T) {
 	g := startOpsGatewayWithLog(t, nil, adminURIFilter)
@@ -77,8 +77,8 @@ func TestAdminNeverRepeatsAKey(t *testing.T) {
 	if leaks(logs, k) {
 		t.Errorf("Caddy's log holds key %s or its hash", k.Record.ID)
 	}
-	if readme, _ := os.ReadFile("README.md"); !strings.Contains(string(readme), "\t\t\t"+adminURIFilter+"\n") {
-		t.Error("README.md does not give the admin log filter this test uses")
+	if page, _ := os.ReadFile("docs/admin-api.md"); !strings.Contains(string(page), "\t\t\t"+adminURIFilter+"\n") {
+		t.Error("docs/admin-api.md does not give the admin log filter this test uses")
 	}
 	audit, _ := os.ReadFile(g.auditLog)
 	if leaks(string(audit), k) {

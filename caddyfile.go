@@ -103,7 +103,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 
 	// Errors about the whole block point at the directive's line.
-	errNoKeys := d.Err("apikey needs a key source, e.g. keys file /etc/caddy/keys.json")
+	errNoKeys := d.Err("apikey needs a key source, e.g. keys file /etc/caddy/keys/keys.json")
 
 	var (
 		seen      = map[string]bool{}

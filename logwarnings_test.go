@@ -57,7 +57,7 @@ func warningsAbout(ws []loadWarning, subject string) []loadWarning {
 	return out
 }
 
-// edgeSite is the README's "A TLS edge site" Caddyfile, made to run here:
+// edgeSite is docs/deployment.md's "A TLS edge site" Caddyfile, made to run here:
 // plain HTTP on a free port, files in temporary folders, Caddy's own log
 // into logPath, the upstreams on ports where nothing listens.
 type edgeSite struct {
@@ -69,13 +69,13 @@ type edgeSite struct {
 
 func edgeConfig(t *testing.T, logPath string) edgeSite {
 	t.Helper()
-	readme, err := os.ReadFile("README.md")
+	page, err := os.ReadFile("docs/deployment.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile("(?s)### A TLS edge site\n.*?```caddyfile\n(.*?)```").FindSubmatch(readme)
+	m := regexp.MustCompile("(?s)### A TLS edge site\n.*?```caddyfile\n(.*?)```").FindSubmatch(page)
 	if m == nil {
-		t.Fatal(`README.md has no Caddyfile under "### A TLS edge site"`)
+		t.Fatal(`docs/deployment.md has no Caddyfile under "### A TLS edge site"`)
 	}
 	site := edgeSite{port: gatewaytest.Port(t), key: gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_edge", Role: "reader", Services: []string{"*"}})}
 	keyFile := gatewaytest.WriteKeyFile(t, site.key.Record)
@@ -99,7 +99,7 @@ func edgeConfig(t *testing.T, logPath string) edgeSite {
 	return site
 }
 
-// TestEdgeConfigLogWarnings loads the README's TLS edge site: its filters
+// TestEdgeConfigLogWarnings loads docs/deployment.md's TLS edge site: its filters
 // keep X-Api-Key out of the access log and the global log, so nothing is
 // warned about; without the site log's filter, the access log is warned
 // about once, naming the log; without the global filter, the error log
@@ -112,7 +112,7 @@ func TestEdgeConfigLogWarnings(t *testing.T) {
 		subject    string // "" for no warning
 		logs       []string
 	}{
-		{"as in the README", "", "", nil},
+		{"as in docs/deployment.md", "", "", nil},
 		{"without the access log's filter", "\t\tformat filter {\n\t\t\trequest>headers>X-Api-Key delete\n\t\t}\n", "access log writes request headers", []string{"log0"}},
 		{"without the global filter", "\t\tformat filter {\n\t\t\trequest>headers>X-Api-Key delete\n\t\t\trequest>headers>X-N8n-Api-Key delete\n\t\t}\n", "error log writes request headers", []string{"default"}},
 	} {
@@ -121,7 +121,7 @@ func TestEdgeConfigLogWarnings(t *testing.T) {
 			site := edgeConfig(t, logPath)
 			if c.drop != "" {
 				if !strings.Contains(site.config, c.drop) {
-					t.Fatalf("the README's edge config no longer has %q", c.drop)
+					t.Fatalf("the edge config of docs/deployment.md no longer has %q", c.drop)
 				}
 				site.config = strings.Replace(site.config, c.drop, "", 1)
 			}

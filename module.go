@@ -264,7 +264,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	if h.KeysRaw == nil {
-		return errors.New("keys: a key source is required, e.g. keys file /etc/caddy/keys.json")
+		return errors.New("keys: a key source is required, e.g. keys file /etc/caddy/keys/keys.json")
 	}
 	h.inlineSecrets = inlineSecrets(h.UpstreamAuth, h.KeysRaw, h.CountersRaw) // before loading clears the raw JSON
 	mod, err := ctx.LoadModule(h, "KeysRaw")

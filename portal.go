@@ -130,7 +130,7 @@ func (Portal) CaddyModule() caddy.ModuleInfo {
 // Provision loads the key store and prepares the pages.
 func (p *Portal) Provision(ctx caddy.Context) error {
 	if p.KeysRaw == nil {
-		return errors.New("keys: the portal needs the key store, e.g. keys file /etc/caddy/keys.json")
+		return errors.New("keys: the portal needs the key store, e.g. keys file /etc/caddy/keys/keys.json")
 	}
 	var err error
 	if p.app, err = app.Of(ctx); err != nil {

@@ -101,7 +101,7 @@ func watchFile(name, path string) (*watchedFile, error) {
 	stamp, _ := stampOf(path)
 	l, sum, err := loadKeyFile(name, path, nil, true)
 	if err != nil {
-		return nil, err
+		return nil, missingAsError(name, err)
 	}
 	now := time.Now()
 	w := &watchedFile{name: name, path: path, sums: l.sums, stamp: stamp, sum: sum, since: now, hashed: now}
