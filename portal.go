@@ -156,6 +156,7 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 	store := src.Store()
 	backend := portal.Backend{
 		Store:       store,
+		Lookup:      src.Lookup,
 		Changed:     src.Changed,
 		Usage:       usageRows,
 		Quota:       func(ctx context.Context, k *keystore.Key) (portal.Quota, bool) { return todaysQuota(ctx, store, k) },

@@ -46,7 +46,7 @@ func (v *visit) adminPage() {
 	var pending []keyView
 	if v.s.policy.ApproveProd {
 		err := v.s.eachRecord(ctx, "", pendingScan, func(rec keystore.Record) {
-			if rec.Pending && !rec.Revoked && len(pending) < adminPageSize {
+			if (rec.Pending || rec.PendingGrant != nil) && !rec.Revoked && len(pending) < adminPageSize {
 				pending = append(pending, v.view(rec, used))
 			}
 		})

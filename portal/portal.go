@@ -33,6 +33,10 @@ var assetFiles embed.FS
 type Backend struct {
 	// Store is where keys are kept and changed.
 	Store keystore.Store
+	// Lookup finds the key with a digest, as the gateway does; the
+	// playground sends only keys the visitor owns (administrators: any).
+	// Nil: the visitor's own records are searched.
+	Lookup func(ctx context.Context, d keystore.Digest) (keystore.Match, error)
 	// Changed makes the gateway see a change to a key at once.
 	Changed func(id string)
 	// Usage answers usage queries: cluster-wide when counts are shared.
@@ -70,6 +74,9 @@ type Server struct {
 	// creating serializes key creation per owner on this instance, so
 	// that two tabs cannot both pass the max_keys check.
 	creating sync.Map // owner -> *sync.Mutex
+
+	// showings are new secrets waiting for their one showing.
+	showings showings
 }
 
 // New makes a portal served under base (e.g. "/portal").

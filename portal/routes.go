@@ -30,6 +30,7 @@ func (s *Server) routes() *http.ServeMux {
 	page("GET "+b+"/keys/{id}", withID((*visit).keyPage))
 	page("POST "+b+"/keys/{id}", withID((*visit).edit))
 	page("POST "+b+"/keys/{id}/rotate", withID((*visit).rotate))
+	page("GET "+b+"/keys/{id}/secret", withID((*visit).secretPage))
 	page("GET "+b+"/keys/{id}/revoke", withID((*visit).confirmRevoke))
 	page("POST "+b+"/keys/{id}/revoke", withID((*visit).revoke))
 	page("GET "+b+"/usage", (*visit).usagePage)
