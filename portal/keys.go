@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -333,7 +334,7 @@ func (v *visit) keyPageWith(rec keystore.Record, f keyForm, ferr error, status i
 	fv.Editing = true
 	fv.Key = v.view(rec, v.s.lastUsed(v.r.Context()))
 	v.render(status, "key.html", "keys", "Key "+rec.ID, map[string]any{"Form": fv, "Flash": flash(v.r),
-		"Grace": v.s.policy.RotationGrace.String()})
+		"Grace": humanDuration(v.s.policy.RotationGrace)})
 }
 
 func (v *visit) edit(id string) {
@@ -546,4 +547,29 @@ func origin(r *http.Request) string {
 		return "https://" + r.Host
 	}
 	return "http://" + r.Host
+}
+
+// humanDuration says a duration in words: "24 hours", "7 days",
+// "1 hour 30 minutes".
+func humanDuration(d time.Duration) string {
+	unit := func(n int64, one string) string {
+		if n == 1 {
+			return "1 " + one
+		}
+		return strconv.FormatInt(n, 10) + " " + one + "s"
+	}
+	var parts []string
+	if d >= 48*time.Hour && d%(24*time.Hour) == 0 {
+		return unit(int64(d/(24*time.Hour)), "day")
+	}
+	if h := int64(d / time.Hour); h > 0 {
+		parts = append(parts, unit(h, "hour"))
+	}
+	if m := int64(d % time.Hour / time.Minute); m > 0 {
+		parts = append(parts, unit(m, "minute"))
+	}
+	if s := int64(d % time.Minute / time.Second); s > 0 || len(parts) == 0 {
+		parts = append(parts, unit(s, "second"))
+	}
+	return strings.Join(parts, " ")
 }
