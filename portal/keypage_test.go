@@ -130,3 +130,19 @@ func TestScrollableRegionsFocusable(t *testing.T) {
 		t.Fatal("no <pre> in the templates, so the check proves nothing")
 	}
 }
+
+// TestKeysPageOffersCreateBelowTheLimit: at max_keys working keys, my keys
+// offers no Create a key (it would be refused) and says what to do.
+func TestKeysPageOffersCreateBelowTheLimit(t *testing.T) {
+	now := time.Now().UTC()
+	s := pageServer(t, nil, keystore.Record{ID: "k_one", Type: "dev", Role: "reader", Services: []string{"echo"}, Owner: "alice",
+		CreatedAt: now.Format(time.RFC3339), ExpiresAt: now.Add(24 * time.Hour).Format(time.RFC3339)})
+	s.policy.MaxKeys = 1
+	if page := getPage(t, s, "alice", "/portal/keys"); strings.Contains(page, `class="button" href="/portal/keys/new"`) || !strings.Contains(page, "Revoke one") {
+		t.Error("at 1 of 1 working keys, my keys offers Create a key")
+	}
+	s.policy.MaxKeys = 2
+	if page := getPage(t, s, "alice", "/portal/keys"); !strings.Contains(page, `class="button" href="/portal/keys/new"`) {
+		t.Error("at 1 of 2 working keys, my keys does not offer Create a key, so the check above proves nothing")
+	}
+}
