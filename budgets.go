@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
@@ -149,113 +150,121 @@ type llmCall struct {
 	settled bool
 }
 
-// readLLMRequest reads the body of a request on a route with tokens, checks
-// its model, and reserves its estimate. It answers the request itself (and
-// returns nil) when the request is refused.
-func (h *Handler) readLLMRequest(w http.ResponseWriter, r *http.Request, now time.Time, k *keystore.Key, t keystore.Type, p ratelimit.Policy) (admitted *llmCall) {
-	tl := h.tokens
+// reserve reads the body of a request on a route with tokens, checks its
+// model, and reserves its estimate. A refused request lets go of its body
+// at once (refuse settles it); an admitted one when it ends.
+func (h *Handler) reserve(x *exchange) refusal {
+	tl, r, k := h.tokens, x.r, x.key
+	// Its start, if the override check read it, is counted again with the
+	// whole body.
+	x.peek.release()
 	call := &llmCall{hold: bodyHold{bodies: h.held, keyID: k.ID, perKey: tl.inflightPerKey, total: tl.inflightTotal}}
-	// A refused request lets go of its body at once; an admitted one when
-	// it ends (ServeHTTP).
-	defer func() {
-		if admitted == nil {
-			call.hold.release()
-		}
-	}()
+	x.call = call
 	if r.Body != nil && r.Body != http.NoBody {
-		// A body that trickles in must not hold the gateway: its read has
-		// a deadline of its own (the server's read timeouts may be off).
-		rc := http.NewResponseController(w)
-		_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
-		body, err := readHeldBody(r.Body, r.ContentLength, tl.maxBody, &call.hold)
-		_ = rc.SetReadDeadline(time.Time{})
-		r.Body.Close()
-		switch {
-		case err == nil:
-		case errors.Is(err, errBodyTooLarge):
-			h.refuseRequest(w, r, now, k, t, http.StatusRequestEntityTooLarge, reasonBodyTooLarge,
-				fmt.Sprintf("The request body is over %d bytes, the most this route reads.", tl.maxBody))
-			return nil
-		case errors.Is(err, errKeyBodies):
-			h.refused(r, now, decisionRateLimited, reasonInflightBody, k, t, nil)
-			writeTooMany(w, h.format, decisionRateLimited, reasonInflightBody, fmt.Sprintf(
-				"This key's requests in flight hold as many request bodies as the gateway holds for one key (%d bytes); retry when some have finished.",
-				tl.inflightPerKey), time.Second, false)
-			return nil
-		case errors.Is(err, errAllBodies):
-			h.refused(r, now, decisionUnavailable, reasonInflightBody, k, t, nil)
-			h.denials.allBodies.write(w)
-			return nil
-		default:
-			h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody, "The request body could not be read.")
-			return nil
+		if f := h.readBody(x); f.refused() {
+			return f
 		}
-		call.bodyLen = len(bytes.TrimSpace(body))
-		if call.bodyLen > 0 {
-			if call.req, err = tokens.ParseRequest(tl.format, body); err != nil {
-				// A body that is no JSON object at all (a multipart
-				// upload, a blob) names a model the gateway cannot read.
-				if k.RestrictsModels() && errors.Is(err, tokens.ErrNotJSON) && bytes.TrimSpace(body)[0] != '{' {
-					h.forbid(w, r, now, h.denials.model, k, t, p)
-					return nil
-				}
-				// Ambiguous bodies too: the upstream could read another
-				// model or limit than the gateway checked.
-				h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody,
-					"This route counts LLM tokens and needs a JSON body: "+err.Error()+".")
-				return nil
-			}
-			if tl.format == tokens.OpenAI && call.req.Stream && !call.req.IncludeUsage && tokens.TakesStreamOptions(r.URL.Path) {
-				// Ask for the usage chunk; Scanner hides it from the client.
-				if body, err = tokens.AskUsage(body); err != nil {
-					h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, reasonBody, "The request body could not be read: "+err.Error()+".")
-					return nil
-				}
-				call.hide = true
-			}
-			// Clients send huge limits to mean "none" (2^53-1 from
-			// JavaScript): the sum saturates at maxReservation, which no
-			// budget holds, so such a request gets 429, not an error.
-			call.reserve = min(call.req.MaxTokens, maxReservation)
-			if call.reserve == 0 {
-				call.reserve = tl.maxTokens
-			}
-			// n and best_of ask for that many completions.
-			if call.req.Copies > 1 {
-				call.reserve = min(call.reserve, maxReservation/call.req.Copies) * call.req.Copies
-			}
-			call.reserve = min(call.reserve+(int64(len(body))+promptBytesPerToken-1)/promptBytesPerToken, maxReservation)
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		r.ContentLength = int64(len(body))
-		r.TransferEncoding = nil
-		r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 	}
 	// A key limited to models may name only those, and must name one:
 	// an upstream that falls back to a default model would otherwise
 	// serve any.
 	if k.RestrictsModels() && !allowsModels(k, r, call) {
-		h.forbid(w, r, now, h.denials.model, k, t, p)
-		return nil
+		return forbidden(h.denials.model)
 	}
-	call.policy = tl.policy(k, t, h.limits.window, call.req.Model)
+	call.policy = tl.policy(k, x.presented, h.limits.window, call.req.Model)
 	if call.policy.IsZero() {
-		return call
+		return refusal{}
 	}
 	res, err := tl.store.Reserve(r.Context(), k.ID, call.policy, call.reserve)
 	if err != nil {
-		h.deny(w, r, now, h.denials.unavailable, k, t)
-		return nil
+		return denied(h.denials.unavailable)
 	}
 	call.res = res
 	if !res.Uncounted {
-		headers.WriteTokenLimits(w.Header(), res, res.Now)
+		headers.WriteTokenLimits(x.w.Header(), res, res.Now)
 	}
 	if !res.Allowed {
-		h.tokensExhausted(w, r, now, k, t, call)
-		return nil
+		return h.tokensExhausted(call)
 	}
-	return call
+	return refusal{}
+}
+
+// readBody reads the request's body, held in max_inflight_body, for its
+// model and limit, and puts it back for the upstream (asking an OpenAI
+// stream for its usage).
+func (h *Handler) readBody(x *exchange) refusal {
+	tl, r, call := h.tokens, x.r, x.call
+	// A body that trickles in must not hold the gateway: its read has a
+	// deadline of its own (the server's read timeouts may be off).
+	rc := http.NewResponseController(x.w)
+	_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
+	body, err := readHeldBody(r.Body, r.ContentLength, tl.maxBody, &call.hold)
+	_ = rc.SetReadDeadline(time.Time{})
+	r.Body.Close()
+	switch {
+	case err == nil:
+	case errors.Is(err, errBodyTooLarge):
+		return h.tooLarge()
+	case errors.Is(err, errKeyBodies):
+		return tooMany(decisionRateLimited, reasonInflightBody, fmt.Sprintf(
+			"This key's requests in flight hold as many request bodies as the gateway holds for one key (%d bytes); retry when some have finished.",
+			tl.inflightPerKey), time.Second, false)
+	case errors.Is(err, errAllBodies):
+		return denied(h.denials.allBodies)
+	default:
+		return invalidRequest(http.StatusBadRequest, reasonBody, "The request body could not be read.")
+	}
+	call.bodyLen = len(bytes.TrimSpace(body))
+	if call.bodyLen > 0 {
+		if call.req, err = tokens.ParseRequest(tl.format, body); err != nil {
+			// A body that is no JSON object at all (a multipart upload, a
+			// blob) names a model the gateway cannot read.
+			if x.key.RestrictsModels() && errors.Is(err, tokens.ErrNotJSON) && bytes.TrimSpace(body)[0] != '{' {
+				return forbidden(h.denials.model)
+			}
+			// Ambiguous bodies too: the upstream could read another model
+			// or limit than the gateway checked.
+			return invalidRequest(http.StatusBadRequest, reasonBody,
+				"This route counts LLM tokens and needs a JSON body: "+err.Error()+".")
+		}
+		if tl.format == tokens.OpenAI && call.req.Stream && !call.req.IncludeUsage && tokens.TakesStreamOptions(r.URL.Path) {
+			// Ask for the usage chunk; Scanner hides it from the client.
+			if body, err = tokens.AskUsage(body); err != nil {
+				return invalidRequest(http.StatusBadRequest, reasonBody, "The request body could not be read: "+err.Error()+".")
+			}
+			call.hide = true
+		}
+		call.reserve = tl.estimate(call.req, len(body))
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+	r.TransferEncoding = nil
+	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	return refusal{}
+}
+
+// estimate is the tokens a request reserves: its completion limit (the
+// route's default_max_tokens when it sets none) for each completion it
+// asks for, and its prompt at promptBytesPerToken. Clients send huge
+// limits to mean "none" (2^53-1 from JavaScript): the sum saturates at
+// maxReservation, which no budget holds, so such a request gets 429, not
+// an error.
+func (tl *tokenLimits) estimate(req tokens.Request, bodyLen int) int64 {
+	reserve := min(req.MaxTokens, maxReservation)
+	if reserve == 0 {
+		reserve = tl.maxTokens
+	}
+	// n and best_of ask for that many completions.
+	if req.Copies > 1 {
+		reserve = min(reserve, maxReservation/req.Copies) * req.Copies
+	}
+	return min(reserve+(int64(bodyLen)+promptBytesPerToken-1)/promptBytesPerToken, maxReservation)
+}
+
+// tooLarge refuses a body over max_request_body.
+func (h *Handler) tooLarge() refusal {
+	return invalidRequest(http.StatusRequestEntityTooLarge, reasonBodyTooLarge,
+		fmt.Sprintf("The request body is over %d bytes, the most this route reads.", h.tokens.maxBody))
 }
 
 // allowsModels reports whether a key limited to models may send r: every
@@ -292,20 +301,10 @@ func allowsModels(k *keystore.Key, r *http.Request, call *llmCall) bool {
 	return named > 0 || (call.bodyLen == 0 && r.Header.Get("Upgrade") == "" && r.Method != http.MethodConnect)
 }
 
-// refuseRequest answers a request whose body the route cannot use.
-func (h *Handler) refuseRequest(w http.ResponseWriter, r *http.Request, now time.Time, k *keystore.Key, t keystore.Type, status int, reason, message string) {
-	h.refused(r, now, decisionInvalidRequest, reason, k, t, nil)
-	hdr := w.Header()
-	hdr["Content-Type"] = []string{"application/json"}
-	hdr["Cache-Control"] = []string{"no-store"}
-	w.WriteHeader(status)
-	_, _ = w.Write(appendErrorBody(nil, h.format, status, decisionInvalidRequest, reason, message))
-}
-
 // tokensExhausted answers a reservation that does not fit: 429 while a
 // budget is spent; 400 when it is larger than a whole budget, so that no
 // client retries a request no retry can pass (docs/choices.md).
-func (h *Handler) tokensExhausted(w http.ResponseWriter, r *http.Request, now time.Time, k *keystore.Key, t keystore.Type, call *llmCall) {
+func (h *Handler) tokensExhausted(call *llmCall) refusal {
 	res := call.res
 	var reason, what string
 	var u ratelimit.Usage
@@ -338,17 +337,16 @@ func (h *Handler) tokensExhausted(w http.ResponseWriter, r *http.Request, now ti
 		if h.tokens.format == tokens.Ollama {
 			limitField = "options.num_predict"
 		}
-		w.Header()["X-Should-Retry"] = []string{"false"}
-		h.refuseRequest(w, r, now, k, t, http.StatusBadRequest, b.reason, fmt.Sprintf(
+		f := invalidRequest(http.StatusBadRequest, b.reason, fmt.Sprintf(
 			"This request may use up to %d tokens, more than the key's whole %s (%d), so no retry can pass; ask for fewer with %s.",
 			call.reserve, what, b.limit, limitField))
-		return
+		f.final = true
+		return f
 	}
-	h.refused(r, now, decisionQuotaExceeded, reason, k, t, nil)
 	msg := fmt.Sprintf("This request may use up to %d tokens and the key's %s has %d of %d left; it resets at %s.",
 		call.reserve, what, u.Remaining, u.Limit, u.Reset.UTC().Format(time.RFC3339))
 	// No retry helps a daily budget soon.
-	writeTooMany(w, h.format, decisionQuotaExceeded, reason, msg, res.RetryAfter, res.DeniedBy != ratelimit.MinuteTokens)
+	return tooMany(decisionQuotaExceeded, reason, msg, res.RetryAfter, res.DeniedBy != ratelimit.MinuteTokens)
 }
 
 // tokenWriter passes the upstream's answer on as it comes, reading the
@@ -473,10 +471,11 @@ var identityEncoding = []string{"identity"}
 
 // proxyLLM hands the request on, asking the upstream for an answer it does
 // not compress, through a writer that reads the usage as it passes. The
-// settlement is not here: ServeHTTP defers settle as soon as the tokens are
+// settlement is not here: ServeHTTP defers settle before the tokens are
 // reserved, so it runs however the request ends (see settle).
-func (h *Handler) proxyLLM(w http.ResponseWriter, r *http.Request, next func(http.ResponseWriter, *http.Request) error, call *llmCall) error {
-	call.tw = &tokenWriter{ResponseWriter: w, format: h.tokens.format, hide: call.hide}
+func (h *Handler) proxyLLM(x *exchange, next caddyhttp.Handler) error {
+	r, call := x.r, x.call
+	call.tw = &tokenWriter{ResponseWriter: x.w, format: h.tokens.format, hide: call.hide}
 	// The upstream is asked for identity: an answer compressed by the
 	// upstream could not be read as it streams. The client's own
 	// Accept-Encoding comes back afterwards, for the access log.
@@ -489,35 +488,32 @@ func (h *Handler) proxyLLM(w http.ResponseWriter, r *http.Request, next func(htt
 			delete(r.Header, "Accept-Encoding")
 		}
 	}()
-	return next(call.tw, r)
+	return next.ServeHTTP(call.tw, r)
 }
 
 // settle settles the request's reservation, exactly once: ServeHTTP defers
-// it as soon as readLLMRequest reserved, so it runs whatever happens next:
-// a refusal before the upstream (the reservation is released), an upstream
-// error, a client that goes away mid-stream (reverse_proxy then panics
-// with http.ErrAbortHandler, which goes on after this ran), or an answer
-// that ends. A cut answer is charged what finish says, and counted as a
-// missing report when its endpoint should have reported. The refusals after
-// the reservation call it before they answer, so the tokens are back when
-// the client reads the refusal; call may be nil (no tokens on the route).
-func (h *Handler) settle(r *http.Request, k *keystore.Key, call *llmCall, now time.Time) {
+// it before reserve, so it runs whatever happens next: a refusal before the
+// upstream (the reservation is released), an upstream error, a client that
+// goes away mid-stream (reverse_proxy then panics with
+// http.ErrAbortHandler, which goes on after this ran), or an answer that
+// ends. A cut answer is charged what finish says, and counted as a missing
+// report when its endpoint should have reported. refuse calls it before it
+// answers, so the tokens are back when the client reads the refusal. The
+// body held is let go of here too. No reservation (a route without
+// tokens, or a request refused before reserve) is fine.
+func (h *Handler) settle(x *exchange) {
+	call := x.call
 	if call == nil || call.settled {
 		return
 	}
 	call.settled = true
+	defer call.hold.release()
+	r, k := x.r, x.key
 	var st settlement
 	if call.tw != nil {
 		st = call.tw.finish(call)
 	}
-	if st.absurd && tokenLogDue(&lastAbsurdLog) {
-		h.logger.Warn("the upstream reported an impossible token count; the reservation was charged instead (logged at most every 10 s)",
-			zap.String("key_id", k.ID), zap.Int64("reserved", call.reserve))
-	}
-	if call.tw != nil && call.tw.unread && tokenLogDue(&lastUnreadLog) {
-		h.logger.Warn("the upstream compressed its answer in an encoding the gateway cannot read although asked for identity; the reservation was charged (logged at most every 10 s)",
-			zap.String("key_id", k.ID), zap.Strings("content_encoding", call.tw.Header()["Content-Encoding"]), zap.Int64("reserved", call.reserve))
-	}
+	h.warnAboutAnswer(k, call, st)
 	if !call.policy.IsZero() && call.res.Allowed && !call.res.Uncounted {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), settleTimeout)
 		serr := h.tokens.store.Settle(ctx, k.ID, call.policy, call.res.Reservation, st.charged)
@@ -531,12 +527,25 @@ func (h *Handler) settle(r *http.Request, k *keystore.Key, call *llmCall, now ti
 		return // refused before the upstream, or the upstream never answered
 	}
 	if st.reported {
-		h.usage.AddTokens(k.ID, h.Service, r.Method, usage.Endpoint(r.URL.Path, h.usageDepth), now, st.prompt, st.completion)
+		h.usage.AddTokens(k.ID, h.Service, r.Method, usage.Endpoint(r.URL.Path, h.usageDepth), x.now, st.prompt, st.completion)
 	}
 	// A missing report: an answer that should have reported and did not.
 	missing := !st.reported && st.status < 300 && tokens.Reports(h.tokens.format, r.Method, r.URL.Path)
 	countTokens(h.Service, st.prompt, st.completion, st.charged, st.reported, missing)
 	h.tokenWarnings(k, call, st.charged)
+}
+
+// warnAboutAnswer logs an answer whose usage was not believed or not
+// read, at most every 10 s per kind.
+func (h *Handler) warnAboutAnswer(k *keystore.Key, call *llmCall, st settlement) {
+	if st.absurd && tokenLogDue(&lastAbsurdLog) {
+		h.logger.Warn("the upstream reported an impossible token count; the reservation was charged instead (logged at most every 10 s)",
+			zap.String("key_id", k.ID), zap.Int64("reserved", call.reserve))
+	}
+	if call.tw != nil && call.tw.unread && tokenLogDue(&lastUnreadLog) {
+		h.logger.Warn("the upstream compressed its answer in an encoding the gateway cannot read although asked for identity; the reservation was charged (logged at most every 10 s)",
+			zap.String("key_id", k.ID), zap.Strings("content_encoding", call.tw.Header()["Content-Encoding"]), zap.Int64("reserved", call.reserve))
+	}
 }
 
 // When the two warnings above were last logged (Unix ns): an upstream that

@@ -2,7 +2,6 @@ package apikey
 
 import (
 	"fmt"
-	"net/http"
 	"net/netip"
 	"strconv"
 	"time"
@@ -301,8 +300,8 @@ const maxBlockEndsWritten = 100
 // after failed authentications: one log line, one audit entry, one event.
 // The requests it then sends are only counted in the metrics, and their
 // number is reported when the block ends.
-func (h *Handler) throttled(r *http.Request, addr netip.Addr, prefix netip.Prefix, limit ratelimit.Rate) {
-	if h.anon != nil && !h.anon.admit(decisionRateLimited, "failed_auth", addr, prefix, time.Now()) {
+func (h *Handler) throttled(x *exchange, prefix netip.Prefix, limit ratelimit.Rate) {
+	if h.anon != nil && !h.anon.admit(decisionRateLimited, "failed_auth", x.client, prefix, time.Now()) {
 		return // summarised with the interval's other refusals of unknown clients
 	}
 	until := time.Now().Add(limit.Period).UTC().Format(time.RFC3339)
@@ -315,7 +314,7 @@ func (h *Handler) throttled(r *http.Request, addr netip.Addr, prefix netip.Prefi
 	}
 	if h.events.on() {
 		h.events.emit(eventDenied, map[string]any{"decision": decisionRateLimited, "reason": "failed_auth",
-			"service": h.Service, "method": r.Method, "path": loggedPath(r.URL.Path), "client_ip": addr.String(), "until": until})
+			"service": h.Service, "method": loggedMethod(x.r.Method), "path": loggedPath(x.r.URL.Path), "client_ip": x.client.String(), "until": until})
 	}
 }
 

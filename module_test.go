@@ -370,9 +370,14 @@ func TestRotationGrace(t *testing.T) {
 		t.Errorf("403 to an old secret: %d, Deprecation %q, Sunset %q", r.status, r.header.Get("Deprecation"), r.header.Get("Sunset"))
 	}
 
+	// Past its grace, an old secret is refused like any unusable key:
+	// a 401 tells no sunset (the secret is already dead).
 	r = send(t, "GET", g.url+"/ollama/api/tags", bearer(k.rotatedEnded)...)
 	if r.status != 401 || r.err.Code != "expired_key" {
 		t.Errorf("old secret past valid_until: %d %q", r.status, r.err.Code)
+	}
+	if r.header.Get("Deprecation") != "" || r.header.Get("Sunset") != "" {
+		t.Errorf("401 to an old secret past its grace: Deprecation %q, Sunset %q", r.header.Get("Deprecation"), r.header.Get("Sunset"))
 	}
 }
 
@@ -423,11 +428,11 @@ func TestLogsNeverHoldKeys(t *testing.T) {
 	send(t, "GET", g.url+"/n8n/api/v1/workflows", bearer(k.writer)...)
 	sent = append(sent, unknown, k.admin, k.noServices, k.writer)
 
-	logs := readWhenContains(t, g.logPath, `"decision":"forbidden"`)
+	readWhenContains(t, g.logPath, `"decision":"forbidden"`)
 	access := readWhenContains(t, g.accessLog, `"user_id":"k_reader"`)
 	// The upstream credentials too: reverse_proxy logs the headers it sends
 	// at DEBUG, and only the README's filter keeps X-N8N-API-KEY out.
-	logs = readWhenContains(t, g.logPath, "upstream roundtrip")
+	logs := readWhenContains(t, g.logPath, "upstream roundtrip")
 	for _, secret := range []string{ollamaToken, "n8n-upstream-key-0002"} {
 		if strings.Contains(logs, secret) || strings.Contains(access, secret) {
 			t.Errorf("a log holds an upstream credential (%d bytes)", len(secret))

@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/moodmnky/caddy-apikey/headers"
@@ -254,24 +253,4 @@ func (d *denial) write(w http.ResponseWriter) {
 	}
 	w.WriteHeader(d.status)
 	_, _ = w.Write(d.body)
-}
-
-// writeTooMany answers 429 with Retry-After and a body, in the route's
-// error format, whose message says when to come back. final marks a refusal
-// no retry can fix within seconds (a daily quota): it adds
-// "x-should-retry: false", which the official OpenAI SDKs obey instead of
-// sleeping until Retry-After.
-func writeTooMany(w http.ResponseWriter, f errorFormat, code, reason, message string, retryAfter time.Duration, final bool) {
-	h := w.Header()
-	h["Content-Type"] = []string{"application/json"}
-	h["Cache-Control"] = []string{"no-store"}
-	headers.SetRetryAfter(h, retryAfter)
-	// The OpenAI SDKs sleep for a Retry-After of up to a minute; past that,
-	// no quick retry can pass, so say so.
-	if final || retryAfter > time.Minute {
-		h["X-Should-Retry"] = []string{"false"}
-	}
-	body := appendErrorBody(make([]byte, 0, 128+len(message)), f, http.StatusTooManyRequests, code, reason, message)
-	w.WriteHeader(http.StatusTooManyRequests)
-	_, _ = w.Write(body)
 }

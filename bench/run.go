@@ -109,9 +109,8 @@ func runConfig(bin, work string, v view, c config, env *environment, o options, 
 	return r
 }
 
-// startCaddy starts Caddy, cores shared, with its admin endpoint on when
-// admin is set; see startCaddyIn.
-func startCaddy(bin, work, name, body string, admin bool, args ...any) (cmd *exec.Cmd, port, adminPort int, stop func()) {
+// startCaddy starts Caddy, cores shared; see startCaddyIn.
+func startCaddy(bin, work, name, body string, args ...any) (cmd *exec.Cmd, port, adminPort int, stop func()) {
 	return startCaddyIn(view{}, bin, work, name, body, nil, nil, args...)
 }
 

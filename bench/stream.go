@@ -172,7 +172,7 @@ func runStream(bin, work string, o streamOptions) {
 }
 
 func runStreamConfig(bin, work string, c streamConfig, upstream, keyFile string, auths []string, o streamOptions, profileTo string) streamResult {
-	cmd, port, adminPort, stop := startCaddy(bin, work, c.name, c.caddyfile, profileTo != "", upstream, keyFile)
+	cmd, port, adminPort, stop := startCaddy(bin, work, c.name, c.caddyfile, upstream, keyFile)
 	defer stop()
 	url := fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", port)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.concurrency, MaxConnsPerHost: o.concurrency, DisableCompression: true}}
@@ -335,7 +335,6 @@ func writeStreamResults(o streamOptions, results map[string][]streamResult) {
 		}
 		return fmt.Sprintf("%+.3f µs", median(d)/1e3)
 	}
-	var rows []string
 	for _, c := range streamConfigs {
 		rs := results[c.name]
 		if len(rs) == 0 {
@@ -355,7 +354,6 @@ func writeStreamResults(o streamOptions, results map[string][]streamResult) {
 			streams += r.streams
 			errs += r.errors
 		}
-		rows = append(rows, c.name)
 		fmt.Fprintf(&b, "| (%s) | %s | %.3f µs | %s | %s | %.0f | %.1f µs | %v | %v | %.1f | %d | %d |\n", c.name, c.title,
 			median(cpc)/1e3, overs(rs, results["s1"]), overs(rs, results["s0"]), median(rate),
 			median(cps)/1e3, median(t50).Round(time.Microsecond), median(t99).Round(time.Microsecond), median(reads), streams, errs)

@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/moodmnky/caddy-apikey/internal/capped"
+	"github.com/moodmnky/caddy-apikey/internal/poll"
 )
 
 // secretPool shares one watcher per secret file and scheme among every
@@ -39,9 +39,7 @@ type watchedSecret struct {
 	value   atomic.Pointer[string]
 
 	lastErr string // the failure last logged, "" while reads work: each distinct one is logged once
-	stop    chan struct{}
-	done    chan struct{}
-	once    sync.Once
+	poller  *poll.Poller
 }
 
 func watchSecret(path, scheme string) (*watchedSecret, error) {
@@ -51,13 +49,13 @@ func watchSecret(path, scheme string) (*watchedSecret, error) {
 	}
 	key := scheme + "\x00" + abs
 	val, _, err := secretPool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		w := &watchedSecret{path: abs, scheme: scheme, poolKey: key, stop: make(chan struct{}), done: make(chan struct{})}
+		w := &watchedSecret{path: abs, scheme: scheme, poolKey: key}
 		v, err := w.read()
 		if err != nil {
 			return nil, err
 		}
 		w.value.Store(&v)
-		go w.run()
+		w.poller = poll.Start(secretPollInterval, w.check)
 		return w, nil
 	})
 	if err != nil {
@@ -130,20 +128,6 @@ func validHeaderValue(b []byte) bool {
 	return true
 }
 
-func (w *watchedSecret) run() {
-	defer close(w.done)
-	t := time.NewTicker(secretPollInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-w.stop:
-			return
-		case <-t.C:
-			w.check()
-		}
-	}
-}
-
 // secretLogger is the watchers' logger; a variable for tests.
 var secretLogger = func() *zap.Logger { return caddy.Log().Named("http.handlers.apikey.upstream_auth") }
 
@@ -170,7 +154,6 @@ func (w *watchedSecret) check() {
 
 // Destruct stops the watcher.
 func (w *watchedSecret) Destruct() error {
-	w.once.Do(func() { close(w.stop) })
-	<-w.done
+	w.poller.Stop()
 	return nil
 }

@@ -51,16 +51,34 @@ func (m *Memory) shard(key string) *shard {
 	return &m.shards[maphash.String(m.seed, key)%shardCount]
 }
 
-// Take spends one request of key's budget if p allows it. It never fails.
-func (m *Memory) Take(_ context.Context, key string, p Policy) (Result, error) {
-	now := m.now()
-	sh := m.shard(key)
-	sh.mu.Lock()
+// counter is key's request counter, made when it has none; the shard's
+// lock is held.
+func (sh *shard) counter(key string) *counter {
 	c := sh.counters[key]
 	if c == nil {
 		c = new(counter)
 		sh.counters[key] = c
 	}
+	return c
+}
+
+// tokenState is key's token budgets, made when it has none; the shard's
+// lock is held.
+func (sh *shard) tokenState(key string) *tokenState {
+	t := sh.tokens[key]
+	if t == nil {
+		t = new(tokenState)
+		sh.tokens[key] = t
+	}
+	return t
+}
+
+// Take spends one request of key's budget if p allows it. It never fails.
+func (m *Memory) Take(_ context.Context, key string, p Policy) (Result, error) {
+	now := m.now()
+	sh := m.shard(key)
+	sh.mu.Lock()
+	c := sh.counter(key)
 	var res Result
 	c.state, res = decide(c.state, now, p)
 	c.lastSeen = now.Unix()
@@ -86,11 +104,7 @@ func (m *Memory) Peek(_ context.Context, key string, p Policy) (Result, error) {
 func (m *Memory) Mirror(key string, s state) {
 	sh := m.shard(key)
 	sh.mu.Lock()
-	c := sh.counters[key]
-	if c == nil {
-		c = new(counter)
-		sh.counters[key] = c
-	}
+	c := sh.counter(key)
 	c.state, c.lastSeen = s, m.now().Unix()
 	sh.mu.Unlock()
 }

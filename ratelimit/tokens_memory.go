@@ -217,11 +217,7 @@ func (m *Memory) Reserve(_ context.Context, key string, p TokenPolicy, n int64) 
 	now := m.now()
 	sh := m.shard(key)
 	sh.mu.Lock()
-	t := sh.tokens[key]
-	if t == nil {
-		t = new(tokenState)
-		sh.tokens[key] = t
-	}
+	t := sh.tokenState(key)
 	v := t.view(now, p)
 	denied := v.decide(p, n)
 	var id uint64
@@ -332,11 +328,7 @@ func (m *Memory) mirrorTokens(key string, p TokenPolicy, v tokenView) {
 	now := m.now().Unix()
 	sh := m.shard(key)
 	sh.mu.Lock()
-	t := sh.tokens[key]
-	if t == nil {
-		t = new(tokenState)
-		sh.tokens[key] = t
-	}
+	t := sh.tokenState(key)
 	t.store(v, p)
 	t.shared, t.sharedDay = v.dayUsed, v.dayStart
 	t.lastSeen = now

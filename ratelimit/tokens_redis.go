@@ -81,9 +81,6 @@ local function reap(now, xttl)
 end
 `
 
-// reapBatch is the most expired reservations one script call gives back.
-const reapBatch = 32
-
 // reserveScript is a whole reservation, run atomically on the server with
 // the server's clock; it mirrors Memory.Reserve (tokenState.view, decide,
 // charge). KEYS: the token hash, :r, :e, :x. ARGV: n, daily, per-minute,

@@ -233,11 +233,7 @@ func (r *RecordFields) Get(name string) json.RawMessage {
 // Decode reads the whole record.
 func (r *RecordFields) Decode() (keystore.Record, error) {
 	r.load()
-	data, err := encodeObject(r.fields)
-	if err != nil {
-		return keystore.Record{}, err
-	}
-	return keystore.DecodeRecord(data)
+	return keystore.DecodeRecord(encodeObject(r.fields))
 }
 
 // Set sets a field, in place if it exists, else at the end.
@@ -297,7 +293,7 @@ func parseObject(data []byte) ([]field, error) {
 	return fields, nil
 }
 
-func encodeObject(fields []field) ([]byte, error) {
+func encodeObject(fields []field) []byte {
 	var b bytes.Buffer
 	b.WriteByte('{')
 	for i, f := range fields {
@@ -310,7 +306,7 @@ func encodeObject(fields []field) ([]byte, error) {
 		b.Write(f.value)
 	}
 	b.WriteByte('}')
-	return b.Bytes(), nil
+	return b.Bytes()
 }
 
 // encode writes the file: top-level fields in order, one record a line.
@@ -319,10 +315,7 @@ func (kf *KeyFile) encode() ([]byte, error) {
 	for i, r := range kf.Records {
 		data := []byte(r.raw)
 		if r.parsed {
-			var err error
-			if data, err = encodeObject(r.fields); err != nil {
-				return nil, err
-			}
+			data = encodeObject(r.fields)
 		} else if compact(data) {
 			records[i] = "    " + string(data)
 			continue

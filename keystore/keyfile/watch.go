@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/poll"
 	"github.com/moodmnky/caddy-apikey/keystore"
 
 	"go.uber.org/zap"
@@ -55,9 +56,7 @@ type watchedFile struct {
 
 	listenMu  sync.Mutex
 	listeners map[string]*listener
-	stop      chan struct{}
-	done      chan struct{}
-	once      sync.Once
+	poller    *poll.Poller
 }
 
 // fileStamp tells versions of a file apart without reading it: its size,
@@ -105,26 +104,11 @@ func watchFile(name, path string) (*watchedFile, error) {
 		return nil, err
 	}
 	now := time.Now()
-	w := &watchedFile{name: name, path: path, sums: l.sums, stamp: stamp, sum: sum, since: now, hashed: now,
-		stop: make(chan struct{}), done: make(chan struct{})}
+	w := &watchedFile{name: name, path: path, sums: l.sums, stamp: stamp, sum: sum, since: now, hashed: now}
 	w.set.Store(l.set)
 	releaseMemory(stamp.size)
-	go w.run()
+	w.poller = poll.Start(pollInterval, w.check)
 	return w, nil
-}
-
-func (w *watchedFile) run() {
-	defer close(w.done)
-	t := time.NewTicker(pollInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-w.stop:
-			return
-		case <-t.C:
-			w.check()
-		}
-	}
 }
 
 // check reloads the file if it changed since it was last read. A version
@@ -236,8 +220,7 @@ func (w *watchedFile) settled() bool {
 
 // Destruct stops the watcher.
 func (w *watchedFile) Destruct() error {
-	w.once.Do(func() { close(w.stop) })
-	<-w.done
+	w.poller.Stop()
 	return nil
 }
 
