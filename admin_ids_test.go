@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -16,10 +17,10 @@ import (
 // zero-width space, white space around it) is refused with 400, never read
 // as that key's id: the key stays admitted and unrevoked.
 func TestAdminResolvesTheExactID(t *testing.T) {
-	k := newKey(t, keystore.Dev, keystore.Record{ID: "k_zw", Type: "dev", Role: "reader", Services: []string{"*"}})
-	keyFile := writeKeyFile(t, k.record)
-	adminPort, port := freePort(t), freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_zw", Type: "dev", Role: "reader", Services: []string{"*"}})
+	keyFile := gatewaytest.WriteKeyFile(t, k.Record)
+	adminPort, port := gatewaytest.Port(t), gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
 }
@@ -47,23 +48,23 @@ http://127.0.0.1:%d {
 		{"POST", "/apikey/cache/purge?id=k_zw%E2%80%8B", "U+200B"},
 		{"GET", "/apikey/usage?key=k_zw%E2%80%8B", "U+200B"},
 	} {
-		code, body := adminCall(t, c.method, admin+c.uri)
+		code, body := gatewaytest.Admin(t, c.method, admin, c.uri)
 		if code != 400 || !strings.Contains(body, c.names) {
 			t.Errorf("%s %s: %d %s, want 400 naming %s", c.method, c.uri, code, body, c.names)
 		}
 	}
-	if r := send(t, "GET", url, bearer(k)...); r.status != 200 {
-		t.Fatalf("k_zw after revocations of other ids: %d, want still admitted", r.status)
+	if r := gatewaytest.Send(t, "GET", url, k.Bearer()...); r.Status != 200 {
+		t.Fatalf("k_zw after revocations of other ids: %d, want still admitted", r.Status)
 	}
 	if data, _ := os.ReadFile(keyFile); strings.Contains(string(data), "revoked") {
 		t.Fatal("a revocation of another id revoked k_zw in the key file")
 	}
 
 	// The exact id, escaped or not, is k_zw's.
-	if code, body := adminCall(t, "POST", admin+"/apikey/keys/k%5Fzw/revoke"); code != 200 {
+	if code, body := gatewaytest.Admin(t, "POST", admin, "/apikey/keys/k%5Fzw/revoke"); code != 200 {
 		t.Fatalf("revoking k_zw: %d %s", code, body)
 	}
-	eventually(t, "k_zw refused once revoked", func() bool { return send(t, "GET", url, bearer(k)...).status == 401 })
+	eventually(t, "k_zw refused once revoked", func() bool { return gatewaytest.Send(t, "GET", url, k.Bearer()...).Status == 401 })
 }
 
 // TestIDsThatDoNotShowAreRefused: an id holding a character that does not
@@ -71,11 +72,11 @@ http://127.0.0.1:%d {
 // by an import, and by Caddy loading a key file (the error names the file,
 // the record and the field).
 func TestIDsThatDoNotShowAreRefused(t *testing.T) {
-	k := newKey(t, keystore.Dev, keystore.Record{ID: "k_zw", Type: "dev", Role: "reader", Services: []string{"*"}})
-	twin := newKey(t, keystore.Dev, keystore.Record{ID: "k_zw\u200b", Type: "dev", Role: "reader", Services: []string{"*"}})
-	bad := writeKeyFile(t, k.record, twin.record)
+	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_zw", Type: "dev", Role: "reader", Services: []string{"*"}})
+	twin := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_zw\u200b", Type: "dev", Role: "reader", Services: []string{"*"}})
+	bad := gatewaytest.WriteKeyFile(t, k.Record, twin.Record)
 
-	err := loadCaddy(fmt.Sprintf(`{
+	err := gatewaytest.Load(fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -85,9 +86,9 @@ http://127.0.0.1:%d {
 		counters memory
 	}
 	respond "admitted"
-}`, freePort(t), bad))
+}`, gatewaytest.Port(t), bad))
 	if err == nil {
-		_ = stopCaddy()
+		_ = gatewaytest.Stop()
 		t.Fatal("Caddy loaded a key file with the id k_zw and a zero-width space")
 	}
 	for _, want := range []string{bad, "keys[1]", "id:", "U+200B"} {
@@ -96,7 +97,7 @@ http://127.0.0.1:%d {
 		}
 	}
 
-	file := writeKeyFile(t, k.record)
+	file := gatewaytest.WriteKeyFile(t, k.Record)
 	for _, id := range []string{"k_zw\u200b", "k_\u202ezw", "k\u00a0zw", "k_zw\u2028", "k_cafe\u0301"} {
 		_, errOut, code := cli(t, "", "new", "--keys", file, "--type", "dev", "--role", "reader", "--id", id)
 		if code != 1 || !strings.Contains(errOut, "id:") || !(strings.Contains(errOut, "U+") || strings.Contains(errOut, "normal form C")) {

@@ -2,10 +2,7 @@ package apikey
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -13,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -29,14 +27,14 @@ const adminURIFilter = `uri regexp (?i)((dev|prod)(_|%(25)*5f)api(_|%(25)*5f)|sh
 func TestAdminNeverRepeatsAKey(t *testing.T) {
 	g := startOpsGatewayWithLog(t, nil, adminURIFilter)
 	k := g.keys["reader"]
-	hash := strings.TrimPrefix(k.record.Hash, "sha256:")
+	hash := strings.TrimPrefix(k.Record.Hash, "sha256:")
 	for _, form := range []string{
-		"%20" + k.secret, k.secret + "%0A", "%09" + k.secret, "%C2%A0" + k.secret, "%E2%80%8B" + k.secret,
-		"%2520" + k.secret, url.PathEscape(k.secret), "%20" + strings.ToLower(k.secret),
+		"%20" + k.Secret, k.Secret + "%0A", "%09" + k.Secret, "%C2%A0" + k.Secret, "%E2%80%8B" + k.Secret,
+		"%2520" + k.Secret, url.PathEscape(k.Secret), "%20" + strings.ToLower(k.Secret),
 		"sha256:" + hash, "sha256%3A" + hash, hash,
 		// One bad escape elsewhere must not hide the good ones.
-		strings.ReplaceAll(k.secret, "_", "%5F") + "&x=%zz",
-		strings.ReplaceAll(k.secret, "_", "%255F") + "%25zz",
+		strings.ReplaceAll(k.Secret, "_", "%5F") + "&x=%zz",
+		strings.ReplaceAll(k.Secret, "_", "%255F") + "%25zz",
 		hash[:10] + fmt.Sprintf("%%%02x", hash[10]) + hash[11:] + "&x=%zz",
 		"sha256%3A" + hash + "&x=%zz",
 	} {
@@ -48,12 +46,12 @@ func TestAdminNeverRepeatsAKey(t *testing.T) {
 			{"GET", "/apikey/usage?key=" + form},
 			{"GET", "/apikey/usage?" + form + "=1"},
 		} {
-			code, body := adminRequest(t, req[0], g.admin, req[1])
+			code, body := gatewaytest.Admin(t, req[0], g.admin, req[1])
 			if code != 400 {
-				t.Errorf("%s %s (key %s): %d, want 400", req[0], strings.Replace(req[1], form, "<key>", 1), k.record.ID, code)
+				t.Errorf("%s %s (key %s): %d, want 400", req[0], strings.Replace(req[1], form, "<key>", 1), k.Record.ID, code)
 			}
 			if leaks(body, k) {
-				t.Errorf("%s %s: the answer repeats key %s", req[0], strings.Replace(req[1], form, "<key>", 1), k.record.ID)
+				t.Errorf("%s %s: the answer repeats key %s", req[0], strings.Replace(req[1], form, "<key>", 1), k.Record.ID)
 			}
 		}
 	}
@@ -61,75 +59,50 @@ func TestAdminNeverRepeatsAKey(t *testing.T) {
 	// The same clutter around a real id is refused, never trimmed away:
 	// the admin API acts on exactly the id it is given (see
 	// TestAdminResolvesTheExactID).
-	if code, body := adminCall(t, "DELETE", g.admin+"/apikey/quota/%20k_ops_reader%0A"); code != 400 || !strings.Contains(body, "white space") {
+	if code, body := gatewaytest.Admin(t, "DELETE", g.admin, "/apikey/quota/%20k_ops_reader%0A"); code != 400 || !strings.Contains(body, "white space") {
 		t.Errorf("quota reset of \" k_ops_reader\\n\": %d %s", code, body)
 	}
-	if code, body := adminCall(t, "POST", g.admin+"/apikey/cache/purge?id=%09k_ops_writer"); code != 400 || !strings.Contains(body, "U+0009") {
+	if code, body := gatewaytest.Admin(t, "POST", g.admin, "/apikey/cache/purge?id=%09k_ops_writer"); code != 400 || !strings.Contains(body, "U+0009") {
 		t.Errorf("purge of \"\\tk_ops_writer\": %d %s", code, body)
 	}
 	// An unknown id that is not shaped like a key is named in the answer.
-	if code, body := adminCall(t, "POST", g.admin+"/apikey/keys/k_nobody/revoke"); code != 404 || !strings.Contains(body, "k_nobody") {
+	if code, body := gatewaytest.Admin(t, "POST", g.admin, "/apikey/keys/k_nobody/revoke"); code != 404 || !strings.Contains(body, "k_nobody") {
 		t.Errorf("unknown id: %d %s", code, body)
 	}
 
-	logs := readWhenContains(t, g.caddyLog, `"uri":"/apikey/keys/k_nobody/revoke"`)
+	logs := gatewaytest.WaitForLog(t, g.caddyLog, `"uri":"/apikey/keys/k_nobody/revoke"`)
 	if !strings.Contains(logs, "REDACTED") || !strings.Contains(logs, `"msg":"request error"`) {
 		t.Error("the admin log does not show the refused requests, redacted")
 	}
 	if leaks(logs, k) {
-		t.Errorf("Caddy's log holds key %s or its hash", k.record.ID)
+		t.Errorf("Caddy's log holds key %s or its hash", k.Record.ID)
 	}
 	if readme, _ := os.ReadFile("README.md"); !strings.Contains(string(readme), "\t\t\t"+adminURIFilter+"\n") {
 		t.Error("README.md does not give the admin log filter this test uses")
 	}
 	audit, _ := os.ReadFile(g.auditLog)
 	if leaks(string(audit), k) {
-		t.Errorf("the audit log holds key %s or its hash", k.record.ID)
+		t.Errorf("the audit log holds key %s or its hash", k.Record.ID)
 	}
-}
-
-// adminRequest makes a request to Caddy's admin endpoint at base, with
-// the Origin a browser would send (the admin endpoint checks it): the
-// base, not the whole URL, which Caddy logs with the request's headers.
-func adminRequest(t *testing.T, method, base, uri string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(method, base+uri, nil)
-	if err != nil {
-		// An invalid escape, as an attacker would send it: written as it
-		// is, the way curl sends it.
-		if req, err = http.NewRequest(method, base, nil); err != nil {
-			t.Fatalf("%s: a bad base URL", method)
-		}
-		path, query, _ := strings.Cut(uri, "?")
-		req.URL.Opaque, req.URL.RawQuery = path, query
-	}
-	req.Header.Set("Origin", base)
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("%s: %v", method, errors.Unwrap(err)) // the error without the URL
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
 }
 
 // leaks reports whether text holds a key, a tell-tale part of it, or its
 // hash, in any case.
-func leaks(text string, k testKey) bool {
+func leaks(text string, k gatewaytest.Key) bool {
 	lower := strings.ToLower(text)
-	hash := strings.TrimPrefix(k.record.Hash, "sha256:")
-	return strings.Contains(lower, strings.ToLower(k.secret[len(k.secret)-16:])) || strings.Contains(lower, hash[:16])
+	hash := strings.TrimPrefix(k.Record.Hash, "sha256:")
+	return strings.Contains(lower, strings.ToLower(k.Secret[len(k.Secret)-16:])) || strings.Contains(lower, hash[:16])
 }
 
 // TestAdminKeysUntypedRecord: a record without "type" is listed with its
 // quota under each type's limit, since the prefix of the key presented
 // decides which the gateway enforces; a typed record keeps one quota.
 func TestAdminKeysUntypedRecord(t *testing.T) {
-	untyped := newKey(t, keystore.Prod, keystore.Record{ID: "k_untyped", Role: "reader"})
-	typed := newKey(t, keystore.Dev, keystore.Record{ID: "k_typed", Type: "dev", Role: "reader"})
-	keyFile := writeKeyFile(t, untyped.record, typed.record)
-	port, adminPort := freePort(t), freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	untyped := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_untyped", Role: "reader"})
+	typed := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_typed", Type: "dev", Role: "reader"})
+	keyFile := gatewaytest.WriteKeyFile(t, untyped.Record, typed.Record)
+	port, adminPort := gatewaytest.Port(t), gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
 }
@@ -148,15 +121,15 @@ http://127.0.0.1:%d {
 	base := fmt.Sprintf("http://127.0.0.1:%d/x", port)
 	var enforced string
 	for range 2 {
-		r := send(t, "GET", base, bearer(untyped)...)
-		if r.status != 200 {
-			t.Fatalf("untyped prod key: %d %s", r.status, r.body)
+		r := gatewaytest.Send(t, "GET", base, untyped.Bearer()...)
+		if r.Status != 200 {
+			t.Fatalf("untyped prod key: %d %s", r.Status, r.Body)
 		}
-		enforced = r.header.Get("X-RateLimit-Limit")
+		enforced = r.Header.Get("X-RateLimit-Limit")
 	}
-	send(t, "GET", base, bearer(typed)...)
+	gatewaytest.Send(t, "GET", base, typed.Bearer()...)
 
-	code, body := adminCall(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/apikey/keys", adminPort))
+	code, body := gatewaytest.Admin(t, "GET", fmt.Sprintf("http://127.0.0.1:%d", adminPort), "/apikey/keys")
 	if code != 200 {
 		t.Fatalf("GET /apikey/keys: %d %s", code, body)
 	}
@@ -223,19 +196,19 @@ func startOpsGatewayConfig(t *testing.T, before func(*opsGateway), edit func(str
 	dir := t.TempDir()
 	now := time.Now().UTC()
 	g := &opsGateway{keyFile: filepath.Join(dir, "keys.json"), auditLog: filepath.Join(dir, "audit.log"),
-		usage: filepath.Join(dir, "usage.json"), keys: map[string]testKey{}}
-	g.keys["reader"] = newKey(t, keystore.Dev, keystore.Record{ID: "k_ops_reader", Type: "dev", Role: "reader", Services: []string{"ollama"}, QuotaPerDay: int64p(100)})
-	g.keys["writer"] = newKey(t, keystore.Prod, keystore.Record{ID: "k_ops_writer", Type: "prod", Role: "writer", Services: []string{"*"}})
-	g.keys["revoked"] = newKey(t, keystore.Dev, keystore.Record{ID: "k_ops_revoked", Role: "reader", Revoked: true,
+		usage: filepath.Join(dir, "usage.json"), keys: map[string]gatewaytest.Key{}}
+	g.keys["reader"] = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_ops_reader", Type: "dev", Role: "reader", Services: []string{"ollama"}, QuotaPerDay: int64p(100)})
+	g.keys["writer"] = gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_ops_writer", Type: "prod", Role: "writer", Services: []string{"*"}})
+	g.keys["revoked"] = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_ops_revoked", Role: "reader", Revoked: true,
 		ExpiresAt: now.Add(24 * time.Hour).Format(time.RFC3339)})
-	writeKeyFileAtomic(t, g.keyFile, g.keys["reader"].record, g.keys["writer"].record, g.keys["revoked"].record)
-	port, adminPort := freePort(t), freePort(t)
+	writeKeyFileAtomic(t, g.keyFile, g.keys["reader"].Record, g.keys["writer"].Record, g.keys["revoked"].Record)
+	port, adminPort := gatewaytest.Port(t), gatewaytest.Port(t)
 	g.base = fmt.Sprintf("http://127.0.0.1:%d", port)
 	g.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	g.config = edit(opsSite(port, adminPort, g.keyFile, g.auditLog, g.usage, filepath.Join(dir, "counters.json"), ""))
 	if before != nil {
 		before(g)
 	}
-	startCaddy(t, g.config)
+	gatewaytest.Start(t, g.config)
 	return g
 }

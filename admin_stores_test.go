@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
@@ -50,31 +51,31 @@ http://127.0.0.1:%d {
 // afterwards; revoking again names both stores again.
 func TestAdminRevokesInEveryStore(t *testing.T) {
 	srv := redistest.Start(t)
-	k := newKey(t, keystore.Dev, keystore.Record{ID: "k_moved", Type: "dev", Role: "reader", Services: []string{"*"}})
-	keyFile := writeKeyFile(t, k.record)
+	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_moved", Type: "dev", Role: "reader", Services: []string{"*"}})
+	keyFile := gatewaytest.WriteKeyFile(t, k.Record)
 	if _, errOut, code := cli(t, "", "import", keyFile, "--redis", srv.Addr()); code != 0 {
 		t.Fatalf("import into redis: exit %d: %s", code, errOut)
 	}
-	adminPort, filePort, redisPort := freePort(t), freePort(t), freePort(t)
-	startCaddy(t, twoStoresSite(adminPort, filePort, redisPort, keyFile, srv.Addr(), t.TempDir()))
+	adminPort, filePort, redisPort := gatewaytest.Port(t), gatewaytest.Port(t), gatewaytest.Port(t)
+	gatewaytest.Start(t, twoStoresSite(adminPort, filePort, redisPort, keyFile, srv.Addr(), t.TempDir()))
 	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	routes := map[string]string{
 		"file":  fmt.Sprintf("http://127.0.0.1:%d/", filePort),
 		"redis": fmt.Sprintf("http://127.0.0.1:%d/", redisPort),
 	}
 	for name, url := range routes {
-		if r := send(t, "GET", url, bearer(k)...); r.status != 200 {
-			t.Fatalf("%s route before the revocation: %d", name, r.status)
+		if r := gatewaytest.Send(t, "GET", url, k.Bearer()...); r.Status != 200 {
+			t.Fatalf("%s route before the revocation: %d", name, r.Status)
 		}
 	}
 
-	code, body := adminCall(t, "POST", admin+"/apikey/keys/k_moved/revoke")
+	code, body := gatewaytest.Admin(t, "POST", admin, "/apikey/keys/k_moved/revoke")
 	if code != 200 {
 		t.Fatalf("revoke: %d %s", code, body)
 	}
 	for name, url := range routes {
 		eventually(t, "the "+name+" route refuses the revoked key", func() bool {
-			return send(t, "GET", url, bearer(k)...).status == 401
+			return gatewaytest.Send(t, "GET", url, k.Bearer()...).Status == 401
 		})
 	}
 	for range 2 {
@@ -86,7 +87,7 @@ func TestAdminRevokesInEveryStore(t *testing.T) {
 			!strings.Contains(strings.Join(answer.Stores, " "), keyFile) || !strings.Contains(strings.Join(answer.Stores, " "), "redis") {
 			t.Fatalf("the answer does not name both stores: %s", body)
 		}
-		if code, body = adminCall(t, "POST", admin+"/apikey/keys/k_moved/revoke"); code != 200 {
+		if code, body = gatewaytest.Admin(t, "POST", admin, "/apikey/keys/k_moved/revoke"); code != 200 {
 			t.Fatalf("revoking again: %d %s", code, body)
 		}
 	}

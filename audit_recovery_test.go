@@ -11,6 +11,7 @@ import (
 
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/internal/flock"
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 )
 
 // auditLines reads an audit log's lines.
@@ -45,12 +46,12 @@ func TestAuditSurvivesATornLineAndWriteFailures(t *testing.T) {
 	})
 	refuse := func() {
 		t.Helper()
-		if r := send(t, "GET", g.base+"/ollama/api/tags", bearer(g.keys["revoked"])...); r.status != 401 {
-			t.Fatalf("revoked key: %d", r.status)
+		if r := gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", g.keys["revoked"].Bearer()...); r.Status != 401 {
+			t.Fatalf("revoked key: %d", r.Status)
 		}
 	}
 	refuse()
-	readWhenContains(t, g.auditLog, `"decision":"revoked_key"`)
+	gatewaytest.WaitForLog(t, g.auditLog, `"decision":"revoked_key"`)
 	lines := auditLines(t, g.auditLog)
 	if len(lines) != 5 || lines[2] != torn {
 		t.Fatalf("line 3 of %d is %q, want the torn line kept", len(lines), lines[2])
@@ -98,8 +99,8 @@ func TestAuditSurvivesATornLineAndWriteFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	unlock()
-	readWhenCount(t, g.auditLog, `"decision":"revoked_key"`, 4)
-	logs := readWhenContains(t, g.caddyLog, "writing the audit log works again")
+	gatewaytest.WaitForLogCount(t, g.auditLog, `"decision":"revoked_key"`, 4)
+	logs := gatewaytest.WaitForLog(t, g.caddyLog, "writing the audit log works again")
 	if n := strings.Count(logs, "writing the audit log failed; retrying"); n != 1 {
 		t.Errorf("the failure was logged %d times in 3 s, want once", n)
 	}
@@ -180,9 +181,9 @@ func TestAuditHeadFindsCuts(t *testing.T) {
 func TestAdminAuditHead(t *testing.T) {
 	g := startOpsGatewayWithLog(t, nil)
 	for range 3 {
-		send(t, "GET", g.base+"/ollama/api/tags", bearer(g.keys["revoked"])...)
+		gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", g.keys["revoked"].Bearer()...)
 	}
-	readWhenCount(t, g.auditLog, `"decision":"revoked_key"`, 3)
+	gatewaytest.WaitForLogCount(t, g.auditLog, `"decision":"revoked_key"`, 3)
 	// The queued lines are written in batches: wait for the head to settle.
 	var head string
 	eventually(t, "the head file holds 3 lines", func() bool {
@@ -190,7 +191,7 @@ func TestAdminAuditHead(t *testing.T) {
 		head = strings.TrimSpace(out)
 		return strings.HasPrefix(head, "3:")
 	})
-	code, body := adminCall(t, "GET", g.admin+"/apikey/audit/head")
+	code, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/audit/head")
 	if code != 200 {
 		t.Fatalf("GET /apikey/audit/head: %d %s", code, body)
 	}
@@ -213,7 +214,7 @@ func TestAdminAuditHead(t *testing.T) {
 	if out, errOut, code := cli(t, "", "audit", "verify", "--head", got.Logs[0].Head, g.auditLog); code != 0 {
 		t.Errorf("verify --head with the admin API's head: exit %d\n%s%s", code, out, errOut)
 	}
-	if code, _ := adminCall(t, "POST", g.admin+"/apikey/audit/head"); code != 405 {
+	if code, _ := gatewaytest.Admin(t, "POST", g.admin, "/apikey/audit/head"); code != 405 {
 		t.Errorf("POST /apikey/audit/head: %d, want 405", code)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -23,8 +24,8 @@ import (
 // /ollama/*, in front of up.
 func tokenSite(t *testing.T, up *llmUpstream, keys string, extra string) string {
 	t.Helper()
-	port := freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 }
 http://127.0.0.1:%[1]d {
@@ -62,7 +63,7 @@ func post(t *testing.T, url, key, body string) (*http.Response, string) {
 	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+key)
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
+	resp, err := gatewaytest.Client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,11 +77,11 @@ func post(t *testing.T, url, key, body string) (*http.Response, string) {
 // usage never sees the usage chunk.
 func TestTokenBudgetsSmoke(t *testing.T) {
 	up := newLLMUpstream(t, 0)
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_tokens", Type: "dev", Role: "writer", Services: []string{"*"},
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_tokens", Type: "dev", Role: "writer", Services: []string{"*"},
 		TokensPerDay: int64p(600), Models: []string{"llama3*"}})
-	base := tokenSite(t, up, writeKeyFile(t, key.record), "default_max_tokens 100")
+	base := tokenSite(t, up, gatewaytest.WriteKeyFile(t, key.Record), "default_max_tokens 100")
 
-	resp, body := post(t, base+"/openai/v1/chat/completions", key.secret, `{"model":"llama3","messages":[{"role":"user","content":"hi"}],"max_tokens":50,"stream":true}`)
+	resp, body := post(t, base+"/openai/v1/chat/completions", key.Secret, `{"model":"llama3","messages":[{"role":"user","content":"hi"}],"max_tokens":50,"stream":true}`)
 	if resp.StatusCode != 200 || strings.Contains(body, `"usage":{`) || !strings.Contains(body, "[DONE]") {
 		t.Fatalf("stream: %d, usage chunk shown to a client that did not ask: %v", resp.StatusCode, strings.Contains(body, `"usage":{`))
 	}
@@ -91,21 +92,21 @@ func TestTokenBudgetsSmoke(t *testing.T) {
 	if !strings.Contains(pol, `"tokens-daily";q=600;w=86400;apikey-unit=tokens`) {
 		t.Errorf("RateLimit-Policy %q", pol)
 	}
-	resp, body = post(t, base+"/openai/v1/chat/completions", key.secret, `{"model":"gpt-4o","messages":[]}`)
+	resp, body = post(t, base+"/openai/v1/chat/completions", key.Secret, `{"model":"gpt-4o","messages":[]}`)
 	if resp.StatusCode != 403 || !strings.Contains(body, `"reason":"model"`) {
 		t.Fatalf("a model outside the list: %d %s", resp.StatusCode, body)
 	}
 	calls := up.calls.Load()
-	resp, body = post(t, base+"/openai/v1/chat/completions", key.secret, `{"model":"llama3","messages":[],"max_tokens":5000}`)
+	resp, body = post(t, base+"/openai/v1/chat/completions", key.Secret, `{"model":"llama3","messages":[],"max_tokens":5000}`)
 	if resp.StatusCode != 400 || !strings.Contains(body, "tokens_daily") || up.calls.Load() != calls {
 		t.Fatalf("a reservation over the whole budget: %d %s; upstream calls %d→%d", resp.StatusCode, body, calls, up.calls.Load())
 	}
-	resp, body = post(t, base+"/ollama/api/chat", key.secret, `{"model":"llama3","messages":[{"role":"user","content":"hi"}]}`)
+	resp, body = post(t, base+"/ollama/api/chat", key.Secret, `{"model":"llama3","messages":[{"role":"user","content":"hi"}]}`)
 	if resp.StatusCode != 200 || !strings.Contains(body, `"eval_count":5`) {
 		t.Fatalf("ollama stream: %d %s", resp.StatusCode, body)
 	}
 	time.Sleep(50 * time.Millisecond)
-	resp, _ = post(t, base+"/ollama/api/generate", key.secret, `{"model":"llama3","prompt":"x","stream":false}`)
+	resp, _ = post(t, base+"/ollama/api/generate", key.Secret, `{"model":"llama3","prompt":"x","stream":false}`)
 	t.Logf("after: %s", resp.Header.Get("RateLimit"))
 }
 
@@ -113,13 +114,13 @@ func TestTokenBudgetsSmoke(t *testing.T) {
 // tokens_cluster_test.go).
 
 // tokenKey makes a dev writer key for every service with the given budgets.
-func tokenKey(t *testing.T, id string, set func(*keystore.Record)) testKey {
+func tokenKey(t *testing.T, id string, set func(*keystore.Record)) gatewaytest.Key {
 	t.Helper()
 	rec := keystore.Record{ID: id, Type: "dev", Role: "writer", Services: []string{"*"}}
 	if set != nil {
 		set(&rec)
 	}
-	return newKey(t, keystore.Dev, rec)
+	return gatewaytest.NewKey(t, keystore.Dev, rec)
 }
 
 // reserveOf is what the gateway reserves for body with maxTokens (or the
@@ -165,25 +166,25 @@ func newTokenGateway(t *testing.T, base string) *tokenGateway {
 
 // do sends one request (a POST when body is not "") and reads the whole
 // answer.
-func (g *tokenGateway) do(k testKey, path, body string) (*http.Response, string) {
+func (g *tokenGateway) do(k gatewaytest.Key, path, body string) (*http.Response, string) {
 	g.t.Helper()
 	method, rd := http.MethodGet, io.Reader(nil)
 	if body != "" {
 		method, rd = http.MethodPost, strings.NewReader(body)
 	}
 	req, _ := http.NewRequest(method, g.base+path, rd)
-	req.Header.Set("Authorization", "Bearer "+k.secret)
+	req.Header.Set("Authorization", "Bearer "+k.Secret)
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := client.Do(req)
+	resp, err := gatewaytest.Client.Do(req)
 	if err != nil {
-		g.t.Fatalf("%s %s (key %s): %v", method, path, k.record.ID, err)
+		g.t.Fatalf("%s %s (key %s): %v", method, path, k.Record.ID, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
 	if err != nil {
-		g.t.Fatalf("%s %s (key %s): reading the answer: %v", method, path, k.record.ID, err)
+		g.t.Fatalf("%s %s (key %s): reading the answer: %v", method, path, k.Record.ID, err)
 	}
 	if resp.StatusCode < 400 || resp.StatusCode == http.StatusInternalServerError { // 500: llmUpstream's upstream-error
 		g.admitted(k, resp)
@@ -193,7 +194,7 @@ func (g *tokenGateway) do(k testKey, path, body string) (*http.Response, string)
 
 // admitted checks that resp, the answer to a request that reached the
 // upstream, was counted.
-func (g *tokenGateway) admitted(k testKey, resp *http.Response) {
+func (g *tokenGateway) admitted(k gatewaytest.Key, resp *http.Response) {
 	g.t.Helper()
 	v := resp.Header.Get("X-RateLimit-Remaining")
 	g.admittedRemaining(k, resp.StatusCode, &v)
@@ -201,7 +202,7 @@ func (g *tokenGateway) admitted(k testKey, resp *http.Response) {
 
 // admittedRemaining is admitted for a request made elsewhere (an SDK):
 // status and X-RateLimit-Remaining (nil when absent).
-func (g *tokenGateway) admittedRemaining(k testKey, status int, remaining *string) {
+func (g *tokenGateway) admittedRemaining(k gatewaytest.Key, status int, remaining *string) {
 	g.t.Helper()
 	v := ""
 	if remaining != nil {
@@ -209,25 +210,25 @@ func (g *tokenGateway) admittedRemaining(k testKey, status int, remaining *strin
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil {
-		g.t.Errorf("key %s: an admitted request (%d) has X-RateLimit-Remaining %q: uncounted?", k.record.ID, status, v)
+		g.t.Errorf("key %s: an admitted request (%d) has X-RateLimit-Remaining %q: uncounted?", k.Record.ID, status, v)
 		return
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if prev, ok := g.left[k.record.ID]; ok && n != prev-1 {
-		g.t.Errorf("key %s: X-RateLimit-Remaining went %d -> %d over one admitted request, want %d", k.record.ID, prev, n, prev-1)
+	if prev, ok := g.left[k.Record.ID]; ok && n != prev-1 {
+		g.t.Errorf("key %s: X-RateLimit-Remaining went %d -> %d over one admitted request, want %d", k.Record.ID, prev, n, prev-1)
 	}
-	g.left[k.record.ID] = n
+	g.left[k.Record.ID] = n
 }
 
 // tokensLeft is the key's daily token budget left, read from a request
 // that reserves nothing (GET /openai/v1/models has no body).
-func (g *tokenGateway) tokensLeft(k testKey) int64 {
+func (g *tokenGateway) tokensLeft(k gatewaytest.Key) int64 {
 	g.t.Helper()
 	resp, _ := g.do(k, "/openai/v1/models", "")
 	n, ok := rateItem(resp.Header, "tokens-daily")
 	if !ok {
-		g.t.Fatalf("key %s: no tokens-daily item in RateLimit %q", k.record.ID, resp.Header.Get("RateLimit"))
+		g.t.Fatalf("key %s: no tokens-daily item in RateLimit %q", k.Record.ID, resp.Header.Get("RateLimit"))
 	}
 	return n
 }
@@ -235,7 +236,7 @@ func (g *tokenGateway) tokensLeft(k testKey) int64 {
 // waitTokensLeft waits until the key's daily budget left is want: a
 // settlement runs once the answer has been written, so just after the
 // client read it the reservation may still stand.
-func (g *tokenGateway) waitTokensLeft(k testKey, want int64, what string) {
+func (g *tokenGateway) waitTokensLeft(k gatewaytest.Key, want int64, what string) {
 	g.t.Helper()
 	deadline := time.Now().Add(3 * time.Second)
 	var seen []int64
@@ -248,7 +249,7 @@ func (g *tokenGateway) waitTokensLeft(k testKey, want int64, what string) {
 			seen = append(seen, n)
 		}
 		if time.Now().After(deadline) {
-			g.t.Errorf("key %s, %s: daily tokens left %d (seen %v), want %d", k.record.ID, what, n, seen, want)
+			g.t.Errorf("key %s, %s: daily tokens left %d (seen %v), want %d", k.Record.ID, what, n, seen, want)
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -284,15 +285,15 @@ type streamLine struct {
 	text string
 }
 
-func streamRequest(t *testing.T, url string, k testKey, body string) (*http.Response, []streamLine) {
+func streamRequest(t *testing.T, url string, k gatewaytest.Key, body string) (*http.Response, []streamLine) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+k.secret)
+	req.Header.Set("Authorization", "Bearer "+k.Secret)
 	req.Header.Set("Content-Type", "application/json")
 	start := time.Now()
-	resp, err := client.Do(req)
+	resp, err := gatewaytest.Client.Do(req)
 	if err != nil {
-		t.Fatalf("key %s: %v", k.record.ID, err)
+		t.Fatalf("key %s: %v", k.Record.ID, err)
 	}
 	defer resp.Body.Close()
 	var lines []streamLine
@@ -303,7 +304,7 @@ func streamRequest(t *testing.T, url string, k testKey, body string) (*http.Resp
 		}
 	}
 	if err := sc.Err(); err != nil {
-		t.Fatalf("key %s: reading the stream: %v", k.record.ID, err)
+		t.Fatalf("key %s: reading the stream: %v", k.Record.ID, err)
 	}
 	return resp, lines
 }
@@ -317,7 +318,7 @@ func TestTokenStreamsIncremental(t *testing.T) {
 	const chunks = 5 // the upstream's completion: 5 chunks of "tok "
 	up := newLLMUpstream(t, gap)
 	key := tokenKey(t, "k_stream", func(r *keystore.Record) { r.TokensPerDay = int64p(100000) })
-	base := tokenSite(t, up, writeKeyFile(t, key.record), "")
+	base := tokenSite(t, up, gatewaytest.WriteKeyFile(t, key.Record), "")
 	g := newTokenGateway(t, base)
 
 	check := func(name string, lines []streamLine, content func(string) bool) {
@@ -420,18 +421,18 @@ func TestTokenReserveSettle(t *testing.T) {
 	})
 	allow := tokenKey(t, "k_allow", func(r *keystore.Record) { r.Models = []string{"llama3*"}; r.TokensPerDay = int64p(1000) })
 	cut := tokenKey(t, "k_cut", func(r *keystore.Record) { r.TokensPerDay = int64p(10000) })
-	base := tokenSite(t, up, writeKeyFile(t, daily.record, minute.record, model.record, allow.record, cut.record), "")
+	base := tokenSite(t, up, gatewaytest.WriteKeyFile(t, daily.Record, minute.Record, model.Record, allow.Record, cut.Record), "")
 	g := newTokenGateway(t, base)
 	const chat = "/openai/v1/chat/completions"
 	msg := func(model string, maxTokens int64, extra string) string {
 		return fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hi"}],"max_tokens":%d%s}`, model, maxTokens, extra)
 	}
-	refused := func(what string, k testKey, body, reason string, final bool) *http.Response {
+	refused := func(what string, k gatewaytest.Key, body, reason string, final bool) *http.Response {
 		t.Helper()
 		calls := up.calls.Load()
 		resp, got := g.do(k, chat, body)
 		if resp.StatusCode != 429 {
-			t.Errorf("%s (key %s): %d %s, want 429 %s", what, k.record.ID, resp.StatusCode, got, reason)
+			t.Errorf("%s (key %s): %d %s, want 429 %s", what, k.Record.ID, resp.StatusCode, got, reason)
 			return resp
 		}
 		if n := up.calls.Load(); n != calls {
@@ -450,12 +451,12 @@ func TestTokenReserveSettle(t *testing.T) {
 	// tooLarge: a reservation larger than a whole budget, which no retry
 	// can pass, is 400 invalid_request_error with the budget's reason and
 	// no Retry-After, which no client library retries.
-	tooLarge := func(what string, k testKey, body, reason string) *http.Response {
+	tooLarge := func(what string, k gatewaytest.Key, body, reason string) *http.Response {
 		t.Helper()
 		calls := up.calls.Load()
 		resp, got := g.do(k, chat, body)
 		if resp.StatusCode != 400 {
-			t.Errorf("%s (key %s): %d %s, want 400 %s", what, k.record.ID, resp.StatusCode, got, reason)
+			t.Errorf("%s (key %s): %d %s, want 400 %s", what, k.Record.ID, resp.StatusCode, got, reason)
 			return resp
 		}
 		if n := up.calls.Load(); n != calls {
@@ -484,8 +485,8 @@ func TestTokenReserveSettle(t *testing.T) {
 		defer up.setGap(0)
 		held := msg("llama3", 700, `,"stream":true,"stream_options":{"include_usage":true}`)
 		req, _ := http.NewRequest(http.MethodPost, base+chat, strings.NewReader(held))
-		req.Header.Set("Authorization", "Bearer "+daily.secret)
-		stream, err := client.Do(req)
+		req.Header.Set("Authorization", "Bearer "+daily.Secret)
+		stream, err := gatewaytest.Client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -601,8 +602,8 @@ func TestTokenReserveSettle(t *testing.T) {
 			reported, cuts := up.total(), up.cut.Load()
 			ctx, cancel := context.WithCancel(context.Background())
 			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+c.path, strings.NewReader(c.body))
-			req.Header.Set("Authorization", "Bearer "+cut.secret)
-			resp, err := client.Do(req)
+			req.Header.Set("Authorization", "Bearer "+cut.Secret)
+			resp, err := gatewaytest.Client.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -632,7 +633,7 @@ func TestTokenReserveSettle(t *testing.T) {
 func TestTokenBadInput(t *testing.T) {
 	up := newLLMUpstream(t, 0)
 	key := tokenKey(t, "k_bad", func(r *keystore.Record) { r.TokensPerDay = int64p(1_000_000) })
-	base := tokenSite(t, up, writeKeyFile(t, key.record), "max_request_body 2048\n\t\t\tdefault_max_tokens 100")
+	base := tokenSite(t, up, gatewaytest.WriteKeyFile(t, key.Record), "max_request_body 2048\n\t\t\tdefault_max_tokens 100")
 	g := newTokenGateway(t, base)
 	const chat = "/openai/v1/chat/completions"
 	charged := int64(0)
@@ -744,7 +745,7 @@ func TestTokenBadInput(t *testing.T) {
 func TestTokenHugeMaxTokens(t *testing.T) {
 	up := newLLMUpstream(t, 0)
 	key := tokenKey(t, "k_huge", func(r *keystore.Record) { r.TokensPerDay = int64p(1000) })
-	base := tokenSite(t, up, writeKeyFile(t, key.record), "")
+	base := tokenSite(t, up, gatewaytest.WriteKeyFile(t, key.Record), "")
 	g := newTokenGateway(t, base)
 	for _, c := range []struct{ path, body string }{
 		{"/openai/v1/chat/completions", `{"model":"llama3","messages":[],"max_tokens":9007199254740991}`},
@@ -775,7 +776,7 @@ func TestTokenHugeMaxTokens(t *testing.T) {
 func TestTokenBodyOverTheLimitRefusedUnread(t *testing.T) {
 	up := newLLMUpstream(t, 0)
 	key := tokenKey(t, "k_big_body", func(r *keystore.Record) { r.TokensPerDay = int64p(1_000_000) })
-	g := newTokenGateway(t, tokenSite(t, up, writeKeyFile(t, key.record), "max_request_body 1048576"))
+	g := newTokenGateway(t, tokenSite(t, up, gatewaytest.WriteKeyFile(t, key.Record), "max_request_body 1048576"))
 	u, _ := url.Parse(g.base)
 	conn, err := net.Dial("tcp", u.Host)
 	if err != nil {
@@ -783,15 +784,15 @@ func TestTokenBodyOverTheLimitRefusedUnread(t *testing.T) {
 	}
 	defer conn.Close()
 	fmt.Fprintf(conn, "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"+
-		"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 2000000\r\n\r\n_method=GE", u.Host, key.secret)
+		"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 2000000\r\n\r\n_method=GE", u.Host, key.Secret)
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
-		t.Fatalf("%s: no answer within 10 s to a body declared over max_request_body: %v", key.record.ID, err)
+		t.Fatalf("%s: no answer within 10 s to a body declared over max_request_body: %v", key.Record.ID, err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 413 || !strings.Contains(string(body), `"reason":"body_too_large"`) {
-		t.Fatalf("%s: %d %s, want 413 body_too_large", key.record.ID, resp.StatusCode, body)
+		t.Fatalf("%s: %d %s, want 413 body_too_large", key.Record.ID, resp.StatusCode, body)
 	}
 	if up.calls.Load() != 0 {
 		t.Fatal("the upstream was called")
@@ -807,16 +808,16 @@ func TestTokenBodyOverTheLimitRefusedUnread(t *testing.T) {
 // uncounted, 3,000 of them 276 MB more.)
 func TestOverrideReadsCountInFlight(t *testing.T) {
 	up := newLLMUpstream(t, 0)
-	var keys []testKey
+	var keys []gatewaytest.Key
 	for _, id := range []string{"k_stall_a", "k_stall_b", "k_stall_c"} {
 		keys = append(keys, tokenKey(t, id, func(r *keystore.Record) { r.TokensPerDay = int64p(1_000_000) }))
 	}
-	g := newTokenGateway(t, tokenSite(t, up, writeKeyFile(t, keys[0].record, keys[1].record, keys[2].record),
+	g := newTokenGateway(t, tokenSite(t, up, gatewaytest.WriteKeyFile(t, keys[0].Record, keys[1].Record, keys[2].Record),
 		"max_request_body 65536\n\t\t\tmax_inflight_body 128KiB 256KiB"))
 	u, _ := url.Parse(g.base)
 	const path = "/openai/v1/chat/completions"
 	// stall sends a form body's first bytes of 65,536 and waits.
-	stall := func(k testKey) net.Conn {
+	stall := func(k gatewaytest.Key) net.Conn {
 		t.Helper()
 		conn, err := net.Dial("tcp", u.Host)
 		if err != nil {
@@ -824,17 +825,17 @@ func TestOverrideReadsCountInFlight(t *testing.T) {
 		}
 		t.Cleanup(func() { conn.Close() })
 		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"+
-			"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 65536\r\n\r\na=1&b=2", path, u.Host, k.secret)
+			"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 65536\r\n\r\na=1&b=2", path, u.Host, k.Secret)
 		return conn
 	}
 	// answer sends one more such request and reads its answer.
-	answer := func(k testKey) (int, string) {
+	answer := func(k gatewaytest.Key) (int, string) {
 		t.Helper()
 		conn := stall(k)
 		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 		if err != nil {
-			t.Fatalf("%s: no answer within 10 s: %v", k.record.ID, err)
+			t.Fatalf("%s: no answer within 10 s: %v", k.Record.ID, err)
 		}
 		body, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(body)
@@ -844,22 +845,22 @@ func TestOverrideReadsCountInFlight(t *testing.T) {
 	for range 2 {
 		stalled = append(stalled, stall(keys[0]))
 	}
-	waitUntil(t, "two body starts held", 10*time.Second, func() bool { return held() == 2*65536 })
+	gatewaytest.WaitUntil(t, "two body starts held", 10*time.Second, func() bool { return held() == 2*65536 })
 	if code, body := answer(keys[0]); code != 429 || !strings.Contains(body, `"reason":"inflight_body"`) {
-		t.Fatalf("%s, a third stalled body: %d %s, want 429 inflight_body", keys[0].record.ID, code, body)
+		t.Fatalf("%s, a third stalled body: %d %s, want 429 inflight_body", keys[0].Record.ID, code, body)
 	}
 	for range 2 {
 		stalled = append(stalled, stall(keys[1]))
 	}
-	waitUntil(t, "four body starts held", 10*time.Second, func() bool { return held() == 4*65536 })
+	gatewaytest.WaitUntil(t, "four body starts held", 10*time.Second, func() bool { return held() == 4*65536 })
 	if code, body := answer(keys[2]); code != 503 || !strings.Contains(body, `"reason":"inflight_body"`) {
-		t.Fatalf("%s, over the total: %d %s, want 503 inflight_body", keys[2].record.ID, code, body)
+		t.Fatalf("%s, over the total: %d %s, want 503 inflight_body", keys[2].Record.ID, code, body)
 	}
 	for _, c := range stalled {
 		c.Close()
 	}
-	waitUntil(t, "the stalled requests' starts given back", 10*time.Second, func() bool { return held() == 0 })
+	gatewaytest.WaitUntil(t, "the stalled requests' starts given back", 10*time.Second, func() bool { return held() == 0 })
 	if resp, got := g.do(keys[2], path, `{"model":"llama3","max_tokens":3,"messages":[]}`); resp.StatusCode != 200 {
-		t.Fatalf("%s after the stalls: %d %s", keys[2].record.ID, resp.StatusCode, got)
+		t.Fatalf("%s after the stalls: %d %s", keys[2].Record.ID, resp.StatusCode, got)
 	}
 }

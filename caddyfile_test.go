@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 )
 
 var update = flag.Bool("update", false, "rewrite the expected output of the adapt tests")
@@ -31,11 +31,6 @@ func readAdaptCase(t *testing.T, path string) (caddyfile, expected string) {
 	return in, strings.TrimSpace(out)
 }
 
-func adapt(caddyfile string) ([]byte, error) {
-	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), map[string]any{"filename": "Caddyfile"})
-	return cfg, err
-}
-
 func writeAdaptCase(t *testing.T, path, caddyfile, expected string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(caddyfile+adaptSeparator+expected+"\n"), 0o644); err != nil {
@@ -53,7 +48,7 @@ func TestCaddyfileAdapt(t *testing.T) {
 		t.Run(filepath.Base(path), func(t *testing.T) {
 			in, expected := readAdaptCase(t, path)
 			if *update {
-				cfg, err := adapt(in)
+				cfg, err := gatewaytest.Adapt(in)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -79,7 +74,7 @@ func TestCaddyfileErrors(t *testing.T) {
 	for _, path := range files {
 		t.Run(filepath.Base(path), func(t *testing.T) {
 			in, expected := readAdaptCase(t, path)
-			_, err := adapt(in)
+			_, err := gatewaytest.Adapt(in)
 			if err == nil {
 				t.Fatalf("adapting succeeded; want error %q", expected)
 			}

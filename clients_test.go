@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/testtools"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
@@ -501,8 +502,8 @@ func checkQuickQuotaRefusal(t *testing.T, r clientResult) {
 func TestClients(t *testing.T) {
 	node := requireClients(t)
 
-	keysWith := func(id, role string, services ...string) testKey {
-		return newKey(t, keystore.Dev, keystore.Record{ID: id, Role: role, Services: services})
+	keysWith := func(id, role string, services ...string) gatewaytest.Key {
+		return gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: id, Role: role, Services: services})
 	}
 	one := int64(1)
 	var (
@@ -513,29 +514,29 @@ func TestClients(t *testing.T) {
 		burstKey    = keysWith("k_clients_burst", "writer", "openai")
 		quotaOpenAI = keysWith("k_clients_quota_openai", "writer", "openai")
 		quotaOllama = keysWith("k_clients_quota_ollama", "writer", "ollama")
-		unknown     = newKey(t, keystore.Dev, keystore.Record{ID: "k_clients_unknown"}) // not in the key file
+		unknown     = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_clients_unknown"}) // not in the key file
 	)
-	quotaOpenAI.record.QuotaPerDay = &one
-	quotaOllama.record.QuotaPerDay = &one
-	all := []testKey{good, reader, openaiOnly, ollamaOnly, burstKey, quotaOpenAI, quotaOllama, unknown}
+	quotaOpenAI.Record.QuotaPerDay = &one
+	quotaOllama.Record.QuotaPerDay = &one
+	all := []gatewaytest.Key{good, reader, openaiOnly, ollamaOnly, burstKey, quotaOpenAI, quotaOllama, unknown}
 	var pairs []string
 	for _, k := range all {
-		pairs = append(pairs, k.secret, "<key "+k.record.ID+">")
+		pairs = append(pairs, k.Secret, "<key "+k.Record.ID+">")
 	}
 	redact := strings.NewReplacer(pairs...)
-	keyFile := writeKeyFile(t, good.record, reader.record, openaiOnly.record, ollamaOnly.record,
-		burstKey.record, quotaOpenAI.record, quotaOllama.record)
+	keyFile := gatewaytest.WriteKeyFile(t, good.Record, reader.Record, openaiOnly.Record, ollamaOnly.Record,
+		burstKey.Record, quotaOpenAI.Record, quotaOllama.Record)
 
 	log := newStreamLog()
 	openaiUp, ollamaUp := newOpenAIUpstream(t, log), newOllamaUpstream(t, log)
-	port := freePort(t)
+	port := gatewaytest.Port(t)
 	gw := fmt.Sprintf("http://127.0.0.1:%d", port)
 	caddyLog := filepath.Join(t.TempDir(), "caddy.log")
 	// reverse_proxy as a user would write it: no flush_interval; Caddy
 	// flushes event streams and bodies of unknown length at once.
 	// failed_auth_limit off: the bad-key steps must not depend on what
 	// other tests in this process did from 127.0.0.1.
-	startCaddy(t, fmt.Sprintf(`{
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 	log {
@@ -581,8 +582,8 @@ http://127.0.0.1:%[2]d {
 
 	t.Run("openai", func(t *testing.T) {
 		base, burst := gw+"/openai/v1", gw+"/openai-burst/v1"
-		step := func(name string, key testKey, op, baseURL string) clientStep {
-			return clientStep{Name: name, Base: baseURL, Key: key.secret, Op: op, Model: "openai-" + name}
+		step := func(name string, key gatewaytest.Key, op, baseURL string) clientStep {
+			return clientStep{Name: name, Base: baseURL, Key: key.Secret, Op: op, Model: "openai-" + name}
 		}
 		steps := []clientStep{
 			step("stream", good, "chat_stream", base),
@@ -660,8 +661,8 @@ http://127.0.0.1:%[2]d {
 
 	t.Run("ollama", func(t *testing.T) {
 		base := gw + "/ollama"
-		step := func(name string, key testKey, op string) clientStep {
-			return clientStep{Name: name, Base: base, Key: key.secret, Op: op, Model: "ollama-" + name}
+		step := func(name string, key gatewaytest.Key, op string) clientStep {
+			return clientStep{Name: name, Base: base, Key: key.Secret, Op: op, Model: "ollama-" + name}
 		}
 		steps := []clientStep{
 			step("chat_stream", good, "chat_stream"),

@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
@@ -134,14 +135,14 @@ func TestClusterNeverOverAdmits(t *testing.T) {
 			if tc.delay > 0 {
 				countersAddr = startSlowProxy(t, srv.Addr(), tc.delay).addr()
 			}
-			up := newUpstream(t)
+			up := gatewaytest.NewUpstream(t)
 			secret, err := apikeyCLI(t, "new", "--redis", srv.Addr(), "--type", "dev", "--role", "reader", "--id", "k_lease")
 			if err != nil {
 				t.Fatal(err)
 			}
-			ports := []int{freePort(t), freePort(t)}
-			startCaddy(t, leaseClusterSite(ports[0], srv.Addr(), countersAddr, tc.timeout, up.addr()))
-			runCaddyProcess(t, leaseClusterSite(ports[1], srv.Addr(), countersAddr, tc.timeout, up.addr()), ports[1])
+			ports := []int{gatewaytest.Port(t), gatewaytest.Port(t)}
+			gatewaytest.Start(t, leaseClusterSite(ports[0], srv.Addr(), countersAddr, tc.timeout, up.Addr()))
+			gatewaytest.StartProcess(t, leaseClusterSite(ports[1], srv.Addr(), countersAddr, tc.timeout, up.Addr()))
 
 			var next, admitted, refused, other atomic.Int64
 			perInstance := [2]atomic.Int64{}
@@ -181,9 +182,9 @@ func TestClusterNeverOverAdmits(t *testing.T) {
 			}
 			wg.Wait()
 			t.Logf("admitted %d (%d and %d per instance), refused %d, other %d; the upstream saw %d",
-				admitted.Load(), perInstance[0].Load(), perInstance[1].Load(), refused.Load(), other.Load(), up.count())
-			if admitted.Load() > quota || int64(up.count()) > quota {
-				t.Errorf("the cluster admitted %d requests (the upstream saw %d), over the quota of %d", admitted.Load(), up.count(), quota)
+				admitted.Load(), perInstance[0].Load(), perInstance[1].Load(), refused.Load(), other.Load(), up.Count())
+			if admitted.Load() > quota || int64(up.Count()) > quota {
+				t.Errorf("the cluster admitted %d requests (the upstream saw %d), over the quota of %d", admitted.Load(), up.Count(), quota)
 			}
 			if other.Load() != 0 || admitted.Load()+refused.Load() != requests {
 				t.Errorf("%d requests were neither admitted nor refused with 429", other.Load())

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/internal/capped"
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 )
 
 // sparseFile makes a file of size bytes that takes no room on disk.
@@ -69,7 +70,7 @@ func TestCLIReadsAreCapped(t *testing.T) {
 func TestCLIImportOfAnEndlessFile(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, builtCaddy(t), "apikey", "import", "/dev/zero", "--redis", "127.0.0.1:1")
+	cmd := exec.CommandContext(ctx, gatewaytest.CaddyBinary(t), "apikey", "import", "/dev/zero", "--redis", "127.0.0.1:1")
 	var errOut strings.Builder
 	cmd.Stderr = &errOut
 	err := cmd.Run()
@@ -94,7 +95,7 @@ func TestCLIImportOfAnEndlessFile(t *testing.T) {
 // when the config loads, naming the file and the cap.
 func TestKeyFileOverTheCapFailsTheLoad(t *testing.T) {
 	big := sparseFile(t, "keys.json", capped.KeyFile+1)
-	err := loadCaddy(fmt.Sprintf(`{
+	err := gatewaytest.Load(fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -103,9 +104,9 @@ http://127.0.0.1:%d {
 		keys file %s
 	}
 	respond ok
-}`, freePort(t), big))
+}`, gatewaytest.Port(t), big))
 	if err == nil {
-		stopCaddy()
+		gatewaytest.Stop()
 		t.Fatal("a key file over the cap loaded")
 	}
 	if !strings.Contains(err.Error(), big) || !strings.Contains(err.Error(), capped.Size(capped.KeyFile)) {
@@ -165,7 +166,7 @@ func TestCLIKeyFromAnEndlessStdin(t *testing.T) {
 			t.Skip("no /dev/zero")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		cmd := exec.CommandContext(ctx, builtCaddy(t), "apikey", sub)
+		cmd := exec.CommandContext(ctx, gatewaytest.CaddyBinary(t), "apikey", sub)
 		cmd.Stdin = zero
 		var out, errOut strings.Builder
 		cmd.Stdout, cmd.Stderr = &out, &errOut

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
@@ -91,19 +92,19 @@ func TestImportKeepsChangesMadeWhileItRuns(t *testing.T) {
 	const n = 3000
 	records := make([]keystore.Record, n)
 	for i := range records {
-		records[i] = newKey(t, keystore.Dev, keystore.Record{ID: fmt.Sprintf("k_imp_%04d", i), Type: "dev", Role: "reader",
-			Name: "before", Services: []string{"*"}}).record
+		records[i] = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: fmt.Sprintf("k_imp_%04d", i), Type: "dev", Role: "reader",
+			Name: "before", Services: []string{"*"}}).Record
 	}
-	if _, errOut, code := cli(t, "", "import", writeKeyFile(t, records...), "--redis", srv.Addr()); code != 0 {
+	if _, errOut, code := cli(t, "", "import", gatewaytest.WriteKeyFile(t, records...), "--redis", srv.Addr()); code != 0 {
 		t.Fatalf("first import: exit %d: %s", code, errOut)
 	}
 	for i := range records {
 		records[i].Name = "after"
 	}
-	file := writeKeyFile(t, records...)
+	file := gatewaytest.WriteKeyFile(t, records...)
 
 	gate := newWriteGate(t, srv.Addr())
-	cmd := exec.Command(builtCaddy(t), "apikey", "import", file, "--redis", gate.addr())
+	cmd := exec.Command(gatewaytest.CaddyBinary(t), "apikey", "import", file, "--redis", gate.addr())
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Start(); err != nil {

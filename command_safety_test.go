@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -25,7 +26,7 @@ func TestCLIDanglingLinkRace(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("symbolic links")
 	}
-	bin := builtCaddy(t)
+	bin := gatewaytest.CaddyBinary(t)
 	dir := t.TempDir()
 	for _, d := range []string{"real", "race", "other"} {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 )
@@ -20,7 +21,7 @@ import (
 // cli runs `caddy apikey ...` from the built binary.
 func cli(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := exec.Command(builtCaddy(t), append([]string{"apikey"}, args...)...)
+	cmd := exec.Command(gatewaytest.CaddyBinary(t), append([]string{"apikey"}, args...)...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
@@ -56,8 +57,8 @@ func newKeyByCLI(t *testing.T, args ...string) string {
 // startFileGateway runs Caddy in front of a key file the CLI edits.
 func startFileGateway(t *testing.T, keyFile string) string {
 	t.Helper()
-	port := freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -106,13 +107,13 @@ func TestCLIKeyLifecycle(t *testing.T) {
 	}
 
 	url := startFileGateway(t, keyFile)
-	if r := send(t, "GET", url, bearer(testKey{secret: key})...); r.status != 200 || r.body != "admitted k_cli" {
-		t.Fatalf("the printed key against Caddy: %d %q", r.status, r.body)
+	if r := gatewaytest.Send(t, "GET", url, gatewaytest.Key{Secret: key}.Bearer()...); r.Status != 200 || r.Body != "admitted k_cli" {
+		t.Fatalf("the printed key against Caddy: %d %q", r.Status, r.Body)
 	}
 
 	// A second key without --id gets a generated one.
 	other := newKeyByCLI(t, "--keys", keyFile, "--type", "prod", "--role", "reader", "--services", "*")
-	eventually(t, "the second key works", func() bool { return send(t, "GET", url, "X-API-Key", other).status == 200 })
+	eventually(t, "the second key works", func() bool { return gatewaytest.Send(t, "GET", url, "X-API-Key", other).Status == 200 })
 
 	// Rotate: a new secret; the old one works, deprecated, for the grace.
 	out, errOut, code := cli(t, "", "rotate", "--keys", keyFile, "--id", "k_cli", "--grace", "1h", "--audit-log", auditLog)
@@ -124,10 +125,10 @@ func TestCLIKeyLifecycle(t *testing.T) {
 		t.Fatal("rotate did not print a new dev key")
 	}
 	eventually(t, "the rotated secret works", func() bool {
-		return send(t, "GET", url, bearer(testKey{secret: newSecret})...).status == 200
+		return gatewaytest.Send(t, "GET", url, gatewaytest.Key{Secret: newSecret}.Bearer()...).Status == 200
 	})
-	if r := send(t, "GET", url, bearer(testKey{secret: key})...); r.status != 200 || r.header.Get("Deprecation") != "true" {
-		t.Errorf("old secret in grace: %d, Deprecation %q", r.status, r.header.Get("Deprecation"))
+	if r := gatewaytest.Send(t, "GET", url, gatewaytest.Key{Secret: key}.Bearer()...); r.Status != 200 || r.Header.Get("Deprecation") != "true" {
+		t.Errorf("old secret in grace: %d, Deprecation %q", r.Status, r.Header.Get("Deprecation"))
 	}
 
 	// List: statuses, never a hash.
@@ -149,8 +150,8 @@ func TestCLIKeyLifecycle(t *testing.T) {
 		t.Fatalf("revoke: exit %d %s", code, errOut)
 	}
 	eventually(t, "the revoked key is refused", func() bool {
-		r := send(t, "GET", url, bearer(testKey{secret: newSecret})...)
-		return r.status == 401 && r.err.Code == "revoked_key"
+		r := gatewaytest.Send(t, "GET", url, gatewaytest.Key{Secret: newSecret}.Bearer()...)
+		return r.Status == 401 && r.Err.Code == "revoked_key"
 	})
 
 	// The audit log has the three changes, chained, and no secret.
@@ -217,11 +218,11 @@ func TestCLIRefusesAndLeavesTheFile(t *testing.T) {
 func TestCLIKeepsWhatItDoesNotTouch(t *testing.T) {
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "keys.json")
-	a := newKey(t, keystore.Dev, keystore.Record{})
-	b := newKey(t, keystore.Prod, keystore.Record{})
+	a := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
+	b := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{})
 	content := `{"keys": [
-  {"role": "custom", "id": "k_a", "permissions": ["GET /api/*"], "hash": "` + a.record.Hash + `", "name": "Alpha", "allowed_ips": ["203.0.113.0/24"]},
-  {"id": "k_b", "hash": "` + b.record.Hash + `", "role": "admin", "type": "prod", "services": ["*"], "expires_at": "2099-01-01T00:00:00Z"}
+  {"role": "custom", "id": "k_a", "permissions": ["GET /api/*"], "hash": "` + a.Record.Hash + `", "name": "Alpha", "allowed_ips": ["203.0.113.0/24"]},
+  {"id": "k_b", "hash": "` + b.Record.Hash + `", "role": "admin", "type": "prod", "services": ["*"], "expires_at": "2099-01-01T00:00:00Z"}
 ]}`
 	os.WriteFile(keyFile, []byte(content), 0o640)
 	if _, errOut, code := cli(t, "", "revoke", "--keys", keyFile, "--id", "k_b"); code != 0 {
@@ -231,8 +232,8 @@ func TestCLIKeepsWhatItDoesNotTouch(t *testing.T) {
 	if info, _ := os.Stat(keyFile); info.Mode().Perm() != 0o640 {
 		t.Errorf("mode %v, want 0640 kept", info.Mode().Perm())
 	}
-	wantA := `{"role":"custom","id":"k_a","permissions":["GET /api/*"],"hash":"` + a.record.Hash + `","name":"Alpha","allowed_ips":["203.0.113.0/24"]}`
-	wantB := `{"id":"k_b","hash":"` + b.record.Hash + `","role":"admin","type":"prod","services":["*"],"expires_at":"2099-01-01T00:00:00Z","revoked":true}`
+	wantA := `{"role":"custom","id":"k_a","permissions":["GET /api/*"],"hash":"` + a.Record.Hash + `","name":"Alpha","allowed_ips":["203.0.113.0/24"]}`
+	wantB := `{"id":"k_b","hash":"` + b.Record.Hash + `","role":"admin","type":"prod","services":["*"],"expires_at":"2099-01-01T00:00:00Z","revoked":true}`
 	if !strings.Contains(string(data), wantA) || !strings.Contains(string(data), wantB) {
 		t.Errorf("records changed beyond the revocation:\n%s", data)
 	}

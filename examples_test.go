@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -29,7 +30,7 @@ func TestExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, up, admin := freePort(t), freePort(t), freePort(t)
+	gw, up, admin := gatewaytest.Port(t), gatewaytest.Port(t), gatewaytest.Port(t)
 	cfg := strings.NewReplacer(
 		"localhost:8080", fmt.Sprintf("localhost:%d", gw),
 		"localhost:8081", fmt.Sprintf("localhost:%d", up),
@@ -38,7 +39,7 @@ func TestExample(t *testing.T) {
 	if cfg == string(data) {
 		t.Fatal("the example's ports were not found")
 	}
-	startCaddy(t, cfg)
+	gatewaytest.Start(t, cfg)
 	base := fmt.Sprintf("http://localhost:%d", gw)
 
 	for _, c := range []struct {
@@ -66,18 +67,18 @@ func TestExample(t *testing.T) {
 		{"admin from localhost", "DELETE", "/ollama/api/delete", []string{"X-API-Key", demoAdmin}, 200, "", "", ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			r := send(t, c.method, base+c.path, c.headers...)
-			if r.status != c.status || r.err.Code != c.code || r.err.Reason != c.reason {
-				t.Fatalf("got %d %q %q, want %d %q %q", r.status, r.err.Code, r.err.Reason, c.status, c.code, c.reason)
+			r := gatewaytest.Send(t, c.method, base+c.path, c.headers...)
+			if r.Status != c.status || r.Err.Code != c.code || r.Err.Reason != c.reason {
+				t.Fatalf("got %d %q %q, want %d %q %q", r.Status, r.Err.Code, r.Err.Reason, c.status, c.code, c.reason)
 			}
-			if !strings.Contains(r.body, c.bodyHas) {
-				t.Errorf("body %q lacks %q", r.body, c.bodyHas)
+			if !strings.Contains(r.Body, c.bodyHas) {
+				t.Errorf("body %q lacks %q", r.Body, c.bodyHas)
 			}
-			if c.name == "rotated: old secret in grace" && r.header.Get("Deprecation") != "true" {
+			if c.name == "rotated: old secret in grace" && r.Header.Get("Deprecation") != "true" {
 				t.Error("no Deprecation header")
 			}
-			if c.name == "reader" && r.header.Get("X-RateLimit-Limit") != "100" {
-				t.Errorf("the demo reader's quota is %q, README says 100", r.header.Get("X-RateLimit-Limit"))
+			if c.name == "reader" && r.Header.Get("X-RateLimit-Limit") != "100" {
+				t.Errorf("the demo reader's quota is %q, README says 100", r.Header.Get("X-RateLimit-Limit"))
 			}
 		})
 	}
@@ -85,10 +86,10 @@ func TestExample(t *testing.T) {
 	// The demo forgives a user trying the README's 401 examples again and
 	// again: 30 failures in a row do not lock the address out.
 	for range 30 {
-		send(t, "GET", base+"/ollama/api/tags", "X-API-Key", demoRevoked)
+		gatewaytest.Send(t, "GET", base+"/ollama/api/tags", "X-API-Key", demoRevoked)
 	}
-	if r := send(t, "GET", base+"/ollama/api/tags", "X-API-Key", demoReader); r.status != 200 {
-		t.Errorf("after 30 failed tries the demo reader gets %d, want 200", r.status)
+	if r := gatewaytest.Send(t, "GET", base+"/ollama/api/tags", "X-API-Key", demoReader); r.Status != 200 {
+		t.Errorf("after 30 failed tries the demo reader gets %d, want 200", r.Status)
 	}
 }
 

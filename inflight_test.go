@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -138,15 +139,15 @@ func TestTokenRouteCapsBodiesInFlight(t *testing.T) {
 	const size, perKeyCap, totalCap = 1_000_000, 8 << 20, 24 << 20
 	up := newSlowLLM(t)
 	one := tokenKey(t, "k_inflight_one", nil)
-	records := []keystore.Record{one.record}
-	var many []testKey
+	records := []keystore.Record{one.Record}
+	var many []gatewaytest.Key
 	for i := range 40 {
 		k := tokenKey(t, fmt.Sprintf("k_inflight_%02d", i), nil)
 		many = append(many, k)
-		records = append(records, k.record)
+		records = append(records, k.Record)
 	}
-	port := freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 }
 http://127.0.0.1:%d {
@@ -158,7 +159,7 @@ http://127.0.0.1:%d {
 		max_inflight_body 8MiB 24MiB
 	}
 	reverse_proxy %s
-}`, port, writeKeyFile(t, records...), strings.TrimPrefix(up.URL, "http://")))
+}`, port, gatewaytest.WriteKeyFile(t, records...), strings.TrimPrefix(up.URL, "http://")))
 	url := fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", port)
 	body := llmBody(size)
 	// Many connections at once: none may wait for an idle one.
@@ -167,12 +168,12 @@ http://127.0.0.1:%d {
 
 	var wg sync.WaitGroup
 	answers := make(chan inflightAnswer, 200)
-	sendBody := func(k testKey) {
+	sendBody := func(k gatewaytest.Key) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
-			req.Header.Set("Authorization", "Bearer "+k.secret)
+			req.Header.Set("Authorization", "Bearer "+k.Secret)
 			req.Header.Set("Content-Type", "application/json")
 			resp, err := cl.Do(req)
 			if err != nil {
@@ -214,8 +215,8 @@ http://127.0.0.1:%d {
 		sendBody(one)
 	}
 	checkRefusals(collect(22, "one key, 30 bodies"), http.StatusTooManyRequests, "one key over its cap")
-	waitUntil(t, "8 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 8 })
-	if held := bodiesHeld(one.record.ID); held != 8*size {
+	gatewaytest.WaitUntil(t, "8 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 8 })
+	if held := bodiesHeld(one.Record.ID); held != 8*size {
 		t.Errorf("the key holds %d bytes, want %d", held, 8*size)
 	}
 
@@ -224,17 +225,17 @@ http://127.0.0.1:%d {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", port, many[39].secret, size)
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", port, many[39].Secret, size)
 	conn.Write(body[:size/10])
-	waitUntil(t, "the cut body counted", 5*time.Second, func() bool { return bodiesHeld(many[39].record.ID) == size })
+	gatewaytest.WaitUntil(t, "the cut body counted", 5*time.Second, func() bool { return bodiesHeld(many[39].Record.ID) == size })
 	conn.Close()
-	waitUntil(t, "the cut body given back", 5*time.Second, func() bool { return bodiesHeld(many[39].record.ID) == 0 })
+	gatewaytest.WaitUntil(t, "the cut body given back", 5*time.Second, func() bool { return bodiesHeld(many[39].Record.ID) == 0 })
 
 	for _, k := range many {
 		sendBody(k)
 	}
 	checkRefusals(collect(23, "40 keys, one body each"), http.StatusServiceUnavailable, "all keys over the total")
-	waitUntil(t, "25 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 25 })
+	gatewaytest.WaitUntil(t, "25 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 25 })
 	if held := bodiesHeld(""); held != 25*size {
 		t.Errorf("all requests hold %d bytes, want %d", held, 25*size)
 	}
@@ -259,12 +260,12 @@ http://127.0.0.1:%d {
 	if ok != 25 {
 		t.Errorf("%d admitted requests answered, want 25", ok)
 	}
-	waitUntil(t, "every byte given back", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
+	gatewaytest.WaitUntil(t, "every byte given back", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
 
 	// The key's whole cap is free again: 8 bodies at once all pass.
-	codes := tally(burst(8, func(int) *http.Request {
+	codes := gatewaytest.Tally(gatewaytest.Burst(8, func(int) *http.Request {
 		req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+one.secret)
+		req.Header.Set("Authorization", "Bearer "+one.Secret)
 		req.Header.Set("Content-Type", "application/json")
 		return req
 	}))
@@ -273,7 +274,7 @@ http://127.0.0.1:%d {
 	}
 	// A body of unknown length (chunked) passes whole.
 	req, _ := http.NewRequest("POST", url, io.MultiReader(bytes.NewReader(body)))
-	req.Header.Set("Authorization", "Bearer "+one.secret)
+	req.Header.Set("Authorization", "Bearer "+one.Secret)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := cl.Do(req)
 	if err != nil {
@@ -287,13 +288,13 @@ http://127.0.0.1:%d {
 	if resp.StatusCode != 200 || gotSize != size || gotSum != sha256.Sum256(body) {
 		t.Errorf("a chunked body: %d; the upstream got %d bytes (want %d), same bytes: %v", resp.StatusCode, gotSize, size, gotSum == sha256.Sum256(body))
 	}
-	waitUntil(t, "every byte given back at the end", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
+	gatewaytest.WaitUntil(t, "every byte given back at the end", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
 }
 
 // TestMaxInflightBodyBelowRequestBodyRefused: a per-key cap below
 // max_request_body, which no body of that size could pass, fails the load.
 func TestMaxInflightBodyBelowRequestBodyRefused(t *testing.T) {
-	err := loadCaddy(fmt.Sprintf(`{
+	err := gatewaytest.Load(fmt.Sprintf(`{
 	admin off
 }
 http://127.0.0.1:%d {
@@ -304,8 +305,8 @@ http://127.0.0.1:%d {
 		max_inflight_body 1MiB
 	}
 	respond ok
-}`, freePort(t), writeKeyFile(t, tokenKey(t, "k_inflight_cfg", nil).record)))
-	t.Cleanup(func() { stopCaddy() })
+}`, gatewaytest.Port(t), gatewaytest.WriteKeyFile(t, tokenKey(t, "k_inflight_cfg", nil).Record)))
+	t.Cleanup(func() { gatewaytest.Stop() })
 	if err == nil || !strings.Contains(err.Error(), "below max_request_body") {
 		t.Fatalf("loading a per-key cap below max_request_body: %v", err)
 	}
@@ -319,7 +320,7 @@ func TestInflightBodiesCountedAcrossReload(t *testing.T) {
 	const size = 1_000_000
 	up := newSlowLLM(t)
 	a, b := tokenKey(t, "k_reload_a", nil), tokenKey(t, "k_reload_b", nil)
-	port := freePort(t)
+	port := gatewaytest.Port(t)
 	config := func(comment string) string {
 		return fmt.Sprintf(`{
 	admin off
@@ -334,14 +335,14 @@ http://127.0.0.1:%d {
 		max_inflight_body 4MiB 4MiB
 	}
 	reverse_proxy %s
-}`, port, comment, writeKeyFile(t, a.record, b.record), strings.TrimPrefix(up.URL, "http://"))
+}`, port, comment, gatewaytest.WriteKeyFile(t, a.Record, b.Record), strings.TrimPrefix(up.URL, "http://"))
 	}
-	startCaddy(t, config("first"))
+	gatewaytest.Start(t, config("first"))
 	url := fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", port)
 	body := llmBody(size)
-	do := func(k testKey) (int, string) {
+	do := func(k gatewaytest.Key) (int, string) {
 		req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+k.secret)
+		req.Header.Set("Authorization", "Bearer "+k.Secret)
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := (&http.Client{Timeout: 20 * time.Second}).Do(req)
 		if err != nil {
@@ -360,8 +361,8 @@ http://127.0.0.1:%d {
 			statuses[i], _ = do(a)
 		}()
 	}
-	waitUntil(t, "4 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 4 })
-	if err := loadCaddy(config("second")); err != nil {
+	gatewaytest.WaitUntil(t, "4 bodies upstream", 10*time.Second, func() bool { return up.arrived.Load() == 4 })
+	if err := gatewaytest.Load(config("second")); err != nil {
 		t.Fatal(err)
 	}
 	if status, body := do(b); status != http.StatusServiceUnavailable || !strings.Contains(body, `"inflight_body"`) {
@@ -374,7 +375,7 @@ http://127.0.0.1:%d {
 			t.Errorf("a request admitted before the reload: %d", s)
 		}
 	}
-	waitUntil(t, "every byte given back", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
+	gatewaytest.WaitUntil(t, "every byte given back", 5*time.Second, func() bool { return bodiesHeld("") == 0 })
 	if status, body := do(b); status != 200 {
 		t.Errorf("a body once the old requests ended: %d %.200s", status, body)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -16,9 +17,9 @@ import (
 // is seen by a running Caddy, through the file's change time, within the
 // watcher's poll, as any other change.
 func TestKeyFileEditInPlaceKeepingSizeAndTime(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_inplace", Role: "reader", Services: []string{"*"}})
-	path := writeKeyFile(t, key.record)
-	record := fmt.Sprintf(`{"keys": [{"id": "k_inplace", "hash": %q, "role": "reader", "services": ["*"]%%s}]}`, key.record.Hash)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_inplace", Role: "reader", Services: []string{"*"}})
+	path := gatewaytest.WriteKeyFile(t, key.Record)
+	record := fmt.Sprintf(`{"keys": [{"id": "k_inplace", "hash": %q, "role": "reader", "services": ["*"]%%s}]}`, key.Record.Hash)
 	// The same record revoked, at the same size (white space pads it).
 	before := []byte(fmt.Sprintf(record, ""))
 	after := []byte(fmt.Sprintf(record, `, "revoked": true`))
@@ -31,8 +32,8 @@ func TestKeyFileEditInPlaceKeepingSizeAndTime(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := startFileGateway(t, path)
-	if res := send(t, http.MethodGet, url, "Authorization", "Bearer "+key.secret); res.status != http.StatusOK {
-		t.Fatalf("before the edit: %d, want 200", res.status)
+	if res := gatewaytest.Send(t, http.MethodGet, url, "Authorization", "Bearer "+key.Secret); res.Status != http.StatusOK {
+		t.Fatalf("before the edit: %d, want 200", res.Status)
 	}
 
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
@@ -53,12 +54,12 @@ func TestKeyFileEditInPlaceKeepingSizeAndTime(t *testing.T) {
 	// The README's bound for a change: within a second (two polls).
 	deadline := time.Now().Add(3 * time.Second)
 	for {
-		res := send(t, http.MethodGet, url, "Authorization", "Bearer "+key.secret)
-		if res.status == http.StatusUnauthorized {
+		res := gatewaytest.Send(t, http.MethodGet, url, "Authorization", "Bearer "+key.Secret)
+		if res.Status == http.StatusUnauthorized {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("3 s after the edit the revoked key still gets %d", res.status)
+			t.Fatalf("3 s after the edit the revoked key still gets %d", res.Status)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 )
@@ -24,8 +25,8 @@ func symlinkedKeyFile(t *testing.T) (link, target string) {
 	if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	victim := newKey(t, keystore.Dev, keystore.Record{ID: "k_victim", Type: "dev", Role: "reader"})
-	writeKeyFileAtomic(t, target, victim.record)
+	victim := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_victim", Type: "dev", Role: "reader"})
+	writeKeyFileAtomic(t, target, victim.Record)
 	if err := os.Symlink(target, link); err != nil {
 		t.Fatal(err)
 	}

@@ -11,8 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -56,16 +55,16 @@ http://127.0.0.1:%[1]d {
 
 type quotaGateway struct {
 	url, caddyfile, counters string
-	up                       *upstream
+	up                       *gatewaytest.Upstream
 }
 
 func startQuotaGateway(t *testing.T, extra string, records ...keystore.Record) *quotaGateway {
 	t.Helper()
-	g := &quotaGateway{up: newUpstream(t), counters: filepath.Join(t.TempDir(), "counters.json")}
-	port := freePort(t)
+	g := &quotaGateway{up: gatewaytest.NewUpstream(t), counters: filepath.Join(t.TempDir(), "counters.json")}
+	port := gatewaytest.Port(t)
 	g.url = fmt.Sprintf("http://127.0.0.1:%d", port)
-	g.caddyfile = quotaSite(port, writeKeyFile(t, records...), g.counters, g.up.addr(), extra)
-	startCaddy(t, g.caddyfile)
+	g.caddyfile = quotaSite(port, gatewaytest.WriteKeyFile(t, records...), g.counters, g.up.Addr(), extra)
+	gatewaytest.Start(t, g.caddyfile)
 	return g
 }
 
@@ -77,59 +76,59 @@ func nextUTCMidnight(now time.Time) time.Time {
 // TestQuotaHeadersAndExhaustion: headers on every counted response, 429
 // quota_exceeded with Retry-After at the end, and refusals spend nothing.
 func TestQuotaHeadersAndExhaustion(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_q3", Role: "reader", Services: []string{"ollama"}, QuotaPerDay: int64p(3)})
-	g := startQuotaGateway(t, "", key.record)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_q3", Role: "reader", Services: []string{"ollama"}, QuotaPerDay: int64p(3)})
+	g := startQuotaGateway(t, "", key.Record)
 	reset := nextUTCMidnight(time.Now())
 
 	for i := 1; i <= 3; i++ {
-		r := send(t, "GET", g.url+"/ollama/api/tags", bearer(key)...)
-		if r.status != 200 {
-			t.Fatalf("request %d: %d %s", i, r.status, r.body)
+		r := gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", key.Bearer()...)
+		if r.Status != 200 {
+			t.Fatalf("request %d: %d %s", i, r.Status, r.Body)
 		}
-		if got := r.header.Get("X-RateLimit-Remaining"); got != strconv.Itoa(3-i) {
+		if got := r.Header.Get("X-RateLimit-Remaining"); got != strconv.Itoa(3-i) {
 			t.Errorf("request %d: X-RateLimit-Remaining %q", i, got)
 		}
-		if got := r.header.Get("X-RateLimit-Limit"); got != "3" {
+		if got := r.Header.Get("X-RateLimit-Limit"); got != "3" {
 			t.Errorf("X-RateLimit-Limit %q", got)
 		}
-		if got := r.header.Get("X-RateLimit-Reset"); got != strconv.FormatInt(reset.Unix(), 10) {
+		if got := r.Header.Get("X-RateLimit-Reset"); got != strconv.FormatInt(reset.Unix(), 10) {
 			t.Errorf("X-RateLimit-Reset %q, want %d", got, reset.Unix())
 		}
-		if got := r.header.Get("RateLimit-Policy"); got != `"daily";q=3;w=86400` {
+		if got := r.Header.Get("RateLimit-Policy"); got != `"daily";q=3;w=86400` {
 			t.Errorf("RateLimit-Policy %q", got)
 		}
-		if got := r.header.Get("RateLimit"); !strings.HasPrefix(got, fmt.Sprintf(`"daily";r=%d;t=`, 3-i)) {
+		if got := r.Header.Get("RateLimit"); !strings.HasPrefix(got, fmt.Sprintf(`"daily";r=%d;t=`, 3-i)) {
 			t.Errorf("RateLimit %q", got)
 		}
 		if i == 2 {
 			// 403s in between spend nothing, and carry the key's
 			// rate-limit headers like every authenticated response.
-			if r := send(t, "POST", g.url+"/ollama/api/chat", bearer(key)...); r.status != 403 || r.header.Get("X-RateLimit-Remaining") != "1" ||
-				!strings.HasPrefix(r.header.Get("RateLimit"), `"daily";r=1;t=`) {
-				t.Fatalf("POST by a reader: %d, X-RateLimit-Remaining %q, RateLimit %q", r.status, r.header.Get("X-RateLimit-Remaining"), r.header.Get("RateLimit"))
+			if r := gatewaytest.Send(t, "POST", g.url+"/ollama/api/chat", key.Bearer()...); r.Status != 403 || r.Header.Get("X-RateLimit-Remaining") != "1" ||
+				!strings.HasPrefix(r.Header.Get("RateLimit"), `"daily";r=1;t=`) {
+				t.Fatalf("POST by a reader: %d, X-RateLimit-Remaining %q, RateLimit %q", r.Status, r.Header.Get("X-RateLimit-Remaining"), r.Header.Get("RateLimit"))
 			}
-			if r := send(t, "GET", g.url+"/n8n/x", bearer(key)...); r.status != 403 {
-				t.Fatalf("n8n: %d", r.status)
+			if r := gatewaytest.Send(t, "GET", g.url+"/n8n/x", key.Bearer()...); r.Status != 403 {
+				t.Fatalf("n8n: %d", r.Status)
 			}
 		}
 	}
 
-	before := g.up.count()
-	r := send(t, "GET", g.url+"/ollama/api/tags", bearer(key)...)
-	if r.status != 429 || r.err.Code != "quota_exceeded" {
-		t.Fatalf("4th request: %d %q", r.status, r.err.Code)
+	before := g.up.Count()
+	r := gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", key.Bearer()...)
+	if r.Status != 429 || r.Err.Code != "quota_exceeded" {
+		t.Fatalf("4th request: %d %q", r.Status, r.Err.Code)
 	}
-	if g.up.count() != before {
+	if g.up.Count() != before {
 		t.Error("a refused request reached the upstream")
 	}
-	retry, err := strconv.Atoi(r.header.Get("Retry-After"))
+	retry, err := strconv.Atoi(r.Header.Get("Retry-After"))
 	if want := time.Until(reset).Seconds(); err != nil || float64(retry) < want-2 || float64(retry) > want+2 {
-		t.Errorf("Retry-After %q, want about %.0f", r.header.Get("Retry-After"), want)
+		t.Errorf("Retry-After %q, want about %.0f", r.Header.Get("Retry-After"), want)
 	}
-	if !strings.Contains(r.err.Message, reset.Format(time.RFC3339)) {
-		t.Errorf("message %q does not say when the quota resets", r.err.Message)
+	if !strings.Contains(r.Err.Message, reset.Format(time.RFC3339)) {
+		t.Errorf("message %q does not say when the quota resets", r.Err.Message)
 	}
-	if r.header.Get("X-RateLimit-Remaining") != "0" || r.header.Get("RateLimit-Policy") == "" {
+	if r.Header.Get("X-RateLimit-Remaining") != "0" || r.Header.Get("RateLimit-Policy") == "" {
 		t.Error("a 429 lacks the rate-limit headers")
 	}
 }
@@ -137,16 +136,16 @@ func TestQuotaHeadersAndExhaustion(t *testing.T) {
 // TestQuotaPrecedenceAndBurst: the key record's quota and rate win over the
 // route's, the route's over the defaults; a burst refusal is rate_limited.
 func TestQuotaPrecedenceAndBurst(t *testing.T) {
-	routeQuota := newKey(t, keystore.Dev, keystore.Record{ID: "k_route_quota", Role: "reader", Services: []string{"*"}})
-	ownQuota := newKey(t, keystore.Dev, keystore.Record{ID: "k_own_quota", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(4)})
-	ownRate := newKey(t, keystore.Prod, keystore.Record{ID: "k_own_rate", Role: "reader", Services: []string{"*"}, Rate: "2/m"})
-	defaults := newKey(t, keystore.Prod, keystore.Record{ID: "k_defaults", Role: "reader", Services: []string{"*"}})
-	g := startQuotaGateway(t, "quota dev 2/day\n\t\t\trate prod 100/s", routeQuota.record, ownQuota.record, ownRate.record, defaults.record)
+	routeQuota := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_route_quota", Role: "reader", Services: []string{"*"}})
+	ownQuota := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_own_quota", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(4)})
+	ownRate := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_own_rate", Role: "reader", Services: []string{"*"}, Rate: "2/m"})
+	defaults := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_defaults", Role: "reader", Services: []string{"*"}})
+	g := startQuotaGateway(t, "quota dev 2/day\n\t\t\trate prod 100/s", routeQuota.Record, ownQuota.Record, ownRate.Record, defaults.Record)
 
-	count := func(k testKey) (passed int, last response) {
+	count := func(k gatewaytest.Key) (passed int, last gatewaytest.Response) {
 		for i := 0; i < 6; i++ {
-			last = send(t, "GET", g.url+"/ollama/api/tags", bearer(k)...)
-			if last.status == 200 {
+			last = gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", k.Bearer()...)
+			if last.Status == 200 {
 				passed++
 			}
 		}
@@ -159,36 +158,36 @@ func TestQuotaPrecedenceAndBurst(t *testing.T) {
 		t.Errorf("quota_per_day 4 over the route's 2: %d passed", n)
 	}
 	n, last := count(ownRate)
-	if n != 2 || last.status != 429 || last.err.Code != "rate_limited" {
-		t.Fatalf("rate 2/m: %d passed, last %d %q", n, last.status, last.err.Code)
+	if n != 2 || last.Status != 429 || last.Err.Code != "rate_limited" {
+		t.Fatalf("rate 2/m: %d passed, last %d %q", n, last.Status, last.Err.Code)
 	}
-	if got := last.header.Get("RateLimit-Policy"); got != `"daily";q=50000;w=86400, "burst";q=2;w=60` {
+	if got := last.Header.Get("RateLimit-Policy"); got != `"daily";q=50000;w=86400, "burst";q=2;w=60` {
 		t.Errorf("RateLimit-Policy %q", got)
 	}
-	if retry, _ := strconv.Atoi(last.header.Get("Retry-After")); retry < 29 || retry > 31 {
-		t.Errorf("Retry-After %q, want 30", last.header.Get("Retry-After"))
+	if retry, _ := strconv.Atoi(last.Header.Get("Retry-After")); retry < 29 || retry > 31 {
+		t.Errorf("Retry-After %q, want 30", last.Header.Get("Retry-After"))
 	}
-	if last.header.Get("X-RateLimit-Remaining") != "49998" {
-		t.Errorf("burst refusals spent daily quota: remaining %q", last.header.Get("X-RateLimit-Remaining"))
+	if last.Header.Get("X-RateLimit-Remaining") != "49998" {
+		t.Errorf("burst refusals spent daily quota: remaining %q", last.Header.Get("X-RateLimit-Remaining"))
 	}
-	r := send(t, "GET", g.url+"/ollama/api/tags", bearer(defaults)...)
-	if got := r.header.Get("RateLimit-Policy"); got != `"daily";q=50000;w=86400, "burst";q=100;w=1` {
+	r := gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", defaults.Bearer()...)
+	if got := r.Header.Get("RateLimit-Policy"); got != `"daily";q=50000;w=86400, "burst";q=100;w=1` {
 		t.Errorf("prod defaults with route rate: %q", got)
 	}
 }
 
 // TestRoutesShareOneBudget: a key spends one quota across services.
 func TestRoutesShareOneBudget(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_shared", Role: "reader", Services: []string{"ollama", "n8n"}, QuotaPerDay: int64p(3)})
-	g := startQuotaGateway(t, "", key.record)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_shared", Role: "reader", Services: []string{"ollama", "n8n"}, QuotaPerDay: int64p(3)})
+	g := startQuotaGateway(t, "", key.Record)
 	for i, path := range []string{"/ollama/a", "/n8n/b", "/ollama/c"} {
-		if r := send(t, "GET", g.url+path, bearer(key)...); r.status != 200 {
-			t.Fatalf("request %d: %d", i+1, r.status)
+		if r := gatewaytest.Send(t, "GET", g.url+path, key.Bearer()...); r.Status != 200 {
+			t.Fatalf("request %d: %d", i+1, r.Status)
 		}
 	}
 	for _, path := range []string{"/n8n/d", "/ollama/e"} {
-		if r := send(t, "GET", g.url+path, bearer(key)...); r.status != 429 {
-			t.Errorf("%s after the budget: %d", path, r.status)
+		if r := gatewaytest.Send(t, "GET", g.url+path, key.Bearer()...); r.Status != 429 {
+			t.Errorf("%s after the budget: %d", path, r.Status)
 		}
 	}
 }
@@ -197,45 +196,48 @@ func TestRoutesShareOneBudget(t *testing.T) {
 // requests get exactly N passes through a real Caddy.
 func TestQuotaExactUnderConcurrency(t *testing.T) {
 	const quota, requests = 150, 450
-	key := newKey(t, keystore.Prod, keystore.Record{ID: "k_concurrent", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(quota)})
-	g := startQuotaGateway(t, "", key.record)
+	key := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_concurrent", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(quota)})
+	g := startQuotaGateway(t, "", key.Record)
 
-	codes := tally(burst(requests, func(int) *http.Request {
+	codes := gatewaytest.Tally(gatewaytest.Burst(requests, func(int) *http.Request {
 		req, _ := http.NewRequest("GET", g.url+"/ollama/x", nil)
-		req.Header.Set("Authorization", "Bearer "+key.secret)
+		req.Header.Set("Authorization", "Bearer "+key.Secret)
 		return req
 	}))
 	if codes[200] != quota || codes[429] != requests-quota {
 		t.Fatalf("status counts %v, want %d×200 and %d×429", codes, quota, requests-quota)
 	}
-	if g.up.count() != quota {
-		t.Errorf("the upstream got %d requests, want %d", g.up.count(), quota)
+	if g.up.Count() != quota {
+		t.Errorf("the upstream got %d requests, want %d", g.up.Count(), quota)
 	}
 }
 
 // TestCountsSurviveReload loads a changed config through the admin API and
 // keeps counting.
 func TestCountsSurviveReload(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_reload", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(5)})
-	adminPort := freePort(t)
-	g := &quotaGateway{up: newUpstream(t), counters: filepath.Join(t.TempDir(), "counters.json")}
-	port := freePort(t)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_reload", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(5)})
+	adminPort := gatewaytest.Port(t)
+	g := &quotaGateway{up: gatewaytest.NewUpstream(t), counters: filepath.Join(t.TempDir(), "counters.json")}
+	port := gatewaytest.Port(t)
 	g.url = fmt.Sprintf("http://127.0.0.1:%d", port)
-	keyFile := writeKeyFile(t, key.record)
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	site := func(extra string) string {
-		return strings.Replace(quotaSite(port, keyFile, g.counters, g.up.addr(), extra),
+		return strings.Replace(quotaSite(port, keyFile, g.counters, g.up.Addr(), extra),
 			"admin off", fmt.Sprintf("admin 127.0.0.1:%d", adminPort), 1)
 	}
-	startCaddy(t, site(""))
+	gatewaytest.Start(t, site(""))
 
 	for i := 0; i < 3; i++ {
-		if r := send(t, "GET", g.url+"/ollama/x", bearer(key)...); r.status != 200 {
-			t.Fatalf("before reload: %d", r.status)
+		if r := gatewaytest.Send(t, "GET", g.url+"/ollama/x", key.Bearer()...); r.Status != 200 {
+			t.Fatalf("before reload: %d", r.Status)
 		}
 	}
 	// A real change: the new config sets a burst rate on every route.
-	resp, err := client.Post(fmt.Sprintf("http://127.0.0.1:%d/load", adminPort), "text/caddyfile",
-		bytes.NewBufferString(site("rate dev 100/s")))
+	cfg, err := gatewaytest.Config(site("rate dev 100/s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := gatewaytest.Client.Post(fmt.Sprintf("http://127.0.0.1:%d/load", adminPort), "application/json", bytes.NewReader(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,52 +245,52 @@ func TestCountsSurviveReload(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("admin /load: %d", resp.StatusCode)
 	}
-	client.CloseIdleConnections() // the old server closed them (see loadCaddy)
-	r := send(t, "GET", g.url+"/ollama/x", bearer(key)...)
-	if r.status != 200 || r.header.Get("X-RateLimit-Remaining") != "1" {
-		t.Fatalf("after reload: %d, remaining %q (want 1: the reload kept the count)", r.status, r.header.Get("X-RateLimit-Remaining"))
+	gatewaytest.Client.CloseIdleConnections() // the old server closed them (see gatewaytest.Load)
+	r := gatewaytest.Send(t, "GET", g.url+"/ollama/x", key.Bearer()...)
+	if r.Status != 200 || r.Header.Get("X-RateLimit-Remaining") != "1" {
+		t.Fatalf("after reload: %d, remaining %q (want 1: the reload kept the count)", r.Status, r.Header.Get("X-RateLimit-Remaining"))
 	}
-	if !strings.Contains(r.header.Get("RateLimit-Policy"), `"burst";q=100;w=1`) {
+	if !strings.Contains(r.Header.Get("RateLimit-Policy"), `"burst";q=100;w=1`) {
 		t.Error("the new config is not in force")
 	}
-	send(t, "GET", g.url+"/n8n/x", bearer(key)...)
-	if r := send(t, "GET", g.url+"/ollama/x", bearer(key)...); r.status != 429 {
-		t.Errorf("6th request after reload: %d", r.status)
+	gatewaytest.Send(t, "GET", g.url+"/n8n/x", key.Bearer()...)
+	if r := gatewaytest.Send(t, "GET", g.url+"/ollama/x", key.Bearer()...); r.Status != 429 {
+		t.Errorf("6th request after reload: %d", r.Status)
 	}
 }
 
 // TestCountsSurviveRestart stops Caddy and starts it again on the same
 // counter file; a corrupt counter file is set aside and Caddy still starts.
 func TestCountsSurviveRestart(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_restart", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(4)})
-	up := newUpstream(t)
-	port := freePort(t)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_restart", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(4)})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
 	url := fmt.Sprintf("http://127.0.0.1:%d/ollama/x", port)
 	counters := filepath.Join(t.TempDir(), "counters.json")
-	cfg := quotaSite(port, writeKeyFile(t, key.record), counters, up.addr(), "")
+	cfg := quotaSite(port, gatewaytest.WriteKeyFile(t, key.Record), counters, up.Addr(), "")
 
-	if err := loadCaddy(cfg); err != nil {
+	if err := gatewaytest.Load(cfg); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 3; i++ {
-		send(t, "GET", url, bearer(key)...)
+		gatewaytest.Send(t, "GET", url, key.Bearer()...)
 	}
-	if err := stopCaddy(); err != nil {
+	if err := gatewaytest.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	if data, err := os.ReadFile(counters); err != nil || !strings.Contains(string(data), `"k_restart"`) {
 		t.Fatalf("counters not saved at shutdown: %v", err)
 	}
 
-	startCaddy(t, cfg)
-	r := send(t, "GET", url, bearer(key)...)
-	if r.status != 200 || r.header.Get("X-RateLimit-Remaining") != "0" {
-		t.Fatalf("after restart: %d, remaining %q, want 200 and 0", r.status, r.header.Get("X-RateLimit-Remaining"))
+	gatewaytest.Start(t, cfg)
+	r := gatewaytest.Send(t, "GET", url, key.Bearer()...)
+	if r.Status != 200 || r.Header.Get("X-RateLimit-Remaining") != "0" {
+		t.Fatalf("after restart: %d, remaining %q, want 200 and 0", r.Status, r.Header.Get("X-RateLimit-Remaining"))
 	}
-	if r := send(t, "GET", url, bearer(key)...); r.status != 429 {
-		t.Fatalf("5th request after restart: %d", r.status)
+	if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 429 {
+		t.Fatalf("5th request after restart: %d", r.Status)
 	}
-	if err := stopCaddy(); err != nil {
+	if err := gatewaytest.Stop(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -296,9 +298,9 @@ func TestCountsSurviveRestart(t *testing.T) {
 	if err := os.WriteFile(counters, []byte(`{"version":1,"counters":{"k_restart":{"count":`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	startCaddy(t, cfg)
-	if r := send(t, "GET", url, bearer(key)...); r.status != 200 || r.header.Get("X-RateLimit-Remaining") != "3" {
-		t.Fatalf("after a corrupt file: %d, remaining %q, want 200 and 3", r.status, r.header.Get("X-RateLimit-Remaining"))
+	gatewaytest.Start(t, cfg)
+	if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 200 || r.Header.Get("X-RateLimit-Remaining") != "3" {
+		t.Fatalf("after a corrupt file: %d, remaining %q, want 200 and 3", r.Status, r.Header.Get("X-RateLimit-Remaining"))
 	}
 	aside, _ := filepath.Glob(counters + ".corrupt-*")
 	if len(aside) != 1 {
@@ -312,43 +314,43 @@ func TestCountsSurviveRestart(t *testing.T) {
 // TestFailedAuthThrottle: after failed_auth_limit failures an address gets
 // 429 even with a valid key; other addresses do not; "off" turns it off.
 func TestFailedAuthThrottle(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_valid", Role: "reader", Services: []string{"*"}})
-	revoked := newKey(t, keystore.Dev, keystore.Record{ID: "k_revoked", Role: "reader", Services: []string{"*"}, Revoked: true})
-	g := startQuotaGateway(t, "failed_auth_limit 3/m", key.record, revoked.record)
-	from := func(ip string, h ...string) response {
-		return send(t, "GET", g.url+"/ollama/x", append([]string{"X-Forwarded-For", ip}, h...)...)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_valid", Role: "reader", Services: []string{"*"}})
+	revoked := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_revoked", Role: "reader", Services: []string{"*"}, Revoked: true})
+	g := startQuotaGateway(t, "failed_auth_limit 3/m", key.Record, revoked.Record)
+	from := func(ip string, h ...string) gatewaytest.Response {
+		return gatewaytest.Send(t, "GET", g.url+"/ollama/x", append([]string{"X-Forwarded-For", ip}, h...)...)
 	}
 	attacker, bystander := "198.51.100.66", "198.51.100.77"
 
 	from(attacker)                                  // missing
 	from(attacker, "X-API-Key", "DEV_API_nonsense") // invalid
-	from(attacker, "X-API-Key", revoked.secret)     // revoked
-	if r := from(attacker, bearer(key)...); r.status != 429 || r.err.Code != "rate_limited" {
-		t.Fatalf("valid key from a throttled address: %d %q", r.status, r.err.Code)
-	} else if retry, _ := strconv.Atoi(r.header.Get("Retry-After")); retry < 55 || retry > 60 {
-		t.Errorf("Retry-After %q, want the rest of the minute", r.header.Get("Retry-After"))
+	from(attacker, "X-API-Key", revoked.Secret)     // revoked
+	if r := from(attacker, key.Bearer()...); r.Status != 429 || r.Err.Code != "rate_limited" {
+		t.Fatalf("valid key from a throttled address: %d %q", r.Status, r.Err.Code)
+	} else if retry, _ := strconv.Atoi(r.Header.Get("Retry-After")); retry < 55 || retry > 60 {
+		t.Errorf("Retry-After %q, want the rest of the minute", r.Header.Get("Retry-After"))
 	}
-	if r := from(bystander, bearer(key)...); r.status != 200 {
-		t.Errorf("another address: %d", r.status)
+	if r := from(bystander, key.Bearer()...); r.Status != 200 {
+		t.Errorf("another address: %d", r.Status)
 	}
 	// 403s are not failed authentications.
 	for i := 0; i < 5; i++ {
-		send(t, "POST", g.url+"/ollama/x", "X-Forwarded-For", bystander, "Authorization", "Bearer "+key.secret)
+		gatewaytest.Send(t, "POST", g.url+"/ollama/x", "X-Forwarded-For", bystander, "Authorization", "Bearer "+key.Secret)
 	}
-	if r := from(bystander, bearer(key)...); r.status != 200 {
-		t.Errorf("403s throttled an address: %d", r.status)
+	if r := from(bystander, key.Bearer()...); r.Status != 200 {
+		t.Errorf("403s throttled an address: %d", r.Status)
 	}
-	if err := stopCaddy(); err != nil {
+	if err := gatewaytest.Stop(); err != nil {
 		t.Fatal(err)
 	}
 
-	off := newKey(t, keystore.Dev, keystore.Record{ID: "k_valid2", Role: "reader", Services: []string{"*"}})
-	g = startQuotaGateway(t, "failed_auth_limit off", off.record)
+	off := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_valid2", Role: "reader", Services: []string{"*"}})
+	g = startQuotaGateway(t, "failed_auth_limit off", off.Record)
 	for i := 0; i < 30; i++ {
 		from(attacker, "X-API-Key", "DEV_API_nonsense")
 	}
-	if r := from(attacker, bearer(off)...); r.status != 200 {
-		t.Errorf("failed_auth_limit off still throttles: %d", r.status)
+	if r := from(attacker, off.Bearer()...); r.Status != 200 {
+		t.Errorf("failed_auth_limit off still throttles: %d", r.Status)
 	}
 }
 
@@ -356,17 +358,17 @@ func TestFailedAuthThrottle(t *testing.T) {
 // file follows the traffic while Caddy runs; the default file is in Caddy's
 // data directory.
 func TestCountersSavedPeriodically(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_periodic", Role: "reader", Services: []string{"*"}})
-	up := newUpstream(t)
-	port := freePort(t)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_periodic", Role: "reader", Services: []string{"*"}})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
 	counters := filepath.Join(t.TempDir(), "counters.json")
-	cfg := strings.Replace(quotaSite(port, writeKeyFile(t, key.record), counters, up.addr(), ""),
+	cfg := strings.Replace(quotaSite(port, gatewaytest.WriteKeyFile(t, key.Record), counters, up.Addr(), ""),
 		"file "+counters, "file "+counters+"\n\t\t\t\tpersist_interval 100ms", -1)
-	startCaddy(t, cfg)
+	gatewaytest.Start(t, cfg)
 	for i := 0; i < 2; i++ {
-		send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/ollama/x", port), bearer(key)...)
+		gatewaytest.Send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/ollama/x", port), key.Bearer()...)
 	}
-	readWhenContains(t, counters, `"k_periodic":{"window_start":`)
+	gatewaytest.WaitForLog(t, counters, `"k_periodic":{"window_start":`)
 	if data, _ := os.ReadFile(counters); !strings.Contains(string(data), `"count":2`) {
 		t.Errorf("saved counters %s, want a count of 2", data)
 	}
@@ -374,8 +376,8 @@ func TestCountersSavedPeriodically(t *testing.T) {
 
 func TestCountersDefaultFileInDataDir(t *testing.T) {
 	// An id of its own on every run: the data directory is the process's.
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_default_file_" + strconv.FormatInt(time.Now().UnixNano(), 36), Role: "reader"})
-	port := freePort(t)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_default_file_" + strconv.FormatInt(time.Now().UnixNano(), 36), Role: "reader"})
+	port := gatewaytest.Port(t)
 	cfg := fmt.Sprintf(`{
 	admin off
 	persist_config off
@@ -385,37 +387,37 @@ http://127.0.0.1:%d {
 		keys file %s
 	}
 	respond "ok"
-}`, port, writeKeyFile(t, key.record))
-	if err := loadCaddy(cfg); err != nil {
+}`, port, gatewaytest.WriteKeyFile(t, key.Record))
+	if err := gatewaytest.Load(cfg); err != nil {
 		t.Fatal(err)
 	}
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-	send(t, "GET", url, bearer(key)...)
-	send(t, "GET", url, bearer(key)...)
-	if err := stopCaddy(); err != nil {
+	gatewaytest.Send(t, "GET", url, key.Bearer()...)
+	gatewaytest.Send(t, "GET", url, key.Bearer()...)
+	if err := gatewaytest.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(os.Getenv("XDG_DATA_HOME"), "caddy", "apikey", "counters.json")
-	if data, err := os.ReadFile(path); err != nil || !strings.Contains(string(data), `"`+key.record.ID+`"`) {
+	if data, err := os.ReadFile(path); err != nil || !strings.Contains(string(data), `"`+key.Record.ID+`"`) {
 		t.Fatalf("default counter file %s: %v", path, err)
 	}
 	// Started again on the same data directory, the count goes on.
-	startCaddy(t, cfg)
-	if r := send(t, "GET", url, bearer(key)...); r.header.Get("X-RateLimit-Remaining") != "4997" {
-		t.Errorf("after a restart on the same data directory: remaining %q, want 4997", r.header.Get("X-RateLimit-Remaining"))
+	gatewaytest.Start(t, cfg)
+	if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Header.Get("X-RateLimit-Remaining") != "4997" {
+		t.Errorf("after a restart on the same data directory: remaining %q, want 4997", r.Header.Get("X-RateLimit-Remaining"))
 	}
 }
 
 // TestHalfProvisionedHandlerLetsGo: a config that fails after the handler
 // took the shared failed-auth tracker gives it back.
 func TestHalfProvisionedHandlerLetsGo(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_half", Role: "reader"})
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_half", Role: "reader"})
 	cfg := fmt.Sprintf(`{"admin": {"disabled": true}, "apps": {"http": {"servers": {"s": {
 		"listen": ["127.0.0.1:%d"],
 		"routes": [{"handle": [{"handler": "apikey",
 			"keys": {"source": "file", "path": %q},
-			"counters": {"store": "memory", "persist_interval": -1}}]}]}}}}}`, freePort(t), writeKeyFile(t, key.record))
-	err := caddy.Load([]byte(cfg), true)
+			"counters": {"store": "memory", "persist_interval": -1}}]}]}}}}}`, gatewaytest.Port(t), gatewaytest.WriteKeyFile(t, key.Record))
+	err := gatewaytest.LoadJSON([]byte(cfg))
 	if err == nil || !strings.Contains(err.Error(), "persist_interval must be positive") {
 		t.Fatalf("load: %v", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -62,7 +63,7 @@ func warningsAbout(ws []loadWarning, subject string) []loadWarning {
 type edgeSite struct {
 	config    string
 	port      int
-	key       testKey
+	key       gatewaytest.Key
 	accessLog string
 }
 
@@ -76,8 +77,8 @@ func edgeConfig(t *testing.T, logPath string) edgeSite {
 	if m == nil {
 		t.Fatal(`README.md has no Caddyfile under "### A TLS edge site"`)
 	}
-	site := edgeSite{port: freePort(t), key: newKey(t, keystore.Prod, keystore.Record{ID: "k_edge", Role: "reader", Services: []string{"*"}})}
-	keyFile := writeKeyFile(t, site.key.record)
+	site := edgeSite{port: gatewaytest.Port(t), key: gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_edge", Role: "reader", Services: []string{"*"}})}
+	keyFile := gatewaytest.WriteKeyFile(t, site.key.Record)
 	secrets, logs := t.TempDir(), t.TempDir()
 	site.accessLog = filepath.Join(logs, "access.log")
 	for _, name := range []string{"ollama", "n8n"} {
@@ -90,8 +91,8 @@ func edgeConfig(t *testing.T, logPath string) edgeSite {
 		"/etc/caddy/secrets/", secrets+"/",
 		"/var/log/caddy/", logs+"/",
 		"api.example.com {", fmt.Sprintf("http://api.example.com:%d {", site.port),
-		"localhost:11434", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		"localhost:5678", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"localhost:11434", fmt.Sprintf("127.0.0.1:%d", gatewaytest.ClosedPort(t)),
+		"localhost:5678", fmt.Sprintf("127.0.0.1:%d", gatewaytest.ClosedPort(t)),
 	).Replace(string(m[1]))
 	cfg = strings.Replace(cfg, "{\n", "{\n\tadmin off\n\tpersist_config off\n", 1)
 	site.config = strings.Replace(cfg, "\tlog {\n", "\tlog {\n\t\toutput file "+logPath+"\n", 1)
@@ -124,27 +125,27 @@ func TestEdgeConfigLogWarnings(t *testing.T) {
 				}
 				site.config = strings.Replace(site.config, c.drop, "", 1)
 			}
-			startCaddy(t, site.config)
+			gatewaytest.Start(t, site.config)
 			req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/ollama/api/tags", site.port), nil)
 			req.Host = "api.example.com"
-			req.Header.Set("X-Api-Key", site.key.secret)
-			resp, err := client.Do(req)
+			req.Header.Set("X-Api-Key", site.key.Secret)
+			resp, err := gatewaytest.Client.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusBadGateway {
-				t.Fatalf("%s through a route whose upstream does not answer: %d, want 502", site.key.record.ID, resp.StatusCode)
+				t.Fatalf("%s through a route whose upstream does not answer: %d, want 502", site.key.Record.ID, resp.StatusCode)
 			}
-			stopCaddy()
+			gatewaytest.Stop()
 			caddyLog, _ := os.ReadFile(logPath)
 			accessLog, _ := os.ReadFile(site.accessLog)
 			if len(accessLog) == 0 {
 				t.Fatal("the access log is empty")
 			}
-			inCaddyLog, inAccessLog := strings.Contains(string(caddyLog), site.key.secret), strings.Contains(string(accessLog), site.key.secret)
+			inCaddyLog, inAccessLog := strings.Contains(string(caddyLog), site.key.Secret), strings.Contains(string(accessLog), site.key.Secret)
 			if inCaddyLog != (c.logs != nil && c.logs[0] == "default") || inAccessLog != (c.logs != nil && c.logs[0] == "log0") {
-				t.Fatalf("%s written into Caddy's log: %v, into the access log: %v; the warning names %v", site.key.record.ID, inCaddyLog, inAccessLog, c.logs)
+				t.Fatalf("%s written into Caddy's log: %v, into the access log: %v; the warning names %v", site.key.Record.ID, inCaddyLog, inAccessLog, c.logs)
 			}
 			ws := apikeyWarnings(t, logPath)
 			if c.subject == "" {
@@ -172,13 +173,13 @@ func TestEdgeConfigLogWarnings(t *testing.T) {
 // it, and not with a filter that deletes or hashes it.
 func TestDebugLogWarnings(t *testing.T) {
 	const secret = "n8n-upstream-credential-9f3k"
-	key := newKey(t, keystore.Prod, keystore.Record{ID: "k_debug_n8n", Role: "reader", Services: []string{"n8n"}})
-	keyFile := writeKeyFile(t, key.record)
+	key := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_debug_n8n", Role: "reader", Services: []string{"n8n"}})
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	secretFile := filepath.Join(t.TempDir(), "n8n")
 	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	up := newUpstream(t)
+	up := gatewaytest.NewUpstream(t)
 	for _, c := range []struct {
 		name, filter string
 		warns        bool
@@ -196,8 +197,8 @@ func TestDebugLogWarnings(t *testing.T) {
 			if c.filter != "" {
 				filter = "format filter {\n\t\t\t" + c.filter + "\n\t\t}"
 			}
-			port := freePort(t)
-			startCaddy(t, fmt.Sprintf(`{
+			port := gatewaytest.Port(t)
+			gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 	log {
@@ -216,18 +217,18 @@ http://127.0.0.1:%[3]d {
 		}
 		reverse_proxy %[6]s
 	}
-}`, logPath, filter, port, keyFile, secretFile, up.addr()))
+}`, logPath, filter, port, keyFile, secretFile, up.Addr()))
 			req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/n8n/api/v1/workflows", port), nil)
-			req.Header.Set("Authorization", "Bearer "+key.secret)
-			resp, err := client.Do(req)
+			req.Header.Set("Authorization", "Bearer "+key.Secret)
+			resp, err := gatewaytest.Client.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			resp.Body.Close()
-			if resp.StatusCode != 200 || up.last(t).Header.Get("X-N8N-API-KEY") != secret {
-				t.Fatalf("%s: status %d, or the upstream did not get its credential", key.record.ID, resp.StatusCode)
+			if resp.StatusCode != 200 || up.Last(t).Header.Get("X-N8N-API-KEY") != secret {
+				t.Fatalf("%s: status %d, or the upstream did not get its credential", key.Record.ID, resp.StatusCode)
 			}
-			stopCaddy()
+			gatewaytest.Stop()
 			data, _ := os.ReadFile(logPath)
 			if written := strings.Contains(string(data), secret); written != c.warns {
 				t.Fatalf("the upstream credential written into the debug log: %v; this case expects %v", written, c.warns)
@@ -250,8 +251,8 @@ http://127.0.0.1:%[3]d {
 // TestNamedAccessLogWarnings: a site's access log that goes through a
 // logger named in the global options is read with that log's filter.
 func TestNamedAccessLogWarnings(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_named_log", Role: "reader"})
-	keyFile := writeKeyFile(t, key.record)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_named_log", Role: "reader"})
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	for _, c := range []struct {
 		name, filter string
 		warns        bool
@@ -266,8 +267,8 @@ func TestNamedAccessLogWarnings(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
 			logPath := filepath.Join(dir, "caddy.log")
-			port := freePort(t)
-			startCaddy(t, fmt.Sprintf(`{
+			port := gatewaytest.Port(t)
+			gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 	log {
@@ -289,14 +290,14 @@ http://127.0.0.1:%[4]d {
 	}
 	respond ok
 }`, logPath, filepath.Join(dir, "access.log"), c.filter, port, keyFile))
-			if r := send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), "X-Api-Key", key.secret); r.status != 200 {
-				t.Fatalf("%s: %d", key.record.ID, r.status)
+			if r := gatewaytest.Send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), "X-Api-Key", key.Secret); r.Status != 200 {
+				t.Fatalf("%s: %d", key.Record.ID, r.Status)
 			}
-			stopCaddy()
+			gatewaytest.Stop()
 			access, _ := os.ReadFile(filepath.Join(dir, "access.log"))
-			digest := strings.TrimPrefix(key.record.Hash, "sha256:")
+			digest := strings.TrimPrefix(key.Record.Hash, "sha256:")
 			if c.hint != "" && !strings.Contains(string(access), digest[:8]) {
-				t.Fatalf("the hash filter did not write the start of %s's digest: the warning would be wrong", key.record.ID)
+				t.Fatalf("the hash filter did not write the start of %s's digest: the warning would be wrong", key.Record.ID)
 			}
 			ws := apikeyWarnings(t, logPath)
 			got := warningsAbout(ws, "access log writes request headers")
@@ -323,8 +324,8 @@ http://127.0.0.1:%[4]d {
 // one taken from a file.
 func TestDebugConfigLineWarning(t *testing.T) {
 	const secret = "upstream-bearer-7d2kq9"
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_debug_config", Role: "reader"})
-	keyFile := writeKeyFile(t, key.record)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_debug_config", Role: "reader"})
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	secretFile := filepath.Join(t.TempDir(), "ollama")
 	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -339,7 +340,7 @@ func TestDebugConfigLineWarning(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			logPath := filepath.Join(t.TempDir(), "caddy.log")
-			startCaddy(t, fmt.Sprintf(`{
+			gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 	log {
@@ -356,8 +357,8 @@ http://127.0.0.1:%d {
 		%s
 	}
 	respond ok
-}`, logPath, c.level, freePort(t), keyFile, c.auth))
-			stopCaddy()
+}`, logPath, c.level, gatewaytest.Port(t), keyFile, c.auth))
+			gatewaytest.Stop()
 			data, _ := os.ReadFile(logPath)
 			written := strings.Contains(string(data), secret)
 			got := warningsAbout(apikeyWarnings(t, logPath), "writes the whole config")
@@ -380,16 +381,16 @@ http://127.0.0.1:%d {
 // about it, besides the warning about the client's key in the same header.
 func TestDebugUpstreamWarningWithLogCredentials(t *testing.T) {
 	const secret = "upstream-bearer-q8w2m5"
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_log_credentials", Role: "reader"})
-	keyFile := writeKeyFile(t, key.record)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_log_credentials", Role: "reader"})
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	secretFile := filepath.Join(t.TempDir(), "ollama")
 	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	up := newUpstream(t)
+	up := gatewaytest.NewUpstream(t)
 	logPath := filepath.Join(t.TempDir(), "caddy.log")
-	port := freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 	servers {
@@ -409,11 +410,11 @@ http://127.0.0.1:%d {
 		}
 		reverse_proxy %s
 	}
-}`, logPath, port, keyFile, secretFile, up.addr()))
-	if r := send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/ollama/api/tags", port), bearer(key)...); r.status != 200 {
-		t.Fatalf("%s: %d", key.record.ID, r.status)
+}`, logPath, port, keyFile, secretFile, up.Addr()))
+	if r := gatewaytest.Send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/ollama/api/tags", port), key.Bearer()...); r.Status != 200 {
+		t.Fatalf("%s: %d", key.Record.ID, r.Status)
 	}
-	stopCaddy()
+	gatewaytest.Stop()
 	data, _ := os.ReadFile(logPath)
 	if !strings.Contains(string(data), secret) {
 		t.Fatal("the debug log does not hold the upstream's credential: the test's premise is gone")

@@ -22,6 +22,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/testtools"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
@@ -126,7 +127,7 @@ func (a frameworkAnswer) runAs() string {
 
 // postBody sends b to url with the key's secret (none when k is nil) and
 // returns the status and body of the answer.
-func postBody(t *testing.T, url string, k *testKey, b overrideBody) (int, []byte) {
+func postBody(t *testing.T, url string, k *gatewaytest.Key, b overrideBody) (int, []byte) {
 	t.Helper()
 	req, err := http.NewRequest("POST", url, bytes.NewReader(b.body))
 	if err != nil {
@@ -139,9 +140,9 @@ func postBody(t *testing.T, url string, k *testKey, b overrideBody) (int, []byte
 		req.Header.Set("Content-Encoding", b.contentEncoding)
 	}
 	if k != nil {
-		req.Header.Set("Authorization", "Bearer "+k.secret)
+		req.Header.Set("Authorization", "Bearer "+k.Secret)
 	}
-	resp, err := client.Do(req)
+	resp, err := gatewaytest.Client.Do(req)
 	if err != nil {
 		t.Fatalf("%s: %v", b.name, err)
 	}
@@ -152,14 +153,14 @@ func postBody(t *testing.T, url string, k *testKey, b overrideBody) (int, []byte
 
 // overrideGateway starts Caddy with a writer and an admin key on /api/*
 // in front of upstream, and returns the gateway's base URL.
-func overrideGateway(t *testing.T, upstream string, keys ...testKey) string {
+func overrideGateway(t *testing.T, upstream string, keys ...gatewaytest.Key) string {
 	t.Helper()
 	records := make([]keystore.Record, len(keys))
 	for i, k := range keys {
-		records[i] = k.record
+		records[i] = k.Record
 	}
-	port := freePort(t)
-	startCaddy(t, hardeningSite(port, filepath.Join(t.TempDir(), "caddy.log"), writeKeyFile(t, records...), upstream, "", ""))
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, guardedSite(port, filepath.Join(t.TempDir(), "caddy.log"), gatewaytest.WriteKeyFile(t, records...), upstream, "", ""))
 	return fmt.Sprintf("http://127.0.0.1:%d/api", port)
 }
 
@@ -167,7 +168,7 @@ func overrideGateway(t *testing.T, upstream string, keys ...testKey) string {
 // must run it as DELETE, then through the gateway with the writer key,
 // which must refuse it with reason method; unreadable bodies get the
 // message that says the body could not be read.
-func checkOverrideRefused(t *testing.T, direct, gateway string, writer testKey, bodies []overrideBody, unreadable map[string]bool) {
+func checkOverrideRefused(t *testing.T, direct, gateway string, writer gatewaytest.Key, bodies []overrideBody, unreadable map[string]bool) {
 	t.Helper()
 	for _, b := range bodies {
 		status, answer := postBody(t, direct+"/x", nil, b)
@@ -237,7 +238,7 @@ const formType = "application/x-www-form-urlencoded"
 // fields, UTF-16 JSON, and a brotli body the gateway cannot decode.
 func TestMethodOverrideInBodiesExpress(t *testing.T) {
 	express := startExpress(t)
-	writer := newKey(t, keystore.Dev, keystore.Record{ID: "k_ovx_writer", Role: "writer"})
+	writer := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_ovx_writer", Role: "writer"})
 	gateway := overrideGateway(t, express, writer)
 	bodies := []overrideBody{
 		{"gzip form", formType, "gzip", gzipped(t, "_method=DELETE")},
@@ -263,7 +264,7 @@ func TestMethodOverrideInBodiesExpress(t *testing.T) {
 // "_method", and the form PHP reads from a compressed body's raw bytes.
 func TestMethodOverrideInBodiesPHP(t *testing.T) {
 	php := startPHP(t)
-	writer := newKey(t, keystore.Dev, keystore.Record{ID: "k_ovp_writer", Role: "writer"})
+	writer := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_ovp_writer", Role: "writer"})
 	gateway := overrideGateway(t, php, writer)
 	multipart := "--XX\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XX--\r\n"
 	bodies := []overrideBody{
@@ -308,8 +309,8 @@ func storedGzip(t *testing.T, s string) []byte {
 // an admin key's pass untouched.
 func TestMethodOverrideAllowedBodiesPass(t *testing.T) {
 	express := startExpress(t)
-	writer := newKey(t, keystore.Dev, keystore.Record{ID: "k_ova_writer", Role: "writer"})
-	admin := newKey(t, keystore.Dev, keystore.Record{ID: "k_ova_admin", Role: "admin"})
+	writer := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_ova_writer", Role: "writer"})
+	admin := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_ova_admin", Role: "admin"})
 	gateway := overrideGateway(t, express, writer, admin)
 	for _, c := range []struct {
 		b    overrideBody
@@ -368,7 +369,7 @@ func TestMethodOverrideCheckKeepsBodies(t *testing.T) {
 		mu.Unlock()
 	}))
 	t.Cleanup(up.Close)
-	writer := newKey(t, keystore.Dev, keystore.Record{ID: "k_ovk_writer", Role: "writer"})
+	writer := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_ovk_writer", Role: "writer"})
 	gateway := overrideGateway(t, strings.TrimPrefix(up.URL, "http://"), writer)
 	long := `{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("tell me more, ", 10<<10) + `"}]}`
 	for _, b := range []overrideBody{

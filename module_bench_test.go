@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -20,16 +21,17 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/moodmnky/caddy-apikey/headers"
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keyservice"
 )
 
 // benchKeys makes n keys with a quota that benchmarks cannot use up.
-func benchKeys(b *testing.B, n int, rate string) []testKey {
+func benchKeys(b *testing.B, n int, rate string) []gatewaytest.Key {
 	t := &testing.T{}
-	keys := make([]testKey, n)
+	keys := make([]gatewaytest.Key, n)
 	for i := range keys {
-		keys[i] = newKey(t, keystore.Dev, keystore.Record{ID: fmt.Sprintf("k_bench_%d", i), Role: "writer",
+		keys[i] = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: fmt.Sprintf("k_bench_%d", i), Role: "writer",
 			Services: []string{"ollama"}, QuotaPerDay: int64p(1 << 50), Rate: rate})
 	}
 	return keys
@@ -55,15 +57,15 @@ func benchHandler(b *testing.B, keysJSON string, extra func(*Handler)) *Handler 
 	return h
 }
 
-func fileSourceJSON(b *testing.B, keys []testKey) string {
+func fileSourceJSON(b *testing.B, keys []gatewaytest.Key) string {
 	b.Helper()
 	records := make([]keystore.Record, len(keys))
 	for i, k := range keys {
-		records[i] = k.record
+		records[i] = k.Record
 	}
 	data, _ := json.Marshal(map[string]any{"keys": records})
 	path := b.TempDir() + "/keys.json"
-	if err := writeFileBytes(path, data); err != nil {
+	if err := os.WriteFile(path, data, 0o600); err != nil {
 		b.Fatal(err)
 	}
 	return `{"source": "file", "path": "` + path + `"}`
@@ -130,7 +132,7 @@ func runServe(b *testing.B, h *Handler, secret string, wantStatus int) {
 func BenchmarkServeHTTP(b *testing.B) {
 	keys := benchKeys(b, 1, "")
 	h := benchHandler(b, fileSourceJSON(b, keys), nil)
-	runServe(b, h, keys[0].secret, http.StatusOK)
+	runServe(b, h, keys[0].Secret, http.StatusOK)
 }
 
 // BenchmarkServeHTTPFull adds a burst rate and an upstream credential.
@@ -139,7 +141,7 @@ func BenchmarkServeHTTPFull(b *testing.B) {
 	h := benchHandler(b, fileSourceJSON(b, keys), func(h *Handler) {
 		h.UpstreamAuth = &headers.Credential{Header: "Authorization", Value: "Bearer upstream-token"}
 	})
-	runServe(b, h, keys[0].secret, http.StatusOK)
+	runServe(b, h, keys[0].Secret, http.StatusOK)
 }
 
 // BenchmarkServeHTTPParallel runs admitted requests for 1,000 keys on every
@@ -149,7 +151,7 @@ func BenchmarkServeHTTPParallel(b *testing.B) {
 	h := benchHandler(b, fileSourceJSON(b, keys), nil)
 	auth := make([][]string, len(keys))
 	for i, k := range keys {
-		auth[i] = []string{"Bearer " + k.secret}
+		auth[i] = []string{"Bearer " + k.Secret}
 	}
 	var next atomic.Int64
 	b.ReportAllocs()
@@ -175,11 +177,11 @@ func BenchmarkServeHTTPParallel(b *testing.B) {
 func BenchmarkServeHTTPKeyService(b *testing.B) {
 	keys := benchKeys(b, 1, "")
 	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(keys[0].record)
+		json.NewEncoder(w).Encode(keys[0].Record)
 	}))
 	defer svc.Close()
 	h := benchHandler(b, `{"source": "http", "url": "`+svc.URL+`", "cache": {"ttl": 3600000000000, "stale": 7200000000000}}`, nil)
-	runServe(b, h, keys[0].secret, http.StatusOK)
+	runServe(b, h, keys[0].Secret, http.StatusOK)
 }
 
 // BenchmarkServeHTTPKeyServiceMiss is the miss path: every request asks
@@ -187,7 +189,7 @@ func BenchmarkServeHTTPKeyService(b *testing.B) {
 func BenchmarkServeHTTPKeyServiceMiss(b *testing.B) {
 	keys := benchKeys(b, 1, "")
 	svc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(keys[0].record)
+		json.NewEncoder(w).Encode(keys[0].Record)
 	}))
 	defer svc.Close()
 	h := benchHandler(b, `{"source": "http", "url": "`+svc.URL+`"}`, nil)
@@ -195,7 +197,7 @@ func BenchmarkServeHTTPKeyServiceMiss(b *testing.B) {
 	req := benchRequest("/api/tags")
 	reset := replacerReset(req)
 	w := newDiscard()
-	auth := []string{"Bearer " + keys[0].secret}
+	auth := []string{"Bearer " + keys[0].Secret}
 	b.ReportAllocs()
 	for b.Loop() {
 		w.reset()
@@ -265,7 +267,7 @@ func benchPost(b *testing.B, coding string, body []byte) {
 	}
 	req.ContentLength = int64(len(body))
 	w := newDiscard()
-	auth := []string{"Bearer " + keys[0].secret}
+	auth := []string{"Bearer " + keys[0].Secret}
 	rd := bytes.NewReader(nil)
 	rc := io.NopCloser(rd)
 	next := caddyhttp.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) error {

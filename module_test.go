@@ -9,50 +9,49 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
 // gatewayKeys are the keys the integration tests use, one per situation.
 type gatewayKeys struct {
 	reader, writer, admin, custom, revoked, expired, notYetExpired,
-	ipBound, noServices, mistyped, rotatedNew, rotatedGrace, rotatedEnded, ollamaOnlyProd testKey
+	ipBound, noServices, mistyped, rotatedNew, rotatedGrace, rotatedEnded, ollamaOnlyProd gatewaytest.Key
 }
 
 func makeGatewayKeys(t *testing.T) (gatewayKeys, []keystore.Record) {
 	now := time.Now().UTC()
 	var k gatewayKeys
-	k.reader = newKey(t, keystore.Dev, keystore.Record{ID: "k_reader", Name: "Reader key", Role: "reader", Services: []string{"ollama"}})
-	k.writer = newKey(t, keystore.Prod, keystore.Record{ID: "k_writer", Role: "writer", Type: "prod", Services: []string{"ollama", "n8n"}})
-	k.admin = newKey(t, keystore.Dev, keystore.Record{ID: "k_admin", Role: "admin", Services: []string{"*"}})
-	k.custom = newKey(t, keystore.Dev, keystore.Record{ID: "k_custom", Role: "custom", Services: []string{"ollama"},
+	k.reader = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_reader", Name: "Reader key", Role: "reader", Services: []string{"ollama"}})
+	k.writer = gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_writer", Role: "writer", Type: "prod", Services: []string{"ollama", "n8n"}})
+	k.admin = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_admin", Role: "admin", Services: []string{"*"}})
+	k.custom = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_custom", Role: "custom", Services: []string{"ollama"},
 		Permissions: []string{"GET /api/tags", "POST /api/chat"}})
-	k.revoked = newKey(t, keystore.Dev, keystore.Record{ID: "k_revoked", Role: "admin", Services: []string{"*"}, Revoked: true})
-	k.expired = newKey(t, keystore.Dev, keystore.Record{ID: "k_expired", Role: "admin", Services: []string{"*"},
+	k.revoked = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_revoked", Role: "admin", Services: []string{"*"}, Revoked: true})
+	k.expired = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_expired", Role: "admin", Services: []string{"*"},
 		ExpiresAt: now.Add(-time.Minute).Format(time.RFC3339)})
-	k.notYetExpired = newKey(t, keystore.Dev, keystore.Record{ID: "k_not_yet_expired", Role: "admin", Services: []string{"*"},
+	k.notYetExpired = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_not_yet_expired", Role: "admin", Services: []string{"*"},
 		ExpiresAt: now.Add(time.Hour).Format(time.RFC3339)})
-	k.ipBound = newKey(t, keystore.Dev, keystore.Record{ID: "k_ip_bound", Role: "admin", Services: []string{"*"},
+	k.ipBound = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_ip_bound", Role: "admin", Services: []string{"*"},
 		AllowedIPs: []string{"203.0.113.0/24", "2001:db8::1"}})
-	k.noServices = newKey(t, keystore.Dev, keystore.Record{ID: "k_no_services", Role: "admin"})
-	k.ollamaOnlyProd = newKey(t, keystore.Prod, keystore.Record{ID: "k_ollama_only", Role: "admin", Services: []string{"ollama"}})
+	k.noServices = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_no_services", Role: "admin"})
+	k.ollamaOnlyProd = gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_ollama_only", Role: "admin", Services: []string{"ollama"}})
 	// A record that says prod, holding the hash of a dev key.
-	k.mistyped = newKey(t, keystore.Dev, keystore.Record{ID: "k_mistyped", Role: "admin", Type: "prod", Services: []string{"*"}})
+	k.mistyped = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_mistyped", Role: "admin", Type: "prod", Services: []string{"*"}})
 
-	k.rotatedNew = newKey(t, keystore.Dev, keystore.Record{ID: "k_rotated", Role: "reader", Services: []string{"ollama"}})
-	k.rotatedGrace = newKey(t, keystore.Dev, keystore.Record{})
-	k.rotatedEnded = newKey(t, keystore.Dev, keystore.Record{})
+	k.rotatedNew = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_rotated", Role: "reader", Services: []string{"ollama"}})
+	k.rotatedGrace = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
+	k.rotatedEnded = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
 	graceUntil := now.Add(time.Hour).Truncate(time.Second)
-	k.rotatedNew.record.PreviousHashes = []keystore.PreviousHash{
-		{Hash: k.rotatedGrace.record.Hash, ValidUntil: graceUntil.Format(time.RFC3339)},
-		{Hash: k.rotatedEnded.record.Hash, ValidUntil: now.Add(-time.Second).Format(time.RFC3339)},
+	k.rotatedNew.Record.PreviousHashes = []keystore.PreviousHash{
+		{Hash: k.rotatedGrace.Record.Hash, ValidUntil: graceUntil.Format(time.RFC3339)},
+		{Hash: k.rotatedEnded.Record.Hash, ValidUntil: now.Add(-time.Second).Format(time.RFC3339)},
 	}
 
 	var records []keystore.Record
-	for _, key := range []testKey{k.reader, k.writer, k.admin, k.custom, k.revoked, k.expired, k.notYetExpired,
+	for _, key := range []gatewaytest.Key{k.reader, k.writer, k.admin, k.custom, k.revoked, k.expired, k.notYetExpired,
 		k.ipBound, k.noServices, k.mistyped, k.rotatedNew, k.ollamaOnlyProd} {
-		records = append(records, key.record)
+		records = append(records, key.Record)
 	}
 	return k, records
 }
@@ -61,7 +60,7 @@ func makeGatewayKeys(t *testing.T) (gatewayKeys, []keystore.Record) {
 // front of one recording upstream.
 type gateway struct {
 	url       string
-	up        *upstream
+	up        *gatewaytest.Upstream
 	keys      gatewayKeys
 	logPath   string
 	accessLog string
@@ -76,15 +75,15 @@ func startGateway(t *testing.T) *gateway {
 	t.Setenv("APIKEY_TEST_N8N_TOKEN", "n8n-upstream-key-0002")
 	keys, records := makeGatewayKeys(t)
 	g := &gateway{
-		up:        newUpstream(t),
+		up:        gatewaytest.NewUpstream(t),
 		keys:      keys,
 		logPath:   filepath.Join(t.TempDir(), "caddy.log"),
 		accessLog: filepath.Join(t.TempDir(), "access.log"),
 	}
-	port := freePort(t)
+	port := gatewaytest.Port(t)
 	g.url = fmt.Sprintf("http://127.0.0.1:%d", port)
-	keyFile := writeKeyFile(t, records...)
-	startCaddy(t, fmt.Sprintf(`{
+	keyFile := gatewaytest.WriteKeyFile(t, records...)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 	log {
@@ -145,11 +144,9 @@ http://127.0.0.1:%[2]d {
 	}
 	respond "no route" 404
 }
-`, g.logPath, port, g.accessLog, keyFile, g.up.addr()))
+`, g.logPath, port, g.accessLog, keyFile, g.up.Addr()))
 	return g
 }
-
-func bearer(k testKey) []string { return []string{"Authorization", "Bearer " + k.secret} }
 
 // TestResponses drives every refusal and a success through a real Caddy and
 // checks status, code, reason, headers, and that refused requests never
@@ -157,8 +154,8 @@ func bearer(k testKey) []string { return []string{"Authorization", "Bearer " + k
 func TestResponses(t *testing.T) {
 	g := startGateway(t)
 	k := g.keys
-	badChecksum := k.reader.secret[:len(k.reader.secret)-1] + map[bool]string{true: "1", false: "0"}[strings.HasSuffix(k.reader.secret, "0")]
-	unknown := newKey(t, keystore.Dev, keystore.Record{}).secret
+	badChecksum := k.reader.Secret[:len(k.reader.Secret)-1] + map[bool]string{true: "1", false: "0"}[strings.HasSuffix(k.reader.Secret, "0")]
+	unknown := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{}).Secret
 
 	cases := []struct {
 		name           string
@@ -174,62 +171,62 @@ func TestResponses(t *testing.T) {
 		{"bad checksum", "GET", "/ollama/api/tags", []string{"Authorization", "Bearer " + badChecksum}, 401, "invalid_key", "", true, false},
 		{"garbage", "GET", "/ollama/api/tags", []string{"X-API-Key", "hello"}, 401, "invalid_key", "", true, false},
 		{"well formed but unknown", "GET", "/ollama/api/tags", []string{"X-API-Key", unknown}, 401, "invalid_key", "", true, false},
-		{"record type contradicts prefix", "GET", "/ollama/api/tags", bearer(k.mistyped), 401, "invalid_key", "", true, false},
-		{"revoked", "GET", "/ollama/api/tags", bearer(k.revoked), 401, "revoked_key", "", true, false},
-		{"expired", "GET", "/ollama/api/tags", bearer(k.expired), 401, "expired_key", "", true, false},
-		{"reader may not POST", "POST", "/ollama/api/chat", bearer(k.reader), 403, "forbidden", "method", false, false},
-		{"writer may not DELETE", "DELETE", "/ollama/api/delete", bearer(k.writer), 403, "forbidden", "method", false, false},
-		{"reader not allowed n8n", "GET", "/n8n/api/v1/workflows", bearer(k.reader), 403, "forbidden", "key_type", false, false},
-		{"dev key on prod-only route", "GET", "/n8n/api/v1/workflows", bearer(k.admin), 403, "forbidden", "key_type", false, false},
-		{"key without services", "GET", "/ollama/api/tags", bearer(k.noServices), 403, "forbidden", "service", false, false},
-		{"key whose services lack the route's", "GET", "/n8n/api/v1/workflows", bearer(k.ollamaOnlyProd), 403, "forbidden", "service", false, false},
-		{"prod writer with n8n", "GET", "/n8n/api/v1/workflows", bearer(k.writer), 200, "", "", false, true},
-		{"ip not allowed", "GET", "/ollama/api/tags", bearer(k.ipBound), 403, "forbidden", "ip", false, false},
-		{"custom: allowed GET", "GET", "/ollama/api/tags", bearer(k.custom), 200, "", "", false, true},
-		{"custom: allowed POST", "POST", "/ollama/api/chat", bearer(k.custom), 200, "", "", false, true},
-		{"custom: POST elsewhere", "POST", "/ollama/api/pull", bearer(k.custom), 403, "forbidden", "method", false, false},
-		{"custom: GET elsewhere", "GET", "/ollama/api/ps", bearer(k.custom), 403, "forbidden", "method", false, false},
-		{"reader GET", "GET", "/ollama/api/tags", bearer(k.reader), 200, "", "", false, true},
-		{"reader HEAD", "HEAD", "/ollama/api/tags", bearer(k.reader), 200, "", "", false, true},
-		{"reader via X-API-Key", "GET", "/ollama/api/tags", []string{"X-API-Key", k.reader.secret}, 200, "", "", false, true},
-		{"writer POST", "POST", "/ollama/api/chat", bearer(k.writer), 200, "", "", false, true},
-		{"admin DELETE", "DELETE", "/ollama/api/delete", bearer(k.admin), 200, "", "", false, true},
-		{"not yet expired", "GET", "/ollama/api/tags", bearer(k.notYetExpired), 200, "", "", false, true},
-		{"plain route, first location", "GET", "/plain/x", []string{"X-Gateway-Key", k.noServices.secret}, 200, "", "", false, true},
-		{"plain route, second location", "GET", "/plain/x", []string{"Authorization", "Token " + k.noServices.secret}, 200, "", "", false, true},
-		{"plain route ignores default locations", "GET", "/plain/x", bearer(k.admin), 401, "missing_key", "", false, false},
+		{"record type contradicts prefix", "GET", "/ollama/api/tags", k.mistyped.Bearer(), 401, "invalid_key", "", true, false},
+		{"revoked", "GET", "/ollama/api/tags", k.revoked.Bearer(), 401, "revoked_key", "", true, false},
+		{"expired", "GET", "/ollama/api/tags", k.expired.Bearer(), 401, "expired_key", "", true, false},
+		{"reader may not POST", "POST", "/ollama/api/chat", k.reader.Bearer(), 403, "forbidden", "method", false, false},
+		{"writer may not DELETE", "DELETE", "/ollama/api/delete", k.writer.Bearer(), 403, "forbidden", "method", false, false},
+		{"reader not allowed n8n", "GET", "/n8n/api/v1/workflows", k.reader.Bearer(), 403, "forbidden", "key_type", false, false},
+		{"dev key on prod-only route", "GET", "/n8n/api/v1/workflows", k.admin.Bearer(), 403, "forbidden", "key_type", false, false},
+		{"key without services", "GET", "/ollama/api/tags", k.noServices.Bearer(), 403, "forbidden", "service", false, false},
+		{"key whose services lack the route's", "GET", "/n8n/api/v1/workflows", k.ollamaOnlyProd.Bearer(), 403, "forbidden", "service", false, false},
+		{"prod writer with n8n", "GET", "/n8n/api/v1/workflows", k.writer.Bearer(), 200, "", "", false, true},
+		{"ip not allowed", "GET", "/ollama/api/tags", k.ipBound.Bearer(), 403, "forbidden", "ip", false, false},
+		{"custom: allowed GET", "GET", "/ollama/api/tags", k.custom.Bearer(), 200, "", "", false, true},
+		{"custom: allowed POST", "POST", "/ollama/api/chat", k.custom.Bearer(), 200, "", "", false, true},
+		{"custom: POST elsewhere", "POST", "/ollama/api/pull", k.custom.Bearer(), 403, "forbidden", "method", false, false},
+		{"custom: GET elsewhere", "GET", "/ollama/api/ps", k.custom.Bearer(), 403, "forbidden", "method", false, false},
+		{"reader GET", "GET", "/ollama/api/tags", k.reader.Bearer(), 200, "", "", false, true},
+		{"reader HEAD", "HEAD", "/ollama/api/tags", k.reader.Bearer(), 200, "", "", false, true},
+		{"reader via X-API-Key", "GET", "/ollama/api/tags", []string{"X-API-Key", k.reader.Secret}, 200, "", "", false, true},
+		{"writer POST", "POST", "/ollama/api/chat", k.writer.Bearer(), 200, "", "", false, true},
+		{"admin DELETE", "DELETE", "/ollama/api/delete", k.admin.Bearer(), 200, "", "", false, true},
+		{"not yet expired", "GET", "/ollama/api/tags", k.notYetExpired.Bearer(), 200, "", "", false, true},
+		{"plain route, first location", "GET", "/plain/x", []string{"X-Gateway-Key", k.noServices.Secret}, 200, "", "", false, true},
+		{"plain route, second location", "GET", "/plain/x", []string{"Authorization", "Token " + k.noServices.Secret}, 200, "", "", false, true},
+		{"plain route ignores default locations", "GET", "/plain/x", k.admin.Bearer(), 401, "missing_key", "", false, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			before := g.up.count()
-			r := send(t, c.method, g.url+c.path, c.headers...)
-			if r.status != c.status {
-				t.Fatalf("status %d, want %d (body %q)", r.status, c.status, r.body)
+			before := g.up.Count()
+			r := gatewaytest.Send(t, c.method, g.url+c.path, c.headers...)
+			if r.Status != c.status {
+				t.Fatalf("status %d, want %d (body %q)", r.Status, c.status, r.Body)
 			}
-			if reached := g.up.count() > before; reached != c.reachesUpsteam {
+			if reached := g.up.Count() > before; reached != c.reachesUpsteam {
 				t.Errorf("reached upstream = %v, want %v", reached, c.reachesUpsteam)
 			}
 			for i := 1; i < len(c.headers); i += 2 {
-				if v := c.headers[i]; len(v) > 20 && strings.Contains(r.body, strings.TrimPrefix(v, "Bearer ")) {
+				if v := c.headers[i]; len(v) > 20 && strings.Contains(r.Body, strings.TrimPrefix(v, "Bearer ")) {
 					t.Error("the response body repeats the key")
 				}
 			}
 			if c.status < 400 {
 				return
 			}
-			if ct := r.header.Get("Content-Type"); ct != "application/json" {
+			if ct := r.Header.Get("Content-Type"); ct != "application/json" {
 				t.Errorf("Content-Type %q", ct)
 			}
 			if c.method == "HEAD" {
 				return
 			}
-			if r.err.Status != c.status || r.err.Code != c.code || r.err.Reason != c.reason {
-				t.Errorf("error body %+v, want status %d code %q reason %q", r.err, c.status, c.code, c.reason)
+			if r.Err.Status != c.status || r.Err.Code != c.code || r.Err.Reason != c.reason {
+				t.Errorf("error body %+v, want status %d code %q reason %q", r.Err, c.status, c.code, c.reason)
 			}
-			if r.err.Message == "" {
+			if r.Err.Message == "" {
 				t.Error("no message")
 			}
-			www := r.header.Get("WWW-Authenticate")
+			www := r.Header.Get("WWW-Authenticate")
 			switch {
 			case c.status == 401 && c.wwwAuthError:
 				if !strings.HasPrefix(www, `Bearer realm="`) || !strings.HasSuffix(www, `, error="invalid_token"`) {
@@ -248,10 +245,10 @@ func TestResponses(t *testing.T) {
 	}
 
 	// The realm names the service, or "apikey" when the route names none.
-	if www := send(t, "GET", g.url+"/ollama/x").header.Get("WWW-Authenticate"); www != `Bearer realm="ollama"` {
+	if www := gatewaytest.Send(t, "GET", g.url+"/ollama/x").Header.Get("WWW-Authenticate"); www != `Bearer realm="ollama"` {
 		t.Errorf("ollama realm: %q", www)
 	}
-	if www := send(t, "GET", g.url+"/plain/x").header.Get("WWW-Authenticate"); www != `Bearer realm="apikey"` {
+	if www := gatewaytest.Send(t, "GET", g.url+"/plain/x").Header.Get("WWW-Authenticate"); www != `Bearer realm="apikey"` {
 		t.Errorf("plain realm: %q", www)
 	}
 }
@@ -263,8 +260,8 @@ func TestAdmittedRequestCarriesUpstreamCredentialNotKey(t *testing.T) {
 	k := g.keys
 
 	t.Run("ollama preset replaces the bearer", func(t *testing.T) {
-		send(t, "GET", g.url+"/ollama/api/tags", bearer(k.reader)...)
-		got := g.up.last(t)
+		gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", k.reader.Bearer()...)
+		got := g.up.Last(t)
 		if got.Path != "/api/tags" {
 			t.Errorf("path %q", got.Path)
 		}
@@ -283,8 +280,8 @@ func TestAdmittedRequestCarriesUpstreamCredentialNotKey(t *testing.T) {
 	})
 
 	t.Run("client-sent credential header is replaced", func(t *testing.T) {
-		send(t, "GET", g.url+"/n8n/api/v1/workflows", "X-API-Key", k.writer.secret, "X-N8N-API-KEY", "client-forged")
-		got := g.up.last(t)
+		gatewaytest.Send(t, "GET", g.url+"/n8n/api/v1/workflows", "X-API-Key", k.writer.Secret, "X-N8N-API-KEY", "client-forged")
+		got := g.up.Last(t)
 		if v := got.Header.Values("X-N8N-API-KEY"); len(v) != 1 || v[0] != "n8n-upstream-key-0002" {
 			t.Errorf("X-N8N-API-KEY = %q", v)
 		}
@@ -293,20 +290,20 @@ func TestAdmittedRequestCarriesUpstreamCredentialNotKey(t *testing.T) {
 
 	t.Run("key sent twice never reaches the upstream", func(t *testing.T) {
 		for _, hs := range [][]string{
-			{"X-API-Key", k.writer.secret, "Authorization", k.writer.secret},
-			{"X-API-Key", k.writer.secret, "Authorization", "Token " + k.writer.secret},
-			{"Authorization", "Bearer " + k.writer.secret, "X-API-Key", "junk", "X-API-Key", k.writer.secret},
+			{"X-API-Key", k.writer.Secret, "Authorization", k.writer.Secret},
+			{"X-API-Key", k.writer.Secret, "Authorization", "Token " + k.writer.Secret},
+			{"Authorization", "Bearer " + k.writer.Secret, "X-API-Key", "junk", "X-API-Key", k.writer.Secret},
 		} {
-			if r := send(t, "GET", g.url+"/n8n/api/v1/workflows", hs...); r.status != 200 {
-				t.Fatalf("status %d", r.status)
+			if r := gatewaytest.Send(t, "GET", g.url+"/n8n/api/v1/workflows", hs...); r.Status != 200 {
+				t.Fatalf("status %d", r.Status)
 			}
-			assertNoKey(t, g.up.last(t), k.writer)
+			assertNoKey(t, g.up.Last(t), k.writer)
 		}
 	})
 
 	t.Run("key in both default headers is removed from both", func(t *testing.T) {
-		send(t, "GET", g.url+"/plain/x", "X-Gateway-Key", k.admin.secret, "Authorization", "Token "+k.admin.secret)
-		got := g.up.last(t)
+		gatewaytest.Send(t, "GET", g.url+"/plain/x", "X-Gateway-Key", k.admin.Secret, "Authorization", "Token "+k.admin.Secret)
+		got := g.up.Last(t)
 		assertNoKey(t, got, k.admin)
 		if v := got.Header.Get("X-Upstream-Token"); v != "tok-k_admin" {
 			t.Errorf("X-Upstream-Token = %q", v)
@@ -314,8 +311,8 @@ func TestAdmittedRequestCarriesUpstreamCredentialNotKey(t *testing.T) {
 	})
 
 	t.Run("other client headers pass", func(t *testing.T) {
-		send(t, "GET", g.url+"/ollama/api/tags", "X-API-Key", k.reader.secret, "Authorization", "Basic dXNlcjpwYXNz", "X-Trace", "abc")
-		got := g.up.last(t)
+		gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", "X-API-Key", k.reader.Secret, "Authorization", "Basic dXNlcjpwYXNz", "X-Trace", "abc")
+		got := g.up.Last(t)
 		if got.Header.Get("X-Trace") != "abc" {
 			t.Error("an unrelated header was lost")
 		}
@@ -326,12 +323,12 @@ func TestAdmittedRequestCarriesUpstreamCredentialNotKey(t *testing.T) {
 	})
 }
 
-func assertNoKey(t *testing.T, got seenRequest, k testKey) {
+func assertNoKey(t *testing.T, got gatewaytest.Seen, k gatewaytest.Key) {
 	t.Helper()
 	for name, vals := range got.Header {
 		for _, v := range vals {
-			if strings.Contains(v, k.secret) {
-				t.Errorf("the upstream received key %s in %s", k.record.ID, name)
+			if strings.Contains(v, k.Secret) {
+				t.Errorf("the upstream received key %s in %s", k.Record.ID, name)
 			}
 		}
 	}
@@ -343,41 +340,41 @@ func TestRotationGrace(t *testing.T) {
 	g := startGateway(t)
 	k := g.keys
 
-	r := send(t, "GET", g.url+"/ollama/api/tags", bearer(k.rotatedNew)...)
-	if r.status != 200 || r.header.Get("Deprecation") != "" || r.header.Get("Sunset") != "" {
-		t.Fatalf("new secret: status %d, Deprecation %q, Sunset %q", r.status, r.header.Get("Deprecation"), r.header.Get("Sunset"))
+	r := gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", k.rotatedNew.Bearer()...)
+	if r.Status != 200 || r.Header.Get("Deprecation") != "" || r.Header.Get("Sunset") != "" {
+		t.Fatalf("new secret: status %d, Deprecation %q, Sunset %q", r.Status, r.Header.Get("Deprecation"), r.Header.Get("Sunset"))
 	}
 
-	r = send(t, "GET", g.url+"/ollama/api/tags", bearer(k.rotatedGrace)...)
-	if r.status != 200 {
-		t.Fatalf("old secret in grace: status %d %s", r.status, r.body)
+	r = gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", k.rotatedGrace.Bearer()...)
+	if r.Status != 200 {
+		t.Fatalf("old secret in grace: status %d %s", r.Status, r.Body)
 	}
-	if r.header.Get("Deprecation") != "true" {
-		t.Errorf("Deprecation = %q", r.header.Get("Deprecation"))
+	if r.Header.Get("Deprecation") != "true" {
+		t.Errorf("Deprecation = %q", r.Header.Get("Deprecation"))
 	}
-	sunset, err := http.ParseTime(r.header.Get("Sunset"))
-	want, _ := time.Parse(time.RFC3339, k.rotatedNew.record.PreviousHashes[0].ValidUntil)
+	sunset, err := http.ParseTime(r.Header.Get("Sunset"))
+	want, _ := time.Parse(time.RFC3339, k.rotatedNew.Record.PreviousHashes[0].ValidUntil)
 	if err != nil || !sunset.Equal(want) {
-		t.Errorf("Sunset = %q, want %s", r.header.Get("Sunset"), want.Format(http.TimeFormat))
+		t.Errorf("Sunset = %q, want %s", r.Header.Get("Sunset"), want.Format(http.TimeFormat))
 	}
-	if id := g.up.last(t).Header.Get("X-Seen-Id"); id != "k_rotated" {
+	if id := g.up.Last(t).Header.Get("X-Seen-Id"); id != "k_rotated" {
 		t.Errorf("old secret admitted as %q, want the same key id", id)
 	}
 
 	// A refusal to an old secret says so too.
-	r = send(t, "POST", g.url+"/ollama/api/chat", bearer(k.rotatedGrace)...)
-	if r.status != 403 || r.header.Get("Deprecation") != "true" || r.header.Get("Sunset") == "" {
-		t.Errorf("403 to an old secret: %d, Deprecation %q, Sunset %q", r.status, r.header.Get("Deprecation"), r.header.Get("Sunset"))
+	r = gatewaytest.Send(t, "POST", g.url+"/ollama/api/chat", k.rotatedGrace.Bearer()...)
+	if r.Status != 403 || r.Header.Get("Deprecation") != "true" || r.Header.Get("Sunset") == "" {
+		t.Errorf("403 to an old secret: %d, Deprecation %q, Sunset %q", r.Status, r.Header.Get("Deprecation"), r.Header.Get("Sunset"))
 	}
 
 	// Past its grace, an old secret is refused like any unusable key:
 	// a 401 tells no sunset (the secret is already dead).
-	r = send(t, "GET", g.url+"/ollama/api/tags", bearer(k.rotatedEnded)...)
-	if r.status != 401 || r.err.Code != "expired_key" {
-		t.Errorf("old secret past valid_until: %d %q", r.status, r.err.Code)
+	r = gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", k.rotatedEnded.Bearer()...)
+	if r.Status != 401 || r.Err.Code != "expired_key" {
+		t.Errorf("old secret past valid_until: %d %q", r.Status, r.Err.Code)
 	}
-	if r.header.Get("Deprecation") != "" || r.header.Get("Sunset") != "" {
-		t.Errorf("401 to an old secret past its grace: Deprecation %q, Sunset %q", r.header.Get("Deprecation"), r.header.Get("Sunset"))
+	if r.Header.Get("Deprecation") != "" || r.Header.Get("Sunset") != "" {
+		t.Errorf("401 to an old secret past its grace: Deprecation %q, Sunset %q", r.Header.Get("Deprecation"), r.Header.Get("Sunset"))
 	}
 }
 
@@ -393,17 +390,17 @@ func TestIPRules(t *testing.T) {
 		"2001:db8::2":   403,
 		"198.51.100.1":  403,
 	} {
-		r := send(t, "GET", g.url+"/ollama/api/tags", "Authorization", "Bearer "+g.keys.ipBound.secret, "X-Forwarded-For", ip)
-		if r.status != want {
-			t.Errorf("from %s: status %d, want %d", ip, r.status, want)
+		r := gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", "Authorization", "Bearer "+g.keys.ipBound.Secret, "X-Forwarded-For", ip)
+		if r.Status != want {
+			t.Errorf("from %s: status %d, want %d", ip, r.Status, want)
 		}
-		if want == 403 && r.err.Reason != "ip" {
-			t.Errorf("from %s: reason %q", ip, r.err.Reason)
+		if want == 403 && r.Err.Reason != "ip" {
+			t.Errorf("from %s: reason %q", ip, r.Err.Reason)
 		}
 	}
 	// Straight from loopback, without the header: not in the allowed ranges.
-	if r := send(t, "GET", g.url+"/ollama/api/tags", bearer(g.keys.ipBound)...); r.status != 403 {
-		t.Errorf("from loopback: %d", r.status)
+	if r := gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", g.keys.ipBound.Bearer()...); r.Status != 403 {
+		t.Errorf("from loopback: %d", r.Status)
 	}
 }
 
@@ -416,36 +413,36 @@ func TestIPRules(t *testing.T) {
 func TestLogsNeverHoldKeys(t *testing.T) {
 	g := startGateway(t)
 	k := g.keys
-	sent := []testKey{k.reader, k.revoked, k.custom, k.ipBound}
-	send(t, "GET", g.url+"/ollama/api/tags", "X-API-Key", k.reader.secret)
-	send(t, "GET", g.url+"/ollama/api/tags", bearer(k.revoked)...)
-	send(t, "POST", g.url+"/ollama/api/pull", "X-API-Key", k.custom.secret)
-	send(t, "GET", g.url+"/ollama/api/tags", bearer(k.ipBound)...)
-	unknown := newKey(t, keystore.Dev, keystore.Record{})
-	send(t, "GET", g.url+"/ollama/api/tags", "X-API-Key", unknown.secret)
-	send(t, "GET", g.url+"/plain/x", "X-Gateway-Key", k.admin.secret)
-	send(t, "GET", g.url+"/plain/x", "Authorization", "Token "+k.noServices.secret)
-	send(t, "GET", g.url+"/n8n/api/v1/workflows", bearer(k.writer)...)
+	sent := []gatewaytest.Key{k.reader, k.revoked, k.custom, k.ipBound}
+	gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", "X-API-Key", k.reader.Secret)
+	gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", k.revoked.Bearer()...)
+	gatewaytest.Send(t, "POST", g.url+"/ollama/api/pull", "X-API-Key", k.custom.Secret)
+	gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", k.ipBound.Bearer()...)
+	unknown := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
+	gatewaytest.Send(t, "GET", g.url+"/ollama/api/tags", "X-API-Key", unknown.Secret)
+	gatewaytest.Send(t, "GET", g.url+"/plain/x", "X-Gateway-Key", k.admin.Secret)
+	gatewaytest.Send(t, "GET", g.url+"/plain/x", "Authorization", "Token "+k.noServices.Secret)
+	gatewaytest.Send(t, "GET", g.url+"/n8n/api/v1/workflows", k.writer.Bearer()...)
 	sent = append(sent, unknown, k.admin, k.noServices, k.writer)
 
-	readWhenContains(t, g.logPath, `"decision":"forbidden"`)
-	access := readWhenContains(t, g.accessLog, `"user_id":"k_reader"`)
+	gatewaytest.WaitForLog(t, g.logPath, `"decision":"forbidden"`)
+	access := gatewaytest.WaitForLog(t, g.accessLog, `"user_id":"k_reader"`)
 	// The upstream credentials too: reverse_proxy logs the headers it sends
 	// at DEBUG, and only the README's filter keeps X-N8N-API-KEY out.
-	logs := readWhenContains(t, g.logPath, "upstream roundtrip")
+	logs := gatewaytest.WaitForLog(t, g.logPath, "upstream roundtrip")
 	for _, secret := range []string{ollamaToken, "n8n-upstream-key-0002"} {
 		if strings.Contains(logs, secret) || strings.Contains(access, secret) {
 			t.Errorf("a log holds an upstream credential (%d bytes)", len(secret))
 		}
 	}
 	for _, s := range sent {
-		digest := strings.TrimPrefix(s.record.Hash, "sha256:")
+		digest := strings.TrimPrefix(s.Record.Hash, "sha256:")
 		for name, text := range map[string]string{"caddy log": logs, "access log": access} {
-			if strings.Contains(text, s.secret) || strings.Contains(text, s.secret[len(s.secret)-12:]) {
-				t.Errorf("%s holds key %s", name, s.record.ID)
+			if strings.Contains(text, s.Secret) || strings.Contains(text, s.Secret[len(s.Secret)-12:]) {
+				t.Errorf("%s holds key %s", name, s.Record.ID)
 			}
 			if strings.Contains(text, digest) || strings.Contains(text, digest[:16]) {
-				t.Errorf("%s holds the hash of key %s", name, s.record.ID)
+				t.Errorf("%s holds the hash of key %s", name, s.Record.ID)
 			}
 		}
 	}
@@ -462,45 +459,13 @@ func TestLogsNeverHoldKeys(t *testing.T) {
 	}
 }
 
-// readWhenCount waits until a log holds want at least n times.
-func readWhenCount(t *testing.T, path, want string, n int) string {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		data, _ := os.ReadFile(path)
-		if strings.Count(string(data), want) >= n {
-			return string(data)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never held %q %d times:\n%s", filepath.Base(path), want, n, data)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// readWhenContains waits for Caddy's buffered log writer to flush a line.
-func readWhenContains(t *testing.T, path, want string) string {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		data, _ := os.ReadFile(path)
-		if strings.Contains(string(data), want) || time.Now().After(deadline) {
-			if !strings.Contains(string(data), want) {
-				t.Fatalf("%s never contained %s", filepath.Base(path), want)
-			}
-			return string(data)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestBadKeyFileFailsConfigLoad: a broken key file stops the config from
 // loading, with an error naming the file, the record and the field.
 func TestBadKeyFileFailsConfigLoad(t *testing.T) {
-	good := newKey(t, keystore.Dev, keystore.Record{ID: "k_good", Role: "reader"})
-	bad := newKey(t, keystore.Dev, keystore.Record{ID: "k_bad", Role: "reader", AllowedIPs: []string{"300.1.2.3"}})
-	path := writeKeyFile(t, good.record, bad.record)
-	err := loadCaddy(fmt.Sprintf(`{
+	good := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_good", Role: "reader"})
+	bad := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_bad", Role: "reader", AllowedIPs: []string{"300.1.2.3"}})
+	path := gatewaytest.WriteKeyFile(t, good.Record, bad.Record)
+	err := gatewaytest.Load(fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -509,7 +474,7 @@ http://127.0.0.1:%d {
 		keys file %s
 	}
 	respond "ok"
-}`, freePort(t), path))
+}`, gatewaytest.Port(t), path))
 	if err == nil {
 		t.Fatal("config with a bad key file loaded")
 	}
@@ -518,13 +483,13 @@ http://127.0.0.1:%d {
 			t.Errorf("error %q lacks %q", err, want)
 		}
 	}
-	if strings.Contains(err.Error(), strings.TrimPrefix(bad.record.Hash, "sha256:")) {
+	if strings.Contains(err.Error(), strings.TrimPrefix(bad.Record.Hash, "sha256:")) {
 		t.Error("the error holds a hash")
 	}
 
 	// An upstream credential whose placeholder is unset fails the load too.
 	os.Unsetenv("APIKEY_TEST_UNSET_TOKEN")
-	err = loadCaddy(fmt.Sprintf(`{
+	err = gatewaytest.Load(fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -535,7 +500,7 @@ http://127.0.0.1:%d {
 		upstream_auth {env.APIKEY_TEST_UNSET_TOKEN}
 	}
 	respond "ok"
-}`, freePort(t), writeKeyFile(t, good.record)))
+}`, gatewaytest.Port(t), gatewaytest.WriteKeyFile(t, good.Record)))
 	if err == nil || !strings.Contains(err.Error(), "APIKEY_TEST_UNSET_TOKEN") {
 		t.Errorf("unset credential: %v", err)
 	}
@@ -544,9 +509,9 @@ http://127.0.0.1:%d {
 // TestRunsBeforeRespondWithoutOrder: with no "order" line, apikey guards a
 // site whose only other handler is respond.
 func TestRunsBeforeRespondWithoutOrder(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_any", Role: "reader"})
-	port := freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_any", Role: "reader"})
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -555,20 +520,20 @@ http://127.0.0.1:%d {
 	apikey {
 		keys file %s
 	}
-}`, port, writeKeyFile(t, key.record)))
+}`, port, gatewaytest.WriteKeyFile(t, key.Record)))
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-	if r := send(t, "GET", url); r.status != 401 || strings.Contains(r.body, "secret content") {
-		t.Fatalf("without a key: %d %q", r.status, r.body)
+	if r := gatewaytest.Send(t, "GET", url); r.Status != 401 || strings.Contains(r.Body, "secret content") {
+		t.Fatalf("without a key: %d %q", r.Status, r.Body)
 	}
-	if r := send(t, "GET", url, bearer(key)...); r.status != 200 || r.body != "secret content" {
-		t.Fatalf("with a key: %d %q", r.status, r.body)
+	if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 200 || r.Body != "secret content" {
+		t.Fatalf("with a key: %d %q", r.Status, r.Body)
 	}
 }
 
 // TestValidate: settings that provision but make no sense fail the load.
 func TestValidate(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_v", Role: "reader"})
-	keyFile := writeKeyFile(t, key.record)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_v", Role: "reader"})
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	for name, c := range map[string]struct{ extra, want string }{
 		"key_from twice":    {`"key_from": [{"header": "X-Api-Key"}, {"header": "x-api-key"}]`, "key_from[1]: header X-Api-Key is listed twice"},
 		"allow_types twice": {`"allow_types": ["dev", "dev"]`, "allow_types: dev is listed twice"},
@@ -578,8 +543,8 @@ func TestValidate(t *testing.T) {
 			cfg := fmt.Sprintf(`{"admin": {"disabled": true}, "apps": {"http": {"servers": {"s": {
 				"listen": ["127.0.0.1:%d"],
 				"routes": [{"handle": [{"handler": "apikey", "keys": {"source": "file", "path": %q}, %s}]}]}}}}}`,
-				freePort(t), keyFile, c.extra)
-			err := caddy.Load([]byte(cfg), true)
+				gatewaytest.Port(t), keyFile, c.extra)
+			err := gatewaytest.LoadJSON([]byte(cfg))
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("load: %v, want %q", err, c.want)
 			}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -26,7 +26,7 @@ import (
 type opsGateway struct {
 	base, admin                      string
 	keyFile, auditLog, usage, config string
-	keys                             map[string]testKey
+	keys                             map[string]gatewaytest.Key
 }
 
 func opsSite(port, adminPort int, keyFile, auditLog, usageFile, counters, extra string) string {
@@ -71,43 +71,29 @@ func startOpsGateway(t *testing.T) *opsGateway {
 	dir := t.TempDir()
 	now := time.Now().UTC()
 	g := &opsGateway{keyFile: filepath.Join(dir, "keys.json"), auditLog: filepath.Join(dir, "audit.log"),
-		usage: filepath.Join(dir, "usage.json"), keys: map[string]testKey{}}
+		usage: filepath.Join(dir, "usage.json"), keys: map[string]gatewaytest.Key{}}
 	add := func(name string, typ keystore.Type, rec keystore.Record) {
-		g.keys[name] = newKey(t, typ, rec)
+		g.keys[name] = gatewaytest.NewKey(t, typ, rec)
 	}
 	add("reader", keystore.Dev, keystore.Record{ID: "k_ops_reader", Name: "Ops reader", Type: "dev", Role: "reader", Services: []string{"ollama"}, QuotaPerDay: int64p(100)})
 	add("writer", keystore.Prod, keystore.Record{ID: "k_ops_writer", Type: "prod", Role: "writer", Services: []string{"*"}})
 	add("revoked", keystore.Dev, keystore.Record{ID: "k_ops_revoked", Role: "reader", Revoked: true})
 	add("expired", keystore.Dev, keystore.Record{ID: "k_ops_expired", Role: "reader", ExpiresAt: now.Add(-time.Hour).Format(time.RFC3339)})
-	old := newKey(t, keystore.Dev, keystore.Record{})
+	old := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
 	add("rotated", keystore.Dev, keystore.Record{ID: "k_ops_rotated", Role: "reader", Services: []string{"*"},
-		PreviousHashes: []keystore.PreviousHash{{Hash: old.record.Hash, ValidUntil: now.Add(time.Hour).Format(time.RFC3339)}}})
+		PreviousHashes: []keystore.PreviousHash{{Hash: old.Record.Hash, ValidUntil: now.Add(time.Hour).Format(time.RFC3339)}}})
 	g.keys["old"] = old
 	var records []keystore.Record
 	for _, name := range []string{"reader", "writer", "revoked", "expired", "rotated"} {
-		records = append(records, g.keys[name].record)
+		records = append(records, g.keys[name].Record)
 	}
 	writeKeyFileAtomic(t, g.keyFile, records...)
-	port, adminPort := freePort(t), freePort(t)
+	port, adminPort := gatewaytest.Port(t), gatewaytest.Port(t)
 	g.base = fmt.Sprintf("http://127.0.0.1:%d", port)
 	g.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	g.config = opsSite(port, adminPort, g.keyFile, g.auditLog, g.usage, filepath.Join(dir, "counters.json"), "")
-	startCaddy(t, g.config)
+	gatewaytest.Start(t, g.config)
 	return g
-}
-
-// adminCall makes a request to Caddy's admin endpoint.
-func adminCall(t *testing.T, method, url string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest(method, url, nil)
-	req.Header.Set("Origin", url) // Caddy's admin checks the origin of requests
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
 }
 
 // TestAdminKeysAndUsage: GET /apikey/keys and /apikey/usage after traffic.
@@ -115,20 +101,20 @@ func TestAdminKeysAndUsage(t *testing.T) {
 	g := startOpsGateway(t)
 	r, w := g.keys["reader"], g.keys["writer"]
 	for i := 0; i < 3; i++ {
-		send(t, "GET", g.base+"/ollama/api/tags", bearer(r)...)
+		gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", r.Bearer()...)
 	}
-	send(t, "POST", g.base+"/ollama/api/chat", bearer(r)...) // 403: not counted
-	send(t, "POST", g.base+"/n8n/api/v1/workflows/123", bearer(w)...)
-	send(t, "POST", g.base+"/n8n/api/v1/workflows/456", bearer(w)...)
-	send(t, "GET", g.base+"/ollama/users/42/orders", bearer(w)...)
+	gatewaytest.Send(t, "POST", g.base+"/ollama/api/chat", r.Bearer()...) // 403: not counted
+	gatewaytest.Send(t, "POST", g.base+"/n8n/api/v1/workflows/123", w.Bearer()...)
+	gatewaytest.Send(t, "POST", g.base+"/n8n/api/v1/workflows/456", w.Bearer()...)
+	gatewaytest.Send(t, "GET", g.base+"/ollama/users/42/orders", w.Bearer()...)
 
-	code, body := adminCall(t, "GET", g.admin+"/apikey/keys")
+	code, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/keys")
 	if code != 200 {
 		t.Fatalf("GET /apikey/keys: %d %s", code, body)
 	}
 	for _, k := range g.keys {
-		if h := strings.TrimPrefix(k.record.Hash, "sha256:"); h != "" && strings.Contains(body, h[:16]) {
-			t.Fatalf("/apikey/keys shows the hash of %s", k.record.ID)
+		if h := strings.TrimPrefix(k.Record.Hash, "sha256:"); h != "" && strings.Contains(body, h[:16]) {
+			t.Fatalf("/apikey/keys shows the hash of %s", k.Record.ID)
 		}
 	}
 	var keys struct {
@@ -165,7 +151,7 @@ func TestAdminKeysAndUsage(t *testing.T) {
 		Time     time.Time `json:"time"`
 	}
 	usage := func(query string) []row {
-		code, body := adminCall(t, "GET", g.admin+"/apikey/usage"+query)
+		code, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/usage"+query)
 		if code != 200 {
 			t.Fatalf("usage%s: %d %s", query, code, body)
 		}
@@ -205,15 +191,15 @@ func TestAdminKeysAndUsage(t *testing.T) {
 		"?from=2026-11-27&to=2026-11-26": "from must be before to",
 		"?keys=k_x":                      "unknown parameter",
 	} {
-		code, body := adminCall(t, "GET", g.admin+"/apikey/usage"+query)
+		code, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/usage"+query)
 		if code != 400 || !strings.Contains(body, want) {
 			t.Errorf("usage%s: %d %s, want 400 naming %q", query, code, body, want)
 		}
 	}
-	if code, _ := adminCall(t, "POST", g.admin+"/apikey/keys"); code != 405 {
+	if code, _ := gatewaytest.Admin(t, "POST", g.admin, "/apikey/keys"); code != 405 {
 		t.Errorf("POST /apikey/keys: %d, want 405", code)
 	}
-	if code, _ := adminCall(t, "GET", g.admin+"/apikey/nothing"); code != 404 {
+	if code, _ := gatewaytest.Admin(t, "GET", g.admin, "/apikey/nothing"); code != 404 {
 		t.Errorf("GET /apikey/nothing: %d, want 404", code)
 	}
 }
@@ -224,55 +210,55 @@ func TestAdminRevokeAndQuotaReset(t *testing.T) {
 	g := startOpsGateway(t)
 	r := g.keys["reader"]
 	for i := 0; i < 5; i++ {
-		send(t, "GET", g.base+"/ollama/x", bearer(r)...)
+		gatewaytest.Send(t, "GET", g.base+"/ollama/x", r.Bearer()...)
 	}
-	if code, body := adminCall(t, "DELETE", g.admin+"/apikey/quota/k_ops_reader"); code != 200 {
+	if code, body := gatewaytest.Admin(t, "DELETE", g.admin, "/apikey/quota/k_ops_reader"); code != 200 {
 		t.Fatalf("quota reset: %d %s", code, body)
 	}
-	if res := send(t, "GET", g.base+"/ollama/x", bearer(r)...); res.header.Get("X-RateLimit-Remaining") != "99" {
-		t.Errorf("after the reset: remaining %q, want 99", res.header.Get("X-RateLimit-Remaining"))
+	if res := gatewaytest.Send(t, "GET", g.base+"/ollama/x", r.Bearer()...); res.Header.Get("X-RateLimit-Remaining") != "99" {
+		t.Errorf("after the reset: remaining %q, want 99", res.Header.Get("X-RateLimit-Remaining"))
 	}
 
-	if code, body := adminCall(t, "POST", g.admin+"/apikey/keys/k_ops_reader/revoke"); code != 200 {
+	if code, body := gatewaytest.Admin(t, "POST", g.admin, "/apikey/keys/k_ops_reader/revoke"); code != 200 {
 		t.Fatalf("revoke: %d %s", code, body)
 	}
-	if res := send(t, "GET", g.base+"/ollama/x", bearer(r)...); res.status != 401 || res.err.Code != "revoked_key" {
-		t.Errorf("right after the revocation: %d %q", res.status, res.err.Code)
+	if res := gatewaytest.Send(t, "GET", g.base+"/ollama/x", r.Bearer()...); res.Status != 401 || res.Err.Code != "revoked_key" {
+		t.Errorf("right after the revocation: %d %q", res.Status, res.Err.Code)
 	}
 	data, _ := os.ReadFile(g.keyFile)
 	if !strings.Contains(string(data), `"id":"k_ops_reader"`) || !strings.Contains(string(data), `"revoked":true`) {
 		t.Errorf("the key file does not hold the revocation:\n%s", data)
 	}
-	if code, _ := adminCall(t, "POST", g.admin+"/apikey/keys/k_nobody/revoke"); code != 404 {
+	if code, _ := gatewaytest.Admin(t, "POST", g.admin, "/apikey/keys/k_nobody/revoke"); code != 404 {
 		t.Errorf("revoking an unknown id: %d, want 404", code)
 	}
-	if code, _ := adminCall(t, "DELETE", g.admin+"/apikey/quota/k_nobody"); code != 404 {
+	if code, _ := gatewaytest.Admin(t, "DELETE", g.admin, "/apikey/quota/k_nobody"); code != 404 {
 		t.Errorf("resetting an unknown id: %d, want 404", code)
 	}
 	// A key pasted where an id belongs is refused and never audited.
 	for _, req := range [][2]string{
-		{"DELETE", "/apikey/quota/" + r.secret},
-		{"POST", "/apikey/cache/purge?id=" + r.secret},
-		{"POST", "/apikey/keys/" + r.secret + "/revoke"},
-		{"GET", "/apikey/usage?key=" + r.secret},
+		{"DELETE", "/apikey/quota/" + r.Secret},
+		{"POST", "/apikey/cache/purge?id=" + r.Secret},
+		{"POST", "/apikey/keys/" + r.Secret + "/revoke"},
+		{"GET", "/apikey/usage?key=" + r.Secret},
 	} {
-		if code, body := adminCall(t, req[0], g.admin+req[1]); code != 400 || strings.Contains(body, r.secret) {
+		if code, body := gatewaytest.Admin(t, req[0], g.admin, req[1]); code != 400 || strings.Contains(body, r.Secret) {
 			t.Errorf("%s with a key: %d %s", req[0], code, body)
 		}
 	}
-	if code, _ := adminCall(t, "GET", g.admin+"/apikey/keys/k_ops_writer/revoke"); code != 405 {
+	if code, _ := gatewaytest.Admin(t, "GET", g.admin, "/apikey/keys/k_ops_writer/revoke"); code != 405 {
 		t.Errorf("GET on revoke: %d, want 405", code)
 	}
 
-	readWhenContains(t, g.auditLog, `"event":"key.revoked"`)
+	gatewaytest.WaitForLog(t, g.auditLog, `"event":"key.revoked"`)
 	// Refusals are written in the background: wait for them too.
-	logs := readWhenContains(t, g.auditLog, `"event":"request.denied"`)
+	logs := gatewaytest.WaitForLog(t, g.auditLog, `"event":"request.denied"`)
 	for _, want := range []string{`"actor":"admin_api"`, `"event":"quota.reset"`, `"event":"request.denied"`, `"decision":"revoked_key"`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("audit log lacks %s", want)
 		}
 	}
-	if strings.Contains(logs, r.secret) || strings.Contains(logs, strings.TrimPrefix(r.record.Hash, "sha256:")[:16]) {
+	if strings.Contains(logs, r.Secret) || strings.Contains(logs, strings.TrimPrefix(r.Record.Hash, "sha256:")[:16]) {
 		t.Error("the audit log holds a key or its hash")
 	}
 	// The chain of a log written by Caddy checks out with the CLI.
@@ -285,33 +271,33 @@ func TestAdminRevokeAndQuotaReset(t *testing.T) {
 // purge makes the next request ask the service again, and the cache's
 // results are counted.
 func TestAdminOnKeyService(t *testing.T) {
-	k := newKey(t, keystore.Dev, keystore.Record{ID: "k_remote_admin", Role: "reader"})
-	g := startRemoteGateway(t, "ttl 1h\n\t\t\tstale 2h", k.record)
-	_, before := adminCall(t, "GET", g.admin+"/metrics")
+	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_remote_admin", Role: "reader"})
+	g := startRemoteGateway(t, "ttl 1h\n\t\t\tstale 2h", k.Record)
+	_, before := gatewaytest.Admin(t, "GET", g.admin, "/metrics")
 	hits0, _ := metricValue(t, before, "caddy_apikey_cache_requests_total", map[string]string{"result": "hit"})
-	send(t, "GET", g.url, bearer(k)...)
-	send(t, "GET", g.url, bearer(k)...)
+	gatewaytest.Send(t, "GET", g.url, k.Bearer()...)
+	gatewaytest.Send(t, "GET", g.url, k.Bearer()...)
 	if n := g.svc.calls.Load(); n != 1 {
 		t.Fatalf("%d calls before the purge", n)
 	}
-	if code, body := adminCall(t, "POST", g.admin+"/apikey/cache/purge?id=k_remote_admin"); code != 200 || !strings.Contains(body, `"caches": 1`) {
+	if code, body := gatewaytest.Admin(t, "POST", g.admin, "/apikey/cache/purge?id=k_remote_admin"); code != 200 || !strings.Contains(body, `"caches": 1`) {
 		t.Fatalf("purge one: %d %s", code, body)
 	}
-	send(t, "GET", g.url, bearer(k)...)
+	gatewaytest.Send(t, "GET", g.url, k.Bearer()...)
 	if n := g.svc.calls.Load(); n != 2 {
 		t.Errorf("%d calls after purging the id, want 2", n)
 	}
-	if code, _ := adminCall(t, "POST", g.admin+"/apikey/cache/purge"); code != 200 {
+	if code, _ := gatewaytest.Admin(t, "POST", g.admin, "/apikey/cache/purge"); code != 200 {
 		t.Fatalf("purge all: %d", code)
 	}
-	send(t, "GET", g.url, bearer(k)...)
+	gatewaytest.Send(t, "GET", g.url, k.Bearer()...)
 	if n := g.svc.calls.Load(); n != 3 {
 		t.Errorf("%d calls after purging everything, want 3", n)
 	}
-	if code, body := adminCall(t, "POST", g.admin+"/apikey/keys/k_remote_admin/revoke"); code != 501 || !strings.Contains(body, "read-only") {
+	if code, body := gatewaytest.Admin(t, "POST", g.admin, "/apikey/keys/k_remote_admin/revoke"); code != 501 || !strings.Contains(body, "read-only") {
 		t.Errorf("revoking a key service's key: %d %s, want 501", code, body)
 	}
-	_, after := adminCall(t, "GET", g.admin+"/metrics")
+	_, after := gatewaytest.Admin(t, "GET", g.admin, "/metrics")
 	if hits, _ := metricValue(t, after, "caddy_apikey_cache_requests_total", map[string]string{"result": "hit"}); hits != hits0+1 {
 		t.Errorf("cache hits %v, want %v", hits, hits0+1)
 	}
@@ -347,7 +333,7 @@ func metricValue(t *testing.T, exposition, name string, labels map[string]string
 func TestMetricsSurviveReload(t *testing.T) {
 	g := startOpsGateway(t)
 	scrape := func() string {
-		code, body := adminCall(t, "GET", g.admin+"/metrics")
+		code, body := gatewaytest.Admin(t, "GET", g.admin, "/metrics")
 		if code != 200 {
 			t.Fatalf("/metrics: %d", code)
 		}
@@ -357,10 +343,10 @@ func TestMetricsSurviveReload(t *testing.T) {
 	allowed := map[string]string{"service": "ollama", "decision": "allowed", "key_type": "dev"}
 	base, _ := metricValue(t, before, "caddy_apikey_requests_total", allowed)
 	for i := 0; i < 4; i++ {
-		send(t, "GET", g.base+"/ollama/x", bearer(g.keys["reader"])...)
+		gatewaytest.Send(t, "GET", g.base+"/ollama/x", g.keys["reader"].Bearer()...)
 	}
-	send(t, "GET", g.base+"/ollama/x", bearer(g.keys["revoked"])...)
-	send(t, "GET", g.base+"/n8n/x")
+	gatewaytest.Send(t, "GET", g.base+"/ollama/x", g.keys["revoked"].Bearer()...)
+	gatewaytest.Send(t, "GET", g.base+"/n8n/x")
 
 	after := scrape()
 	if v, _ := metricValue(t, after, "caddy_apikey_requests_total", allowed); v != base+4 {
@@ -378,15 +364,19 @@ func TestMetricsSurviveReload(t *testing.T) {
 	if v, ok := metricValue(t, after, "caddy_apikey_check_duration_seconds_count", nil); !ok || v < 6 {
 		t.Errorf("check duration count: %v %v", v, ok)
 	}
-	if strings.Contains(after, g.keys["reader"].secret) {
+	if strings.Contains(after, g.keys["reader"].Secret) {
 		t.Fatal("a key in the metrics")
 	}
 
 	// Reload a changed config through the admin API: counts go on.
 	changed := strings.Replace(g.config, `respond "ok"`, `respond "ok, reloaded"`, 1)
-	req, _ := http.NewRequest("POST", g.admin+"/load", strings.NewReader(changed))
-	req.Header.Set("Content-Type", "text/caddyfile")
-	resp, err := client.Do(req)
+	cfg, err := gatewaytest.Config(changed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", g.admin+"/load", bytes.NewReader(cfg))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := gatewaytest.Client.Do(req)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("reload: %v %v", err, resp)
 	}
@@ -395,9 +385,9 @@ func TestMetricsSurviveReload(t *testing.T) {
 	// connection may still look open to this client for a moment, and a
 	// request sent on it meets EOF. Real clients retry that; the test starts
 	// on a fresh connection instead.
-	client.CloseIdleConnections()
-	if r := send(t, "GET", g.base+"/ollama/x", bearer(g.keys["reader"])...); r.body != "ok, reloaded" {
-		t.Fatalf("the new config is not in force: %q", r.body)
+	gatewaytest.Client.CloseIdleConnections()
+	if r := gatewaytest.Send(t, "GET", g.base+"/ollama/x", g.keys["reader"].Bearer()...); r.Body != "ok, reloaded" {
+		t.Fatalf("the new config is not in force: %q", r.Body)
 	}
 	if v, _ := metricValue(t, scrape(), "caddy_apikey_requests_total", allowed); v != base+5 {
 		t.Errorf("after the reload: %v, want %v", v, base+5)
@@ -447,12 +437,12 @@ func TestEvents(t *testing.T) {
 	// Ids of their own on every run: warnings are once per key per window,
 	// for the whole process.
 	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_events_" + suffix, Role: "reader", QuotaPerDay: int64p(10)})
-	old := newKey(t, keystore.Dev, keystore.Record{})
-	rotated := newKey(t, keystore.Dev, keystore.Record{ID: "k_events_rotated_" + suffix, Role: "reader",
-		PreviousHashes: []keystore.PreviousHash{{Hash: old.record.Hash, ValidUntil: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}}})
-	port := freePort(t)
-	cfg, err := adapt(fmt.Sprintf(`{
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_events_" + suffix, Role: "reader", QuotaPerDay: int64p(10)})
+	old := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
+	rotated := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_events_rotated_" + suffix, Role: "reader",
+		PreviousHashes: []keystore.PreviousHash{{Hash: old.Record.Hash, ValidUntil: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}}})
+	port := gatewaytest.Port(t)
+	cfg, err := gatewaytest.Adapt(fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -465,7 +455,7 @@ http://127.0.0.1:%d {
 		}
 	}
 	respond "ok"
-}`, port, writeKeyFile(t, key.record, rotated.record), filepath.Join(t.TempDir(), "c.json")))
+}`, port, gatewaytest.WriteKeyFile(t, key.Record, rotated.Record), filepath.Join(t.TempDir(), "c.json")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -477,18 +467,18 @@ http://127.0.0.1:%d {
 	}}}
 	cfg, _ = json.Marshal(doc)
 	takeEvents()
-	if err := caddy.Load(cfg, true); err != nil {
+	if err := gatewaytest.LoadJSON(cfg); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { stopCaddy() })
+	t.Cleanup(func() { gatewaytest.Stop() })
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 
 	for i := 0; i < 12; i++ {
-		send(t, "GET", url, bearer(key)...)
+		gatewaytest.Send(t, "GET", url, key.Bearer()...)
 	}
-	send(t, "GET", url, "X-API-Key", "DEV_API_nope")
-	send(t, "GET", url, bearer(old)...)
-	send(t, "GET", url, bearer(old)...)
+	gatewaytest.Send(t, "GET", url, "X-API-Key", "DEV_API_nope")
+	gatewaytest.Send(t, "GET", url, old.Bearer()...)
+	gatewaytest.Send(t, "GET", url, old.Bearer()...)
 
 	var warnings []any
 	counts := map[string]int{}
@@ -497,20 +487,20 @@ http://127.0.0.1:%d {
 		switch e.Name() {
 		case eventQuotaWarning:
 			warnings = append(warnings, e.Data["percent"])
-			if e.Data["key_id"] != key.record.ID || e.Data["limit"] != int64(10) {
+			if e.Data["key_id"] != key.Record.ID || e.Data["limit"] != int64(10) {
 				t.Errorf("warning data %v", e.Data)
 			}
 		case eventQuotaExceeded:
-			if e.Data["key_id"] != key.record.ID {
+			if e.Data["key_id"] != key.Record.ID {
 				t.Errorf("quota exceeded data %v", e.Data)
 			}
 		case eventDeprecatedKey:
-			if e.Data["key_id"] != rotated.record.ID || e.Data["valid_until"] == "" {
+			if e.Data["key_id"] != rotated.Record.ID || e.Data["valid_until"] == "" {
 				t.Errorf("deprecated data %v", e.Data)
 			}
 		}
 		for _, v := range e.Data {
-			if s, ok := v.(string); ok && (strings.Contains(s, key.secret) || strings.Contains(s, old.secret) || strings.Contains(s, "sha256:")) {
+			if s, ok := v.(string); ok && (strings.Contains(s, key.Secret) || strings.Contains(s, old.Secret) || strings.Contains(s, "sha256:")) {
 				t.Errorf("event %s carries a key or hash", e.Name())
 			}
 		}
@@ -526,18 +516,18 @@ http://127.0.0.1:%d {
 // TestUsageSurvivesRestart: usage counts are saved at shutdown and loaded.
 func TestUsageSurvivesRestart(t *testing.T) {
 	g := startOpsGateway(t)
-	send(t, "GET", g.base+"/ollama/api/tags", bearer(g.keys["reader"])...)
-	send(t, "GET", g.base+"/ollama/api/tags", bearer(g.keys["reader"])...)
-	if err := stopCaddy(); err != nil {
+	gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", g.keys["reader"].Bearer()...)
+	gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", g.keys["reader"].Bearer()...)
+	if err := gatewaytest.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	data, err := os.ReadFile(g.usage)
 	if err != nil || !bytes.Contains(data, []byte(`"k_ops_reader"`)) {
 		t.Fatalf("usage not saved at shutdown: %v", err)
 	}
-	startCaddy(t, g.config)
-	send(t, "GET", g.base+"/ollama/api/tags", bearer(g.keys["reader"])...)
-	_, body := adminCall(t, "GET", g.admin+"/apikey/usage?key=k_ops_reader")
+	gatewaytest.Start(t, g.config)
+	gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", g.keys["reader"].Bearer()...)
+	_, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/usage?key=k_ops_reader")
 	if !regexp.MustCompile(`"requests":\s*3`).MatchString(body) {
 		t.Errorf("usage after a restart: %s", body)
 	}
@@ -548,14 +538,14 @@ func TestUsageSurvivesRestart(t *testing.T) {
 func TestKeyFileChangesAreAudited(t *testing.T) {
 	g := startOpsGateway(t)
 	newKeyByCLI(t, "--keys", g.keyFile, "--type", "dev", "--role", "reader", "--id", "k_made_outside")
-	logs := readWhenContains(t, g.auditLog, `"key_id":"k_made_outside"`)
+	logs := gatewaytest.WaitForLog(t, g.auditLog, `"key_id":"k_made_outside"`)
 	if !strings.Contains(logs, `"actor":"key_file","event":"key.created"`) {
 		t.Errorf("the new key is not audited as created through the key file:\n%s", logs)
 	}
 	if _, errOut, code := cli(t, "", "revoke", "--keys", g.keyFile, "--id", "k_ops_writer"); code != 0 {
 		t.Fatal(errOut)
 	}
-	logs = readWhenContains(t, g.auditLog, `"event":"key.revoked","file"`)
+	logs = gatewaytest.WaitForLog(t, g.auditLog, `"event":"key.revoked","file"`)
 	if strings.Count(logs, `"event":"key.created"`) != 1 {
 		t.Errorf("the creation was audited more than once (two routes share the file and the log):\n%s", logs)
 	}

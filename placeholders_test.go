@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -19,12 +20,12 @@ import (
 // basic_auth before it), after it (vars; the later one wins), and a second
 // apikey on the same request (the second key wins).
 func TestPlaceholdersReachUpstreamAndAccessLog(t *testing.T) {
-	first := newKey(t, keystore.Dev, keystore.Record{ID: "k_first", Name: "First key", Role: "reader", Services: []string{"*"}})
-	second := newKey(t, keystore.Prod, keystore.Record{ID: "k_second", Name: "Second key", Role: "writer", Services: []string{"*"}})
-	keyFile := writeKeyFile(t, first.record, second.record)
-	up := newUpstream(t)
+	first := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_first", Name: "First key", Role: "reader", Services: []string{"*"}})
+	second := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_second", Name: "Second key", Role: "writer", Services: []string{"*"}})
+	keyFile := gatewaytest.WriteKeyFile(t, first.Record, second.Record)
+	up := gatewaytest.NewUpstream(t)
 	accessLog := filepath.Join(t.TempDir(), "access.log")
-	port := freePort(t)
+	port := gatewaytest.Port(t)
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
 	seen := `reverse_proxy %[3]s {
 			header_up X-Seen-User {http.auth.user.id}
@@ -34,7 +35,7 @@ func TestPlaceholdersReachUpstreamAndAccessLog(t *testing.T) {
 			header_up X-Seen-Type {http.apikey.type}
 			header_up X-Seen-Service {http.apikey.service}
 		}`
-	startCaddy(t, fmt.Sprintf(`{
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -81,7 +82,7 @@ http://127.0.0.1:%[1]d {
 		`+seen+`
 	}
 }
-`, port, accessLog, up.addr(), keyFile))
+`, port, accessLog, up.Addr(), keyFile))
 
 	cases := []struct {
 		path    string
@@ -89,19 +90,19 @@ http://127.0.0.1:%[1]d {
 		want    map[string]string
 		user    string // the access log's user_id
 	}{
-		{"/alone/x", bearer(first), map[string]string{"X-Seen-User": "k_first", "X-Seen-Id": "k_first", "X-Seen-Name": "First key",
+		{"/alone/x", first.Bearer(), map[string]string{"X-Seen-User": "k_first", "X-Seen-Id": "k_first", "X-Seen-Name": "First key",
 			"X-Seen-Role": "reader", "X-Seen-Type": "dev", "X-Seen-Service": "ollama", "X-Upstream-Token": "tok-k_first-dev"}, "k_first"},
-		{"/user-set-before/x", bearer(second), map[string]string{"X-Seen-User": "k_second", "X-Seen-Id": "k_second", "X-Seen-Name": "Second key",
+		{"/user-set-before/x", second.Bearer(), map[string]string{"X-Seen-User": "k_second", "X-Seen-Id": "k_second", "X-Seen-Name": "Second key",
 			"X-Seen-Role": "writer", "X-Seen-Type": "prod", "X-Seen-Service": ""}, "k_second"},
-		{"/user-set-after/x", bearer(first), map[string]string{"X-Seen-User": "set-after", "X-Seen-Id": "k_first"}, "set-after"},
-		{"/twice/x", append(bearer(first), "X-Second-Key", second.secret), map[string]string{"X-Seen-User": "k_second", "X-Seen-Id": "k_second",
+		{"/user-set-after/x", first.Bearer(), map[string]string{"X-Seen-User": "set-after", "X-Seen-Id": "k_first"}, "set-after"},
+		{"/twice/x", append(first.Bearer(), "X-Second-Key", second.Secret), map[string]string{"X-Seen-User": "k_second", "X-Seen-Id": "k_second",
 			"X-Seen-Name": "Second key", "X-Seen-Role": "writer", "X-Seen-Type": "prod", "X-Seen-Service": "second"}, "k_second"},
 	}
 	for _, c := range cases {
-		if r := send(t, "GET", url+c.path, c.headers...); r.status != 200 {
-			t.Fatalf("%s: status %d", c.path, r.status)
+		if r := gatewaytest.Send(t, "GET", url+c.path, c.headers...); r.Status != 200 {
+			t.Fatalf("%s: status %d", c.path, r.Status)
 		}
-		got := up.last(t)
+		got := up.Last(t)
 		for h, want := range c.want {
 			if v := got.Header.Get(h); v != want {
 				t.Errorf("%s: %s = %q, want %q", c.path, h, v, want)

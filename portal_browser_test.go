@@ -24,6 +24,7 @@ import (
 	"github.com/chromedp/chromedp/kb"
 
 	"github.com/moodmnky/caddy-apikey/internal/browsertest"
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 )
 
@@ -75,7 +76,7 @@ func startPortalDemo(t *testing.T, redis bool) (*portalDemo, string) {
 		t.Fatal(err)
 	}
 	t.Setenv("APIKEY_DEMO_DIR", dir)
-	gw, admin := freePort(t), freePort(t)
+	gw, admin := gatewaytest.Port(t), gatewaytest.Port(t)
 	cfg := strings.NewReplacer(
 		"localhost:8080", fmt.Sprintf("localhost:%d", gw),
 		"localhost:2019", fmt.Sprintf("localhost:%d", admin),
@@ -86,7 +87,7 @@ func startPortalDemo(t *testing.T, redis bool) (*portalDemo, string) {
 	if redis {
 		cfg = portalOnRedis(t, cfg, redistest.Start(t).Addr())
 	}
-	startCaddy(t, cfg)
+	gatewaytest.Start(t, cfg)
 	return &portalDemo{base: fmt.Sprintf("http://localhost:%d", gw), b: b}, dir
 }
 
@@ -855,7 +856,7 @@ func (p *portalDemo) gateway(t *testing.T, method, path, key string) gatewayAnsw
 		t.Fatal(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := client.Do(req)
+	resp, err := gatewaytest.Client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -894,7 +895,7 @@ func (p *portalDemo) page(t *testing.T, user, method, path string, form url.Valu
 	if token != "" {
 		req.AddCookie(&http.Cookie{Name: "apikey_portal_csrf", Value: token})
 	}
-	resp, err := client.Do(req)
+	resp, err := gatewaytest.Client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s as %s: %v", method, path, user, err)
 	}
@@ -911,7 +912,7 @@ func (p *portalDemo) csrfToken(t *testing.T, user string) string {
 		t.Fatal(err)
 	}
 	req.SetBasicAuth(user, demoPasswords[user])
-	resp, err := client.Do(req)
+	resp, err := gatewaytest.Client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

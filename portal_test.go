@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
@@ -49,12 +50,12 @@ func portalSite(t *testing.T, policy string) (base, keys, auditLog string) {
 func portalSiteOn(t *testing.T, keys, gateway, global, policy string) (base, auditLog string) {
 	t.Helper()
 	auditLog = filepath.Join(t.TempDir(), "audit.log")
-	port := freePort(t)
+	port := gatewaytest.Port(t)
 	var users strings.Builder
 	for name, hash := range portalUsers {
 		fmt.Fprintf(&users, "\t\t\t%s %s\n", name, hash)
 	}
-	startCaddy(t, fmt.Sprintf(`{
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 %[6]s
 }
@@ -291,8 +292,8 @@ func TestPortalKeepsDevelopersApart(t *testing.T) {
 	base, keys, _ := portalSite(t, "")
 	alice, bob := newVisitor(t, base, "alice"), newVisitor(t, base, "bob")
 	id, secret := alice.create(devForm())
-	if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+secret); r.status != 200 {
-		t.Fatalf("alice's new key %s: %d", id, r.status)
+	if r := gatewaytest.Send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+secret); r.Status != 200 {
+		t.Fatalf("alice's new key %s: %d", id, r.Status)
 	}
 	before := readFile(t, keys)
 
@@ -328,8 +329,8 @@ func TestPortalKeepsDevelopersApart(t *testing.T) {
 	if !bytes.Equal(readFile(t, keys), before) {
 		t.Fatal("bob's requests changed the key file")
 	}
-	if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+secret); r.status != 200 {
-		t.Fatalf("alice's key %s after bob's attempts: %d", id, r.status)
+	if r := gatewaytest.Send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+secret); r.Status != 200 {
+		t.Fatalf("alice's key %s after bob's attempts: %d", id, r.Status)
 	}
 	// The admin sees and may revoke it.
 	admin := newVisitor(t, base, "admin")
@@ -339,8 +340,8 @@ func TestPortalKeepsDevelopersApart(t *testing.T) {
 	if status, _ := admin.post("/portal/keys/"+id+"/revoke", url.Values{}); status != http.StatusOK {
 		t.Fatalf("the admin revoking %s: %d", id, status)
 	}
-	if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+secret); r.status != 401 || r.err.Code != "revoked_key" {
-		t.Fatalf("%s after the admin revoked it: %d %s", id, r.status, r.err.Code)
+	if r := gatewaytest.Send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+secret); r.Status != 401 || r.Err.Code != "revoked_key" {
+		t.Fatalf("%s after the admin revoked it: %d %s", id, r.Status, r.Err.Code)
 	}
 }
 
@@ -419,8 +420,8 @@ func TestPortalPagesAndAudit(t *testing.T) {
 	// A production key waits for approval: the gateway refuses it until
 	// the admin approves; a developer cannot approve.
 	pid, psecret := alice.create(devForm("type", "prod"))
-	if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+psecret); r.status != 403 || r.err.Reason != "pending_approval" {
-		t.Fatalf("pending key %s: %d %q, want 403 pending_approval", pid, r.status, r.err.Reason)
+	if r := gatewaytest.Send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+psecret); r.Status != 403 || r.Err.Reason != "pending_approval" {
+		t.Fatalf("pending key %s: %d %q, want 403 pending_approval", pid, r.Status, r.Err.Reason)
 	}
 	if status, _ := alice.post("/portal/admin/keys/"+pid+"/approve", url.Values{}); status != http.StatusForbidden {
 		t.Fatalf("alice approving her own key: %d, want 403", status)
@@ -432,8 +433,8 @@ func TestPortalPagesAndAudit(t *testing.T) {
 	if status, _ := admin.post("/portal/admin/keys/"+pid+"/approve", url.Values{}); status != http.StatusSeeOther {
 		t.Fatalf("approving %s: %d", pid, status)
 	}
-	if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+psecret); r.status != 200 {
-		t.Fatalf("approved key %s: %d", pid, r.status)
+	if r := gatewaytest.Send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+psecret); r.Status != 200 {
+		t.Fatalf("approved key %s: %d", pid, r.Status)
 	}
 	if status, body := alice.shown("/portal/keys/"+id+"/rotate", url.Values{}); status != http.StatusOK || !shownKey.MatchString(body) {
 		t.Fatalf("rotating %s: %d", id, status)
@@ -463,12 +464,12 @@ func TestPortalPagesAndAudit(t *testing.T) {
 // serves no page but says what is missing.
 func TestPortalNeedsAnIdentity(t *testing.T) {
 	base, _, _ := portalSite(t, "")
-	r := send(t, "GET", base+"/open/keys")
-	if r.status != http.StatusUnauthorized || !strings.Contains(r.body, "Sign in first") {
-		t.Fatalf("got %d %.200q, want 401 saying to sign in", r.status, r.body)
+	r := gatewaytest.Send(t, "GET", base+"/open/keys")
+	if r.Status != http.StatusUnauthorized || !strings.Contains(r.Body, "Sign in first") {
+		t.Fatalf("got %d %.200q, want 401 saying to sign in", r.Status, r.Body)
 	}
-	if r := send(t, "GET", base+"/open/assets/portal.css"); r.status != 200 {
-		t.Fatalf("the stylesheet: %d", r.status)
+	if r := gatewaytest.Send(t, "GET", base+"/open/assets/portal.css"); r.Status != 200 {
+		t.Fatalf("the stylesheet: %d", r.Status)
 	}
 }
 
@@ -482,7 +483,7 @@ func TestPortalCaddyfileErrors(t *testing.T) {
 		{"keys file /tmp/k.json\n service echo /e\n expiry soon", "expiry"},
 		{"keys file /tmp/k.json\n service echo /e\n colour blue", `unrecognized apikey_portal subdirective "colour"`},
 	} {
-		_, err := adapt(fmt.Sprintf("http://127.0.0.1:1 {\n apikey_portal {\n %s\n }\n}\n", c.block))
+		_, err := gatewaytest.Adapt(fmt.Sprintf("http://127.0.0.1:1 {\n apikey_portal {\n %s\n }\n}\n", c.block))
 		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "Caddyfile:") {
 			t.Errorf("%q: got %v, want an error naming the line and saying %q", c.block, err, c.want)
 		}
@@ -497,8 +498,8 @@ func TestPortalCaddyfileErrors(t *testing.T) {
 		{"playground_url ftp://x", "playground_url"},
 		{"service echo relative/path", "must start with /"},
 	} {
-		err := loadCaddy(fmt.Sprintf("{\n admin off\n}\nhttp://127.0.0.1:%d {\n apikey_portal {\n keys file %s\n service ok /ok\n %s\n }\n}\n", freePort(t), keys, c.block))
-		stopCaddy()
+		err := gatewaytest.Load(fmt.Sprintf("{\n admin off\n}\nhttp://127.0.0.1:%d {\n apikey_portal {\n keys file %s\n service ok /ok\n %s\n }\n}\n", gatewaytest.Port(t), keys, c.block))
+		gatewaytest.Stop()
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: got %v, want an error naming %s", c.block, err, c.want)
 		}
@@ -522,8 +523,8 @@ func TestPortalBehindForwardAuth(t *testing.T) {
 	dir := t.TempDir()
 	keys := filepath.Join(dir, "keys.json")
 	os.WriteFile(keys, []byte(`{"keys": []}`), 0o600)
-	port := freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 }
 http://127.0.0.1:%d {
@@ -541,11 +542,11 @@ http://127.0.0.1:%d {
 }
 `, port, strings.TrimPrefix(idp.URL, "http://"), keys))
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	if r := send(t, "GET", base+"/portal/keys", "Cookie", "session=carol-session"); r.status != 200 || !strings.Contains(r.body, "Signed in as <strong>carol@example.com</strong>") {
-		t.Fatalf("signed in: %d, want the page for carol@example.com", r.status)
+	if r := gatewaytest.Send(t, "GET", base+"/portal/keys", "Cookie", "session=carol-session"); r.Status != 200 || !strings.Contains(r.Body, "Signed in as <strong>carol@example.com</strong>") {
+		t.Fatalf("signed in: %d, want the page for carol@example.com", r.Status)
 	}
-	if r := send(t, "GET", base+"/portal/keys", "X-Auth-Request-Email", "carol@example.com"); r.status != http.StatusUnauthorized || strings.Contains(r.body, "carol@") {
-		t.Fatalf("a forged identity header: %d, want 401 from forward_auth", r.status)
+	if r := gatewaytest.Send(t, "GET", base+"/portal/keys", "X-Auth-Request-Email", "carol@example.com"); r.Status != http.StatusUnauthorized || strings.Contains(r.Body, "carol@") {
+		t.Fatalf("a forged identity header: %d, want 401 from forward_auth", r.Status)
 	}
 }
 
@@ -560,8 +561,8 @@ func TestPortalOnRedis(t *testing.T) {
 	alice, bob := newVisitor(t, base, "alice"), newVisitor(t, base, "bob")
 	id, secret := alice.create(devForm())
 	for range 3 {
-		if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+secret); r.status != 200 {
-			t.Fatalf("the portal's key %s at the gateway: %d", id, r.status)
+		if r := gatewaytest.Send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+secret); r.Status != 200 {
+			t.Fatalf("the portal's key %s at the gateway: %d", id, r.Status)
 		}
 	}
 	_, page := alice.get("/portal/usage?key=" + id)
@@ -580,8 +581,8 @@ func TestPortalOnRedis(t *testing.T) {
 	if status, _ := alice.post("/portal/keys/"+id+"/revoke", url.Values{}); status != http.StatusOK {
 		t.Fatalf("revoking %s: %d", id, status)
 	}
-	if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+secret); r.status != 401 || r.err.Code != "revoked_key" {
-		t.Fatalf("%s after revocation: %d %s", id, r.status, r.err.Code)
+	if r := gatewaytest.Send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+secret); r.Status != 401 || r.Err.Code != "revoked_key" {
+		t.Fatalf("%s after revocation: %d %s", id, r.Status, r.Err.Code)
 	}
 }
 
@@ -594,14 +595,14 @@ func TestPortalReviewFindings(t *testing.T) {
 
 	// An operator's admin key, 12 hours long, given to alice; an expired
 	// key of hers; and 1,200 revoked ones whose ids sort first.
-	op := newKey(t, keystore.Dev, keystore.Record{ID: "k_operator", Type: "dev", Role: "admin", Services: []string{"*"}, Owner: "alice",
+	op := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_operator", Type: "dev", Role: "admin", Services: []string{"*"}, Owner: "alice",
 		ExpiresAt: time.Now().Add(12 * time.Hour).UTC().Format(time.RFC3339)})
-	old := newKey(t, keystore.Dev, keystore.Record{ID: "k_expired", Type: "dev", Role: "reader", Services: []string{"echo"}, Owner: "alice",
+	old := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_expired", Type: "dev", Role: "reader", Services: []string{"echo"}, Owner: "alice",
 		ExpiresAt: time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)})
-	records := []keystore.Record{op.record, old.record}
+	records := []keystore.Record{op.Record, old.Record}
 	for i := range 1200 {
-		records = append(records, newKey(t, keystore.Dev, keystore.Record{ID: fmt.Sprintf("k_0old%04d", i), Type: "dev", Role: "reader",
-			Owner: "alice", Revoked: true, CreatedAt: "2020-01-01T00:00:00Z"}).record)
+		records = append(records, gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: fmt.Sprintf("k_0old%04d", i), Type: "dev", Role: "reader",
+			Owner: "alice", Revoked: true, CreatedAt: "2020-01-01T00:00:00Z"}).Record)
 	}
 	data, _ := json.Marshal(map[string]any{"keys": records})
 	if err := os.WriteFile(keys, data, 0o600); err != nil {
@@ -610,8 +611,8 @@ func TestPortalReviewFindings(t *testing.T) {
 	if status, _ := alice.shown("/portal/keys/k_operator/rotate", url.Values{}); status != http.StatusOK {
 		t.Fatalf("rotating k_operator: %d", status)
 	}
-	if rec, _ := store.Get(ctx, "k_operator"); rec.ExpiresAt != op.record.ExpiresAt {
-		t.Errorf("rotation moved the operator's expiry from %s to %s", op.record.ExpiresAt, rec.ExpiresAt)
+	if rec, _ := store.Get(ctx, "k_operator"); rec.ExpiresAt != op.Record.ExpiresAt {
+		t.Errorf("rotation moved the operator's expiry from %s to %s", op.Record.ExpiresAt, rec.ExpiresAt)
 	}
 
 	// An expired key cannot be brought back by rotating it.
@@ -654,18 +655,18 @@ func TestPortalReviewFindings(t *testing.T) {
 		t.Errorf("editing a pending key: %d, want 409", status)
 	}
 	admin.post("/portal/admin/keys/"+pid+"/approve", url.Values{})
-	if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+psecret); r.status != 200 {
-		t.Fatalf("approved %s: %d", pid, r.status)
+	if r := gatewaytest.Send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+psecret); r.Status != 200 {
+		t.Fatalf("approved %s: %d", pid, r.Status)
 	}
 	if status, _ := alice.post("/portal/keys/"+pid, devForm("role", "writer")); status != http.StatusSeeOther {
 		t.Fatalf("editing approved %s: %d", pid, status)
 	}
 	// The wider role waits for approval; the key keeps working as it was.
-	if r := send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+psecret); r.status != 200 {
-		t.Errorf("%s after a wider role was asked for: GET %d %q, want 200 (it keeps what it had)", pid, r.status, r.err.Reason)
+	if r := gatewaytest.Send(t, "GET", base+"/echo/hello", "Authorization", "Bearer "+psecret); r.Status != 200 {
+		t.Errorf("%s after a wider role was asked for: GET %d %q, want 200 (it keeps what it had)", pid, r.Status, r.Err.Reason)
 	}
-	if r := send(t, "POST", base+"/echo/hello", "Authorization", "Bearer "+psecret); r.status != 403 || r.err.Reason != "method" {
-		t.Errorf("%s before its wider role is approved: POST %d %q, want 403 method", pid, r.status, r.err.Reason)
+	if r := gatewaytest.Send(t, "POST", base+"/echo/hello", "Authorization", "Bearer "+psecret); r.Status != 403 || r.Err.Reason != "method" {
+		t.Errorf("%s before its wider role is approved: POST %d %q, want 403 method", pid, r.Status, r.Err.Reason)
 	}
 
 	// Revoking twice is refused, and audited once.
@@ -692,9 +693,9 @@ func TestPortalUnknownUserPlaceholder(t *testing.T) {
 	dir := t.TempDir()
 	keys := filepath.Join(dir, "keys.json")
 	os.WriteFile(keys, []byte(`{"keys": []}`), 0o600)
-	port := freePort(t)
-	startCaddy(t, fmt.Sprintf("{\n\tadmin off\n}\nhttp://127.0.0.1:%d {\n\tapikey_portal {\n\t\tuser {http.auth.user.email}\n\t\tkeys file %s\n\t\tservice echo /echo/hello\n\t}\n}\n", port, keys))
-	if r := send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/portal/keys", port)); r.status != http.StatusUnauthorized {
-		t.Fatalf("an unresolved user placeholder: %d, want 401", r.status)
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf("{\n\tadmin off\n}\nhttp://127.0.0.1:%d {\n\tapikey_portal {\n\t\tuser {http.auth.user.email}\n\t\tkeys file %s\n\t\tservice echo /echo/hello\n\t}\n}\n", port, keys))
+	if r := gatewaytest.Send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/portal/keys", port)); r.Status != http.StatusUnauthorized {
+		t.Fatalf("an unresolved user placeholder: %d, want 401", r.Status)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 )
 
 // TestReadmeCaddyfiles adapts every Caddyfile example in README.md, so the
@@ -35,7 +37,7 @@ func TestReadmeCaddyfiles(t *testing.T) {
 		case strings.HasPrefix(first, "handle_path"), strings.HasPrefix(first, "handle "), strings.HasPrefix(first, "apikey"):
 			text = "example.com {\n" + text + "\n}\n"
 		}
-		if _, err := adapt(text); err != nil {
+		if _, err := gatewaytest.Adapt(text); err != nil {
 			t.Errorf("README example %d (starting %q): %v", i+1, first, err)
 		}
 	}

@@ -3,10 +3,8 @@ package apikey
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,79 +15,11 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
-
-var (
-	caddyBinOnce sync.Once
-	caddyBin     string
-	caddyBinErr  error
-)
-
-// builtCaddy builds cmd/caddy once per test run.
-func builtCaddy(t *testing.T) string {
-	t.Helper()
-	caddyBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "caddy-apikey-bin-")
-		if err != nil {
-			caddyBinErr = err
-			return
-		}
-		caddyBin = filepath.Join(dir, "caddy")
-		out, err := exec.Command("go", "build", "-o", caddyBin, "./cmd/caddy").CombinedOutput()
-		if err != nil {
-			caddyBinErr = fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
-		}
-	})
-	if caddyBinErr != nil {
-		t.Fatal(caddyBinErr)
-	}
-	return caddyBin
-}
-
-// runCaddyProcess runs the built Caddy on a Caddyfile, from the repository
-// root, until the test ends, and waits until it accepts connections on port.
-func runCaddyProcess(t *testing.T, caddyfile string, port int, env ...string) *exec.Cmd {
-	t.Helper()
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(cfg, []byte(caddyfile), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(builtCaddy(t), "run", "--config", cfg, "--adapter", "caddyfile")
-	cmd.Env = append(append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir), env...)
-	logFile, _ := os.Create(filepath.Join(dir, "caddy.log"))
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logFile.Close()
-		if t.Failed() {
-			// The end of Caddy's log, without lines that could hold a
-			// key: Caddy's own DEBUG lines are off in these configs.
-			log, _ := os.ReadFile(filepath.Join(dir, "caddy.log"))
-			lines := strings.Split(strings.TrimSpace(string(log)), "\n")
-			t.Logf("the last lines of the Caddy on port %d:\n%s", port, strings.Join(lines[max(0, len(lines)-40):], "\n"))
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond); err == nil {
-			c.Close()
-			return cmd
-		}
-		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(dir, "caddy.log"))
-			t.Fatalf("caddy did not start:\n%s", log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 func redisSite(port int, keyFile, redisAddr, upstream, redisExtra string) string {
 	return fmt.Sprintf(`{
@@ -119,22 +49,22 @@ func TestTwoInstancesShareOneBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ports := []int{freePort(t), freePort(t)}
+	ports := []int{gatewaytest.Port(t), gatewaytest.Port(t)}
 	for _, port := range ports {
 		// A generous timeout: this test is about exactness, and a call that
 		// times out under -race on two cores would count locally instead.
-		runCaddyProcess(t, string(cfg), port, "PORT="+strconv.Itoa(port), "ADMIN_PORT="+strconv.Itoa(freePort(t)),
+		gatewaytest.StartProcess(t, string(cfg), "PORT="+strconv.Itoa(port), "ADMIN_PORT="+strconv.Itoa(gatewaytest.Port(t)),
 			"REDIS="+srv.Addr(), "REDIS_TIMEOUT=2s")
 	}
 
-	statuses := burst(requests, func(i int) *http.Request {
+	statuses := gatewaytest.Burst(requests, func(i int) *http.Request {
 		port := ports[i%2]
 		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/api/tags", port), nil)
 		req.Host = fmt.Sprintf("localhost:%d", port)
 		req.Header.Set("X-API-Key", demoReader)
 		return req
 	})
-	codes := tally(statuses)
+	codes := gatewaytest.Tally(statuses)
 	answered := map[int]int{}
 	for i, s := range statuses {
 		if s > 0 {
@@ -152,7 +82,7 @@ func TestTwoInstancesShareOneBudget(t *testing.T) {
 		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/api/tags", port), nil)
 		req.Host = fmt.Sprintf("localhost:%d", port)
 		req.Header.Set("X-API-Key", demoReader)
-		resp, err := client.Do(req)
+		resp, err := gatewaytest.Client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -173,25 +103,25 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 	srv := redistest.Start(t)
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer rc.Close()
-	up := newUpstream(t)
+	up := gatewaytest.NewUpstream(t)
 
 	for _, mode := range []string{"local", "closed", "open"} {
 		t.Run(mode, func(t *testing.T) {
-			key := newKey(t, keystore.Dev, keystore.Record{ID: "k_outage_" + mode, Role: "reader"})
-			port := freePort(t)
+			key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_outage_" + mode, Role: "reader"})
+			port := gatewaytest.Port(t)
 			logPath := filepath.Join(t.TempDir(), "caddy.log")
-			cfg := strings.Replace(redisSite(port, writeKeyFile(t, key.record), srv.Addr(), up.addr(),
+			cfg := strings.Replace(redisSite(port, gatewaytest.WriteKeyFile(t, key.Record), srv.Addr(), up.Addr(),
 				fmt.Sprintf("timeout %v\n\t\t\ton_failure %s", timeout, mode)),
 				"persist_config off", "persist_config off\n\tlog {\n\t\toutput file "+logPath+"\n\t}", 1)
-			startCaddy(t, cfg)
+			gatewaytest.Start(t, cfg)
 			url := fmt.Sprintf("http://127.0.0.1:%d/x", port)
 			redisCount := func() string {
-				v, _ := rc.HGet(context.Background(), ratelimit.RedisKey(ratelimit.DefaultRedisKeyPrefix, key.record.ID), "n").Result()
+				v, _ := rc.HGet(context.Background(), ratelimit.RedisKey(ratelimit.DefaultRedisKeyPrefix, key.Record.ID), "n").Result()
 				return v
 			}
 
-			if r := send(t, "GET", url, bearer(key)...); r.status != 200 || r.header.Get("X-RateLimit-Remaining") != "4999" {
-				t.Fatalf("before the outage: %d, remaining %q", r.status, r.header.Get("X-RateLimit-Remaining"))
+			if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 200 || r.Header.Get("X-RateLimit-Remaining") != "4999" {
+				t.Fatalf("before the outage: %d, remaining %q", r.Status, r.Header.Get("X-RateLimit-Remaining"))
 			}
 			if redisCount() != "1" {
 				t.Fatalf("not counted in redis: %q", redisCount())
@@ -214,8 +144,8 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 							}
 							began := time.Now()
 							req, _ := http.NewRequest("GET", url, nil)
-							req.Header.Set("Authorization", "Bearer "+key.secret)
-							if resp, err := client.Do(req); err == nil {
+							req.Header.Set("Authorization", "Bearer "+key.Secret)
+							if resp, err := gatewaytest.Client.Do(req); err == nil {
 								resp.Body.Close()
 							}
 							if time.Since(began) > timeout+margin {
@@ -239,15 +169,15 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 					// Nothing shows the switch to local counting: wait for
 					// the background traffic to spend the lease and the
 					// instance to mark Redis down.
-					readWhenCount(t, logPath, "redis is failing", outages)
+					gatewaytest.WaitForLogCount(t, logPath, "redis is failing", outages)
 				} else {
 					for spent := 0; ; spent++ {
 						began := time.Now()
-						r := send(t, "GET", url, bearer(key)...)
+						r := gatewaytest.Send(t, "GET", url, key.Bearer()...)
 						if took := time.Since(began); took > timeout+margin {
 							t.Errorf("%s: a request took %v", outage, took)
 						}
-						if r.status != 200 || r.header.Get("RateLimit") == "" {
+						if r.Status != 200 || r.Header.Get("RateLimit") == "" {
 							break
 						}
 						if spent == 50 {
@@ -257,22 +187,22 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 				}
 				for i := 0; i < 5; i++ {
 					began := time.Now()
-					r := send(t, "GET", url, bearer(key)...)
+					r := gatewaytest.Send(t, "GET", url, key.Bearer()...)
 					if took := time.Since(began); took > timeout+margin {
 						t.Errorf("%s: a request took %v", outage, took)
 					}
 					switch mode {
 					case "local":
-						if r.status != 200 || r.header.Get("X-RateLimit-Limit") != "5000" {
-							t.Errorf("%s: local: %d, limit header %q", outage, r.status, r.header.Get("X-RateLimit-Limit"))
+						if r.Status != 200 || r.Header.Get("X-RateLimit-Limit") != "5000" {
+							t.Errorf("%s: local: %d, limit header %q", outage, r.Status, r.Header.Get("X-RateLimit-Limit"))
 						}
 					case "closed":
-						if r.status != 503 || r.err.Code != "unavailable" || r.header.Get("Retry-After") == "" {
-							t.Errorf("%s: closed: %d %q", outage, r.status, r.err.Code)
+						if r.Status != 503 || r.Err.Code != "unavailable" || r.Header.Get("Retry-After") == "" {
+							t.Errorf("%s: closed: %d %q", outage, r.Status, r.Err.Code)
 						}
 					case "open":
-						if r.status != 200 || r.header.Get("RateLimit") != "" {
-							t.Errorf("%s: open: %d, RateLimit %q (want none: uncounted)", outage, r.status, r.header.Get("RateLimit"))
+						if r.Status != 200 || r.Header.Get("RateLimit") != "" {
+							t.Errorf("%s: open: %d, RateLimit %q (want none: uncounted)", outage, r.Status, r.Header.Get("RateLimit"))
 						}
 					}
 				}
@@ -291,10 +221,10 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 				// this instance holds unspent (fewer than leaseCap, 50 for
 				// 5,000), where a local count during the outage is below it.
 				inRedis := func() bool {
-					r := send(t, "GET", url, bearer(key)...)
+					r := gatewaytest.Send(t, "GET", url, key.Bearer()...)
 					n, _ := strconv.Atoi(redisCount())
-					rem, err := strconv.Atoi(r.header.Get("X-RateLimit-Remaining"))
-					return r.status == 200 && err == nil && rem >= 5000-n && rem < 5000-n+50
+					rem, err := strconv.Atoi(r.Header.Get("X-RateLimit-Remaining"))
+					return r.Status == 200 && err == nil && rem >= 5000-n && rem < 5000-n+50
 				}
 				// Two answers in a row, so that one lucky count is not taken
 				// for the switch back.
@@ -303,7 +233,7 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 					return first && inRedis()
 				})
 			}
-			logs := readWhenCount(t, logPath, "redis answers again", 2)
+			logs := gatewaytest.WaitForLogCount(t, logPath, "redis answers again", 2)
 			// Once per outage, give or take a stray timeout under -race:
 			// never once per failed request.
 			if n := strings.Count(logs, "redis is failing"); n < 2 || n > 4 {

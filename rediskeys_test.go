@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redisconn"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
@@ -54,7 +55,7 @@ http://127.0.0.1:%d {
 // when it prints one, is never put in a failure message.
 func apikeyCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(builtCaddy(t), append([]string{"apikey"}, args...)...)
+	cmd := exec.Command(gatewaytest.CaddyBinary(t), append([]string{"apikey"}, args...)...)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -72,11 +73,11 @@ func apikeyCLI(t *testing.T, args ...string) (string, error) {
 // gets 503, never 401.
 func TestKeysOnRedisAcrossInstances(t *testing.T) {
 	srv := redistest.Start(t)
-	up := newUpstream(t)
+	up := gatewaytest.NewUpstream(t)
 	var urls, admins []string
 	for range 2 {
-		port, admin := freePort(t), freePort(t)
-		runCaddyProcess(t, redisKeysSite(port, admin, srv.Addr(), up.addr()), port)
+		port, admin := gatewaytest.Port(t), gatewaytest.Port(t)
+		gatewaytest.StartProcess(t, redisKeysSite(port, admin, srv.Addr(), up.Addr()))
 		urls = append(urls, fmt.Sprintf("http://127.0.0.1:%d/v1/models", port))
 		admins = append(admins, fmt.Sprintf("http://127.0.0.1:%d", admin))
 	}
@@ -89,27 +90,27 @@ func TestKeysOnRedisAcrossInstances(t *testing.T) {
 	}
 	auth := []string{"Authorization", "Bearer " + key}
 	for i, u := range urls {
-		if r := send(t, "GET", u, auth...); r.status != 200 {
-			t.Fatalf("instance %d: the new key got %d", i, r.status)
+		if r := gatewaytest.Send(t, "GET", u, auth...); r.Status != 200 {
+			t.Fatalf("instance %d: the new key got %d", i, r.Status)
 		}
 	}
 	// Listed through the admin API, with its owner and without its hash.
-	if code, body := adminCall(t, "GET", admins[1]+"/apikey/keys?owner=alice"); code != 200 || !strings.Contains(body, `"id": "k_cluster"`) || strings.Contains(body, "sha256") {
+	if code, body := gatewaytest.Admin(t, "GET", admins[1], "/apikey/keys?owner=alice"); code != 200 || !strings.Contains(body, `"id": "k_cluster"`) || strings.Contains(body, "sha256") {
 		t.Errorf("listing alice's keys: %d", code)
 	}
 
 	// Revoked through instance 0: instance 1 refuses it within a second.
-	if code, body := adminCall(t, "POST", admins[0]+"/apikey/keys/k_cluster/revoke"); code != 200 {
+	if code, body := gatewaytest.Admin(t, "POST", admins[0], "/apikey/keys/k_cluster/revoke"); code != 200 {
 		t.Fatalf("revoke: %d %s", code, body)
 	}
 	revoked := time.Now()
 	for {
-		r := send(t, "GET", urls[1], auth...)
-		if r.status == 401 && r.err.Code == decisionRevokedKey {
+		r := gatewaytest.Send(t, "GET", urls[1], auth...)
+		if r.Status == 401 && r.Err.Code == decisionRevokedKey {
 			break
 		}
 		if time.Since(revoked) > time.Second {
-			t.Fatalf("instance 1 still answers %d a second after the revocation", r.status)
+			t.Fatalf("instance 1 still answers %d a second after the revocation", r.Status)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -123,7 +124,7 @@ func TestKeysOnRedisAcrossInstances(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, u := range urls {
-		send(t, "GET", u, "Authorization", "Bearer "+old)
+		gatewaytest.Send(t, "GET", u, "Authorization", "Bearer "+old)
 	}
 	fresh, err := apikeyCLI(t, "rotate", "--redis", srv.Addr(), "--id", "k_rotating", "--grace", "1h")
 	if err != nil {
@@ -132,7 +133,7 @@ func TestKeysOnRedisAcrossInstances(t *testing.T) {
 	for i, u := range urls {
 		deadline := time.Now().Add(time.Second)
 		for {
-			if r := send(t, "GET", u, "Authorization", "Bearer "+fresh); r.status == 200 {
+			if r := gatewaytest.Send(t, "GET", u, "Authorization", "Bearer "+fresh); r.Status == 200 {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -140,20 +141,20 @@ func TestKeysOnRedisAcrossInstances(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		if r := send(t, "GET", u, "Authorization", "Bearer "+old); r.status != 200 || r.header.Get("Deprecation") != "true" {
-			t.Errorf("instance %d: the old secret got %d, Deprecation %q", i, r.status, r.header.Get("Deprecation"))
+		if r := gatewaytest.Send(t, "GET", u, "Authorization", "Bearer "+old); r.Status != 200 || r.Header.Get("Deprecation") != "true" {
+			t.Errorf("instance %d: the old secret got %d, Deprecation %q", i, r.Status, r.Header.Get("Deprecation"))
 		}
 	}
 
 	// Redis down: the cached key keeps working; an unknown key is 503.
 	srv.Kill()
-	unknown := newKey(t, keystore.Dev, keystore.Record{})
+	unknown := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
 	for i, u := range urls {
-		if r := send(t, "GET", u, "Authorization", "Bearer "+fresh); r.status != 200 {
-			t.Errorf("instance %d, Redis down: a cached key got %d", i, r.status)
+		if r := gatewaytest.Send(t, "GET", u, "Authorization", "Bearer "+fresh); r.Status != 200 {
+			t.Errorf("instance %d, Redis down: a cached key got %d", i, r.Status)
 		}
-		if r := send(t, "GET", u, "Authorization", "Bearer "+unknown.secret); r.status != 503 {
-			t.Errorf("instance %d, Redis down: an uncached key got %d, want 503 (never 401)", i, r.status)
+		if r := gatewaytest.Send(t, "GET", u, "Authorization", "Bearer "+unknown.Secret); r.Status != 503 {
+			t.Errorf("instance %d, Redis down: an uncached key got %d, want 503 (never 401)", i, r.Status)
 		}
 	}
 }
@@ -218,9 +219,9 @@ func TestKeysOnRedisSurviveARestart(t *testing.T) {
 // give one hash to two keys is refused and leaves Redis as it was.
 func TestExportImport(t *testing.T) {
 	srv := redistest.Start(t)
-	a := newKey(t, keystore.Dev, keystore.Record{ID: "k_imp_a", Type: "dev", Role: "reader", Services: []string{"ollama"}})
-	b := newKey(t, keystore.Prod, keystore.Record{ID: "k_imp_b", Type: "prod", Role: "writer", Owner: "bob"})
-	file := writeKeyFile(t, a.record, b.record)
+	a := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_imp_a", Type: "dev", Role: "reader", Services: []string{"ollama"}})
+	b := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_imp_b", Type: "prod", Role: "writer", Owner: "bob"})
+	file := gatewaytest.WriteKeyFile(t, a.Record, b.Record)
 
 	run := func(args ...string) (string, string, int) {
 		t.Helper()
@@ -239,8 +240,8 @@ func TestExportImport(t *testing.T) {
 	if _, errOut, code := run("import", file, "--redis", srv.Addr()); code != 0 || !strings.Contains(errOut, "0 created, 0 updated, 2 unchanged") {
 		t.Fatalf("second import: %d %q", code, errOut)
 	}
-	a.record.Role = "writer"
-	file = writeKeyFile(t, a.record, b.record)
+	a.Record.Role = "writer"
+	file = gatewaytest.WriteKeyFile(t, a.Record, b.Record)
 	out, errOut, code := run("import", file, "--redis", srv.Addr())
 	if code != 0 || !strings.Contains(out, "~ k_imp_a (role)") || !strings.Contains(errOut, "0 created, 1 updated, 1 unchanged") {
 		t.Fatalf("changed import: %d %q %q", code, out, errOut)
@@ -252,15 +253,15 @@ func TestExportImport(t *testing.T) {
 	}
 	data, _ := os.ReadFile(exported)
 	records, err := keystore.ParseRecords(data)
-	if err != nil || len(records) != 2 || records[0].Role != "writer" || records[1].Owner != "bob" || records[0].Hash != a.record.Hash {
+	if err != nil || len(records) != 2 || records[0].Role != "writer" || records[1].Owner != "bob" || records[0].Hash != a.Record.Hash {
 		t.Fatalf("export: %d records, %v", len(records), err)
 	}
 
 	// A record whose hash is k_imp_a's, under another id: refused whole.
-	thief := b.record
-	thief.ID, thief.Hash = "k_imp_thief", a.record.Hash
-	fresh := newKey(t, keystore.Dev, keystore.Record{ID: "k_imp_fresh", Type: "dev", Role: "reader"})
-	bad := writeKeyFile(t, fresh.record, thief)
+	thief := b.Record
+	thief.ID, thief.Hash = "k_imp_thief", a.Record.Hash
+	fresh := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_imp_fresh", Type: "dev", Role: "reader"})
+	bad := gatewaytest.WriteKeyFile(t, fresh.Record, thief)
 	if _, errOut, code := run("import", bad, "--redis", srv.Addr()); code != 1 || !strings.Contains(errOut, "nothing was imported") {
 		t.Fatalf("conflicting import: %d %q", code, errOut)
 	}
@@ -271,10 +272,10 @@ func TestExportImport(t *testing.T) {
 	// Two keys swapping secrets, beside another change: valid in the end,
 	// impossible one record at a time, so refused before anything is
 	// written.
-	swapA, swapB := a.record, b.record
-	swapA.Name, swapB.Name = "renamed", b.record.Name
-	swapA.Hash, swapB.Hash = b.record.Hash, a.record.Hash
-	swap := writeKeyFile(t, swapA, swapB)
+	swapA, swapB := a.Record, b.Record
+	swapA.Name, swapB.Name = "renamed", b.Record.Name
+	swapA.Hash, swapB.Hash = b.Record.Hash, a.Record.Hash
+	swap := gatewaytest.WriteKeyFile(t, swapA, swapB)
 	if _, errOut, code := run("import", swap, "--redis", srv.Addr()); code != 1 || !strings.Contains(errOut, "nothing was imported") {
 		t.Fatalf("swapping import: %d %q", code, errOut)
 	}
@@ -294,8 +295,8 @@ func TestClusterExample(t *testing.T) {
 	}
 	var urls, admins []string
 	for range 2 {
-		port, admin := freePort(t), freePort(t)
-		runCaddyProcess(t, string(cfg), port, "PORT="+strconv.Itoa(port), "ADMIN_PORT="+strconv.Itoa(admin),
+		port, admin := gatewaytest.Port(t), gatewaytest.Port(t)
+		gatewaytest.StartProcess(t, string(cfg), "PORT="+strconv.Itoa(port), "ADMIN_PORT="+strconv.Itoa(admin),
 			"REDIS="+srv.Addr(), "REDIS_TIMEOUT=2s")
 		urls = append(urls, fmt.Sprintf("http://localhost:%d/ollama/api/tags", port))
 		admins = append(admins, fmt.Sprintf("http://localhost:%d", admin))
@@ -309,7 +310,7 @@ func TestClusterExample(t *testing.T) {
 	// Three requests a day in all, on either instance.
 	statuses := []int{}
 	for i := range 4 {
-		statuses = append(statuses, send(t, "GET", urls[i%2], "Authorization", "Bearer "+key).status)
+		statuses = append(statuses, gatewaytest.Send(t, "GET", urls[i%2], "Authorization", "Bearer "+key).Status)
 	}
 	if fmt.Sprint(statuses) != "[200 200 200 429]" {
 		t.Errorf("one budget across the instances: %v, want [200 200 200 429]", statuses)
@@ -327,7 +328,7 @@ func TestClusterExample(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if code, _ := adminCall(t, "POST", admins[1]+"/apikey/keys/k_walkthrough/revoke"); code != 200 {
+	if code, _ := gatewaytest.Admin(t, "POST", admins[1], "/apikey/keys/k_walkthrough/revoke"); code != 200 {
 		t.Fatalf("revoke: %d", code)
 	}
 	for i, u := range urls {
@@ -335,12 +336,12 @@ func TestClusterExample(t *testing.T) {
 		// README's promise, in practice milliseconds) on the other.
 		deadline := time.Now().Add(time.Second)
 		for {
-			r := send(t, "GET", u, "Authorization", "Bearer "+key)
-			if r.status == 401 && r.err.Code == decisionRevokedKey {
+			r := gatewaytest.Send(t, "GET", u, "Authorization", "Bearer "+key)
+			if r.Status == 401 && r.Err.Code == decisionRevokedKey {
 				break
 			}
 			if i == 1 || time.Now().After(deadline) {
-				t.Errorf("instance %d after the revocation: %d %s", i, r.status, r.err.Code)
+				t.Errorf("instance %d after the revocation: %d %s", i, r.Status, r.Err.Code)
 				break
 			}
 			time.Sleep(10 * time.Millisecond)
@@ -353,8 +354,8 @@ func TestClusterExample(t *testing.T) {
 // the ones nobody sent are, once.
 func TestQuotaEventsOncePerCluster(t *testing.T) {
 	srv := redistest.Start(t)
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_cluster_events", Type: "dev", Role: "reader", QuotaPerDay: int64p(10)})
-	port := freePort(t)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_cluster_events", Type: "dev", Role: "reader", QuotaPerDay: int64p(10)})
+	port := gatewaytest.Port(t)
 	doc := adaptJSON(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
@@ -368,7 +369,7 @@ http://127.0.0.1:%d {
 		}
 	}
 	respond ok
-}`, port, writeKeyFile(t, key.record), srv.Addr()))
+}`, port, gatewaytest.WriteKeyFile(t, key.Record), srv.Addr()))
 	doc["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
 		"events":   []string{eventQuotaWarning, eventQuotaExceeded},
 		"handlers": []any{map[string]any{"handler": "apikey_test_recorder"}},
@@ -384,9 +385,9 @@ http://127.0.0.1:%d {
 		t.Fatalf("the other instance's mark: %v %v", first, err)
 	}
 	takeEvents()
-	loadJSON(t, doc)
+	gatewaytest.StartJSON(t, doc)
 	for range 12 {
-		send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), bearer(key)...)
+		gatewaytest.Send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), key.Bearer()...)
 	}
 	time.Sleep(500 * time.Millisecond) // events are sent off the request path
 	var names []string
@@ -410,9 +411,9 @@ http://127.0.0.1:%d {
 func TestGatewayOnARedisCluster(t *testing.T) {
 	cluster := redistest.StartCluster(t, 3)
 	addrs := strings.Join(cluster.Addrs(), " ")
-	up := newUpstream(t)
-	port, admin := freePort(t), freePort(t)
-	runCaddyProcess(t, fmt.Sprintf(`{
+	up := gatewaytest.NewUpstream(t)
+	port, admin := gatewaytest.Port(t), gatewaytest.Port(t)
+	gatewaytest.StartProcess(t, fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
 }
@@ -429,7 +430,7 @@ http://127.0.0.1:%d {
 		}
 	}
 	reverse_proxy %s
-}`, admin, port, addrs, addrs, up.addr()), port)
+}`, admin, port, addrs, addrs, up.Addr()))
 	out, errOut, code := cli(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader",
 		"--quota-per-day", "20", "--id", "k_on_cluster")
 	if code != 0 {
@@ -437,7 +438,7 @@ http://127.0.0.1:%d {
 	}
 	key := strings.TrimSpace(out)
 	url := fmt.Sprintf("http://127.0.0.1:%d/x", port)
-	codes := tally(burst(50, func(int) *http.Request {
+	codes := gatewaytest.Tally(gatewaytest.Burst(50, func(int) *http.Request {
 		req, _ := http.NewRequest("GET", url, nil)
 		req.Header.Set("Authorization", "Bearer "+key)
 		return req
@@ -446,14 +447,14 @@ http://127.0.0.1:%d {
 		t.Errorf("50 concurrent requests on a quota of 20: %v", codes)
 	}
 	adminURL := fmt.Sprintf("http://127.0.0.1:%d", admin)
-	if code, body := adminCall(t, "GET", adminURL+"/apikey/usage?key=k_on_cluster"); code != 200 || !strings.Contains(body, `"requests": 20`) {
+	if code, body := gatewaytest.Admin(t, "GET", adminURL, "/apikey/usage?key=k_on_cluster"); code != 200 || !strings.Contains(body, `"requests": 20`) {
 		t.Errorf("usage from the cluster: %d %s", code, body)
 	}
-	if code, body := adminCall(t, "POST", adminURL+"/apikey/keys/k_on_cluster/revoke"); code != 200 {
+	if code, body := gatewaytest.Admin(t, "POST", adminURL, "/apikey/keys/k_on_cluster/revoke"); code != 200 {
 		t.Fatalf("revoke on a cluster: %d %s", code, body)
 	}
-	if r := send(t, "GET", url, "Authorization", "Bearer "+key); r.status != 401 || r.err.Code != decisionRevokedKey {
-		t.Errorf("after the revocation: %d %s", r.status, r.err.Code)
+	if r := gatewaytest.Send(t, "GET", url, "Authorization", "Bearer "+key); r.Status != 401 || r.Err.Code != decisionRevokedKey {
+		t.Errorf("after the revocation: %d %s", r.Status, r.Err.Code)
 	}
 }
 
@@ -462,7 +463,7 @@ http://127.0.0.1:%d {
 // to key changes must not hold them up).
 func TestKeysOnRedisStopAndReload(t *testing.T) {
 	srv := redistest.Start(t)
-	port := freePort(t)
+	port := gatewaytest.Port(t)
 	cfg := func(negative string) string {
 		return fmt.Sprintf(`{
 	admin off
@@ -493,11 +494,11 @@ http://127.0.0.1:%d {
 			t.Fatalf("%s did not finish within 5 s", what)
 		}
 	}
-	within("loading", func() error { return loadCaddy(cfg("10s")) })
+	within("loading", func() error { return gatewaytest.Load(cfg("10s")) })
 	time.Sleep(300 * time.Millisecond) // subscribed
-	within("a reload that replaces the source", func() error { return loadCaddy(cfg("5s")) })
+	within("a reload that replaces the source", func() error { return gatewaytest.Load(cfg("5s")) })
 	time.Sleep(300 * time.Millisecond)
-	within("stopping", stopCaddy)
+	within("stopping", gatewaytest.Stop)
 }
 
 // TestClusterUsageSurvivesRestarts: an instance that stops and starts
@@ -505,10 +506,10 @@ http://127.0.0.1:%d {
 // totals again, and its last counts before a clean stop are in them.
 func TestClusterUsageSurvivesRestarts(t *testing.T) {
 	srv := redistest.Start(t)
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_restarts", Type: "dev", Role: "reader"})
-	keyFile := writeKeyFile(t, key.record)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_restarts", Type: "dev", Role: "reader"})
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	usageFile := filepath.Join(t.TempDir(), "usage.json")
-	port, admin := freePort(t), freePort(t)
+	port, admin := gatewaytest.Port(t), gatewaytest.Port(t)
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
@@ -526,9 +527,9 @@ http://127.0.0.1:%d {
 }`, admin, port, keyFile, usageFile, srv.Addr())
 	total := func() int64 { return usageTotal(t, fmt.Sprintf("http://127.0.0.1:%d", admin), "k_restarts") }
 	for round := 1; round <= 3; round++ {
-		cmd := runCaddyProcess(t, cfg, port)
+		cmd := gatewaytest.StartProcess(t, cfg)
 		for range 4 {
-			send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), bearer(key)...)
+			gatewaytest.Send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/", port), key.Bearer()...)
 		}
 		if n := total(); n != int64(4*round) {
 			t.Fatalf("round %d: cluster usage %d, want %d", round, n, 4*round)
@@ -542,8 +543,8 @@ http://127.0.0.1:%d {
 // redis and counters redis name no Redis of their own, and share it.
 func TestRedisGivenOnce(t *testing.T) {
 	srv := redistest.Start(t)
-	port := freePort(t)
-	runCaddyProcess(t, fmt.Sprintf(`{
+	port := gatewaytest.Port(t)
+	gatewaytest.StartProcess(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 	apikey {
@@ -559,12 +560,12 @@ http://127.0.0.1:%d {
 		failed_auth_limit off
 	}
 	respond ok
-}`, srv.Addr(), port), port)
+}`, srv.Addr(), port))
 	quotaOfTwo(t, fmt.Sprintf("http://127.0.0.1:%d/", port), "keys and counters from the global redis",
 		"--redis", srv.Addr(), "--id", "k_once")
 	// A route that names neither an address nor a global option fails the
 	// load with a message that says what to do.
-	err := loadCaddy(`{
+	err := gatewaytest.Load(`{
 	admin off
 	persist_config off
 }
@@ -583,8 +584,8 @@ http://127.0.0.1:1 {
 func TestRedisThroughSentinel(t *testing.T) {
 	master := redistest.Start(t)
 	sentinel := redistest.StartSentinel(t, master, "gwmaster")
-	port := freePort(t)
-	runCaddyProcess(t, fmt.Sprintf(`{
+	port := gatewaytest.Port(t)
+	gatewaytest.StartProcess(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 	apikey {
@@ -602,7 +603,7 @@ http://127.0.0.1:%d {
 		failed_auth_limit off
 	}
 	respond ok
-}`, sentinel.Addr(), port), port)
+}`, sentinel.Addr(), port))
 	quotaOfTwo(t, fmt.Sprintf("http://127.0.0.1:%d/", port), "through a sentinel",
 		"--redis", sentinel.Addr(), "--redis-master-name", "gwmaster", "--id", "k_sentinel")
 }
@@ -610,7 +611,7 @@ http://127.0.0.1:%d {
 // usageTotal is the requests /apikey/usage counts for a key.
 func usageTotal(t *testing.T, admin, keyID string) int64 {
 	t.Helper()
-	_, body := adminCall(t, "GET", admin+"/apikey/usage?key="+keyID)
+	_, body := gatewaytest.Admin(t, "GET", admin, "/apikey/usage?key="+keyID)
 	var answer struct {
 		Rows []struct {
 			Requests int64 `json:"requests"`
@@ -637,7 +638,7 @@ func quotaOfTwo(t *testing.T, url, what string, storeArgs ...string) {
 	key := strings.TrimSpace(out)
 	var statuses []int
 	for range 3 {
-		statuses = append(statuses, send(t, "GET", url, "Authorization", "Bearer "+key).status)
+		statuses = append(statuses, gatewaytest.Send(t, "GET", url, "Authorization", "Bearer "+key).Status)
 	}
 	if fmt.Sprint(statuses) != "[200 200 429]" {
 		t.Errorf("%s: %v, want [200 200 429]", what, statuses)
@@ -650,8 +651,8 @@ func quotaOfTwo(t *testing.T, url, what string, storeArgs ...string) {
 // the admin API's listing.
 func TestRedisClusterDescribedByItsAddresses(t *testing.T) {
 	cluster := redistest.StartCluster(t, 3)
-	adminPort := freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	adminPort := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
 }
@@ -663,7 +664,7 @@ http://127.0.0.1:%d {
 		}
 	}
 	respond ok
-}`, adminPort, freePort(t), strings.Join(cluster.Addrs(), " ")))
+}`, adminPort, gatewaytest.Port(t), strings.Join(cluster.Addrs(), " ")))
 	want := "redis " + strings.Join(cluster.Addrs(), ",") + " apikey:"
 	_, errOut, code := cli(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader", "--id", "k_described")
 	if code != 0 {
@@ -674,7 +675,7 @@ http://127.0.0.1:%d {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		code, body := adminCall(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/apikey/keys", adminPort))
+		code, body := gatewaytest.Admin(t, "GET", fmt.Sprintf("http://127.0.0.1:%d", adminPort), "/apikey/keys")
 		var listing struct {
 			Keys []struct {
 				ID     string `json:"id"`

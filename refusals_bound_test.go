@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
@@ -45,11 +46,11 @@ func jsonLines(t *testing.T, path string) []map[string]any {
 // network.
 func TestRefusalsOfUnknownKeysDuringAnOutageAreSummarised(t *testing.T) {
 	srv := redistest.Start(t)
-	up := newUpstream(t)
+	up := gatewaytest.NewUpstream(t)
 	dir := t.TempDir()
 	logPath, auditLog := filepath.Join(dir, "caddy.log"), filepath.Join(dir, "audit.log")
-	port := freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 	log {
@@ -67,7 +68,7 @@ http://127.0.0.1:%[1]d {
 		audit_log %[4]s
 	}
 	reverse_proxy %[3]s
-}`, port, srv.Addr(), up.addr(), auditLog, logPath))
+}`, port, srv.Addr(), up.Addr(), auditLog, logPath))
 	srv.Kill()
 
 	const sent = 2000
@@ -82,12 +83,12 @@ http://127.0.0.1:%[1]d {
 	url := fmt.Sprintf("http://127.0.0.1:%d/x", port)
 	statuses := map[int]int{}
 	for _, k := range keys { // one after another, as one client would
-		statuses[send(t, "GET", url, "Authorization", "Bearer "+k).status]++
+		statuses[gatewaytest.Send(t, "GET", url, "Authorization", "Bearer "+k).Status]++
 	}
 	if statuses[503] != sent {
 		t.Fatalf("made-up keys with Redis down: %v, want %d × 503", statuses, sent)
 	}
-	if err := stopCaddy(); err != nil { // ends the interval: the summary is written
+	if err := gatewaytest.Stop(); err != nil { // ends the interval: the summary is written
 		t.Fatal(err)
 	}
 
@@ -140,17 +141,17 @@ http://127.0.0.1:%[1]d {
 // that network gets 429, one from elsewhere does not. Its refusals write
 // at most the interval's budget of lines.
 func TestFailedAuthThrottlesWideNetworks(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_wide", Role: "reader", Services: []string{"*"}})
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_wide", Role: "reader", Services: []string{"*"}})
 	dir := t.TempDir()
 	logPath := filepath.Join(dir, "caddy.log")
-	g := &quotaGateway{up: newUpstream(t), counters: filepath.Join(dir, "counters.json")}
-	port := freePort(t)
+	g := &quotaGateway{up: gatewaytest.NewUpstream(t), counters: filepath.Join(dir, "counters.json")}
+	port := gatewaytest.Port(t)
 	g.url = fmt.Sprintf("http://127.0.0.1:%d", port)
-	cfg := quotaSite(port, writeKeyFile(t, key.record), g.counters, g.up.addr(), "failed_auth_limit 5/m\n\t\t\tfailed_auth_prefix_limit 50/m /16 /48")
+	cfg := quotaSite(port, gatewaytest.WriteKeyFile(t, key.Record), g.counters, g.up.Addr(), "failed_auth_limit 5/m\n\t\t\tfailed_auth_prefix_limit 50/m /16 /48")
 	cfg = strings.Replace(cfg, "persist_config off", "persist_config off\n\tlog {\n\t\toutput file "+logPath+"\n\t\tformat json\n\t}", 1)
-	startCaddy(t, cfg)
-	from := func(ip string, h ...string) response {
-		return send(t, "GET", g.url+"/ollama/x", append([]string{"X-Forwarded-For", ip}, h...)...)
+	gatewaytest.Start(t, cfg)
+	from := func(ip string, h ...string) gatewaytest.Response {
+		return gatewaytest.Send(t, "GET", g.url+"/ollama/x", append([]string{"X-Forwarded-For", ip}, h...)...)
 	}
 
 	for _, c := range []struct {
@@ -163,21 +164,21 @@ func TestFailedAuthThrottlesWideNetworks(t *testing.T) {
 	} {
 		var throttled int
 		for i := range 120 {
-			if r := from(c.attacker(i), "X-API-Key", "DEV_API_nonsense"); r.status == 429 && r.err.Code == "rate_limited" {
+			if r := from(c.attacker(i), "X-API-Key", "DEV_API_nonsense"); r.Status == 429 && r.Err.Code == "rate_limited" {
 				throttled++
 			}
 		}
 		if throttled != 70 {
 			t.Errorf("%s: %d of 120 failures from distinct addresses throttled, want the 70 after the network's 50", c.name, throttled)
 		}
-		if r := from(c.neighbour, bearer(key)...); r.status != 429 {
-			t.Errorf("%s: a valid key from the throttled network got %d, want 429", c.name, r.status)
+		if r := from(c.neighbour, key.Bearer()...); r.Status != 429 {
+			t.Errorf("%s: a valid key from the throttled network got %d, want 429", c.name, r.Status)
 		}
-		if r := from(c.away, bearer(key)...); r.status != 200 {
-			t.Errorf("%s: a valid key from another network got %d, want 200", c.name, r.status)
+		if r := from(c.away, key.Bearer()...); r.Status != 200 {
+			t.Errorf("%s: a valid key from another network got %d, want 200", c.name, r.Status)
 		}
 	}
-	if err := stopCaddy(); err != nil {
+	if err := gatewaytest.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	var denied, throttledLines int
@@ -206,23 +207,23 @@ func TestFailedAuthThrottlesWideNetworks(t *testing.T) {
 func TestAuditLogRollsBySize(t *testing.T) {
 	dir := t.TempDir()
 	auditLog := filepath.Join(dir, "audit.log")
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_roll", Role: "reader", Services: []string{"*"}})
-	g := &quotaGateway{up: newUpstream(t), counters: filepath.Join(dir, "counters.json")}
-	port := freePort(t)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_roll", Role: "reader", Services: []string{"*"}})
+	g := &quotaGateway{up: gatewaytest.NewUpstream(t), counters: filepath.Join(dir, "counters.json")}
+	port := gatewaytest.Port(t)
 	g.url = fmt.Sprintf("http://127.0.0.1:%d", port)
-	startCaddy(t, quotaSite(port, writeKeyFile(t, key.record), g.counters, g.up.addr(),
+	gatewaytest.Start(t, quotaSite(port, gatewaytest.WriteKeyFile(t, key.Record), g.counters, g.up.Addr(),
 		"failed_auth_limit off\n\t\t\taudit_log "+auditLog+" {\n\t\t\t\troll_size 2KiB\n\t\t\t\troll_keep 3\n\t\t\t}"))
 	head := func() string { data, _ := os.ReadFile(auditLog + ".head"); return string(data) }
 	for i := range 90 {
 		before := head()
-		send(t, "GET", g.url+"/ollama/x", "X-Forwarded-For", fmt.Sprintf("192.0.2.%d", i+1))
+		gatewaytest.Send(t, "GET", g.url+"/ollama/x", "X-Forwarded-For", fmt.Sprintf("192.0.2.%d", i+1))
 		if i%10 == 9 { // in several batches, as traffic comes
 			for deadline := time.Now().Add(5 * time.Second); head() == before && time.Now().Before(deadline); {
 				time.Sleep(5 * time.Millisecond)
 			}
 		}
 	}
-	if err := stopCaddy(); err != nil {
+	if err := gatewaytest.Stop(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -284,12 +285,12 @@ func TestRefusalSummaryEachInterval(t *testing.T) {
 	summaryEvery = 2 * time.Second // long enough for a round of 150 requests, under -race too
 	dir := t.TempDir()
 	logPath, auditLog := filepath.Join(dir, "caddy.log"), filepath.Join(dir, "audit.log")
-	g := &quotaGateway{up: newUpstream(t), counters: filepath.Join(dir, "counters.json")}
-	port := freePort(t)
+	g := &quotaGateway{up: gatewaytest.NewUpstream(t), counters: filepath.Join(dir, "counters.json")}
+	port := gatewaytest.Port(t)
 	g.url = fmt.Sprintf("http://127.0.0.1:%d", port)
-	cfg := quotaSite(port, writeKeyFile(t, newKey(t, keystore.Dev, keystore.Record{ID: "k_unused", Role: "reader"}).record), g.counters, g.up.addr(), "failed_auth_limit off\n\t\t\taudit_log "+auditLog)
+	cfg := quotaSite(port, gatewaytest.WriteKeyFile(t, gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_unused", Role: "reader"}).Record), g.counters, g.up.Addr(), "failed_auth_limit off\n\t\t\taudit_log "+auditLog)
 	cfg = strings.Replace(cfg, "persist_config off", "persist_config off\n\tlog {\n\t\toutput file "+logPath+"\n\t\tformat json\n\t}", 1)
-	startCaddy(t, cfg)
+	gatewaytest.Start(t, cfg)
 
 	summaries := func() (lines []map[string]any) {
 		for _, l := range jsonLines(t, logPath) {
@@ -301,7 +302,7 @@ func TestRefusalSummaryEachInterval(t *testing.T) {
 	}
 	for round := 1; round <= 2; round++ {
 		for i := range 150 { // from 150 addresses of 198.51.0.0/16: past the 100 of a kind
-			send(t, "GET", g.url+"/ollama/x", "X-Forwarded-For", fmt.Sprintf("198.51.%d.%d", round, i+1))
+			gatewaytest.Send(t, "GET", g.url+"/ollama/x", "X-Forwarded-For", fmt.Sprintf("198.51.%d.%d", round, i+1))
 		}
 		for deadline := time.Now().Add(5 * time.Second); len(summaries()) < round && time.Now().Before(deadline); {
 			time.Sleep(20 * time.Millisecond)
@@ -315,7 +316,7 @@ func TestRefusalSummaryEachInterval(t *testing.T) {
 			t.Errorf("round %d: summary %v, want 50 missing_key from 198.51.0.0/16", round, s)
 		}
 	}
-	audit := readWhenContains(t, auditLog, "request.denied.summary")
+	audit := gatewaytest.WaitForLog(t, auditLog, "request.denied.summary")
 	if n := strings.Count(audit, `"event":"request.denied"`); n > 2*anonPerInterval {
 		t.Errorf("%d request.denied entries, want at most %d", n, 2*anonPerInterval)
 	}

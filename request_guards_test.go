@@ -14,16 +14,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
-// hardeningSite is a gateway on one port with the given apikey settings on
+// guardedSite is a gateway on one port with the given apikey settings on
 // /api/*, in front of up, and Caddy's log at DEBUG in logPath. Request
 // headers may be 64 KB (Caddy's default is 16 KB), as on the servers where
 // the issues were found.
-func hardeningSite(port int, logPath, keyFile, upstream, settings, siteExtra string) string {
+func guardedSite(port int, logPath, keyFile, upstream, settings, siteExtra string) string {
 	return fmt.Sprintf(`{
 	admin off
 	persist_config off
@@ -50,21 +49,21 @@ http://127.0.0.1:%d {
 // TestSecondKeyNeverReachesTheUpstream: a request that carries two keys in
 // two key headers is admitted on the first, and the upstream sees neither.
 func TestSecondKeyNeverReachesTheUpstream(t *testing.T) {
-	writer := newKey(t, keystore.Prod, keystore.Record{ID: "k_two_writer", Role: "writer"})
-	reader := newKey(t, keystore.Dev, keystore.Record{ID: "k_two_reader", Role: "reader"})
-	up := newUpstream(t)
-	port := freePort(t)
-	startCaddy(t, hardeningSite(port, filepath.Join(t.TempDir(), "caddy.log"), writeKeyFile(t, writer.record, reader.record), up.addr(), "", ""))
+	writer := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_two_writer", Role: "writer"})
+	reader := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_two_reader", Role: "reader"})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, guardedSite(port, filepath.Join(t.TempDir(), "caddy.log"), gatewaytest.WriteKeyFile(t, writer.Record, reader.Record), up.Addr(), "", ""))
 	url := fmt.Sprintf("http://127.0.0.1:%d/api/x", port)
 
 	for name, hdrs := range map[string][]string{
-		"bearer writer, header reader": {"Authorization", "Bearer " + writer.secret, "X-API-Key", reader.secret},
-		"header writer, basic auth":    {"X-API-Key", writer.secret, "Authorization", "Basic dXNlcjpwYXNz"},
+		"bearer writer, header reader": {"Authorization", "Bearer " + writer.Secret, "X-API-Key", reader.Secret},
+		"header writer, basic auth":    {"X-API-Key", writer.Secret, "Authorization", "Basic dXNlcjpwYXNz"},
 	} {
-		if r := send(t, "GET", url, hdrs...); r.status != 200 {
-			t.Fatalf("%s: %d", name, r.status)
+		if r := gatewaytest.Send(t, "GET", url, hdrs...); r.Status != 200 {
+			t.Fatalf("%s: %d", name, r.Status)
 		}
-		seen := up.last(t)
+		seen := up.Last(t)
 		for _, h := range []string{"Authorization", "X-Api-Key"} {
 			if v := seen.Header.Get(h); v != "" {
 				t.Errorf("%s: the upstream got %s (%d bytes)", name, h, len(v))
@@ -77,18 +76,18 @@ func TestSecondKeyNeverReachesTheUpstream(t *testing.T) {
 // DELETE, through any override header or _method, is refused (403 method)
 // and never reaches the upstream; an override the role allows passes.
 func TestMethodOverridesAreChecked(t *testing.T) {
-	reader := newKey(t, keystore.Dev, keystore.Record{ID: "k_override_reader", Role: "reader"})
-	writer := newKey(t, keystore.Dev, keystore.Record{ID: "k_override_writer", Role: "writer"})
-	custom := newKey(t, keystore.Dev, keystore.Record{ID: "k_override_custom", Role: "custom", Permissions: []string{"GET /x", "POST /chat"}})
-	up := newUpstream(t)
-	port := freePort(t)
-	startCaddy(t, hardeningSite(port, filepath.Join(t.TempDir(), "caddy.log"),
-		writeKeyFile(t, reader.record, writer.record, custom.record), up.addr(), "", ""))
+	reader := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_override_reader", Role: "reader"})
+	writer := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_override_writer", Role: "writer"})
+	custom := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_override_custom", Role: "custom", Permissions: []string{"GET /x", "POST /chat"}})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, guardedSite(port, filepath.Join(t.TempDir(), "caddy.log"),
+		gatewaytest.WriteKeyFile(t, reader.Record, writer.Record, custom.Record), up.Addr(), "", ""))
 	base := fmt.Sprintf("http://127.0.0.1:%d/api", port)
 
 	for _, c := range []struct {
 		name    string
-		key     testKey
+		key     gatewaytest.Key
 		path    string
 		headers []string
 		status  int
@@ -107,17 +106,17 @@ func TestMethodOverridesAreChecked(t *testing.T) {
 		{"_method after a semicolon", reader, "/x?a=1;_method=DELETE", nil, 403},
 		{"no override", reader, "/x", nil, 200},
 	} {
-		before := up.count()
-		r := send(t, "GET", base+c.path, append(bearer(c.key), c.headers...)...)
-		if r.status != c.status {
-			t.Errorf("%s: %d, want %d", c.name, r.status, c.status)
+		before := up.Count()
+		r := gatewaytest.Send(t, "GET", base+c.path, append(c.key.Bearer(), c.headers...)...)
+		if r.Status != c.status {
+			t.Errorf("%s: %d, want %d", c.name, r.Status, c.status)
 			continue
 		}
 		if c.status == 403 {
-			if r.err.Reason != reasonMethod {
-				t.Errorf("%s: reason %q, want method", c.name, r.err.Reason)
+			if r.Err.Reason != reasonMethod {
+				t.Errorf("%s: reason %q, want method", c.name, r.Err.Reason)
 			}
-			if up.count() != before {
+			if up.Count() != before {
 				t.Errorf("%s: the refused request reached the upstream", c.name)
 			}
 		}
@@ -141,8 +140,8 @@ func TestMethodOverridesAreChecked(t *testing.T) {
 	} {
 		req, _ := http.NewRequest("POST", base+"/x", strings.NewReader(c.body))
 		req.Header.Set("Content-Type", c.contentType)
-		req.Header.Set("Authorization", "Bearer "+writer.secret)
-		resp, err := client.Do(req)
+		req.Header.Set("Authorization", "Bearer "+writer.Secret)
+		resp, err := gatewaytest.Client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -151,7 +150,7 @@ func TestMethodOverridesAreChecked(t *testing.T) {
 			t.Errorf("writer POST with %s: %d, want %d", c.name, resp.StatusCode, c.status)
 		}
 		if c.status == 200 {
-			if seen := up.last(t); seen.Method != "POST" {
+			if seen := up.Last(t); seen.Method != "POST" {
 				t.Errorf("%s: the upstream got %s", c.name, seen.Method)
 			}
 		}
@@ -163,11 +162,11 @@ func TestMethodOverridesAreChecked(t *testing.T) {
 // or encoded slashes (which Caddy's matcher cleans, and an upstream may
 // not) is refused (403 path) rather than checked in its cleaned form.
 func TestPathPermissionsOnCanonicalPaths(t *testing.T) {
-	custom := newKey(t, keystore.Dev, keystore.Record{ID: "k_paths", Role: "custom", Permissions: []string{"GET /h/api/*"}})
-	admin := newKey(t, keystore.Dev, keystore.Record{ID: "k_paths_admin", Role: "admin"})
-	up := newUpstream(t)
-	port := freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	custom := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_paths", Role: "custom", Permissions: []string{"GET /h/api/*"}})
+	admin := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_paths_admin", Role: "admin"})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -178,14 +177,14 @@ http://127.0.0.1:%d {
 		}
 		reverse_proxy %s
 	}
-}`, port, writeKeyFile(t, custom.record, admin.record), up.addr()))
+}`, port, gatewaytest.WriteKeyFile(t, custom.Record, admin.Record), up.Addr()))
 	for _, p := range []string{"/h/admin/..%2Fapi/x", "/h/admin/%2e%2e/api/x", "/h/admin%2F..%2Fapi/x", "/h/admin/../api/x", "/h/api/./x",
 		"/h/api/x%5C..%5Cadmin", "/h/api/x%5c..%5cadmin", "/h/api/..;/admin"} {
-		before := up.count()
+		before := up.Count()
 		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d", port), nil)
 		req.URL.Opaque = p // as sent, not cleaned by the client
-		req.Header.Set("Authorization", "Bearer "+custom.secret)
-		resp, err := client.Do(req)
+		req.Header.Set("Authorization", "Bearer "+custom.Secret)
+		resp, err := gatewaytest.Client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -194,18 +193,18 @@ http://127.0.0.1:%d {
 		if resp.StatusCode != 403 || !strings.Contains(string(body), `"reason":"path"`) {
 			t.Errorf("%s: %d %s, want 403 reason path", p, resp.StatusCode, body)
 		}
-		if up.count() != before {
+		if up.Count() != before {
 			t.Errorf("%s reached the upstream", p)
 		}
 	}
-	if r := send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/h/api/x", port), bearer(custom)...); r.status != 200 {
-		t.Errorf("the plain path: %d", r.status)
+	if r := gatewaytest.Send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/h/api/x", port), custom.Bearer()...); r.Status != 200 {
+		t.Errorf("the plain path: %d", r.Status)
 	}
 	// A key without path permissions is not held to it.
 	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d", port), nil)
 	req.URL.Opaque = "/h/a/..%2Fb"
-	req.Header.Set("Authorization", "Bearer "+admin.secret)
-	if resp, err := client.Do(req); err != nil || resp.StatusCode != 200 {
+	req.Header.Set("Authorization", "Bearer "+admin.Secret)
+	if resp, err := gatewaytest.Client.Do(req); err != nil || resp.StatusCode != 200 {
 		t.Errorf("an admin key on an encoded path: %v", err)
 	} else {
 		resp.Body.Close()
@@ -217,8 +216,8 @@ http://127.0.0.1:%d {
 // and a preflight passed on carries no key, credential, cookie, override
 // or body.
 func TestNothingRidesInTrailersOrPreflights(t *testing.T) {
-	writer := newKey(t, keystore.Prod, keystore.Record{ID: "k_trailer_writer", Role: "writer", Services: []string{"n8n"}})
-	reader := newKey(t, keystore.Dev, keystore.Record{ID: "k_trailer_reader", Role: "reader", Services: []string{"n8n"}})
+	writer := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_trailer_writer", Role: "writer", Services: []string{"n8n"}})
+	reader := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_trailer_reader", Role: "reader", Services: []string{"n8n"}})
 	type seen struct {
 		method  string
 		query   string
@@ -232,8 +231,8 @@ func TestNothingRidesInTrailersOrPreflights(t *testing.T) {
 		got <- seen{r.Method, r.URL.RawQuery, r.Header.Clone(), r.Trailer.Clone(), string(body)}
 	}))
 	t.Cleanup(up.Close)
-	port := freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -244,13 +243,13 @@ http://127.0.0.1:%d {
 		upstream_auth gateway-n8n-credential
 	}
 	reverse_proxy %s
-}`, port, writeKeyFile(t, writer.record, reader.record), strings.TrimPrefix(up.URL, "http://")))
+}`, port, gatewaytest.WriteKeyFile(t, writer.Record, reader.Record), strings.TrimPrefix(up.URL, "http://")))
 	url := fmt.Sprintf("http://127.0.0.1:%d/api/v1/workflows", port)
 
 	req, _ := http.NewRequest("POST", url, io.NopCloser(strings.NewReader("payload"))) // chunked
-	req.Header.Set("Authorization", "Bearer "+writer.secret)
-	req.Trailer = http.Header{"X-Api-Key": {reader.secret}, "X-N8n-Api-Key": {"client-chosen"}, "X-Http-Method-Override": {"DELETE"}}
-	resp, err := client.Do(req)
+	req.Header.Set("Authorization", "Bearer "+writer.Secret)
+	req.Trailer = http.Header{"X-Api-Key": {reader.Secret}, "X-N8n-Api-Key": {"client-chosen"}, "X-Http-Method-Override": {"DELETE"}}
+	resp, err := gatewaytest.Client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,10 +265,10 @@ http://127.0.0.1:%d {
 	req, _ = http.NewRequest("OPTIONS", url+"?_method=DELETE", strings.NewReader("body"))
 	for name, v := range map[string]string{"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
 		"X-N8N-API-KEY": "attacker-guess", "X-HTTP-Method-Override": "DELETE", "Cookie": "session=1",
-		"X-API-Key": reader.secret} {
+		"X-API-Key": reader.Secret} {
 		req.Header.Set(name, v)
 	}
-	resp, err = client.Do(req)
+	resp, err = gatewaytest.Client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,17 +296,17 @@ func keysOf(h http.Header) []string {
 // retrying a 403) costs at most 10 log lines and audit entries a minute,
 // and the metrics still count every refusal.
 func TestKeyRefusalsWrittenBounded(t *testing.T) {
-	reader := newKey(t, keystore.Dev, keystore.Record{ID: "k_refused_often", Role: "reader"})
-	up := newUpstream(t)
-	port := freePort(t)
+	reader := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_refused_often", Role: "reader"})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
 	dir := t.TempDir()
 	logPath, auditPath := filepath.Join(dir, "caddy.log"), filepath.Join(dir, "audit.log")
-	cfg := strings.Replace(hardeningSite(port, logPath, writeKeyFile(t, reader.record), up.addr(), "audit_log "+auditPath, ""),
+	cfg := strings.Replace(guardedSite(port, logPath, gatewaytest.WriteKeyFile(t, reader.Record), up.Addr(), "audit_log "+auditPath, ""),
 		"level DEBUG", "level INFO", 1)
-	startCaddy(t, cfg)
+	gatewaytest.Start(t, cfg)
 	for range 300 {
-		if r := send(t, "DELETE", fmt.Sprintf("http://127.0.0.1:%d/api/x", port), bearer(reader)...); r.status != 403 {
-			t.Fatalf("DELETE by a reader: %d", r.status)
+		if r := gatewaytest.Send(t, "DELETE", fmt.Sprintf("http://127.0.0.1:%d/api/x", port), reader.Bearer()...); r.Status != 403 {
+			t.Fatalf("DELETE by a reader: %d", r.Status)
 		}
 	}
 	time.Sleep(300 * time.Millisecond) // the audit writer's batch
@@ -324,12 +323,12 @@ func TestKeyRefusalsWrittenBounded(t *testing.T) {
 // TestErrorFormats: each route's refusals come in its error_format, and a
 // daily-quota 429 says no retry will help soon while a burst 429 does not.
 func TestErrorFormats(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_formats", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(1)})
-	burst := newKey(t, keystore.Dev, keystore.Record{ID: "k_formats_burst", Role: "reader", Services: []string{"*"}, Rate: "1/m"})
-	up := newUpstream(t)
-	port := freePort(t)
-	keyFile := writeKeyFile(t, key.record, burst.record)
-	startCaddy(t, fmt.Sprintf(`{
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_formats", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(1)})
+	burst := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_formats_burst", Role: "reader", Services: []string{"*"}, Rate: "1/m"})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record, burst.Record)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -366,7 +365,7 @@ http://127.0.0.1:%[1]d {
 		}
 		reverse_proxy %[3]s
 	}
-}`, port, keyFile, up.addr()))
+}`, port, keyFile, up.Addr()))
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 
 	raw := func(method, path string, hdrs ...string) (int, http.Header, map[string]any) {
@@ -375,7 +374,7 @@ http://127.0.0.1:%[1]d {
 		for i := 0; i+1 < len(hdrs); i += 2 {
 			req.Header.Set(hdrs[i], hdrs[i+1])
 		}
-		resp, err := client.Do(req)
+		resp, err := gatewaytest.Client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -404,16 +403,16 @@ http://127.0.0.1:%[1]d {
 		t.Errorf("ollama: %v", body)
 	}
 	// 403 with its reason.
-	_, _, body = raw("POST", "/ollama/x", bearer(key)...)
+	_, _, body = raw("POST", "/ollama/x", key.Bearer()...)
 	if body["error"] != "The key's role or permissions do not allow this method on this path." || body["reason"] != "method" {
 		t.Errorf("ollama 403: %v", body)
 	}
 
 	// The daily quota: one request passes, the next is final.
-	if status, _, _ := raw("GET", "/openai/x", bearer(key)...); status != 200 {
+	if status, _, _ := raw("GET", "/openai/x", key.Bearer()...); status != 200 {
 		t.Fatalf("first request: %d", status)
 	}
-	status, hdr, body := raw("GET", "/openai/x", bearer(key)...)
+	status, hdr, body := raw("GET", "/openai/x", key.Bearer()...)
 	if status != 429 || hdr.Get("X-Should-Retry") != "false" || hdr.Get("Retry-After") == "" {
 		t.Errorf("daily quota: %d, x-should-retry %q, retry-after %q", status, hdr.Get("X-Should-Retry"), hdr.Get("Retry-After"))
 	}
@@ -421,8 +420,8 @@ http://127.0.0.1:%[1]d {
 		t.Errorf("daily quota body: %v", body)
 	}
 	// The burst rate: retrying helps, so no x-should-retry.
-	raw("GET", "/openai/x", bearer(burst)...)
-	status, hdr, body = raw("GET", "/openai/x", bearer(burst)...)
+	raw("GET", "/openai/x", burst.Bearer()...)
+	status, hdr, body = raw("GET", "/openai/x", burst.Bearer()...)
 	if status != 429 || hdr.Get("X-Should-Retry") != "" || hdr.Get("Retry-After") == "" {
 		t.Errorf("burst: %d, x-should-retry %q, retry-after %q", status, hdr.Get("X-Should-Retry"), hdr.Get("Retry-After"))
 	}
@@ -435,11 +434,11 @@ http://127.0.0.1:%[1]d {
 // the next handler uncounted, so twenty of them do not lock an address out,
 // and refusals carry the site's CORS headers.
 func TestPreflightsPass(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_cors", Role: "reader"})
-	up := newUpstream(t)
-	port := freePort(t)
-	keyFile := writeKeyFile(t, key.record)
-	startCaddy(t, fmt.Sprintf(`{
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_cors", Role: "reader"})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -463,35 +462,35 @@ http://127.0.0.1:%[1]d {
 		respond @preflight 204
 		reverse_proxy %[3]s
 	}
-}`, port, keyFile, up.addr()))
+}`, port, keyFile, up.Addr()))
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	preflight := []string{"Origin", "https://app.example.com", "Access-Control-Request-Method", "POST",
 		"Access-Control-Request-Headers", "authorization"}
 
 	for i := range 25 {
-		r := send(t, "OPTIONS", base+"/api/v1/chat", preflight...)
-		if r.status != 204 || r.header.Get("Access-Control-Allow-Origin") != "https://app.example.com" {
-			t.Fatalf("preflight %d: %d, allow-origin %q", i, r.status, r.header.Get("Access-Control-Allow-Origin"))
+		r := gatewaytest.Send(t, "OPTIONS", base+"/api/v1/chat", preflight...)
+		if r.Status != 204 || r.Header.Get("Access-Control-Allow-Origin") != "https://app.example.com" {
+			t.Fatalf("preflight %d: %d, allow-origin %q", i, r.Status, r.Header.Get("Access-Control-Allow-Origin"))
 		}
 	}
-	if r := send(t, "GET", base+"/api/v1/models", bearer(key)...); r.status != 200 {
-		t.Fatalf("a valid key after 25 preflights: %d (locked out?)", r.status)
+	if r := gatewaytest.Send(t, "GET", base+"/api/v1/models", key.Bearer()...); r.Status != 200 {
+		t.Fatalf("a valid key after 25 preflights: %d (locked out?)", r.Status)
 	}
-	if up.count() != 1 {
-		t.Errorf("the upstream saw %d requests, want 1 (preflights are answered by respond)", up.count())
+	if up.Count() != 1 {
+		t.Errorf("the upstream saw %d requests, want 1 (preflights are answered by respond)", up.Count())
 	}
 	// An OPTIONS that is not a preflight is authenticated like any request.
-	if r := send(t, "OPTIONS", base+"/api/v1/chat"); r.status != 401 {
-		t.Errorf("a bare OPTIONS: %d, want 401", r.status)
+	if r := gatewaytest.Send(t, "OPTIONS", base+"/api/v1/chat"); r.Status != 401 {
+		t.Errorf("a bare OPTIONS: %d, want 401", r.Status)
 	}
 	// Refusals carry the site's CORS headers, so a browser app can read them.
-	r := send(t, "GET", base+"/api/v1/models", "Origin", "https://app.example.com")
-	if r.status != 401 || r.header.Get("Access-Control-Allow-Origin") != "https://app.example.com" || !strings.Contains(r.header.Get("Access-Control-Expose-Headers"), "Retry-After") {
-		t.Errorf("refusal: %d, allow-origin %q", r.status, r.header.Get("Access-Control-Allow-Origin"))
+	r := gatewaytest.Send(t, "GET", base+"/api/v1/models", "Origin", "https://app.example.com")
+	if r.Status != 401 || r.Header.Get("Access-Control-Allow-Origin") != "https://app.example.com" || !strings.Contains(r.Header.Get("Access-Control-Expose-Headers"), "Retry-After") {
+		t.Errorf("refusal: %d, allow-origin %q", r.Status, r.Header.Get("Access-Control-Allow-Origin"))
 	}
 	// preflight authenticate: a preflight is checked like any request.
-	if r := send(t, "OPTIONS", base+"/strict/v1/chat", preflight...); r.status != 401 {
-		t.Errorf("preflight authenticate: %d, want 401", r.status)
+	if r := gatewaytest.Send(t, "OPTIONS", base+"/strict/v1/chat", preflight...); r.Status != 401 {
+		t.Errorf("preflight authenticate: %d, want 401", r.Status)
 	}
 }
 
@@ -499,17 +498,17 @@ http://127.0.0.1:%[1]d {
 // and watched; a rotated secret reaches the upstream within a second, with
 // no reload, and a version that is empty keeps the last good one.
 func TestUpstreamSecretFromFile(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_secret_file", Role: "reader", Services: []string{"*"}})
-	up := newUpstream(t)
-	port := freePort(t)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_secret_file", Role: "reader", Services: []string{"*"}})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
 	dir := t.TempDir()
 	secret := filepath.Join(dir, "n8n.secret")
 	bearerSecret := filepath.Join(dir, "ollama.secret")
 	os.WriteFile(secret, []byte("n8n-secret-one\n"), 0o600)
 	os.WriteFile(bearerSecret, []byte("ollama-secret-one\n"), 0o600)
-	keyFile := writeKeyFile(t, key.record)
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	logPath := filepath.Join(dir, "caddy.log")
-	startCaddy(t, fmt.Sprintf(`{
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 	log {
@@ -532,14 +531,14 @@ http://127.0.0.1:%[1]d {
 		}
 		reverse_proxy %[6]s
 	}
-}`, port, keyFile, secret, bearerSecret, logPath, up.addr()))
+}`, port, keyFile, secret, bearerSecret, logPath, up.Addr()))
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	seen := func(path, header string) string {
 		t.Helper()
-		if r := send(t, "GET", base+path, bearer(key)...); r.status != 200 {
-			t.Fatalf("%s: %d", path, r.status)
+		if r := gatewaytest.Send(t, "GET", base+path, key.Bearer()...); r.Status != 200 {
+			t.Fatalf("%s: %d", path, r.Status)
 		}
-		return up.last(t).Header.Get(header)
+		return up.Last(t).Header.Get(header)
 	}
 	if got := seen("/n8n/x", "X-N8n-Api-Key"); got != "n8n-secret-one" {
 		t.Fatalf("n8n got %q", got)
@@ -565,7 +564,7 @@ http://127.0.0.1:%[1]d {
 
 	// An empty version is refused; the last good secret stays.
 	os.WriteFile(secret, nil, 0o600)
-	readWhenContains(t, logPath, "upstream secret file cannot be used")
+	gatewaytest.WaitForLog(t, logPath, "upstream secret file cannot be used")
 	if got := seen("/n8n/x", "X-N8n-Api-Key"); got != "n8n-secret-two" {
 		t.Errorf("after an empty version: %q", got)
 	}
@@ -580,11 +579,11 @@ http://127.0.0.1:%[1]d {
 // TestThrottlePeriodsKeepTheirOwnWindows: a route with a per-second limit
 // must not restart the window of a route with a per-minute limit.
 func TestThrottlePeriodsKeepTheirOwnWindows(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_periods", Role: "reader"})
-	up := newUpstream(t)
-	port := freePort(t)
-	keyFile := writeKeyFile(t, key.record)
-	startCaddy(t, fmt.Sprintf(`{
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_periods", Role: "reader"})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -603,24 +602,24 @@ http://127.0.0.1:%[1]d {
 		}
 		reverse_proxy %[3]s
 	}
-}`, port, keyFile, up.addr()))
+}`, port, keyFile, up.Addr()))
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	for i := range 10 {
 		if i == 5 {
 			// Past the per-second window: a failure on /second would
 			// have restarted a window shared by both routes.
 			time.Sleep(1100 * time.Millisecond)
-			send(t, "GET", base+"/second/x")
+			gatewaytest.Send(t, "GET", base+"/second/x")
 		}
-		if r := send(t, "GET", base+"/minute/x"); r.status != 401 {
-			t.Fatalf("failure %d: %d", i+1, r.status)
+		if r := gatewaytest.Send(t, "GET", base+"/minute/x"); r.Status != 401 {
+			t.Fatalf("failure %d: %d", i+1, r.Status)
 		}
 	}
-	if r := send(t, "GET", base+"/minute/x", bearer(key)...); r.status != 429 || r.err.Code != decisionRateLimited {
-		t.Errorf("after 10 failures in a minute: %d %s, want 429 rate_limited", r.status, r.err.Code)
+	if r := gatewaytest.Send(t, "GET", base+"/minute/x", key.Bearer()...); r.Status != 429 || r.Err.Code != decisionRateLimited {
+		t.Errorf("after 10 failures in a minute: %d %s, want 429 rate_limited", r.Status, r.Err.Code)
 	}
-	if r := send(t, "GET", base+"/second/x", bearer(key)...); r.status != 200 {
-		t.Errorf("the per-second route: %d, want 200", r.status)
+	if r := gatewaytest.Send(t, "GET", base+"/second/x", key.Bearer()...); r.Status != 200 {
+		t.Errorf("the per-second route: %d, want 200", r.Status)
 	}
 }
 
@@ -628,32 +627,32 @@ http://127.0.0.1:%[1]d {
 // one address cost one log line, one audit entry and one event for the
 // block, beside the refusals before it; paths are cut in what is written.
 func TestThrottledFloodWritesOnce(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_flood", Role: "reader"})
-	up := newUpstream(t)
-	port := freePort(t)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_flood", Role: "reader"})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
 	dir := t.TempDir()
 	logPath, auditPath := filepath.Join(dir, "caddy.log"), filepath.Join(dir, "audit.log")
 	// At INFO, as in production: at DEBUG, Caddy's own handle_path logs
 	// every request whole.
-	cfg := strings.Replace(hardeningSite(port, logPath, writeKeyFile(t, key.record), up.addr(), "audit_log "+auditPath, ""),
+	cfg := strings.Replace(guardedSite(port, logPath, gatewaytest.WriteKeyFile(t, key.Record), up.Addr(), "audit_log "+auditPath, ""),
 		"level DEBUG", "level INFO", 1)
 	doc := adaptJSON(t, cfg)
 	doc["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
 		"events": []string{eventDenied}, "handlers": []any{map[string]any{"handler": "apikey_test_recorder"}},
 	}}}
-	loadJSON(t, doc)
+	gatewaytest.StartJSON(t, doc)
 	takeEvents()
 
 	long := "/api/" + strings.Repeat("x", 20<<10)
 	const n, limit = 500, 20
 	statuses := map[int]int{}
 	for range n {
-		statuses[send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d%s", port, long)).status]++
+		statuses[gatewaytest.Send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d%s", port, long)).Status]++
 	}
 	if statuses[401] != limit || statuses[429] != n-limit {
 		t.Fatalf("statuses %v, want %d × 401 then 429", statuses, limit)
 	}
-	log := readWhenContains(t, logPath, "client address throttled")
+	log := gatewaytest.WaitForLog(t, logPath, "client address throttled")
 	if c := strings.Count(log, `"msg":"request denied"`); c != limit {
 		t.Errorf("%d request denied lines, want %d (one per failure, none per throttled request)", c, limit)
 	}
@@ -663,7 +662,7 @@ func TestThrottledFloodWritesOnce(t *testing.T) {
 	if info, err := os.Stat(logPath); err != nil || info.Size() > 64<<10 {
 		t.Errorf("the log grew to %d bytes", info.Size())
 	}
-	audit := readWhenContains(t, auditPath, "client.throttled")
+	audit := gatewaytest.WaitForLog(t, auditPath, "client.throttled")
 	if c := strings.Count(audit, "\n"); c != limit+1 {
 		t.Errorf("%d audit lines, want %d", c, limit+1)
 	}
@@ -679,7 +678,7 @@ func TestThrottledFloodWritesOnce(t *testing.T) {
 // adaptJSON adapts a Caddyfile into a JSON document a test can change.
 func adaptJSON(t *testing.T, caddyfile string) map[string]any {
 	t.Helper()
-	cfg, err := adapt(caddyfile)
+	cfg, err := gatewaytest.Adapt(caddyfile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -690,28 +689,18 @@ func adaptJSON(t *testing.T, caddyfile string) map[string]any {
 	return doc
 }
 
-// loadJSON runs a JSON config until the test ends.
-func loadJSON(t *testing.T, doc map[string]any) {
-	t.Helper()
-	cfg, _ := json.Marshal(doc)
-	if err := caddy.Load(cfg, true); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stopCaddy() })
-}
-
 // TestKeyServiceSlotsPerAddress: with a key service that answers in 1.5 s,
 // one address sending 300 concurrent made-up keys gets throttled instead of
 // taking every call slot: a valid, uncached key from another address still
 // gets 200, and the service sees at most the throttle limit plus the
 // per-address cap in calls.
 func TestKeyServiceSlotsPerAddress(t *testing.T) {
-	valid := newKey(t, keystore.Dev, keystore.Record{ID: "k_slots_valid", Role: "reader"})
-	svc := newFakeKeyService(t, valid.record)
+	valid := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_slots_valid", Role: "reader"})
+	svc := newFakeKeyService(t, valid.Record)
 	svc.delay = 1500 * time.Millisecond
-	up := newUpstream(t)
-	port := freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -723,15 +712,15 @@ http://127.0.0.1:%d {
 		failed_auth_limit 20/m
 	}
 	reverse_proxy %s
-}`, port, svc.URL, up.addr()))
+}`, port, svc.URL, up.Addr()))
 	url := fmt.Sprintf("http://127.0.0.1:%d/x", port)
 
 	const wave, limit, perAddressCap = 300, 20, 8
 	done := make(chan []int)
 	go func() {
-		done <- burst(wave, func(int) *http.Request {
+		done <- gatewaytest.Burst(wave, func(int) *http.Request {
 			req, _ := http.NewRequest("GET", url, nil)
-			req.Header.Set("X-API-Key", newKey(t, keystore.Dev, keystore.Record{}).secret)
+			req.Header.Set("X-API-Key", gatewaytest.NewKey(t, keystore.Dev, keystore.Record{}).Secret)
 			return req
 		})
 	}()
@@ -739,7 +728,7 @@ http://127.0.0.1:%d {
 	other := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: (&net.Dialer{
 		LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
 	req, _ := http.NewRequest("GET", url, nil)
-	req.Header.Set("Authorization", "Bearer "+valid.secret)
+	req.Header.Set("Authorization", "Bearer "+valid.Secret)
 	resp, err := other.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -748,7 +737,7 @@ http://127.0.0.1:%d {
 	if resp.StatusCode != 200 {
 		t.Errorf("a valid key from another address during the wave: %d, want 200", resp.StatusCode)
 	}
-	codes := tally(<-done)
+	codes := gatewaytest.Tally(<-done)
 	if codes[503] != 0 || codes[-1] != 0 {
 		t.Errorf("the wave got %v: no 503s or dropped connections expected", codes)
 	}
@@ -764,14 +753,19 @@ http://127.0.0.1:%d {
 // TestUsageStaysBoundedUnderDistinctPaths: one valid key sending 20,000
 // requests, each with a new 20 KB path segment, through the built Caddy,
 // leaves its memory within 20 MB of where it was and its usage file under
-// 1 MB, and /apikey/usage answers in pages.
+// 1 MB, and /apikey/usage answers in pages. Under -short it sends 5,000
+// (100 MB of distinct paths: kept, they would still pass the bound).
 func TestUsageStaysBoundedUnderDistinctPaths(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_cardinality", Role: "reader", QuotaPerDay: int64p(1_000_000)})
-	up := newUpstream(t)
+	distinct := 20000
+	if testing.Short() {
+		distinct = 5000
+	}
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_cardinality", Role: "reader", QuotaPerDay: int64p(1_000_000)})
+	up := gatewaytest.NewUpstream(t)
 	dir := t.TempDir()
-	port, adminPort := freePort(t), freePort(t)
+	port, adminPort := gatewaytest.Port(t), gatewaytest.Port(t)
 	usageFile := filepath.Join(dir, "usage.json")
-	cmd := runCaddyProcess(t, fmt.Sprintf(`{
+	cmd := gatewaytest.StartProcess(t, fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
 	servers {
@@ -788,7 +782,7 @@ http://127.0.0.1:%d {
 		}
 		reverse_proxy %s
 	}
-}`, adminPort, port, writeKeyFile(t, func() keystore.Record { r := key.record; r.Services = []string{"*"}; return r }()), usageFile, up.addr()), port)
+}`, adminPort, port, gatewaytest.WriteKeyFile(t, func() keystore.Record { r := key.Record; r.Services = []string{"*"}; return r }()), usageFile, up.Addr()))
 
 	segment := strings.Repeat("y", 20<<10)
 	run := func(from, n int) {
@@ -799,8 +793,8 @@ http://127.0.0.1:%d {
 			go func() {
 				for i := from + w; i < from+n; i += workers {
 					req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/ollama/x%07d%s/b", port, i, segment), nil)
-					req.Header.Set("Authorization", "Bearer "+key.secret)
-					resp, err := client.Do(req)
+					req.Header.Set("Authorization", "Bearer "+key.Secret)
+					resp, err := gatewaytest.Client.Do(req)
 					if err != nil {
 						errs <- err
 						return
@@ -823,14 +817,14 @@ http://127.0.0.1:%d {
 	}
 	run(0, 2000) // warm up: buffers, pools and the heap reach their working size
 	before := rssOf(t, cmd.Process.Pid)
-	run(2000, 20000)
+	run(2000, distinct)
 	after := rssOf(t, cmd.Process.Pid)
-	t.Logf("RSS %d MB before, %d MB after 20,000 distinct 20 KB paths", before>>20, after>>20)
+	t.Logf("RSS %d MB before, %d MB after %d distinct 20 KB paths", before>>20, after>>20, distinct)
 	if after-before > 20<<20 {
 		t.Errorf("RSS grew by %d MB, want under 20 MB", (after-before)>>20)
 	}
 
-	status, body := adminCall(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/apikey/usage?key=k_cardinality&limit=50", adminPort))
+	status, body := gatewaytest.Admin(t, "GET", fmt.Sprintf("http://127.0.0.1:%d", adminPort), "/apikey/usage?key=k_cardinality&limit=50")
 	var page struct {
 		Rows []struct {
 			Endpoint string `json:"endpoint"`
@@ -852,8 +846,8 @@ http://127.0.0.1:%d {
 		}
 	}
 	// The long segments all count as ":id": one counter, every request in it.
-	if total != 22000 || page.Next != "" {
-		t.Errorf("usage counts %d requests in %d rows (more pages: %v), want 22000 in one page", total, len(page.Rows), page.Next != "")
+	if total != int64(2000+distinct) || page.Next != "" {
+		t.Errorf("usage counts %d requests in %d rows (more pages: %v), want %d in one page", total, len(page.Rows), page.Next != "", 2000+distinct)
 	}
 
 	// A clean stop saves the usage file.
@@ -890,8 +884,8 @@ func rssOf(t *testing.T, pid int) int64 {
 // write a key header in full, and one whose trusted proxies are not strict,
 // are warned about once when the config loads, naming what to add.
 func TestProvisionWarnings(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_warn", Role: "reader"})
-	keyFile := writeKeyFile(t, key.record)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_warn", Role: "reader"})
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	for _, c := range []struct {
 		name, global, site string
 		want, notWant      []string
@@ -908,7 +902,7 @@ func TestProvisionWarnings(t *testing.T) {
 			if strings.Contains(site, "key_from_note") {
 				site, keyFrom = "log", "key_from header Authorization Bearer"
 			}
-			startCaddy(t, fmt.Sprintf(`{
+			gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 	log {
@@ -932,8 +926,8 @@ http://127.0.0.1:%[3]d {
 		}
 		respond ok
 	}
-}`, logPath, c.global, freePort(t), site, keyFile, keyFrom))
-			stopCaddy()
+}`, logPath, c.global, gatewaytest.Port(t), site, keyFile, keyFrom))
+			gatewaytest.Stop()
 			data, _ := os.ReadFile(logPath)
 			log := string(data)
 			for _, w := range c.want {
@@ -954,7 +948,7 @@ http://127.0.0.1:%[3]d {
 // form body, which frameworks still read, fails the request: the upstream
 // never gets the whole body, so it never acts on it.
 func TestMethodOverrideLateInABody(t *testing.T) {
-	writer := newKey(t, keystore.Dev, keystore.Record{ID: "k_late_writer", Role: "writer"})
+	writer := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_late_writer", Role: "writer"})
 	var complete atomic.Int64
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, err := io.ReadAll(r.Body); err != nil {
@@ -964,14 +958,14 @@ func TestMethodOverrideLateInABody(t *testing.T) {
 		complete.Add(1)
 	}))
 	t.Cleanup(up.Close)
-	port := freePort(t)
-	startCaddy(t, hardeningSite(port, filepath.Join(t.TempDir(), "caddy.log"), writeKeyFile(t, writer.record),
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, guardedSite(port, filepath.Join(t.TempDir(), "caddy.log"), gatewaytest.WriteKeyFile(t, writer.Record),
 		strings.TrimPrefix(up.URL, "http://"), "", ""))
 	post := func(body string) int {
 		req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d/api/x", port), strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.Header.Set("Authorization", "Bearer "+writer.secret)
-		resp, err := client.Do(req)
+		req.Header.Set("Authorization", "Bearer "+writer.Secret)
+		resp, err := gatewaytest.Client.Do(req)
 		if err != nil {
 			return -1
 		}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 )
@@ -52,14 +53,14 @@ func eventually(t *testing.T, what string, check func() bool) {
 // a steady client keeps sending a key that is valid in every version: that
 // client must never see anything but 200.
 func TestKeyFileLiveReload(t *testing.T) {
-	steady := newKey(t, keystore.Dev, keystore.Record{ID: "k_steady", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(1 << 40)})
-	a := newKey(t, keystore.Dev, keystore.Record{ID: "k_a", Role: "reader", Services: []string{"*"}})
-	b := newKey(t, keystore.Dev, keystore.Record{ID: "k_b", Role: "reader", Services: []string{"*"}})
-	up := newUpstream(t)
-	port := freePort(t)
+	steady := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_steady", Role: "reader", Services: []string{"*"}, QuotaPerDay: int64p(1 << 40)})
+	a := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_a", Role: "reader", Services: []string{"*"}})
+	b := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_b", Role: "reader", Services: []string{"*"}})
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
 	logPath := filepath.Join(t.TempDir(), "caddy.log")
-	keyFile := writeKeyFile(t, steady.record, a.record)
-	startCaddy(t, fmt.Sprintf(`{
+	keyFile := gatewaytest.WriteKeyFile(t, steady.Record, a.Record)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 	log {
@@ -81,9 +82,11 @@ http://127.0.0.1:%[2]d {
 		}
 		reverse_proxy %[4]s
 	}
-}`, logPath, port, keyFile, up.addr()))
+}`, logPath, port, keyFile, up.Addr()))
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	status := func(path string, k testKey) int { return send(t, "GET", base+path, bearer(k)...).status }
+	status := func(path string, k gatewaytest.Key) int {
+		return gatewaytest.Send(t, "GET", base+path, k.Bearer()...).Status
+	}
 
 	// Both routes share one loaded copy and one watcher.
 	abs, _ := filepath.Abs(keyFile)
@@ -101,8 +104,8 @@ http://127.0.0.1:%[2]d {
 		for !stop.Load() {
 			for _, path := range []string{"/one/x", "/two/x"} {
 				req, _ := http.NewRequest("GET", base+path, nil)
-				req.Header.Set("Authorization", "Bearer "+steady.secret)
-				resp, err := client.Do(req)
+				req.Header.Set("Authorization", "Bearer "+steady.Secret)
+				resp, err := gatewaytest.Client.Do(req)
 				sent.Add(1)
 				if err != nil || resp.StatusCode != 200 {
 					bad.Add(1)
@@ -120,35 +123,35 @@ http://127.0.0.1:%[2]d {
 	}
 
 	// Add b.
-	writeKeyFileAtomic(t, keyFile, steady.record, a.record, b.record)
+	writeKeyFileAtomic(t, keyFile, steady.Record, a.Record, b.Record)
 	eventually(t, "added key works", func() bool { return status("/two/x", b) == 200 })
 
 	// Revoke a.
-	revoked := a.record
+	revoked := a.Record
 	revoked.Revoked = true
-	writeKeyFileAtomic(t, keyFile, steady.record, revoked, b.record)
+	writeKeyFileAtomic(t, keyFile, steady.Record, revoked, b.Record)
 	eventually(t, "revoked key refused", func() bool {
-		r := send(t, "GET", base+"/one/x", bearer(a)...)
-		return r.status == 401 && r.err.Code == "revoked_key"
+		r := gatewaytest.Send(t, "GET", base+"/one/x", a.Bearer()...)
+		return r.Status == 401 && r.Err.Code == "revoked_key"
 	})
 
 	// Rotate b: a new secret, the old one in grace.
-	b2 := newKey(t, keystore.Dev, keystore.Record{})
-	rotated := b.record
-	rotated.Hash = b2.record.Hash
-	rotated.PreviousHashes = []keystore.PreviousHash{{Hash: b.record.Hash, ValidUntil: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}}
-	writeKeyFileAtomic(t, keyFile, steady.record, revoked, rotated)
+	b2 := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
+	rotated := b.Record
+	rotated.Hash = b2.Record.Hash
+	rotated.PreviousHashes = []keystore.PreviousHash{{Hash: b.Record.Hash, ValidUntil: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}}
+	writeKeyFileAtomic(t, keyFile, steady.Record, revoked, rotated)
 	eventually(t, "rotated key works", func() bool { return status("/one/x", b2) == 200 })
-	if r := send(t, "GET", base+"/one/x", bearer(b)...); r.status != 200 || r.header.Get("Deprecation") != "true" {
-		t.Errorf("old secret after rotation: %d, Deprecation %q", r.status, r.header.Get("Deprecation"))
+	if r := gatewaytest.Send(t, "GET", base+"/one/x", b.Bearer()...); r.Status != 200 || r.Header.Get("Deprecation") != "true" {
+		t.Errorf("old secret after rotation: %d, Deprecation %q", r.Status, r.Header.Get("Deprecation"))
 	}
 
 	// Break the file, in place: the last good keys stay, and the error is
 	// logged with the file, record and field.
-	if err := os.WriteFile(keyFile, []byte(`{"keys": [{"id": "k_steady", "hash": "`+steady.record.Hash+`", "role": "reader"}, {"id": "k_x", "hash": "sha256:zz", "role": "reader"}]}`), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, []byte(`{"keys": [{"id": "k_steady", "hash": "`+steady.Record.Hash+`", "role": "reader"}, {"id": "k_x", "hash": "sha256:zz", "role": "reader"}]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := readWhenContains(t, logPath, "key file rejected")
+	logs := gatewaytest.WaitForLog(t, logPath, "key file rejected")
 	if !strings.Contains(logs, `keys[1] (id \"k_x\"): hash: must be`) || !strings.Contains(logs, keyFile) {
 		t.Errorf("the rejection does not name the file, record and field:\n%s", logs)
 	}
@@ -158,7 +161,7 @@ http://127.0.0.1:%[2]d {
 
 	// A slow in-place writer: the watcher may see half a file, which is
 	// rejected, then the whole one.
-	data, _ := json.Marshal(map[string]any{"keys": []keystore.Record{steady.record, a.record}})
+	data, _ := json.Marshal(map[string]any{"keys": []keystore.Record{steady.Record, a.Record}})
 	f, err := os.OpenFile(keyFile, os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		t.Fatal(err)
@@ -252,16 +255,16 @@ func (s *fakeKeyService) serve(w http.ResponseWriter, r *http.Request) {
 type remoteGateway struct {
 	url, logPath, admin string
 	svc                 *fakeKeyService
-	up                  *upstream
+	up                  *gatewaytest.Upstream
 }
 
 func startRemoteGateway(t *testing.T, cache string, records ...keystore.Record) *remoteGateway {
 	t.Setenv("APIKEY_TEST_KEYSVC_TOKEN", "keysvc-token-0003")
-	g := &remoteGateway{svc: newFakeKeyService(t, records...), up: newUpstream(t), logPath: filepath.Join(t.TempDir(), "caddy.log")}
-	port, adminPort := freePort(t), freePort(t)
+	g := &remoteGateway{svc: newFakeKeyService(t, records...), up: gatewaytest.NewUpstream(t), logPath: filepath.Join(t.TempDir(), "caddy.log")}
+	port, adminPort := gatewaytest.Port(t), gatewaytest.Port(t)
 	g.url = fmt.Sprintf("http://127.0.0.1:%d/x", port)
 	g.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
-	startCaddy(t, fmt.Sprintf(`{
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin 127.0.0.1:%[7]d
 	persist_config off
 	log {
@@ -283,69 +286,69 @@ http://127.0.0.1:%[2]d {
 		}
 	}
 	reverse_proxy %[6]s
-}`, g.logPath, port, g.svc.URL, cache, filepath.Join(t.TempDir(), "counters.json"), g.up.addr(), adminPort))
+}`, g.logPath, port, g.svc.URL, cache, filepath.Join(t.TempDir(), "counters.json"), g.up.Addr(), adminPort))
 	return g
 }
 
 // TestHTTPSourceProtocolAndCache: hit, miss, negative caching, the request
 // the service gets, rotation, and expiry checked against the clock.
 func TestHTTPSourceProtocolAndCache(t *testing.T) {
-	known := newKey(t, keystore.Dev, keystore.Record{ID: "k_remote", Role: "reader"})
-	old := newKey(t, keystore.Dev, keystore.Record{})
-	known.record.PreviousHashes = []keystore.PreviousHash{{Hash: old.record.Hash, ValidUntil: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}}
-	soon := newKey(t, keystore.Dev, keystore.Record{ID: "k_soon", Role: "reader", ExpiresAt: time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339)})
-	g := startRemoteGateway(t, "ttl 1h\n\t\t\tstale 2h\n\t\t\tnegative_ttl 1h", known.record, soon.record)
+	known := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_remote", Role: "reader"})
+	old := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
+	known.Record.PreviousHashes = []keystore.PreviousHash{{Hash: old.Record.Hash, ValidUntil: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}}
+	soon := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_soon", Role: "reader", ExpiresAt: time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339)})
+	g := startRemoteGateway(t, "ttl 1h\n\t\t\tstale 2h\n\t\t\tnegative_ttl 1h", known.Record, soon.Record)
 
-	if r := send(t, "GET", g.url, bearer(known)...); r.status != 200 {
-		t.Fatalf("known key: %d %s", r.status, r.body)
+	if r := gatewaytest.Send(t, "GET", g.url, known.Bearer()...); r.Status != 200 {
+		t.Fatalf("known key: %d %s", r.Status, r.Body)
 	}
 	g.svc.mu.Lock()
 	body, auth := g.svc.bodies[0], g.svc.auth[0]
 	g.svc.mu.Unlock()
-	if body != `{"hash":"`+known.record.Hash+`"}` {
+	if body != `{"hash":"`+known.Record.Hash+`"}` {
 		t.Errorf("the service got %s, want the hash", body)
 	}
-	if strings.Contains(body, known.secret) {
+	if strings.Contains(body, known.Secret) {
 		t.Error("the raw key left the gateway")
 	}
 	if auth != "Bearer keysvc-token-0003" {
 		t.Errorf("the service got Authorization %q", auth)
 	}
 	for i := 0; i < 5; i++ {
-		send(t, "GET", g.url, bearer(known)...)
+		gatewaytest.Send(t, "GET", g.url, known.Bearer()...)
 	}
 	if n := g.svc.calls.Load(); n != 1 {
 		t.Errorf("cache hits made %d calls, want 1", n)
 	}
 
-	unknown := newKey(t, keystore.Dev, keystore.Record{})
+	unknown := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
 	for i := 0; i < 3; i++ {
-		if r := send(t, "GET", g.url, bearer(unknown)...); r.status != 401 || r.err.Code != "invalid_key" {
-			t.Fatalf("unknown key: %d %q", r.status, r.err.Code)
+		if r := gatewaytest.Send(t, "GET", g.url, unknown.Bearer()...); r.Status != 401 || r.Err.Code != "invalid_key" {
+			t.Fatalf("unknown key: %d %q", r.Status, r.Err.Code)
 		}
 	}
 	if n := g.svc.calls.Load(); n != 2 {
 		t.Errorf("404 not cached: %d calls, want 2", n)
 	}
 	// Malformed keys never reach the service.
-	send(t, "GET", g.url, "X-API-Key", "DEV_API_not_a_key")
+	gatewaytest.Send(t, "GET", g.url, "X-API-Key", "DEV_API_not_a_key")
 	if n := g.svc.calls.Load(); n != 2 {
 		t.Errorf("a malformed key reached the service")
 	}
 
-	if r := send(t, "GET", g.url, bearer(old)...); r.status != 200 || r.header.Get("Deprecation") != "true" {
-		t.Errorf("old secret via the service: %d, Deprecation %q", r.status, r.header.Get("Deprecation"))
+	if r := gatewaytest.Send(t, "GET", g.url, old.Bearer()...); r.Status != 200 || r.Header.Get("Deprecation") != "true" {
+		t.Errorf("old secret via the service: %d, Deprecation %q", r.Status, r.Header.Get("Deprecation"))
 	}
 
 	// Expiry is checked per request against the clock, not when fetched.
-	if r := send(t, "GET", g.url, bearer(soon)...); r.status != 200 {
-		t.Fatalf("key before expiry: %d", r.status)
+	if r := gatewaytest.Send(t, "GET", g.url, soon.Bearer()...); r.Status != 200 {
+		t.Fatalf("key before expiry: %d", r.Status)
 	}
 	calls := g.svc.calls.Load()
 	time.Sleep(time.Until(time.Now().Add(1600 * time.Millisecond).Truncate(time.Second)))
 	eventually(t, "cached key expires", func() bool {
-		r := send(t, "GET", g.url, bearer(soon)...)
-		return r.status == 401 && r.err.Code == "expired_key"
+		r := gatewaytest.Send(t, "GET", g.url, soon.Bearer()...)
+		return r.Status == 401 && r.Err.Code == "expired_key"
 	})
 	if g.svc.calls.Load() != calls {
 		t.Error("expiry needed a call to the service")
@@ -355,8 +358,8 @@ func TestHTTPSourceProtocolAndCache(t *testing.T) {
 // TestHTTPSourceSingleflight: 100 concurrent first requests for one key make
 // one call.
 func TestHTTPSourceSingleflight(t *testing.T) {
-	k := newKey(t, keystore.Prod, keystore.Record{ID: "k_many", Role: "reader"})
-	g := startRemoteGateway(t, "ttl 1h\n\t\t\tstale 2h", k.record)
+	k := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_many", Role: "reader"})
+	g := startRemoteGateway(t, "ttl 1h\n\t\t\tstale 2h", k.Record)
 	g.svc.mu.Lock()
 	g.svc.delay = 150 * time.Millisecond
 	g.svc.mu.Unlock()
@@ -367,8 +370,8 @@ func TestHTTPSourceSingleflight(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			req, _ := http.NewRequest("GET", g.url, nil)
-			req.Header.Set("X-API-Key", k.secret)
-			resp, err := client.Do(req)
+			req.Header.Set("X-API-Key", k.Secret)
+			resp, err := gatewaytest.Client.Do(req)
 			if err == nil {
 				if resp.StatusCode == 200 {
 					ok.Add(1)
@@ -386,17 +389,17 @@ func TestHTTPSourceSingleflight(t *testing.T) {
 // TestHTTPSourceStaleWhileRevalidate: past ttl the cached record is served
 // at once while one background refresh runs.
 func TestHTTPSourceStaleWhileRevalidate(t *testing.T) {
-	k := newKey(t, keystore.Dev, keystore.Record{ID: "k_swr", Role: "reader"})
-	g := startRemoteGateway(t, "ttl 300ms\n\t\t\tstale 1h", k.record)
-	send(t, "GET", g.url, bearer(k)...)
+	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_swr", Role: "reader"})
+	g := startRemoteGateway(t, "ttl 300ms\n\t\t\tstale 1h", k.Record)
+	gatewaytest.Send(t, "GET", g.url, k.Bearer()...)
 	time.Sleep(400 * time.Millisecond)
 	g.svc.mu.Lock()
 	g.svc.delay = 250 * time.Millisecond // a refresh in the request path would show
 	g.svc.mu.Unlock()
 	for i := 0; i < 5; i++ {
 		start := time.Now()
-		if r := send(t, "GET", g.url, bearer(k)...); r.status != 200 {
-			t.Fatalf("stale request: %d", r.status)
+		if r := gatewaytest.Send(t, "GET", g.url, k.Bearer()...); r.Status != 200 {
+			t.Fatalf("stale request: %d", r.Status)
 		}
 		if d := time.Since(start); d > 200*time.Millisecond {
 			t.Errorf("a stale hit waited %v for the service", d)
@@ -413,23 +416,23 @@ func TestHTTPSourceStaleWhileRevalidate(t *testing.T) {
 // one gets 503 (never 401); a slow service is cut at the timeout; malformed
 // answers and records with a bad field are failures, logged once per interval.
 func TestHTTPSourceFailures(t *testing.T) {
-	warm := newKey(t, keystore.Dev, keystore.Record{ID: "k_warm", Role: "reader"})
-	cold := newKey(t, keystore.Dev, keystore.Record{ID: "k_cold", Role: "reader"})
-	g := startRemoteGateway(t, "ttl 100ms\n\t\t\tstale 1h", warm.record, cold.record)
-	if r := send(t, "GET", g.url, bearer(warm)...); r.status != 200 {
-		t.Fatalf("warming: %d", r.status)
+	warm := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_warm", Role: "reader"})
+	cold := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_cold", Role: "reader"})
+	g := startRemoteGateway(t, "ttl 100ms\n\t\t\tstale 1h", warm.Record, cold.Record)
+	if r := gatewaytest.Send(t, "GET", g.url, warm.Bearer()...); r.Status != 200 {
+		t.Fatalf("warming: %d", r.Status)
 	}
 	time.Sleep(150 * time.Millisecond) // past ttl: every request now tries a refresh
 
 	for _, mode := range []string{"down", "malformed", "badfield"} {
 		g.svc.setMode(mode)
 		for i := 0; i < 3; i++ {
-			if r := send(t, "GET", g.url, bearer(warm)...); r.status != 200 {
-				t.Errorf("%s: warm key got %d", mode, r.status)
+			if r := gatewaytest.Send(t, "GET", g.url, warm.Bearer()...); r.Status != 200 {
+				t.Errorf("%s: warm key got %d", mode, r.Status)
 			}
-			r := send(t, "GET", g.url, bearer(cold)...)
-			if r.status != 503 || r.err.Code != "unavailable" || r.header.Get("Retry-After") == "" {
-				t.Errorf("%s: cold key got %d %q (Retry-After %q), want 503 unavailable", mode, r.status, r.err.Code, r.header.Get("Retry-After"))
+			r := gatewaytest.Send(t, "GET", g.url, cold.Bearer()...)
+			if r.Status != 503 || r.Err.Code != "unavailable" || r.Header.Get("Retry-After") == "" {
+				t.Errorf("%s: cold key got %d %q (Retry-After %q), want 503 unavailable", mode, r.Status, r.Err.Code, r.Header.Get("Retry-After"))
 			}
 		}
 	}
@@ -439,16 +442,16 @@ func TestHTTPSourceFailures(t *testing.T) {
 	g.svc.delay = 2 * time.Second
 	g.svc.mu.Unlock()
 	start := time.Now()
-	r := send(t, "GET", g.url, bearer(cold)...)
-	if elapsed := time.Since(start); r.status != 503 || elapsed > 800*time.Millisecond {
-		t.Errorf("slow service: %d after %v, want 503 soon after the 300ms timeout", r.status, elapsed)
+	r := gatewaytest.Send(t, "GET", g.url, cold.Bearer()...)
+	if elapsed := time.Since(start); r.Status != 503 || elapsed > 800*time.Millisecond {
+		t.Errorf("slow service: %d after %v, want 503 soon after the 300ms timeout", r.Status, elapsed)
 	}
 
-	logs := readWhenContains(t, g.logPath, "key service failed")
+	logs := gatewaytest.WaitForLog(t, g.logPath, "key service failed")
 	if n := strings.Count(logs, "key service failed"); n != 1 {
 		t.Errorf("the failure was logged %d times, want once per interval", n)
 	}
-	if strings.Contains(logs, warm.secret) || strings.Contains(logs, strings.TrimPrefix(cold.record.Hash, "sha256:")) {
+	if strings.Contains(logs, warm.Secret) || strings.Contains(logs, strings.TrimPrefix(cold.Record.Hash, "sha256:")) {
 		t.Error("a key or hash reached the log")
 	}
 
@@ -457,8 +460,8 @@ func TestHTTPSourceFailures(t *testing.T) {
 	g.svc.delay = 0
 	g.svc.mu.Unlock()
 	g.svc.setMode("")
-	if r := send(t, "GET", g.url, bearer(cold)...); r.status != 200 {
-		t.Errorf("after recovery: %d", r.status)
+	if r := gatewaytest.Send(t, "GET", g.url, cold.Bearer()...); r.Status != 200 {
+		t.Errorf("after recovery: %d", r.Status)
 	}
 }
 
@@ -471,13 +474,13 @@ func TestHTTPSourceBadAnswersAreLogged(t *testing.T) {
 		"badfield":  `record (id \"k_bad_answer\") is invalid: role: unknown role \"superuser\"`,
 	} {
 		t.Run(mode, func(t *testing.T) {
-			k := newKey(t, keystore.Dev, keystore.Record{ID: "k_bad_answer", Role: "reader"})
-			g := startRemoteGateway(t, "ttl 1m", k.record)
+			k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_bad_answer", Role: "reader"})
+			g := startRemoteGateway(t, "ttl 1m", k.Record)
 			g.svc.setMode(mode)
-			if r := send(t, "GET", g.url, bearer(k)...); r.status != 503 {
-				t.Fatalf("%s answer: %d, want 503", mode, r.status)
+			if r := gatewaytest.Send(t, "GET", g.url, k.Bearer()...); r.Status != 503 {
+				t.Fatalf("%s answer: %d, want 503", mode, r.Status)
 			}
-			if logs := readWhenContains(t, g.logPath, "key service failed"); !strings.Contains(logs, want) {
+			if logs := gatewaytest.WaitForLog(t, g.logPath, "key service failed"); !strings.Contains(logs, want) {
 				t.Errorf("the log does not say what was wrong (%s):\n%s", want, logs)
 			}
 		})

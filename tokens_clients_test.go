@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/testtools"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
@@ -101,12 +102,12 @@ func startTokenSDK(t *testing.T, node string) *tokenSDK {
 
 // run makes one SDK call with key k; the key goes on standard input, and is
 // replaced by its id in anything printed.
-func (s *tokenSDK) run(k testKey, step map[string]any) tokenSDKResult {
+func (s *tokenSDK) run(k gatewaytest.Key, step map[string]any) tokenSDKResult {
 	t := s.t
 	t.Helper()
-	step["key"] = k.secret
+	step["key"] = k.Secret
 	plan, _ := json.Marshal(step)
-	redact := strings.NewReplacer(k.secret, "<key "+k.record.ID+">")
+	redact := strings.NewReplacer(k.Secret, "<key "+k.Record.ID+">")
 	if _, err := s.in.Write(append(plan, '\n')); err != nil {
 		t.Fatalf("node tokens.mjs: %v\nstderr: %s", err, redact.Replace(s.stderr.String()))
 	}
@@ -119,7 +120,7 @@ func (s *tokenSDK) run(k testKey, step map[string]any) tokenSDKResult {
 		t.Fatalf("node tokens.mjs: not JSON: %v: %s", err, redact.Replace(string(line)))
 	}
 	if !r.OK && step["op"] != "chat_refused" {
-		t.Fatalf("%v %v (key %s) failed: %s", step["sdk"], step["op"], k.record.ID, redact.Replace(string(line)))
+		t.Fatalf("%v %v (key %s) failed: %s", step["sdk"], step["op"], k.Record.ID, redact.Replace(string(line)))
 	}
 	return r
 }
@@ -138,7 +139,7 @@ func TestTokenClients(t *testing.T) {
 	const budget = 100000
 	up := newLLMUpstream(t, 20*time.Millisecond)
 	key := tokenKey(t, "k_sdk", func(r *keystore.Record) { r.TokensPerDay = int64p(budget); r.Models = []string{"llama3*"} })
-	base := tokenSite(t, up, writeKeyFile(t, key.record), "")
+	base := tokenSite(t, up, gatewaytest.WriteKeyFile(t, key.Record), "")
 	g := newTokenGateway(t, base)
 	sdk := startTokenSDK(t, node)
 

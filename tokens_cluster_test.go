@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
@@ -66,11 +67,11 @@ func TestTokenBudgetAcrossInstances(t *testing.T) {
 	defer rc.Close()
 	up := newLLMUpstream(t, 20*time.Millisecond)
 	key := tokenKey(t, "k_cluster", func(r *keystore.Record) { r.TokensPerDay = int64p(budget) })
-	keys := writeKeyFile(t, key.record)
+	keys := gatewaytest.WriteKeyFile(t, key.Record)
 	upAddr := strings.TrimPrefix(up.URL, "http://")
-	ports := []int{freePort(t), freePort(t)}
-	startCaddy(t, tokenClusterSite(ports[0], keys, srv.Addr(), upAddr))
-	runCaddyProcess(t, tokenClusterSite(ports[1], keys, srv.Addr(), upAddr), ports[1])
+	ports := []int{gatewaytest.Port(t), gatewaytest.Port(t)}
+	gatewaytest.Start(t, tokenClusterSite(ports[0], keys, srv.Addr(), upAddr))
+	gatewaytest.StartProcess(t, tokenClusterSite(ports[1], keys, srv.Addr(), upAddr))
 
 	bodies := []string{
 		`{"model":"llama3","messages":[{"role":"user","content":"hello there"}],"max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}`,
@@ -104,7 +105,7 @@ func TestTokenBudgetAcrossInstances(t *testing.T) {
 			o.instance = i % 2
 			req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/openai/v1/chat/completions", ports[o.instance]),
 				strings.NewReader(bodies[(i/2)%2]))
-			req.Header.Set("Authorization", "Bearer "+key.secret)
+			req.Header.Set("Authorization", "Bearer "+key.Secret)
 			req.Header.Set("Content-Type", "application/json")
 			<-start
 			time.Sleep(time.Duration(i/waveSize) * wave)
@@ -160,7 +161,7 @@ func TestTokenBudgetAcrossInstances(t *testing.T) {
 
 	// (a) and (c): what Redis holds once every settlement ran.
 	ctx := context.Background()
-	hash := ratelimit.TokensRedisKey(ratelimit.DefaultRedisKeyPrefix, key.record.ID)
+	hash := ratelimit.TokensRedisKey(ratelimit.DefaultRedisKeyPrefix, key.Record.ID)
 	var charged int64
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -184,7 +185,7 @@ func TestTokenBudgetAcrossInstances(t *testing.T) {
 	// instance, says the same.
 	for i, port := range ports {
 		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/openai/v1/models", port), nil)
-		req.Header.Set("Authorization", "Bearer "+key.secret)
+		req.Header.Set("Authorization", "Bearer "+key.Secret)
 		resp, err := hc.Do(req)
 		if err != nil {
 			t.Fatal(err)

@@ -9,21 +9,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
 // compressedCall sends a request with the client's Accept-Encoding: gzip
 // (so Go's transport does not decode for it) and returns the answer's
 // Content-Encoding and its body, gunzipped when it says gzip.
-func compressedCall(t *testing.T, g *tokenGateway, k testKey, path, body string) (string, string) {
+func compressedCall(t *testing.T, g *tokenGateway, k gatewaytest.Key, path, body string) (string, string) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, g.base+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+k.secret)
+	req.Header.Set("Authorization", "Bearer "+k.Secret)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept-Encoding", "gzip")
-	resp, err := client.Do(req)
+	resp, err := gatewaytest.Client.Do(req)
 	if err != nil {
-		t.Fatalf("%s (key %s): %v", path, k.record.ID, err)
+		t.Fatalf("%s (key %s): %v", path, k.Record.ID, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
@@ -65,7 +66,7 @@ func TestTokenCompressedAnswers(t *testing.T) {
 	const budget = 1000000
 	up := newLLMUpstream(t, 2*time.Millisecond)
 	key := tokenKey(t, "k_gzip", func(r *keystore.Record) { r.TokensPerDay = int64p(budget) })
-	keys := writeKeyFile(t, key.record)
+	keys := gatewaytest.WriteKeyFile(t, key.Record)
 	// ndjson: Caddy's encode does not compress application/x-ndjson by
 	// default (not in its match list).
 	calls := []struct {
@@ -157,7 +158,7 @@ func TestTokenStreamDecodedIncremental(t *testing.T) {
 	up := newLLMUpstream(t, gap)
 	up.setEncoding(encodeGzip)
 	key := tokenKey(t, "k_gzip_stream", func(r *keystore.Record) { r.TokensPerDay = int64p(100000) })
-	base := tokenMetricsSite(t, up, writeKeyFile(t, key.record), "", "")
+	base := tokenMetricsSite(t, up, gatewaytest.WriteKeyFile(t, key.Record), "", "")
 	for _, path := range []string{"/openai/v1/chat/completions", "/ollama/api/chat"} {
 		body := `{"model":"llama3","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"options":{"num_predict":5},"stream":true}`
 		resp, lines := streamRequest(t, base+path, key, body)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -27,7 +28,7 @@ func TestTokenClientsEveryEndpoint(t *testing.T) {
 	up := newLLMUpstream(t, 5*time.Millisecond)
 	up.setEncoding(encodeGzipAsked)
 	key := tokenKey(t, "k_endpoints", func(r *keystore.Record) { r.TokensPerDay = int64p(budget); r.Models = []string{"llama3*"} })
-	base := tokenMetricsSite(t, up, writeKeyFile(t, key.record), "", "")
+	base := tokenMetricsSite(t, up, gatewaytest.WriteKeyFile(t, key.Record), "", "")
 	g := newTokenGateway(t, base)
 	sdk := startTokenSDK(t, node)
 	missing := map[string]float64{}

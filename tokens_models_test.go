@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -22,25 +23,25 @@ func TestTokenModelSideDoors(t *testing.T) {
 	up := newLLMUpstream(t, 0)
 	key := tokenKey(t, "k_llama3_only", func(r *keystore.Record) { r.Models = []string{"llama3*"}; r.Role = "admin" }) // admin: DELETE too
 	open := tokenKey(t, "k_any_model", nil)
-	base := tokenSite(t, up, writeKeyFile(t, key.record, open.record), "")
+	base := tokenSite(t, up, gatewaytest.WriteKeyFile(t, key.Record, open.Record), "")
 
-	send := func(k testKey, method, path, contentType, body string, hdr ...string) (int, string) {
+	send := func(k gatewaytest.Key, method, path, contentType, body string, hdr ...string) (int, string) {
 		t.Helper()
 		var rd io.Reader
 		if body != "" {
 			rd = strings.NewReader(body)
 		}
 		req, _ := http.NewRequest(method, base+path, rd)
-		req.Header.Set("Authorization", "Bearer "+k.secret)
+		req.Header.Set("Authorization", "Bearer "+k.Secret)
 		if contentType != "" {
 			req.Header.Set("Content-Type", contentType)
 		}
 		for i := 0; i+1 < len(hdr); i += 2 {
 			req.Header.Set(hdr[i], hdr[i+1])
 		}
-		resp, err := client.Do(req)
+		resp, err := gatewaytest.Client.Do(req)
 		if err != nil {
-			t.Fatalf("%s %s (key %s): %v", method, path, k.record.ID, err)
+			t.Fatalf("%s %s (key %s): %v", method, path, k.Record.ID, err)
 		}
 		defer resp.Body.Close()
 		data, _ := io.ReadAll(resp.Body)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -20,15 +21,15 @@ var tokensDailyRemaining = regexp.MustCompile(`"tokens-daily";r=(\d+);`)
 // counters and are where they were after Caddy stops and starts again.
 func TestTokenCountsSurviveRestart(t *testing.T) {
 	up := newLLMUpstream(t, 0)
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_tokens_restart", Type: "dev", Role: "writer", Services: []string{"*"},
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_tokens_restart", Type: "dev", Role: "writer", Services: []string{"*"},
 		TokensPerDay: int64p(100000)})
-	keys := writeKeyFile(t, key.record)
+	keys := gatewaytest.WriteKeyFile(t, key.Record)
 	counters := filepath.Join(t.TempDir(), "counters.json")
 	extra := fmt.Sprintf("counters memory {\n\t\t\t\tfile %s\n\t\t\t}", counters)
 
 	remaining := func(base string) string {
 		t.Helper()
-		resp, _ := post(t, base+"/openai/v1/models", key.secret, "")
+		resp, _ := post(t, base+"/openai/v1/models", key.Secret, "")
 		m := tokensDailyRemaining.FindStringSubmatch(resp.Header.Get("RateLimit"))
 		if m == nil {
 			t.Fatalf("no tokens-daily in RateLimit %q", resp.Header.Get("RateLimit"))
@@ -36,7 +37,7 @@ func TestTokenCountsSurviveRestart(t *testing.T) {
 		return m[1]
 	}
 	base := tokenSite(t, up, keys, extra)
-	resp, _ := post(t, base+"/openai/v1/chat/completions", key.secret, `{"model":"llama3","messages":[{"role":"user","content":"hello there"}],"max_tokens":50}`)
+	resp, _ := post(t, base+"/openai/v1/chat/completions", key.Secret, `{"model":"llama3","messages":[{"role":"user","content":"hello there"}],"max_tokens":50}`)
 	if resp.StatusCode != 200 {
 		t.Fatalf("chat: %d", resp.StatusCode)
 	}
@@ -44,7 +45,7 @@ func TestTokenCountsSurviveRestart(t *testing.T) {
 	if before == "100000" || !strings.HasPrefix(before, "99") {
 		t.Fatalf("after one answer %s tokens remain; the report was not charged", before)
 	}
-	if err := stopCaddy(); err != nil {
+	if err := gatewaytest.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	base = tokenSite(t, up, keys, extra)
@@ -58,9 +59,9 @@ func TestTokenCountsSurviveRestart(t *testing.T) {
 func TestTokenWarningEvents(t *testing.T) {
 	up := newLLMUpstream(t, 0)
 	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_token_events_" + suffix, Type: "dev", Role: "writer", Services: []string{"*"},
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_token_events_" + suffix, Type: "dev", Role: "writer", Services: []string{"*"},
 		TokensPerDay: int64p(1000)})
-	port := freePort(t)
+	port := gatewaytest.Port(t)
 	doc := adaptJSON(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
@@ -72,24 +73,24 @@ http://127.0.0.1:%d {
 		failed_auth_limit off
 	}
 	reverse_proxy %s
-}`, port, writeKeyFile(t, key.record), strings.TrimPrefix(up.URL, "http://")))
+}`, port, gatewaytest.WriteKeyFile(t, key.Record), strings.TrimPrefix(up.URL, "http://")))
 	doc["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
 		"events":   []string{eventTokenWarning},
 		"handlers": []any{map[string]any{"handler": "apikey_test_recorder"}},
 	}}}
 	takeEvents()
-	loadJSON(t, doc)
+	gatewaytest.StartJSON(t, doc)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	// Each answer reports 5 completion tokens and len(body)/8 prompt tokens.
 	body := `{"model":"llama3","max_tokens":5,"messages":[{"role":"user","content":"` + strings.Repeat("x", 40) + `"}]}`
 	var levels []any
 	for range 70 {
-		if resp, _ := post(t, base+"/v1/chat/completions", key.secret, body); resp.StatusCode != 200 {
+		if resp, _ := post(t, base+"/v1/chat/completions", key.Secret, body); resp.StatusCode != 200 {
 			break
 		}
 		for _, e := range takeEvents() {
 			levels = append(levels, e.Data["percent"])
-			if e.Data["key_id"] != key.record.ID || e.Data["limit"] != int64(1000) {
+			if e.Data["key_id"] != key.Record.ID || e.Data["limit"] != int64(1000) {
 				t.Errorf("event data %v", e.Data)
 			}
 			if used, _ := e.Data["used"].(int64); used*100 < e.Data["percent"].(int64)*1000 || used > 1000 {
@@ -106,9 +107,9 @@ http://127.0.0.1:%d {
 // each now held, through a real Caddy.
 func TestTokenReviewFindings(t *testing.T) {
 	up := newLLMUpstream(t, 0)
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_token_review", Type: "dev", Role: "writer", Services: []string{"*"},
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_token_review", Type: "dev", Role: "writer", Services: []string{"*"},
 		TokensPerDay: int64p(100000), Models: []string{"llama3*", "ignores-limit"}})
-	base := tokenSite(t, up, writeKeyFile(t, key.record), "")
+	base := tokenSite(t, up, gatewaytest.WriteKeyFile(t, key.Record), "")
 	chat := base + "/openai/v1/chat/completions"
 	calls := up.calls.Load()
 	for _, body := range []string{
@@ -117,7 +118,7 @@ func TestTokenReviewFindings(t *testing.T) {
 		`{"model":"llama3","stream":true,"Stream_options":{"include_usage":true}}`,
 		`{"model":"llama3","model":"gpt-4o"}`,
 	} {
-		resp, got := post(t, chat, key.secret, body)
+		resp, got := post(t, chat, key.Secret, body)
 		if resp.StatusCode != 400 || !strings.Contains(got, "ambiguous") {
 			t.Errorf("%s: %d %s, want 400 ambiguous", body, resp.StatusCode, got)
 		}
@@ -127,19 +128,19 @@ func TestTokenReviewFindings(t *testing.T) {
 	}
 	// Model names as Ollama takes them: the allowlist sees through case,
 	// registry and tag.
-	if resp, _ := post(t, chat, key.secret, `{"model":"registry.ollama.ai/library/LLAMA3:latest","max_tokens":5}`); resp.StatusCode != 200 {
+	if resp, _ := post(t, chat, key.Secret, `{"model":"registry.ollama.ai/library/LLAMA3:latest","max_tokens":5}`); resp.StatusCode != 200 {
 		t.Errorf("an allowed model under another of its names: %d", resp.StatusCode)
 	}
 	// n multiplies the reservation.
-	resp, _ := post(t, base+"/openai/v1/models", key.secret, "")
+	resp, _ := post(t, base+"/openai/v1/models", key.Secret, "")
 	before, _ := strconv.Atoi(tokensDailyRemaining.FindStringSubmatch(resp.Header.Get("RateLimit"))[1])
 	up.setGap(200 * time.Millisecond)
 	held, err := http.NewRequest(http.MethodPost, chat, strings.NewReader(`{"model":"llama3","max_tokens":100,"n":10,"stream":true}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	held.Header.Set("Authorization", "Bearer "+key.secret)
-	hresp, err := client.Do(held)
+	held.Header.Set("Authorization", "Bearer "+key.Secret)
+	hresp, err := gatewaytest.Client.Do(held)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,15 +154,15 @@ func TestTokenReviewFindings(t *testing.T) {
 
 	// A stream that runs past its limit and reports nothing is charged at
 	// least a token per chunk it passed.
-	resp, _ = post(t, base+"/openai/v1/models", key.secret, "")
+	resp, _ = post(t, base+"/openai/v1/models", key.Secret, "")
 	before, _ = strconv.Atoi(tokensDailyRemaining.FindStringSubmatch(resp.Header.Get("RateLimit"))[1])
-	resp, got := post(t, chat, key.secret, `{"model":"ignores-limit","max_tokens":1,"stream":true}`)
+	resp, got := post(t, chat, key.Secret, `{"model":"ignores-limit","max_tokens":1,"stream":true}`)
 	if resp.StatusCode != 200 || strings.Count(got, `"content"`) < 300 {
 		t.Fatalf("the long stream: %d", resp.StatusCode)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		resp, _ = post(t, base+"/openai/v1/models", key.secret, "")
+		resp, _ = post(t, base+"/openai/v1/models", key.Secret, "")
 		after, _ := strconv.Atoi(tokensDailyRemaining.FindStringSubmatch(resp.Header.Get("RateLimit"))[1])
 		if charged := before - after; charged >= 300 {
 			break

@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
@@ -31,8 +32,8 @@ func TestTokenReservationsSurviveARedisStall(t *testing.T) {
 	defer rc.Close()
 	up := newLLMUpstream(t, 20*time.Millisecond)
 	key := tokenKey(t, "k_stall", func(r *keystore.Record) { r.TokensPerDay = int64p(100_000_000) })
-	port := freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 	persist_config off
 }
@@ -53,7 +54,7 @@ http://127.0.0.1:%d {
 			flush_interval -1
 		}
 	}
-}`, port, writeKeyFile(t, key.record), srv.Addr(), strings.TrimPrefix(up.URL, "http://")))
+}`, port, gatewaytest.WriteKeyFile(t, key.Record), srv.Addr(), strings.TrimPrefix(up.URL, "http://")))
 
 	body := `{"model":"llama3","messages":[{"role":"user","content":"hello there"}],"max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}`
 	tr := &http.Transport{MaxIdleConnsPerHost: 16}
@@ -73,7 +74,7 @@ http://127.0.0.1:%d {
 				default:
 				}
 				req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/openai/v1/chat/completions", port), strings.NewReader(body))
-				req.Header.Set("Authorization", "Bearer "+key.secret)
+				req.Header.Set("Authorization", "Bearer "+key.Secret)
 				req.Header.Set("Content-Type", "application/json")
 				sent.Add(1)
 				resp, err := hc.Do(req)
@@ -108,7 +109,7 @@ http://127.0.0.1:%d {
 	close(stop)
 	wg.Wait()
 
-	hash := ratelimit.TokensRedisKey(ratelimit.DefaultRedisKeyPrefix, key.record.ID)
+	hash := ratelimit.TokensRedisKey(ratelimit.DefaultRedisKeyPrefix, key.Record.ID)
 	var charged int64
 	deadline := time.Now().Add(10 * time.Second)
 	for {

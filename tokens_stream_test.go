@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/tokens"
@@ -20,7 +21,7 @@ import (
 // goes in both apikey blocks; site goes at the site's top level.
 func tokenMetricsSite(t *testing.T, up *llmUpstream, keys, extra, site string) string {
 	t.Helper()
-	port := freePort(t)
+	port := gatewaytest.Port(t)
 	route := func(prefix, format string) string {
 		return fmt.Sprintf(`
 	handle_path /%[1]s/* {
@@ -36,7 +37,7 @@ func tokenMetricsSite(t *testing.T, up *llmUpstream, keys, extra, site string) s
 		}
 	}`, prefix, keys, format, extra, strings.TrimPrefix(up.URL, "http://"))
 	}
-	startCaddy(t, fmt.Sprintf(`{
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
 }
 http://127.0.0.1:%d {
@@ -55,7 +56,7 @@ http://127.0.0.1:%d {
 // gateway's /metrics (0 when absent).
 func tokenMetric(t *testing.T, base, name, service, kind string) float64 {
 	t.Helper()
-	resp, err := client.Get(base + "/metrics")
+	resp, err := gatewaytest.Client.Get(base + "/metrics")
 	if err != nil {
 		t.Fatalf("/metrics: %v", err)
 	}
@@ -95,7 +96,7 @@ func waitMetric(t *testing.T, base, name, service, kind string, want float64, wh
 // connection, reads the first n content lines of the answer (lines that
 // carry "tok "), then closes the connection, as a user who stops a
 // generation does. g checks the request was counted.
-func readThenHangUp(t *testing.T, g *tokenGateway, path string, k testKey, body string, n int) {
+func readThenHangUp(t *testing.T, g *tokenGateway, path string, k gatewaytest.Key, body string, n int) {
 	t.Helper()
 	base := g.base
 	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
@@ -104,7 +105,7 @@ func readThenHangUp(t *testing.T, g *tokenGateway, path string, k testKey, body 
 	}
 	defer conn.Close()
 	req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+k.secret)
+	req.Header.Set("Authorization", "Bearer "+k.Secret)
 	req.Header.Set("Content-Type", "application/json")
 	if err := req.Write(conn); err != nil {
 		t.Fatal(err)
@@ -112,11 +113,11 @@ func readThenHangUp(t *testing.T, g *tokenGateway, path string, k testKey, body 
 	conn.SetDeadline(time.Now().Add(20 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
 	if err != nil {
-		t.Fatalf("%s (key %s): %v", path, k.record.ID, err)
+		t.Fatalf("%s (key %s): %v", path, k.Record.ID, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		data, _ := io.ReadAll(resp.Body)
-		t.Fatalf("%s (key %s): %d %s", path, k.record.ID, resp.StatusCode, data)
+		t.Fatalf("%s (key %s): %d %s", path, k.Record.ID, resp.StatusCode, data)
 	}
 	g.admitted(k, resp)
 	lines := bufio.NewReader(resp.Body)
@@ -153,7 +154,7 @@ func TestTokenCutStreamSettles(t *testing.T) {
 			up := newLLMUpstream(t, time.Millisecond)
 			up.holdAt.Store(sent)
 			key := tokenKey(t, "k_cut_"+store, func(r *keystore.Record) { r.TokensPerDay = int64p(budget) })
-			base := tokenMetricsSite(t, up, writeKeyFile(t, key.record), extra, "")
+			base := tokenMetricsSite(t, up, gatewaytest.WriteKeyFile(t, key.Record), extra, "")
 			g := newTokenGateway(t, base)
 			left := g.tokensLeft(key)
 			if left != budget {
@@ -204,7 +205,7 @@ func TestTokenCutStreamSettles(t *testing.T) {
 func TestTokenMissingReports(t *testing.T) {
 	up := newLLMUpstream(t, 0)
 	key := tokenKey(t, "k_missing", func(r *keystore.Record) { r.TokensPerDay = int64p(100000) })
-	base := tokenMetricsSite(t, up, writeKeyFile(t, key.record), "", "")
+	base := tokenMetricsSite(t, up, gatewaytest.WriteKeyFile(t, key.Record), "", "")
 	g := newTokenGateway(t, base)
 	before := tokenMetric(t, base, metricMissing, "openai", "")
 	for range 3 {

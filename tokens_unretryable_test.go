@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/testtools"
 )
 
@@ -46,7 +47,7 @@ type unretryableResult struct {
 // decision and key type summed, read from Caddy's /metrics.
 func requestsSeen(t *testing.T, admin, service string) float64 {
 	t.Helper()
-	code, body := adminCall(t, "GET", admin+"/metrics")
+	code, body := gatewaytest.Admin(t, "GET", admin, "/metrics")
 	if code != 200 {
 		t.Fatalf("/metrics: %d", code)
 	}
@@ -83,7 +84,7 @@ func TestTokenOverWholeBudgetClients(t *testing.T) {
 	}
 	up := newLLMUpstream(t, 0)
 	key := tokenKey(t, "k_unretryable", nil)
-	port, adminPort := freePort(t), freePort(t)
+	port, adminPort := gatewaytest.Port(t), gatewaytest.Port(t)
 	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	route := func(service string) string {
 		return fmt.Sprintf(`handle_path /%[1]s/* {
@@ -95,9 +96,9 @@ func TestTokenOverWholeBudgetClients(t *testing.T) {
 			failed_auth_limit off
 		}
 		reverse_proxy %[3]s
-	}`, service, writeKeyFile(t, key.record), strings.TrimPrefix(up.URL, "http://"))
+	}`, service, gatewaytest.WriteKeyFile(t, key.Record), strings.TrimPrefix(up.URL, "http://"))
 	}
-	startCaddy(t, fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n}\nhttp://127.0.0.1:%d {\n\t%s\n\t%s\n}\n",
+	gatewaytest.Start(t, fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n}\nhttp://127.0.0.1:%d {\n\t%s\n\t%s\n}\n",
 		adminPort, port, route("openai"), route("ollama")))
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 
@@ -120,7 +121,7 @@ func TestTokenOverWholeBudgetClients(t *testing.T) {
 	}
 	defer func() { in.Close(); cmd.Wait() }()
 	out := bufio.NewReader(outPipe)
-	redact := strings.NewReplacer(key.secret, "<key "+key.record.ID+">")
+	redact := strings.NewReplacer(key.Secret, "<key "+key.Record.ID+">")
 
 	for _, client := range []string{"openai7", "openai6", "ollama", "ai-openai", "ai-openai-chat", "ai-openai-compatible", "langchain"} {
 		service, root := "openai", base+"/openai/v1"
@@ -130,7 +131,7 @@ func TestTokenOverWholeBudgetClients(t *testing.T) {
 		seen := requestsSeen(t, admin, service)
 		// 500 completion tokens: more than the whole 100 a minute. A
 		// client still retrying after 4 s is stopped there.
-		step, _ := json.Marshal(map[string]any{"client": client, "base": root, "key": key.secret, "model": "llama3",
+		step, _ := json.Marshal(map[string]any{"client": client, "base": root, "key": key.Secret, "model": "llama3",
 			"max_tokens": 500, "deadline_ms": 4000})
 		if _, err := in.Write(append(step, '\n')); err != nil {
 			t.Fatalf("%s: %v\nstderr: %s", client, err, redact.Replace(stderr.String()))

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
@@ -44,9 +45,9 @@ func redisCalls(t *testing.T, rc *redis.Client, command string) int64 {
 // of the retention (plus the hours at either end).
 func TestUsageRangeClampedToRetention(t *testing.T) {
 	srv := redistest.Start(t)
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_usage_range", Role: "reader"})
-	port, admin := freePort(t), freePort(t)
-	startCaddy(t, fmt.Sprintf(`{
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_usage_range", Role: "reader"})
+	port, admin := gatewaytest.Port(t), gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
 }
@@ -61,10 +62,10 @@ http://127.0.0.1:%d {
 		}
 	}
 	respond ok
-}`, admin, port, writeKeyFile(t, key.record), filepath.Join(t.TempDir(), "usage.json"), srv.Addr()))
+}`, admin, port, gatewaytest.WriteKeyFile(t, key.Record), filepath.Join(t.TempDir(), "usage.json"), srv.Addr()))
 	for range 3 {
-		if r := send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/v1/x", port), bearer(key)...); r.status != 200 {
-			t.Fatalf("request: %d", r.status)
+		if r := gatewaytest.Send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/v1/x", port), key.Bearer()...); r.Status != 200 {
+			t.Fatalf("request: %d", r.Status)
 		}
 	}
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
@@ -79,7 +80,7 @@ http://127.0.0.1:%d {
 		req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
 		req.Header.Set("Origin", url)
 		start := time.Now()
-		resp, err := client.Do(req)
+		resp, err := gatewaytest.Client.Do(req)
 		if err != nil {
 			cancel()
 			t.Fatalf("by %s: a range of 8,000 years did not answer within 5 s: %v (HGETALLs so far: %d)", by, err, redisCalls(t, rc, "hgetall"))

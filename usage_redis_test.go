@@ -13,23 +13,12 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
 	"github.com/moodmnky/caddy-apikey/usage"
 )
-
-// waitUntil polls check until it holds, or fails the test after within.
-func waitUntil(t *testing.T, what string, within time.Duration, check func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !check() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 // redisUsage is the cluster's usage count of a key as Redis holds it (the
 // sums every instance added), read from Redis itself, not through Caddy;
@@ -79,15 +68,20 @@ func fileUsage(path, keyID string) int64 {
 // requests with Redis up and 80 while it is down, then stops (SIGTERM, or
 // kill -9 once its usage file holds the 80), and starts again once Redis
 // is back: Redis holds 130 for the key, and still 130 (plus what came
-// after) once the instance restarted a second time.
+// after) once the instance restarted a second time. Under -short only the
+// kill -9 stop runs: it loses what was not saved, the harder of the two.
 func TestUsageCountedDuringAnOutageReachesRedisOnce(t *testing.T) {
-	for _, stop := range []string{"SIGTERM", "kill -9"} {
+	stops := []string{"SIGTERM", "kill -9"}
+	if testing.Short() {
+		stops = stops[1:]
+	}
+	for _, stop := range stops {
 		t.Run(strings.ReplaceAll(stop, " ", ""), func(t *testing.T) {
 			srv := redistest.StartWith(t, "--appendonly", "yes", "--appendfsync", "always")
 			keyID := "k_outage_restart_" + strings.TrimPrefix(strings.ReplaceAll(stop, " ", ""), "-")
-			key := newKey(t, keystore.Dev, keystore.Record{ID: keyID, Role: "reader"})
+			key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: keyID, Role: "reader"})
 			usageFile := filepath.Join(t.TempDir(), "usage.json")
-			port := freePort(t)
+			port := gatewaytest.Port(t)
 			cfg := fmt.Sprintf(`{
 	admin off
 	persist_config off
@@ -103,21 +97,21 @@ http://127.0.0.1:%d {
 		}
 	}
 	respond ok
-}`, port, writeKeyFile(t, key.record), usageFile, srv.Addr())
+}`, port, gatewaytest.WriteKeyFile(t, key.Record), usageFile, srv.Addr())
 			url := fmt.Sprintf("http://127.0.0.1:%d/v1/x", port)
 			requests := func(n int) {
 				t.Helper()
 				for range n {
-					if r := send(t, "GET", url, bearer(key)...); r.status != 200 {
-						t.Fatalf("request: %d", r.status)
+					if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 200 {
+						t.Fatalf("request: %d", r.Status)
 					}
 				}
 			}
 			inRedis := func() int64 { return redisUsage(t, srv.Addr(), keyID) }
 
-			cmd := runCaddyProcess(t, cfg, port)
+			cmd := gatewaytest.StartProcess(t, cfg)
 			requests(50)
-			waitUntil(t, "50 requests in redis", 30*time.Second, func() bool { return inRedis() == 50 })
+			gatewaytest.WaitUntil(t, "50 requests in redis", 30*time.Second, func() bool { return inRedis() == 50 })
 			srv.Kill()
 			requests(80)
 			if stop == "SIGTERM" {
@@ -125,7 +119,7 @@ http://127.0.0.1:%d {
 			} else {
 				// kill -9 loses what was counted since the last save: wait
 				// for the save that holds the 80.
-				waitUntil(t, "the usage file holds 130", 30*time.Second, func() bool { return fileUsage(usageFile, keyID) == 130 })
+				gatewaytest.WaitUntil(t, "the usage file holds 130", 30*time.Second, func() bool { return fileUsage(usageFile, keyID) == 130 })
 				cmd.Process.Kill()
 			}
 			cmd.Wait()
@@ -134,8 +128,8 @@ http://127.0.0.1:%d {
 				t.Fatalf("redis after its restart: %d, want the 50 counted before the outage", n)
 			}
 
-			cmd = runCaddyProcess(t, cfg, port)
-			waitUntil(t, "the 80 counted during the outage in redis", 30*time.Second, func() bool { return inRedis() >= 130 })
+			cmd = gatewaytest.StartProcess(t, cfg)
+			gatewaytest.WaitUntil(t, "the 80 counted during the outage in redis", 30*time.Second, func() bool { return inRedis() >= 130 })
 			if n := inRedis(); n != 130 {
 				t.Fatalf("redis holds %d, want 130", n)
 			}
@@ -144,9 +138,9 @@ http://127.0.0.1:%d {
 			// goes up behind whatever the file still held.
 			cmd.Process.Signal(syscall.SIGTERM)
 			cmd.Wait()
-			runCaddyProcess(t, cfg, port)
+			gatewaytest.StartProcess(t, cfg)
 			requests(1)
-			waitUntil(t, "the request after the second restart in redis", 30*time.Second, func() bool { return inRedis() >= 131 })
+			gatewaytest.WaitUntil(t, "the request after the second restart in redis", 30*time.Second, func() bool { return inRedis() >= 131 })
 			if n := inRedis(); n != 131 {
 				t.Fatalf("redis holds %d after a second restart and one request, want 131", n)
 			}
@@ -160,10 +154,10 @@ http://127.0.0.1:%d {
 // goes unnoticed.
 func TestReloadToAnotherRedisMovesUsage(t *testing.T) {
 	r1, r2 := redistest.Start(t), redistest.Start(t)
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_reload_redis", Role: "reader"})
-	keyFile := writeKeyFile(t, key.record)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_reload_redis", Role: "reader"})
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	usageFile := filepath.Join(t.TempDir(), "usage.json")
-	port, adminPort := freePort(t), freePort(t)
+	port, adminPort := gatewaytest.Port(t), gatewaytest.Port(t)
 	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	cfg := func(redisAddr string) string {
 		return fmt.Sprintf(`{
@@ -187,26 +181,26 @@ http://127.0.0.1:%d {
 	requests := func(n int) {
 		t.Helper()
 		for range n {
-			if r := send(t, "GET", url, bearer(key)...); r.status != 200 {
-				t.Fatalf("request: %d", r.status)
+			if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 200 {
+				t.Fatalf("request: %d", r.Status)
 			}
 		}
 	}
-	startCaddy(t, cfg(r1.Addr()))
+	gatewaytest.Start(t, cfg(r1.Addr()))
 	requests(3)
-	waitUntil(t, "3 requests in redis 1", 30*time.Second, func() bool { return redisUsage(t, r1.Addr(), key.record.ID) == 3 })
+	gatewaytest.WaitUntil(t, "3 requests in redis 1", 30*time.Second, func() bool { return redisUsage(t, r1.Addr(), key.Record.ID) == 3 })
 
-	if err := loadCaddy(cfg(r2.Addr())); err != nil {
+	if err := gatewaytest.Load(cfg(r2.Addr())); err != nil {
 		t.Fatal(err)
 	}
 	requests(4)
-	waitUntil(t, "the 4 requests after the reload in redis 2", 30*time.Second, func() bool {
-		return redisUsage(t, r2.Addr(), key.record.ID) >= 4
+	gatewaytest.WaitUntil(t, "the 4 requests after the reload in redis 2", 30*time.Second, func() bool {
+		return redisUsage(t, r2.Addr(), key.Record.ID) >= 4
 	})
-	if n1, n2 := redisUsage(t, r1.Addr(), key.record.ID), redisUsage(t, r2.Addr(), key.record.ID); n1 != 3 || n2 != 4 {
+	if n1, n2 := redisUsage(t, r1.Addr(), key.Record.ID), redisUsage(t, r2.Addr(), key.Record.ID); n1 != 3 || n2 != 4 {
 		t.Fatalf("redis 1 holds %d, redis 2 %d; want 3 and 4", n1, n2)
 	}
-	if n := usageTotal(t, admin, key.record.ID); n != 4 {
+	if n := usageTotal(t, admin, key.Record.ID); n != 4 {
 		t.Errorf("/apikey/usage answers %d, want redis 2's 4", n)
 	}
 
@@ -227,15 +221,15 @@ http://127.0.0.1:%d {
 		}
 		return n
 	}
-	waitUntil(t, "caddy's connections to redis 1 closed", 10*time.Second, func() bool { return others() == 0 })
+	gatewaytest.WaitUntil(t, "caddy's connections to redis 1 closed", 10*time.Second, func() bool { return others() == 0 })
 
 	r1.Kill()
 	requests(2)
-	status, body := adminCall(t, "GET", admin+"/apikey/usage?key="+key.record.ID)
+	status, body := gatewaytest.Admin(t, "GET", admin, "/apikey/usage?key="+key.Record.ID)
 	if status != 200 {
 		t.Fatalf("/apikey/usage with redis 1 stopped: %d %s", status, body)
 	}
-	if n := usageTotal(t, admin, key.record.ID); n != 6 {
+	if n := usageTotal(t, admin, key.Record.ID); n != 6 {
 		t.Errorf("/apikey/usage answers %d, want 6", n)
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/usage"
@@ -29,7 +30,7 @@ func validateConfig(t *testing.T, caddyfile, dataHome string) {
 	if err := os.WriteFile(cfg, []byte(caddyfile), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(builtCaddy(t), "validate", "--config", cfg, "--adapter", "caddyfile")
+	cmd := exec.Command(gatewaytest.CaddyBinary(t), "validate", "--config", cfg, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "HOME="+dataHome, "XDG_DATA_HOME="+dataHome, "XDG_CONFIG_HOME="+dataHome)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("caddy validate: %v\n%s", err, out)
@@ -91,8 +92,8 @@ func sameState(t *testing.T, before, after map[string]string) {
 // and usage files in the data folder (missing, good or corrupt), nor the
 // audit log.
 func TestValidateWritesNothing(t *testing.T) {
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_validate", Role: "reader", Services: []string{"*"}})
-	keyFile := writeKeyFile(t, key.record)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_validate", Role: "reader", Services: []string{"*"}})
+	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	caddyfile := func(dataHome string) string {
 		return fmt.Sprintf(`{
 	admin off
@@ -105,7 +106,7 @@ http://127.0.0.1:%d {
 		audit_log %s
 	}
 	respond ok
-}`, freePort(t), keyFile, filepath.Join(dataHome, "audit.log"))
+}`, gatewaytest.Port(t), keyFile, filepath.Join(dataHome, "audit.log"))
 	}
 
 	t.Run("empty data folder", func(t *testing.T) {
@@ -150,7 +151,7 @@ http://127.0.0.1:%d {
 // neither send them nor save the file.
 func TestValidateSendsNothingToRedis(t *testing.T) {
 	srv := redistest.Start(t)
-	key := newKey(t, keystore.Dev, keystore.Record{ID: "k_validate", Role: "reader", Services: []string{"*"}})
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_validate", Role: "reader", Services: []string{"*"}})
 	dataHome := t.TempDir()
 	usageFile := filepath.Join(dataHome, "usage.json")
 	counts, outbox := usage.New(), usage.NewOutbox()
@@ -181,7 +182,7 @@ http://127.0.0.1:%d {
 		usage_file %s
 	}
 	respond ok
-}`, freePort(t), writeKeyFile(t, key.record), srv.Addr(), usageFile), dataHome)
+}`, gatewaytest.Port(t), gatewaytest.WriteKeyFile(t, key.Record), srv.Addr(), usageFile), dataHome)
 	sameState(t, before, folderState(t, dataHome))
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer rc.Close()
