@@ -1,4 +1,4 @@
-package apikey
+package portal_test
 
 import (
 	"context"
@@ -66,7 +66,7 @@ func TestPortalInBrowser(t *testing.T) {
 // file (in the folder it returns) or on Redis, with a browser to drive it.
 func startPortalDemo(t *testing.T, redis bool) (*portalDemo, string) {
 	t.Helper()
-	demo, err := os.ReadFile("examples/portal/Caddyfile")
+	demo, err := os.ReadFile("../examples/portal/Caddyfile")
 	if err != nil {
 		t.Fatal(err)
 	}
