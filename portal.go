@@ -163,6 +163,7 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 	store := src.Store()
 	backend := portal.Backend{
 		Store:       store,
+		Lookup:      src.Lookup,
 		Changed:     src.Changed,
 		Usage:       p.app.UsageRows,
 		Quota:       func(ctx context.Context, k *keystore.Key) (portal.Quota, bool) { return p.todaysQuota(ctx, store, k) },

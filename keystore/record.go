@@ -50,6 +50,11 @@ type Record struct {
 	// administrator approves it: the developer portal sets it on keys its
 	// policy says need approval.
 	Pending bool `json:"pending,omitempty"`
+	// PendingGrant is a wider grant asked for (in the developer portal) on
+	// a key already approved: it waits for an administrator's approval,
+	// and until then the key keeps working with the grant above. The
+	// gateway does not read it.
+	PendingGrant *Grant `json:"pending_grant,omitempty"`
 	// PreviousHashes keep old secrets of a rotated key working, as the same
 	// key, until their valid_until.
 	PreviousHashes []PreviousHash `json:"previous_hashes,omitempty"`
@@ -74,6 +79,17 @@ type Record struct {
 	Owner string `json:"owner,omitempty"`
 	// CreatedAt is the RFC 3339 time the key was created.
 	CreatedAt string `json:"created_at,omitempty"`
+}
+
+// Grant is what a key may do, as a record's role, services, permissions and
+// allowed IPs say.
+type Grant struct {
+	// Role is reader, writer, admin or custom.
+	Role string `json:"role"`
+	// Services, Permissions and AllowedIPs are as the record's fields.
+	Services    []string `json:"services,omitempty"`
+	Permissions []string `json:"permissions,omitempty"`
+	AllowedIPs  []string `json:"allowed_ips,omitempty"`
 }
 
 // PreviousHash is a secret a key had before a rotation.

@@ -46,7 +46,7 @@ func (v *visit) adminPage() {
 	var pending []keyView
 	if v.s.policy.ApproveProd {
 		err := v.s.eachRecord(ctx, "", pendingScan, func(rec keystore.Record) {
-			if rec.Pending && !rec.Revoked && len(pending) < adminPageSize {
+			if (rec.Pending || rec.PendingGrant != nil) && !rec.Revoked && len(pending) < adminPageSize {
 				pending = append(pending, v.view(rec, used))
 			}
 		})
@@ -66,7 +66,7 @@ func (v *visit) adminPage() {
 			e := entries[i]
 			line := auditLine{Time: str(e["ts"]), Event: str(e["event"]), KeyID: str(e["key_id"]), Actor: str(e["actor"])}
 			var details []string
-			for _, name := range []string{"reason", "status", "client", "service", "role", "owner"} {
+			for _, name := range []string{"decision", "reason", "status", "client_ip", "service", "role", "owner"} {
 				if s := str(e[name]); s != "" {
 					details = append(details, name+"="+s)
 				}

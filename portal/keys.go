@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +29,8 @@ type keyView struct {
 	Quota                       *Quota
 	QuotaPercent                int
 	Revoked, Pending            bool
+	// Requested is a wider grant waiting for approval, in words; "" for none.
+	Requested string
 	// Version is the record's version (keystore.Version), which the edit
 	// form sends back.
 	Version string
@@ -42,6 +45,9 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 	kv := keyView{Version: keystore.Version(rec), ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Type: rec.Type, Role: rec.Role,
 		Services: rec.Services, Permissions: rec.Permissions, AllowedIPs: rec.AllowedIPs,
 		Created: day(rec.CreatedAt), Expires: day(rec.ExpiresAt), Revoked: rec.Revoked, Pending: rec.Pending}
+	if g := rec.PendingGrant; g != nil {
+		kv.Requested = grantText(*g)
+	}
 	k, err := keystore.Compile(rec)
 	if err != nil {
 		kv.Status, kv.StatusText = "invalid", "invalid record"
@@ -203,7 +209,8 @@ func working(views []keyView) int {
 // chosen from a fixed list, so no text a link carries is shown.
 func flash(r *http.Request) string {
 	return map[string]string{"saved": "Saved. The gateway applies the change from the next request.",
-		"approved": "Approved: the key works from the next request."}[r.URL.Query().Get("done")]
+		"requested": "Saved. The wider permissions wait for an administrator's approval; until then the key keeps working with what it had.",
+		"approved":  "Approved: the key works from the next request."}[r.URL.Query().Get("done")]
 }
 
 type formView struct {
@@ -311,15 +318,6 @@ func (v *visit) statusOf(rec keystore.Record) string {
 	return k.Status(v.s.now())
 }
 
-// showKey shows a key's secret, this once.
-func (v *visit) showKey(what, title, key string, rec keystore.Record, graceUntil time.Time) {
-	data := map[string]any{"What": what, "Key": key, "Record": v.view(rec, nil), "Snippets": v.s.snippets(key, origin(v.r), rec)}
-	if !graceUntil.IsZero() {
-		data["GraceUntil"] = graceUntil.UTC().Format("2006-01-02 15:04 UTC")
-	}
-	v.render(http.StatusOK, "secret.html", "keys", title, data)
-}
-
 func (v *visit) keyPage(id string) {
 	rec, err := v.ownKey(id)
 	if err != nil {
@@ -336,7 +334,7 @@ func (v *visit) keyPageWith(rec keystore.Record, f keyForm, ferr error, status i
 	fv.Editing = true
 	fv.Key = v.view(rec, v.s.lastUsed(v.r.Context()))
 	v.render(status, "key.html", "keys", "Key "+rec.ID, map[string]any{"Form": fv, "Flash": flash(v.r),
-		"Grace": v.s.policy.RotationGrace.String()})
+		"Grace": humanDuration(v.s.policy.RotationGrace)})
 }
 
 func (v *visit) edit(id string) {
@@ -355,6 +353,7 @@ func (v *visit) edit(id string) {
 		return
 	}
 	shown := v.r.PostFormValue("version")
+	waits := false
 	_, err = v.s.backend.Store.Update(v.r.Context(), id, func(rec *keystore.Record) error {
 		if err := v.mine(rec); err != nil {
 			return err
@@ -376,11 +375,15 @@ func (v *visit) edit(id string) {
 			// theirs to change, not the developer's.
 			return refuse("key", "was given more than the portal's policy allows, so only an operator may change it")
 		}
-		rec.Name, rec.Role, rec.Services, rec.Permissions, rec.AllowedIPs = g.name, g.role.String(), g.services, g.permissions, g.allowedIPs
-		if rec.Type == keystore.Prod.String() && v.s.policy.ApproveProd && !v.admin {
-			// A production key's new permissions need approval too.
-			rec.Pending = true
+		asked := keystore.Grant{Role: g.role.String(), Services: g.services, Permissions: g.permissions, AllowedIPs: g.allowedIPs}
+		rec.Name, rec.PendingGrant = g.name, nil
+		if rec.Type == keystore.Prod.String() && v.s.policy.ApproveProd && !v.admin && widens(*rec, asked) {
+			// A production key's wider grant needs approval; until then
+			// the key keeps working with what it had.
+			rec.PendingGrant, waits = &asked, true
+			return nil
 		}
+		rec.Role, rec.Services, rec.Permissions, rec.AllowedIPs = asked.Role, asked.Services, asked.Permissions, asked.AllowedIPs
 		return nil
 	})
 	if err != nil {
@@ -388,8 +391,12 @@ func (v *visit) edit(id string) {
 		return
 	}
 	v.changed(id, audit.Entry{"event": "key.updated", "key_id": id, "role": g.role.String(), "services": g.services,
-		"permissions": len(g.permissions), "allowed_ips": len(g.allowedIPs)})
-	http.Redirect(v.w, v.r, v.s.base+"/keys/"+url.PathEscape(id)+"?done=saved", http.StatusSeeOther)
+		"permissions": len(g.permissions), "allowed_ips": len(g.allowedIPs), "pending": waits})
+	done := "saved"
+	if waits {
+		done = "requested"
+	}
+	http.Redirect(v.w, v.r, v.s.base+"/keys/"+url.PathEscape(id)+"?done="+done, http.StatusSeeOther)
 }
 
 // withinPolicy reports whether a record's grant is one a developer could
@@ -465,8 +472,12 @@ func (v *visit) approve(id string) {
 		return
 	}
 	_, err := v.s.backend.Store.Update(v.r.Context(), id, func(rec *keystore.Record) error {
-		if !rec.Pending {
+		if !rec.Pending && rec.PendingGrant == nil {
 			return refuse("key", "is not waiting for approval")
+		}
+		if g := rec.PendingGrant; g != nil {
+			rec.Role, rec.Services, rec.Permissions, rec.AllowedIPs = g.Role, g.Services, g.Permissions, g.AllowedIPs
+			rec.PendingGrant = nil
 		}
 		rec.Pending = false
 		return nil
@@ -484,6 +495,11 @@ func (v *visit) changed(id string, e audit.Entry) {
 	if v.s.backend.Changed != nil {
 		v.s.backend.Changed(id)
 	}
+	v.audit(id, e)
+}
+
+// audit writes what the visitor did to the audit log, with them as actor.
+func (v *visit) audit(id string, e audit.Entry) {
 	if v.s.backend.Audit == nil {
 		return
 	}
@@ -531,4 +547,29 @@ func origin(r *http.Request) string {
 		return "https://" + r.Host
 	}
 	return "http://" + r.Host
+}
+
+// humanDuration says a duration in words: "24 hours", "7 days",
+// "1 hour 30 minutes".
+func humanDuration(d time.Duration) string {
+	unit := func(n int64, one string) string {
+		if n == 1 {
+			return "1 " + one
+		}
+		return strconv.FormatInt(n, 10) + " " + one + "s"
+	}
+	var parts []string
+	if d >= 48*time.Hour && d%(24*time.Hour) == 0 {
+		return unit(int64(d/(24*time.Hour)), "day")
+	}
+	if h := int64(d / time.Hour); h > 0 {
+		parts = append(parts, unit(h, "hour"))
+	}
+	if m := int64(d % time.Hour / time.Minute); m > 0 {
+		parts = append(parts, unit(m, "minute"))
+	}
+	if s := int64(d % time.Minute / time.Second); s > 0 || len(parts) == 0 {
+		parts = append(parts, unit(s, "second"))
+	}
+	return strings.Join(parts, " ")
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -81,6 +82,23 @@ func (v *visit) try() {
 			// failure against the portal's own address.
 			v.playground(&tryResult{Explanation: "Not sent: this is not a whole key. A key starts with DEV_API_ or PROD_API_ and ends with a checksum; copy it again, whole."}, f)
 			return
+		}
+	}
+	if key != "" {
+		id, ok, err := v.keyOwned(key)
+		if err != nil {
+			v.playground(&tryResult{Explanation: "Not sent: the key store is unavailable right now, so whose key this is could not be checked. Try again shortly."}, f)
+			return
+		}
+		if !ok {
+			// The playground sends from the portal's own address, which a
+			// key's IP allowlist may admit: only the key's owner (or an
+			// administrator, on the record) may send with it from here.
+			v.playground(&tryResult{Explanation: "Not sent: this is not one of your keys. The playground sends only keys you own."}, f)
+			return
+		}
+		if v.admin {
+			v.audit(id, audit.Entry{"event": "key.playground", "key_id": id, "service": svc.Name, "method": f.Method, "path": clip(f.Path, 200)})
 		}
 	}
 	res, err := v.s.send(v.r, svc, f, key)
@@ -195,7 +213,14 @@ func hostOnly(hostport string) string {
 // explain says in words what the gateway's answer means.
 func explain(resp *http.Response, body []byte, noKey bool, now time.Time) string {
 	code, reason, message := errorFields(body)
+	// The gateway puts its RateLimit headers on every answer it counts, and
+	// Deprecation on one admitted with an old secret: an answer with none
+	// of them did not come through a gateway route that admitted a key.
+	admitted := resp.Header.Get("RateLimit-Policy") != "" || resp.Header.Get("RateLimit") != "" || resp.Header.Get("Deprecation") != ""
 	switch status := resp.StatusCode; {
+	case status < 400 && !admitted && code == "":
+		return fmt.Sprintf("%d %s, but not from the gateway: the path reached no gateway route, so no key was checked. "+
+			"Check the path (a route for /echo/* does not take /echo).", status, http.StatusText(status))
 	case status < 300:
 		if resp.Header.Get("Deprecation") != "" {
 			return "Admitted, with an old secret: this key was rotated and its old secret stops working at " + resp.Header.Get("Sunset") + ". Switch to the new one."
@@ -285,4 +310,35 @@ func errorFields(body []byte) (code, reason, message string) {
 		_ = json.Unmarshal(doc.Error, &message)
 	}
 	return code, reason, message
+}
+
+// keyOwned finds the key's id, and whether the visitor may send it from
+// the playground: their own key (its current or a rotated-out secret), or
+// any key for an administrator. ok is false for a key the store does not
+// know.
+func (v *visit) keyOwned(key string) (id string, ok bool, err error) {
+	d := keystore.Sum(key)
+	if v.s.backend.Lookup != nil {
+		m, err := v.s.backend.Lookup(v.r.Context(), d)
+		if err != nil {
+			return "", false, err
+		}
+		if m.Key == nil {
+			return "", false, nil
+		}
+		return m.Key.ID, v.admin || m.Key.Owner == v.user, nil
+	}
+	// No lookup: the visitor's own records.
+	hash := d.Encode()
+	err = v.s.eachRecord(v.r.Context(), v.user, 0, func(rec keystore.Record) {
+		if rec.Hash == hash {
+			id = rec.ID
+		}
+		for _, p := range rec.PreviousHashes {
+			if p.Hash == hash {
+				id = rec.ID
+			}
+		}
+	})
+	return id, id != "", err
 }

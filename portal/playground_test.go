@@ -42,7 +42,9 @@ func TestExplain(t *testing.T) {
 		noKey  bool
 		want   string
 	}{
-		{200, nil, `{}`, false, "Admitted"},
+		{200, http.Header{"Ratelimit-Policy": {`"daily";q=20;w=86400`}}, `{}`, false, "Admitted"},
+		{200, nil, `{}`, false, "reached no gateway route"}, // Caddy answered, no gateway route did
+		{204, nil, ``, true, "reached no gateway route"},
 		{200, http.Header{"Deprecation": {"true"}, "Sunset": {"Sat, 28 Nov 2026 12:00:00 GMT"}}, ``, false, "old secret"},
 		{401, nil, `{"error":{"status":401,"code":"missing_key","message":"m"}}`, true, "Paste a key"},
 		{401, nil, `{"error":{"message":"m","type":"invalid_request_error","param":null,"code":"invalid_key"}}`, false, "does not know this key"},

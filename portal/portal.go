@@ -33,6 +33,10 @@ var assetFiles embed.FS
 type Backend struct {
 	// Store is where keys are kept and changed.
 	Store keystore.Store
+	// Lookup finds the key with a digest, as the gateway does; the
+	// playground sends only keys the visitor owns (administrators: any).
+	// Nil: the visitor's own records are searched.
+	Lookup func(ctx context.Context, d keystore.Digest) (keystore.Match, error)
 	// Changed makes the gateway see a change to a key at once.
 	Changed func(id string)
 	// Usage answers usage queries: cluster-wide when counts are shared.
@@ -64,11 +68,15 @@ type Server struct {
 	backend Backend
 	pages   map[string]*template.Template
 	assets  http.Handler
+	mux     *http.ServeMux
 	now     func() time.Time
 
 	// creating serializes key creation per owner on this instance, so
 	// that two tabs cannot both pass the max_keys check.
 	creating sync.Map // owner -> *sync.Mutex
+
+	// showings are new secrets waiting for their one showing.
+	showings showings
 }
 
 // New makes a portal served under base (e.g. "/portal").
@@ -96,6 +104,7 @@ func New(base string, policy Policy, backend Backend) (*Server, error) {
 		return nil, err
 	}
 	s.assets = http.StripPrefix(base+"/assets/", http.FileServer(http.FS(sub)))
+	s.mux = s.routes()
 	return s, nil
 }
 
@@ -141,7 +150,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request, user string) 
 			return
 		}
 	}
-	s.route(v, path)
+	s.route(v)
 }
 
 // visit is one request's visitor and answer.
@@ -152,67 +161,4 @@ type visit struct {
 	user  string
 	admin bool
 	csrf  string
-}
-
-func (s *Server) route(v *visit, path string) {
-	get, post := v.r.Method == http.MethodGet || v.r.Method == http.MethodHead, v.r.Method == http.MethodPost
-	parts := strings.Split(strings.Trim(path, "/"), "/")
-	switch {
-	case path == "" || path == "/":
-		if get {
-			http.Redirect(v.w, v.r, s.base+"/keys", http.StatusSeeOther)
-			return
-		}
-	case path == "/keys" && get:
-		v.myKeys()
-		return
-	case path == "/keys" && post:
-		v.create()
-		return
-	case path == "/keys/new" && get:
-		v.newKeyForm(nil, http.StatusOK)
-		return
-	case len(parts) == 2 && parts[0] == "keys":
-		switch {
-		case get:
-			v.keyPage(parts[1])
-			return
-		case post:
-			v.edit(parts[1])
-			return
-		}
-	case len(parts) == 3 && parts[0] == "keys" && parts[2] == "rotate" && post:
-		v.rotate(parts[1])
-		return
-	case len(parts) == 3 && parts[0] == "keys" && parts[2] == "revoke":
-		switch {
-		case get:
-			v.confirmRevoke(parts[1])
-			return
-		case post:
-			v.revoke(parts[1])
-			return
-		}
-	case path == "/usage" && get:
-		v.usagePage()
-		return
-	case path == "/playground" && get:
-		v.playground(nil)
-		return
-	case path == "/playground" && post:
-		v.try()
-		return
-	case path == "/admin" && get:
-		v.adminPage()
-		return
-	case len(parts) == 4 && parts[0] == "admin" && parts[1] == "keys" && parts[3] == "approve" && post:
-		v.approve(parts[2])
-		return
-	}
-	if get || post {
-		s.fail(v.w, v.r, v, http.StatusNotFound, "There is no portal page here.")
-		return
-	}
-	v.w.Header().Set("Allow", "GET, HEAD, POST")
-	s.fail(v.w, v.r, v, http.StatusMethodNotAllowed, "The portal takes GET and POST only.")
 }

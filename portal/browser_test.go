@@ -1,4 +1,4 @@
-package apikey
+package portal_test
 
 import (
 	"context"
@@ -38,34 +38,12 @@ import (
 // With APIKEY_SCREENSHOTS=<folder>, it saves screenshots of the main pages
 // there (docs/screenshots holds a set).
 func TestPortalInBrowser(t *testing.T) {
-	demo, err := os.ReadFile("examples/portal/Caddyfile")
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, variant := range []struct {
 		name  string
 		redis bool
 	}{{"key file", false}, {"redis", true}} {
 		t.Run(variant.name, func(t *testing.T) {
-			b := browsertest.Start(t, 75*time.Second)
-			dir := t.TempDir()
-			if err := os.WriteFile(filepath.Join(dir, "keys.json"), []byte(`{"keys": []}`), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			t.Setenv("APIKEY_DEMO_DIR", dir)
-			gw, admin := gatewaytest.Port(t), gatewaytest.Port(t)
-			cfg := strings.NewReplacer(
-				"localhost:8080", fmt.Sprintf("localhost:%d", gw),
-				"localhost:2019", fmt.Sprintf("localhost:%d", admin),
-			).Replace(string(demo))
-			if !strings.Contains(cfg, fmt.Sprintf("localhost:%d", gw)) || !strings.Contains(cfg, fmt.Sprintf("admin localhost:%d", admin)) {
-				t.Fatal("the portal demo's ports were not found")
-			}
-			if variant.redis {
-				cfg = portalOnRedis(t, cfg, redistest.Start(t).Addr())
-			}
-			gatewaytest.Start(t, cfg)
-			p := &portalDemo{base: fmt.Sprintf("http://localhost:%d", gw), b: b}
+			p, dir := startPortalDemo(t, variant.redis)
 			if variant.name == "key file" {
 				p.shots = os.Getenv("APIKEY_SCREENSHOTS")
 			}
@@ -82,6 +60,35 @@ func TestPortalInBrowser(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startPortalDemo runs examples/portal/Caddyfile on free ports, on a key
+// file (in the folder it returns) or on Redis, with a browser to drive it.
+func startPortalDemo(t *testing.T, redis bool) (*portalDemo, string) {
+	t.Helper()
+	demo, err := os.ReadFile("../examples/portal/Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := browsertest.Start(t, 75*time.Second)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "keys.json"), []byte(`{"keys": []}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("APIKEY_DEMO_DIR", dir)
+	gw, admin := gatewaytest.Port(t), gatewaytest.Port(t)
+	cfg := strings.NewReplacer(
+		"localhost:8080", fmt.Sprintf("localhost:%d", gw),
+		"localhost:2019", fmt.Sprintf("localhost:%d", admin),
+	).Replace(string(demo))
+	if !strings.Contains(cfg, fmt.Sprintf("localhost:%d", gw)) || !strings.Contains(cfg, fmt.Sprintf("admin localhost:%d", admin)) {
+		t.Fatal("the portal demo's ports were not found")
+	}
+	if redis {
+		cfg = portalOnRedis(t, cfg, redistest.Start(t).Addr())
+	}
+	gatewaytest.Start(t, cfg)
+	return &portalDemo{base: fmt.Sprintf("http://localhost:%d", gw), b: b}, dir
 }
 
 // portalOnRedis makes the demo keep its keys in Redis: every keys file

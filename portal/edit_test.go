@@ -1,4 +1,4 @@
-package apikey
+package portal_test
 
 import (
 	"net/http"
