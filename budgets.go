@@ -65,6 +65,16 @@ type tokenLimits struct {
 	store     ratelimit.TokenStore
 	// inflightPerKey and inflightTotal cap the bodies held (inflight.go).
 	inflightPerKey, inflightTotal int64
+	// logs are when the route last logged each warning of settle.
+	logs tokenLogs
+}
+
+// tokenLogs are when a route last logged each of settle's warnings (Unix
+// ns): an upstream that always misreports, or a Redis outage, must not
+// write a line per request. They are the route's: a reload starts them
+// again, and routes log apart.
+type tokenLogs struct {
+	absurd, settle, unread atomic.Int64
 }
 
 // provisionTokens resolves Tokens, TokenQuota, TokenRate, DefaultMaxTokens
@@ -518,7 +528,7 @@ func (h *Handler) settle(x *exchange) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), settleTimeout)
 		serr := h.tokens.store.Settle(ctx, k.ID, call.policy, call.res.Reservation, st.charged)
 		cancel()
-		if serr != nil && tokenLogDue(&lastSettleLog) {
+		if serr != nil && tokenLogDue(&h.tokens.logs.settle) {
 			h.logger.Warn("a token settlement could be neither made nor queued for retry; the reservation stays charged until the store gives it back (logged at most every 10 s)",
 				zap.String("key_id", k.ID), zap.Int64("reserved", call.reserve), zap.Error(serr))
 		}
@@ -538,19 +548,15 @@ func (h *Handler) settle(x *exchange) {
 // warnAboutAnswer logs an answer whose usage was not believed or not
 // read, at most every 10 s per kind.
 func (h *Handler) warnAboutAnswer(k *keystore.Key, call *llmCall, st settlement) {
-	if st.absurd && tokenLogDue(&lastAbsurdLog) {
+	if st.absurd && tokenLogDue(&h.tokens.logs.absurd) {
 		h.logger.Warn("the upstream reported an impossible token count; the reservation was charged instead (logged at most every 10 s)",
 			zap.String("key_id", k.ID), zap.Int64("reserved", call.reserve))
 	}
-	if call.tw != nil && call.tw.unread && tokenLogDue(&lastUnreadLog) {
+	if call.tw != nil && call.tw.unread && tokenLogDue(&h.tokens.logs.unread) {
 		h.logger.Warn("the upstream compressed its answer in an encoding the gateway cannot read although asked for identity; the reservation was charged (logged at most every 10 s)",
 			zap.String("key_id", k.ID), zap.Strings("content_encoding", call.tw.Header()["Content-Encoding"]), zap.Int64("reserved", call.reserve))
 	}
 }
-
-// When the two warnings above were last logged (Unix ns): an upstream that
-// always misreports, or a Redis outage, must not write a line per request.
-var lastAbsurdLog, lastSettleLog, lastUnreadLog atomic.Int64
 
 func tokenLogDue(last *atomic.Int64) bool {
 	now := time.Now().UnixNano()
@@ -566,7 +572,7 @@ func (h *Handler) tokenWarnings(k *keystore.Key, call *llmCall, charged int64) {
 	}
 	d := call.res.Daily
 	used := d.Limit - d.Remaining - call.reserve + charged
-	if level := quotaWarning(k.ID+"\x00tokens", used, d.Limit, d.Reset); level > 0 {
+	if level := h.warningDue(k.ID+"\x00tokens", used, d.Limit, d.Reset); level > 0 {
 		h.emitOnce(eventTokenWarning, k.ID, "tokens_warning"+strconv.FormatInt(level, 10), d.Reset,
 			map[string]any{"key_id": k.ID, "service": h.Service, "percent": level, "used": used, "limit": d.Limit,
 				"reset": d.Reset.UTC().Format(time.RFC3339)})

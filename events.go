@@ -2,7 +2,6 @@ package apikey
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -46,22 +45,9 @@ func (e emitter) emit(name string, data map[string]any) {
 	}
 }
 
-// warnings remembers, per key, the highest quota warning sent in the key's
-// current window, so each level is sent once per window. Shared by every
-// route; only touched when a key has used 80% of its quota.
-var warnings = struct {
-	mu   sync.Mutex
-	sent map[string]warningSent
-}{sent: map[string]warningSent{}}
-
-type warningSent struct {
-	windowEnd int64
-	percent   int64
-}
-
-// quotaWarning returns the warning level (80 or 90) that a key has just
+// warningDue returns the warning level (80 or 90) that a key has just
 // reached in its window and that was not sent yet, or 0.
-func quotaWarning(keyID string, used, limit int64, reset time.Time) int64 {
+func (h *Handler) warningDue(keyID string, used, limit int64, reset time.Time) int64 {
 	if limit <= 0 {
 		return 0
 	}
@@ -74,7 +60,7 @@ func quotaWarning(keyID string, used, limit int64, reset time.Time) int64 {
 	default:
 		return 0
 	}
-	if !markSent(keyID, reset, level) {
+	if !h.markSent(keyID, reset, level) {
 		return 0
 	}
 	return level
@@ -82,24 +68,10 @@ func quotaWarning(keyID string, used, limit int64, reset time.Time) int64 {
 
 // markSent records that the event of level (80, 90; 100 for the quota
 // running out) was sent for the key's window ending at reset; false when it
-// was already, at this level or above.
-func markSent(keyID string, reset time.Time, level int64) bool {
-	warnings.mu.Lock()
-	defer warnings.mu.Unlock()
-	prev := warnings.sent[keyID]
-	if prev.windowEnd == reset.Unix() && prev.percent >= level {
-		return false
-	}
-	warnings.sent[keyID] = warningSent{windowEnd: reset.Unix(), percent: level}
-	if len(warnings.sent) > 100000 {
-		now := time.Now().Unix()
-		for id, w := range warnings.sent {
-			if w.windowEnd < now {
-				delete(warnings.sent, id)
-			}
-		}
-	}
-	return true
+// was already, at this level or above. The marks are the process's (see
+// app.Marks), shared by every route.
+func (h *Handler) markSent(keyID string, reset time.Time, level int64) bool {
+	return h.marks.Sent(keyID, reset, level)
 }
 
 // announceTimeout bounds the call that asks a shared counter store whether
@@ -126,26 +98,8 @@ func (h *Handler) emitOnce(event, keyID, mark string, until time.Time, data map[
 	}()
 }
 
-// forgetWarnings re-arms a key's quota warnings, after its quota was reset.
-func forgetWarnings(keyID string) {
-	warnings.mu.Lock()
-	delete(warnings.sent, keyID)
-	warnings.mu.Unlock()
-}
-
-var deprecatedSeen = struct {
-	mu   sync.Mutex
-	last map[string]time.Time
-}{last: map[string]time.Time{}}
-
 // deprecatedDue reports whether apikey_deprecated_key_used should be sent
 // for the key now.
-func deprecatedDue(keyID string, now time.Time) bool {
-	deprecatedSeen.mu.Lock()
-	defer deprecatedSeen.mu.Unlock()
-	if last, ok := deprecatedSeen.last[keyID]; ok && now.Sub(last) < deprecatedEventEvery {
-		return false
-	}
-	deprecatedSeen.last[keyID] = now
-	return true
+func (h *Handler) deprecatedDue(keyID string, now time.Time) bool {
+	return h.marks.Due(keyID, now, deprecatedEventEvery)
 }

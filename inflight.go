@@ -9,8 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/caddyserver/caddy/v2"
-
+	"github.com/moodmnky/caddy-apikey/app"
 	"github.com/moodmnky/caddy-apikey/tokens"
 )
 
@@ -83,10 +82,9 @@ type heldBodies struct {
 	}
 }
 
-// heldPool keeps one heldBodies for the process, across reloads.
-var heldPool = caddy.NewUsagePool()
-
-const heldPoolKey = "apikey.held_bodies"
+// heldKey is the process's heldBodies' place in the app's shared pool,
+// kept across reloads.
+const heldKey = "apikey.held_bodies"
 
 func newHeldBodies() *heldBodies {
 	b := &heldBodies{seed: maphash.MakeSeed()}
@@ -277,16 +275,16 @@ func (h *Handler) provisionInflight(tl *tokenLimits) error {
 	return h.holdBodies()
 }
 
-// holdBodies takes the process's counts of bodies held (heldPool), once.
+// holdBodies takes the process's counts of bodies held, once.
 func (h *Handler) holdBodies() error {
-	if h.heldRef {
+	if h.heldRelease != nil {
 		return nil
 	}
-	val, _, err := heldPool.LoadOrNew(heldPoolKey, func() (caddy.Destructor, error) { return newHeldBodies(), nil })
+	held, release, err := app.Shared(heldKey, func() (*heldBodies, error) { return newHeldBodies(), nil })
 	if err != nil {
 		return err
 	}
-	h.held, h.heldRef = val.(*heldBodies), true
+	h.held, h.heldRelease = held, release
 	return nil
 }
 

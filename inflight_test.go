@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moodmnky/caddy-apikey/app"
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
@@ -110,12 +111,10 @@ func heapInuse() uint64 {
 
 // bodiesHeld is what the process's requests hold, for key id ("" for all).
 func bodiesHeld(id string) int64 {
-	var n int64
-	heldPool.Range(func(_, v any) bool {
-		n += v.(*heldBodies).held(id)
-		return true
-	})
-	return n
+	if v, ok := app.Current(heldKey); ok {
+		return v.(*heldBodies).held(id)
+	}
+	return 0
 }
 
 // inflightAnswer is one client's answer.

@@ -11,8 +11,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/moodmnky/caddy-apikey/app"
 	"github.com/moodmnky/caddy-apikey/audit"
-
 	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
@@ -36,11 +36,10 @@ const (
 	defaultWideIPv6 = 48
 )
 
-// failuresPool shares one failed-authentication tracker per period among
-// every apikey route, across config reloads. Routes with different periods
-// keep their own windows, so neither resets the other's.
-var failuresPool = caddy.NewUsagePool()
-
+// failuresPoolKey is the place in the app's shared pool of the
+// failed-authentication tracker of a period, shared by every apikey route,
+// across config reloads. Routes with different periods keep their own
+// windows, so neither resets the other's.
 func failuresPoolKey(period time.Duration) string { return "apikey.failed_auth/" + period.String() }
 
 // widePoolKey is the tracker of networks: apart from the addresses', so
@@ -177,15 +176,14 @@ func (h *Handler) provisionLimits() error {
 		h.failLimit = r
 	}
 	if !h.failLimit.IsZero() {
-		key := failuresPoolKey(h.failLimit.Period)
-		val, _, err := failuresPool.LoadOrNew(key, func() (caddy.Destructor, error) {
-			return newPooledFailures(h.failLimit.Period), nil
+		period := h.failLimit.Period
+		p, release, err := app.Shared(failuresPoolKey(period), func() (*pooledFailures, error) {
+			return newPooledFailures(period), nil
 		})
 		if err != nil {
 			return err
 		}
-		h.failures = val.(*pooledFailures).Failures
-		h.failuresKey = key
+		h.failures, h.failuresRelease = p.Failures, release
 	}
 	return h.provisionWideLimit()
 }
@@ -225,15 +223,14 @@ func (h *Handler) provisionWideLimit() error {
 	if h.wideLimit.IsZero() {
 		return nil
 	}
-	key := widePoolKey(h.wideLimit.Period)
-	val, _, err := failuresPool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newPooledFailures(h.wideLimit.Period), nil
+	period := h.wideLimit.Period
+	p, release, err := app.Shared(widePoolKey(period), func() (*pooledFailures, error) {
+		return newPooledFailures(period), nil
 	})
 	if err != nil {
 		return err
 	}
-	h.wide = val.(*pooledFailures).Failures
-	h.wideKey = key
+	h.wide, h.wideRelease = p.Failures, release
 	return nil
 }
 
@@ -264,7 +261,7 @@ func wideThrottleMessage(wait time.Duration) string {
 
 // reportBlocksEnded logs each ended block once, with the requests it
 // refused, and records it in the audit logs of the routes that share the
-// tracker; more blocks (and the requests they refused), past the budget,
+// tracker in the running config; more blocks (and the requests they refused), past the budget,
 // are written as one line and entry.
 func reportBlocksEnded(f *ratelimit.Failures, ended []ratelimit.BlockEnd, more, moreRefused int64) {
 	logger := caddy.Log().Named("http.handlers.apikey")
@@ -277,16 +274,16 @@ func reportBlocksEnded(f *ratelimit.Failures, ended []ratelimit.BlockEnd, more, 
 			zap.Int64("clients", more), zap.Int64("refused", moreRefused))
 	}
 	seen := map[*audit.Writer]bool{}
-	for _, h := range activeHandlers() {
-		if (h.failures != f && h.wide != f) || h.audit == nil || seen[h.audit] {
+	for _, r := range app.Running().Routes() {
+		if !r.CountsIn(f) || r.Audit == nil || seen[r.Audit] {
 			continue
 		}
-		seen[h.audit] = true
+		seen[r.Audit] = true
 		for _, e := range ended {
-			h.audit.Log(audit.Entry{"event": "client.unthrottled", "client": e.Prefix.String(), "refused": e.Refused})
+			r.Audit.Log(audit.Entry{"event": "client.unthrottled", "client": e.Prefix.String(), "refused": e.Refused})
 		}
 		if more > 0 {
-			h.audit.Log(audit.Entry{"event": "client.unthrottled", "client": "other", "clients": more, "refused": moreRefused})
+			r.Audit.Log(audit.Entry{"event": "client.unthrottled", "client": "other", "clients": more, "refused": moreRefused})
 		}
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
+
+	"github.com/moodmnky/caddy-apikey/app"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -421,7 +423,7 @@ func TestHalfProvisionedHandlerLetsGo(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "persist_interval must be positive") {
 		t.Fatalf("load: %v", err)
 	}
-	if n, ok := failuresPool.References(failuresPoolKey(defaultFailedAuthLimit.Period)); ok || n != 0 {
+	if n, ok := app.References(failuresPoolKey(defaultFailedAuthLimit.Period)); ok || n != 0 {
 		t.Errorf("the failed config still holds the failed-auth tracker (%d references)", n)
 	}
 }

@@ -17,9 +17,10 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/moodmnky/caddy-apikey/app"
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/headers"
-	"github.com/moodmnky/caddy-apikey/internal/redisconn"
+	"github.com/moodmnky/caddy-apikey/internal/lifecycle"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
@@ -196,40 +197,47 @@ type Handler struct {
 	preflight    bool // pass preflights on
 	logger       *zap.Logger
 
-	limits  limits
-	tokens  *tokenLimits // nil on routes without tokens
-	held    *heldBodies  // the bodies requests hold (read whole on routes with tokens, their start for the override check)
-	heldRef bool         // held's place in heldPool is taken
+	limits      limits
+	tokens      *tokenLimits // nil on routes without tokens
+	held        *heldBodies  // the bodies requests hold (read whole on routes with tokens, their start for the override check)
+	heldRelease func() error // lets go of held's place in the app's shared pool
 	// peekPerKey and peekTotal cap the bodies held by the override check:
 	// the route's max_inflight_body, or its defaults.
 	peekPerKey, peekTotal int64
 	counters              ratelimit.Store
 	failLimit             ratelimit.Rate
 	failures              *ratelimit.Failures
-	failuresKey           string // its place in failuresPool, while held
+	failuresRelease       func() error // lets go of failures, while held
 	// wideLimit and wide: the failed-authentication throttle of networks
 	// of wideBits bits (IPv4, IPv6).
-	wideLimit    ratelimit.Rate
-	wide         *ratelimit.Failures
-	wideKey      string // its place in failuresPool, while held
-	wideBits     [2]int
-	anon         *anonRefusals
-	refusals     *refusalLog
-	refusalsHeld bool
+	wideLimit       ratelimit.Rate
+	wide            *ratelimit.Failures
+	wideRelease     func() error // lets go of wide, while held
+	wideBits        [2]int
+	anon            *anonRefusals
+	refusals        *refusalLog
+	refusalsRelease func() error
 	// inlineSecrets names the secrets written in this handler's config as
 	// they are (not from a file or a placeholder), for the warnings.
 	inlineSecrets []string
 
-	requests   *routeCounts
-	perKey     bool
-	usage      *usageTracker
-	usageKey   string
-	usageLeave func() // lets go of the usage's Redis, if it names one
-	usageDepth int
-	audit      *audit.Writer
-	auditKey   string
-	unwatch    func() // stops auditing the key file's changes
-	events     emitter
+	requests     *routeCounts
+	perKey       bool
+	usage        *app.Usage
+	usageRelease func() error
+	usageLeave   func() // lets go of the usage's Redis, if it names one
+	usageDepth   int
+	audit        *audit.Writer
+	auditRelease func() error
+	unwatch      func() // stops auditing the key file's changes
+	events       emitter
+	marks        *app.Marks // the events sent once per window or period
+	marksRelease func() error
+
+	// app is the config's apikey app (nil outside a config), where route
+	// is registered for the admin API and the portal.
+	app   *app.App
+	route *app.Route
 }
 
 // MetricsOptions adjusts the handler's metrics.
@@ -250,6 +258,10 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision loads the key source and prepares everything a request needs.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	var err error
+	if h.app, err = app.Of(ctx); err != nil {
+		return err
+	}
 
 	if h.KeysRaw == nil {
 		return errors.New("keys: a key source is required, e.g. keys file /etc/caddy/keys.json")
@@ -298,11 +310,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionLimits(); err != nil {
 		return err
 	}
-	val, _, err := refusalsPool.LoadOrNew(refusalsPoolKey, func() (caddy.Destructor, error) { return newRefusalLog(), nil })
-	if err != nil {
+	if h.refusals, h.refusalsRelease, err = app.Shared(refusalsKey, func() (*refusalLog, error) { return newRefusalLog(), nil }); err != nil {
 		return err
 	}
-	h.refusals, h.refusalsHeld = val.(*refusalLog), true
 	if h.CountersRaw == nil {
 		h.CountersRaw = json.RawMessage(`{"store": "memory"}`)
 	}
@@ -371,8 +381,8 @@ func (h *Handler) Validate() error {
 // place in the admin API. The key source and counter store are modules;
 // Caddy cleans them up itself. It copes with a half-provisioned handler.
 func (h *Handler) Cleanup() error {
-	unregister(h)
-	forgetServerWarnings()
+	h.app.Unregister(h.route)
+	h.route = nil
 	if h.unwatch != nil {
 		h.unwatch()
 		h.unwatch = nil
@@ -384,44 +394,29 @@ func (h *Handler) Cleanup() error {
 		h.anon.flush()
 		h.anon = nil
 	}
-	if h.refusalsHeld {
-		h.refusalsHeld = false
-		_, err := refusalsPool.Delete(refusalsPoolKey)
-		errs = append(errs, err)
-	}
-	if h.wideKey != "" {
-		_, err := failuresPool.Delete(h.wideKey)
-		errs = append(errs, err)
-		h.wideKey = ""
-	}
-	if h.failuresKey != "" {
-		_, err := failuresPool.Delete(h.failuresKey)
-		h.failuresKey = ""
-		errs = append(errs, err)
-	}
-	if h.heldRef {
-		// h.held stays: a request still in flight gives its bytes back.
-		h.heldRef = false
-		_, err := heldPool.Delete(heldPoolKey)
-		errs = append(errs, err)
-	}
-	if h.usageKey != "" {
-		// The last route on the file ends the tracker (which sends the
-		// last counts to its Redis) before it lets go of that Redis.
-		_, err := usagePool.Delete(h.usageKey)
-		h.usageKey = ""
-		errs = append(errs, err)
-	}
+	// h.held stays when let go of: a request still in flight gives its
+	// bytes back.
+	errs = append(errs, letGo(&h.refusalsRelease), letGo(&h.wideRelease), letGo(&h.failuresRelease),
+		letGo(&h.heldRelease), letGo(&h.marksRelease))
+	// The last route on the usage file ends the tracker (which sends the
+	// last counts to its Redis) before it lets go of that Redis.
+	errs = append(errs, letGo(&h.usageRelease))
 	if h.usageLeave != nil {
 		h.usageLeave()
 		h.usageLeave = nil
 	}
-	if h.auditKey != "" {
-		_, err := auditPool.Delete(h.auditKey)
-		h.auditKey = ""
-		errs = append(errs, err)
-	}
+	errs = append(errs, letGo(&h.auditRelease))
 	return errors.Join(errs...)
+}
+
+// letGo calls *release, if set, once.
+func letGo(release *func() error) error {
+	if *release == nil {
+		return nil
+	}
+	err := (*release)()
+	*release = nil
+	return err
 }
 
 // provisionTracking sets up metrics, usage counts, the audit log and events.
@@ -448,36 +443,31 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 	}
 	path := h.UsageFile
 	if path == "" {
-		path = defaultUsageFile()
+		path = app.DefaultUsageFile()
 	}
 	path, err := filepath.Abs(path)
 	if err != nil {
 		return fmt.Errorf("usage_file: %w", err)
 	}
-	val, _, err := usagePool.LoadOrNew(path, func() (caddy.Destructor, error) {
-		return openUsage(path, retention), nil
-	})
-	if err != nil {
+	if h.usage, h.usageRelease, err = app.OpenUsage(path, retention); err != nil {
 		return err
 	}
-	h.usage, h.usageKey = val.(*usageTracker), path
 	// Saving and sending begin when the config runs: caddy validate reads
 	// the usage file and writes nothing, to it or to Redis.
-	if err := redisconn.WhenRunning(ctx, h.usage.start); err != nil {
+	if err := lifecycle.WhenRunning(ctx, h.usage.Start); err != nil {
 		return err
 	}
 	if rs, ok := h.counters.(*ratelimit.RedisStore); ok {
 		// The counters' Redis sums every instance's usage too.
 		client, release := rs.Retain()
-		h.usageLeave = h.usage.shareOn(client, release, rs.KeyPrefix, fmt.Sprintf("%p|%s", client, rs.KeyPrefix))
+		h.usageLeave = h.usage.ShareOn(client, release, rs.KeyPrefix, fmt.Sprintf("%p|%s", client, rs.KeyPrefix))
 	}
 
 	if h.AuditLog != "" {
-		if h.audit, err = openAudit(h.AuditLog); err != nil {
+		if h.audit, h.auditRelease, err = app.OpenAudit(h.AuditLog); err != nil {
 			return fmt.Errorf("audit_log: %w", err)
 		}
-		h.auditKey = h.audit.Path()
-		roll := audit.Roll{Size: defaultAuditRollSize, Keep: defaultAuditRollKeep}
+		roll := audit.Roll{Size: app.DefaultAuditRollSize, Keep: app.DefaultAuditRollKeep}
 		if h.AuditRollSize > 0 {
 			roll.Size = h.AuditRollSize
 		}
@@ -500,9 +490,13 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 			})
 		}
 	}
-	h.anon = h.refusals.anonFor(h.auditKey, h.audit, h.logger)
+	h.anon = h.refusals.anonFor(h.audit, h.logger)
 	h.events = newEmitter(ctx)
-	register(h)
+	if h.marks, h.marksRelease, err = app.HoldMarks(); err != nil {
+		return err
+	}
+	h.route = h.appRoute()
+	h.app.Register(h.route)
 	return nil
 }
 

@@ -1,6 +1,10 @@
 package apikey
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/moodmnky/caddy-apikey/internal/unescape"
+)
 
 // The readers of "_method" in bodies and queries, and the signs that one may
 // be there: a sign is cheap to look for, and its absence proves there is
@@ -20,8 +24,8 @@ func formOverrides(s string) []string {
 			pair, s = s, ""
 		}
 		k, v, _ := strings.Cut(pair, "=")
-		if isMethodName(lenientUnescape(k)) {
-			out = append(out, lenientUnescape(v))
+		if isMethodName(unescape.Lenient(k)) {
+			out = append(out, unescape.Lenient(v))
 		}
 	}
 	return out
@@ -98,10 +102,10 @@ func hasEscapeOf[T ~string | ~[]byte](b T, prefix string) bool {
 			continue
 		}
 		h, l := b[i+len(prefix)], b[i+len(prefix)+1]
-		if !isHex(h) || !isHex(l) {
+		if !unescape.IsHex(h) || !unescape.IsHex(l) {
 			continue
 		}
-		c := unhex(h)<<4 | unhex(l)
+		c := unescape.Unhex(h)<<4 | unescape.Unhex(l)
 		if 'A' <= c && c <= 'Z' {
 			c += 'a' - 'A'
 		}
@@ -243,13 +247,13 @@ func jsonKeyIsMethod(s []byte) bool {
 			i++
 			switch e {
 			case 'u':
-				if i+4 > len(s) || !isHex(s[i]) || !isHex(s[i+1]) || !isHex(s[i+2]) || !isHex(s[i+3]) {
+				if i+4 > len(s) || !unescape.IsHex(s[i]) || !unescape.IsHex(s[i+1]) || !unescape.IsHex(s[i+2]) || !unescape.IsHex(s[i+3]) {
 					return false
 				}
-				if unhex(s[i])|unhex(s[i+1]) != 0 {
+				if unescape.Unhex(s[i])|unescape.Unhex(s[i+1]) != 0 {
 					return false // not ASCII
 				}
-				c = unhex(s[i+2])<<4 | unhex(s[i+3])
+				c = unescape.Unhex(s[i+2])<<4 | unescape.Unhex(s[i+3])
 				i += 4
 			default:
 				c = e // \" \\ \/ and the control escapes: none is in "_method"
@@ -276,8 +280,8 @@ func jsonUnescape(s []byte) string {
 		i++
 		switch s[i] {
 		case 'u':
-			if i+4 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) && isHex(s[i+3]) && isHex(s[i+4]) {
-				r := rune(unhex(s[i+1]))<<12 | rune(unhex(s[i+2]))<<8 | rune(unhex(s[i+3]))<<4 | rune(unhex(s[i+4]))
+			if i+4 < len(s) && unescape.IsHex(s[i+1]) && unescape.IsHex(s[i+2]) && unescape.IsHex(s[i+3]) && unescape.IsHex(s[i+4]) {
+				r := rune(unescape.Unhex(s[i+1]))<<12 | rune(unescape.Unhex(s[i+2]))<<8 | rune(unescape.Unhex(s[i+3]))<<4 | rune(unescape.Unhex(s[i+4]))
 				b.WriteRune(r)
 				i += 4
 			}

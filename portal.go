@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/moodmnky/caddy-apikey/app"
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/internal/keylist"
 	"github.com/moodmnky/caddy-apikey/keystore"
@@ -94,10 +95,13 @@ type Portal struct {
 	// visitor's request, with the same scheme and Host.
 	PlaygroundURL string `json:"playground_url,omitempty"`
 
-	server   *portal.Server
-	source   keystore.Editable
-	audit    *audit.Writer
-	auditKey string
+	server       *portal.Server
+	source       keystore.Editable
+	audit        *audit.Writer
+	auditRelease func() error
+	// app is the config's apikey app: the routes whose counters and audit
+	// log serve the portal's store.
+	app *app.App
 }
 
 // PortalService is a service developers may choose.
@@ -128,6 +132,10 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 	if p.KeysRaw == nil {
 		return errors.New("keys: the portal needs the key store, e.g. keys file /etc/caddy/keys.json")
 	}
+	var err error
+	if p.app, err = app.Of(ctx); err != nil {
+		return err
+	}
 	mod, err := ctx.LoadModule(p, "KeysRaw")
 	if err != nil {
 		return fmt.Errorf("keys: %w", err)
@@ -142,10 +150,9 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if p.AuditLog != "" {
-		if p.audit, err = openAudit(p.AuditLog); err != nil {
+		if p.audit, p.auditRelease, err = app.OpenAudit(p.AuditLog); err != nil {
 			return fmt.Errorf("audit_log: %w", err)
 		}
-		p.auditKey = p.audit.Path()
 	}
 	if p.PlaygroundURL != "" {
 		u, err := url.Parse(p.PlaygroundURL)
@@ -157,8 +164,8 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 	backend := portal.Backend{
 		Store:       store,
 		Changed:     src.Changed,
-		Usage:       usageRows,
-		Quota:       func(ctx context.Context, k *keystore.Key) (portal.Quota, bool) { return todaysQuota(ctx, store, k) },
+		Usage:       p.app.UsageRows,
+		Quota:       func(ctx context.Context, k *keystore.Key) (portal.Quota, bool) { return p.todaysQuota(ctx, store, k) },
 		Audit:       p.writeAudit,
 		RecentAudit: p.recentAudit,
 		Gateway:     p.PlaygroundURL,
@@ -195,14 +202,14 @@ func (p *Portal) policy() (portal.Policy, error) {
 	return pol, nil
 }
 
-// auditLog is the portal's own audit log, or that of a handler using its
-// store.
+// auditLog is the portal's own audit log, or that of a route of its
+// config using its store.
 func (p *Portal) auditLog() *audit.Writer {
 	if p.audit != nil {
 		return p.audit
 	}
-	if so, ok := editableStores()[p.source.Store().Describe()]; ok && so.h.audit != nil {
-		return so.h.audit
+	if r, ok := p.app.RouteOf(p.source.Store()); ok {
+		return r.Audit
 	}
 	return nil
 }
@@ -224,14 +231,13 @@ func (p *Portal) recentAudit(n int) ([]audit.Entry, error) {
 }
 
 // todaysQuota is a key's use of today's quota, read from the counters of
-// a gateway handler that uses the same store.
-func todaysQuota(ctx context.Context, store keystore.Store, k *keystore.Key) (portal.Quota, bool) {
-	so, ok := editableStores()[store.Describe()]
+// a route of the portal's config that uses the same store.
+func (p *Portal) todaysQuota(ctx context.Context, store keystore.Store, k *keystore.Key) (portal.Quota, bool) {
+	r, ok := p.app.RouteOf(store)
 	if !ok || k.Type == 0 {
 		return portal.Quota{}, false
 	}
-	h := so.h
-	res, err := h.counters.Peek(ctx, k.ID, h.limits.policy(k, k.Type))
+	res, err := r.Counters.Peek(ctx, k.ID, r.Policy(k, k.Type))
 	if err != nil || res.Uncounted {
 		return portal.Quota{}, false
 	}
@@ -262,12 +268,7 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 
 // Cleanup lets go of the audit log.
 func (p *Portal) Cleanup() error {
-	if p.auditKey != "" {
-		_, err := auditPool.Delete(p.auditKey)
-		p.auditKey = ""
-		return err
-	}
-	return nil
+	return letGo(&p.auditRelease)
 }
 
 // Interface guards

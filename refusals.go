@@ -4,8 +4,6 @@ import (
 	"hash/maphash"
 	"sync"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
 )
 
 // A key that keeps being refused (a client retrying a 403, or hammering
@@ -46,11 +44,10 @@ type refusalLog struct {
 	}
 }
 
-// refusalsPool shares one refusalLog among every route, across reloads:
-// one key's refusals are bounded together, however many routes refuse it.
-var refusalsPool = caddy.NewUsagePool()
-
-const refusalsPoolKey = "apikey.refusals"
+// refusalsKey is the place in the app's shared pool of the one refusalLog
+// every route shares, across reloads: one key's refusals are bounded
+// together, however many routes refuse it.
+const refusalsKey = "apikey.refusals"
 
 func newRefusalLog() *refusalLog {
 	l := &refusalLog{seed: maphash.MakeSeed()}

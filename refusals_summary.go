@@ -60,9 +60,13 @@ type anonRefusals struct {
 	timer     *time.Timer
 }
 
-// anonFor returns the summary of the refusals written to the audit log at
-// path ("" for none), with the logger and writer of the latest route.
-func (l *refusalLog) anonFor(path string, w *audit.Writer, logger *zap.Logger) *anonRefusals {
+// anonFor returns the summary of the refusals written to the audit log w
+// (nil for none), with the logger and writer of the latest route.
+func (l *refusalLog) anonFor(w *audit.Writer, logger *zap.Logger) *anonRefusals {
+	path := ""
+	if w != nil {
+		path = w.Path()
+	}
 	l.anonMu.Lock()
 	defer l.anonMu.Unlock()
 	if l.anon == nil {

@@ -140,7 +140,7 @@ func (h *Handler) authenticate(x *exchange) refusal {
 func (h *Handler) deprecated(x *exchange, until time.Time) {
 	x.w.Header().Set("Deprecation", "true")
 	x.w.Header().Set("Sunset", until.UTC().Format(http.TimeFormat))
-	if h.events.on() && deprecatedDue(x.key.ID, x.now) {
+	if h.events.on() && h.deprecatedDue(x.key.ID, x.now) {
 		h.events.emit(eventDeprecatedKey, map[string]any{"key_id": x.key.ID, "service": h.Service,
 			"valid_until": until.UTC().Format(time.RFC3339)})
 	}
@@ -234,7 +234,7 @@ func (h *Handler) quotaWarning(x *exchange) {
 	if x.res.Uncounted || !h.events.on() {
 		return
 	}
-	if level := quotaWarning(x.key.ID, d.Limit-d.Remaining, d.Limit, d.Reset); level > 0 {
+	if level := h.warningDue(x.key.ID, d.Limit-d.Remaining, d.Limit, d.Reset); level > 0 {
 		h.emitOnce(eventQuotaWarning, x.key.ID, "warning"+strconv.FormatInt(level, 10), d.Reset,
 			map[string]any{"key_id": x.key.ID, "service": h.Service, "percent": level,
 				"used": d.Limit - d.Remaining, "limit": d.Limit, "reset": d.Reset.UTC().Format(time.RFC3339)})
@@ -244,7 +244,7 @@ func (h *Handler) quotaWarning(x *exchange) {
 // quotaExceeded sends apikey_quota_exceeded once per key and window.
 func (h *Handler) quotaExceeded(x *exchange) {
 	d := x.res.Daily
-	if h.events.on() && markSent(x.key.ID, d.Reset, 100) {
+	if h.events.on() && h.markSent(x.key.ID, d.Reset, 100) {
 		h.emitOnce(eventQuotaExceeded, x.key.ID, "quota_exceeded", d.Reset, map[string]any{"key_id": x.key.ID,
 			"service": h.Service, "limit": d.Limit, "reset": d.Reset.UTC().Format(time.RFC3339)})
 	}

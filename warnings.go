@@ -2,15 +2,10 @@ package apikey
 
 import (
 	"reflect"
-	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
-
-// warned dedupes provision warnings: one per server and subject per config
-// load, however many routes share them.
-var warned sync.Map
 
 // warnAboutServer warns, once per server (or per config load for what is
 // global), about settings of the server the handler runs in that undo what
@@ -23,8 +18,9 @@ func (h *Handler) warnAboutServer(ctx caddy.Context) {
 		return
 	}
 	once := func(srv *caddyhttp.Server, subject string) bool {
-		_, dup := warned.LoadOrStore(warningKey{srv, subject}, struct{}{})
-		return !dup
+		// One per server and subject per config load, however many routes
+		// share them: the config's app remembers.
+		return h.app.Once(warningKey{srv, subject})
 	}
 	h.warnAboutLogs(ctx, srv, once)
 	if (h.failures != nil || h.wide != nil) && trustsProxiesLoosely(srv) && once(srv, "trusted_proxies") {
@@ -37,16 +33,6 @@ func (h *Handler) warnAboutServer(ctx caddy.Context) {
 type warningKey struct {
 	srv     *caddyhttp.Server
 	subject string
-}
-
-// forgetServerWarnings lets the next config load warn again, and lets go of the
-// servers; called when a handler is cleaned up (after the next config, if
-// any, was provisioned).
-func forgetServerWarnings() {
-	warned.Range(func(k, _ any) bool {
-		warned.Delete(k)
-		return true
-	})
 }
 
 // trustsProxiesLoosely reports a server with trusted_proxies and without

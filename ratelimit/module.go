@@ -14,7 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
-	"github.com/moodmnky/caddy-apikey/internal/redisconn"
+	"github.com/moodmnky/caddy-apikey/internal/lifecycle"
 )
 
 func init() {
@@ -83,7 +83,7 @@ func (s *MemoryStore) Provision(ctx caddy.Context) error {
 	s.counters = val.(*persistedMemory)
 	// Saving begins when the config runs: caddy validate reads the file
 	// and writes nothing.
-	if err := redisconn.WhenRunning(ctx, s.counters.start); err != nil {
+	if err := lifecycle.WhenRunning(ctx, s.counters.start); err != nil {
 		return err
 	}
 	if loaded && s.counters.interval != interval {

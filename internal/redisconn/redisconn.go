@@ -95,6 +95,13 @@ func (c Config) Identity() string {
 	return fmt.Sprintf("%q|%s|%s|%d|%v|%s", c.Addresses, c.MasterName, c.Username, c.DB, c.TLS, hex.EncodeToString(sum[:8]))
 }
 
+// Database names the database the settings reach, whoever connects and
+// however: its addresses, Sentinel master and number, in full. Two
+// settings with one Database read and write the same keys.
+func (c Config) Database() string {
+	return fmt.Sprintf("%q|%s|%d", c.Addresses, c.MasterName, c.DB)
+}
+
 // Describe names the Redis for messages, listings and audit entries: its
 // addresses separated by commas (at most maxDescribed bytes of them), the
 // Sentinel master and the database when set; never the password.

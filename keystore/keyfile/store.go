@@ -24,6 +24,10 @@ type Store struct {
 // NewStore returns the store of the key file at path.
 func NewStore(path string) *Store { return &Store{Path: path} }
 
+// Identity is the file's path: two stores of one file change the same
+// records.
+func (s *Store) Identity() any { return *s }
+
 // Describe names the store: the file's path.
 func (s *Store) Describe() string { return s.Path }
 

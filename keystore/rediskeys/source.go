@@ -183,7 +183,9 @@ func openShared(conn redisconn.Config, prefix string, cfg keycache.CacheConfig) 
 	if err != nil {
 		return nil, err
 	}
-	sh := &sharedSource{client: client, release: release, store: NewStore(client, prefix, conn.Describe()),
+	store := NewStore(client, prefix, conn.Describe())
+	store.database = conn.Database()
+	sh := &sharedSource{client: client, release: release, store: store,
 		timeout: conn.CallTimeout(), done: make(chan struct{})}
 	cache, err := keycache.New(cfg, sh.fetch, nil, sh.logFailure)
 	if err != nil {

@@ -37,6 +37,9 @@ type Store struct {
 	client redis.UniversalClient
 	p      string // layout prefix
 	name   string
+	// database names the Redis database (see redisconn.Config.Database),
+	// when known: what Identity compares.
+	database string
 }
 
 // NewStore returns the store under keyPrefix ("" for DefaultKeyPrefix);
@@ -47,6 +50,19 @@ func NewStore(client redis.UniversalClient, keyPrefix, describe string) *Store {
 	}
 	return &Store{client: client, p: layout(keyPrefix), name: describe + " " + keyPrefix}
 }
+
+// Identity is the Redis database and the prefix the store reads: two
+// stores with both equal change the same records, whatever user each
+// connects as, and however long the addresses that Describe shortens. A
+// store made by NewStore alone is known by its client and prefix.
+func (s *Store) Identity() any {
+	if s.database == "" {
+		return *s
+	}
+	return storeIdentity{s.database, s.p}
+}
+
+type storeIdentity struct{ database, prefix string }
 
 // Describe names the store: the Redis and the prefix, never a password.
 func (s *Store) Describe() string { return s.name }

@@ -1,8 +1,9 @@
-package apikey
+package app
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -13,7 +14,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
 	"github.com/moodmnky/caddy-apikey/usage"
 )
@@ -26,13 +26,10 @@ const usageSaveEvery = 10 * time.Second
 // usageSendTimeout bounds one attempt to add the counts to Redis.
 const usageSendTimeout = 5 * time.Second
 
-// usagePool shares usage counts per file among every route, across reloads.
-var usagePool = caddy.NewUsagePool()
-
-// usageTracker is the pooled usage counts of one file, what of them Redis
+// Usage is the pooled usage counts of one file, what of them Redis
 // has not acknowledged yet, and the goroutine that saves them, prunes them
 // and sends them to Redis.
-type usageTracker struct {
+type Usage struct {
 	*usage.Counts
 	outbox    *usage.Outbox
 	path      string
@@ -52,7 +49,7 @@ type usageTracker struct {
 
 	// cluster, when the counters are on Redis, sums every instance's
 	// counts there: the Redis of the share named last of those the routes
-	// in force name (see shareOn).
+	// in force name (see ShareOn).
 	cluster    atomic.Pointer[usage.Cluster]
 	mu         sync.Mutex // guards what follows
 	shares     []*usageShare
@@ -69,15 +66,15 @@ type usageShare struct {
 	holders int
 }
 
-// shareOn names the Redis the route's counters are on (name identifies it
+// ShareOn names the Redis the route's counters are on (name identifies it
 // and prefix, for reports); the route calls the function it returns when
 // it ends. The counts go to the Redis named last among those named by
 // routes in force: a reload that moves the counters to another Redis moves
 // the usage sums with them, pending counts included, and the Redis no
-// route names any more is let go of, its connections closed. shareOn keeps
+// route names any more is let go of, its connections closed. ShareOn keeps
 // the client (release lets go of it) while a route names it, or until the
 // tracker ends, so the last counts go up at shutdown.
-func (t *usageTracker) shareOn(client redis.UniversalClient, release func(), prefix, name string) (leave func()) {
+func (t *Usage) ShareOn(client redis.UniversalClient, release func(), prefix, name string) (leave func()) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.destructed {
@@ -103,7 +100,7 @@ func (t *usageTracker) shareOn(client redis.UniversalClient, release func(), pre
 }
 
 // leave is a route's end: a share no route holds is let go of.
-func (t *usageTracker) leave(s *usageShare) {
+func (t *Usage) leave(s *usageShare) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.destructed {
@@ -125,7 +122,7 @@ func (t *usageTracker) leave(s *usageShare) {
 // follow makes the share named last the one the counts go to. What was
 // counted up to the change is noted as pending for the Redis before (none,
 // if there was none); what is pending goes to the new one. t.mu is held.
-func (t *usageTracker) follow() {
+func (t *Usage) follow() {
 	var next *usageShare
 	if n := len(t.shares); n > 0 {
 		next = t.shares[n-1]
@@ -151,7 +148,7 @@ func (t *usageTracker) follow() {
 }
 
 // clusterName names the Redis the counts are shared on, or "".
-func (t *usageTracker) clusterName() string {
+func (t *Usage) clusterName() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.current == nil {
@@ -162,14 +159,14 @@ func (t *usageTracker) clusterName() string {
 
 // flush sends what the usage file records and Redis has not acknowledged,
 // if the counts are shared there. It reports how many batches went.
-func (t *usageTracker) flush() int {
+func (t *Usage) flush() int {
 	t.flushMu.Lock()
 	defer t.flushMu.Unlock()
 	return t.send()
 }
 
 // send is flush with flushMu held.
-func (t *usageTracker) send() int {
+func (t *Usage) send() int {
 	cl := t.cluster.Load()
 	if cl == nil {
 		return 0
@@ -186,7 +183,7 @@ func (t *usageTracker) send() int {
 
 // clusterReport answers a query from the cluster's sums in Redis, with
 // what this instance counted and Redis does not hold yet added.
-func (t *usageTracker) clusterReport(ctx context.Context, cl *usage.Cluster, query usage.Query, fromRedis bool) ([]usage.Row, error) {
+func (t *Usage) clusterReport(ctx context.Context, cl *usage.Cluster, query usage.Query, fromRedis bool) ([]usage.Row, error) {
 	t.flush()
 	var rows []usage.Row
 	if fromRedis {
@@ -200,12 +197,21 @@ func (t *usageTracker) clusterReport(ctx context.Context, cl *usage.Cluster, que
 
 func trackingLogger() *zap.Logger { return caddy.Log().Named("http.handlers.apikey.usage") }
 
-func defaultUsageFile() string {
+// DefaultUsageFile is where usage counts are saved when a route names no
+// file: apikey/usage.json in Caddy's data directory.
+func DefaultUsageFile() string {
 	return filepath.Join(caddy.AppDataDir(), "apikey", "usage.json")
 }
 
-func openUsage(path string, retention time.Duration) *usageTracker {
-	t := &usageTracker{Counts: usage.New(), outbox: usage.NewOutbox(), path: path, retention: retention,
+// OpenUsage returns the process's usage counts of the file at path (an
+// absolute path), shared by every route that names it, across reloads,
+// and the function that lets go of them. retention is the first route's.
+func OpenUsage(path string, retention time.Duration) (*Usage, func() error, error) {
+	return load(usagePool, path, func() (*Usage, error) { return newUsage(path, retention), nil })
+}
+
+func newUsage(path string, retention time.Duration) *Usage {
+	t := &Usage{Counts: usage.New(), outbox: usage.NewOutbox(), path: path, retention: retention,
 		stop: make(chan struct{}), kick: make(chan struct{}, 1), done: make(chan struct{})}
 	if err := t.outbox.Load(t.Counts, path, time.Now()); err != nil {
 		// A file that is not used at all: start from zero.
@@ -219,11 +225,11 @@ func openUsage(path string, retention time.Duration) *usageTracker {
 	return t
 }
 
-// start sets a corrupt file aside and starts saving and sending, once: the
+// Start sets a corrupt file aside and starts saving and sending, once: the
 // first time a config that uses the counts runs. Until then nothing is
 // written to the file or sent to Redis, so that validating a config (which
 // provisions it, and never runs it) changes neither.
-func (t *usageTracker) start() {
+func (t *Usage) Start() {
 	t.startMu.Lock()
 	defer t.startMu.Unlock()
 	if t.started || t.stopped {
@@ -238,7 +244,7 @@ func (t *usageTracker) start() {
 	go t.run()
 }
 
-func (t *usageTracker) run() {
+func (t *Usage) run() {
 	defer close(t.done)
 	tick := time.NewTicker(usageSaveEvery)
 	defer tick.Stop()
@@ -259,7 +265,7 @@ func (t *usageTracker) run() {
 // backlog (after an outage, or a start), what was counted meanwhile goes
 // at once too. It reports whether a save failed, and how many batches
 // went.
-func (t *usageTracker) tick() (saveFailed bool, sent int) {
+func (t *Usage) tick() (saveFailed bool, sent int) {
 	t.flushMu.Lock()
 	defer t.flushMu.Unlock()
 	for range 2 {
@@ -282,7 +288,7 @@ func (t *usageTracker) tick() (saveFailed bool, sent int) {
 
 // Destruct saves and sends one last time, and lets go of the Redis; counts
 // that never ran (a config only validated) are neither saved nor sent.
-func (t *usageTracker) Destruct() error {
+func (t *Usage) Destruct() error {
 	t.startMu.Lock()
 	started := t.started
 	t.stopped = true
@@ -302,7 +308,7 @@ func (t *usageTracker) Destruct() error {
 }
 
 // finish stops the goroutine, then saves and sends one last time.
-func (t *usageTracker) finish() {
+func (t *Usage) finish() {
 	t.once.Do(func() { close(t.stop) })
 	<-t.done
 	if failed, sent := t.tick(); !failed && sent > 0 {
@@ -316,34 +322,48 @@ func (t *usageTracker) finish() {
 	}
 }
 
-// Defaults of the audit log's roll by size.
-const (
-	defaultAuditRollSize = 100 << 20
-	defaultAuditRollKeep = 10
-)
-
-// auditPool shares one writer per audit log among every route, across reloads.
-var auditPool = caddy.NewUsagePool()
-
-type pooledAudit struct{ *audit.Writer }
-
-func (p pooledAudit) Destruct() error {
-	p.Close()
-	return nil
+// UsageRows answers a usage query from every usage file the config's
+// routes use, sorted: counts shared on Redis answer for the whole cluster
+// (with what this instance counted and Redis does not hold yet), the
+// others for this instance.
+func (a *App) UsageRows(ctx context.Context, query usage.Query) ([]usage.Row, error) {
+	rows := []usage.Row{}
+	seen := map[*Usage]bool{}
+	clusters := map[string]bool{}
+	for _, r := range a.Routes() {
+		u := r.Usage
+		if u == nil || seen[u] {
+			continue
+		}
+		seen[u] = true
+		cl := u.cluster.Load()
+		if cl == nil {
+			rows = append(rows, u.Report(query)...)
+			continue
+		}
+		name := u.clusterName()
+		sums, err := u.clusterReport(ctx, cl, query, !clusters[name])
+		if err != nil {
+			return nil, fmt.Errorf("reading usage from redis: %w", err)
+		}
+		clusters[name] = true
+		rows = append(rows, sums...)
+	}
+	return usage.MergeRows(rows), nil
 }
 
-func openAudit(path string) (*audit.Writer, error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return nil, err
+// UsageRetention is the longest usage_retention of the usage files the
+// config's routes use (the default when none is): no store holds hours
+// older than that.
+func (a *App) UsageRetention() time.Duration {
+	var longest time.Duration
+	for _, r := range a.Routes() {
+		if r.Usage != nil {
+			longest = max(longest, r.Usage.retention)
+		}
 	}
-	val, _, err := auditPool.LoadOrNew(abs, func() (caddy.Destructor, error) {
-		w := audit.NewWriter(abs, func() *zap.Logger { return caddy.Log().Named("http.handlers.apikey.audit") })
-		w.SetRoll(audit.Roll{Size: defaultAuditRollSize, Keep: defaultAuditRollKeep})
-		return pooledAudit{w}, nil
-	})
-	if err != nil {
-		return nil, err
+	if longest == 0 {
+		longest = usage.DefaultRetention
 	}
-	return val.(pooledAudit).Writer, nil
+	return longest
 }
