@@ -103,9 +103,9 @@ http://127.0.0.1:%d {
 	}
 }
 
-// TestTokenReviewFindings: what an outside review broke on token routes,
-// each now held, through a real Caddy.
-func TestTokenReviewFindings(t *testing.T) {
+// TestTokenModelsAndLimitsAsUpstreamsReadThem: model names as Ollama reads them,
+// copies (n), and streams past their limit are counted as the upstream would, through a real Caddy.
+func TestTokenModelsAndLimitsAsUpstreamsReadThem(t *testing.T) {
 	up := newLLMUpstream(t, 0)
 	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_token_review", Type: "dev", Role: "writer", Services: []string{"*"},
 		TokensPerDay: int64p(100000), Models: []string{"llama3*", "ignores-limit"}})

@@ -26,7 +26,7 @@ type auditLine struct {
 
 func (v *visit) adminPage() {
 	if !v.admin {
-		v.s.fail(v.w, v.r, v, http.StatusForbidden, "Only the portal's administrators see this page.")
+		v.s.fail(v.w, v, http.StatusForbidden, "Only the portal's administrators see this page.")
 		return
 	}
 	ctx := v.r.Context()

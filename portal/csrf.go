@@ -46,9 +46,9 @@ func csrfToken(w http.ResponseWriter, r *http.Request, base string) string {
 
 // checkPost refuses a POST that did not come from one of the portal's own
 // forms.
-func checkPost(r *http.Request, token string) error {
+func checkPost(r *http.Request) error {
 	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" {
-		return errors.New("This change came from another site, so it was refused. Make it from the portal's own pages.")
+		return sentence("This change came from another site, so it was refused. Make it from the portal's own pages.")
 	}
 	if origin := r.Header.Get("Origin"); origin != "" {
 		u, err := url.Parse(origin)
@@ -57,22 +57,28 @@ func checkPost(r *http.Request, token string) error {
 			scheme = "https"
 		}
 		if err != nil || u.Scheme != scheme || !strings.EqualFold(u.Host, r.Host) {
-			return errors.New("This change came from another site, so it was refused. Make it from the portal's own pages.")
+			return sentence("This change came from another site, so it was refused. Make it from the portal's own pages.")
 		}
 	}
 	c, err := r.Cookie(csrfCookie)
 	if err != nil {
-		return errors.New("Your session's form token is missing (cookies may be blocked). Reload the page and try again.")
+		return sentence("Your session's form token is missing (cookies may be blocked). Reload the page and try again.")
 	}
 	if err := r.ParseMultipartForm(1 << 20); err != nil && !errors.Is(err, http.ErrNotMultipart) {
-		return errors.New("The form could not be read (it may be too large).")
+		return sentence("The form could not be read (it may be too large).")
 	}
 	if err := r.ParseForm(); err != nil {
-		return errors.New("The form could not be read (it may be too large).")
+		return sentence("The form could not be read (it may be too large).")
 	}
 	sent := r.PostFormValue(csrfField)
 	if subtle.ConstantTimeCompare([]byte(sent), []byte(c.Value)) != 1 {
-		return errors.New("The form's token does not match your session (the page may be old). Reload the page and try again.")
+		return sentence("The form's token does not match your session (the page may be old). Reload the page and try again.")
 	}
 	return nil
 }
+
+// sentence is an error written for the visitor, shown on the page as it
+// is: a whole sentence, capitalised and ending with a full stop.
+type sentence string
+
+func (s sentence) Error() string { return string(s) }

@@ -158,7 +158,7 @@ func (s *Server) lastUsed(ctx context.Context) map[string]time.Time {
 
 // errNotYours answers for a key the visitor may not see, the same way as
 // for a key that does not exist, so ids cannot be probed.
-var errNotYours = errors.New("You have no key with this id.")
+var errNotYours error = sentence("You have no key with this id.")
 
 // ownKey is the record with id, if the visitor may see and change it.
 func (v *visit) ownKey(id string) (keystore.Record, error) {
@@ -302,7 +302,7 @@ func (v *visit) create() {
 		}
 	}
 	if err != nil {
-		v.changeFailed("", readForm(v.r), err)
+		v.changeFailed("", err)
 		return
 	}
 	v.changed(rec.ID, audit.Entry{"event": "key.created", "key_id": rec.ID, "type": rec.Type, "role": rec.Role,
@@ -387,7 +387,7 @@ func (v *visit) edit(id string) {
 		return nil
 	})
 	if err != nil {
-		v.changeFailed(id, f, err)
+		v.changeFailed(id, err)
 		return
 	}
 	v.changed(id, audit.Entry{"event": "key.updated", "key_id": id, "role": g.role.String(), "services": g.services,
@@ -432,7 +432,7 @@ func (v *visit) rotate(id string) {
 		return nil
 	})
 	if err != nil {
-		v.changeFailed(id, keyForm{}, err)
+		v.changeFailed(id, err)
 		return
 	}
 	v.changed(id, audit.Entry{"event": "key.rotated", "key_id": id, "old_valid_until": until.Format(time.RFC3339)})
@@ -459,7 +459,7 @@ func (v *visit) revoke(id string) {
 		return nil
 	})
 	if err != nil {
-		v.changeFailed(id, keyForm{}, err)
+		v.changeFailed(id, err)
 		return
 	}
 	v.changed(id, audit.Entry{"event": "key.revoked", "key_id": id})
@@ -468,7 +468,7 @@ func (v *visit) revoke(id string) {
 
 func (v *visit) approve(id string) {
 	if !v.admin {
-		v.s.fail(v.w, v.r, v, http.StatusForbidden, "Only the portal's administrators approve keys.")
+		v.s.fail(v.w, v, http.StatusForbidden, "Only the portal's administrators approve keys.")
 		return
 	}
 	_, err := v.s.backend.Store.Update(v.r.Context(), id, func(rec *keystore.Record) error {
@@ -483,7 +483,7 @@ func (v *visit) approve(id string) {
 		return nil
 	})
 	if err != nil {
-		v.changeFailed(id, keyForm{}, err)
+		v.changeFailed(id, err)
 		return
 	}
 	v.changed(id, audit.Entry{"event": "key.approved", "key_id": id})
@@ -511,17 +511,17 @@ func (v *visit) audit(id string, e audit.Entry) {
 }
 
 // changeFailed explains a refused or failed change; the store is unchanged.
-func (v *visit) changeFailed(id string, f keyForm, err error) {
+func (v *visit) changeFailed(id string, err error) {
 	var ferr *formError
 	switch {
 	case errors.Is(err, errNotYours), errors.Is(err, keystore.ErrUnknownID):
 		v.notFoundOr(errNotYours)
 	case errors.As(err, &ferr):
-		v.s.fail(v.w, v.r, v, http.StatusConflict, "Key "+id+" "+ferr.Message+".")
+		v.s.fail(v.w, v, http.StatusConflict, "Key "+id+" "+ferr.Message+".")
 	default:
 		var fieldErr *keystore.FieldError
 		if errors.As(err, &fieldErr) {
-			v.s.fail(v.w, v.r, v, http.StatusBadRequest, "The change was refused: "+fieldErr.Error()+".")
+			v.s.fail(v.w, v, http.StatusBadRequest, "The change was refused: "+fieldErr.Error()+".")
 			return
 		}
 		v.storeFailed(err)
@@ -530,7 +530,7 @@ func (v *visit) changeFailed(id string, f keyForm, err error) {
 
 func (v *visit) notFoundOr(err error) {
 	if errors.Is(err, errNotYours) {
-		v.s.fail(v.w, v.r, v, http.StatusNotFound, errNotYours.Error())
+		v.s.fail(v.w, v, http.StatusNotFound, errNotYours.Error())
 		return
 	}
 	v.storeFailed(err)
@@ -538,7 +538,7 @@ func (v *visit) notFoundOr(err error) {
 
 func (v *visit) storeFailed(err error) {
 	v.s.backend.Logger.Error("the portal could not reach its key store", zap.String("store", v.s.backend.Store.Describe()), zap.Error(err))
-	v.s.fail(v.w, v.r, v, http.StatusServiceUnavailable, "The key store is unavailable right now; nothing was changed. Try again shortly.")
+	v.s.fail(v.w, v, http.StatusServiceUnavailable, "The key store is unavailable right now; nothing was changed. Try again shortly.")
 }
 
 // origin is where the visitor reached the portal, and so the gateway.

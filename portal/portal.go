@@ -127,7 +127,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request, user string) 
 	securityHeaders(w.Header())
 	path, ok := strings.CutPrefix(r.URL.Path, s.base)
 	if !ok || (path != "" && path[0] != '/') {
-		s.fail(w, r, nil, http.StatusNotFound, "There is no portal page here.")
+		s.fail(w, nil, http.StatusNotFound, "There is no portal page here.")
 		return
 	}
 	if strings.HasPrefix(path, "/assets/") && !strings.HasSuffix(path, "/") && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
@@ -136,17 +136,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request, user string) 
 		return
 	}
 	if user == "" {
-		s.fail(w, r, nil, http.StatusUnauthorized, "Sign in first: the portal knows you from the sign-in in front of it, and there was none.")
+		s.fail(w, nil, http.StatusUnauthorized, "Sign in first: the portal knows you from the sign-in in front of it, and there was none.")
 		return
 	}
 	if len(user) > keystore.MaxOwnerLength {
-		s.fail(w, r, nil, http.StatusForbidden, "Your user name is too long to own keys here.")
+		s.fail(w, nil, http.StatusForbidden, "Your user name is too long to own keys here.")
 		return
 	}
 	v := &visit{s: s, w: w, r: r, user: user, admin: s.policy.isAdmin(user), csrf: csrfToken(w, r, s.base)}
 	if r.Method == http.MethodPost {
-		if err := checkPost(r, v.csrf); err != nil {
-			s.fail(w, r, v, http.StatusForbidden, err.Error())
+		if err := checkPost(r); err != nil {
+			s.fail(w, v, http.StatusForbidden, err.Error())
 			return
 		}
 	}

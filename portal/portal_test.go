@@ -586,8 +586,8 @@ func TestPortalOnRedis(t *testing.T) {
 	}
 }
 
-// TestPortalReviewFindings: what an outside review broke, each now held.
-func TestPortalReviewFindings(t *testing.T) {
+// TestPortalKeepsItsPolicy: expiry, max_keys, field checks, approvals and revocation hold against a developer who tries to get around them.
+func TestPortalKeepsItsPolicy(t *testing.T) {
 	base, keys, _ := portalSite(t, "\t\t\tapprove_prod\n\t\t\tmax_keys 3\n\t\t\tcustom_permissions")
 	alice, admin := newVisitor(t, base, "alice"), newVisitor(t, base, "admin")
 	store := keyfile.NewStore(keys)

@@ -69,6 +69,6 @@ func (s *Server) write(w http.ResponseWriter, v *visit, status int, name, nav, t
 }
 
 // fail shows a page that says what went wrong.
-func (s *Server) fail(w http.ResponseWriter, r *http.Request, v *visit, status int, message string) {
+func (s *Server) fail(w http.ResponseWriter, v *visit, status int, message string) {
 	s.write(w, v, status, "error.html", "", http.StatusText(status), map[string]any{"Status": status, "Message": message})
 }

@@ -55,10 +55,10 @@ func (s *Server) route(v *visit) {
 		h.ServeHTTP(&answer, v.r)
 		if answer.status == http.StatusMethodNotAllowed {
 			v.w.Header().Set("Allow", answer.header.Get("Allow"))
-			s.fail(v.w, v.r, v, http.StatusMethodNotAllowed, "This page does not take "+v.r.Method+".")
+			s.fail(v.w, v, http.StatusMethodNotAllowed, "This page does not take "+v.r.Method+".")
 			return
 		}
-		s.fail(v.w, v.r, v, http.StatusNotFound, "There is no portal page here.")
+		s.fail(v.w, v, http.StatusNotFound, "There is no portal page here.")
 		return
 	}
 	s.mux.ServeHTTP(v.w, v.r.WithContext(context.WithValue(v.r.Context(), visitKey{}, v)))
