@@ -119,6 +119,9 @@ func (m *Memory) Load(path string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	if v := fileVersionOf(data); v > counterFileVersion {
+		return 0, fmt.Errorf("%w: written by a newer caddy-apikey (file format %d; this version reads format %d); it is not read", ErrCorrupt, v, counterFileVersion)
+	}
 	var f counterFile
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -171,4 +174,14 @@ func (m *Memory) Load(path string) (int, error) {
 		sh.mu.Unlock()
 	}
 	return keys, nil
+}
+
+// fileVersionOf is the "version" of a state file, read leniently (a newer
+// format may have fields this version does not know); 0 when it has none.
+func fileVersionOf(data []byte) int {
+	var v struct {
+		Version int `json:"version"`
+	}
+	_ = json.Unmarshal(data, &v)
+	return v.Version
 }

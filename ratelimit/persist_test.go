@@ -101,3 +101,17 @@ func TestSetAside(t *testing.T) {
 		t.Error("the corrupt file is still in place")
 	}
 }
+
+// TestCounterFileFromANewerVersion: a counter file a newer caddy-apikey
+// wrote (a higher format, fields this version does not know) is refused
+// with an error that says so, not as a parse error.
+func TestCounterFileFromANewerVersion(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "counters.json")
+	if err := os.WriteFile(path, []byte(`{"version": 2, "saved_at": "2026-12-02T00:00:00Z", "counters": {}, "leases": {}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := NewMemory(nil).Load(path)
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "newer caddy-apikey (file format 2; this version reads format 1)") {
+		t.Fatalf("error %v, want one that names the newer format", err)
+	}
+}

@@ -99,6 +99,12 @@ func readFile(path string, now time.Time) (*savedFile, error) {
 	if err != nil {
 		return nil, err
 	}
+	var seen struct {
+		Version int `json:"version"`
+	}
+	if json.Unmarshal(data, &seen) == nil && seen.Version > fileVersion {
+		return nil, fmt.Errorf("%w: written by a newer caddy-apikey (file format %d; this version reads formats 1 to %d); it is not read", ErrCorrupt, seen.Version, fileVersion)
+	}
 	var f savedFile
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
