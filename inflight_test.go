@@ -1,6 +1,7 @@
 package apikey
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"fmt"
@@ -167,14 +168,27 @@ http://127.0.0.1:%d {
 
 	var wg sync.WaitGroup
 	answers := make(chan inflightAnswer, 200)
+	// Each body goes out on a connection of its own, written while the
+	// answer is read: a refusal comes before the body is read, and the
+	// gateway closes the connection after it (answerUnread), so a client
+	// that only reads once it has written all (Go's Transport) may meet the
+	// reset of the close instead of the answer.
 	sendBody := func(k gatewaytest.Key) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
-			req.Header.Set("Authorization", "Bearer "+k.Secret)
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := cl.Do(req)
+			conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				answers <- inflightAnswer{status: -1, body: err.Error()}
+				return
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+			go func() {
+				fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", port, k.Secret, len(body))
+				_, _ = conn.Write(body) // fails once a refusal closed the connection
+			}()
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 			if err != nil {
 				answers <- inflightAnswer{status: -1, body: err.Error()}
 				return

@@ -4,6 +4,7 @@ package redistest
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -40,12 +41,7 @@ func Start(t testing.TB) *Server { return StartWith(t) }
 func StartWith(t testing.TB, persistence ...string) *Server {
 	t.Helper()
 	bin := testtools.Require(t, "redis-server", RequireEnv, "install Debian's redis-server package")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := claimPort(t)
 	s := &Server{t: t, bin: bin, dir: t.TempDir(), Port: port, args: persistence}
 	s.Restart()
 	t.Cleanup(s.Kill)
@@ -177,12 +173,7 @@ func (s *Sentinel) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.Port) }
 func StartSentinel(t testing.TB, master *Server, name string) *Sentinel {
 	t.Helper()
 	bin := testtools.Require(t, "redis-server", RequireEnv, "install Debian's redis-server package")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := claimPort(t)
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "sentinel.conf")
 	cfg := fmt.Sprintf("port %d\nbind 127.0.0.1\nprotected-mode no\ndir %s\nsentinel monitor %s 127.0.0.1 %d 1\nsentinel down-after-milliseconds %s 1000\n",
@@ -207,4 +198,40 @@ func StartSentinel(t testing.TB, master *Server, name string) *Sentinel {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// claimPort picks a loopback port for a redis-server that nothing else
+// takes meanwhile. redis-server binds its port itself, so the port cannot
+// be held and handed over; instead it is chosen below the kernel's
+// ephemeral range (32768 and up on Linux), where no listener on port 0 and
+// no outgoing connection is given a port, with its cluster bus port (10000
+// above) there too; claimed with an exclusive lock file, held until the
+// test ends, against the other test processes of this project (go test
+// runs packages in parallel); and checked free to bind.
+func claimPort(t testing.TB) int {
+	t.Helper()
+	for range 500 {
+		port := 12000 + rand.IntN(10000)
+		lock, err := os.OpenFile(filepath.Join(os.TempDir(), fmt.Sprintf("caddy-apikey-redistest-%d.lock", port)), os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			continue
+		}
+		if syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil || !bindable(port) || !bindable(port+10000) {
+			lock.Close()
+			continue
+		}
+		t.Cleanup(func() { lock.Close() }) // after the server's Kill, registered later
+		return port
+	}
+	t.Fatal("no loopback port for redis-server in 12000-21999")
+	return 0
+}
+
+func bindable(port int) bool {
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
 }
