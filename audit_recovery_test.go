@@ -1,7 +1,6 @@
 package apikey
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -172,49 +171,5 @@ func TestAuditHeadFindsCuts(t *testing.T) {
 	newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_after_rotation", "--audit-log", auditLog)
 	if out, errOut, code := cli(t, "", "audit", "verify", auditLog); code != 0 || !strings.Contains(out, "1 lines, chain intact") {
 		t.Errorf("verify of the new log: exit %d\n%s%s", code, out, errOut)
-	}
-}
-
-// TestAdminAuditHead: GET /apikey/audit/head gives the head of the running
-// config's audit log, the one `caddy apikey audit head` prints and `audit
-// verify --head` takes.
-func TestAdminAuditHead(t *testing.T) {
-	g := startOpsGatewayWithLog(t, nil)
-	for range 3 {
-		gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", g.keys["revoked"].Bearer()...)
-	}
-	gatewaytest.WaitForLogCount(t, g.auditLog, `"decision":"revoked_key"`, 3)
-	// The queued lines are written in batches: wait for the head to settle.
-	var head string
-	eventually(t, "the head file holds 3 lines", func() bool {
-		out, _, _ := cli(t, "", "audit", "head", g.auditLog)
-		head = strings.TrimSpace(out)
-		return strings.HasPrefix(head, "3:")
-	})
-	code, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/audit/head")
-	if code != 200 {
-		t.Fatalf("GET /apikey/audit/head: %d %s", code, body)
-	}
-	var got struct {
-		Logs []struct {
-			Path     string `json:"path"`
-			Lines    int64  `json:"lines"`
-			SHA256   string `json:"sha256"`
-			Head     string `json:"head"`
-			Recorded bool   `json:"recorded"`
-		} `json:"logs"`
-	}
-	if err := json.Unmarshal([]byte(body), &got); err != nil {
-		t.Fatal(err)
-	}
-	if len(got.Logs) != 1 || got.Logs[0].Path != g.auditLog || got.Logs[0].Head != head || !got.Logs[0].Recorded ||
-		fmt.Sprintf("%d:%s", got.Logs[0].Lines, got.Logs[0].SHA256) != head {
-		t.Fatalf("GET /apikey/audit/head: %s, want the head %s of %s", body, head, g.auditLog)
-	}
-	if out, errOut, code := cli(t, "", "audit", "verify", "--head", got.Logs[0].Head, g.auditLog); code != 0 {
-		t.Errorf("verify --head with the admin API's head: exit %d\n%s%s", code, out, errOut)
-	}
-	if code, _ := gatewaytest.Admin(t, "POST", g.admin, "/apikey/audit/head"); code != 405 {
-		t.Errorf("POST /apikey/audit/head: %d, want 405", code)
 	}
 }

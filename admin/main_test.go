@@ -3,8 +3,8 @@ package admin_test
 import (
 	"testing"
 
-	_ "github.com/moodmnky/caddy-apikey" // the apikey modules
-
+	_ "github.com/caddyserver/caddy/v2/modules/standard" // handle_path, respond, reverse_proxy, …
+	_ "github.com/moodmnky/caddy-apikey"                 // the apikey modules
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 )
 

@@ -1,4 +1,4 @@
-package apikey
+package admin_test
 
 import (
 	"encoding/json"
@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
@@ -45,11 +46,11 @@ http://127.0.0.1:%d {
 }`, adminPort, filePort, keyFile, filepath.Join(dir, "c1.json"), redisPort, redisAddr, filepath.Join(dir, "c2.json"))
 }
 
-// TestAdminRevokesInEveryStore: during a migration the same key is in the
+// TestRevokesInEveryStore: during a migration the same key is in the
 // key file and in Redis, one Caddy reading both. A revocation through the
 // admin API revokes it in both (and says so), so neither route admits it
 // afterwards; revoking again names both stores again.
-func TestAdminRevokesInEveryStore(t *testing.T) {
+func TestRevokesInEveryStore(t *testing.T) {
 	srv := redistest.Start(t)
 	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_moved", Type: "dev", Role: "reader", Services: []string{"*"}})
 	keyFile := gatewaytest.WriteKeyFile(t, k.Record)
@@ -74,7 +75,7 @@ func TestAdminRevokesInEveryStore(t *testing.T) {
 		t.Fatalf("revoke: %d %s", code, body)
 	}
 	for name, url := range routes {
-		eventually(t, "the "+name+" route refuses the revoked key", func() bool {
+		gatewaytest.WaitUntil(t, "the "+name+" route refuses the revoked key", 2*time.Second, func() bool {
 			return gatewaytest.Send(t, "GET", url, k.Bearer()...).Status == 401
 		})
 	}
