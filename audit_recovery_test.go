@@ -59,14 +59,14 @@ func TestAuditSurvivesATornLineAndWriteFailures(t *testing.T) {
 		!strings.Contains(lines[4], `"event":"request.denied"`) {
 		t.Fatalf("after the torn line:\n%s\n%s", lines[3], lines[4])
 	}
-	out, errOut, code := cli(t, "", "audit", "verify", g.auditLog)
+	out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", g.auditLog)
 	if code != 0 || !strings.Contains(out, "5 lines, chain intact") || !strings.Contains(out, "torn line(s)") || !strings.Contains(out, "[3]") {
 		t.Fatalf("audit verify of the recovered log: exit %d\n%s%s", code, out, errOut)
 	}
 	tampered := filepath.Join(t.TempDir(), "tampered.log")
 	data, _ := os.ReadFile(g.auditLog)
 	os.WriteFile(tampered, []byte(strings.Replace(string(data), torn, strings.Replace(torn, "admin_api", "key_file", 1), 1)), 0o600)
-	if _, errOut, code := cli(t, "", "audit", "verify", tampered); code != 1 || !strings.Contains(errOut, "line 3") {
+	if _, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", tampered); code != 1 || !strings.Contains(errOut, "line 3") {
 		t.Errorf("an edited torn line: exit %d, %s", code, errOut)
 	}
 
@@ -103,7 +103,7 @@ func TestAuditSurvivesATornLineAndWriteFailures(t *testing.T) {
 	if n := strings.Count(logs, "writing the audit log failed; retrying"); n != 1 {
 		t.Errorf("the failure was logged %d times in 3 s, want once", n)
 	}
-	if out, errOut, code := cli(t, "", "audit", "verify", g.auditLog); code != 0 || !strings.Contains(out, "8 lines, chain intact") {
+	if out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", g.auditLog); code != 0 || !strings.Contains(out, "8 lines, chain intact") {
 		t.Errorf("audit verify after the failures: exit %d\n%s%s", code, out, errOut)
 	}
 }
@@ -117,14 +117,14 @@ func TestAuditHeadFindsCuts(t *testing.T) {
 	dir := t.TempDir()
 	keyFile, auditLog := filepath.Join(dir, "keys.json"), filepath.Join(dir, "audit.log")
 	for i := range 3 {
-		newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", fmt.Sprintf("k_%d", i), "--audit-log", auditLog)
+		gatewaytest.NewKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", fmt.Sprintf("k_%d", i), "--audit-log", auditLog)
 	}
-	out, errOut, code := cli(t, "", "audit", "head", auditLog)
+	out, errOut, code := gatewaytest.CLI(t, "", "audit", "head", auditLog)
 	head := strings.TrimSpace(out)
 	if code != 0 || !strings.HasPrefix(head, "3:") || len(head) != 66 {
 		t.Fatalf("audit head: exit %d %q %s", code, out, errOut)
 	}
-	out, _, code = cli(t, "", "audit", "verify", "--head", head, auditLog)
+	out, _, code = gatewaytest.CLI(t, "", "audit", "verify", "--head", head, auditLog)
 	if code != 0 || !strings.Contains(out, "head "+head) || !strings.Contains(out, "audit.log.head") {
 		t.Fatalf("audit verify of the whole log: exit %d\n%s", code, out)
 	}
@@ -145,7 +145,7 @@ func TestAuditHeadFindsCuts(t *testing.T) {
 		"emptied, --head, no head beside": {elsewhere, "", []string{"--head", head}, "the log has 0 lines"},
 	} {
 		os.WriteFile(c.path, []byte(c.content), 0o600)
-		_, errOut, code := cli(t, "", append(append([]string{"audit", "verify"}, c.args...), c.path)...)
+		_, errOut, code := gatewaytest.CLI(t, "", append(append([]string{"audit", "verify"}, c.args...), c.path)...)
 		if code != 1 || !strings.Contains(errOut, c.want) {
 			t.Errorf("%s: exit %d, %q; want %q", name, code, errOut, c.want)
 		}
@@ -153,23 +153,23 @@ func TestAuditHeadFindsCuts(t *testing.T) {
 
 	// A writer that finds the log cut says so; verification fails on it.
 	os.WriteFile(auditLog, cut, 0o600)
-	newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_after_cut", "--audit-log", auditLog)
+	gatewaytest.NewKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_after_cut", "--audit-log", auditLog)
 	lines := auditLines(t, auditLog)
 	if !strings.Contains(lines[2], `"event":"audit.truncated"`) || !strings.Contains(lines[2], `"head_lines":3`) {
 		t.Fatalf("line 3 after the cut: %s", lines[2])
 	}
-	if _, errOut, code := cli(t, "", "audit", "verify", auditLog); code != 1 || !strings.Contains(errOut, "line 3: the log's writer found it cut here") {
+	if _, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", auditLog); code != 1 || !strings.Contains(errOut, "line 3: the log's writer found it cut here") {
 		t.Errorf("verify after a cut and a write: exit %d %s", code, errOut)
 	}
 
 	// Rotating moves the log and its head together: the next line starts a
 	// new log that verifies, and the old one still does.
-	out, errOut, code = cli(t, "", "audit", "rotate", auditLog)
+	out, errOut, code = gatewaytest.CLI(t, "", "audit", "rotate", auditLog)
 	if code != 0 || !strings.HasPrefix(out, "4:") {
 		t.Fatalf("audit rotate: exit %d %q %s", code, out, errOut)
 	}
-	newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_after_rotation", "--audit-log", auditLog)
-	if out, errOut, code := cli(t, "", "audit", "verify", auditLog); code != 0 || !strings.Contains(out, "1 lines, chain intact") {
+	gatewaytest.NewKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_after_rotation", "--audit-log", auditLog)
+	if out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", auditLog); code != 0 || !strings.Contains(out, "1 lines, chain intact") {
 		t.Errorf("verify of the new log: exit %d\n%s%s", code, out, errOut)
 	}
 }

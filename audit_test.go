@@ -70,24 +70,24 @@ func TestAuditLogRollsBySize(t *testing.T) {
 	if err := json.Unmarshal(data, &recorded); err != nil {
 		t.Fatal(err)
 	}
-	out, errOut, code := cli(t, "", "audit", "verify", "--head", fmt.Sprintf("%d:%s", recorded.Lines, recorded.SHA256), auditLog)
+	out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", "--head", fmt.Sprintf("%d:%s", recorded.Lines, recorded.SHA256), auditLog)
 	if code != 0 || strings.Count(out, "(rolled)") != 3 || !strings.Contains(out, "no longer there") {
 		t.Fatalf("audit verify across rolled files: exit %d\n%s%s", code, out, errOut)
 	}
-	if _, errOut, code := cli(t, "", "audit", "verify", "--head", "2:"+strings.Repeat("b", 64), auditLog); code != 1 || !strings.Contains(errOut, "in neither the log nor its rolled files") {
+	if _, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", "--head", "2:"+strings.Repeat("b", 64), auditLog); code != 1 || !strings.Contains(errOut, "in neither the log nor its rolled files") {
 		t.Errorf("a head from elsewhere: exit %d %s", code, errOut)
 	}
 
 	// An edit in a rolled file breaks its chain.
 	original, _ := os.ReadFile(files[1])
 	os.WriteFile(files[1], []byte(strings.Replace(string(original), "192.0.2.", "192.0.9.", 1)), 0o600)
-	if _, errOut, code := cli(t, "", "audit", "verify", auditLog); code != 1 || !strings.Contains(errOut, filepath.Base(files[1])) {
+	if _, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", auditLog); code != 1 || !strings.Contains(errOut, filepath.Base(files[1])) {
 		t.Errorf("an edited rolled file: exit %d %s", code, errOut)
 	}
 	os.WriteFile(files[1], original, 0o600)
 	// A rolled file removed between others is missed.
 	os.Remove(files[1])
-	if _, errOut, code := cli(t, "", "audit", "verify", auditLog); code != 1 || !strings.Contains(errOut, "not in its chain") {
+	if _, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", auditLog); code != 1 || !strings.Contains(errOut, "not in its chain") {
 		t.Errorf("a rolled file removed: exit %d %s", code, errOut)
 	}
 }
@@ -96,19 +96,19 @@ func TestAuditLogRollsBySize(t *testing.T) {
 // (here the CLI, without --audit-log) is recorded by the running Caddy.
 func TestKeyFileChangesAreAudited(t *testing.T) {
 	g := startOpsGateway(t)
-	newKeyByCLI(t, "--keys", g.keyFile, "--type", "dev", "--role", "reader", "--id", "k_made_outside")
+	gatewaytest.NewKeyByCLI(t, "--keys", g.keyFile, "--type", "dev", "--role", "reader", "--id", "k_made_outside")
 	logs := gatewaytest.WaitForLog(t, g.auditLog, `"key_id":"k_made_outside"`)
 	if !strings.Contains(logs, `"actor":"key_file","event":"key.created"`) {
 		t.Errorf("the new key is not audited as created through the key file:\n%s", logs)
 	}
-	if _, errOut, code := cli(t, "", "revoke", "--keys", g.keyFile, "--id", "k_ops_writer"); code != 0 {
+	if _, errOut, code := gatewaytest.CLI(t, "", "revoke", "--keys", g.keyFile, "--id", "k_ops_writer"); code != 0 {
 		t.Fatal(errOut)
 	}
 	logs = gatewaytest.WaitForLog(t, g.auditLog, `"event":"key.revoked","file"`)
 	if strings.Count(logs, `"event":"key.created"`) != 1 {
 		t.Errorf("the creation was audited more than once (two routes share the file and the log):\n%s", logs)
 	}
-	if out, _, code := cli(t, "", "audit", "verify", g.auditLog); code != 0 {
+	if out, _, code := gatewaytest.CLI(t, "", "audit", "verify", g.auditLog); code != 0 {
 		t.Errorf("audit verify: %s", out)
 	}
 }

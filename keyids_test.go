@@ -43,7 +43,7 @@ http://127.0.0.1:%d {
 
 	file := gatewaytest.WriteKeyFile(t, k.Record)
 	for _, id := range []string{"k_zw\u200b", "k_\u202ezw", "k\u00a0zw", "k_zw\u2028", "k_cafe\u0301"} {
-		_, errOut, code := cli(t, "", "new", "--keys", file, "--type", "dev", "--role", "reader", "--id", id)
+		_, errOut, code := gatewaytest.CLI(t, "", "new", "--keys", file, "--type", "dev", "--role", "reader", "--id", id)
 		if code != 1 || !strings.Contains(errOut, "id:") || !(strings.Contains(errOut, "U+") || strings.Contains(errOut, "normal form C")) {
 			t.Errorf("new --id %q: exit %d: %s", id, code, errOut)
 		}
@@ -53,7 +53,7 @@ http://127.0.0.1:%d {
 	if err := json.Unmarshal(data, &kf); err != nil || len(kf.Keys) != 1 {
 		t.Fatalf("the key file changed: %d records, %v", len(kf.Keys), err)
 	}
-	_, errOut, code := cli(t, "", "import", bad, "--redis", "127.0.0.1:1")
+	_, errOut, code := gatewaytest.CLI(t, "", "import", bad, "--redis", "127.0.0.1:1")
 	if code != 1 || !strings.Contains(errOut, "keys[1]") || !strings.Contains(errOut, "U+200B") || !strings.Contains(errOut, "nothing was imported") {
 		t.Errorf("import of a file with k_zw and a zero-width space: exit %d: %s", code, errOut)
 	}

@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -31,29 +30,6 @@ func TestShardsSpread(t *testing.T) {
 	runtime.KeepAlive(keep) // the requests' addresses stay distinct while counted
 }
 
-// metricValue reads one sample from a Prometheus text exposition.
-func metricValue(t *testing.T, exposition, name string, labels map[string]string) (float64, bool) {
-	t.Helper()
-	for _, line := range strings.Split(exposition, "\n") {
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		ok := true
-		for k, v := range labels {
-			if !strings.Contains(line, k+`="`+v+`"`) {
-				ok = false
-			}
-		}
-		if !ok {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		return v, err == nil
-	}
-	return 0, false
-}
-
 // TestMetricsSurviveReload scrapes /metrics after traffic and after a reload.
 func TestMetricsSurviveReload(t *testing.T) {
 	g := startOpsGateway(t)
@@ -66,7 +42,7 @@ func TestMetricsSurviveReload(t *testing.T) {
 	}
 	before := scrape()
 	allowed := map[string]string{"service": "ollama", "decision": "allowed", "key_type": "dev"}
-	base, _ := metricValue(t, before, "caddy_apikey_requests_total", allowed)
+	base, _ := gatewaytest.MetricValue(t, before, "caddy_apikey_requests_total", allowed)
 	for i := 0; i < 4; i++ {
 		gatewaytest.Send(t, "GET", g.base+"/ollama/x", g.keys["reader"].Bearer()...)
 	}
@@ -74,19 +50,19 @@ func TestMetricsSurviveReload(t *testing.T) {
 	gatewaytest.Send(t, "GET", g.base+"/n8n/x")
 
 	after := scrape()
-	if v, _ := metricValue(t, after, "caddy_apikey_requests_total", allowed); v != base+4 {
+	if v, _ := gatewaytest.MetricValue(t, after, "caddy_apikey_requests_total", allowed); v != base+4 {
 		t.Errorf("allowed on ollama: %v, want %v", v, base+4)
 	}
-	if v, ok := metricValue(t, after, "caddy_apikey_requests_total", map[string]string{"service": "ollama", "decision": "revoked_key", "key_type": "dev"}); !ok || v < 1 {
+	if v, ok := gatewaytest.MetricValue(t, after, "caddy_apikey_requests_total", map[string]string{"service": "ollama", "decision": "revoked_key", "key_type": "dev"}); !ok || v < 1 {
 		t.Errorf("revoked_key on ollama: %v %v", v, ok)
 	}
-	if v, ok := metricValue(t, after, "caddy_apikey_requests_total", map[string]string{"service": "n8n", "decision": "missing_key", "key_type": "unknown"}); !ok || v < 1 {
+	if v, ok := gatewaytest.MetricValue(t, after, "caddy_apikey_requests_total", map[string]string{"service": "n8n", "decision": "missing_key", "key_type": "unknown"}); !ok || v < 1 {
 		t.Errorf("missing_key on n8n: %v %v", v, ok)
 	}
-	if v, ok := metricValue(t, after, "caddy_apikey_requests_by_key_total", map[string]string{"key_id": "k_ops_reader", "decision": "allowed"}); !ok || v < 4 {
+	if v, ok := gatewaytest.MetricValue(t, after, "caddy_apikey_requests_by_key_total", map[string]string{"key_id": "k_ops_reader", "decision": "allowed"}); !ok || v < 4 {
 		t.Errorf("per-key metric: %v %v", v, ok)
 	}
-	if v, ok := metricValue(t, after, "caddy_apikey_check_duration_seconds_count", nil); !ok || v < 6 {
+	if v, ok := gatewaytest.MetricValue(t, after, "caddy_apikey_check_duration_seconds_count", nil); !ok || v < 6 {
 		t.Errorf("check duration count: %v %v", v, ok)
 	}
 	if strings.Contains(after, g.keys["reader"].Secret) {
@@ -114,15 +90,15 @@ func TestMetricsSurviveReload(t *testing.T) {
 	if r := gatewaytest.Send(t, "GET", g.base+"/ollama/x", g.keys["reader"].Bearer()...); r.Body != "ok, reloaded" {
 		t.Fatalf("the new config is not in force: %q", r.Body)
 	}
-	if v, _ := metricValue(t, scrape(), "caddy_apikey_requests_total", allowed); v != base+5 {
+	if v, _ := gatewaytest.MetricValue(t, scrape(), "caddy_apikey_requests_total", allowed); v != base+5 {
 		t.Errorf("after the reload: %v, want %v", v, base+5)
 	}
 
 	// A rejected key file version counts as a source error.
-	errBefore, _ := metricValue(t, scrape(), "caddy_apikey_source_errors_total", map[string]string{"source": "file"})
+	errBefore, _ := gatewaytest.MetricValue(t, scrape(), "caddy_apikey_source_errors_total", map[string]string{"source": "file"})
 	os.WriteFile(g.keyFile, []byte(`{"keys": [`), 0o600)
 	eventually(t, "source error counted", func() bool {
-		v, _ := metricValue(t, scrape(), "caddy_apikey_source_errors_total", map[string]string{"source": "file"})
+		v, _ := gatewaytest.MetricValue(t, scrape(), "caddy_apikey_source_errors_total", map[string]string{"source": "file"})
 		return v == errBefore+1
 	})
 }

@@ -230,7 +230,7 @@ func TestClusterExample(t *testing.T) {
 		urls = append(urls, fmt.Sprintf("http://localhost:%d/ollama/api/tags", port))
 		admins = append(admins, fmt.Sprintf("http://localhost:%d", admin))
 	}
-	out, errOut, code := cli(t, "", "new", "--redis", srv.Addr(), "--type", "dev", "--role", "reader",
+	out, errOut, code := gatewaytest.CLI(t, "", "new", "--redis", srv.Addr(), "--type", "dev", "--role", "reader",
 		"--services", "ollama", "--quota-per-day", "3", "--id", "k_walkthrough")
 	if code != 0 {
 		t.Fatalf("new: %s", errOut)
@@ -360,7 +360,7 @@ http://127.0.0.1:%d {
 	}
 	reverse_proxy %s
 }`, admin, port, addrs, addrs, up.Addr()))
-	out, errOut, code := cli(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader",
+	out, errOut, code := gatewaytest.CLI(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader",
 		"--quota-per-day", "20", "--id", "k_on_cluster")
 	if code != 0 {
 		t.Fatalf("new on a cluster: %s", errOut)
@@ -560,7 +560,7 @@ func usageTotal(t *testing.T, admin, keyID string) int64 {
 func quotaOfTwo(t *testing.T, url, what string, storeArgs ...string) {
 	t.Helper()
 	args := append([]string{"new", "--type", "dev", "--role", "reader", "--quota-per-day", "2"}, storeArgs...)
-	out, errOut, code := cli(t, "", args...)
+	out, errOut, code := gatewaytest.CLI(t, "", args...)
 	if code != 0 {
 		t.Fatal(errOut)
 	}
@@ -595,7 +595,7 @@ http://127.0.0.1:%d {
 	respond ok
 }`, adminPort, gatewaytest.Port(t), strings.Join(cluster.Addrs(), " ")))
 	want := "redis " + strings.Join(cluster.Addrs(), ",") + " apikey:"
-	_, errOut, code := cli(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader", "--id", "k_described")
+	_, errOut, code := gatewaytest.CLI(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader", "--id", "k_described")
 	if code != 0 {
 		t.Fatalf("new on a cluster: exit %d: %s", code, errOut)
 	}

@@ -129,7 +129,7 @@ http://127.0.0.1:%[1]d {
 	if auditDenied > anonPerInterval || auditSummaries != 1 {
 		t.Errorf("audit log: %d request.denied entries (want at most %d) and %d summaries (want 1)", auditDenied, anonPerInterval, auditSummaries)
 	}
-	if out, errOut, code := cli(t, "", "audit", "verify", auditLog); code != 0 {
+	if out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", auditLog); code != 0 {
 		t.Errorf("audit verify: exit %d %s%s", code, out, errOut)
 	}
 }

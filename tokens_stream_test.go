@@ -66,7 +66,7 @@ func tokenMetric(t *testing.T, base, name, service, kind string) float64 {
 	if kind != "" {
 		labels["kind"] = kind
 	}
-	v, _ := metricValue(t, string(data), name, labels)
+	v, _ := gatewaytest.MetricValue(t, string(data), name, labels)
 	return v
 }
 

@@ -22,7 +22,7 @@ func TestAuditHead(t *testing.T) {
 	// The queued lines are written in batches: wait for the head to settle.
 	var head string
 	gatewaytest.WaitUntil(t, "the head file holds 3 lines", 2*time.Second, func() bool {
-		out, _, _ := cli(t, "", "audit", "head", g.auditLog)
+		out, _, _ := gatewaytest.CLI(t, "", "audit", "head", g.auditLog)
 		head = strings.TrimSpace(out)
 		return strings.HasPrefix(head, "3:")
 	})
@@ -46,7 +46,7 @@ func TestAuditHead(t *testing.T) {
 		fmt.Sprintf("%d:%s", got.Logs[0].Lines, got.Logs[0].SHA256) != head {
 		t.Fatalf("GET /apikey/audit/head: %s, want the head %s of %s", body, head, g.auditLog)
 	}
-	if out, errOut, code := cli(t, "", "audit", "verify", "--head", got.Logs[0].Head, g.auditLog); code != 0 {
+	if out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", "--head", got.Logs[0].Head, g.auditLog); code != 0 {
 		t.Errorf("verify --head with the admin API's head: exit %d\n%s%s", code, out, errOut)
 	}
 	if code, _ := gatewaytest.Admin(t, "POST", g.admin, "/apikey/audit/head"); code != 405 {

@@ -15,7 +15,7 @@ func TestOnKeyService(t *testing.T) {
 	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_remote_admin", Role: "reader"})
 	g := startRemoteGateway(t, "ttl 1h\n\t\t\tstale 2h", k.Record)
 	_, before := gatewaytest.Admin(t, "GET", g.admin, "/metrics")
-	hits0, _ := metricValue(t, before, "caddy_apikey_cache_requests_total", map[string]string{"result": "hit"})
+	hits0, _ := gatewaytest.MetricValue(t, before, "caddy_apikey_cache_requests_total", map[string]string{"result": "hit"})
 	gatewaytest.Send(t, "GET", g.url, k.Bearer()...)
 	gatewaytest.Send(t, "GET", g.url, k.Bearer()...)
 	if n := g.svc.calls.Load(); n != 1 {
@@ -39,10 +39,10 @@ func TestOnKeyService(t *testing.T) {
 		t.Errorf("revoking a key service's key: %d %s, want 501", code, body)
 	}
 	_, after := gatewaytest.Admin(t, "GET", g.admin, "/metrics")
-	if hits, _ := metricValue(t, after, "caddy_apikey_cache_requests_total", map[string]string{"result": "hit"}); hits != hits0+1 {
+	if hits, _ := gatewaytest.MetricValue(t, after, "caddy_apikey_cache_requests_total", map[string]string{"result": "hit"}); hits != hits0+1 {
 		t.Errorf("cache hits %v, want %v", hits, hits0+1)
 	}
-	if misses, ok := metricValue(t, after, "caddy_apikey_cache_requests_total", map[string]string{"result": "miss"}); !ok || misses < 3 {
+	if misses, ok := gatewaytest.MetricValue(t, after, "caddy_apikey_cache_requests_total", map[string]string{"result": "miss"}); !ok || misses < 3 {
 		t.Errorf("cache misses %v", misses)
 	}
 }

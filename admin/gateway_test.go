@@ -1,14 +1,11 @@
 package admin_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -195,46 +192,6 @@ http://127.0.0.1:%[1]d {
 	reverse_proxy %[5]s
 }`, port, g.svc.URL, cache, filepath.Join(t.TempDir(), "counters.json"), up.Addr(), adminPort))
 	return g
-}
-
-// cli runs `caddy apikey <args>` with the Caddy built from cmd/caddy.
-func cli(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	cmd := exec.Command(gatewaytest.CaddyBinary(t), append([]string{"apikey"}, args...)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	if exitErr, ok := err.(*exec.ExitError); ok {
-		code = exitErr.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return out.String(), errOut.String(), code
-}
-
-// metricValue finds a sample of a metric whose labels include labels in a
-// Prometheus exposition.
-func metricValue(t *testing.T, exposition, name string, labels map[string]string) (float64, bool) {
-	t.Helper()
-	for _, line := range strings.Split(exposition, "\n") {
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		ok := true
-		for k, v := range labels {
-			if !strings.Contains(line, k+`="`+v+`"`) {
-				ok = false
-			}
-		}
-		if !ok {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		return v, err == nil
-	}
-	return 0, false
 }
 
 // leaks reports whether text holds a key, a tell-tale part of it, or its

@@ -66,7 +66,7 @@ func TestRevokeAndQuotaReset(t *testing.T) {
 		t.Error("the audit log holds a key or its hash")
 	}
 	// The chain of a log written by Caddy checks out with the CLI.
-	if out, errOut, code := cli(t, "", "audit", "verify", g.auditLog); code != 0 {
+	if out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", g.auditLog); code != 0 {
 		t.Errorf("audit verify: %d %s %s", code, out, errOut)
 	}
 }

@@ -54,7 +54,7 @@ func TestRevokesInEveryStore(t *testing.T) {
 	srv := redistest.Start(t)
 	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_moved", Type: "dev", Role: "reader", Services: []string{"*"}})
 	keyFile := gatewaytest.WriteKeyFile(t, k.Record)
-	if _, errOut, code := cli(t, "", "import", keyFile, "--redis", srv.Addr()); code != 0 {
+	if _, errOut, code := gatewaytest.CLI(t, "", "import", keyFile, "--redis", srv.Addr()); code != 0 {
 		t.Fatalf("import into redis: exit %d: %s", code, errOut)
 	}
 	adminPort, filePort, redisPort := gatewaytest.Port(t), gatewaytest.Port(t), gatewaytest.Port(t)
@@ -92,7 +92,7 @@ func TestRevokesInEveryStore(t *testing.T) {
 			t.Fatalf("revoking again: %d %s", code, body)
 		}
 	}
-	if out, errOut, code := cli(t, "", "list", "--redis", srv.Addr(), "--json"); code != 0 || !strings.Contains(out, `"status": "revoked"`) {
+	if out, errOut, code := gatewaytest.CLI(t, "", "list", "--redis", srv.Addr(), "--json"); code != 0 || !strings.Contains(out, `"status": "revoked"`) {
 		t.Fatalf("redis after the revocation: exit %d %s %s", code, out, errOut)
 	}
 	if data, _ := os.ReadFile(keyFile); !strings.Contains(string(data), `"revoked":true`) {

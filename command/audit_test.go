@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 )
 
 // TestCLIAuditVerifyFindsTampering edits a line of a real audit log.
@@ -14,11 +16,11 @@ func TestCLIAuditVerifyFindsTampering(t *testing.T) {
 	dir := t.TempDir()
 	keyFile, auditLog := filepath.Join(dir, "keys.json"), filepath.Join(dir, "audit.log")
 	for i := 0; i < 3; i++ {
-		newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", fmt.Sprintf("k_%d", i), "--audit-log", auditLog)
+		gatewaytest.NewKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", fmt.Sprintf("k_%d", i), "--audit-log", auditLog)
 	}
 	data, _ := os.ReadFile(auditLog)
 	os.WriteFile(auditLog, bytes.Replace(data, []byte(`"key_id":"k_1"`), []byte(`"key_id":"k_9"`), 1), 0o600)
-	_, errOut, code := cli(t, "", "audit", "verify", auditLog)
+	_, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", auditLog)
 	if code != 1 || !strings.Contains(errOut, "line 3: does not follow line 2") {
 		t.Errorf("tampered log: exit %d, %q", code, errOut)
 	}
@@ -33,8 +35,8 @@ func TestCLIAuditVerifyFindsTampering(t *testing.T) {
 func TestCLIAuditVerifyHeadOutput(t *testing.T) {
 	dir := t.TempDir()
 	keyFile, auditLog := filepath.Join(dir, "keys.json"), filepath.Join(dir, "audit.log")
-	newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_1", "--audit-log", auditLog)
-	out, errOut, code := cli(t, "", "audit", "head", auditLog)
+	gatewaytest.NewKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_1", "--audit-log", auditLog)
+	out, errOut, code := gatewaytest.CLI(t, "", "audit", "head", auditLog)
 	if code != 0 {
 		t.Fatalf("audit head: exit %d %s", code, errOut)
 	}
@@ -62,7 +64,7 @@ func TestCLIAuditVerifyHeadOutput(t *testing.T) {
 		{"past the end", "5:" + sum},
 		{"a bare sha256 not in the log", strings.Repeat("ab", 32) + "\r\n"},
 	} {
-		out, errOut, code := cli(t, "", "audit", "verify", "--head", c.head, auditLog)
+		out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", "--head", c.head, auditLog)
 		if code != 1 || out != "" || !strings.HasPrefix(errOut, "Error: ") {
 			t.Errorf("--head %s: exit %d, stdout %q, stderr %q", c.name, code, out, errOut)
 		}
@@ -75,7 +77,7 @@ func TestCLIAuditVerifyHeadOutput(t *testing.T) {
 		{"with a line break", head + "\n", head},
 		{"bare, with spaces", " " + sum + " \r\n", sum},
 	} {
-		out, errOut, code := cli(t, "", "audit", "verify", "--head", c.head, auditLog)
+		out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", "--head", c.head, auditLog)
 		if code != 0 || errOut != "" {
 			t.Errorf("--head %s: exit %d, stderr %q", c.name, code, errOut)
 		}

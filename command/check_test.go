@@ -17,15 +17,15 @@ import (
 // TestCLICheckAndHash read the key from stdin.
 func TestCLICheckAndHash(t *testing.T) {
 	k, _ := keystore.Generate(keystore.Prod)
-	if out, _, code := cli(t, k+"\n", "check"); code != 0 || !strings.Contains(out, "valid prod key") {
+	if out, _, code := gatewaytest.CLI(t, k+"\n", "check"); code != 0 || !strings.Contains(out, "valid prod key") {
 		t.Errorf("check: %d %q", code, out)
 	}
-	if out, _, code := cli(t, k+"\n", "hash"); code != 0 || strings.TrimSpace(out) != keystore.Sum(k).Encode() {
+	if out, _, code := gatewaytest.CLI(t, k+"\n", "hash"); code != 0 || strings.TrimSpace(out) != keystore.Sum(k).Encode() {
 		t.Errorf("hash: %d %q", code, out)
 	}
 	bad := k[:len(k)-1] + "!"
 	for _, cmd := range []string{"check", "hash"} {
-		out, errOut, code := cli(t, bad+"\n", cmd)
+		out, errOut, code := gatewaytest.CLI(t, bad+"\n", cmd)
 		if code != 1 || out != "" || !strings.Contains(errOut, "invalid key") {
 			t.Errorf("%s on a bad key: exit %d, out %q, err %q", cmd, code, out, errOut)
 		}
@@ -33,7 +33,7 @@ func TestCLICheckAndHash(t *testing.T) {
 			t.Errorf("%s repeats the key in its error", cmd)
 		}
 	}
-	if _, errOut, code := cli(t, "DEV_API_short\n", "check"); code != 1 || !strings.Contains(errOut, "wrong length") {
+	if _, errOut, code := gatewaytest.CLI(t, "DEV_API_short\n", "check"); code != 1 || !strings.Contains(errOut, "wrong length") {
 		t.Errorf("check on a short key: %d %q", code, errOut)
 	}
 }
@@ -43,13 +43,13 @@ func TestCLICheckAndHash(t *testing.T) {
 func TestCLINeverTakesAKeyFromArgv(t *testing.T) {
 	k, _ := keystore.Generate(keystore.Dev)
 	for _, cmd := range []string{"check", "hash"} {
-		out, errOut, code := cli(t, "", cmd, k)
+		out, errOut, code := gatewaytest.CLI(t, "", cmd, k)
 		if code != 1 || strings.Contains(out+errOut, k) || !strings.Contains(errOut, "stdin") {
 			t.Errorf("%s with the key as an argument: exit %d, output %q %q", cmd, code, out, errOut)
 		}
 	}
 	// An id shaped like a key is refused too: ids are logged.
-	if _, errOut, code := cli(t, "", "new", "--keys", filepath.Join(t.TempDir(), "k.json"), "--type", "dev", "--role", "reader", "--id", k); code != 1 || strings.Contains(errOut, k) {
+	if _, errOut, code := gatewaytest.CLI(t, "", "new", "--keys", filepath.Join(t.TempDir(), "k.json"), "--type", "dev", "--role", "reader", "--id", k); code != 1 || strings.Contains(errOut, k) {
 		t.Errorf("a key as --id: exit %d, %q", code, errOut)
 	}
 }

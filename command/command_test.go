@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/version"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
@@ -16,7 +17,7 @@ import (
 // documentation, which says nothing of these commands, and no flag
 // default that is a placeholder (--quota-per-day's -1).
 func TestHelp(t *testing.T) {
-	out, errOut, code := cli(t, "", "--help")
+	out, errOut, code := gatewaytest.CLI(t, "", "--help")
 	if code != 0 || !strings.Contains(out, "in a key file (--keys <file>) or on\nRedis (--redis <address>)") {
 		t.Errorf("caddy apikey --help: exit %d, stderr %q:\n%s", code, errOut, out)
 	}
@@ -26,7 +27,7 @@ func TestHelp(t *testing.T) {
 		{"audit", "--help"}, {"audit", "verify", "--help"}, {"audit", "head", "--help"}, {"audit", "rotate", "--help"},
 		{"version", "--help"},
 	} {
-		out, errOut, code := cli(t, "", args...)
+		out, errOut, code := gatewaytest.CLI(t, "", args...)
 		if code != 0 || errOut != "" || !strings.Contains(out, "Usage:") {
 			t.Errorf("%v: exit %d, stderr %q, stdout %q", args, code, errOut, out)
 		}
@@ -37,11 +38,11 @@ func TestHelp(t *testing.T) {
 			t.Errorf("%v shows a default of -1:\n%s", args, out)
 		}
 	}
-	out, _, _ = cli(t, "", "new", "--help")
+	out, _, _ = gatewaytest.CLI(t, "", "new", "--help")
 	if !strings.Contains(out, "--quota-per-day int            the key's own daily quota (default: the route's quota)\n") {
 		t.Errorf("new --help does not say what --quota-per-day defaults to:\n%s", out)
 	}
-	if out2, _, _ := cli(t, "", "help", "new"); out2 != out {
+	if out2, _, _ := gatewaytest.CLI(t, "", "help", "new"); out2 != out {
 		t.Errorf("help new differs from new --help:\n%s", out2)
 	}
 }
@@ -65,7 +66,7 @@ func TestUnknownCommand(t *testing.T) {
 		{[]string{"import", "keys.json", "--bogus"}, `unknown flag: --bogus`},
 		{[]string{"audit", "verify", "audit.log", "--bogus"}, `unknown flag: --bogus`},
 	} {
-		out, errOut, code := cli(t, "", c.args...)
+		out, errOut, code := gatewaytest.CLI(t, "", c.args...)
 		if code != 1 || out != "" || errOut != "Error: "+strings.SplitN(errOut, "Error: ", 2)[1] || !strings.Contains(errOut, c.want) {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 1 and %q", c.args, code, out, errOut, c.want)
 		}
@@ -74,7 +75,7 @@ func TestUnknownCommand(t *testing.T) {
 		}
 	}
 	key, _ := keystore.Generate(keystore.Dev)
-	out, errOut, code := cli(t, "", key)
+	out, errOut, code := gatewaytest.CLI(t, "", key)
 	if code != 1 || strings.Contains(out+errOut, key) || !strings.Contains(errOut, "looks like a key") {
 		t.Errorf("a key as the command: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
@@ -82,7 +83,7 @@ func TestUnknownCommand(t *testing.T) {
 
 // TestVersion: caddy apikey version prints the plugin's version.
 func TestVersion(t *testing.T) {
-	out, errOut, code := cli(t, "", "version")
+	out, errOut, code := gatewaytest.CLI(t, "", "version")
 	if code != 0 || errOut != "" || strings.Fields(out)[0] != version.Version || version.Version != "v0.1.0" {
 		t.Errorf("caddy apikey version: exit %d, stdout %q, stderr %q; want %s", code, out, errOut, version.Version)
 	}
@@ -94,7 +95,7 @@ func TestVersion(t *testing.T) {
 // the key file is left as it was.
 func TestCLIRefusesKeyAsID(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "keys.json")
-	key := newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_real")
+	key := gatewaytest.NewKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_real")
 	prodKey, _ := keystore.Generate(keystore.Prod)
 	hash := keystore.Sum(key).Encode() // sha256:<64 hex digits>
 	hexOnly := strings.TrimPrefix(hash, "sha256:")
@@ -118,7 +119,7 @@ func TestCLIRefusesKeyAsID(t *testing.T) {
 			{"rotate", "--keys", keyFile, "--id", id},
 			{"new", "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", id},
 		} {
-			out, errOut, code := cli(t, "", args...)
+			out, errOut, code := gatewaytest.CLI(t, "", args...)
 			if code != 1 || strings.Contains(out+errOut, secret) || !strings.Contains(errOut, "looks like a key") {
 				t.Errorf("%s --id <key or hash>: exit %d, stdout %q, stderr %q", args[0], code, out, errOut)
 			}
@@ -128,7 +129,7 @@ func TestCLIRefusesKeyAsID(t *testing.T) {
 		t.Error("the key file changed")
 	}
 	// An ordinary id still works.
-	if _, errOut, code := cli(t, "", "revoke", "--keys", keyFile, "--id", "k_real"); code != 0 {
+	if _, errOut, code := gatewaytest.CLI(t, "", "revoke", "--keys", keyFile, "--id", "k_real"); code != 0 {
 		t.Errorf("revoke --id k_real: exit %d, %s", code, errOut)
 	}
 }

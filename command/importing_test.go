@@ -59,7 +59,7 @@ func TestExportImport(t *testing.T) {
 
 	run := func(args ...string) (string, string, int) {
 		t.Helper()
-		return cli(t, "", args...)
+		return gatewaytest.CLI(t, "", args...)
 	}
 	out, _, code := run("import", file, "--redis", srv.Addr(), "--dry-run")
 	if code != 0 || !strings.Contains(out, "+ k_imp_a") || !strings.Contains(out, "+ k_imp_b") {
@@ -195,7 +195,7 @@ func TestImportKeepsChangesMadeWhileItRuns(t *testing.T) {
 		records[i] = gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: fmt.Sprintf("k_imp_%04d", i), Type: "dev", Role: "reader",
 			Name: "before", Services: []string{"*"}}).Record
 	}
-	if _, errOut, code := cli(t, "", "import", gatewaytest.WriteKeyFile(t, records...), "--redis", srv.Addr()); code != 0 {
+	if _, errOut, code := gatewaytest.CLI(t, "", "import", gatewaytest.WriteKeyFile(t, records...), "--redis", srv.Addr()); code != 0 {
 		t.Fatalf("first import: exit %d: %s", code, errOut)
 	}
 	for i := range records {
@@ -219,11 +219,11 @@ func TestImportKeepsChangesMadeWhileItRuns(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the import did not start writing within 60s")
 	}
-	if _, e, code := cli(t, "", "revoke", "--redis", srv.Addr(), "--id", "k_imp_2998"); code != 0 {
+	if _, e, code := gatewaytest.CLI(t, "", "revoke", "--redis", srv.Addr(), "--id", "k_imp_2998"); code != 0 {
 		close(gate.release)
 		t.Fatalf("revoke during the import: exit %d: %s", code, e)
 	}
-	rotated, e, code := cli(t, "", "rotate", "--redis", srv.Addr(), "--id", "k_imp_2997")
+	rotated, e, code := gatewaytest.CLI(t, "", "rotate", "--redis", srv.Addr(), "--id", "k_imp_2997")
 	close(gate.release)
 	if code != 0 {
 		t.Fatalf("rotate during the import: exit %d: %s", code, e)
@@ -255,14 +255,14 @@ func TestImportKeepsChangesMadeWhileItRuns(t *testing.T) {
 
 	// The file, imported again, has k_imp_2998 unrevoked: it stays revoked
 	// unless --unrevoke says otherwise.
-	o, e, code := cli(t, "", "import", file, "--redis", srv.Addr())
+	o, e, code := gatewaytest.CLI(t, "", "import", file, "--redis", srv.Addr())
 	if code != 0 || !strings.Contains(o, "! k_imp_2998 stays revoked") {
 		t.Fatalf("second import: exit %d: %s\n%s", code, e, tail(o))
 	}
 	if r := exportRedis(t, srv.Addr())["k_imp_2998"]; !r.Revoked {
 		t.Fatal("a second import un-revoked k_imp_2998")
 	}
-	o, e, code = cli(t, "", "import", file, "--redis", srv.Addr(), "--unrevoke")
+	o, e, code = gatewaytest.CLI(t, "", "import", file, "--redis", srv.Addr(), "--unrevoke")
 	if code != 0 || !strings.Contains(o, "~ k_imp_2998 (revoked)") {
 		t.Fatalf("import --unrevoke: exit %d: %s\n%s", code, e, tail(o))
 	}
@@ -275,7 +275,7 @@ func TestImportKeepsChangesMadeWhileItRuns(t *testing.T) {
 func exportRedis(t *testing.T, addr string) map[string]keystore.Record {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "export.json")
-	if _, errOut, code := cli(t, "", "export", "--redis", addr, "--out", path); code != 0 {
+	if _, errOut, code := gatewaytest.CLI(t, "", "export", "--redis", addr, "--out", path); code != 0 {
 		t.Fatalf("export: exit %d: %s", code, errOut)
 	}
 	data, err := os.ReadFile(path)

@@ -42,7 +42,7 @@ func TestCLIKeyLifecycle(t *testing.T) {
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "keys.json")
 	auditLog := filepath.Join(dir, "audit.log")
-	key := newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "writer", "--id", "k_cli",
+	key := gatewaytest.NewKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "writer", "--id", "k_cli",
 		"--name", "CLI made", "--services", "ollama,n8n", "--expires", "90d", "--quota-per-day", "1000", "--audit-log", auditLog)
 	info, err := os.Stat(keyFile)
 	if err != nil || info.Mode().Perm() != 0o600 {
@@ -71,11 +71,11 @@ func TestCLIKeyLifecycle(t *testing.T) {
 	}
 
 	// A second key without --id gets a generated one.
-	other := newKeyByCLI(t, "--keys", keyFile, "--type", "prod", "--role", "reader", "--services", "*")
+	other := gatewaytest.NewKeyByCLI(t, "--keys", keyFile, "--type", "prod", "--role", "reader", "--services", "*")
 	gatewaytest.WaitUntil(t, "the second key works", 2*time.Second, func() bool { return gatewaytest.Send(t, "GET", url, "X-API-Key", other).Status == 200 })
 
 	// Rotate: a new secret; the old one works, deprecated, for the grace.
-	out, errOut, code := cli(t, "", "rotate", "--keys", keyFile, "--id", "k_cli", "--grace", "1h", "--audit-log", auditLog)
+	out, errOut, code := gatewaytest.CLI(t, "", "rotate", "--keys", keyFile, "--id", "k_cli", "--grace", "1h", "--audit-log", auditLog)
 	newSecret := strings.TrimSpace(out)
 	if code != 0 || !strings.Contains(errOut, "shown once") {
 		t.Fatalf("rotate: exit %d %s", code, errOut)
@@ -92,7 +92,7 @@ func TestCLIKeyLifecycle(t *testing.T) {
 
 	// List: statuses, never a hash.
 	for _, args := range [][]string{{"list", "--keys", keyFile}, {"list", "--keys", keyFile, "--json"}} {
-		out, _, code := cli(t, "", args...)
+		out, _, code := gatewaytest.CLI(t, "", args...)
 		if code != 0 || !strings.Contains(out, "k_cli") || !strings.Contains(out, "rotation_grace") {
 			t.Errorf("%v: exit %d\n%s", args, code, out)
 		}
@@ -105,7 +105,7 @@ func TestCLIKeyLifecycle(t *testing.T) {
 	}
 
 	// Revoke.
-	if _, errOut, code := cli(t, "", "revoke", "--keys", keyFile, "--id", "k_cli", "--audit-log", auditLog); code != 0 {
+	if _, errOut, code := gatewaytest.CLI(t, "", "revoke", "--keys", keyFile, "--id", "k_cli", "--audit-log", auditLog); code != 0 {
 		t.Fatalf("revoke: exit %d %s", code, errOut)
 	}
 	gatewaytest.WaitUntil(t, "the revoked key is refused", 2*time.Second, func() bool {
@@ -114,7 +114,7 @@ func TestCLIKeyLifecycle(t *testing.T) {
 	})
 
 	// The audit log has the three changes, chained, and no secret.
-	out, errOut, code = cli(t, "", "audit", "verify", auditLog)
+	out, errOut, code = gatewaytest.CLI(t, "", "audit", "verify", auditLog)
 	if code != 0 || !strings.Contains(out, "3 lines, chain intact") {
 		t.Fatalf("audit verify: exit %d %s %s", code, out, errOut)
 	}

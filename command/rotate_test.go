@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 )
 
 // TestCLIRotateRefusesARevokedKey: a new secret for a revoked key would be
@@ -13,12 +15,12 @@ import (
 // the record as it was.
 func TestCLIRotateRefusesARevokedKey(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "keys.json")
-	newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_gone")
-	if _, errOut, code := cli(t, "", "revoke", "--keys", keyFile, "--id", "k_gone"); code != 0 {
+	gatewaytest.NewKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_gone")
+	if _, errOut, code := gatewaytest.CLI(t, "", "revoke", "--keys", keyFile, "--id", "k_gone"); code != 0 {
 		t.Fatalf("revoke: exit %d: %s", code, errOut)
 	}
 	before, _ := os.ReadFile(keyFile)
-	out, errOut, code := cli(t, "", "rotate", "--keys", keyFile, "--id", "k_gone")
+	out, errOut, code := gatewaytest.CLI(t, "", "rotate", "--keys", keyFile, "--id", "k_gone")
 	if code != 1 || out != "" || !strings.Contains(errOut, "is revoked") {
 		t.Fatalf("rotate of a revoked key: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}

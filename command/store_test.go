@@ -23,7 +23,7 @@ import (
 func TestCLIRefusesAndLeavesTheFile(t *testing.T) {
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "keys.json")
-	newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_one")
+	gatewaytest.NewKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_one")
 	before, _ := os.ReadFile(keyFile)
 	for name, args := range map[string][]string{
 		"taken id":            {"new", "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_one"},
@@ -35,7 +35,7 @@ func TestCLIRefusesAndLeavesTheFile(t *testing.T) {
 		"rotate unknown":      {"rotate", "--keys", keyFile, "--id", "k_nobody"},
 		"revoke unknown":      {"revoke", "--keys", keyFile, "--id", "k_nobody"},
 	} {
-		out, errOut, code := cli(t, "", args...)
+		out, errOut, code := gatewaytest.CLI(t, "", args...)
 		if code != 1 {
 			t.Errorf("%s: exit %d, want 1", name, code)
 		}
@@ -53,7 +53,7 @@ func TestCLIRefusesAndLeavesTheFile(t *testing.T) {
 	// An invalid file is left alone.
 	broken := []byte(`{"keys": [{"id": "k_x", "hash": "sha256:00", "role": "reader"}]}`)
 	os.WriteFile(keyFile, broken, 0o600)
-	_, errOut, code := cli(t, "", "revoke", "--keys", keyFile, "--id", "k_x")
+	_, errOut, code := gatewaytest.CLI(t, "", "revoke", "--keys", keyFile, "--id", "k_x")
 	if after, _ := os.ReadFile(keyFile); code != 1 || !bytes.Equal(after, broken) || !strings.Contains(errOut, `keys[0] (id "k_x"): hash`) {
 		t.Errorf("invalid file: exit %d, message %q", code, errOut)
 	}
@@ -68,7 +68,7 @@ func TestCLIConcurrentWritersLoseNothing(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, errOut, code := cli(t, "", "new", "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", fmt.Sprintf("k_%d", i)); code != 0 {
+			if _, errOut, code := gatewaytest.CLI(t, "", "new", "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", fmt.Sprintf("k_%d", i)); code != 0 {
 				t.Errorf("writer %d: %s", i, errOut)
 			}
 		}()
@@ -93,7 +93,7 @@ func TestCLIKeepsOwnerAndMakesFolders(t *testing.T) {
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "new", "folder", "keys.json")
 	auditLog := filepath.Join(dir, "logs", "audit", "apikey.log")
-	newKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_owned", "--audit-log", auditLog)
+	gatewaytest.NewKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_owned", "--audit-log", auditLog)
 	if _, err := os.Stat(auditLog); err != nil {
 		t.Fatalf("audit log in a new folder: %v", err)
 	}
@@ -101,7 +101,7 @@ func TestCLIKeepsOwnerAndMakesFolders(t *testing.T) {
 	if err := os.Chown(keyFile, nobody, nobody); err != nil {
 		t.Fatal(err)
 	}
-	if _, errOut, code := cli(t, "", "revoke", "--keys", keyFile, "--id", "k_owned"); code != 0 {
+	if _, errOut, code := gatewaytest.CLI(t, "", "revoke", "--keys", keyFile, "--id", "k_owned"); code != 0 {
 		t.Fatalf("revoke: %s", errOut)
 	}
 	info, _ := os.Stat(keyFile)
@@ -230,11 +230,11 @@ func TestCLIReadsAreCapped(t *testing.T) {
 		"revoke": {"revoke", "--keys", big, "--id", "k_one"},
 		"import": {"import", big, "--redis", "127.0.0.1:1"},
 	} {
-		out, errOut, code := cli(t, "", args...)
+		out, errOut, code := gatewaytest.CLI(t, "", args...)
 		refusedNaming(t, name, out, errOut, code, big, keyCap)
 	}
 	password := sparseFile(t, "password", capped.Secret+1)
-	out, errOut, code := cli(t, "", "list", "--redis", "127.0.0.1:1", "--redis-password-file", password)
+	out, errOut, code := gatewaytest.CLI(t, "", "list", "--redis", "127.0.0.1:1", "--redis-password-file", password)
 	refusedNaming(t, "password file", out, errOut, code, password, secretCap)
 }
 
@@ -257,7 +257,7 @@ func TestCLIMissingPathIsAnError(t *testing.T) {
 		"audit head":   {"audit", "head", missing},
 		"audit verify": {"audit", "verify", missing},
 	} {
-		out, errOut, code := cli(t, "", args...)
+		out, errOut, code := gatewaytest.CLI(t, "", args...)
 		if code == 0 {
 			t.Errorf("%s: exit 0 on a path that does not exist", name)
 		}
@@ -274,8 +274,8 @@ func TestCLIMissingPathIsAnError(t *testing.T) {
 			}
 		}
 	}
-	newKeyByCLI(t, "--keys", missing, "--type", "dev", "--role", "reader", "--id", "k_one")
-	if out, errOut, code := cli(t, "", "list", "--keys", missing); code != 0 || !strings.Contains(out, "k_one") {
+	gatewaytest.NewKeyByCLI(t, "--keys", missing, "--type", "dev", "--role", "reader", "--id", "k_one")
+	if out, errOut, code := gatewaytest.CLI(t, "", "list", "--keys", missing); code != 0 || !strings.Contains(out, "k_one") {
 		t.Errorf("list after new: exit %d, %q %q", code, out, errOut)
 	}
 }
@@ -292,7 +292,7 @@ func symlinkedKeyFile(t *testing.T) (link, target string) {
 	if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	newKeyByCLI(t, "--keys", target, "--type", "dev", "--role", "reader", "--id", "k_victim")
+	gatewaytest.NewKeyByCLI(t, "--keys", target, "--type", "dev", "--role", "reader", "--id", "k_victim")
 	if err := os.Symlink(target, link); err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +337,7 @@ func TestSymlinkedKeyFileCommandsTakeTurns(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if _, errOut, code := cli(t, "", args...); code != 0 {
+				if _, errOut, code := gatewaytest.CLI(t, "", args...); code != 0 {
 					t.Errorf("round %d: %v: exit %d: %s", round, args[:1], code, errOut)
 				}
 			}()
@@ -366,7 +366,7 @@ func TestCLIKeepsWhatItDoesNotTouch(t *testing.T) {
   {"id": "k_b", "hash": "` + b.Record.Hash + `", "role": "admin", "type": "prod", "services": ["*"], "expires_at": "2099-01-01T00:00:00Z"}
 ]}`
 	os.WriteFile(keyFile, []byte(content), 0o640)
-	if _, errOut, code := cli(t, "", "revoke", "--keys", keyFile, "--id", "k_b"); code != 0 {
+	if _, errOut, code := gatewaytest.CLI(t, "", "revoke", "--keys", keyFile, "--id", "k_b"); code != 0 {
 		t.Fatalf("revoke: %s", errOut)
 	}
 	data, _ := os.ReadFile(keyFile)

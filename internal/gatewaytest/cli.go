@@ -1,4 +1,4 @@
-package command_test
+package gatewaytest
 
 import (
 	"bytes"
@@ -6,21 +6,14 @@ import (
 	"strings"
 	"testing"
 
-	_ "github.com/moodmnky/caddy-apikey"
-
-	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
-// TestMain keeps Caddy and the commands out of the real HOME; the
-// commands are tested as users run them, from the built binary
-// (gatewaytest.CaddyBinary: cmd/caddy, Caddy with the plugin).
-func TestMain(m *testing.M) { gatewaytest.Main(m) }
-
-// cli runs `caddy apikey ...` from the built binary.
-func cli(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
+// CLI runs `caddy apikey <args>` from the built binary (CaddyBinary), with
+// stdin, and returns what it printed and its exit status.
+func CLI(t testing.TB, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := exec.Command(gatewaytest.CaddyBinary(t), append([]string{"apikey"}, args...)...)
+	cmd := exec.Command(CaddyBinary(t), append([]string{"apikey"}, args...)...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
@@ -33,10 +26,12 @@ func cli(t *testing.T, stdin string, args ...string) (stdout, stderr string, cod
 	return out.String(), errOut.String(), code
 }
 
-// newKeyByCLI runs `caddy apikey new` and returns the printed key.
-func newKeyByCLI(t *testing.T, args ...string) string {
+// NewKeyByCLI runs `caddy apikey new <args>` and returns the key it
+// printed, checking that it printed the key alone on stdout and said on
+// stderr that it is shown once.
+func NewKeyByCLI(t testing.TB, args ...string) string {
 	t.Helper()
-	out, errOut, code := cli(t, "", append([]string{"new"}, args...)...)
+	out, errOut, code := CLI(t, "", append([]string{"new"}, args...)...)
 	if code != 0 {
 		t.Fatalf("apikey new: exit %d: %s", code, errOut)
 	}
