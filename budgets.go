@@ -209,21 +209,21 @@ func (h *Handler) readBody(x *exchange) refusal {
 	rc := http.NewResponseController(x.w)
 	_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
 	body, err := readHeldBody(r.Body, r.ContentLength, tl.maxBody, &call.hold)
+	if err != nil {
+		f := h.unreadBody(err)
+		// What is left of the body is read and dropped, up to as much
+		// again as the route reads, so that the client, which may be
+		// writing it still, gets the answer and the connection stays in
+		// step; past that the connection closes after the answer. (Caddy
+		// wraps the body, so Go's server cannot tell it was closed early:
+		// it would read the rest as the client's next request.)
+		f.unread = !drained(r.Body, tl.maxBody)
+		_ = rc.SetReadDeadline(time.Time{})
+		r.Body.Close()
+		return f
+	}
 	_ = rc.SetReadDeadline(time.Time{})
 	r.Body.Close()
-	switch {
-	case err == nil:
-	case errors.Is(err, errBodyTooLarge):
-		return h.tooLarge()
-	case errors.Is(err, errKeyBodies):
-		return tooMany(decisionRateLimited, reasonInflightBody, fmt.Sprintf(
-			"This key's requests in flight hold as many request bodies as the gateway holds for one key (%d bytes); retry when some have finished.",
-			tl.inflightPerKey), time.Second, false)
-	case errors.Is(err, errAllBodies):
-		return denied(h.denials.allBodies)
-	default:
-		return invalidRequest(http.StatusBadRequest, reasonBody, "The request body could not be read.")
-	}
 	call.bodyLen = len(bytes.TrimSpace(body))
 	if call.bodyLen > 0 {
 		if call.req, err = tokens.ParseRequest(tl.format, body); err != nil {
@@ -251,6 +251,29 @@ func (h *Handler) readBody(x *exchange) refusal {
 	r.TransferEncoding = nil
 	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 	return refusal{}
+}
+
+// drained reads and drops what is left of a body, up to limit bytes, and
+// tells whether that was all of it.
+func drained(body io.Reader, limit int64) bool {
+	_, err := io.CopyN(io.Discard, body, limit+1)
+	return err == io.EOF
+}
+
+// unreadBody is the refusal of a body readHeldBody did not read whole.
+func (h *Handler) unreadBody(err error) refusal {
+	switch {
+	case errors.Is(err, errBodyTooLarge):
+		return h.tooLarge()
+	case errors.Is(err, errKeyBodies):
+		return tooMany(decisionRateLimited, reasonInflightBody, fmt.Sprintf(
+			"This key's requests in flight hold as many request bodies as the gateway holds for one key (%d bytes); retry when some have finished.",
+			h.tokens.inflightPerKey), time.Second, false)
+	case errors.Is(err, errAllBodies):
+		return denied(h.denials.allBodies)
+	default:
+		return invalidRequest(http.StatusBadRequest, reasonBody, "The request body could not be read.")
+	}
 }
 
 // estimate is the tokens a request reserves: its completion limit (the

@@ -85,6 +85,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    usage_depth <n>
 //	    usage_retention <duration>
 //	    usage_file <path>
+//	    usage_save_interval <duration>
 //	    audit_log <path> {
 //	        roll_size <size>
 //	        roll_keep <n>
@@ -412,6 +413,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&h.UsageFile) {
 				return d.ArgErr()
 			}
+
+		case "usage_save_interval":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("usage_save_interval: %q is not a positive duration (e.g. 10s)", v)
+			}
+			h.UsageSaveInterval = caddy.Duration(dur)
 
 		case "audit_log":
 			if !d.AllArgs(&h.AuditLog) {

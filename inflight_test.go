@@ -393,3 +393,116 @@ http://127.0.0.1:%d {
 		t.Errorf("a body once the old requests ended: %d %.200s", status, body)
 	}
 }
+
+// TestRefusedBodyLeavesNothingOnTheConnection: a refusal that leaves part of
+// the request's body unread closes the connection after its answer. Caddy
+// wraps the request body (its read_idle_timeout), so Go's server cannot see
+// that the handler closed the body early: without the close it would read
+// the rest of the body as the next request on the connection (a 400 or a
+// 431 to the client's next request, or a request made of body bytes). Each
+// case writes a body and a GET behind it on one connection, as a keep-alive
+// client does, and must get the refusal and then the end of the
+// connection: never a second answer.
+func TestRefusedBodyLeavesNothingOnTheConnection(t *testing.T) {
+	up := newSlowLLM(t)
+	holder, k := tokenKey(t, "k_conn_holder", nil), tokenKey(t, "k_conn_refused", nil)
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
+	admin off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+		service openai
+		tokens openai
+		failed_auth_limit off
+		max_request_body 1048576
+		max_inflight_body 1MiB
+	}
+	reverse_proxy %s
+}`, port, gatewaytest.WriteKeyFile(t, holder.Record, k.Record), strings.TrimPrefix(up.URL, "http://")))
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+
+	// exchange writes head, body and a GET behind them on one connection
+	// and reads what comes back: the first answer's status and whether
+	// another answer followed it.
+	exchange := func(head string, body []byte, key gatewaytest.Key) (status int, second string) {
+		t.Helper()
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(20 * time.Second))
+		go func() {
+			// The gateway may close before all is written: errors are
+			// the expected end.
+			io.WriteString(conn, head+"Host: 127.0.0.1\r\nAuthorization: Bearer "+key.Secret+"\r\nContent-Type: application/json\r\n\r\n")
+			conn.Write(body)
+			io.WriteString(conn, "GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+		}()
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("key %s: first answer: %v", key.Record.ID, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		next, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return resp.StatusCode, "" // closed
+		}
+		data, _ := io.ReadAll(next.Body)
+		if next.StatusCode == http.StatusUnauthorized && bytes.Contains(data, []byte(`"missing_key"`)) {
+			return resp.StatusCode, "" // the GET's own answer: in step
+		}
+		return resp.StatusCode, fmt.Sprintf("%d %.80q", next.StatusCode, data)
+	}
+
+	t.Run("chunked body over max_request_body", func(t *testing.T) {
+		body := llmBody(2_000_000)
+		chunked := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(body), body)
+		status, second := exchange("POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n", []byte(chunked), k)
+		if status != http.StatusRequestEntityTooLarge || second != "" {
+			t.Errorf("first answer %d (want 413), then %q (want the connection closed)", status, second)
+		}
+	})
+
+	t.Run("chunked body over twice max_request_body", func(t *testing.T) {
+		// Past what the gateway drains: the connection closes.
+		body := llmBody(4_000_000)
+		chunked := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(body), body)
+		status, second := exchange("POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n", []byte(chunked), k)
+		if status != http.StatusRequestEntityTooLarge || second != "" {
+			t.Errorf("first answer %d (want 413), then %q (want the connection closed)", status, second)
+		}
+	})
+
+	t.Run("key's bodies in flight at their cap", func(t *testing.T) {
+		// holder's request holds 600 KB of the 1 MiB at the upstream; a
+		// second 600 KB body of the same key cannot be held.
+		held := llmBody(600_000)
+		done := make(chan int, 1)
+		go func() {
+			req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", bytes.NewReader(held))
+			req.Header.Set("Authorization", "Bearer "+holder.Secret)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				done <- -1
+				return
+			}
+			resp.Body.Close()
+			done <- resp.StatusCode
+		}()
+		gatewaytest.WaitUntil(t, "the held body at the upstream", 10*time.Second, func() bool { return up.arrived.Load() == 1 })
+		body := llmBody(600_000)
+		status, second := exchange(fmt.Sprintf("POST /v1/chat/completions HTTP/1.1\r\nContent-Length: %d\r\n", len(body)), body, holder)
+		close(up.release)
+		if status != http.StatusTooManyRequests || second != "" {
+			t.Errorf("first answer %d (want 429), then %q (want the connection closed)", status, second)
+		}
+		if s := <-done; s != 200 {
+			t.Errorf("the held request: %d", s)
+		}
+	})
+}

@@ -112,9 +112,18 @@ type Handler struct {
 	// days.
 	UsageRetention caddy.Duration `json:"usage_retention,omitempty"`
 
-	// UsageFile is where usage counts are saved (every 10s and at
-	// shutdown). Default: apikey/usage.json in Caddy's data directory.
+	// UsageFile is where usage counts are saved (every
+	// usage_save_interval and at shutdown). Default: apikey/usage.json in
+	// Caddy's data directory.
 	UsageFile string `json:"usage_file,omitempty"`
+
+	// UsageSaveInterval is how often usage counts are saved to usage_file
+	// and, when the counters are on Redis, added to Redis's sums: what an
+	// instance killed without warning (kill -9, a power cut) loses of its
+	// usage counts, and how late the cluster's usage report can be. Routes
+	// on one usage file share the interval of the first that opened it.
+	// Default: 10s; at least 100ms.
+	UsageSaveInterval caddy.Duration `json:"usage_save_interval,omitempty"`
 
 	// AuditLog is a file that gets a JSON line, chained by SHA-256, for
 	// every refusal and every management change made through the admin API.
@@ -449,8 +458,19 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("usage_file: %w", err)
 	}
-	if h.usage, h.usageRelease, err = app.OpenUsage(path, retention); err != nil {
+	every := time.Duration(h.UsageSaveInterval)
+	if every == 0 {
+		every = app.DefaultUsageSaveInterval
+	}
+	if every < app.MinUsageSaveInterval {
+		return fmt.Errorf("usage_save_interval must be at least %v", app.MinUsageSaveInterval)
+	}
+	if h.usage, h.usageRelease, err = app.OpenUsage(path, retention, every); err != nil {
 		return err
+	}
+	if kept := h.usage.SaveInterval(); kept != every {
+		h.logger.Warn("usage file already open with another usage_save_interval; keeping it",
+			zap.String("file", path), zap.Duration("kept", kept), zap.Duration("asked", every))
 	}
 	// Saving and sending begin when the config runs: caddy validate reads
 	// the usage file and writes nothing, to it or to Redis.

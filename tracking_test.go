@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
@@ -164,4 +165,35 @@ func rssOf(t *testing.T, pid int) int64 {
 	}
 	t.Fatal("no VmRSS")
 	return 0
+}
+
+// TestUsageSavedEveryInterval: with usage_save_interval 200ms the usage
+// file holds a request well before the default 10 s save; an interval
+// under 100ms is refused, naming the field.
+func TestUsageSavedEveryInterval(t *testing.T) {
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_save_interval", Role: "reader"})
+	usageFile := filepath.Join(t.TempDir(), "usage.json")
+	port := gatewaytest.Port(t)
+	site := func(interval string) string {
+		return fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+		usage_file %s
+		usage_save_interval %s
+	}
+	respond ok
+}`, port, gatewaytest.WriteKeyFile(t, key.Record), usageFile, interval)
+	}
+	if err := gatewaytest.Load(site("50ms")); err == nil || !strings.Contains(err.Error(), "usage_save_interval must be at least 100ms") {
+		t.Fatalf("usage_save_interval 50ms: %v", err)
+	}
+	gatewaytest.Start(t, site("200ms"))
+	gatewaytest.Send(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/x", port), key.Bearer()...)
+	gatewaytest.WaitUntil(t, "the request in the usage file", 5*time.Second, func() bool {
+		return fileUsage(usageFile, key.Record.ID) == 1
+	})
 }

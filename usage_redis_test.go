@@ -90,6 +90,7 @@ http://127.0.0.1:%d {
 	apikey {
 		keys file %s
 		usage_file %s
+		usage_save_interval 200ms
 		failed_auth_limit off
 		counters redis {
 			address %s
@@ -168,6 +169,7 @@ http://127.0.0.1:%d {
 	apikey {
 		keys file %s
 		usage_file %s
+		usage_save_interval 200ms
 		failed_auth_limit off
 		counters redis {
 			address %s

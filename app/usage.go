@@ -18,10 +18,15 @@ import (
 	"github.com/moodmnky/caddy-apikey/usage"
 )
 
-// usageSaveEvery is how often usage counts are saved, and, when the
-// counters are on Redis, added to it: a batch goes to Redis only once the
-// usage file records it (see usage.Outbox).
-const usageSaveEvery = 10 * time.Second
+// DefaultUsageSaveInterval is how often usage counts are saved, and, when
+// the counters are on Redis, added to it, unless a route says otherwise: a
+// batch goes to Redis only once the usage file records it (see
+// usage.Outbox).
+const DefaultUsageSaveInterval = 10 * time.Second
+
+// MinUsageSaveInterval is the shortest save interval a route may ask for:
+// each save rewrites the usage file.
+const MinUsageSaveInterval = 100 * time.Millisecond
 
 // usageSendTimeout bounds one attempt to add the counts to Redis.
 const usageSendTimeout = 5 * time.Second
@@ -34,7 +39,8 @@ type Usage struct {
 	outbox    *usage.Outbox
 	path      string
 	retention time.Duration
-	loadErr   error // a corrupt file, set aside at start
+	every     time.Duration // how often it is saved and sent
+	loadErr   error         // a corrupt file, set aside at start
 	stop      chan struct{}
 	kick      chan struct{} // a tick now: a Redis was joined
 	done      chan struct{}
@@ -205,13 +211,18 @@ func DefaultUsageFile() string {
 
 // OpenUsage returns the process's usage counts of the file at path (an
 // absolute path), shared by every route that names it, across reloads,
-// and the function that lets go of them. retention is the first route's.
-func OpenUsage(path string, retention time.Duration) (*Usage, func() error, error) {
-	return load(usagePool, path, func() (*Usage, error) { return newUsage(path, retention), nil })
+// and the function that lets go of them. retention and every (how often
+// the counts are saved and sent) are the first route's.
+func OpenUsage(path string, retention, every time.Duration) (*Usage, func() error, error) {
+	return load(usagePool, path, func() (*Usage, error) { return newUsage(path, retention, every), nil })
 }
 
-func newUsage(path string, retention time.Duration) *Usage {
-	t := &Usage{Counts: usage.New(), outbox: usage.NewOutbox(), path: path, retention: retention,
+// SaveInterval is how often the counts are saved and sent: that of the
+// route that opened the file first.
+func (t *Usage) SaveInterval() time.Duration { return t.every }
+
+func newUsage(path string, retention, every time.Duration) *Usage {
+	t := &Usage{Counts: usage.New(), outbox: usage.NewOutbox(), path: path, retention: retention, every: every,
 		stop: make(chan struct{}), kick: make(chan struct{}, 1), done: make(chan struct{})}
 	if err := t.outbox.Load(t.Counts, path, time.Now()); err != nil {
 		// A file that is not used at all: start from zero.
@@ -246,7 +257,7 @@ func (t *Usage) Start() {
 
 func (t *Usage) run() {
 	defer close(t.done)
-	tick := time.NewTicker(usageSaveEvery)
+	tick := time.NewTicker(t.every)
 	defer tick.Stop()
 	for {
 		select {

@@ -2,7 +2,10 @@ package gatewaytest
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/internal/flock"
 )
 
 // caddyPackage is the Caddy with this module's plugins, which CaddyBinary
@@ -24,25 +29,99 @@ var caddyBinary struct {
 	err  error
 }
 
-// CaddyBinary builds cmd/caddy once per test process and returns its path.
+// CaddyBinary builds cmd/caddy and returns its path. The test processes of
+// one `go test ./...` share one build: it goes to a folder of the temporary
+// directory named by a hash of the module's sources, built by the first
+// process under a file lock, so each package does not link its own.
 func CaddyBinary(t testing.TB) string {
 	t.Helper()
-	caddyBinary.Do(func() {
-		dir, err := os.MkdirTemp("", "caddy-apikey-bin-")
-		if err != nil {
-			caddyBinary.err = err
-			return
-		}
-		caddyBinary.path = filepath.Join(dir, "caddy")
-		out, err := exec.Command("go", "build", "-o", caddyBinary.path, caddyPackage).CombinedOutput()
-		if err != nil {
-			caddyBinary.err = fmt.Errorf("go build %s: %v\n%s", caddyPackage, err, out)
-		}
-	})
+	caddyBinary.Do(func() { caddyBinary.path, caddyBinary.err = buildCaddy() })
 	if caddyBinary.err != nil {
 		t.Fatal(caddyBinary.err)
 	}
 	return caddyBinary.path
+}
+
+// binaryCache is where CaddyBinary keeps its builds, one folder a version
+// of the sources; folders of other versions older than a day are removed.
+var binaryCache = filepath.Join(os.TempDir(), "caddy-apikey-bin")
+
+func buildCaddy() (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	sum, err := sourcesSum(root)
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(binaryCache, sum)
+	path := filepath.Join(dir, "caddy")
+	unlock, err := flock.Lock(path)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	pruneBinaries(sum)
+	tmp := path + ".building"
+	cmd := exec.Command("go", "build", "-o", tmp, caddyPackage)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %v\n%s", caddyPackage, err, out)
+	}
+	return path, os.Rename(tmp, path)
+}
+
+// moduleRoot is the folder of this module's go.mod.
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		return "", fmt.Errorf("go list -m: %v", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// sourcesSum hashes what the binary is built from: go.mod, go.sum and
+// every Go file of the module but tests, by path and content.
+func sourcesSum(root string) (string, error) {
+	h := sha256.New()
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if path != root && (strings.HasPrefix(name, ".") || name == "testdata" || name == "node_modules") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !(name == "go.mod" || name == "go.sum" || strings.HasSuffix(name, ".go") && !strings.HasSuffix(name, "_test.go")) {
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		fmt.Fprintf(h, "%s %d\n", rel, len(data))
+		h.Write(data)
+		return nil
+	})
+	return hex.EncodeToString(h.Sum(nil))[:16], err
+}
+
+// pruneBinaries removes the builds of other sources not used for a day.
+func pruneBinaries(keep string) {
+	entries, _ := os.ReadDir(binaryCache)
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && e.Name() != keep && time.Since(info.ModTime()) > 24*time.Hour {
+			os.RemoveAll(filepath.Join(binaryCache, e.Name()))
+		}
+	}
 }
 
 // StartProcess runs CaddyBinary on a Caddyfile, in the test's working
