@@ -6,18 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-// buildCaddy builds this command, as `go build ./cmd/caddy` does.
-func buildCaddy(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "caddy")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
+)
 
 func run(t *testing.T, bin, dir string, args ...string) (string, error) {
 	t.Helper()
@@ -33,7 +24,7 @@ func run(t *testing.T, bin, dir string, args ...string) (string, error) {
 // plugin's modules are in it, and it validates the example config (which
 // loads examples/keys.json) from the repository root, as README.md says.
 func TestBinaryHasPluginAndValidatesExample(t *testing.T) {
-	bin := buildCaddy(t)
+	bin := gatewaytest.CaddyBinary(t)
 	root, _ := filepath.Abs("../..")
 
 	out, err := run(t, bin, root, "list-modules")
