@@ -33,7 +33,8 @@ import (
 // admin, checking what a developer relies on: a key shown once, usage,
 // permissions, rotation, revocation, isolation between developers,
 // approval, the playground's explanations, labels, keyboard, phone width
-// and the CSP. It runs twice: on the demo's key file, and on Redis.
+// and the CSP. It runs twice: on the demo's key file, and on Redis (under
+// -short only on the key file).
 //
 // With APIKEY_SCREENSHOTS=<folder>, it saves screenshots of the main pages
 // there (docs/screenshots holds a set).
@@ -42,6 +43,11 @@ func TestPortalInBrowser(t *testing.T) {
 		name  string
 		redis bool
 	}{{"key file", false}, {"redis", true}} {
+		if variant.redis && testing.Short() {
+			// -short: the flows on a key file; Redis stores the same
+			// records, and its store contract is tested on its own.
+			continue
+		}
 		t.Run(variant.name, func(t *testing.T) {
 			p, dir := startPortalDemo(t, variant.redis)
 			if variant.name == "key file" {
