@@ -242,3 +242,53 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 		})
 	}
 }
+
+// TestForbiddenAsksRedisNothing: a 403 to an authenticated key carries the
+// key's rate-limit headers as this instance last saw them, with no Redis
+// call: a key flooding forbidden requests costs Redis nothing. A key this
+// instance has not counted yet gets its 403 without the headers.
+func TestForbiddenAsksRedisNothing(t *testing.T) {
+	srv := redistest.Start(t)
+	up := gatewaytest.NewUpstream(t)
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_forbidden_redis", Role: "reader", QuotaPerDay: int64p(5)})
+	fresh := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_forbidden_fresh", Role: "reader", QuotaPerDay: int64p(5)})
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, redisSite(port, gatewaytest.WriteKeyFile(t, key.Record, fresh.Record), srv.Addr(), up.Addr(), "timeout 2s"))
+	url := fmt.Sprintf("http://127.0.0.1:%d/x", port)
+
+	probe := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer probe.Close()
+	scripts := func() int64 {
+		stats, err := probe.Info(context.Background(), "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int64
+		for _, line := range strings.Split(stats, "\n") {
+			for _, cmd := range []string{"cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_fcall:"} {
+				if rest, ok := strings.CutPrefix(strings.TrimSpace(line), cmd); ok {
+					calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
+					c, _ := strconv.ParseInt(calls, 10, 64)
+					n += c
+				}
+			}
+		}
+		return n
+	}
+
+	if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 200 || r.Header.Get("X-RateLimit-Remaining") != "4" {
+		t.Fatalf("GET: %d, remaining %q", r.Status, r.Header.Get("X-RateLimit-Remaining"))
+	}
+	before := scripts()
+	for range 20 {
+		if r := gatewaytest.Send(t, "POST", url, key.Bearer()...); r.Status != 403 || r.Header.Get("X-RateLimit-Remaining") != "4" {
+			t.Fatalf("POST by a reader: %d, remaining %q", r.Status, r.Header.Get("X-RateLimit-Remaining"))
+		}
+	}
+	if r := gatewaytest.Send(t, "POST", url, fresh.Bearer()...); r.Status != 403 || r.Header.Get("X-RateLimit-Remaining") != "" {
+		t.Errorf("POST by a reader this instance never counted: %d, remaining %q", r.Status, r.Header.Get("X-RateLimit-Remaining"))
+	}
+	if n := scripts() - before; n != 0 {
+		t.Errorf("21 forbidden requests ran %d scripts on Redis, want none", n)
+	}
+}

@@ -88,9 +88,7 @@ func (h *Handler) refuse(x *exchange, f refusal) error {
 		}
 	}
 	if f.limits {
-		if res, err := h.counters.Peek(x.r.Context(), x.key.ID, x.policy); err == nil && !res.Uncounted {
-			headers.WriteRateLimit(x.w.Header(), res, res.Now)
-		}
+		h.limitHeaders(x)
 	}
 	if f.denial != nil {
 		f.denial.write(x.w)
@@ -110,6 +108,27 @@ func (h *Handler) refuse(x *exchange, f refusal) error {
 	x.w.WriteHeader(f.status)
 	_, _ = x.w.Write(appendErrorBody(make([]byte, 0, 128+len(f.message)), h.format, f.status, f.decision, f.reason, f.message))
 	return nil
+}
+
+// limitHeaders writes the key's rate-limit headers, read without spending,
+// on a refusal of an authenticated key. A store shared between instances
+// answers from this instance's last view of the key, not with a round trip
+// for every refusal; with no view, no headers.
+func (h *Handler) limitHeaders(x *exchange) {
+	var res ratelimit.Result
+	if lp, ok := h.counters.(ratelimit.LocalPeeker); ok {
+		if res, ok = lp.PeekLocal(x.key.ID, x.policy); !ok {
+			return
+		}
+	} else {
+		var err error
+		if res, err = h.counters.Peek(x.r.Context(), x.key.ID, x.policy); err != nil {
+			return
+		}
+	}
+	if !res.Uncounted {
+		headers.WriteRateLimit(x.w.Header(), res, res.Now)
+	}
 }
 
 // answerUnread makes a refusal go out without waiting for the request's

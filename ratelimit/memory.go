@@ -99,6 +99,24 @@ func (m *Memory) Peek(_ context.Context, key string, p Policy) (Result, error) {
 	return peek(s, now, p), nil
 }
 
+// PeekKnown is Peek for a key this memory has counters of; ok is false for
+// a key it has none of.
+func (m *Memory) PeekKnown(key string, p Policy) (Result, bool) {
+	now := m.now()
+	sh := m.shard(key)
+	sh.mu.Lock()
+	c := sh.counters[key]
+	var s state
+	if c != nil {
+		s = c.state
+	}
+	sh.mu.Unlock()
+	if c == nil {
+		return Result{}, false
+	}
+	return peek(s, now, p), true
+}
+
 // Mirror sets a key's state to what a shared store answered, so that
 // counting locally can go on from there.
 func (m *Memory) Mirror(key string, s state) {

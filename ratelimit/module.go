@@ -114,6 +114,12 @@ func (s *MemoryStore) Peek(ctx context.Context, key string, p Policy) (Result, e
 	return s.counters.Peek(ctx, key, p)
 }
 
+// PeekLocal is Peek: the memory store is where the counts are.
+func (s *MemoryStore) PeekLocal(key string, p Policy) (Result, bool) {
+	res, _ := s.counters.Peek(context.Background(), key, p)
+	return res, true
+}
+
 // Reserve charges n tokens to every budget of p if each has room, or none.
 func (s *MemoryStore) Reserve(ctx context.Context, key string, p TokenPolicy, n int64) (TokenResult, error) {
 	return s.counters.Reserve(ctx, key, p, n)

@@ -155,6 +155,18 @@ func (s *RedisStore) Peek(ctx context.Context, key string, p Policy) (Result, er
 	return s.call(ctx, key, p, true)
 }
 
+// PeekLocal is where key stood when this instance last counted it: its
+// lease, or what Redis answered its last request (mirrored in memory); no
+// Redis call.
+func (s *RedisStore) PeekLocal(key string, p Policy) (Result, bool) {
+	if p.Burst.IsZero() {
+		if res, ok := s.peekLeased(key, p); ok {
+			return res, true
+		}
+	}
+	return s.shared.local.PeekKnown(key, p)
+}
+
 func (s *RedisStore) call(ctx context.Context, key string, p Policy, peekOnly bool) (Result, error) {
 	sh := s.shared
 	if !sh.down.Load() {

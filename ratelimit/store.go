@@ -17,6 +17,14 @@ type Store interface {
 	Peek(ctx context.Context, key string, p Policy) (Result, error)
 }
 
+// LocalPeeker is a store that can tell where a key stands as this instance
+// last saw it, without asking a shared store: for answers that only report
+// the limits (a 403 to an authenticated key), not for deciding. ok is false
+// when this instance has no view of the key.
+type LocalPeeker interface {
+	PeekLocal(key string, p Policy) (res Result, ok bool)
+}
+
 // Resetter is a store that can forget a key's counters.
 type Resetter interface {
 	Reset(ctx context.Context, key string) error
