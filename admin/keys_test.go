@@ -14,21 +14,21 @@ import (
 
 // TestKeysAndUsage: GET /apikey/keys and /apikey/usage after traffic.
 func TestKeysAndUsage(t *testing.T) {
-	g := startOpsGateway(t)
-	r, w := g.keys["reader"], g.keys["writer"]
+	g := gatewaytest.StartOps(t, gatewaytest.OpsOptions{})
+	r, w := g.Keys["reader"], g.Keys["writer"]
 	for i := 0; i < 3; i++ {
-		gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", r.Bearer()...)
+		gatewaytest.Send(t, "GET", g.Base+"/ollama/api/tags", r.Bearer()...)
 	}
-	gatewaytest.Send(t, "POST", g.base+"/ollama/api/chat", r.Bearer()...) // 403: not counted
-	gatewaytest.Send(t, "POST", g.base+"/n8n/api/v1/workflows/123", w.Bearer()...)
-	gatewaytest.Send(t, "POST", g.base+"/n8n/api/v1/workflows/456", w.Bearer()...)
-	gatewaytest.Send(t, "GET", g.base+"/ollama/users/42/orders", w.Bearer()...)
+	gatewaytest.Send(t, "POST", g.Base+"/ollama/api/chat", r.Bearer()...) // 403: not counted
+	gatewaytest.Send(t, "POST", g.Base+"/n8n/api/v1/workflows/123", w.Bearer()...)
+	gatewaytest.Send(t, "POST", g.Base+"/n8n/api/v1/workflows/456", w.Bearer()...)
+	gatewaytest.Send(t, "GET", g.Base+"/ollama/users/42/orders", w.Bearer()...)
 
-	code, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/keys")
+	code, body := gatewaytest.Admin(t, "GET", g.Admin, "/apikey/keys")
 	if code != 200 {
 		t.Fatalf("GET /apikey/keys: %d %s", code, body)
 	}
-	for _, k := range g.keys {
+	for _, k := range g.Keys {
 		if h := strings.TrimPrefix(k.Record.Hash, "sha256:"); h != "" && strings.Contains(body, h[:16]) {
 			t.Fatalf("/apikey/keys shows the hash of %s", k.Record.ID)
 		}
@@ -67,7 +67,7 @@ func TestKeysAndUsage(t *testing.T) {
 		Time     time.Time `json:"time"`
 	}
 	usage := func(query string) []row {
-		code, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/usage"+query)
+		code, body := gatewaytest.Admin(t, "GET", g.Admin, "/apikey/usage"+query)
 		if code != 200 {
 			t.Fatalf("usage%s: %d %s", query, code, body)
 		}
@@ -107,15 +107,15 @@ func TestKeysAndUsage(t *testing.T) {
 		"?from=2026-11-27&to=2026-11-26": "from must be before to",
 		"?keys=k_x":                      "unknown parameter",
 	} {
-		code, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/usage"+query)
+		code, body := gatewaytest.Admin(t, "GET", g.Admin, "/apikey/usage"+query)
 		if code != 400 || !strings.Contains(body, want) {
 			t.Errorf("usage%s: %d %s, want 400 naming %q", query, code, body, want)
 		}
 	}
-	if code, _ := gatewaytest.Admin(t, "POST", g.admin, "/apikey/keys"); code != 405 {
+	if code, _ := gatewaytest.Admin(t, "POST", g.Admin, "/apikey/keys"); code != 405 {
 		t.Errorf("POST /apikey/keys: %d, want 405", code)
 	}
-	if code, _ := gatewaytest.Admin(t, "GET", g.admin, "/apikey/nothing"); code != 404 {
+	if code, _ := gatewaytest.Admin(t, "GET", g.Admin, "/apikey/nothing"); code != 404 {
 		t.Errorf("GET /apikey/nothing: %d, want 404", code)
 	}
 }
