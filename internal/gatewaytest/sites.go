@@ -1,0 +1,32 @@
+package gatewaytest
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+)
+
+// StartKeyFile runs Caddy, without an admin endpoint, in front of a key
+// file (service ollama, no failed-auth limit, counters in memory) until
+// the test ends. The route answers "admitted <key id>"; the URL returned is
+// its /api/tags.
+func StartKeyFile(t testing.TB, keyFile string) string {
+	t.Helper()
+	port := Port(t)
+	Start(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys file %s
+		service ollama
+		failed_auth_limit off
+		counters memory {
+			file %s
+		}
+	}
+	respond "admitted {http.apikey.id}"
+}`, port, keyFile, filepath.Join(t.TempDir(), "counters.json")))
+	return fmt.Sprintf("http://127.0.0.1:%d/api/tags", port)
+}
