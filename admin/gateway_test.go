@@ -94,4 +94,3 @@ func leaks(text string, k gatewaytest.Key) bool {
 	hash := strings.TrimPrefix(k.Record.Hash, "sha256:")
 	return strings.Contains(lower, strings.ToLower(k.Secret[len(k.Secret)-16:])) || strings.Contains(lower, hash[:16])
 }
-
