@@ -30,3 +30,31 @@ http://127.0.0.1:%d {
 }`, port, keyFile, filepath.Join(t.TempDir(), "counters.json")))
 	return fmt.Sprintf("http://127.0.0.1:%d/api/tags", port)
 }
+
+// TokensRedisSite is a gateway without an admin endpoint whose /openai/*
+// route counts tokens (tokens openai) in Redis at redisAddr, with
+// redisOptions (e.g. "timeout 2s") in its counters block, in front of an
+// upstream (host:port) that may stream.
+func TokensRedisSite(port int, keyFile, redisAddr, redisOptions, upstream string) string {
+	return fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	handle_path /openai/* {
+		apikey {
+			keys file %s
+			service openai
+			tokens openai
+			failed_auth_limit off
+			counters redis {
+				address %s
+				%s
+			}
+		}
+		reverse_proxy %s {
+			flush_interval -1
+		}
+	}
+}`, port, keyFile, redisAddr, redisOptions, upstream)
+}
