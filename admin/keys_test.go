@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
+	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -185,5 +186,56 @@ http://127.0.0.1:%d {
 				t.Errorf("k_typed: quota %+v, by type %v", k.Quota, k.QuotaByType)
 			}
 		}
+	}
+}
+
+// TestRedisClusterDescribedByItsAddresses: a key source on a three-node
+// Redis Cluster names its nodes separated by commas wherever it describes
+// itself: the CLI's message after making a key, and each key's "source" in
+// the admin API's listing.
+func TestRedisClusterDescribedByItsAddresses(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	adminPort := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+}
+http://127.0.0.1:%d {
+	apikey {
+		keys redis {
+			address %s
+			timeout 2s
+		}
+	}
+	respond ok
+}`, adminPort, gatewaytest.Port(t), strings.Join(cluster.Addrs(), " ")))
+	want := "redis " + strings.Join(cluster.Addrs(), ",") + " apikey:"
+	_, errOut, code := gatewaytest.CLI(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader", "--id", "k_described")
+	if code != 0 {
+		t.Fatalf("new on a cluster: exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(errOut, "to "+want+".") {
+		t.Errorf("the CLI describes the cluster as %q, want %q", errOut, want)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := gatewaytest.Admin(t, "GET", fmt.Sprintf("http://127.0.0.1:%d", adminPort), "/apikey/keys")
+		var listing struct {
+			Keys []struct {
+				ID     string `json:"id"`
+				Source string `json:"source"`
+			} `json:"keys"`
+		}
+		json.Unmarshal([]byte(body), &listing)
+		if code == 200 && len(listing.Keys) == 1 {
+			if got := listing.Keys[0].Source; got != want {
+				t.Errorf("the admin listing's source is %q, want %q", got, want)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the admin listing never showed the key: %d %s", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
