@@ -24,28 +24,8 @@ import (
 // redisKeysSite is one gateway instance with keys and counters on Redis,
 // its admin API on adminPort.
 func redisKeysSite(port, adminPort int, redisAddr, upstream string) string {
-	return fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys redis {
-			address %s
-			timeout 2s
-		}
-		cache {
-			ttl 1m
-			stale 1h
-		}
-		failed_auth_limit off
-		counters redis {
-			address %s
-			timeout 2s
-		}
-	}
-	reverse_proxy %s
-}`, adminPort, port, redisAddr, redisAddr, upstream)
+	return gatewaytest.RedisSite{Port: port, AdminPort: adminPort, Keys: redisAddr, Counters: redisAddr, CountersOptions: "timeout 2s",
+		Apikey: "cache {\nttl 1m\nstale 1h\n}\nfailed_auth_limit off", Handler: "reverse_proxy " + upstream}.Caddyfile()
 }
 
 // apikeyCLI runs the built caddy's apikey command and returns stdout; the
@@ -225,20 +205,8 @@ func TestQuotaEventsOncePerCluster(t *testing.T) {
 	srv := redistest.Start(t)
 	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_cluster_events", Type: "dev", Role: "reader", QuotaPerDay: int64p(10)})
 	port := gatewaytest.Port(t)
-	doc := adaptJSON(t, fmt.Sprintf(`{
-	admin off
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-		counters redis {
-			address %s
-			timeout 2s
-		}
-	}
-	respond ok
-}`, port, gatewaytest.WriteKeyFile(t, key.Record), srv.Addr()))
+	doc := adaptJSON(t, gatewaytest.RedisSite{Port: port, KeyFile: gatewaytest.WriteKeyFile(t, key.Record),
+		Counters: srv.Addr(), CountersOptions: "timeout 2s"}.Caddyfile())
 	doc["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
 		"events":   []string{eventQuotaWarning, eventQuotaExceeded},
 		"handlers": []any{map[string]any{"handler": "apikey_test_recorder"}},
@@ -282,24 +250,8 @@ func TestGatewayOnARedisCluster(t *testing.T) {
 	addrs := strings.Join(cluster.Addrs(), " ")
 	up := gatewaytest.NewUpstream(t)
 	port, admin := gatewaytest.Port(t), gatewaytest.Port(t)
-	gatewaytest.StartProcess(t, fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys redis {
-			address %s
-			timeout 2s
-		}
-		failed_auth_limit off
-		counters redis {
-			address %s
-			timeout 2s
-		}
-	}
-	reverse_proxy %s
-}`, admin, port, addrs, addrs, up.Addr()))
+	gatewaytest.StartProcess(t, gatewaytest.RedisSite{Port: port, AdminPort: admin, Keys: addrs, Counters: addrs, CountersOptions: "timeout 2s",
+		Apikey: "failed_auth_limit off", Handler: "reverse_proxy " + up.Addr()}.Caddyfile())
 	out, errOut, code := gatewaytest.CLI(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader",
 		"--quota-per-day", "20", "--id", "k_on_cluster")
 	if code != 0 {
@@ -379,21 +331,8 @@ func TestClusterUsageSurvivesRestarts(t *testing.T) {
 	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	usageFile := filepath.Join(t.TempDir(), "usage.json")
 	port, admin := gatewaytest.Port(t), gatewaytest.Port(t)
-	cfg := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-		usage_file %s
-		counters redis {
-			address %s
-			timeout 2s
-		}
-	}
-	respond ok
-}`, admin, port, keyFile, usageFile, srv.Addr())
+	cfg := gatewaytest.RedisSite{Port: port, AdminPort: admin, KeyFile: keyFile, Apikey: "usage_file " + usageFile,
+		Counters: srv.Addr(), CountersOptions: "timeout 2s"}.Caddyfile()
 	total := func() int64 { return usageTotal(t, fmt.Sprintf("http://127.0.0.1:%d", admin), "k_restarts") }
 	for round := 1; round <= 3; round++ {
 		cmd := gatewaytest.StartProcess(t, cfg)
@@ -413,23 +352,8 @@ http://127.0.0.1:%d {
 func TestRedisGivenOnce(t *testing.T) {
 	srv := redistest.Start(t)
 	port := gatewaytest.Port(t)
-	gatewaytest.StartProcess(t, fmt.Sprintf(`{
-	admin off
-	persist_config off
-	apikey {
-		redis {
-			address %s
-		}
-	}
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys redis
-		counters redis
-		failed_auth_limit off
-	}
-	respond ok
-}`, srv.Addr(), port))
+	gatewaytest.StartProcess(t, gatewaytest.RedisSite{Port: port, Global: "address " + srv.Addr(), Keys: "global", Counters: "global",
+		Apikey: "failed_auth_limit off"}.Caddyfile())
 	quotaOfTwo(t, fmt.Sprintf("http://127.0.0.1:%d/", port), "keys and counters from the global redis",
 		"--redis", srv.Addr(), "--id", "k_once")
 	// A route that names neither an address nor a global option fails the
@@ -454,25 +378,8 @@ func TestRedisThroughSentinel(t *testing.T) {
 	master := redistest.Start(t)
 	sentinel := redistest.StartSentinel(t, master, "gwmaster")
 	port := gatewaytest.Port(t)
-	gatewaytest.StartProcess(t, fmt.Sprintf(`{
-	admin off
-	persist_config off
-	apikey {
-		redis {
-			address %s
-			master_name gwmaster
-			timeout 2s
-		}
-	}
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys redis
-		counters redis
-		failed_auth_limit off
-	}
-	respond ok
-}`, sentinel.Addr(), port))
+	gatewaytest.StartProcess(t, gatewaytest.RedisSite{Port: port, Global: "address " + sentinel.Addr() + "\nmaster_name gwmaster\ntimeout 2s",
+		Keys: "global", Counters: "global", Apikey: "failed_auth_limit off"}.Caddyfile())
 	quotaOfTwo(t, fmt.Sprintf("http://127.0.0.1:%d/", port), "through a sentinel",
 		"--redis", sentinel.Addr(), "--redis-master-name", "gwmaster", "--id", "k_sentinel")
 }

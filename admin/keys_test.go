@@ -196,19 +196,7 @@ http://127.0.0.1:%d {
 func TestRedisClusterDescribedByItsAddresses(t *testing.T) {
 	cluster := redistest.StartCluster(t, 3)
 	adminPort := gatewaytest.Port(t)
-	gatewaytest.Start(t, fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys redis {
-			address %s
-			timeout 2s
-		}
-	}
-	respond ok
-}`, adminPort, gatewaytest.Port(t), strings.Join(cluster.Addrs(), " ")))
+	gatewaytest.Start(t, gatewaytest.RedisSite{Port: gatewaytest.Port(t), AdminPort: adminPort, Keys: strings.Join(cluster.Addrs(), " ")}.Caddyfile())
 	want := "redis " + strings.Join(cluster.Addrs(), ",") + " apikey:"
 	_, errOut, code := gatewaytest.CLI(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader", "--id", "k_described")
 	if code != 0 {
