@@ -91,7 +91,7 @@ func (p *slowProxy) addr() string { return p.l.Addr().String() }
 // leaseClusterSite is one gateway instance with keys on Redis (read
 // directly) and counters on Redis through countersAddr, quota dev 300/day.
 func leaseClusterSite(port int, keysAddr, countersAddr string, timeout time.Duration, upstream string) string {
-	return gatewaytest.RedisSite{Port: port, Keys: keysAddr, Counters: countersAddr, CountersOptions: fmt.Sprintf("timeout %v\non_failure local", timeout),
+	return gatewaytest.Site{Port: port, KeysRedis: keysAddr, CountersRedis: countersAddr, CountersOptions: fmt.Sprintf("timeout %v\non_failure local", timeout),
 		Apikey: "quota dev 300/day\nfailed_auth_limit off", Handler: "reverse_proxy " + upstream}.Caddyfile()
 }
 

@@ -22,7 +22,7 @@ import (
 )
 
 func redisSite(port int, keyFile, redisAddr, upstream, redisExtra string) string {
-	return gatewaytest.RedisSite{Port: port, KeyFile: keyFile, Counters: redisAddr, CountersOptions: redisExtra,
+	return gatewaytest.Site{Port: port, KeyFile: keyFile, CountersRedis: redisAddr, CountersOptions: redisExtra,
 		Apikey: "failed_auth_limit off", Handler: "reverse_proxy " + upstream}.Caddyfile()
 }
 

@@ -24,7 +24,7 @@ import (
 // redisKeysSite is one gateway instance with keys and counters on Redis,
 // its admin API on adminPort.
 func redisKeysSite(port, adminPort int, redisAddr, upstream string) string {
-	return gatewaytest.RedisSite{Port: port, AdminPort: adminPort, Keys: redisAddr, Counters: redisAddr, CountersOptions: "timeout 2s",
+	return gatewaytest.Site{Port: port, AdminPort: adminPort, KeysRedis: redisAddr, CountersRedis: redisAddr, CountersOptions: "timeout 2s",
 		Apikey: "cache {\nttl 1m\nstale 1h\n}\nfailed_auth_limit off", Handler: "reverse_proxy " + upstream}.Caddyfile()
 }
 
@@ -205,8 +205,8 @@ func TestQuotaEventsOncePerCluster(t *testing.T) {
 	srv := redistest.Start(t)
 	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_cluster_events", Type: "dev", Role: "reader", QuotaPerDay: int64p(10)})
 	port := gatewaytest.Port(t)
-	doc := adaptJSON(t, gatewaytest.RedisSite{Port: port, KeyFile: gatewaytest.WriteKeyFile(t, key.Record),
-		Counters: srv.Addr(), CountersOptions: "timeout 2s"}.Caddyfile())
+	doc := adaptJSON(t, gatewaytest.Site{Port: port, KeyFile: gatewaytest.WriteKeyFile(t, key.Record),
+		CountersRedis: srv.Addr(), CountersOptions: "timeout 2s"}.Caddyfile())
 	doc["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
 		"events":   []string{eventQuotaWarning, eventQuotaExceeded},
 		"handlers": []any{map[string]any{"handler": "apikey_test_recorder"}},
@@ -250,7 +250,7 @@ func TestGatewayOnARedisCluster(t *testing.T) {
 	addrs := strings.Join(cluster.Addrs(), " ")
 	up := gatewaytest.NewUpstream(t)
 	port, admin := gatewaytest.Port(t), gatewaytest.Port(t)
-	gatewaytest.StartProcess(t, gatewaytest.RedisSite{Port: port, AdminPort: admin, Keys: addrs, Counters: addrs, CountersOptions: "timeout 2s",
+	gatewaytest.StartProcess(t, gatewaytest.Site{Port: port, AdminPort: admin, KeysRedis: addrs, CountersRedis: addrs, CountersOptions: "timeout 2s",
 		Apikey: "failed_auth_limit off", Handler: "reverse_proxy " + up.Addr()}.Caddyfile())
 	out, errOut, code := gatewaytest.CLI(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader",
 		"--quota-per-day", "20", "--id", "k_on_cluster")
@@ -331,8 +331,8 @@ func TestClusterUsageSurvivesRestarts(t *testing.T) {
 	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	usageFile := filepath.Join(t.TempDir(), "usage.json")
 	port, admin := gatewaytest.Port(t), gatewaytest.Port(t)
-	cfg := gatewaytest.RedisSite{Port: port, AdminPort: admin, KeyFile: keyFile, Apikey: "usage_file " + usageFile,
-		Counters: srv.Addr(), CountersOptions: "timeout 2s"}.Caddyfile()
+	cfg := gatewaytest.Site{Port: port, AdminPort: admin, KeyFile: keyFile, Apikey: "usage_file " + usageFile,
+		CountersRedis: srv.Addr(), CountersOptions: "timeout 2s"}.Caddyfile()
 	total := func() int64 { return usageTotal(t, fmt.Sprintf("http://127.0.0.1:%d", admin), "k_restarts") }
 	for round := 1; round <= 3; round++ {
 		cmd := gatewaytest.StartProcess(t, cfg)
@@ -352,7 +352,7 @@ func TestClusterUsageSurvivesRestarts(t *testing.T) {
 func TestRedisGivenOnce(t *testing.T) {
 	srv := redistest.Start(t)
 	port := gatewaytest.Port(t)
-	gatewaytest.StartProcess(t, gatewaytest.RedisSite{Port: port, Global: "address " + srv.Addr(), Keys: "global", Counters: "global",
+	gatewaytest.StartProcess(t, gatewaytest.Site{Port: port, Global: "address " + srv.Addr(), KeysRedis: "global", CountersRedis: "global",
 		Apikey: "failed_auth_limit off"}.Caddyfile())
 	quotaOfTwo(t, fmt.Sprintf("http://127.0.0.1:%d/", port), "keys and counters from the global redis",
 		"--redis", srv.Addr(), "--id", "k_once")
@@ -378,8 +378,8 @@ func TestRedisThroughSentinel(t *testing.T) {
 	master := redistest.Start(t)
 	sentinel := redistest.StartSentinel(t, master, "gwmaster")
 	port := gatewaytest.Port(t)
-	gatewaytest.StartProcess(t, gatewaytest.RedisSite{Port: port, Global: "address " + sentinel.Addr() + "\nmaster_name gwmaster\ntimeout 2s",
-		Keys: "global", Counters: "global", Apikey: "failed_auth_limit off"}.Caddyfile())
+	gatewaytest.StartProcess(t, gatewaytest.Site{Port: port, Global: "address " + sentinel.Addr() + "\nmaster_name gwmaster\ntimeout 2s",
+		KeysRedis: "global", CountersRedis: "global", Apikey: "failed_auth_limit off"}.Caddyfile())
 	quotaOfTwo(t, fmt.Sprintf("http://127.0.0.1:%d/", port), "through a sentinel",
 		"--redis", sentinel.Addr(), "--redis-master-name", "gwmaster", "--id", "k_sentinel")
 }

@@ -25,20 +25,8 @@ func TestResolvesTheExactID(t *testing.T) {
 	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_zw", Type: "dev", Role: "reader", Services: []string{"*"}})
 	keyFile := gatewaytest.WriteKeyFile(t, k.Record)
 	adminPort, port := gatewaytest.Port(t), gatewaytest.Port(t)
-	gatewaytest.Start(t, fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-		failed_auth_limit off
-		counters memory {
-			file %s
-		}
-	}
-	respond "admitted {http.apikey.id}"
-}`, adminPort, port, keyFile, filepath.Join(t.TempDir(), "counters.json")))
+	gatewaytest.Start(t, gatewaytest.Site{Port: port, AdminPort: adminPort, KeyFile: keyFile, Apikey: "failed_auth_limit off",
+		CountersFile: filepath.Join(t.TempDir(), "counters.json"), Handler: `respond "admitted {http.apikey.id}"`}.Caddyfile())
 	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 

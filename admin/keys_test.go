@@ -129,22 +129,8 @@ func TestKeysUntypedRecord(t *testing.T) {
 	typed := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_typed", Type: "dev", Role: "reader"})
 	keyFile := gatewaytest.WriteKeyFile(t, untyped.Record, typed.Record)
 	port, adminPort := gatewaytest.Port(t), gatewaytest.Port(t)
-	gatewaytest.Start(t, fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-		quota dev 5/day
-		quota prod 50/day
-		failed_auth_limit off
-		counters memory {
-			file %s
-		}
-	}
-	respond "ok"
-}`, adminPort, port, keyFile, filepath.Join(t.TempDir(), "counters.json")))
+	gatewaytest.Start(t, gatewaytest.Site{Port: port, AdminPort: adminPort, KeyFile: keyFile, Apikey: "quota dev 5/day\nquota prod 50/day\nfailed_auth_limit off",
+		CountersFile: filepath.Join(t.TempDir(), "counters.json"), Handler: `respond "ok"`}.Caddyfile())
 	base := fmt.Sprintf("http://127.0.0.1:%d/x", port)
 	var enforced string
 	for range 2 {
@@ -196,7 +182,7 @@ http://127.0.0.1:%d {
 func TestRedisClusterDescribedByItsAddresses(t *testing.T) {
 	cluster := redistest.StartCluster(t, 3)
 	adminPort := gatewaytest.Port(t)
-	gatewaytest.Start(t, gatewaytest.RedisSite{Port: gatewaytest.Port(t), AdminPort: adminPort, Keys: strings.Join(cluster.Addrs(), " ")}.Caddyfile())
+	gatewaytest.Start(t, gatewaytest.Site{Port: gatewaytest.Port(t), AdminPort: adminPort, KeysRedis: strings.Join(cluster.Addrs(), " ")}.Caddyfile())
 	want := "redis " + strings.Join(cluster.Addrs(), ",") + " apikey:"
 	_, errOut, code := gatewaytest.CLI(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader", "--id", "k_described")
 	if code != 0 {

@@ -13,21 +13,8 @@ import (
 func StartKeyFile(t testing.TB, keyFile string) string {
 	t.Helper()
 	port := Port(t)
-	Start(t, fmt.Sprintf(`{
-	admin off
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-		service ollama
-		failed_auth_limit off
-		counters memory {
-			file %s
-		}
-	}
-	respond "admitted {http.apikey.id}"
-}`, port, keyFile, filepath.Join(t.TempDir(), "counters.json")))
+	Start(t, Site{Port: port, KeyFile: keyFile, Apikey: "service ollama\nfailed_auth_limit off",
+		CountersFile: filepath.Join(t.TempDir(), "counters.json"), Handler: `respond "admitted {http.apikey.id}"`}.Caddyfile())
 	return fmt.Sprintf("http://127.0.0.1:%d/api/tags", port)
 }
 

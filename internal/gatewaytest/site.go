@@ -5,22 +5,25 @@ import (
 	"strings"
 )
 
-// RedisSite is a gateway on 127.0.0.1:Port whose one apikey route keeps
-// its keys, its counters or both on Redis.
-type RedisSite struct {
+// Site is a gateway on 127.0.0.1:Port with one apikey route, its keys in a
+// file or on Redis, its counters in memory (in a file of their own with
+// CountersFile) or on Redis.
+type Site struct {
 	// Port is the site's; AdminPort the admin endpoint's, 0 for admin off.
 	Port, AdminPort int
 	// Global, when set, is the body of the global option
 	// apikey { redis { … } } (e.g. "address 127.0.0.1:6379").
 	Global string
-	// KeyFile, when set, is the route's key file; else Keys, the
+	// KeyFile, when set, is the route's key file; else KeysRedis, the
 	// address(es) of keys redis (timeout 2s), or "global" for a plain
 	// `keys redis` that uses the global option.
-	KeyFile, Keys string
-	// Counters is the address(es) of counters redis, with CountersOptions
-	// in its block (e.g. "timeout 2s"), or "global" for a plain
-	// `counters redis`; empty for counters in memory.
-	Counters, CountersOptions string
+	KeyFile, KeysRedis string
+	// CountersFile, when set, is the file of counters in memory.
+	CountersFile string
+	// CountersRedis is the address(es) of counters redis, with
+	// CountersOptions in its block (e.g. "timeout 2s"), or "global" for a
+	// plain `counters redis`.
+	CountersRedis, CountersOptions string
 	// Apikey holds more lines of the apikey block (e.g. "failed_auth_limit
 	// off").
 	Apikey string
@@ -29,7 +32,7 @@ type RedisSite struct {
 }
 
 // Caddyfile is the site's Caddyfile.
-func (s RedisSite) Caddyfile() string {
+func (s Site) Caddyfile() string {
 	var b strings.Builder
 	b.WriteString("{\n")
 	if s.AdminPort == 0 {
@@ -45,20 +48,22 @@ func (s RedisSite) Caddyfile() string {
 	switch {
 	case s.KeyFile != "":
 		fmt.Fprintf(&b, "\t\tkeys file %s\n", s.KeyFile)
-	case s.Keys == "global":
+	case s.KeysRedis == "global":
 		b.WriteString("\t\tkeys redis\n")
 	default:
-		fmt.Fprintf(&b, "\t\tkeys redis {\n\t\t\taddress %s\n\t\t\ttimeout 2s\n\t\t}\n", s.Keys)
+		fmt.Fprintf(&b, "\t\tkeys redis {\n\t\t\taddress %s\n\t\t\ttimeout 2s\n\t\t}\n", s.KeysRedis)
 	}
 	if s.Apikey != "" {
 		b.WriteString(indent(s.Apikey, "\t\t") + "\n")
 	}
-	switch s.Counters {
-	case "":
-	case "global":
+	switch {
+	case s.CountersFile != "":
+		fmt.Fprintf(&b, "\t\tcounters memory {\n\t\t\tfile %s\n\t\t}\n", s.CountersFile)
+	case s.CountersRedis == "":
+	case s.CountersRedis == "global":
 		b.WriteString("\t\tcounters redis\n")
 	default:
-		fmt.Fprintf(&b, "\t\tcounters redis {\n\t\t\taddress %s\n%s\n\t\t}\n", s.Counters, indent(s.CountersOptions, "\t\t\t"))
+		fmt.Fprintf(&b, "\t\tcounters redis {\n\t\t\taddress %s\n%s\n\t\t}\n", s.CountersRedis, indent(s.CountersOptions, "\t\t\t"))
 	}
 	handler := s.Handler
 	if handler == "" {
