@@ -1,7 +1,6 @@
 package apikey
 
 import (
-	"fmt"
 	"strings"
 	"testing"
 
@@ -18,17 +17,7 @@ func TestKeyFileIDsThatDoNotShowAreRefused(t *testing.T) {
 	twin := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_zw\u200b", Type: "dev", Role: "reader", Services: []string{"*"}})
 	bad := gatewaytest.WriteKeyFile(t, k.Record, twin.Record)
 
-	err := gatewaytest.Load(fmt.Sprintf(`{
-	admin off
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-		counters memory
-	}
-	respond "admitted"
-}`, gatewaytest.Port(t), bad))
+	err := gatewaytest.Load(gatewaytest.Site{Port: gatewaytest.Port(t), KeyFile: bad, Apikey: "counters memory", Handler: `respond "admitted"`}.Caddyfile())
 	if err == nil {
 		_ = gatewaytest.Stop()
 		t.Fatal("Caddy loaded a key file with the id k_zw and a zero-width space")
