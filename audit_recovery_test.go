@@ -32,26 +32,26 @@ func auditLines(t *testing.T, path string) []string {
 // interval rather than once per try.
 func TestAuditSurvivesATornLineAndWriteFailures(t *testing.T) {
 	const torn = `{"actor":"admin_api","event":"key.rev`
-	g := startOpsGatewayWithLog(t, func(g *opsGateway) {
-		if err := audit.Append(g.auditLog, audit.Entry{"event": "key.created", "key_id": "k_a"}, audit.Entry{"event": "key.created", "key_id": "k_b"}); err != nil {
+	g := gatewaytest.StartOps(t, gatewaytest.OpsOptions{Log: true, Before: func(g *gatewaytest.Ops) {
+		if err := audit.Append(g.AuditLog, audit.Entry{"event": "key.created", "key_id": "k_a"}, audit.Entry{"event": "key.created", "key_id": "k_b"}); err != nil {
 			t.Fatal(err)
 		}
-		f, err := os.OpenFile(g.auditLog, os.O_WRONLY|os.O_APPEND, 0)
+		f, err := os.OpenFile(g.AuditLog, os.O_WRONLY|os.O_APPEND, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		f.WriteString(torn)
 		f.Close()
-	})
+	}})
 	refuse := func() {
 		t.Helper()
-		if r := gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", g.keys["revoked"].Bearer()...); r.Status != 401 {
+		if r := gatewaytest.Send(t, "GET", g.Base+"/ollama/api/tags", g.Keys["revoked"].Bearer()...); r.Status != 401 {
 			t.Fatalf("revoked key: %d", r.Status)
 		}
 	}
 	refuse()
-	gatewaytest.WaitForLog(t, g.auditLog, `"decision":"revoked_key"`)
-	lines := auditLines(t, g.auditLog)
+	gatewaytest.WaitForLog(t, g.AuditLog, `"decision":"revoked_key"`)
+	lines := auditLines(t, g.AuditLog)
 	if len(lines) != 5 || lines[2] != torn {
 		t.Fatalf("line 3 of %d is %q, want the torn line kept", len(lines), lines[2])
 	}
@@ -59,12 +59,12 @@ func TestAuditSurvivesATornLineAndWriteFailures(t *testing.T) {
 		!strings.Contains(lines[4], `"event":"request.denied"`) {
 		t.Fatalf("after the torn line:\n%s\n%s", lines[3], lines[4])
 	}
-	out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", g.auditLog)
+	out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", g.AuditLog)
 	if code != 0 || !strings.Contains(out, "5 lines, chain intact") || !strings.Contains(out, "torn line(s)") || !strings.Contains(out, "[3]") {
 		t.Fatalf("audit verify of the recovered log: exit %d\n%s%s", code, out, errOut)
 	}
 	tampered := filepath.Join(t.TempDir(), "tampered.log")
-	data, _ := os.ReadFile(g.auditLog)
+	data, _ := os.ReadFile(g.AuditLog)
 	os.WriteFile(tampered, []byte(strings.Replace(string(data), torn, strings.Replace(torn, "admin_api", "key_file", 1), 1)), 0o600)
 	if _, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", tampered); code != 1 || !strings.Contains(errOut, "line 3") {
 		t.Errorf("an edited torn line: exit %d, %s", code, errOut)
@@ -72,11 +72,11 @@ func TestAuditSurvivesATornLineAndWriteFailures(t *testing.T) {
 
 	// The log's place is taken by a folder: appends fail for a while.
 	errors0 := audit.WriteErrors()
-	away := g.auditLog + ".away"
-	if err := os.Rename(g.auditLog, away); err != nil {
+	away := g.AuditLog + ".away"
+	if err := os.Rename(g.AuditLog, away); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Mkdir(g.auditLog, 0o700); err != nil {
+	if err := os.Mkdir(g.AuditLog, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {
@@ -89,21 +89,21 @@ func TestAuditSurvivesATornLineAndWriteFailures(t *testing.T) {
 	// Put the log back under the writers' lock, as the commands change it:
 	// between the folder's removal and the rename, a retry would otherwise
 	// start a new log there, which the rename would then replace.
-	unlock, err := flock.Lock(g.auditLog)
+	unlock, err := flock.Lock(g.AuditLog)
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(g.auditLog)
-	if err := os.Rename(away, g.auditLog); err != nil {
+	os.Remove(g.AuditLog)
+	if err := os.Rename(away, g.AuditLog); err != nil {
 		t.Fatal(err)
 	}
 	unlock()
-	gatewaytest.WaitForLogCount(t, g.auditLog, `"decision":"revoked_key"`, 4)
-	logs := gatewaytest.WaitForLog(t, g.caddyLog, "writing the audit log works again")
+	gatewaytest.WaitForLogCount(t, g.AuditLog, `"decision":"revoked_key"`, 4)
+	logs := gatewaytest.WaitForLog(t, g.CaddyLog, "writing the audit log works again")
 	if n := strings.Count(logs, "writing the audit log failed; retrying"); n != 1 {
 		t.Errorf("the failure was logged %d times in 3 s, want once", n)
 	}
-	if out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", g.auditLog); code != 0 || !strings.Contains(out, "8 lines, chain intact") {
+	if out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", g.AuditLog); code != 0 || !strings.Contains(out, "8 lines, chain intact") {
 		t.Errorf("audit verify after the failures: exit %d\n%s%s", code, out, errOut)
 	}
 }

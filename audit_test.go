@@ -95,20 +95,20 @@ func TestAuditLogRollsBySize(t *testing.T) {
 // TestKeyFileChangesAreAudited: a change made to the key file by any means
 // (here the CLI, without --audit-log) is recorded by the running Caddy.
 func TestKeyFileChangesAreAudited(t *testing.T) {
-	g := startOpsGateway(t)
-	gatewaytest.NewKeyByCLI(t, "--keys", g.keyFile, "--type", "dev", "--role", "reader", "--id", "k_made_outside")
-	logs := gatewaytest.WaitForLog(t, g.auditLog, `"key_id":"k_made_outside"`)
+	g := gatewaytest.StartOps(t, gatewaytest.OpsOptions{})
+	gatewaytest.NewKeyByCLI(t, "--keys", g.KeyFile, "--type", "dev", "--role", "reader", "--id", "k_made_outside")
+	logs := gatewaytest.WaitForLog(t, g.AuditLog, `"key_id":"k_made_outside"`)
 	if !strings.Contains(logs, `"actor":"key_file","event":"key.created"`) {
 		t.Errorf("the new key is not audited as created through the key file:\n%s", logs)
 	}
-	if _, errOut, code := gatewaytest.CLI(t, "", "revoke", "--keys", g.keyFile, "--id", "k_ops_writer"); code != 0 {
+	if _, errOut, code := gatewaytest.CLI(t, "", "revoke", "--keys", g.KeyFile, "--id", "k_ops_writer"); code != 0 {
 		t.Fatal(errOut)
 	}
-	logs = gatewaytest.WaitForLog(t, g.auditLog, `"event":"key.revoked","file"`)
+	logs = gatewaytest.WaitForLog(t, g.AuditLog, `"event":"key.revoked","file"`)
 	if strings.Count(logs, `"event":"key.created"`) != 1 {
 		t.Errorf("the creation was audited more than once (two routes share the file and the log):\n%s", logs)
 	}
-	if out, _, code := gatewaytest.CLI(t, "", "audit", "verify", g.auditLog); code != 0 {
+	if out, _, code := gatewaytest.CLI(t, "", "audit", "verify", g.AuditLog); code != 0 {
 		t.Errorf("audit verify: %s", out)
 	}
 }

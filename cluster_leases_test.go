@@ -91,26 +91,8 @@ func (p *slowProxy) addr() string { return p.l.Addr().String() }
 // leaseClusterSite is one gateway instance with keys on Redis (read
 // directly) and counters on Redis through countersAddr, quota dev 300/day.
 func leaseClusterSite(port int, keysAddr, countersAddr string, timeout time.Duration, upstream string) string {
-	return fmt.Sprintf(`{
-	admin off
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys redis {
-			address %s
-			timeout 2s
-		}
-		quota dev 300/day
-		failed_auth_limit off
-		counters redis {
-			address %s
-			timeout %v
-			on_failure local
-		}
-	}
-	reverse_proxy %s
-}`, port, keysAddr, countersAddr, timeout, upstream)
+	return gatewaytest.Site{Port: port, KeysRedis: keysAddr, CountersRedis: countersAddr, CountersOptions: fmt.Sprintf("timeout %v\non_failure local", timeout),
+		Apikey: "quota dev 300/day\nfailed_auth_limit off", Handler: "reverse_proxy " + upstream}.Caddyfile()
 }
 
 // TestClusterNeverOverAdmits: two gateways, one in this process and one the

@@ -1,7 +1,6 @@
 package apikey
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,16 +20,7 @@ func TestKeyFileOverTheCapFailsTheLoad(t *testing.T) {
 	if err := os.Truncate(big, capped.KeyFile+1); err != nil { // sparse: it takes no room on disk
 		t.Fatal(err)
 	}
-	err := gatewaytest.Load(fmt.Sprintf(`{
-	admin off
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-	}
-	respond ok
-}`, gatewaytest.Port(t), big))
+	err := gatewaytest.Load(gatewaytest.Site{Port: gatewaytest.Port(t), KeyFile: big}.Caddyfile())
 	if err == nil {
 		gatewaytest.Stop()
 		t.Fatal("a key file over the cap loaded")

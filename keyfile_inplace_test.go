@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -32,7 +31,7 @@ func TestKeyFileEditInPlaceKeepingSizeAndTime(t *testing.T) {
 	if err := os.Chtimes(path, old, old); err != nil {
 		t.Fatal(err)
 	}
-	url := startFileGateway(t, path)
+	url := gatewaytest.StartKeyFile(t, path)
 	if res := gatewaytest.Send(t, http.MethodGet, url, "Authorization", "Bearer "+key.Secret); res.Status != http.StatusOK {
 		t.Fatalf("before the edit: %d, want 200", res.Status)
 	}
@@ -64,26 +63,4 @@ func TestKeyFileEditInPlaceKeepingSizeAndTime(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// startFileGateway runs Caddy in front of a key file the CLI edits.
-func startFileGateway(t *testing.T, keyFile string) string {
-	t.Helper()
-	port := gatewaytest.Port(t)
-	gatewaytest.Start(t, fmt.Sprintf(`{
-	admin off
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-		service ollama
-		failed_auth_limit off
-		counters memory {
-			file %s
-		}
-	}
-	respond "admitted {http.apikey.id}"
-}`, port, keyFile, filepath.Join(t.TempDir(), "counters.json")))
-	return fmt.Sprintf("http://127.0.0.1:%d/api/tags", port)
 }

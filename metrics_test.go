@@ -33,9 +33,9 @@ func TestShardsSpread(t *testing.T) {
 
 // TestMetricsSurviveReload scrapes /metrics after traffic and after a reload.
 func TestMetricsSurviveReload(t *testing.T) {
-	g := startOpsGateway(t)
+	g := gatewaytest.StartOps(t, gatewaytest.OpsOptions{})
 	scrape := func() string {
-		code, body := gatewaytest.Admin(t, "GET", g.admin, "/metrics")
+		code, body := gatewaytest.Admin(t, "GET", g.Admin, "/metrics")
 		if code != 200 {
 			t.Fatalf("/metrics: %d", code)
 		}
@@ -45,10 +45,10 @@ func TestMetricsSurviveReload(t *testing.T) {
 	allowed := map[string]string{"service": "ollama", "decision": "allowed", "key_type": "dev"}
 	base, _ := gatewaytest.MetricValue(t, before, "caddy_apikey_requests_total", allowed)
 	for i := 0; i < 4; i++ {
-		gatewaytest.Send(t, "GET", g.base+"/ollama/x", g.keys["reader"].Bearer()...)
+		gatewaytest.Send(t, "GET", g.Base+"/ollama/x", g.Keys["reader"].Bearer()...)
 	}
-	gatewaytest.Send(t, "GET", g.base+"/ollama/x", g.keys["revoked"].Bearer()...)
-	gatewaytest.Send(t, "GET", g.base+"/n8n/x")
+	gatewaytest.Send(t, "GET", g.Base+"/ollama/x", g.Keys["revoked"].Bearer()...)
+	gatewaytest.Send(t, "GET", g.Base+"/n8n/x")
 
 	after := scrape()
 	if v, _ := gatewaytest.MetricValue(t, after, "caddy_apikey_requests_total", allowed); v != base+4 {
@@ -66,17 +66,17 @@ func TestMetricsSurviveReload(t *testing.T) {
 	if v, ok := gatewaytest.MetricValue(t, after, "caddy_apikey_check_duration_seconds_count", nil); !ok || v < 6 {
 		t.Errorf("check duration count: %v %v", v, ok)
 	}
-	if strings.Contains(after, g.keys["reader"].Secret) {
+	if strings.Contains(after, g.Keys["reader"].Secret) {
 		t.Fatal("a key in the metrics")
 	}
 
 	// Reload a changed config through the admin API: counts go on.
-	changed := strings.Replace(g.config, `respond "ok"`, `respond "ok, reloaded"`, 1)
+	changed := strings.Replace(g.Config, `respond "ok"`, `respond "ok, reloaded"`, 1)
 	cfg, err := gatewaytest.Config(changed)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest("POST", g.admin+"/load", bytes.NewReader(cfg))
+	req, _ := http.NewRequest("POST", g.Admin+"/load", bytes.NewReader(cfg))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := gatewaytest.Client.Do(req)
 	if err != nil || resp.StatusCode != 200 {
@@ -94,7 +94,7 @@ func TestMetricsSurviveReload(t *testing.T) {
 	sent := 0
 	gatewaytest.WaitUntil(t, "the new config in force", 10*time.Second, func() bool {
 		sent++
-		r := gatewaytest.Send(t, "GET", g.base+"/ollama/x", g.keys["reader"].Bearer()...)
+		r := gatewaytest.Send(t, "GET", g.Base+"/ollama/x", g.Keys["reader"].Bearer()...)
 		if r.Body != "ok" && r.Body != "ok, reloaded" {
 			t.Fatalf("after the reload: %d %q", r.Status, r.Body)
 		}
@@ -106,7 +106,7 @@ func TestMetricsSurviveReload(t *testing.T) {
 
 	// A rejected key file version counts as a source error.
 	errBefore, _ := gatewaytest.MetricValue(t, scrape(), "caddy_apikey_source_errors_total", map[string]string{"source": "file"})
-	os.WriteFile(g.keyFile, []byte(`{"keys": [`), 0o600)
+	os.WriteFile(g.KeyFile, []byte(`{"keys": [`), 0o600)
 	eventually(t, "source error counted", func() bool {
 		v, _ := gatewaytest.MetricValue(t, scrape(), "caddy_apikey_source_errors_total", map[string]string{"source": "file"})
 		return v == errBefore+1

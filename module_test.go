@@ -465,16 +465,7 @@ func TestBadKeyFileFailsConfigLoad(t *testing.T) {
 	good := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_good", Role: "reader"})
 	bad := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_bad", Role: "reader", AllowedIPs: []string{"300.1.2.3"}})
 	path := gatewaytest.WriteKeyFile(t, good.Record, bad.Record)
-	err := gatewaytest.Load(fmt.Sprintf(`{
-	admin off
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-	}
-	respond "ok"
-}`, gatewaytest.Port(t), path))
+	err := gatewaytest.Load(gatewaytest.Site{Port: gatewaytest.Port(t), KeyFile: path, Handler: `respond "ok"`}.Caddyfile())
 	if err == nil {
 		t.Fatal("config with a bad key file loaded")
 	}

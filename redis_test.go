@@ -22,21 +22,8 @@ import (
 )
 
 func redisSite(port int, keyFile, redisAddr, upstream, redisExtra string) string {
-	return fmt.Sprintf(`{
-	admin off
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-		failed_auth_limit off
-		counters redis {
-			address %s
-			%s
-		}
-	}
-	reverse_proxy %s
-}`, port, keyFile, redisAddr, redisExtra, upstream)
+	return gatewaytest.Site{Port: port, KeyFile: keyFile, CountersRedis: redisAddr, CountersOptions: redisExtra,
+		Apikey: "failed_auth_limit off", Handler: "reverse_proxy " + upstream}.Caddyfile()
 }
 
 // TestTwoInstancesShareOneBudget runs examples/redis/Caddyfile twice, as two

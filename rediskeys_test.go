@@ -6,13 +6,10 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,42 +24,19 @@ import (
 // redisKeysSite is one gateway instance with keys and counters on Redis,
 // its admin API on adminPort.
 func redisKeysSite(port, adminPort int, redisAddr, upstream string) string {
-	return fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys redis {
-			address %s
-			timeout 2s
-		}
-		cache {
-			ttl 1m
-			stale 1h
-		}
-		failed_auth_limit off
-		counters redis {
-			address %s
-			timeout 2s
-		}
-	}
-	reverse_proxy %s
-}`, adminPort, port, redisAddr, redisAddr, upstream)
+	return gatewaytest.Site{Port: port, AdminPort: adminPort, KeysRedis: redisAddr, CountersRedis: redisAddr, CountersOptions: "timeout 2s",
+		Apikey: "cache {\nttl 1m\nstale 1h\n}\nfailed_auth_limit off", Handler: "reverse_proxy " + upstream}.Caddyfile()
 }
 
-// apikeyCLI runs the built caddy's apikey command and returns stdout; the key,
-// when it prints one, is never put in a failure message.
+// apikeyCLI runs the built caddy's apikey command and returns stdout; the
+// key, when it prints one, is never put in a failure message.
 func apikeyCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(gatewaytest.CaddyBinary(t), append([]string{"apikey"}, args...)...)
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if err != nil {
-		return "", fmt.Errorf("caddy apikey %s: %v: %s", args[0], err, stderr.String())
+	out, errOut, code := gatewaytest.CLI(t, "", args...)
+	if code != 0 {
+		return "", fmt.Errorf("caddy apikey %s: exit %d: %s", args[0], code, errOut)
 	}
-	return strings.TrimSpace(stdout.String()), nil
+	return strings.TrimSpace(out), nil
 }
 
 // TestKeysOnRedisAcrossInstances: two Caddy processes read their keys from
@@ -159,60 +133,6 @@ func TestKeysOnRedisAcrossInstances(t *testing.T) {
 	}
 }
 
-// TestKeysOnRedisSurviveARestart: with appendonly and appendfsync always,
-// a redis-server killed (as a crash would) while keys are being created
-// loses none of the keys whose creation it acknowledged.
-func TestKeysOnRedisSurviveARestart(t *testing.T) {
-	srv := redistest.StartWith(t, "--appendonly", "yes", "--appendfsync", "always", "--save", "")
-	var made sync.Map // id -> key
-	var count atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				id := "k_aof_" + strconv.Itoa(w) + "_" + strconv.Itoa(i)
-				if key, err := apikeyCLI(t, "new", "--redis", srv.Addr(), "--type", "dev", "--role", "reader", "--id", id, "--redis-timeout", "500ms"); err == nil {
-					made.Store(id, key)
-					count.Add(1)
-				}
-			}
-		}()
-	}
-	for count.Load() < 10 {
-		time.Sleep(20 * time.Millisecond)
-	}
-	srv.Kill()
-	time.Sleep(200 * time.Millisecond)
-	srv.Restart()
-	for count.Load() < 20 {
-		time.Sleep(20 * time.Millisecond)
-	}
-	close(stop)
-	wg.Wait()
-
-	out, err := apikeyCLI(t, "list", "--redis", srv.Addr(), "--json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	missing := 0
-	made.Range(func(id, _ any) bool {
-		if !strings.Contains(out, `"id": "`+id.(string)+`"`) {
-			missing++
-			t.Errorf("key %s was acknowledged and is gone after the restart", id)
-		}
-		return true
-	})
-	t.Logf("%d keys acknowledged across a kill -9 of redis-server, %d missing", count.Load(), missing)
-}
-
 // TestClusterExample runs examples/cluster/Caddyfile twice on one Redis and
 // walks through what README.md says: a key made once works on both
 // instances, counts one budget, and a revocation on one is refused by both.
@@ -285,20 +205,8 @@ func TestQuotaEventsOncePerCluster(t *testing.T) {
 	srv := redistest.Start(t)
 	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_cluster_events", Type: "dev", Role: "reader", QuotaPerDay: int64p(10)})
 	port := gatewaytest.Port(t)
-	doc := adaptJSON(t, fmt.Sprintf(`{
-	admin off
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-		counters redis {
-			address %s
-			timeout 2s
-		}
-	}
-	respond ok
-}`, port, gatewaytest.WriteKeyFile(t, key.Record), srv.Addr()))
+	doc := adaptJSON(t, gatewaytest.Site{Port: port, KeyFile: gatewaytest.WriteKeyFile(t, key.Record),
+		CountersRedis: srv.Addr(), CountersOptions: "timeout 2s"}.Caddyfile())
 	doc["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
 		"events":   []string{eventQuotaWarning, eventQuotaExceeded},
 		"handlers": []any{map[string]any{"handler": "apikey_test_recorder"}},
@@ -342,24 +250,8 @@ func TestGatewayOnARedisCluster(t *testing.T) {
 	addrs := strings.Join(cluster.Addrs(), " ")
 	up := gatewaytest.NewUpstream(t)
 	port, admin := gatewaytest.Port(t), gatewaytest.Port(t)
-	gatewaytest.StartProcess(t, fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys redis {
-			address %s
-			timeout 2s
-		}
-		failed_auth_limit off
-		counters redis {
-			address %s
-			timeout 2s
-		}
-	}
-	reverse_proxy %s
-}`, admin, port, addrs, addrs, up.Addr()))
+	gatewaytest.StartProcess(t, gatewaytest.Site{Port: port, AdminPort: admin, KeysRedis: addrs, CountersRedis: addrs, CountersOptions: "timeout 2s",
+		Apikey: "failed_auth_limit off", Handler: "reverse_proxy " + up.Addr()}.Caddyfile())
 	out, errOut, code := gatewaytest.CLI(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader",
 		"--quota-per-day", "20", "--id", "k_on_cluster")
 	if code != 0 {
@@ -439,21 +331,8 @@ func TestClusterUsageSurvivesRestarts(t *testing.T) {
 	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
 	usageFile := filepath.Join(t.TempDir(), "usage.json")
 	port, admin := gatewaytest.Port(t), gatewaytest.Port(t)
-	cfg := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-		usage_file %s
-		counters redis {
-			address %s
-			timeout 2s
-		}
-	}
-	respond ok
-}`, admin, port, keyFile, usageFile, srv.Addr())
+	cfg := gatewaytest.Site{Port: port, AdminPort: admin, KeyFile: keyFile, Apikey: "usage_file " + usageFile,
+		CountersRedis: srv.Addr(), CountersOptions: "timeout 2s"}.Caddyfile()
 	total := func() int64 { return usageTotal(t, fmt.Sprintf("http://127.0.0.1:%d", admin), "k_restarts") }
 	for round := 1; round <= 3; round++ {
 		cmd := gatewaytest.StartProcess(t, cfg)
@@ -473,23 +352,8 @@ http://127.0.0.1:%d {
 func TestRedisGivenOnce(t *testing.T) {
 	srv := redistest.Start(t)
 	port := gatewaytest.Port(t)
-	gatewaytest.StartProcess(t, fmt.Sprintf(`{
-	admin off
-	persist_config off
-	apikey {
-		redis {
-			address %s
-		}
-	}
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys redis
-		counters redis
-		failed_auth_limit off
-	}
-	respond ok
-}`, srv.Addr(), port))
+	gatewaytest.StartProcess(t, gatewaytest.Site{Port: port, Global: "address " + srv.Addr(), KeysRedis: "global", CountersRedis: "global",
+		Apikey: "failed_auth_limit off"}.Caddyfile())
 	quotaOfTwo(t, fmt.Sprintf("http://127.0.0.1:%d/", port), "keys and counters from the global redis",
 		"--redis", srv.Addr(), "--id", "k_once")
 	// A route that names neither an address nor a global option fails the
@@ -514,25 +378,8 @@ func TestRedisThroughSentinel(t *testing.T) {
 	master := redistest.Start(t)
 	sentinel := redistest.StartSentinel(t, master, "gwmaster")
 	port := gatewaytest.Port(t)
-	gatewaytest.StartProcess(t, fmt.Sprintf(`{
-	admin off
-	persist_config off
-	apikey {
-		redis {
-			address %s
-			master_name gwmaster
-			timeout 2s
-		}
-	}
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys redis
-		counters redis
-		failed_auth_limit off
-	}
-	respond ok
-}`, sentinel.Addr(), port))
+	gatewaytest.StartProcess(t, gatewaytest.Site{Port: port, Global: "address " + sentinel.Addr() + "\nmaster_name gwmaster\ntimeout 2s",
+		KeysRedis: "global", CountersRedis: "global", Apikey: "failed_auth_limit off"}.Caddyfile())
 	quotaOfTwo(t, fmt.Sprintf("http://127.0.0.1:%d/", port), "through a sentinel",
 		"--redis", sentinel.Addr(), "--redis-master-name", "gwmaster", "--id", "k_sentinel")
 }
@@ -571,56 +418,5 @@ func quotaOfTwo(t *testing.T, url, what string, storeArgs ...string) {
 	}
 	if fmt.Sprint(statuses) != "[200 200 429]" {
 		t.Errorf("%s: %v, want [200 200 429]", what, statuses)
-	}
-}
-
-// TestRedisClusterDescribedByItsAddresses: a key source on a three-node
-// Redis Cluster names its nodes separated by commas wherever it describes
-// itself: the CLI's message after making a key, and each key's "source" in
-// the admin API's listing.
-func TestRedisClusterDescribedByItsAddresses(t *testing.T) {
-	cluster := redistest.StartCluster(t, 3)
-	adminPort := gatewaytest.Port(t)
-	gatewaytest.Start(t, fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys redis {
-			address %s
-			timeout 2s
-		}
-	}
-	respond ok
-}`, adminPort, gatewaytest.Port(t), strings.Join(cluster.Addrs(), " ")))
-	want := "redis " + strings.Join(cluster.Addrs(), ",") + " apikey:"
-	_, errOut, code := gatewaytest.CLI(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader", "--id", "k_described")
-	if code != 0 {
-		t.Fatalf("new on a cluster: exit %d: %s", code, errOut)
-	}
-	if !strings.Contains(errOut, "to "+want+".") {
-		t.Errorf("the CLI describes the cluster as %q, want %q", errOut, want)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		code, body := gatewaytest.Admin(t, "GET", fmt.Sprintf("http://127.0.0.1:%d", adminPort), "/apikey/keys")
-		var listing struct {
-			Keys []struct {
-				ID     string `json:"id"`
-				Source string `json:"source"`
-			} `json:"keys"`
-		}
-		json.Unmarshal([]byte(body), &listing)
-		if code == 200 && len(listing.Keys) == 1 {
-			if got := listing.Keys[0].Source; got != want {
-				t.Errorf("the admin listing's source is %q, want %q", got, want)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the admin listing never showed the key: %d %s", code, body)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -182,109 +181,6 @@ http://127.0.0.1:%[2]d {
 
 func pollIntervalForTests() time.Duration { return 500 * time.Millisecond }
 
-// fakeKeyService is a real HTTP server speaking the key service protocol,
-// with switches for the failures the gateway must ride out.
-type fakeKeyService struct {
-	*httptest.Server
-	mu      sync.Mutex
-	records map[string]keystore.Record // by every hash a record answers to
-	mode    string                     // "", "down", "slow", "malformed", "badfield"
-	delay   time.Duration
-	calls   atomic.Int64
-	bodies  []string
-	auth    []string
-}
-
-func newFakeKeyService(t *testing.T, records ...keystore.Record) *fakeKeyService {
-	s := &fakeKeyService{records: map[string]keystore.Record{}}
-	for _, r := range records {
-		s.records[r.Hash] = r
-		for _, p := range r.PreviousHashes {
-			s.records[p.Hash] = r
-		}
-	}
-	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
-	t.Cleanup(s.Close)
-	return s
-}
-
-func (s *fakeKeyService) setMode(mode string) {
-	s.mu.Lock()
-	s.mode = mode
-	s.mu.Unlock()
-}
-
-func (s *fakeKeyService) serve(w http.ResponseWriter, r *http.Request) {
-	s.calls.Add(1)
-	body, _ := io.ReadAll(r.Body)
-	s.mu.Lock()
-	s.bodies = append(s.bodies, string(body))
-	s.auth = append(s.auth, r.Header.Get("Authorization"))
-	mode, delay := s.mode, s.delay
-	var req struct {
-		Hash string `json:"hash"`
-	}
-	json.Unmarshal(body, &req)
-	rec, known := s.records[req.Hash]
-	s.mu.Unlock()
-	if delay > 0 {
-		time.Sleep(delay)
-	}
-	switch {
-	case r.Method != "POST":
-		http.Error(w, "POST only", http.StatusMethodNotAllowed)
-	case mode == "down":
-		http.Error(w, "down", http.StatusInternalServerError)
-	case mode == "malformed":
-		io.WriteString(w, `{"id": "k_broken", "hash": `)
-	case mode == "badfield":
-		rec.Role = "superuser"
-		json.NewEncoder(w).Encode(rec)
-	case !known:
-		http.Error(w, "unknown", http.StatusNotFound)
-	default:
-		json.NewEncoder(w).Encode(rec)
-	}
-}
-
-type remoteGateway struct {
-	url, logPath, admin string
-	svc                 *fakeKeyService
-	up                  *gatewaytest.Upstream
-}
-
-func startRemoteGateway(t *testing.T, cache string, records ...keystore.Record) *remoteGateway {
-	t.Setenv("APIKEY_TEST_KEYSVC_TOKEN", "keysvc-token-0003")
-	g := &remoteGateway{svc: newFakeKeyService(t, records...), up: gatewaytest.NewUpstream(t), logPath: filepath.Join(t.TempDir(), "caddy.log")}
-	port, adminPort := gatewaytest.Port(t), gatewaytest.Port(t)
-	g.url = fmt.Sprintf("http://127.0.0.1:%d/x", port)
-	g.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
-	gatewaytest.Start(t, fmt.Sprintf(`{
-	admin 127.0.0.1:%[7]d
-	persist_config off
-	log {
-		output file %[1]s
-	}
-}
-http://127.0.0.1:%[2]d {
-	apikey {
-		keys http %[3]s/lookup {
-			header Authorization "Bearer {env.APIKEY_TEST_KEYSVC_TOKEN}"
-			timeout 300ms
-		}
-		cache {
-			%[4]s
-		}
-		failed_auth_limit off
-		counters memory {
-			file %[5]s
-		}
-	}
-	reverse_proxy %[6]s
-}`, g.logPath, port, g.svc.URL, cache, filepath.Join(t.TempDir(), "counters.json"), g.up.Addr(), adminPort))
-	return g
-}
-
 // TestHTTPSourceProtocolAndCache: hit, miss, negative caching, the request
 // the service gets, rotation, and expiry checked against the clock.
 func TestHTTPSourceProtocolAndCache(t *testing.T) {
@@ -292,14 +188,12 @@ func TestHTTPSourceProtocolAndCache(t *testing.T) {
 	old := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
 	known.Record.PreviousHashes = []keystore.PreviousHash{{Hash: old.Record.Hash, ValidUntil: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}}
 	soon := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_soon", Role: "reader", ExpiresAt: time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339)})
-	g := startRemoteGateway(t, "ttl 1h\n\t\t\tstale 2h\n\t\t\tnegative_ttl 1h", known.Record, soon.Record)
+	g := gatewaytest.StartRemote(t, "ttl 1h\n\t\t\tstale 2h\n\t\t\tnegative_ttl 1h", known.Record, soon.Record)
 
-	if r := gatewaytest.Send(t, "GET", g.url, known.Bearer()...); r.Status != 200 {
+	if r := gatewaytest.Send(t, "GET", g.URL, known.Bearer()...); r.Status != 200 {
 		t.Fatalf("known key: %d %s", r.Status, r.Body)
 	}
-	g.svc.mu.Lock()
-	body, auth := g.svc.bodies[0], g.svc.auth[0]
-	g.svc.mu.Unlock()
+	body, auth := g.Svc.Request(0)
 	if body != `{"hash":"`+known.Record.Hash+`"}` {
 		t.Errorf("the service got %s, want the hash", body)
 	}
@@ -310,42 +204,42 @@ func TestHTTPSourceProtocolAndCache(t *testing.T) {
 		t.Errorf("the service got Authorization %q", auth)
 	}
 	for i := 0; i < 5; i++ {
-		gatewaytest.Send(t, "GET", g.url, known.Bearer()...)
+		gatewaytest.Send(t, "GET", g.URL, known.Bearer()...)
 	}
-	if n := g.svc.calls.Load(); n != 1 {
+	if n := g.Svc.Calls.Load(); n != 1 {
 		t.Errorf("cache hits made %d calls, want 1", n)
 	}
 
 	unknown := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
 	for i := 0; i < 3; i++ {
-		if r := gatewaytest.Send(t, "GET", g.url, unknown.Bearer()...); r.Status != 401 || r.Err.Code != "invalid_key" {
+		if r := gatewaytest.Send(t, "GET", g.URL, unknown.Bearer()...); r.Status != 401 || r.Err.Code != "invalid_key" {
 			t.Fatalf("unknown key: %d %q", r.Status, r.Err.Code)
 		}
 	}
-	if n := g.svc.calls.Load(); n != 2 {
+	if n := g.Svc.Calls.Load(); n != 2 {
 		t.Errorf("404 not cached: %d calls, want 2", n)
 	}
 	// Malformed keys never reach the service.
-	gatewaytest.Send(t, "GET", g.url, "X-API-Key", "DEV_API_not_a_key")
-	if n := g.svc.calls.Load(); n != 2 {
+	gatewaytest.Send(t, "GET", g.URL, "X-API-Key", "DEV_API_not_a_key")
+	if n := g.Svc.Calls.Load(); n != 2 {
 		t.Errorf("a malformed key reached the service")
 	}
 
-	if r := gatewaytest.Send(t, "GET", g.url, old.Bearer()...); r.Status != 200 || r.Header.Get("Deprecation") != "true" {
+	if r := gatewaytest.Send(t, "GET", g.URL, old.Bearer()...); r.Status != 200 || r.Header.Get("Deprecation") != "true" {
 		t.Errorf("old secret via the service: %d, Deprecation %q", r.Status, r.Header.Get("Deprecation"))
 	}
 
 	// Expiry is checked per request against the clock, not when fetched.
-	if r := gatewaytest.Send(t, "GET", g.url, soon.Bearer()...); r.Status != 200 {
+	if r := gatewaytest.Send(t, "GET", g.URL, soon.Bearer()...); r.Status != 200 {
 		t.Fatalf("key before expiry: %d", r.Status)
 	}
-	calls := g.svc.calls.Load()
+	calls := g.Svc.Calls.Load()
 	time.Sleep(time.Until(time.Now().Add(1600 * time.Millisecond).Truncate(time.Second)))
 	eventually(t, "cached key expires", func() bool {
-		r := gatewaytest.Send(t, "GET", g.url, soon.Bearer()...)
+		r := gatewaytest.Send(t, "GET", g.URL, soon.Bearer()...)
 		return r.Status == 401 && r.Err.Code == "expired_key"
 	})
-	if g.svc.calls.Load() != calls {
+	if g.Svc.Calls.Load() != calls {
 		t.Error("expiry needed a call to the service")
 	}
 }
@@ -354,17 +248,15 @@ func TestHTTPSourceProtocolAndCache(t *testing.T) {
 // one call.
 func TestHTTPSourceSingleflight(t *testing.T) {
 	k := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_many", Role: "reader"})
-	g := startRemoteGateway(t, "ttl 1h\n\t\t\tstale 2h", k.Record)
-	g.svc.mu.Lock()
-	g.svc.delay = 150 * time.Millisecond
-	g.svc.mu.Unlock()
+	g := gatewaytest.StartRemote(t, "ttl 1h\n\t\t\tstale 2h", k.Record)
+	g.Svc.SetDelay(150 * time.Millisecond)
 	var wg sync.WaitGroup
 	var ok atomic.Int64
 	for i := 0; i < 100; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequest("GET", g.url, nil)
+			req, _ := http.NewRequest("GET", g.URL, nil)
 			req.Header.Set("X-API-Key", k.Secret)
 			resp, err := gatewaytest.Client.Do(req)
 			if err == nil {
@@ -376,8 +268,8 @@ func TestHTTPSourceSingleflight(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if ok.Load() != 100 || g.svc.calls.Load() != 1 {
-		t.Fatalf("%d of 100 passed with %d calls; want 100 and 1", ok.Load(), g.svc.calls.Load())
+	if ok.Load() != 100 || g.Svc.Calls.Load() != 1 {
+		t.Fatalf("%d of 100 passed with %d calls; want 100 and 1", ok.Load(), g.Svc.Calls.Load())
 	}
 }
 
@@ -385,24 +277,22 @@ func TestHTTPSourceSingleflight(t *testing.T) {
 // at once while one background refresh runs.
 func TestHTTPSourceStaleWhileRevalidate(t *testing.T) {
 	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_swr", Role: "reader"})
-	g := startRemoteGateway(t, "ttl 300ms\n\t\t\tstale 1h", k.Record)
-	gatewaytest.Send(t, "GET", g.url, k.Bearer()...)
+	g := gatewaytest.StartRemote(t, "ttl 300ms\n\t\t\tstale 1h", k.Record)
+	gatewaytest.Send(t, "GET", g.URL, k.Bearer()...)
 	time.Sleep(400 * time.Millisecond)
-	g.svc.mu.Lock()
-	g.svc.delay = 250 * time.Millisecond // a refresh in the request path would show
-	g.svc.mu.Unlock()
+	g.Svc.SetDelay(250 * time.Millisecond) // a refresh in the request path would show
 	for i := 0; i < 5; i++ {
 		start := time.Now()
-		if r := gatewaytest.Send(t, "GET", g.url, k.Bearer()...); r.Status != 200 {
+		if r := gatewaytest.Send(t, "GET", g.URL, k.Bearer()...); r.Status != 200 {
 			t.Fatalf("stale request: %d", r.Status)
 		}
 		if d := time.Since(start); d > 200*time.Millisecond {
 			t.Errorf("a stale hit waited %v for the service", d)
 		}
 	}
-	eventually(t, "one background refresh", func() bool { return g.svc.calls.Load() == 2 })
+	eventually(t, "one background refresh", func() bool { return g.Svc.Calls.Load() == 2 })
 	time.Sleep(300 * time.Millisecond)
-	if n := g.svc.calls.Load(); n != 2 {
+	if n := g.Svc.Calls.Load(); n != 2 {
 		t.Errorf("%d calls, want 2: one fetch and one refresh", n)
 	}
 }
@@ -413,36 +303,34 @@ func TestHTTPSourceStaleWhileRevalidate(t *testing.T) {
 func TestHTTPSourceFailures(t *testing.T) {
 	warm := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_warm", Role: "reader"})
 	cold := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_cold", Role: "reader"})
-	g := startRemoteGateway(t, "ttl 100ms\n\t\t\tstale 1h", warm.Record, cold.Record)
-	if r := gatewaytest.Send(t, "GET", g.url, warm.Bearer()...); r.Status != 200 {
+	g := gatewaytest.StartRemote(t, "ttl 100ms\n\t\t\tstale 1h", warm.Record, cold.Record)
+	if r := gatewaytest.Send(t, "GET", g.URL, warm.Bearer()...); r.Status != 200 {
 		t.Fatalf("warming: %d", r.Status)
 	}
 	time.Sleep(150 * time.Millisecond) // past ttl: every request now tries a refresh
 
 	for _, mode := range []string{"down", "malformed", "badfield"} {
-		g.svc.setMode(mode)
+		g.Svc.SetMode(mode)
 		for i := 0; i < 3; i++ {
-			if r := gatewaytest.Send(t, "GET", g.url, warm.Bearer()...); r.Status != 200 {
+			if r := gatewaytest.Send(t, "GET", g.URL, warm.Bearer()...); r.Status != 200 {
 				t.Errorf("%s: warm key got %d", mode, r.Status)
 			}
-			r := gatewaytest.Send(t, "GET", g.url, cold.Bearer()...)
+			r := gatewaytest.Send(t, "GET", g.URL, cold.Bearer()...)
 			if r.Status != 503 || r.Err.Code != "unavailable" || r.Header.Get("Retry-After") == "" {
 				t.Errorf("%s: cold key got %d %q (Retry-After %q), want 503 unavailable", mode, r.Status, r.Err.Code, r.Header.Get("Retry-After"))
 			}
 		}
 	}
 
-	g.svc.setMode("slow")
-	g.svc.mu.Lock()
-	g.svc.delay = 2 * time.Second
-	g.svc.mu.Unlock()
+	g.Svc.SetMode("slow")
+	g.Svc.SetDelay(2 * time.Second)
 	start := time.Now()
-	r := gatewaytest.Send(t, "GET", g.url, cold.Bearer()...)
+	r := gatewaytest.Send(t, "GET", g.URL, cold.Bearer()...)
 	if elapsed := time.Since(start); r.Status != 503 || elapsed > 800*time.Millisecond {
 		t.Errorf("slow service: %d after %v, want 503 soon after the 300ms timeout", r.Status, elapsed)
 	}
 
-	logs := gatewaytest.WaitForLog(t, g.logPath, "key service failed")
+	logs := gatewaytest.WaitForLog(t, g.Log, "key service failed")
 	if n := strings.Count(logs, "key service failed"); n != 1 {
 		t.Errorf("the failure was logged %d times, want once per interval", n)
 	}
@@ -451,11 +339,9 @@ func TestHTTPSourceFailures(t *testing.T) {
 	}
 
 	// The service recovers; the cold key is admitted.
-	g.svc.mu.Lock()
-	g.svc.delay = 0
-	g.svc.mu.Unlock()
-	g.svc.setMode("")
-	if r := gatewaytest.Send(t, "GET", g.url, cold.Bearer()...); r.Status != 200 {
+	g.Svc.SetDelay(0)
+	g.Svc.SetMode("")
+	if r := gatewaytest.Send(t, "GET", g.URL, cold.Bearer()...); r.Status != 200 {
 		t.Errorf("after recovery: %d", r.Status)
 	}
 }
@@ -470,12 +356,12 @@ func TestHTTPSourceBadAnswersAreLogged(t *testing.T) {
 	} {
 		t.Run(mode, func(t *testing.T) {
 			k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_bad_answer", Role: "reader"})
-			g := startRemoteGateway(t, "ttl 1m", k.Record)
-			g.svc.setMode(mode)
-			if r := gatewaytest.Send(t, "GET", g.url, k.Bearer()...); r.Status != 503 {
+			g := gatewaytest.StartRemote(t, "ttl 1m", k.Record)
+			g.Svc.SetMode(mode)
+			if r := gatewaytest.Send(t, "GET", g.URL, k.Bearer()...); r.Status != 503 {
 				t.Fatalf("%s answer: %d, want 503", mode, r.Status)
 			}
-			if logs := gatewaytest.WaitForLog(t, g.logPath, "key service failed"); !strings.Contains(logs, want) {
+			if logs := gatewaytest.WaitForLog(t, g.Log, "key service failed"); !strings.Contains(logs, want) {
 				t.Errorf("the log does not say what was wrong (%s):\n%s", want, logs)
 			}
 		})
@@ -489,8 +375,8 @@ func TestHTTPSourceBadAnswersAreLogged(t *testing.T) {
 // per-address cap in calls.
 func TestKeyServiceSlotsPerAddress(t *testing.T) {
 	valid := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_slots_valid", Role: "reader"})
-	svc := newFakeKeyService(t, valid.Record)
-	svc.delay = 1500 * time.Millisecond
+	svc := gatewaytest.NewKeyService(t, valid.Record)
+	svc.SetDelay(1500 * time.Millisecond)
 	up := gatewaytest.NewUpstream(t)
 	port := gatewaytest.Port(t)
 	gatewaytest.Start(t, fmt.Sprintf(`{
@@ -537,8 +423,8 @@ http://127.0.0.1:%d {
 	if codes[401] > perAddressCap || codes[401]+codes[429] != wave {
 		t.Errorf("the wave got %v, want at most %d × 401 and the rest 429", codes, perAddressCap)
 	}
-	if calls := svc.calls.Load(); calls > limit+perAddressCap+1 {
+	if calls := svc.Calls.Load(); calls > limit+perAddressCap+1 {
 		t.Errorf("the key service got %d calls, want at most %d (limit + cap) + 1 (the valid key)", calls, limit+perAddressCap)
 	}
-	t.Logf("wave: %v; key service calls: %d", codes, svc.calls.Load())
+	t.Logf("wave: %v; key service calls: %d", codes, svc.Calls.Load())
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -65,20 +66,24 @@ func requireTokenSDKs(t *testing.T) string {
 	return node
 }
 
-// tokenSDK is tokens.mjs running, waiting for steps.
-type tokenSDK struct {
+// nodeScript is a script of testdata/clients running in node, fed one
+// JSON step a line on standard input, answering each with one JSON line.
+type nodeScript struct {
 	t      *testing.T
+	name   string
 	in     io.WriteCloser
 	out    *bufio.Reader
 	stderr *bytes.Buffer
 }
 
-func startTokenSDK(t *testing.T, node string) *tokenSDK {
+// startNodeScript runs script in testdata/clients with node for at most
+// within, until the test ends.
+func startNodeScript(t *testing.T, node, script string, within time.Duration) *nodeScript {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	cmd := exec.CommandContext(ctx, node, "tokens.mjs")
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	cmd := exec.CommandContext(ctx, node, script)
 	cmd.Dir = "testdata/clients"
-	s := &tokenSDK{t: t, stderr: &bytes.Buffer{}}
+	s := &nodeScript{t: t, name: "node " + script, stderr: &bytes.Buffer{}}
 	cmd.Stderr = s.stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -100,29 +105,69 @@ func startTokenSDK(t *testing.T, node string) *tokenSDK {
 	return s
 }
 
+// step sends one step, which holds key k, and decodes the answer into
+// result; it returns the answer's line. The key is replaced by its id in
+// anything printed; what names the step in a failure.
+func (s *nodeScript) step(k gatewaytest.Key, step map[string]any, what string, result any) []byte {
+	t := s.t
+	t.Helper()
+	plan, _ := json.Marshal(step)
+	redact := strings.NewReplacer(k.Secret, "<key "+k.Record.ID+">")
+	if _, err := s.in.Write(append(plan, '\n')); err != nil {
+		t.Fatalf("%s %s: %v\nstderr: %s", s.name, what, err, redact.Replace(s.stderr.String()))
+	}
+	line, err := s.out.ReadBytes('\n')
+	if err != nil {
+		t.Fatalf("%s %s: %v\nstderr: %s", s.name, what, err, redact.Replace(s.stderr.String()))
+	}
+	if err := json.Unmarshal(line, result); err != nil {
+		t.Fatalf("%s %s: not JSON: %v: %s", s.name, what, err, redact.Replace(string(line)))
+	}
+	return line
+}
+
+// tokenSDK is tokens.mjs running, waiting for steps.
+type tokenSDK struct{ *nodeScript }
+
+func startTokenSDK(t *testing.T, node string) *tokenSDK {
+	t.Helper()
+	return &tokenSDK{startNodeScript(t, node, "tokens.mjs", 40*time.Second)}
+}
+
 // run makes one SDK call with key k; the key goes on standard input, and is
 // replaced by its id in anything printed.
 func (s *tokenSDK) run(k gatewaytest.Key, step map[string]any) tokenSDKResult {
 	t := s.t
 	t.Helper()
 	step["key"] = k.Secret
-	plan, _ := json.Marshal(step)
-	redact := strings.NewReplacer(k.Secret, "<key "+k.Record.ID+">")
-	if _, err := s.in.Write(append(plan, '\n')); err != nil {
-		t.Fatalf("node tokens.mjs: %v\nstderr: %s", err, redact.Replace(s.stderr.String()))
-	}
-	line, err := s.out.ReadBytes('\n')
-	if err != nil {
-		t.Fatalf("node tokens.mjs %v %v: %v\nstderr: %s", step["sdk"], step["op"], err, redact.Replace(s.stderr.String()))
-	}
 	var r tokenSDKResult
-	if err := json.Unmarshal(line, &r); err != nil {
-		t.Fatalf("node tokens.mjs: not JSON: %v: %s", err, redact.Replace(string(line)))
-	}
+	line := s.step(k, step, fmt.Sprint(step["sdk"], " ", step["op"]), &r)
 	if !r.OK && step["op"] != "chat_refused" {
+		redact := strings.NewReplacer(k.Secret, "<key "+k.Record.ID+">")
 		t.Fatalf("%v %v (key %s) failed: %s", step["sdk"], step["op"], k.Record.ID, redact.Replace(string(line)))
 	}
 	return r
+}
+
+// checkUsage checks the upstream's last report against the usage the
+// client saw (wantUsage: the client is to see it), and returns the tokens
+// the upstream reported since before.
+func checkUsage(t *testing.T, name string, up *llmUpstream, before int64, wantUsage bool, r tokenSDKResult) int64 {
+	t.Helper()
+	reported := up.total() - before
+	prompt, completion := up.last()
+	if reported <= 0 || prompt+completion != reported {
+		t.Fatalf("%s: the upstream reported %d (last %d+%d)", name, reported, prompt, completion)
+	}
+	switch {
+	case !wantUsage && r.Usage != nil:
+		t.Errorf("%s: the client saw usage it did not ask for", name)
+	case wantUsage && (r.Usage == nil || r.Usage.Prompt == nil || r.Usage.Completion == nil ||
+		*r.Usage.Prompt != prompt || *r.Usage.Completion != completion):
+		b, _ := json.Marshal(r.Usage)
+		t.Errorf("%s: the client saw usage %s, the upstream reported prompt %d, completion %d", name, b, prompt, completion)
+	}
+	return reported
 }
 
 // TestTokenClients: the openai SDK's chat.completions.create, plain,
@@ -174,19 +219,7 @@ func TestTokenClients(t *testing.T) {
 		if c.op == "chat_stream_usage" && r.UsageChunks != 1 {
 			t.Errorf("%s: %d usage chunks, want 1", name, r.UsageChunks)
 		}
-		reported := up.total() - before
-		prompt, completion := up.last()
-		if reported <= 0 || prompt+completion != reported {
-			t.Fatalf("%s: the upstream reported %d (last %d+%d)", name, reported, prompt, completion)
-		}
-		switch {
-		case !c.usage && r.Usage != nil:
-			t.Errorf("%s: the client saw usage it did not ask for", name)
-		case c.usage && (r.Usage == nil || r.Usage.Prompt == nil || r.Usage.Completion == nil ||
-			*r.Usage.Prompt != prompt || *r.Usage.Completion != completion):
-			b, _ := json.Marshal(r.Usage)
-			t.Errorf("%s: the client saw usage %s, the upstream reported prompt %d, completion %d", name, b, prompt, completion)
-		}
+		reported := checkUsage(t, name, up, before, c.usage, r)
 		g.waitTokensLeft(key, budget-up.total(), "after "+name)
 		t.Logf("%s: %d chunks, upstream reported %d tokens, charged as much", name, r.Chunks, reported)
 	}

@@ -18,32 +18,6 @@ import (
 	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
-// tokenClusterSite is one instance of a gateway whose /openai/* route has
-// tokens, counting in Redis.
-func tokenClusterSite(port int, keyFile, redisAddr, upstream string) string {
-	return fmt.Sprintf(`{
-	admin off
-	persist_config off
-}
-http://127.0.0.1:%d {
-	handle_path /openai/* {
-		apikey {
-			keys file %s
-			service openai
-			tokens openai
-			failed_auth_limit off
-			counters redis {
-				address %s
-				timeout 2s
-			}
-		}
-		reverse_proxy %s {
-			flush_interval -1
-		}
-	}
-}`, port, keyFile, redisAddr, upstream)
-}
-
 // TestTokenBudgetAcrossInstances: two gateways on one Redis, one in this
 // process and one the built binary, share a key's daily token budget
 // exactly. 200 concurrent streamed requests, split across both, each
@@ -70,8 +44,8 @@ func TestTokenBudgetAcrossInstances(t *testing.T) {
 	keys := gatewaytest.WriteKeyFile(t, key.Record)
 	upAddr := strings.TrimPrefix(up.URL, "http://")
 	ports := []int{gatewaytest.Port(t), gatewaytest.Port(t)}
-	gatewaytest.Start(t, tokenClusterSite(ports[0], keys, srv.Addr(), upAddr))
-	gatewaytest.StartProcess(t, tokenClusterSite(ports[1], keys, srv.Addr(), upAddr))
+	gatewaytest.Start(t, gatewaytest.TokensRedisSite(ports[0], keys, srv.Addr(), "timeout 2s", upAddr))
+	gatewaytest.StartProcess(t, gatewaytest.TokensRedisSite(ports[1], keys, srv.Addr(), "timeout 2s", upAddr))
 
 	bodies := []string{
 		`{"model":"llama3","messages":[{"role":"user","content":"hello there"}],"max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}`,

@@ -33,28 +33,8 @@ func TestTokenReservationsSurviveARedisStall(t *testing.T) {
 	up := newLLMUpstream(t, 20*time.Millisecond)
 	key := tokenKey(t, "k_stall", func(r *keystore.Record) { r.TokensPerDay = int64p(100_000_000) })
 	port := gatewaytest.Port(t)
-	gatewaytest.Start(t, fmt.Sprintf(`{
-	admin off
-	persist_config off
-}
-http://127.0.0.1:%d {
-	handle_path /openai/* {
-		apikey {
-			keys file %s
-			service openai
-			tokens openai
-			failed_auth_limit off
-			counters redis {
-				address %s
-				timeout 100ms
-				on_failure local
-			}
-		}
-		reverse_proxy %s {
-			flush_interval -1
-		}
-	}
-}`, port, gatewaytest.WriteKeyFile(t, key.Record), srv.Addr(), strings.TrimPrefix(up.URL, "http://")))
+	gatewaytest.Start(t, gatewaytest.TokensRedisSite(port, gatewaytest.WriteKeyFile(t, key.Record), srv.Addr(),
+		"timeout 100ms\n\t\t\t\ton_failure local", strings.TrimPrefix(up.URL, "http://")))
 
 	body := `{"model":"llama3","messages":[{"role":"user","content":"hello there"}],"max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}`
 	tr := &http.Transport{MaxIdleConnsPerHost: 16}

@@ -1,13 +1,9 @@
 package apikey
 
 import (
-	"bufio"
 	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -102,25 +98,7 @@ func TestTokenOverWholeBudgetClients(t *testing.T) {
 		adminPort, port, route("openai"), route("ollama")))
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, node, "unretryable.mjs")
-	cmd.Dir = "testdata/clients"
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	outPipe, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { in.Close(); cmd.Wait() }()
-	out := bufio.NewReader(outPipe)
+	script := startNodeScript(t, node, "unretryable.mjs", 2*time.Minute)
 	redact := strings.NewReplacer(key.Secret, "<key "+key.Record.ID+">")
 
 	for _, client := range []string{"openai7", "openai6", "ollama", "ai-openai", "ai-openai-chat", "ai-openai-compatible", "langchain"} {
@@ -131,19 +109,9 @@ func TestTokenOverWholeBudgetClients(t *testing.T) {
 		seen := requestsSeen(t, admin, service)
 		// 500 completion tokens: more than the whole 100 a minute. A
 		// client still retrying after 4 s is stopped there.
-		step, _ := json.Marshal(map[string]any{"client": client, "base": root, "key": key.Secret, "model": "llama3",
-			"max_tokens": 500, "deadline_ms": 4000})
-		if _, err := in.Write(append(step, '\n')); err != nil {
-			t.Fatalf("%s: %v\nstderr: %s", client, err, redact.Replace(stderr.String()))
-		}
-		line, err := out.ReadBytes('\n')
-		if err != nil {
-			t.Fatalf("%s: %v\nstderr: %s", client, err, redact.Replace(stderr.String()))
-		}
 		var r unretryableResult
-		if err := json.Unmarshal(line, &r); err != nil {
-			t.Fatalf("%s: not JSON: %v: %s", client, err, redact.Replace(string(line)))
-		}
+		line := script.step(key, map[string]any{"client": client, "base": root, "key": key.Secret, "model": "llama3",
+			"max_tokens": 500, "deadline_ms": 4000}, client, &r)
 		name := client + " " + r.Version
 		if r.OK || r.Error == nil {
 			t.Errorf("%s: the call succeeded", name)

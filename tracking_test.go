@@ -19,19 +19,19 @@ import (
 
 // TestUsageSurvivesRestart: usage counts are saved at shutdown and loaded.
 func TestUsageSurvivesRestart(t *testing.T) {
-	g := startOpsGateway(t)
-	gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", g.keys["reader"].Bearer()...)
-	gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", g.keys["reader"].Bearer()...)
+	g := gatewaytest.StartOps(t, gatewaytest.OpsOptions{})
+	gatewaytest.Send(t, "GET", g.Base+"/ollama/api/tags", g.Keys["reader"].Bearer()...)
+	gatewaytest.Send(t, "GET", g.Base+"/ollama/api/tags", g.Keys["reader"].Bearer()...)
 	if err := gatewaytest.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	data, err := os.ReadFile(g.usage)
+	data, err := os.ReadFile(g.Usage)
 	if err != nil || !bytes.Contains(data, []byte(`"k_ops_reader"`)) {
 		t.Fatalf("usage not saved at shutdown: %v", err)
 	}
-	gatewaytest.Start(t, g.config)
-	gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", g.keys["reader"].Bearer()...)
-	_, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/usage?key=k_ops_reader")
+	gatewaytest.Start(t, g.Config)
+	gatewaytest.Send(t, "GET", g.Base+"/ollama/api/tags", g.Keys["reader"].Bearer()...)
+	_, body := gatewaytest.Admin(t, "GET", g.Admin, "/apikey/usage?key=k_ops_reader")
 	if !regexp.MustCompile(`"requests":\s*3`).MatchString(body) {
 		t.Errorf("usage after a restart: %s", body)
 	}

@@ -14,19 +14,19 @@ import (
 // config's audit log, the one `caddy apikey audit head` prints and `audit
 // verify --head` takes.
 func TestAuditHead(t *testing.T) {
-	g := startOpsGatewayWithLog(t)
+	g := gatewaytest.StartOps(t, gatewaytest.OpsOptions{Log: true})
 	for range 3 {
-		gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", g.keys["revoked"].Bearer()...)
+		gatewaytest.Send(t, "GET", g.Base+"/ollama/api/tags", g.Keys["revoked"].Bearer()...)
 	}
-	gatewaytest.WaitForLogCount(t, g.auditLog, `"decision":"revoked_key"`, 3)
+	gatewaytest.WaitForLogCount(t, g.AuditLog, `"decision":"revoked_key"`, 3)
 	// The queued lines are written in batches: wait for the head to settle.
 	var head string
 	gatewaytest.WaitUntil(t, "the head file holds 3 lines", 2*time.Second, func() bool {
-		out, _, _ := gatewaytest.CLI(t, "", "audit", "head", g.auditLog)
+		out, _, _ := gatewaytest.CLI(t, "", "audit", "head", g.AuditLog)
 		head = strings.TrimSpace(out)
 		return strings.HasPrefix(head, "3:")
 	})
-	code, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/audit/head")
+	code, body := gatewaytest.Admin(t, "GET", g.Admin, "/apikey/audit/head")
 	if code != 200 {
 		t.Fatalf("GET /apikey/audit/head: %d %s", code, body)
 	}
@@ -42,14 +42,14 @@ func TestAuditHead(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &got); err != nil {
 		t.Fatal(err)
 	}
-	if len(got.Logs) != 1 || got.Logs[0].Path != g.auditLog || got.Logs[0].Head != head || !got.Logs[0].Recorded ||
+	if len(got.Logs) != 1 || got.Logs[0].Path != g.AuditLog || got.Logs[0].Head != head || !got.Logs[0].Recorded ||
 		fmt.Sprintf("%d:%s", got.Logs[0].Lines, got.Logs[0].SHA256) != head {
-		t.Fatalf("GET /apikey/audit/head: %s, want the head %s of %s", body, head, g.auditLog)
+		t.Fatalf("GET /apikey/audit/head: %s, want the head %s of %s", body, head, g.AuditLog)
 	}
-	if out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", "--head", got.Logs[0].Head, g.auditLog); code != 0 {
+	if out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", "--head", got.Logs[0].Head, g.AuditLog); code != 0 {
 		t.Errorf("verify --head with the admin API's head: exit %d\n%s%s", code, out, errOut)
 	}
-	if code, _ := gatewaytest.Admin(t, "POST", g.admin, "/apikey/audit/head"); code != 405 {
+	if code, _ := gatewaytest.Admin(t, "POST", g.Admin, "/apikey/audit/head"); code != 405 {
 		t.Errorf("POST /apikey/audit/head: %d, want 405", code)
 	}
 }

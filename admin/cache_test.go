@@ -13,32 +13,32 @@ import (
 // results are counted.
 func TestOnKeyService(t *testing.T) {
 	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_remote_admin", Role: "reader"})
-	g := startRemoteGateway(t, "ttl 1h\n\t\t\tstale 2h", k.Record)
-	_, before := gatewaytest.Admin(t, "GET", g.admin, "/metrics")
+	g := gatewaytest.StartRemote(t, "ttl 1h\n\t\t\tstale 2h", k.Record)
+	_, before := gatewaytest.Admin(t, "GET", g.Admin, "/metrics")
 	hits0, _ := gatewaytest.MetricValue(t, before, "caddy_apikey_cache_requests_total", map[string]string{"result": "hit"})
-	gatewaytest.Send(t, "GET", g.url, k.Bearer()...)
-	gatewaytest.Send(t, "GET", g.url, k.Bearer()...)
-	if n := g.svc.calls.Load(); n != 1 {
+	gatewaytest.Send(t, "GET", g.URL, k.Bearer()...)
+	gatewaytest.Send(t, "GET", g.URL, k.Bearer()...)
+	if n := g.Svc.Calls.Load(); n != 1 {
 		t.Fatalf("%d calls before the purge", n)
 	}
-	if code, body := gatewaytest.Admin(t, "POST", g.admin, "/apikey/cache/purge?id=k_remote_admin"); code != 200 || !strings.Contains(body, `"caches": 1`) {
+	if code, body := gatewaytest.Admin(t, "POST", g.Admin, "/apikey/cache/purge?id=k_remote_admin"); code != 200 || !strings.Contains(body, `"caches": 1`) {
 		t.Fatalf("purge one: %d %s", code, body)
 	}
-	gatewaytest.Send(t, "GET", g.url, k.Bearer()...)
-	if n := g.svc.calls.Load(); n != 2 {
+	gatewaytest.Send(t, "GET", g.URL, k.Bearer()...)
+	if n := g.Svc.Calls.Load(); n != 2 {
 		t.Errorf("%d calls after purging the id, want 2", n)
 	}
-	if code, _ := gatewaytest.Admin(t, "POST", g.admin, "/apikey/cache/purge"); code != 200 {
+	if code, _ := gatewaytest.Admin(t, "POST", g.Admin, "/apikey/cache/purge"); code != 200 {
 		t.Fatalf("purge all: %d", code)
 	}
-	gatewaytest.Send(t, "GET", g.url, k.Bearer()...)
-	if n := g.svc.calls.Load(); n != 3 {
+	gatewaytest.Send(t, "GET", g.URL, k.Bearer()...)
+	if n := g.Svc.Calls.Load(); n != 3 {
 		t.Errorf("%d calls after purging everything, want 3", n)
 	}
-	if code, body := gatewaytest.Admin(t, "POST", g.admin, "/apikey/keys/k_remote_admin/revoke"); code != 501 || !strings.Contains(body, "read-only") {
+	if code, body := gatewaytest.Admin(t, "POST", g.Admin, "/apikey/keys/k_remote_admin/revoke"); code != 501 || !strings.Contains(body, "read-only") {
 		t.Errorf("revoking a key service's key: %d %s, want 501", code, body)
 	}
-	_, after := gatewaytest.Admin(t, "GET", g.admin, "/metrics")
+	_, after := gatewaytest.Admin(t, "GET", g.Admin, "/metrics")
 	if hits, _ := gatewaytest.MetricValue(t, after, "caddy_apikey_cache_requests_total", map[string]string{"result": "hit"}); hits != hits0+1 {
 		t.Errorf("cache hits %v, want %v", hits, hits0+1)
 	}

@@ -25,20 +25,8 @@ func TestResolvesTheExactID(t *testing.T) {
 	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_zw", Type: "dev", Role: "reader", Services: []string{"*"}})
 	keyFile := gatewaytest.WriteKeyFile(t, k.Record)
 	adminPort, port := gatewaytest.Port(t), gatewaytest.Port(t)
-	gatewaytest.Start(t, fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-		failed_auth_limit off
-		counters memory {
-			file %s
-		}
-	}
-	respond "admitted {http.apikey.id}"
-}`, adminPort, port, keyFile, filepath.Join(t.TempDir(), "counters.json")))
+	gatewaytest.Start(t, gatewaytest.Site{Port: port, AdminPort: adminPort, KeyFile: keyFile, Apikey: "failed_auth_limit off",
+		CountersFile: filepath.Join(t.TempDir(), "counters.json"), Handler: `respond "admitted {http.apikey.id}"`}.Caddyfile())
 	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 
@@ -79,8 +67,8 @@ http://127.0.0.1:%d {
 // with the filter docs/admin-api.md gives) holds it. A real id with the same
 // clutter around it is refused too, never trimmed into the real id.
 func TestNeverRepeatsAKey(t *testing.T) {
-	g := startOpsGatewayWithLog(t, adminURIFilter)
-	k := g.keys["reader"]
+	g := gatewaytest.StartOps(t, gatewaytest.OpsOptions{Log: true, LogFilters: []string{adminURIFilter}})
+	k := g.Keys["reader"]
 	hash := strings.TrimPrefix(k.Record.Hash, "sha256:")
 	for _, form := range []string{
 		"%20" + k.Secret, k.Secret + "%0A", "%09" + k.Secret, "%C2%A0" + k.Secret, "%E2%80%8B" + k.Secret,
@@ -100,7 +88,7 @@ func TestNeverRepeatsAKey(t *testing.T) {
 			{"GET", "/apikey/usage?key=" + form},
 			{"GET", "/apikey/usage?" + form + "=1"},
 		} {
-			code, body := gatewaytest.Admin(t, req[0], g.admin, req[1])
+			code, body := gatewaytest.Admin(t, req[0], g.Admin, req[1])
 			if code != 400 {
 				t.Errorf("%s %s (key %s): %d, want 400", req[0], strings.Replace(req[1], form, "<key>", 1), k.Record.ID, code)
 			}
@@ -113,18 +101,18 @@ func TestNeverRepeatsAKey(t *testing.T) {
 	// The same clutter around a real id is refused, never trimmed away:
 	// the admin API acts on exactly the id it is given (see
 	// TestResolvesTheExactID).
-	if code, body := gatewaytest.Admin(t, "DELETE", g.admin, "/apikey/quota/%20k_ops_reader%0A"); code != 400 || !strings.Contains(body, "white space") {
+	if code, body := gatewaytest.Admin(t, "DELETE", g.Admin, "/apikey/quota/%20k_ops_reader%0A"); code != 400 || !strings.Contains(body, "white space") {
 		t.Errorf("quota reset of \" k_ops_reader\\n\": %d %s", code, body)
 	}
-	if code, body := gatewaytest.Admin(t, "POST", g.admin, "/apikey/cache/purge?id=%09k_ops_writer"); code != 400 || !strings.Contains(body, "U+0009") {
+	if code, body := gatewaytest.Admin(t, "POST", g.Admin, "/apikey/cache/purge?id=%09k_ops_writer"); code != 400 || !strings.Contains(body, "U+0009") {
 		t.Errorf("purge of \"\\tk_ops_writer\": %d %s", code, body)
 	}
 	// An unknown id that is not shaped like a key is named in the answer.
-	if code, body := gatewaytest.Admin(t, "POST", g.admin, "/apikey/keys/k_nobody/revoke"); code != 404 || !strings.Contains(body, "k_nobody") {
+	if code, body := gatewaytest.Admin(t, "POST", g.Admin, "/apikey/keys/k_nobody/revoke"); code != 404 || !strings.Contains(body, "k_nobody") {
 		t.Errorf("unknown id: %d %s", code, body)
 	}
 
-	logs := gatewaytest.WaitForLog(t, g.caddyLog, `"uri":"/apikey/keys/k_nobody/revoke"`)
+	logs := gatewaytest.WaitForLog(t, g.CaddyLog, `"uri":"/apikey/keys/k_nobody/revoke"`)
 	if !strings.Contains(logs, "REDACTED") || !strings.Contains(logs, `"msg":"request error"`) {
 		t.Error("the admin log does not show the refused requests, redacted")
 	}
@@ -134,7 +122,7 @@ func TestNeverRepeatsAKey(t *testing.T) {
 	if page, _ := os.ReadFile("../docs/admin-api.md"); !strings.Contains(string(page), "\t\t\t"+adminURIFilter+"\n") {
 		t.Error("docs/admin-api.md does not give the admin log filter this test uses")
 	}
-	audit, _ := os.ReadFile(g.auditLog)
+	audit, _ := os.ReadFile(g.AuditLog)
 	if leaks(string(audit), k) {
 		t.Errorf("the audit log holds key %s or its hash", k.Record.ID)
 	}

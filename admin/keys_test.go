@@ -9,26 +9,27 @@ import (
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
+	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
 // TestKeysAndUsage: GET /apikey/keys and /apikey/usage after traffic.
 func TestKeysAndUsage(t *testing.T) {
-	g := startOpsGateway(t)
-	r, w := g.keys["reader"], g.keys["writer"]
+	g := gatewaytest.StartOps(t, gatewaytest.OpsOptions{})
+	r, w := g.Keys["reader"], g.Keys["writer"]
 	for i := 0; i < 3; i++ {
-		gatewaytest.Send(t, "GET", g.base+"/ollama/api/tags", r.Bearer()...)
+		gatewaytest.Send(t, "GET", g.Base+"/ollama/api/tags", r.Bearer()...)
 	}
-	gatewaytest.Send(t, "POST", g.base+"/ollama/api/chat", r.Bearer()...) // 403: not counted
-	gatewaytest.Send(t, "POST", g.base+"/n8n/api/v1/workflows/123", w.Bearer()...)
-	gatewaytest.Send(t, "POST", g.base+"/n8n/api/v1/workflows/456", w.Bearer()...)
-	gatewaytest.Send(t, "GET", g.base+"/ollama/users/42/orders", w.Bearer()...)
+	gatewaytest.Send(t, "POST", g.Base+"/ollama/api/chat", r.Bearer()...) // 403: not counted
+	gatewaytest.Send(t, "POST", g.Base+"/n8n/api/v1/workflows/123", w.Bearer()...)
+	gatewaytest.Send(t, "POST", g.Base+"/n8n/api/v1/workflows/456", w.Bearer()...)
+	gatewaytest.Send(t, "GET", g.Base+"/ollama/users/42/orders", w.Bearer()...)
 
-	code, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/keys")
+	code, body := gatewaytest.Admin(t, "GET", g.Admin, "/apikey/keys")
 	if code != 200 {
 		t.Fatalf("GET /apikey/keys: %d %s", code, body)
 	}
-	for _, k := range g.keys {
+	for _, k := range g.Keys {
 		if h := strings.TrimPrefix(k.Record.Hash, "sha256:"); h != "" && strings.Contains(body, h[:16]) {
 			t.Fatalf("/apikey/keys shows the hash of %s", k.Record.ID)
 		}
@@ -67,7 +68,7 @@ func TestKeysAndUsage(t *testing.T) {
 		Time     time.Time `json:"time"`
 	}
 	usage := func(query string) []row {
-		code, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/usage"+query)
+		code, body := gatewaytest.Admin(t, "GET", g.Admin, "/apikey/usage"+query)
 		if code != 200 {
 			t.Fatalf("usage%s: %d %s", query, code, body)
 		}
@@ -107,15 +108,15 @@ func TestKeysAndUsage(t *testing.T) {
 		"?from=2026-11-27&to=2026-11-26": "from must be before to",
 		"?keys=k_x":                      "unknown parameter",
 	} {
-		code, body := gatewaytest.Admin(t, "GET", g.admin, "/apikey/usage"+query)
+		code, body := gatewaytest.Admin(t, "GET", g.Admin, "/apikey/usage"+query)
 		if code != 400 || !strings.Contains(body, want) {
 			t.Errorf("usage%s: %d %s, want 400 naming %q", query, code, body, want)
 		}
 	}
-	if code, _ := gatewaytest.Admin(t, "POST", g.admin, "/apikey/keys"); code != 405 {
+	if code, _ := gatewaytest.Admin(t, "POST", g.Admin, "/apikey/keys"); code != 405 {
 		t.Errorf("POST /apikey/keys: %d, want 405", code)
 	}
-	if code, _ := gatewaytest.Admin(t, "GET", g.admin, "/apikey/nothing"); code != 404 {
+	if code, _ := gatewaytest.Admin(t, "GET", g.Admin, "/apikey/nothing"); code != 404 {
 		t.Errorf("GET /apikey/nothing: %d, want 404", code)
 	}
 }
@@ -128,22 +129,8 @@ func TestKeysUntypedRecord(t *testing.T) {
 	typed := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_typed", Type: "dev", Role: "reader"})
 	keyFile := gatewaytest.WriteKeyFile(t, untyped.Record, typed.Record)
 	port, adminPort := gatewaytest.Port(t), gatewaytest.Port(t)
-	gatewaytest.Start(t, fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-		quota dev 5/day
-		quota prod 50/day
-		failed_auth_limit off
-		counters memory {
-			file %s
-		}
-	}
-	respond "ok"
-}`, adminPort, port, keyFile, filepath.Join(t.TempDir(), "counters.json")))
+	gatewaytest.Start(t, gatewaytest.Site{Port: port, AdminPort: adminPort, KeyFile: keyFile, Apikey: "quota dev 5/day\nquota prod 50/day\nfailed_auth_limit off",
+		CountersFile: filepath.Join(t.TempDir(), "counters.json"), Handler: `respond "ok"`}.Caddyfile())
 	base := fmt.Sprintf("http://127.0.0.1:%d/x", port)
 	var enforced string
 	for range 2 {
@@ -185,5 +172,44 @@ http://127.0.0.1:%d {
 				t.Errorf("k_typed: quota %+v, by type %v", k.Quota, k.QuotaByType)
 			}
 		}
+	}
+}
+
+// TestRedisClusterDescribedByItsAddresses: a key source on a three-node
+// Redis Cluster names its nodes separated by commas wherever it describes
+// itself: the CLI's message after making a key, and each key's "source" in
+// the admin API's listing.
+func TestRedisClusterDescribedByItsAddresses(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	adminPort := gatewaytest.Port(t)
+	gatewaytest.Start(t, gatewaytest.Site{Port: gatewaytest.Port(t), AdminPort: adminPort, KeysRedis: strings.Join(cluster.Addrs(), " ")}.Caddyfile())
+	want := "redis " + strings.Join(cluster.Addrs(), ",") + " apikey:"
+	_, errOut, code := gatewaytest.CLI(t, "", "new", "--redis", strings.Join(cluster.Addrs(), ","), "--type", "dev", "--role", "reader", "--id", "k_described")
+	if code != 0 {
+		t.Fatalf("new on a cluster: exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(errOut, "to "+want+".") {
+		t.Errorf("the CLI describes the cluster as %q, want %q", errOut, want)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := gatewaytest.Admin(t, "GET", fmt.Sprintf("http://127.0.0.1:%d", adminPort), "/apikey/keys")
+		var listing struct {
+			Keys []struct {
+				ID     string `json:"id"`
+				Source string `json:"source"`
+			} `json:"keys"`
+		}
+		json.Unmarshal([]byte(body), &listing)
+		if code == 200 && len(listing.Keys) == 1 {
+			if got := listing.Keys[0].Source; got != want {
+				t.Errorf("the admin listing's source is %q, want %q", got, want)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the admin listing never showed the key: %d %s", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -2,6 +2,7 @@ package command_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -131,5 +132,33 @@ func TestCLIRefusesKeyAsID(t *testing.T) {
 	// An ordinary id still works.
 	if _, errOut, code := gatewaytest.CLI(t, "", "revoke", "--keys", keyFile, "--id", "k_real"); code != 0 {
 		t.Errorf("revoke --id k_real: exit %d, %s", code, errOut)
+	}
+}
+
+// TestCLIRefusesIDsThatDoNotShow: an id holding a character that does not
+// show is refused by caddy apikey new, which leaves the key file as it
+// was, and by an import, which names the record and imports nothing.
+// (Caddy loading such a key file is TestKeyFileIDsThatDoNotShowAreRefused
+// at the root.)
+func TestCLIRefusesIDsThatDoNotShow(t *testing.T) {
+	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_zw", Type: "dev", Role: "reader", Services: []string{"*"}})
+	twin := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_zw\u200b", Type: "dev", Role: "reader", Services: []string{"*"}})
+	bad := gatewaytest.WriteKeyFile(t, k.Record, twin.Record)
+
+	file := gatewaytest.WriteKeyFile(t, k.Record)
+	for _, id := range []string{"k_zw\u200b", "k_\u202ezw", "k\u00a0zw", "k_zw\u2028", "k_cafe\u0301"} {
+		_, errOut, code := gatewaytest.CLI(t, "", "new", "--keys", file, "--type", "dev", "--role", "reader", "--id", id)
+		if code != 1 || !strings.Contains(errOut, "id:") || !(strings.Contains(errOut, "U+") || strings.Contains(errOut, "normal form C")) {
+			t.Errorf("new --id %q: exit %d: %s", id, code, errOut)
+		}
+	}
+	data, _ := os.ReadFile(file)
+	var kf struct{ Keys []keystore.Record }
+	if err := json.Unmarshal(data, &kf); err != nil || len(kf.Keys) != 1 {
+		t.Fatalf("the key file changed: %d records, %v", len(kf.Keys), err)
+	}
+	_, errOut, code := gatewaytest.CLI(t, "", "import", bad, "--redis", "127.0.0.1:1")
+	if code != 1 || !strings.Contains(errOut, "keys[1]") || !strings.Contains(errOut, "U+200B") || !strings.Contains(errOut, "nothing was imported") {
+		t.Errorf("import of a file with k_zw and a zero-width space: exit %d: %s", code, errOut)
 	}
 }

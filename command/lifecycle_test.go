@@ -2,7 +2,6 @@ package command_test
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,28 +11,6 @@ import (
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
-
-// startFileGateway runs Caddy in front of a key file the CLI edits.
-func startFileGateway(t *testing.T, keyFile string) string {
-	t.Helper()
-	port := gatewaytest.Port(t)
-	gatewaytest.Start(t, fmt.Sprintf(`{
-	admin off
-	persist_config off
-}
-http://127.0.0.1:%d {
-	apikey {
-		keys file %s
-		service ollama
-		failed_auth_limit off
-		counters memory {
-			file %s
-		}
-	}
-	respond "admitted {http.apikey.id}"
-}`, port, keyFile, filepath.Join(t.TempDir(), "counters.json")))
-	return fmt.Sprintf("http://127.0.0.1:%d/api/tags", port)
-}
 
 // TestCLIKeyLifecycle: a key made by the CLI works against a running Caddy;
 // rotation keeps the old secret in grace; revocation stops it; list never
@@ -65,7 +42,7 @@ func TestCLIKeyLifecycle(t *testing.T) {
 		t.Errorf("expires_at %q, want 90 days from now", rec.ExpiresAt)
 	}
 
-	url := startFileGateway(t, keyFile)
+	url := gatewaytest.StartKeyFile(t, keyFile)
 	if r := gatewaytest.Send(t, "GET", url, gatewaytest.Key{Secret: key}.Bearer()...); r.Status != 200 || r.Body != "admitted k_cli" {
 		t.Fatalf("the printed key against Caddy: %d %q", r.Status, r.Body)
 	}

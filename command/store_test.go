@@ -14,6 +14,7 @@ import (
 
 	"github.com/moodmnky/caddy-apikey/internal/capped"
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
+	"github.com/moodmnky/caddy-apikey/internal/symlinktest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 )
@@ -280,25 +281,6 @@ func TestCLIMissingPathIsAnError(t *testing.T) {
 	}
 }
 
-// symlinkedKeyFile makes a key file in a folder of its own, with one key
-// (k_victim), and a symbolic link to it elsewhere, as a deployment that
-// points /etc/caddy/keys.json at a versioned file does. It returns the link
-// and the target.
-func symlinkedKeyFile(t *testing.T) (link, target string) {
-	t.Helper()
-	dir := t.TempDir()
-	target = filepath.Join(dir, "versions", "keys.json")
-	link = filepath.Join(dir, "keys.json")
-	if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	gatewaytest.NewKeyByCLI(t, "--keys", target, "--type", "dev", "--role", "reader", "--id", "k_victim")
-	if err := os.Symlink(target, link); err != nil {
-		t.Fatal(err)
-	}
-	return link, target
-}
-
 // checkNothingLost reads the key file after n added keys and a revocation
 // of k_victim: every key must be there, the revocation kept, and the link
 // still a link.
@@ -308,21 +290,7 @@ func checkNothingLost(t *testing.T, round int, link, target string, ids []string
 	if err != nil {
 		t.Fatalf("round %d: %v", round, err)
 	}
-	have := map[string]*keystore.Key{}
-	for _, k := range set.Keys() {
-		have[k.ID] = k
-	}
-	for _, id := range ids {
-		if have[id] == nil {
-			t.Errorf("round %d: key %s was lost (%d of %d keys kept)", round, id, set.Len(), len(ids)+1)
-		}
-	}
-	if v := have["k_victim"]; v == nil || !v.Revoked {
-		t.Errorf("round %d: the revocation of k_victim was lost", round)
-	}
-	if info, err := os.Lstat(link); err != nil || info.Mode()&os.ModeSymlink == 0 {
-		t.Errorf("round %d: the link was replaced by a file", round)
-	}
+	symlinktest.CheckNothingLost(t, round, link, set.Keys(), ids)
 }
 
 // TestSymlinkedKeyFileCommandsTakeTurns is the same race with the built
@@ -330,7 +298,7 @@ func checkNothingLost(t *testing.T, round int, link, target string, ids []string
 // `caddy apikey revoke` through the link, all at once.
 func TestSymlinkedKeyFileCommandsTakeTurns(t *testing.T) {
 	for round := range 3 {
-		link, target := symlinkedKeyFile(t)
+		link, target := symlinktest.KeyFile(t)
 		var ids []string
 		var wg sync.WaitGroup
 		run := func(args ...string) {

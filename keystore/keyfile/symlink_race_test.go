@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/moodmnky/caddy-apikey/internal/symlinktest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -97,31 +98,6 @@ func checkDanglingLinkRace(t *testing.T, real string, want int, links ...string)
 	}
 }
 
-// symlinkedKeyFile makes a key file in a folder of its own, with one key
-// (k_victim), and a symbolic link to it elsewhere, as a deployment that
-// points /etc/caddy/keys.json at a versioned file does. It returns the link
-// and the target.
-func symlinkedKeyFile(t *testing.T) (link, target string) {
-	t.Helper()
-	dir := t.TempDir()
-	target = filepath.Join(dir, "versions", "keys.json")
-	link = filepath.Join(dir, "keys.json")
-	if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	data, err := json.Marshal(map[string]any{"keys": []keystore.Record{newRecord(t, "k_victim")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(target, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(target, link); err != nil {
-		t.Fatal(err)
-	}
-	return link, target
-}
-
 // checkNothingLost reads the key file after n added keys and a revocation
 // of k_victim: every key must be there, the revocation kept, and the link
 // still a link.
@@ -131,21 +107,7 @@ func checkNothingLost(t *testing.T, round int, link, target string, ids []string
 	if err != nil {
 		t.Fatalf("round %d: %v", round, err)
 	}
-	have := map[string]*keystore.Key{}
-	for _, k := range set.Keys() {
-		have[k.ID] = k
-	}
-	for _, id := range ids {
-		if have[id] == nil {
-			t.Errorf("round %d: key %s was lost (%d of %d keys kept)", round, id, set.Len(), len(ids)+1)
-		}
-	}
-	if v := have["k_victim"]; v == nil || !v.Revoked {
-		t.Errorf("round %d: the revocation of k_victim was lost", round)
-	}
-	if info, err := os.Lstat(link); err != nil || info.Mode()&os.ModeSymlink == 0 {
-		t.Errorf("round %d: the link was replaced by a file", round)
-	}
+	symlinktest.CheckNothingLost(t, round, link, set.Keys(), ids)
 }
 
 // TestSymlinkedKeyFileWritersTakeTurns: writers that name a symbolic link
@@ -159,7 +121,7 @@ func TestSymlinkedKeyFileWritersTakeTurns(t *testing.T) {
 		return EditKeyFile(path, func(kf *KeyFile) error { return kf.Add(rec) })
 	}
 	for round := range 50 {
-		link, target := symlinkedKeyFile(t)
+		link, target := symlinktest.KeyFile(t)
 		var ids []string
 		var wg sync.WaitGroup
 		start := make(chan struct{})
