@@ -21,12 +21,16 @@ type remote struct {
 	failing bool
 	calls   atomic.Int64
 	delay   time.Duration
+	gate    chan struct{} // when set, each call waits for it to close
 }
 
 func (r *remote) fetch(ctx context.Context, d keystore.Digest) (keystore.Match, error) {
 	r.calls.Add(1)
 	if r.delay > 0 {
 		time.Sleep(r.delay)
+	}
+	if r.gate != nil {
+		<-r.gate
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -160,7 +164,17 @@ func TestCacheWhileSourceFails(t *testing.T) {
 
 func TestCacheSingleflight(t *testing.T) {
 	cache, r, _, d := newTestCache(t, CacheConfig{})
-	r.delay = 50 * time.Millisecond
+	// The source answers once all 100 lookups have missed the cache: each
+	// then waits on the one call in flight (the last may be a few
+	// instructions from joining it; the call is still held then).
+	r.gate = make(chan struct{})
+	var misses atomic.Int64
+	keystore.SetObserver(&keystore.Observer{CacheResult: func(result string) {
+		if result == "miss" {
+			misses.Add(1)
+		}
+	}})
+	t.Cleanup(func() { keystore.SetObserver(nil) })
 	var wg sync.WaitGroup
 	var found atomic.Int64
 	for i := 0; i < 100; i++ {
@@ -172,9 +186,14 @@ func TestCacheSingleflight(t *testing.T) {
 			}
 		}()
 	}
+	deadline := time.Now().Add(10 * time.Second)
+	for misses.Load() < 100 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	close(r.gate)
 	wg.Wait()
 	if r.calls.Load() != 1 || found.Load() != 100 {
-		t.Fatalf("%d calls, %d found; want 1 and 100", r.calls.Load(), found.Load())
+		t.Fatalf("%d calls, %d found (%d missed); want 1 and 100", r.calls.Load(), found.Load(), misses.Load())
 	}
 }
 
