@@ -267,7 +267,7 @@ func binary(data []byte) bool {
 }
 
 func (s *scanner) skip(path, reason string) {
-	s.report.Skipped = append(s.report.Skipped, scanSkip{Path: path, Reason: keystore.MaskSecrets(reason)})
+	s.report.Skipped = append(s.report.Skipped, scanSkip{Path: keystore.MaskSecrets(path), Reason: keystore.MaskSecrets(reason)})
 }
 
 // find adds a finding for each key in data (keystore.Find: the checksum
@@ -279,6 +279,8 @@ func (s *scanner) find(data []byte, at func(line int) scanFinding) {
 		line += bytes.Count(data[last:off], []byte{'\n'})
 		last = off
 		fd := at(line)
+		// A file named after a key (it happens) is named masked.
+		fd.File, fd.Path, fd.Repository = keystore.MaskSecrets(fd.File), keystore.MaskSecrets(fd.Path), keystore.MaskSecrets(fd.Repository)
 		s.describe(&fd, key)
 		s.report.Findings = append(s.report.Findings, fd)
 		return true
@@ -319,7 +321,7 @@ func (s *scanner) print(out, errOut io.Writer) {
 		fmt.Fprintf(out, "%s: %s key, fingerprint %s%s\n", fd.location(), fd.Type, fd.Fingerprint, fd.verdict())
 	}
 	for _, sk := range s.report.Skipped {
-		fmt.Fprintf(errOut, "skipped %s: %s\n", printable(keystore.MaskSecrets(sk.Path)), sk.Reason)
+		fmt.Fprintf(errOut, "skipped %s: %s\n", printable(sk.Path), printable(sk.Reason))
 	}
 	what := s.unit
 	if s.report.Scanned != 1 {
@@ -343,22 +345,23 @@ func (fd scanFinding) location() string {
 	if fd.Repository != "" && fd.Repository != "." {
 		loc = fd.Repository + "@" + loc
 	}
-	return printable(keystore.MaskSecrets(loc))
+	return printable(loc)
 }
 
 // verdict says what the store knows of the key.
 func (fd scanFinding) verdict() string {
+	id := printable(fd.ID)
 	switch {
 	case fd.Status == "":
 		return " (no store given: treated as live)"
 	case fd.ID == "":
 		return ", not in the store"
 	case fd.OldSecret && fd.Live:
-		return fmt.Sprintf(", key %s (%s), an old secret still accepted until %s: LIVE", fd.ID, fd.Status, fd.OldSecretValidUntil)
+		return fmt.Sprintf(", key %s (%s), an old secret still accepted until %s: LIVE", id, fd.Status, fd.OldSecretValidUntil)
 	case fd.OldSecret:
-		return fmt.Sprintf(", key %s (%s), an old secret no longer accepted (since %s)", fd.ID, fd.Status, fd.OldSecretValidUntil)
+		return fmt.Sprintf(", key %s (%s), an old secret no longer accepted (since %s)", id, fd.Status, fd.OldSecretValidUntil)
 	case fd.Live:
-		return fmt.Sprintf(", key %s (%s): LIVE", fd.ID, fd.Status)
+		return fmt.Sprintf(", key %s (%s): LIVE", id, fd.Status)
 	}
-	return fmt.Sprintf(", key %s (%s)", fd.ID, fd.Status)
+	return fmt.Sprintf(", key %s (%s)", id, fd.Status)
 }

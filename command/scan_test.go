@@ -242,11 +242,13 @@ func TestScanSkipsFoldersAndFiles(t *testing.T) {
 	write(t, filepath.Join(dir, ".git", "config"), k.Secret+"\n")
 	write(t, filepath.Join(dir, "image.bin"), "\x00\x01"+k.Secret)
 	write(t, filepath.Join(dir, "big.txt"), strings.Repeat("x\n", 1024)+k.Secret)
+	// A file named after a key is named masked.
+	write(t, filepath.Join(dir, "copy-of-"+k.Secret+".bin"), "\x00")
 	out, errOut, code := scan(t, keys, "--max-size", "1KiB", dir)
 	if code != 0 || out != "" {
 		t.Errorf("scan exited %d and printed %q, want 0 and nothing", code, out)
 	}
-	for _, want := range []string{"image.bin: binary", "big.txt: larger than --max-size 1.0 KiB", "(2 skipped)"} {
+	for _, want := range []string{"image.bin: binary", "big.txt: larger than --max-size 1.0 KiB", "copy-of-[key].bin: binary", "(3 skipped)"} {
 		if !strings.Contains(errOut, want) {
 			t.Errorf("stderr does not say %q: %s", want, errOut)
 		}
