@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
+	"github.com/moodmnky/caddy-apikey/internal/redistest"
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -287,5 +288,54 @@ func write(t *testing.T, path, content string) {
 	}
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestScanSaysWhetherOldSecretsWork: a rotated-out secret is live until
+// its grace ends, and named as an old secret of its record.
+func TestScanSaysWhetherOldSecretsWork(t *testing.T) {
+	current := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_rotated", Role: "reader"})
+	inGrace := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
+	overdue := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
+	current.Record.PreviousHashes = []keystore.PreviousHash{
+		{Hash: inGrace.Record.Hash, ValidUntil: "2099-01-01T00:00:00Z"},
+		{Hash: overdue.Record.Hash, ValidUntil: "2020-01-01T00:00:00Z"},
+	}
+	keys := []gatewaytest.Key{current, inGrace, overdue}
+	keyFile := gatewaytest.WriteKeyFile(t, current.Record)
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "overdue.txt"), overdue.Secret+"\n")
+	out, _, code := scan(t, keys, "--keys", keyFile, dir)
+	if code != 0 || !strings.Contains(out, "key k_rotated (rotation_grace), an old secret no longer accepted (since 2020-01-01T00:00:00Z)") {
+		t.Errorf("scan of an old secret past its grace exited %d, want 0; printed:\n%s", code, out)
+	}
+	write(t, filepath.Join(dir, "grace.txt"), inGrace.Secret+"\n")
+	out, _, code = scan(t, keys, "--keys", keyFile, filepath.Join(dir, "grace.txt"))
+	if code != 1 || !strings.Contains(out, "key k_rotated (rotation_grace), an old secret still accepted until 2099-01-01T00:00:00Z: LIVE") {
+		t.Errorf("scan of an old secret in grace exited %d, want 1; printed:\n%s", code, out)
+	}
+}
+
+// TestScanLooksKeysUpOnRedis: with --redis, a key is named by its record
+// on Redis; revoked there, it is no longer live.
+func TestScanLooksKeysUpOnRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	k := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_on_redis", Role: "writer"})
+	keys := []gatewaytest.Key{k}
+	if _, errOut, code := gatewaytest.CLI(t, "", "import", gatewaytest.WriteKeyFile(t, k.Record), "--redis", srv.Addr()); code != 0 {
+		t.Fatalf("import: exit %d: %s", code, errOut)
+	}
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "ci.yml"), "env:\n  API_KEY: "+k.Secret+"\n")
+	r, code := scanJSON(t, keys, "--redis", srv.Addr(), dir)
+	if code != 1 || len(r.Findings) != 1 || r.Findings[0].ID != "k_on_redis" || r.Findings[0].Status != "active" || r.Findings[0].Line != 2 {
+		t.Fatalf("scan --redis exited %d with %+v, want 1 and k_on_redis active at line 2", code, r.Findings)
+	}
+	if _, errOut, code := gatewaytest.CLI(t, "", "revoke", "--redis", srv.Addr(), "--id", "k_on_redis"); code != 0 {
+		t.Fatalf("revoke: exit %d: %s", code, errOut)
+	}
+	r, code = scanJSON(t, keys, "--redis", srv.Addr(), dir)
+	if code != 0 || len(r.Findings) != 1 || r.Findings[0].Status != "revoked" || r.Findings[0].Live {
+		t.Errorf("scan --redis after the revocation exited %d with %+v, want 0 and k_on_redis revoked", code, r.Findings)
 	}
 }
