@@ -41,7 +41,9 @@ func scanCommand() *cobra.Command {
 		func(c *cobra.Command, args []string) error {
 			found, err := runScan(c, args)
 			if err != nil {
-				fmt.Fprintln(stderr, "Error:", err)
+				// A path may be a key pasted in the wrong place: errors
+				// name paths, masked.
+				fmt.Fprintln(stderr, "Error:", keystore.MaskSecrets(err.Error()))
 				os.Exit(scanUsage)
 			}
 			if found > 0 {
@@ -58,7 +60,7 @@ func scanCommand() *cobra.Command {
 	// A usage error is status 2, as the other errors that stop a scan:
 	// status 1 is for keys found.
 	c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
-		fmt.Fprintln(stderr, "Error:", err)
+		fmt.Fprintln(stderr, "Error:", keystore.MaskSecrets(err.Error()))
 		os.Exit(scanUsage)
 		return err
 	})

@@ -266,7 +266,11 @@ func TestScanSkipsFoldersAndFiles(t *testing.T) {
 // TestScanUsageErrors: what stops a scan exits 2, never 0 or 1.
 func TestScanUsageErrors(t *testing.T) {
 	dir := t.TempDir()
+	pasted := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_pasted"})
 	for name, args := range map[string][]string{
+		"a key as a path":  {pasted.Secret},
+		"a key as a size":  {"--max-size", pasted.Secret, dir},
+		"a key as a flag":  {"--" + pasted.Secret},
 		"unknown flag":     {"--no-such-flag"},
 		"missing path":     {filepath.Join(dir, "missing")},
 		"not a repository": {"--git", dir},
@@ -274,7 +278,7 @@ func TestScanUsageErrors(t *testing.T) {
 		"two stores":       {"--keys", "a.json", "--redis", "localhost:1", dir},
 		"missing key file": {"--keys", filepath.Join(dir, "keys.json"), dir},
 	} {
-		_, errOut, code := scan(t, nil, args...)
+		_, errOut, code := scan(t, []gatewaytest.Key{pasted}, args...)
 		if code != 2 {
 			t.Errorf("%s: exit %d, want 2: %s", name, code, errOut)
 		}
