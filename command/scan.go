@@ -52,6 +52,20 @@ func scanCommand() *cobra.Command {
 			}
 			return nil
 		})
+	c.Long = `Finds keys in the files under each path (default: the current folder), or
+with --git in every commit, tag and blob reachable from every ref of each
+git repository, read with git. Only keys whose checksum matches are
+reported, as file:line (or commit:path:line), with the key's type and a
+fingerprint (the first 12 hex digits of its hash); never the key or its
+hash. With a store (--keys or --redis), each key is named by its record,
+with its status.
+
+.git folders, symbolic links, binary files and files larger than
+--max-size are skipped, and each skip is said on stderr.
+
+Exit status: 0 no live key found; 1 a live key found (without a store, any
+key); 2 the scan could not be done (a usage error, a path or store that
+cannot be read, git failing).`
 	addStoreFlags(c)
 	f := c.Flags()
 	f.Bool("git", false, "scan every commit, tag and blob reachable from every ref of the git repositories named (default: the current folder's), instead of the files")
