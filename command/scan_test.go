@@ -135,7 +135,9 @@ func TestScanGitFindsKeyInHistory(t *testing.T) {
 	// The lookalike stays in the tree; the real key is added, then removed.
 	commitFile(t, repo, "testdata/sample.txt", []byte("not a key: "+lookalike(t, decoy.Secret)+"\n"), "a lookalike")
 	added := commitFile(t, repo, "config/app.env", []byte("# settings\nAPI_KEY="+leaked.Secret+"\n"), "settings")
-	commitFile(t, repo, "config/app.env", []byte("# settings\nAPI_KEY=\nDEBUG=1\n"), "edit, the key stays in history")
+	// A new version of the file, the key still in it: one finding still,
+	// where the key was added.
+	commitFile(t, repo, "config/app.env", []byte("# settings, edited\nAPI_KEY="+leaked.Secret+"\nDEBUG=1\n"), "edit")
 	commitFile(t, repo, "config/app.env", nil, "remove the settings")
 
 	r, code := scanJSON(t, keys, "--git", repo)
@@ -341,5 +343,23 @@ func TestScanLooksKeysUpOnRedis(t *testing.T) {
 	r, code = scanJSON(t, keys, "--redis", srv.Addr(), dir)
 	if code != 0 || len(r.Findings) != 1 || r.Findings[0].Status != "revoked" || r.Findings[0].Live {
 		t.Errorf("scan --redis after the revocation exited %d with %+v, want 0 and k_on_redis revoked", code, r.Findings)
+	}
+}
+
+// TestScanGitNamesOddPaths: paths git quotes (a tab, letters outside
+// ASCII) are reported as they are.
+func TestScanGitNamesOddPaths(t *testing.T) {
+	k1 := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_tab"})
+	k2 := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_accent"})
+	repo := gitRepo(t)
+	commitFile(t, repo, "a\tb.env", []byte(k1.Secret+"\n"), "tab")
+	commitFile(t, repo, "réglages/clé.txt", []byte(k2.Secret+"\n"), "accents")
+	r, code := scanJSON(t, []gatewaytest.Key{k1, k2}, "--git", repo)
+	paths := map[string]bool{}
+	for _, f := range r.Findings {
+		paths[f.Path] = true
+	}
+	if code != 1 || len(r.Findings) != 2 || !paths["a\tb.env"] || !paths["réglages/clé.txt"] {
+		t.Errorf("scan --git exited %d with paths %v, want 1 and the two paths as they are", code, paths)
 	}
 }
