@@ -322,7 +322,10 @@ func (s *scanner) describe(fd *scanFinding, key string) {
 	}
 	fd.ID = m.Key.ID
 	fd.Status = m.Key.Status(s.now)
-	fd.Live = fd.Status != keystore.StatusRevoked && fd.Status != keystore.StatusExpired
+	// Live unless it can never work again: a key waiting for approval
+	// may, and counts. (Read from the key, not its status: a status
+	// names one state when a key is in several.)
+	fd.Live = !m.Key.Revoked && !m.Key.Expired(s.now)
 	if m.Previous != nil {
 		fd.OldSecret = true
 		fd.OldSecretValidUntil = m.Previous.ValidUntil.UTC().Format(time.RFC3339)
