@@ -1,6 +1,7 @@
 // Package command is the caddy apikey command: it makes, rotates, revokes,
 // lists, exports and imports the keys of a key file or of Redis, checks and
-// hashes keys read from stdin, and verifies and rotates the audit log.
+// hashes keys read from stdin, finds keys leaked into files and git history,
+// and verifies and rotates the audit log.
 package command
 
 import (
@@ -45,7 +46,7 @@ path of the Caddyfile's audit_log).
 			// which says nothing of these commands.
 			cmd.SetHelpTemplate((&cobra.Command{}).HelpTemplate())
 			group(cmd, newCommand(), rotateCommand(), revokeCommand(), listCommand(),
-				exportCommand(), importCommand(), checkCommand(), hashCommand(), auditCommand(), versionCommand())
+				exportCommand(), importCommand(), checkCommand(), hashCommand(), scanCommand(), auditCommand(), versionCommand())
 		},
 	})
 }

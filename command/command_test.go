@@ -57,7 +57,8 @@ func TestUnknownCommand(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"scna"}, `unknown command "scna" for "caddy apikey"; the commands are audit, check, export, hash, import, list, new, revoke, rotate, version`},
+		{[]string{"bogus"}, `unknown command "bogus" for "caddy apikey"; the commands are audit, check, export, hash, import, list, new, revoke, rotate, scan, version`},
+		{[]string{"scna"}, `unknown command "scna" for "caddy apikey"; did you mean scan?`},
 		{[]string{"lsit", "--keys", "keys.json"}, `unknown command "lsit" for "caddy apikey"; did you mean list?`},
 		{[]string{"rovoke"}, `did you mean revoke?`},
 		{[]string{"help", "rovoke"}, `did you mean revoke?`},
