@@ -61,23 +61,31 @@ func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.err = e(w, r, x.running)
 }
 
-// mux routes by method and path. Every path it knows also has a pattern
-// without a method, which refuses the other methods with 405 naming the
-// one it takes, and "/apikey/" answers 404 for the rest: the answers are
-// the admin API's JSON errors, never the mux's plain text.
-var mux = sync.OnceValue(func() *http.ServeMux {
-	m := http.NewServeMux()
-	for _, route := range []struct {
-		method, path string
-		serve        endpoint
-	}{
+// route is one endpoint: docs/admin-api.md has a row for each.
+type route struct {
+	method, path string
+	serve        endpoint
+}
+
+// routes are the admin API's endpoints.
+func routes() []route {
+	return []route{
 		{http.MethodGet, "/apikey/audit/head", auditHeads},
 		{http.MethodGet, "/apikey/keys", keys},
 		{http.MethodGet, "/apikey/usage", usageReport},
 		{http.MethodPost, "/apikey/keys/{id}/revoke", revoke},
 		{http.MethodPost, "/apikey/cache/purge", purge},
 		{http.MethodDelete, "/apikey/quota/{id}", resetQuota},
-	} {
+	}
+}
+
+// mux routes by method and path. Every path it knows also has a pattern
+// without a method, which refuses the other methods with 405 naming the
+// one it takes, and "/apikey/" answers 404 for the rest: the answers are
+// the admin API's JSON errors, never the mux's plain text.
+var mux = sync.OnceValue(func() *http.ServeMux {
+	m := http.NewServeMux()
+	for _, route := range routes() {
 		m.Handle(route.method+" "+route.path, route.serve)
 		if route.method == http.MethodGet {
 			// A GET pattern takes HEAD too; HEAD is not GET here.
