@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -42,6 +43,7 @@ type Receiver struct {
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 
+	rateOnce          sync.Once
 	accepted, refused *bucket
 	replays           replays
 }
@@ -64,9 +66,10 @@ type Leaked struct {
 }
 
 // SetRate sets how many reports the receiver takes per period, and,
-// separately, how many refused ones it answers (see DefaultRate).
+// separately, how many refused ones it answers; call it before the
+// receiver serves. Without it, DefaultRate a minute.
 func (rc *Receiver) SetRate(limit int64, period time.Duration) {
-	rc.accepted, rc.refused = newBucket(limit, period), newBucket(limit, period)
+	rc.rateOnce.Do(func() { rc.accepted, rc.refused = newBucket(limit, period), newBucket(limit, period) })
 }
 
 func (rc *Receiver) now() time.Time {
@@ -92,9 +95,7 @@ func writeTooMany(w http.ResponseWriter) {
 
 // ServeHTTP answers one report.
 func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if rc.accepted == nil {
-		rc.SetRate(DefaultRate, time.Minute)
-	}
+	rc.SetRate(DefaultRate, time.Minute) // no change once set
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "Reports are POSTed.")
