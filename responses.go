@@ -31,6 +31,7 @@ const (
 	reasonKeyType = "key_type"
 	reasonPath    = "path"
 	reasonPending = "pending_approval"
+	reasonPaused  = "paused"
 )
 
 // errorFormat is the shape of a refusal's JSON body, chosen per route so
@@ -171,12 +172,12 @@ func newDenial(f errorFormat, status int, code, reason, message string) *denial 
 
 // denials holds every refusal a handler can give.
 type denials struct {
-	missing, invalid, expired, rotatedOut, revoked *denial
-	method, service, ip, keyType, path, pending    *denial
-	methodUnreadable                               *denial
-	keyBodies, allBodies                           *denial // bodies held over max_inflight_body
-	model                                          *denial
-	unavailable                                    *denial
+	missing, invalid, expired, rotatedOut, revoked      *denial
+	method, service, ip, keyType, path, pending, paused *denial
+	methodUnreadable                                    *denial
+	keyBodies, allBodies                                *denial // bodies held over max_inflight_body
+	model                                               *denial
+	unavailable                                         *denial
 }
 
 func newDenials(f errorFormat, service string, allowTypes []string, keyFrom []headers.KeyLocation) denials {
@@ -217,6 +218,8 @@ func newDenials(f errorFormat, service string, allowTypes []string, keyFrom []he
 			"The key may not use the model this request asks for."),
 		pending: newDenial(f, http.StatusForbidden, decisionForbidden, reasonPending,
 			"The key waits for an administrator's approval; it works once approved."),
+		paused: newDenial(f, http.StatusForbidden, decisionForbidden, reasonPaused,
+			"The key is paused; it works again once its owner or the operator resumes or rotates it."),
 		keyType: newDenial(f, http.StatusForbidden, decisionForbidden, reasonKeyType,
 			"This endpoint accepts only "+strings.Join(allowTypes, " or ")+" keys."),
 		unavailable: newDenial(f, http.StatusServiceUnavailable, decisionUnavailable, "",

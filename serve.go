@@ -154,6 +154,8 @@ func (h *Handler) authorize(x *exchange) refusal {
 	switch {
 	case k.Pending:
 		return forbidden(h.denials.pending)
+	case k.Paused:
+		return forbidden(h.denials.paused)
 	case h.allowTypes&(1<<x.presented) == 0:
 		return forbidden(h.denials.keyType)
 	case k.RestrictsIP() && !k.AllowsIP(x.client):

@@ -50,6 +50,19 @@ type Record struct {
 	// administrator approves it: the developer portal sets it on keys its
 	// policy says need approval.
 	Pending bool `json:"pending,omitempty"`
+	// PausedAt is the RFC 3339 time the key was paused: a paused key is
+	// refused (403, reason paused) until it is resumed (paused_at
+	// emptied). Empty means the key is not paused.
+	PausedAt string `json:"paused_at,omitempty"`
+	// LeakedAt is the RFC 3339 time a secret scanner reported the key
+	// found in a public place (see docs/leak-reports.md); empty when
+	// none did. LeakURL is where it was found, LeakSource where the
+	// scanner looked ("content", "commit", "npm", …), and LeakAction
+	// what the gateway did: revoke, pause or notify.
+	LeakedAt   string `json:"leaked_at,omitempty"`
+	LeakURL    string `json:"leak_url,omitempty"`
+	LeakSource string `json:"leak_source,omitempty"`
+	LeakAction string `json:"leak_action,omitempty"`
 	// PendingGrant is a wider grant asked for (in the developer portal) on
 	// a key already approved: it waits for an administrator's approval,
 	// and until then the key keeps working with the grant above. The
@@ -160,7 +173,11 @@ type Key struct {
 	Role    Role
 	Revoked bool
 	// Pending keys wait for an administrator's approval and are refused.
-	Pending   bool
+	Pending bool
+	// Paused keys are refused until resumed (the record's paused_at).
+	Paused bool
+	// Leaked keys were reported found in a public place (leaked_at).
+	Leaked    bool
 	ExpiresAt time.Time // zero: never
 	Digest    Digest
 	Previous  []PreviousDigest
@@ -220,7 +237,7 @@ func fieldErr(field string, format string, args ...any) error {
 
 // Compile validates a record and turns it into a Key.
 func Compile(rec Record) (*Key, error) {
-	k := &Key{ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Revoked: rec.Revoked, Pending: rec.Pending, IDValue: rec.ID, NameValue: rec.Name, grantSum: grantSum(rec)}
+	k := &Key{ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Revoked: rec.Revoked, Pending: rec.Pending, Paused: rec.PausedAt != "", Leaked: rec.LeakedAt != "", IDValue: rec.ID, NameValue: rec.Name, grantSum: grantSum(rec)}
 	if strings.TrimSpace(rec.ID) == "" {
 		return nil, fieldErr("id", "is required")
 	}
@@ -285,9 +302,16 @@ func Compile(rec Record) (*Key, error) {
 		}
 		k.allowedIPs = append(k.allowedIPs, prefix)
 	}
-	if rec.CreatedAt != "" {
-		if _, err := parseTime(rec.CreatedAt); err != nil {
-			return nil, &FieldError{Field: "created_at", Err: err}
+	for _, f := range []struct{ name, value string }{{"created_at", rec.CreatedAt}, {"paused_at", rec.PausedAt}, {"leaked_at", rec.LeakedAt}} {
+		if f.value != "" {
+			if _, err := parseTime(f.value); err != nil {
+				return nil, &FieldError{Field: f.name, Err: err}
+			}
+		}
+	}
+	if rec.LeakAction != "" {
+		if _, err := ParseLeakAction(rec.LeakAction); err != nil {
+			return nil, &FieldError{Field: "leak_action", Err: err}
 		}
 	}
 	if rec.ExpiresAt != "" {
@@ -455,18 +479,26 @@ const (
 	StatusRevoked       = "revoked"
 	StatusRotationGrace = "rotation_grace"
 	StatusPending       = "pending_approval"
+	StatusPaused        = "paused"
+	StatusLeaked        = "leaked"
 )
 
-// Status is the key's state at now: revoked, expired, waiting for approval,
-// in rotation grace (an old secret still works), or active.
+// Status is the key's state at now: leaked (reported found in a public
+// place, whatever was done about it), revoked, expired, waiting for
+// approval, paused, in rotation grace (an old secret still works), or
+// active. Working tells whether the gateway may still admit the key.
 func (k *Key) Status(now time.Time) string {
 	switch {
+	case k.Leaked:
+		return StatusLeaked
 	case k.Revoked:
 		return StatusRevoked
 	case k.Expired(now):
 		return StatusExpired
 	case k.Pending:
 		return StatusPending
+	case k.Paused:
+		return StatusPaused
 	}
 	for _, p := range k.Previous {
 		if now.Before(p.ValidUntil) {
@@ -475,6 +507,10 @@ func (k *Key) Status(now time.Time) string {
 	}
 	return StatusActive
 }
+
+// Stopped reports whether the key is revoked or expired at now: it works
+// nowhere again (a paused or pending key may).
+func (k *Key) Stopped(now time.Time) bool { return k.Revoked || k.Expired(now) }
 
 // Services returns the services the key may reach; ["*"] for all.
 func (k *Key) Services() []string {
@@ -510,6 +546,9 @@ func grantSum(r Record) uint64 {
 		write("-")
 	}
 	write(strconv.FormatBool(r.Pending))
+	for _, s := range []string{r.PausedAt, r.LeakedAt, r.LeakURL, r.LeakSource, r.LeakAction} {
+		write(s)
+	}
 	for _, n := range []*int64{r.TokensPerDay, r.TokensPerMinute} {
 		if n != nil {
 			write(strconv.FormatInt(*n, 10))

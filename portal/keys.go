@@ -29,6 +29,11 @@ type keyView struct {
 	Quota                       *Quota
 	QuotaPercent                int
 	Revoked, Pending            bool
+	// Stopped is a revoked or expired key: it counts against no limit
+	// and can no longer be edited; Expired is an expired one.
+	Stopped, Expired bool
+	// Leak is where the key was reported found and what was done, or nil.
+	Leak *leakView
 	// Requested is a wider grant waiting for approval, in words; "" for none.
 	Requested string
 	// Version is the record's version (keystore.Version), which the edit
@@ -56,12 +61,15 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 	kv.Status = k.Status(now)
 	kv.StatusText = map[string]string{keystore.StatusActive: "active", keystore.StatusExpired: "expired",
 		keystore.StatusRevoked: "revoked", keystore.StatusRotationGrace: "in rotation grace",
-		keystore.StatusPending: "waiting for approval"}[kv.Status]
+		keystore.StatusPending: "waiting for approval", keystore.StatusPaused: "paused",
+		keystore.StatusLeaked: "leaked"}[kv.Status]
+	kv.Stopped, kv.Expired = k.Stopped(now), k.Expired(now)
+	kv.Leak = leakOf(rec)
 	if kv.Status == keystore.StatusActive && !k.ExpiresAt.IsZero() && k.ExpiresAt.Sub(now) < expiringSoon {
 		kv.Status, kv.StatusText = "expiring", "expiring soon"
 	}
 	// A revoked or expired key has no working old secret to announce.
-	if kv.Status != keystore.StatusRevoked && kv.Status != keystore.StatusExpired {
+	if !kv.Stopped {
 		var until time.Time
 		for _, p := range k.Previous {
 			if now.Before(p.ValidUntil) && p.ValidUntil.After(until) {
@@ -75,7 +83,7 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 	if t, ok := lastUsed[rec.ID]; ok {
 		kv.LastUsed = t.Format("2006-01-02 15:00 UTC")
 	}
-	if v.s.backend.Quota != nil && kv.Status != keystore.StatusRevoked && kv.Status != keystore.StatusExpired {
+	if v.s.backend.Quota != nil && !kv.Stopped {
 		if q, ok := v.s.backend.Quota(v.r.Context(), k); ok {
 			kv.Quota = &q
 			if q.Limit > 0 {
@@ -198,7 +206,7 @@ func (v *visit) myKeys() {
 func working(views []keyView) int {
 	n := 0
 	for _, kv := range views {
-		if kv.Status != keystore.StatusRevoked && kv.Status != keystore.StatusExpired {
+		if !kv.Stopped {
 			n++
 		}
 	}
@@ -273,7 +281,7 @@ func (v *visit) create() {
 	defer mu.(*sync.Mutex).Unlock()
 	n := 0
 	err = v.s.eachRecord(v.r.Context(), v.user, 0, func(rec keystore.Record) {
-		if st := v.statusOf(rec); st != keystore.StatusRevoked && st != keystore.StatusExpired {
+		if !v.stopped(rec) {
 			n++
 		}
 	})
@@ -310,12 +318,11 @@ func (v *visit) create() {
 	v.showKey("created", "Your new key", key, rec, time.Time{})
 }
 
-func (v *visit) statusOf(rec keystore.Record) string {
+// stopped reports whether a record is revoked or expired: it counts
+// against no limit (an invalid record counts, as it may be fixed).
+func (v *visit) stopped(rec keystore.Record) bool {
 	k, err := keystore.Compile(rec)
-	if err != nil {
-		return "invalid"
-	}
-	return k.Status(v.s.now())
+	return err == nil && k.Stopped(v.s.now())
 }
 
 func (v *visit) keyPage(id string) {
@@ -408,6 +415,10 @@ func (p *Policy) withinPolicy(rec keystore.Record) bool {
 }
 
 func (v *visit) rotate(id string) {
+	if rec, err := v.ownKey(id); err == nil && rec.LeakedAt != "" {
+		v.rotateLeaked(id)
+		return
+	}
 	now := v.s.now().UTC()
 	var rec keystore.Record
 	key, until, err := keystore.Rotate(v.r.Context(), v.s.backend.Store, id, v.s.policy.RotationGrace, func(r *keystore.Record) error {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
@@ -134,6 +135,54 @@ func Run(t *testing.T, open func(t *testing.T) keystore.Store) {
 		other.Hash = rec.Hash
 		if err := s.Create(ctx, other); !errors.Is(err, keystore.ErrHashTaken) {
 			t.Errorf("an old secret's hash was given to another key: %v", err)
+		}
+	})
+
+	t.Run("a leak is marked once and rotated away", func(t *testing.T) {
+		s := open(t)
+		for _, id := range []string{"k_leak", "k_notified"} {
+			if err := s.Create(ctx, record(t, id, "")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		at := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+		rec, err := keystore.MarkLeaked(ctx, s, "k_leak", keystore.Leak{At: at, URL: "https://github.com/o/r/blob/x/.env", Source: "commit", Action: keystore.LeakRevoke})
+		if err != nil || !rec.Revoked || rec.LeakedAt != "2026-12-02T10:00:00Z" || rec.LeakSource != "commit" || rec.LeakAction != "revoke" {
+			t.Fatalf("marked: %+v, %v", rec, err)
+		}
+		if got, _ := s.Get(ctx, "k_leak"); got.LeakURL != "https://github.com/o/r/blob/x/.env" || !got.Revoked {
+			t.Fatalf("read back: leak_url %q revoked %v", got.LeakURL, got.Revoked)
+		}
+		before, _ := s.Get(ctx, "k_leak")
+		if _, err := keystore.MarkLeaked(ctx, s, "k_leak", keystore.Leak{At: at.Add(time.Hour), URL: "elsewhere", Action: keystore.LeakPause}); !errors.Is(err, keystore.ErrAlreadyLeaked) {
+			t.Fatalf("a second report: %v, want ErrAlreadyLeaked", err)
+		}
+		if after, _ := s.Get(ctx, "k_leak"); !keystore.Same(before, after) {
+			t.Fatal("a second report changed the record")
+		}
+		key, err := keystore.RotateLeaked(ctx, s, "k_leak", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := s.Get(ctx, "k_leak")
+		if got.Revoked || got.LeakedAt != "" || got.LeakAction != "" || len(got.PreviousHashes) != 0 || got.Hash != keystore.Sum(key).Encode() || got.Hash == before.Hash {
+			t.Fatalf("after the rotation: revoked %v leaked_at %q, %d old secrets, new hash %v", got.Revoked, got.LeakedAt, len(got.PreviousHashes), got.Hash == keystore.Sum(key).Encode())
+		}
+		if _, err := keystore.RotateLeaked(ctx, s, "k_leak", nil); err == nil {
+			t.Fatal("a key no longer leaked was rotated as leaked")
+		}
+		// Notified only, then revoked by hand: not brought back.
+		if _, err := keystore.MarkLeaked(ctx, s, "k_notified", keystore.Leak{At: at, Action: keystore.LeakNotify}); err != nil {
+			t.Fatal(err)
+		}
+		if err := keystore.Revoke(ctx, s, "k_notified", nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := keystore.RotateLeaked(ctx, s, "k_notified", nil); err == nil {
+			t.Fatal("a key revoked by hand was brought back by a leak rotation")
+		}
+		if got, _ := s.Get(ctx, "k_notified"); !got.Revoked {
+			t.Fatal("k_notified is no longer revoked")
 		}
 	})
 
