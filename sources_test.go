@@ -249,7 +249,16 @@ func TestHTTPSourceProtocolAndCache(t *testing.T) {
 func TestHTTPSourceSingleflight(t *testing.T) {
 	k := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_many", Role: "reader"})
 	g := gatewaytest.StartRemote(t, "ttl 1h\n\t\t\tstale 2h", k.Record)
-	g.Svc.SetDelay(150 * time.Millisecond)
+	misses := func() float64 {
+		_, body := gatewaytest.Admin(t, "GET", g.Admin, "/metrics")
+		v, _ := gatewaytest.MetricValue(t, body, "caddy_apikey_cache_requests_total", map[string]string{"result": "miss"})
+		return v
+	}
+	before := misses()
+	// The service answers once all 100 requests have missed the cache:
+	// each then waits on the one call in flight.
+	release := g.Svc.Hold()
+	defer release()
 	var wg sync.WaitGroup
 	var ok atomic.Int64
 	for i := 0; i < 100; i++ {
@@ -267,6 +276,8 @@ func TestHTTPSourceSingleflight(t *testing.T) {
 			}
 		}()
 	}
+	gatewaytest.WaitUntil(t, "100 cache misses", 30*time.Second, func() bool { return misses()-before >= 100 })
+	release()
 	wg.Wait()
 	if ok.Load() != 100 || g.Svc.Calls.Load() != 1 {
 		t.Fatalf("%d of 100 passed with %d calls; want 100 and 1", ok.Load(), g.Svc.Calls.Load())
@@ -280,17 +291,17 @@ func TestHTTPSourceStaleWhileRevalidate(t *testing.T) {
 	g := gatewaytest.StartRemote(t, "ttl 300ms\n\t\t\tstale 1h", k.Record)
 	gatewaytest.Send(t, "GET", g.URL, k.Bearer()...)
 	time.Sleep(400 * time.Millisecond)
-	g.Svc.SetDelay(250 * time.Millisecond) // a refresh in the request path would show
+	// The service holds its answers: a refresh in the request path would
+	// hold the stale requests too, until the client gave up.
+	release := g.Svc.Hold()
+	defer release()
 	for i := 0; i < 5; i++ {
-		start := time.Now()
 		if r := gatewaytest.Send(t, "GET", g.URL, k.Bearer()...); r.Status != 200 {
-			t.Fatalf("stale request: %d", r.Status)
-		}
-		if d := time.Since(start); d > 200*time.Millisecond {
-			t.Errorf("a stale hit waited %v for the service", d)
+			t.Fatalf("stale request %d while the refresh is held: %d", i, r.Status)
 		}
 	}
 	eventually(t, "one background refresh", func() bool { return g.Svc.Calls.Load() == 2 })
+	release()
 	time.Sleep(300 * time.Millisecond)
 	if n := g.Svc.Calls.Load(); n != 2 {
 		t.Errorf("%d calls, want 2: one fetch and one refresh", n)

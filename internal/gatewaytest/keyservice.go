@@ -27,6 +27,7 @@ type KeyService struct {
 	records map[string]keystore.Record // by every hash a record answers to
 	mode    string
 	delay   time.Duration
+	gate    chan struct{} // when set, answers wait for it to close
 	bodies  []string
 	auth    []string
 }
@@ -61,6 +62,16 @@ func (s *KeyService) SetDelay(d time.Duration) {
 	s.mu.Unlock()
 }
 
+// Hold makes answers wait until release is called.
+func (s *KeyService) Hold() (release func()) {
+	gate := make(chan struct{})
+	s.mu.Lock()
+	s.gate = gate
+	s.mu.Unlock()
+	var once sync.Once
+	return func() { once.Do(func() { close(gate) }) }
+}
+
 // Request is the body and the Authorization header of the i-th request
 // the service got.
 func (s *KeyService) Request(i int) (body, authorization string) {
@@ -75,7 +86,7 @@ func (s *KeyService) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.bodies = append(s.bodies, string(body))
 	s.auth = append(s.auth, r.Header.Get("Authorization"))
-	mode, delay := s.mode, s.delay
+	mode, delay, gate := s.mode, s.delay, s.gate
 	var req struct {
 		Hash string `json:"hash"`
 	}
@@ -84,6 +95,9 @@ func (s *KeyService) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	if delay > 0 {
 		time.Sleep(delay)
+	}
+	if gate != nil {
+		<-gate
 	}
 	switch {
 	case r.Method != "POST":
