@@ -3,6 +3,7 @@ package apikey
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -546,6 +547,72 @@ func TestDocsTemplate(t *testing.T) {
 		got := regexp.MustCompile(`(?m)^## .*$`).FindAllString(prose, -1)
 		if strings.Join(got, "|") != strings.Join(want, "|") {
 			t.Errorf("%s has the sections %q, want %q", path, got, want)
+		}
+	}
+}
+
+// TestReferenceEntriesAreNotRepeated: a directive, field, command, endpoint,
+// metric or event has one reference entry in the docs, so that it is
+// described once and cannot be described two ways. Entries are the headings
+// that name one thing (#### `name`) and the table rows whose first cell
+// starts with code (| `name` …). Other pages link to the entry. The
+// exceptions are names that stand for different things on different pages
+// (listed with why), troubleshooting.md (one row per message a user can
+// meet, and one code may have several), and benchmarks.md and choices.md
+// (measurements and decisions, not reference).
+func TestReferenceEntriesAreNotRepeated(t *testing.T) {
+	different := map[string]string{
+		"rate":   "the rate directive (caddyfile.md) and a key record's rate field (key-file.md)",
+		"ollama": "a service preset (caddyfile.md) and an error_format value (responses.md)",
+		"openai": "a service preset (caddyfile.md) and an error_format value (responses.md)",
+	}
+	heading := regexp.MustCompile("^#{4} `([^`]+)`\\s*$")
+	directiveHeading := regexp.MustCompile("^### `([a-z_]+)`\\s*$")
+	row := regexp.MustCompile("^\\| `([^`]+)`")
+	entries := map[string][]string{}
+	for _, page := range docPages(t) {
+		switch filepath.Base(page) {
+		case "troubleshooting.md", "benchmarks.md", "choices.md":
+			continue
+		}
+		// In caddyfile.md, each directive of its own (### `name`) has a
+		// table of its options: an option is that directive's.
+		directive := ""
+		lines := strings.Split(readDoc(t, page), "\n")
+		for i, line := range lines {
+			if i+1 < len(lines) && strings.HasPrefix(lines[i+1], "|--") {
+				continue // a table's header row
+			}
+			if m := directiveHeading.FindStringSubmatch(line); m != nil && filepath.Base(page) == "caddyfile.md" {
+				directive = m[1]
+				continue
+			}
+			if m := heading.FindStringSubmatch(line); m != nil {
+				entries[m[1]] = append(entries[m[1]], fmt.Sprintf("%s:%d", filepath.Base(page), i+1))
+			}
+			if m := row.FindStringSubmatch(line); m != nil {
+				name := m[1]
+				if directive != "" {
+					name = directive + " › " + name
+				}
+				entries[name] = append(entries[name], fmt.Sprintf("%s:%d", filepath.Base(page), i+1))
+			}
+		}
+	}
+	if len(entries) < 100 {
+		t.Fatalf("found only %d reference entries", len(entries))
+	}
+	// An option of a directive's table has no entry of its own elsewhere.
+	for name, at := range entries {
+		if _, option, ok := strings.Cut(name, " › "); ok {
+			if elsewhere := entries[option]; len(elsewhere) > 0 {
+				entries[name] = append(at, elsewhere...)
+			}
+		}
+	}
+	for name, at := range entries {
+		if len(at) > 1 && different[name] == "" {
+			t.Errorf("%q has %d reference entries (%s); keep one and link to it", name, len(at), strings.Join(at, ", "))
 		}
 	}
 }
