@@ -81,6 +81,11 @@ type Record struct {
 	CreatedAt string `json:"created_at,omitempty"`
 }
 
+// Waiting reports whether the record waits for an administrator's
+// approval: a key not yet approved, or a wider grant asked for, on a key
+// not revoked.
+func (r *Record) Waiting() bool { return (r.Pending || r.PendingGrant != nil) && !r.Revoked }
+
 // Grant is what a key may do, as a record's role, services, permissions and
 // allowed IPs say.
 type Grant struct {
