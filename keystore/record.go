@@ -79,6 +79,20 @@ type Record struct {
 	Owner string `json:"owner,omitempty"`
 	// CreatedAt is the RFC 3339 time the key was created.
 	CreatedAt string `json:"created_at,omitempty"`
+	// AdminChange is the last change an administrator made to someone
+	// else's key in the developer portal (approved, revoked), which the
+	// portal shows the key's owner. The gateway does not read it.
+	AdminChange *AdminChange `json:"admin_change,omitempty"`
+}
+
+// AdminChange is a change an administrator made to a developer's key.
+type AdminChange struct {
+	// Action is what was done: "approved" or "revoked".
+	Action string `json:"action"`
+	// By is the administrator's identity.
+	By string `json:"by"`
+	// At is the RFC 3339 time of the change.
+	At string `json:"at"`
 }
 
 // Waiting reports whether the record waits for an administrator's

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
@@ -75,5 +77,59 @@ func TestPortalAdminPageAtManyKeys(t *testing.T) {
 	}
 	if strings.Contains(p.html(t, admin), "sha256:") {
 		t.Error("the admin page shows a key's hash")
+	}
+}
+
+// TestPortalAdminsApproveAndRevokeButDoNotRotate: an administrator may
+// approve and revoke a developer's key, and the page says so; they are not
+// offered, and are refused, the key's edit and rotation (a rotation would
+// show them the new secret and stop the owner's). The owner sees what an
+// administrator did to their keys.
+func TestPortalAdminsApproveAndRevokeButDoNotRotate(t *testing.T) {
+	p, dir := startPortalDemo(t, false)
+	alice, admin := p.signIn(t, "alice"), p.signIn(t, "admin")
+	prod := p.createKey(t, alice, "production", "prod")
+	dev := p.createKey(t, alice, "tests", "dev")
+
+	p.open(t, admin, "/portal/admin")
+	p.submit(t, admin, `form[action="/portal/admin/keys/`+prod.id+`/approve"] button[type=submit]`)
+	p.open(t, admin, "/portal/keys/"+dev.id)
+	for _, sel := range []string{`form[action$="/rotate"]`, `form[action="/portal/keys/` + dev.id + `"]`} {
+		if n := tabEval[int](t, admin, `document.querySelectorAll(`+jsQuote(sel)+`).length`); n != 0 {
+			t.Errorf("alice's key %s offers the administrator %s", dev.id, sel)
+		}
+	}
+	if text := tabEval[string](t, admin, `document.querySelector('main').innerText`); !strings.Contains(text, "only its owner edits or rotates it") {
+		t.Errorf("alice's key %s's page does not tell the administrator what they may do: %.300q", dev.id, text)
+	}
+	// A crafted rotation is refused, and changes nothing.
+	token := tabEval[string](t, admin, `document.querySelector('input[name=csrf]')?.value ?? ''`)
+	tabDo(t, admin, "sending a rotation",
+		chromedp.Evaluate[chromedp.Void](`(() => { const f = document.createElement('form'); f.method = 'post';
+			f.action = '/portal/keys/`+dev.id+`/rotate'; const i = document.createElement('input'); i.name = 'csrf';
+			i.value = `+jsQuote(token)+`; f.append(i); document.body.append(f); f.submit(); })()`))
+	tabPoll(t, admin, `location.pathname.endsWith('/rotate') && document.readyState === 'complete' ? 'y' : ''`)
+	if secret := tabEval[string](t, admin, `document.getElementById('secret')?.value ?? ''`); secret != "" {
+		t.Errorf("the administrator rotated alice's key %s and was shown its new secret", dev.id)
+	}
+	if n := len(demoRecords(t, dir)[dev.id].PreviousHashes); n != 0 {
+		t.Errorf("alice's key %s was rotated by the administrator (%d old secrets)", dev.id, n)
+	}
+	if r := p.gateway(t, "GET", "/echo/hello", dev.secret); r.status != 200 {
+		t.Errorf("alice's key %s answers %d after the administrator's attempt, want 200", dev.id, r.status)
+	}
+	// Revoking is theirs.
+	p.open(t, admin, "/portal/keys/"+dev.id+"/revoke")
+	p.submit(t, admin, `form[action="/portal/keys/`+dev.id+`/revoke"] button[type=submit]`)
+	if !demoRecords(t, dir)[dev.id].Revoked {
+		t.Fatalf("the administrator could not revoke alice's key %s: %s", dev.id, p.alerts(t, admin))
+	}
+
+	p.open(t, alice, "/portal/keys")
+	notices := tabEval[string](t, alice, `[...document.querySelectorAll('.notice')].map(n => n.innerText).join('\n')`)
+	for id, action := range map[string]string{prod.id: "approved", dev.id: "revoked"} {
+		if !strings.Contains(notices, id) || !strings.Contains(notices, "admin, "+action+" this key") {
+			t.Errorf("alice is not told the administrator %s her key %s: notices %q", action, id, notices)
+		}
 	}
 }

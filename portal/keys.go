@@ -34,6 +34,12 @@ type keyView struct {
 	// Version is the record's version (keystore.Version), which the edit
 	// form sends back.
 	Version string
+	// Notice is what an administrator last did to the key, for its owner;
+	// "" for nothing.
+	Notice string
+	// Others is a key of someone else that an administrator looks at: they
+	// may approve and revoke it, not edit or rotate it.
+	Others bool
 }
 
 // maxOwnKeys bounds how many of a developer's records (revoked ones too)
@@ -47,6 +53,14 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 		Created: day(rec.CreatedAt), Expires: day(rec.ExpiresAt), Revoked: rec.Revoked, Pending: rec.Pending}
 	if g := rec.PendingGrant; g != nil {
 		kv.Requested = grantText(*g)
+	}
+	kv.Others = rec.Owner != v.user
+	if c := rec.AdminChange; c != nil {
+		kv.Notice = "An administrator, " + c.By + ", " + c.Action + " this key"
+		if t, err := time.Parse(time.RFC3339, c.At); err == nil {
+			kv.Notice += " on " + t.UTC().Format("2006-01-02 15:04 UTC")
+		}
+		kv.Notice += "."
 	}
 	k, err := keystore.Compile(rec)
 	if err != nil {
@@ -190,8 +204,14 @@ func (v *visit) myKeys() {
 	for i, rec := range recs {
 		views[i] = v.view(rec, used)
 	}
+	var notices []keyView
+	for _, kv := range views {
+		if kv.Notice != "" {
+			notices = append(notices, kv)
+		}
+	}
 	v.render(http.StatusOK, "keys.html", "keys", "My keys", map[string]any{
-		"Keys": views, "Flash": flash(v.r), "Working": working(views), "MaxKeys": v.s.policy.MaxKeys})
+		"Keys": views, "Flash": flash(v.r), "Working": working(views), "MaxKeys": v.s.policy.MaxKeys, "Notices": notices})
 }
 
 // working counts the keys that count against max_keys.
@@ -358,6 +378,9 @@ func (v *visit) edit(id string) {
 		if err := v.mine(rec); err != nil {
 			return err
 		}
+		if rec.Owner != v.user {
+			return refuse("key", "belongs to %s; only its owner edits it (an administrator may approve or revoke it)", rec.Owner)
+		}
 		if rec.Revoked {
 			return refuse("key", "is revoked; a revoked key cannot be changed")
 		}
@@ -414,6 +437,11 @@ func (v *visit) rotate(id string) {
 		if err := v.mine(r); err != nil {
 			return err
 		}
+		if r.Owner != v.user {
+			// The new secret would be shown to the administrator, and the
+			// owner's would stop working: rotating is the owner's.
+			return refuse("key", "belongs to %s; only its owner rotates it (an administrator may approve or revoke it)", r.Owner)
+		}
 		if r.Revoked {
 			return refuse("key", "is revoked; a revoked key cannot be rotated")
 		}
@@ -449,13 +477,15 @@ func (v *visit) confirmRevoke(id string) {
 }
 
 func (v *visit) revoke(id string) {
-	err := keystore.Revoke(v.r.Context(), v.s.backend.Store, id, func(r keystore.Record) error {
-		if err := v.mine(&r); err != nil {
+	_, err := v.s.backend.Store.Update(v.r.Context(), id, func(r *keystore.Record) error {
+		if err := v.mine(r); err != nil {
 			return err
 		}
 		if r.Revoked {
 			return refuse("key", "is revoked already")
 		}
+		r.Revoked = true
+		v.noteAdminChange(r, "revoked")
 		return nil
 	})
 	if err != nil {
@@ -480,6 +510,7 @@ func (v *visit) approve(id string) {
 			rec.PendingGrant = nil
 		}
 		rec.Pending = false
+		v.noteAdminChange(rec, "approved")
 		return nil
 	})
 	if err != nil {
@@ -488,6 +519,15 @@ func (v *visit) approve(id string) {
 	}
 	v.changed(id, audit.Entry{"event": "key.approved", "key_id": id})
 	http.Redirect(v.w, v.r, v.s.base+"/admin?done=approved", http.StatusSeeOther)
+}
+
+// noteAdminChange records, on a key of someone else, what the visiting
+// administrator did, for its owner to see.
+func (v *visit) noteAdminChange(rec *keystore.Record, action string) {
+	if rec.Owner == v.user || rec.Owner == "" {
+		return
+	}
+	rec.AdminChange = &keystore.AdminChange{Action: action, By: v.user, At: v.s.now().UTC().Format(time.RFC3339)}
 }
 
 // changed tells the gateway and the audit log of a change the visitor made.

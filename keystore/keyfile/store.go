@@ -179,6 +179,9 @@ func clone(r keystore.Record) keystore.Record {
 		r.PendingGrant = &keystore.Grant{Role: g.Role, Services: slices.Clone(g.Services),
 			Permissions: slices.Clone(g.Permissions), AllowedIPs: slices.Clone(g.AllowedIPs)}
 	}
+	if c := r.AdminChange; c != nil {
+		r.AdminChange = &keystore.AdminChange{Action: c.Action, By: c.By, At: c.At}
+	}
 	for _, p := range []**int64{&r.QuotaPerDay, &r.TokensPerDay, &r.TokensPerMinute} {
 		if *p != nil {
 			v := **p
