@@ -66,11 +66,18 @@ func TestPortalInBrowser(t *testing.T) {
 // file (in the folder it returns) or on Redis, with a browser to drive it.
 func startPortalDemo(t *testing.T, redis bool) (*portalDemo, string) {
 	t.Helper()
+	return startPortalDemoWithin(t, redis, 75*time.Second)
+}
+
+// startPortalDemoWithin is startPortalDemo with a browser that gives up
+// after timeout.
+func startPortalDemoWithin(t *testing.T, redis bool, timeout time.Duration) (*portalDemo, string) {
+	t.Helper()
 	demo, err := os.ReadFile("../examples/portal/Caddyfile")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := browsertest.Start(t, 75*time.Second)
+	b := browsertest.Start(t, timeout)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "keys.json"), []byte(`{"keys": []}`), 0o600); err != nil {
 		t.Fatal(err)
