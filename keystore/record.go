@@ -79,6 +79,11 @@ type Record struct {
 	Owner string `json:"owner,omitempty"`
 	// CreatedAt is the RFC 3339 time the key was created.
 	CreatedAt string `json:"created_at,omitempty"`
+	// Hint is the secret's last HintLength characters, kept when the
+	// developer portal creates a key and whenever a key is rotated, so
+	// that people can tell their keys apart ("DEV_API_…abcd"). Never
+	// more of the secret.
+	Hint string `json:"hint,omitempty"`
 	// AdminChange is the last change an administrator made to someone
 	// else's key in the developer portal (approved, revoked), which the
 	// portal shows the key's owner. The gateway does not read it.
@@ -94,6 +99,12 @@ type AdminChange struct {
 	// At is the RFC 3339 time of the change.
 	At string `json:"at"`
 }
+
+// HintLength is how many of a secret's last characters a record keeps.
+const HintLength = 4
+
+// HintOf is the hint a record keeps of key: its last HintLength characters.
+func HintOf(key string) string { return key[max(0, len(key)-HintLength):] }
 
 // Waiting reports whether the record waits for an administrator's
 // approval: a key not yet approved, or a wider grant asked for, on a key

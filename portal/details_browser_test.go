@@ -162,3 +162,40 @@ func TestPortalPageDetails(t *testing.T) {
 		}
 	})
 }
+
+// TestPortalTellsKeysApart: every key shows its type's prefix and the
+// secret's last 4 characters (DEV_API_…abcd), kept at creation and at each
+// rotation, never more of it; and when and by whom it was created.
+func TestPortalTellsKeysApart(t *testing.T) {
+	p, dir := startPortalDemo(t, false)
+	alice := p.signIn(t, "alice")
+	k := p.createKey(t, alice, "hinted", "dev")
+	check := func(when string) {
+		t.Helper()
+		want := "DEV_API_…" + k.secret[len(k.secret)-4:]
+		if got := demoRecords(t, dir)[k.id].Hint; got != k.secret[len(k.secret)-4:] {
+			t.Errorf("%s: key %s's record keeps a hint of %d characters that is not the secret's last 4", when, k.id, len(got))
+		}
+		for _, path := range []string{"/portal/keys", "/portal/keys/" + k.id} {
+			p.open(t, alice, path)
+			html := p.html(t, alice)
+			if !strings.Contains(tabEval[string](t, alice, `document.querySelector('main').innerText`), want) {
+				t.Errorf("%s: %s does not show key %s as DEV_API_… and its last 4 characters", when, path, k.id)
+			}
+			if strings.Contains(html, k.secret[len(k.secret)-5:]) {
+				t.Errorf("%s: %s shows more than the last 4 characters of key %s", when, path, k.id)
+			}
+		}
+		if text := tabEval[string](t, alice, `document.querySelector('main').innerText`); !strings.Contains(text, "by alice") {
+			t.Errorf("%s: key %s's page does not say who created it", when, k.id)
+		}
+	}
+	check("after creation")
+	p.open(t, alice, "/portal/keys/"+k.id)
+	p.submit(t, alice, `form[action="/portal/keys/`+k.id+`/rotate"] button[type=submit]`)
+	k.secret = tabEval[string](t, alice, `document.getElementById('secret')?.value ?? ''`)
+	if k.secret == "" {
+		t.Fatalf("rotating key %s showed no new secret", k.id)
+	}
+	check("after rotation")
+}

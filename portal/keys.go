@@ -34,6 +34,11 @@ type keyView struct {
 	// Version is the record's version (keystore.Version), which the edit
 	// form sends back.
 	Version string
+	// Masked is the key as far as the record's hint shows it,
+	// "DEV_API_…abcd"; "" for a key without a hint.
+	Masked string
+	// CreatedAt is when the key was made, to the minute.
+	CreatedAt string
 	// Notice is what an administrator last did to the key, for its owner;
 	// "" for nothing.
 	Notice string
@@ -55,6 +60,16 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 		kv.Requested = grantText(*g)
 	}
 	kv.Others = rec.Owner != v.user
+	if rec.Hint != "" {
+		prefix := "DEV_API_"
+		if rec.Type == keystore.Prod.String() {
+			prefix = "PROD_API_"
+		}
+		kv.Masked = prefix + "…" + rec.Hint
+	}
+	if t, err := time.Parse(time.RFC3339, rec.CreatedAt); err == nil {
+		kv.CreatedAt = t.UTC().Format("2006-01-02 15:04 UTC")
+	}
 	if c := rec.AdminChange; c != nil {
 		kv.Notice = "An administrator, " + c.By + ", " + c.Action + " this key"
 		if t, err := time.Parse(time.RFC3339, c.At); err == nil {
@@ -313,7 +328,7 @@ func (v *visit) create() {
 	now := v.s.now().UTC()
 	rec := keystore.Record{Name: g.name, Hash: keystore.Sum(key).Encode(), Type: g.typ.String(), Role: g.role.String(),
 		Services: g.services, Permissions: g.permissions, AllowedIPs: g.allowedIPs, Owner: v.user,
-		CreatedAt: now.Format(time.RFC3339), ExpiresAt: now.Add(time.Duration(g.days) * 24 * time.Hour).Format(time.RFC3339),
+		Hint: keystore.HintOf(key), CreatedAt: now.Format(time.RFC3339), ExpiresAt: now.Add(time.Duration(g.days) * 24 * time.Hour).Format(time.RFC3339),
 		Pending: g.typ == keystore.Prod && v.s.policy.ApproveProd && !v.admin}
 	for tries := 0; tries < 5; tries++ {
 		rec.ID = keystore.NewID()
