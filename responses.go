@@ -31,6 +31,7 @@ const (
 	reasonKeyType = "key_type"
 	reasonPath    = "path"
 	reasonPending = "pending_approval"
+	reasonPaused  = "paused"
 )
 
 // errorFormat is the shape of a refusal's JSON body, chosen per route so
@@ -173,6 +174,7 @@ func newDenial(f errorFormat, status int, code, reason, message string) *denial 
 type denials struct {
 	missing, invalid, expired, rotatedOut, revoked *denial
 	method, service, ip, keyType, path, pending    *denial
+	paused                                         *denial
 	methodUnreadable                               *denial
 	keyBodies, allBodies                           *denial // bodies held over max_inflight_body
 	model                                          *denial
@@ -217,6 +219,8 @@ func newDenials(f errorFormat, service string, allowTypes []string, keyFrom []he
 			"The key may not use the model this request asks for."),
 		pending: newDenial(f, http.StatusForbidden, decisionForbidden, reasonPending,
 			"The key waits for an administrator's approval; it works once approved."),
+		paused: newDenial(f, http.StatusForbidden, decisionForbidden, reasonPaused,
+			"The key is paused; it works again once its owner or an administrator resumes it."),
 		keyType: newDenial(f, http.StatusForbidden, decisionForbidden, reasonKeyType,
 			"This endpoint accepts only "+strings.Join(allowTypes, " or ")+" keys."),
 		unavailable: newDenial(f, http.StatusServiceUnavailable, decisionUnavailable, "",

@@ -152,6 +152,8 @@ func (h *Handler) deprecated(x *exchange, until time.Time) {
 func (h *Handler) authorize(x *exchange) refusal {
 	k, r := x.key, x.r
 	switch {
+	case k.Paused:
+		return forbidden(h.denials.paused)
 	case k.Pending:
 		return forbidden(h.denials.pending)
 	case h.allowTypes&(1<<x.presented) == 0:

@@ -79,20 +79,26 @@ type Record struct {
 	Owner string `json:"owner,omitempty"`
 	// CreatedAt is the RFC 3339 time the key was created.
 	CreatedAt string `json:"created_at,omitempty"`
+	// PausedAt is the RFC 3339 time the key was paused: until it is
+	// cleared, the gateway refuses the key (403, reason paused), which
+	// otherwise stays as it is. Empty: active.
+	PausedAt string `json:"paused_at,omitempty"`
 	// Hint is the secret's last HintLength characters, kept when the
 	// developer portal creates a key and whenever a key is rotated, so
 	// that people can tell their keys apart ("DEV_API_…abcd"). Never
 	// more of the secret.
 	Hint string `json:"hint,omitempty"`
 	// AdminChange is the last change an administrator made to someone
-	// else's key in the developer portal (approved, revoked), which the
+	// else's key in the developer portal (approved, paused, resumed,
+	// revoked), which the
 	// portal shows the key's owner. The gateway does not read it.
 	AdminChange *AdminChange `json:"admin_change,omitempty"`
 }
 
 // AdminChange is a change an administrator made to a developer's key.
 type AdminChange struct {
-	// Action is what was done: "approved" or "revoked".
+	// Action is what was done: "approved", "paused", "resumed" or
+	// "revoked".
 	Action string `json:"action"`
 	// By is the administrator's identity.
 	By string `json:"by"`
@@ -190,7 +196,9 @@ type Key struct {
 	Role    Role
 	Revoked bool
 	// Pending keys wait for an administrator's approval and are refused.
-	Pending   bool
+	Pending bool
+	// Paused keys are refused until resumed (Record.PausedAt).
+	Paused    bool
 	ExpiresAt time.Time // zero: never
 	Digest    Digest
 	Previous  []PreviousDigest
@@ -324,6 +332,12 @@ func Compile(rec Record) (*Key, error) {
 		if k.ExpiresAt, err = parseTime(rec.ExpiresAt); err != nil {
 			return nil, &FieldError{Field: "expires_at", Err: err}
 		}
+	}
+	if rec.PausedAt != "" {
+		if _, err = parseTime(rec.PausedAt); err != nil {
+			return nil, &FieldError{Field: "paused_at", Err: err}
+		}
+		k.Paused = true
 	}
 	if rec.QuotaPerDay != nil {
 		if *rec.QuotaPerDay < 0 {
@@ -485,6 +499,7 @@ const (
 	StatusRevoked       = "revoked"
 	StatusRotationGrace = "rotation_grace"
 	StatusPending       = "pending_approval"
+	StatusPaused        = "paused"
 )
 
 // Status is the key's state at now: revoked, expired, waiting for approval,
@@ -495,6 +510,8 @@ func (k *Key) Status(now time.Time) string {
 		return StatusRevoked
 	case k.Expired(now):
 		return StatusExpired
+	case k.Paused:
+		return StatusPaused
 	case k.Pending:
 		return StatusPending
 	}
@@ -525,7 +542,7 @@ func grantSum(r Record) uint64 {
 		h.Write(n[:])
 		io.WriteString(h, s)
 	}
-	for _, s := range []string{r.ID, r.Name, r.Type, r.Role, r.ExpiresAt, r.Rate, r.Owner, r.CreatedAt} {
+	for _, s := range []string{r.ID, r.Name, r.Type, r.Role, r.ExpiresAt, r.Rate, r.Owner, r.CreatedAt, r.PausedAt} {
 		write(s)
 	}
 	for _, list := range [][]string{r.Services, r.Permissions, r.AllowedIPs} {

@@ -1,6 +1,7 @@
 package portal_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -132,4 +133,47 @@ func TestPortalAdminsApproveAndRevokeButDoNotRotate(t *testing.T) {
 			t.Errorf("alice is not told the administrator %s her key %s: notices %q", action, id, notices)
 		}
 	}
+}
+
+// TestPortalPausesAndResumesKeys: a developer pauses a key from its page
+// and the gateway refuses it (403, reason paused) until they resume it; a
+// key an administrator paused is resumed only by an administrator, and its
+// owner is told.
+func TestPortalPausesAndResumesKeys(t *testing.T) {
+	p, dir := startPortalDemo(t, false)
+	alice, admin := p.signIn(t, "alice"), p.signIn(t, "admin")
+	k := p.createKey(t, alice, "pausable", "dev")
+	press := func(ctx context.Context, action string) {
+		t.Helper()
+		p.open(t, ctx, "/portal/keys/"+k.id)
+		p.submit(t, ctx, `form[action="/portal/keys/`+k.id+`/`+action+`"] button[type=submit]`)
+	}
+	expect := func(when string, status int, reason string) {
+		t.Helper()
+		r := p.gateway(t, "GET", "/echo/hello", k.secret)
+		if r.status != status || (reason != "" && r.reason != reason) {
+			t.Errorf("%s: key %s answers %d %q, want %d %q", when, k.id, r.status, r.reason, status, reason)
+		}
+	}
+	press(alice, "pause")
+	if demoRecords(t, dir)[k.id].PausedAt == "" {
+		t.Fatalf("pausing key %s set no paused_at: %s", k.id, p.alerts(t, alice))
+	}
+	expect("paused by alice", 403, "paused")
+	press(alice, "resume")
+	expect("resumed by alice", 200, "")
+	press(admin, "pause")
+	expect("paused by the administrator", 403, "paused")
+	p.open(t, alice, "/portal/keys/"+k.id)
+	if n := tabEval[int](t, alice, `document.querySelectorAll('form[action$="/resume"]').length`); n != 1 {
+		t.Fatalf("alice's paused key %s offers no Resume", k.id)
+	}
+	p.submit(t, alice, `form[action$="/resume"] button[type=submit]`)
+	expect("alice resuming what the administrator paused", 403, "paused")
+	p.open(t, alice, "/portal/keys")
+	if notices := tabEval[string](t, alice, `[...document.querySelectorAll('.notice')].map(n => n.innerText).join('\n')`); !strings.Contains(notices, "admin, paused this key") {
+		t.Errorf("alice is not told the administrator paused key %s: %q", k.id, notices)
+	}
+	press(admin, "resume")
+	expect("resumed by the administrator", 200, "")
 }

@@ -85,7 +85,7 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 	kv.Status = k.Status(now)
 	kv.StatusText = map[string]string{keystore.StatusActive: "active", keystore.StatusExpired: "expired",
 		keystore.StatusRevoked: "revoked", keystore.StatusRotationGrace: "in rotation grace",
-		keystore.StatusPending: "waiting for approval"}[kv.Status]
+		keystore.StatusPending: "waiting for approval", keystore.StatusPaused: "paused"}[kv.Status]
 	if kv.Status == keystore.StatusActive && !k.ExpiresAt.IsZero() && k.ExpiresAt.Sub(now) < expiringSoon {
 		kv.Status, kv.StatusText = "expiring", "expiring soon"
 	}
@@ -245,7 +245,9 @@ func working(views []keyView) int {
 func flash(r *http.Request) string {
 	return map[string]string{"saved": "Saved. The gateway applies the change from the next request.",
 		"requested": "Saved. The wider permissions wait for an administrator's approval; until then the key keeps working with what it had.",
-		"approved":  "Approved: the key works from the next request."}[r.URL.Query().Get("done")]
+		"approved":  "Approved: the key works from the next request.",
+		"paused":    "Paused: the gateway refuses the key (403, reason paused) from the next request, until it is resumed.",
+		"resumed":   "Resumed: the key works again from the next request."}[r.URL.Query().Get("done")]
 }
 
 type formView struct {
@@ -534,6 +536,40 @@ func (v *visit) approve(id string) {
 	}
 	v.changed(id, audit.Entry{"event": "key.approved", "key_id": id})
 	http.Redirect(v.w, v.r, v.s.base+"/admin?done=approved", http.StatusSeeOther)
+}
+
+// pause pauses a key (the gateway refuses it, 403 paused) or resumes it.
+// Its owner and administrators may pause it; a key an administrator paused
+// is resumed by an administrator.
+func (v *visit) pause(id string, pause bool) {
+	_, err := v.s.backend.Store.Update(v.r.Context(), id, func(r *keystore.Record) error {
+		if err := v.mine(r); err != nil {
+			return err
+		}
+		if r.Revoked {
+			return refuse("key", "is revoked; a revoked key cannot be paused or resumed")
+		}
+		if pause == (r.PausedAt != "") {
+			return refuse("key", "is %s already", map[bool]string{true: "paused", false: "active"}[pause])
+		}
+		if !pause && !v.admin && r.AdminChange != nil && r.AdminChange.Action == "paused" {
+			return refuse("key", "was paused by an administrator, %s; ask them to resume it", r.AdminChange.By)
+		}
+		r.PausedAt = ""
+		action := "resumed"
+		if pause {
+			r.PausedAt, action = v.s.now().UTC().Format(time.RFC3339), "paused"
+		}
+		v.noteAdminChange(r, action)
+		return nil
+	})
+	if err != nil {
+		v.changeFailed(id, err)
+		return
+	}
+	event := map[bool]string{true: "key.paused", false: "key.resumed"}[pause]
+	v.changed(id, audit.Entry{"event": event, "key_id": id})
+	http.Redirect(v.w, v.r, v.s.base+"/keys/"+url.PathEscape(id)+"?done="+map[bool]string{true: "paused", false: "resumed"}[pause], http.StatusSeeOther)
 }
 
 // noteAdminChange records, on a key of someone else, what the visiting
