@@ -219,7 +219,7 @@ func newDenials(f errorFormat, service string, allowTypes []string, keyFrom []he
 		pending: newDenial(f, http.StatusForbidden, decisionForbidden, reasonPending,
 			"The key waits for an administrator's approval; it works once approved."),
 		paused: newDenial(f, http.StatusForbidden, decisionForbidden, reasonPaused,
-			"The key is paused; it works again once its owner or the operator resumes or rotates it."),
+			"The key is paused; it works again once its owner or an administrator resumes it, or it is rotated."),
 		keyType: newDenial(f, http.StatusForbidden, decisionForbidden, reasonKeyType,
 			"This endpoint accepts only "+strings.Join(allowTypes, " or ")+" keys."),
 		unavailable: newDenial(f, http.StatusServiceUnavailable, decisionUnavailable, "",

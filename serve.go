@@ -152,10 +152,10 @@ func (h *Handler) deprecated(x *exchange, until time.Time) {
 func (h *Handler) authorize(x *exchange) refusal {
 	k, r := x.key, x.r
 	switch {
-	case k.Pending:
-		return forbidden(h.denials.pending)
 	case k.Paused:
 		return forbidden(h.denials.paused)
+	case k.Pending:
+		return forbidden(h.denials.pending)
 	case h.allowTypes&(1<<x.presented) == 0:
 		return forbidden(h.denials.keyType)
 	case k.RestrictsIP() && !k.AllowsIP(x.client):

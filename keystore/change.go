@@ -56,6 +56,7 @@ func Rotate(ctx context.Context, store Store, id string, grace time.Duration, pr
 			}
 		}
 		rec.Hash = Sum(key).Encode()
+		rec.Hint = HintOf(key)
 		rec.PreviousHashes = previous
 		return nil
 	})

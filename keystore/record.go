@@ -92,7 +92,39 @@ type Record struct {
 	Owner string `json:"owner,omitempty"`
 	// CreatedAt is the RFC 3339 time the key was created.
 	CreatedAt string `json:"created_at,omitempty"`
+	// Hint is the secret's last HintLength characters, kept when the
+	// developer portal creates a key and whenever a key is rotated, so
+	// that people can tell their keys apart ("DEV_API_…abcd"). Never
+	// more of the secret.
+	Hint string `json:"hint,omitempty"`
+	// AdminChange is the last change an administrator made to someone
+	// else's key in the developer portal (approved, paused, resumed,
+	// revoked), which the
+	// portal shows the key's owner. The gateway does not read it.
+	AdminChange *AdminChange `json:"admin_change,omitempty"`
 }
+
+// AdminChange is a change an administrator made to a developer's key.
+type AdminChange struct {
+	// Action is what was done: "approved", "paused", "resumed" or
+	// "revoked".
+	Action string `json:"action"`
+	// By is the administrator's identity.
+	By string `json:"by"`
+	// At is the RFC 3339 time of the change.
+	At string `json:"at"`
+}
+
+// HintLength is how many of a secret's last characters a record keeps.
+const HintLength = 4
+
+// HintOf is the hint a record keeps of key: its last HintLength characters.
+func HintOf(key string) string { return key[max(0, len(key)-HintLength):] }
+
+// Waiting reports whether the record waits for an administrator's
+// approval: a key not yet approved, or a wider grant asked for, on a key
+// not revoked.
+func (r *Record) Waiting() bool { return (r.Pending || r.PendingGrant != nil) && !r.Revoked }
 
 // Grant is what a key may do, as a record's role, services, permissions and
 // allowed IPs say.
@@ -174,7 +206,7 @@ type Key struct {
 	Revoked bool
 	// Pending keys wait for an administrator's approval and are refused.
 	Pending bool
-	// Paused keys are refused until resumed (the record's paused_at).
+	// Paused keys are refused until resumed (Record.PausedAt).
 	Paused bool
 	// Leaked keys were reported found in a public place (leaked_at).
 	Leaked    bool

@@ -57,6 +57,10 @@ type Editable interface {
 type ListQuery struct {
 	// Owner, when set, keeps only the records with this owner.
 	Owner string
+	// Waiting, when set, keeps only the records that wait for an
+	// administrator's approval (Record.Waiting). Stores index them, so
+	// finding them does not read every record.
+	Waiting bool
 	// After is the id the previous page ended with; "" for the first page.
 	After string
 	// Limit is the most records a page holds; 0 means DefaultListLimit.
@@ -93,18 +97,22 @@ func PageOf(sorted []Record, q ListQuery) Page {
 	}
 	limit = min(limit, MaxListLimit)
 	var page Page
-	for _, r := range sorted {
+	for i := range sorted {
+		r := &sorted[i] // not a copy of each record: a listing may pass many
 		if r.ID <= q.After && q.After != "" {
 			continue
 		}
 		if q.Owner != "" && r.Owner != q.Owner {
 			continue
 		}
+		if q.Waiting && !r.Waiting() {
+			continue
+		}
 		if len(page.Records) == limit {
 			page.Next = page.Records[limit-1].ID
 			break
 		}
-		page.Records = append(page.Records, r)
+		page.Records = append(page.Records, *r)
 	}
 	return page
 }

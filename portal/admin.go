@@ -12,10 +12,6 @@ import (
 // adminPageSize is how many keys the admin page lists at a time.
 const adminPageSize = 100
 
-// pendingScan is how many records the admin page reads looking for keys
-// that wait for approval.
-const pendingScan = 100_000
-
 // auditShown is how many of the audit log's last entries the admin page shows.
 const auditShown = 50
 
@@ -41,18 +37,17 @@ func (v *visit) adminPage() {
 	for i, rec := range page.Records {
 		keys[i] = v.view(rec, used)
 	}
-	// Keys waiting for approval, among the store's first pendingScan
-	// records (in id order).
+	// Keys waiting for approval: the store's index of them, the first
+	// adminPageSize in id order.
 	var pending []keyView
 	if v.s.policy.ApproveProd {
-		err := v.s.eachRecord(ctx, "", pendingScan, func(rec keystore.Record) {
-			if (rec.Pending || rec.PendingGrant != nil) && !rec.Revoked && len(pending) < adminPageSize {
-				pending = append(pending, v.view(rec, used))
-			}
-		})
+		waiting, err := v.s.backend.Store.List(ctx, keystore.ListQuery{Waiting: true, Limit: adminPageSize})
 		if err != nil {
 			v.storeFailed(err)
 			return
+		}
+		for _, rec := range waiting.Records {
+			pending = append(pending, v.view(rec, used))
 		}
 	}
 	var trail []auditLine

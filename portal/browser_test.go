@@ -72,14 +72,21 @@ func TestPortalInBrowser(t *testing.T) {
 // file (in the folder it returns) or on Redis, with a browser to drive it.
 func startPortalDemo(t *testing.T, redis bool) (*portalDemo, string) {
 	t.Helper()
+	// A bound against a browser that hangs, not a speed test: a variant
+	// takes about 25 s on an idle machine and took 82 s under -race on a
+	// loaded one.
+	return startPortalDemoWithin(t, redis, 5*time.Minute)
+}
+
+// startPortalDemoWithin is startPortalDemo with a browser that gives up
+// after timeout.
+func startPortalDemoWithin(t *testing.T, redis bool, timeout time.Duration) (*portalDemo, string) {
+	t.Helper()
 	demo, err := os.ReadFile("../examples/portal/Caddyfile")
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A bound against a browser that hangs, not a speed test: a variant
-	// takes about 25 s on an idle machine and took 82 s under -race on a
-	// loaded one.
-	b := browsertest.Start(t, 5*time.Minute)
+	b := browsertest.Start(t, timeout)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "keys.json"), []byte(`{"keys": []}`), 0o600); err != nil {
 		t.Fatal(err)

@@ -39,6 +39,17 @@ type keyView struct {
 	// Version is the record's version (keystore.Version), which the edit
 	// form sends back.
 	Version string
+	// Masked is the key as far as the record's hint shows it,
+	// "DEV_API_…abcd"; "" for a key without a hint.
+	Masked string
+	// CreatedAt is when the key was made, to the minute.
+	CreatedAt string
+	// Notice is what an administrator last did to the key, for its owner;
+	// "" for nothing.
+	Notice string
+	// Others is a key of someone else that an administrator looks at: they
+	// may approve and revoke it, not edit or rotate it.
+	Others bool
 }
 
 // maxOwnKeys bounds how many of a developer's records (revoked ones too)
@@ -52,6 +63,24 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 		Created: day(rec.CreatedAt), Expires: day(rec.ExpiresAt), Revoked: rec.Revoked, Pending: rec.Pending}
 	if g := rec.PendingGrant; g != nil {
 		kv.Requested = grantText(*g)
+	}
+	kv.Others = rec.Owner != v.user
+	if rec.Hint != "" {
+		prefix := "DEV_API_"
+		if rec.Type == keystore.Prod.String() {
+			prefix = "PROD_API_"
+		}
+		kv.Masked = prefix + "…" + rec.Hint
+	}
+	if t, err := time.Parse(time.RFC3339, rec.CreatedAt); err == nil {
+		kv.CreatedAt = t.UTC().Format("2006-01-02 15:04 UTC")
+	}
+	if c := rec.AdminChange; c != nil {
+		kv.Notice = "An administrator, " + c.By + ", " + c.Action + " this key"
+		if t, err := time.Parse(time.RFC3339, c.At); err == nil {
+			kv.Notice += " on " + t.UTC().Format("2006-01-02 15:04 UTC")
+		}
+		kv.Notice += "."
 	}
 	k, err := keystore.Compile(rec)
 	if err != nil {
@@ -198,8 +227,14 @@ func (v *visit) myKeys() {
 	for i, rec := range recs {
 		views[i] = v.view(rec, used)
 	}
+	var notices []keyView
+	for _, kv := range views {
+		if kv.Notice != "" {
+			notices = append(notices, kv)
+		}
+	}
 	v.render(http.StatusOK, "keys.html", "keys", "My keys", map[string]any{
-		"Keys": views, "Flash": flash(v.r), "Working": working(views), "MaxKeys": v.s.policy.MaxKeys})
+		"Keys": views, "Flash": flash(v.r), "Working": working(views), "MaxKeys": v.s.policy.MaxKeys, "Notices": notices})
 }
 
 // working counts the keys that count against max_keys.
@@ -218,7 +253,9 @@ func working(views []keyView) int {
 func flash(r *http.Request) string {
 	return map[string]string{"saved": "Saved. The gateway applies the change from the next request.",
 		"requested": "Saved. The wider permissions wait for an administrator's approval; until then the key keeps working with what it had.",
-		"approved":  "Approved: the key works from the next request."}[r.URL.Query().Get("done")]
+		"approved":  "Approved: the key works from the next request.",
+		"paused":    "Paused: the gateway refuses the key (403, reason paused) from the next request, until it is resumed.",
+		"resumed":   "Resumed: the key works again from the next request."}[r.URL.Query().Get("done")]
 }
 
 type formView struct {
@@ -301,7 +338,7 @@ func (v *visit) create() {
 	now := v.s.now().UTC()
 	rec := keystore.Record{Name: g.name, Hash: keystore.Sum(key).Encode(), Type: g.typ.String(), Role: g.role.String(),
 		Services: g.services, Permissions: g.permissions, AllowedIPs: g.allowedIPs, Owner: v.user,
-		CreatedAt: now.Format(time.RFC3339), ExpiresAt: now.Add(time.Duration(g.days) * 24 * time.Hour).Format(time.RFC3339),
+		Hint: keystore.HintOf(key), CreatedAt: now.Format(time.RFC3339), ExpiresAt: now.Add(time.Duration(g.days) * 24 * time.Hour).Format(time.RFC3339),
 		Pending: g.typ == keystore.Prod && v.s.policy.ApproveProd && !v.admin}
 	for tries := 0; tries < 5; tries++ {
 		rec.ID = keystore.NewID()
@@ -365,6 +402,9 @@ func (v *visit) edit(id string) {
 		if err := v.mine(rec); err != nil {
 			return err
 		}
+		if rec.Owner != v.user {
+			return refuse("key", "belongs to %s; only its owner edits it (an administrator may approve or revoke it)", rec.Owner)
+		}
 		if rec.Revoked {
 			return refuse("key", "is revoked; a revoked key cannot be changed")
 		}
@@ -425,6 +465,11 @@ func (v *visit) rotate(id string) {
 		if err := v.mine(r); err != nil {
 			return err
 		}
+		if r.Owner != v.user {
+			// The new secret would be shown to the administrator, and the
+			// owner's would stop working: rotating is the owner's.
+			return refuse("key", "belongs to %s; only its owner rotates it (an administrator may approve or revoke it)", r.Owner)
+		}
 		if r.Revoked {
 			return refuse("key", "is revoked; a revoked key cannot be rotated")
 		}
@@ -460,13 +505,15 @@ func (v *visit) confirmRevoke(id string) {
 }
 
 func (v *visit) revoke(id string) {
-	err := keystore.Revoke(v.r.Context(), v.s.backend.Store, id, func(r keystore.Record) error {
-		if err := v.mine(&r); err != nil {
+	_, err := v.s.backend.Store.Update(v.r.Context(), id, func(r *keystore.Record) error {
+		if err := v.mine(r); err != nil {
 			return err
 		}
 		if r.Revoked {
 			return refuse("key", "is revoked already")
 		}
+		r.Revoked = true
+		v.noteAdminChange(r, "revoked")
 		return nil
 	})
 	if err != nil {
@@ -491,6 +538,7 @@ func (v *visit) approve(id string) {
 			rec.PendingGrant = nil
 		}
 		rec.Pending = false
+		v.noteAdminChange(rec, "approved")
 		return nil
 	})
 	if err != nil {
@@ -499,6 +547,49 @@ func (v *visit) approve(id string) {
 	}
 	v.changed(id, audit.Entry{"event": "key.approved", "key_id": id})
 	http.Redirect(v.w, v.r, v.s.base+"/admin?done=approved", http.StatusSeeOther)
+}
+
+// pause pauses a key (the gateway refuses it, 403 paused) or resumes it.
+// Its owner and administrators may pause it; a key an administrator paused
+// is resumed by an administrator.
+func (v *visit) pause(id string, pause bool) {
+	_, err := v.s.backend.Store.Update(v.r.Context(), id, func(r *keystore.Record) error {
+		if err := v.mine(r); err != nil {
+			return err
+		}
+		if r.Revoked {
+			return refuse("key", "is revoked; a revoked key cannot be paused or resumed")
+		}
+		if pause == (r.PausedAt != "") {
+			return refuse("key", "is %s already", map[bool]string{true: "paused", false: "active"}[pause])
+		}
+		if !pause && !v.admin && r.AdminChange != nil && r.AdminChange.Action == "paused" {
+			return refuse("key", "was paused by an administrator, %s; ask them to resume it", r.AdminChange.By)
+		}
+		r.PausedAt = ""
+		action := "resumed"
+		if pause {
+			r.PausedAt, action = v.s.now().UTC().Format(time.RFC3339), "paused"
+		}
+		v.noteAdminChange(r, action)
+		return nil
+	})
+	if err != nil {
+		v.changeFailed(id, err)
+		return
+	}
+	event := map[bool]string{true: "key.paused", false: "key.resumed"}[pause]
+	v.changed(id, audit.Entry{"event": event, "key_id": id})
+	http.Redirect(v.w, v.r, v.s.base+"/keys/"+url.PathEscape(id)+"?done="+map[bool]string{true: "paused", false: "resumed"}[pause], http.StatusSeeOther)
+}
+
+// noteAdminChange records, on a key of someone else, what the visiting
+// administrator did, for its owner to see.
+func (v *visit) noteAdminChange(rec *keystore.Record, action string) {
+	if rec.Owner == v.user || rec.Owner == "" {
+		return
+	}
+	rec.AdminChange = &keystore.AdminChange{Action: action, By: v.user, At: v.s.now().UTC().Format(time.RFC3339)}
 }
 
 // changed tells the gateway and the audit log of a change the visitor made.

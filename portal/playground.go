@@ -248,6 +248,7 @@ func explain(resp *http.Response, body []byte, noKey bool, now time.Time) string
 			"key_type":         "this route does not accept this type of key (development or production)",
 			"path":             "the path has dot segments or encoded slashes, so permissions cannot be checked",
 			"pending_approval": "the key waits for an administrator's approval",
+			"paused":           "the key is paused; resume it on its page",
 			"model":            "the key may not use this model",
 		}[reason]
 		if what != "" {

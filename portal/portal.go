@@ -143,9 +143,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request, user string) 
 		s.fail(w, nil, http.StatusForbidden, "Your user name is too long to own keys here.")
 		return
 	}
-	v := &visit{s: s, w: w, r: r, user: user, admin: s.policy.isAdmin(user), csrf: csrfToken(w, r, s.base)}
+	v := &visit{s: s, w: w, r: r, user: user, admin: s.policy.isAdmin(user), csrf: csrfToken(w, r, s.base, user)}
 	if r.Method == http.MethodPost {
-		if err := checkPost(r); err != nil {
+		if err := checkPost(r, user); err != nil {
 			s.fail(w, v, http.StatusForbidden, err.Error())
 			return
 		}

@@ -156,7 +156,7 @@ func (v *visitor) postFull(path string, form url.Values, header ...string) (int,
 	return v.do(http.MethodPost, path, strings.NewReader(form.Encode()), append([]string{"Origin", v.base}, header...)...)
 }
 
-var shownKey = regexp.MustCompile(`id="secret" type="text" readonly value="((?:DEV|PROD)_API_[A-Za-z0-9]+)"`)
+var shownKey = regexp.MustCompile(`id="secret"[^>]*>((?:DEV|PROD)_API_[A-Za-z0-9]+)</textarea>`)
 var keyIDInPage = regexp.MustCompile(`Key <code>(k_[a-z0-9]+)</code>`)
 
 // shown sends a form that makes a secret (create, rotate) and follows its

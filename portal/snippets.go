@@ -43,9 +43,9 @@ func (s *Server) snippets(key, baseURL string, rec keystore.Record) []snippet {
 		if bearer && strings.Contains(svc.Path, "/v1/") {
 			out = append(out,
 				snippet{name, "typescript", "TypeScript (OpenAI SDK)",
-					"import OpenAI from \"openai\";\n\nconst client = new OpenAI({ baseURL: " + q(root+"/v1") + ", apiKey: " + q(key) + " });\nconsole.log(await client.models.list());"},
+					"import OpenAI from \"openai\";\n\nconst client = new OpenAI({ baseURL: " + q(root+"/v1") + ", apiKey: " + q(key) + " });\nfor await (const model of client.models.list()) console.log(model.id);"},
 				snippet{name, "python", "Python (OpenAI SDK)",
-					"from openai import OpenAI\n\nclient = OpenAI(base_url=" + q(root+"/v1") + ", api_key=" + q(key) + ")\nprint(client.models.list())"})
+					"from openai import OpenAI\n\nclient = OpenAI(base_url=" + q(root+"/v1") + ", api_key=" + q(key) + ")\nfor model in client.models.list():\n    print(model.id)"})
 		}
 	}
 	return out

@@ -2,9 +2,11 @@ package portal
 
 import (
 	"fmt"
+	"math"
 	"net/http"
 	"slices"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/usage"
@@ -43,7 +45,21 @@ type bar struct {
 	Requests           int64
 	Prompt, Completion int64 // tokens
 	Tokens             int64 // prompt and completion
-	X, Y, W, H, TickX  int
+	X, Y, W, H         int
+	// TickAt is where the tick's text is, in percent of the chart's
+	// width; TickAnchor keeps the first and last inside it; MinorTick
+	// ticks are hidden at phone width.
+	TickAt     string
+	TickAnchor string
+	MinorTick  bool
+}
+
+// yTick is a line of the chart's scale: a value and its height, in
+// percent from the chart's top.
+type yTick struct {
+	Label string
+	Y     int    // in plot units, for the grid line
+	At    string // percent of the chart's height, for the text
 }
 
 // tableLine names one line of the usage table.
@@ -57,12 +73,52 @@ type tableRow struct {
 	usage.Tally
 }
 
-// Chart geometry, in SVG user units.
+// Chart geometry. The bars are drawn in plot units (chartW × plotH, with
+// yAxisW to their left for the scale), stretched to the chart's box; the
+// text is placed in percent of the box, so it keeps its shape at any width.
 const (
-	chartW, chartH = 720, 220
-	chartTop       = 10
-	chartBottom    = 190
+	chartW, plotH = 720, 180
+	yAxisW        = 60
+	// plotTop and plotHeight are where the plot is, in percent of the
+	// chart's height: room for the scale's top label above, the ticks below.
+	plotTop, plotHeight = 10, 75
 )
+
+// scaleTop is a round number at least peak: 1, 2 or 5 times a power of ten.
+func scaleTop(peak int64) int64 {
+	top := int64(1)
+	for {
+		for _, m := range []int64{1, 2, 5} {
+			if top*m >= peak {
+				return top * m
+			}
+		}
+		if top > math.MaxInt64/100 {
+			return peak
+		}
+		top *= 10
+	}
+}
+
+// compact writes n in at most 4 characters or so: 950, 1.2k, 45k, 3M.
+func compact(n int64) string {
+	f := float64(n)
+	for _, u := range []struct {
+		div  float64
+		unit string
+	}{{1e9, "G"}, {1e6, "M"}, {1e3, "k"}} {
+		if f >= u.div {
+			v := f / u.div
+			if v < 10 && math.Mod(v, 1) != 0 {
+				return strconv.FormatFloat(v, 'f', 1, 64) + u.unit
+			}
+			return strconv.FormatFloat(math.Round(v), 'f', 0, 64) + u.unit
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func percent(f float64) string { return strconv.FormatFloat(f, 'f', 2, 64) + "%" }
 
 func (v *visit) usagePage() {
 	q := v.r.URL.Query()
@@ -177,25 +233,37 @@ func (v *visit) usagePage() {
 	for _, t := range counts {
 		peak = max(peak, measure(t))
 	}
+	top := scaleTop(peak)
+	var yTicks []yTick
+	for _, part := range []int64{0, 1, 2} {
+		v := top * part / 2
+		y := plotH - int(float64(v)*plotH/float64(top))
+		yTicks = append(yTicks, yTick{Label: compact(v), Y: y, At: percent(plotTop + plotHeight*float64(y)/plotH)})
+	}
 	bars := make([]bar, buckets)
 	slot := chartW / buckets
 	for i, t := range counts {
 		at := from.Add(time.Duration(i) * step)
 		// In float: tokens times the chart's height may pass int64.
-		h := int(float64(measure(t)) * (chartBottom - chartTop) / float64(peak))
+		h := int(float64(measure(t)) * plotH / float64(top))
 		b := bar{Requests: t.Requests, Prompt: t.PromptTokens, Completion: t.CompletionTokens,
 			Tokens: t.PromptTokens + t.CompletionTokens,
-			X:      i*slot + 2, W: slot - 4, H: h, Y: chartBottom - h, TickX: i*slot + slot/2}
+			X:      i*slot + 2, W: slot - 4, H: h, Y: plotH - h}
 		if rng.byDay {
 			b.Label = at.Format("Mon 2 Jan")
 			if buckets <= 7 || i%5 == 0 {
-				b.Tick = at.Format("2 Jan")
+				b.Tick, b.MinorTick = at.Format("2 Jan"), buckets <= 7 && i%2 == 1
 			}
 		} else {
 			b.Label = at.Format("2 Jan 15:00") + " UTC"
 			if i%3 == 0 {
-				b.Tick = at.Format("15:00")
+				b.Tick, b.MinorTick = at.Format("15:00"), i%6 != 0
 			}
+		}
+		center := float64(yAxisW+i*slot+slot/2) / float64(yAxisW+chartW)
+		b.TickAt, b.TickAnchor = percent(100*center), "middle"
+		if i == 0 {
+			b.TickAt, b.TickAnchor = percent(100*float64(yAxisW+i*slot)/float64(yAxisW+chartW)), "start"
 		}
 		bars[i] = b
 	}
@@ -204,7 +272,8 @@ func (v *visit) usagePage() {
 		"KeyIDs": keyIDs, "Services": sortedKeys(services, service), "Endpoints": sortedKeys(endpoints, endpoint),
 		"Bars": bars, "Peak": peak, "Quotas": quotas, "Total": total, "Table": table, "Cut": cut, "Error": usageErr,
 		"Shows": usageShows, "Show": show, "Tokens": tokens, "TotalTokens": total.PromptTokens + total.CompletionTokens,
-		"ChartW": chartW, "ChartH": chartH, "Bottom": chartBottom, "From": from.Format("2006-01-02 15:04"), "To": now.Format("2006-01-02 15:04"),
+		"ChartW": chartW, "PlotH": plotH, "YAxisW": yAxisW, "YTicks": yTicks, "Top": top,
+		"PlotTop": percent(plotTop), "PlotHeight": percent(plotHeight), "From": from.Format("2006-01-02 15:04"), "To": now.Format("2006-01-02 15:04"),
 		"Unit": map[bool]string{false: "hour", true: "day"}[rng.byDay],
 	})
 }

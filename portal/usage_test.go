@@ -76,8 +76,10 @@ func TestUsagePageTokens(t *testing.T) {
 	if !strings.Contains(page, `<option value="tokens" selected>Tokens</option>`) || !strings.Contains(page, "Tokens per hour") {
 		t.Error("show=tokens: the chart does not show tokens")
 	}
-	if h := heights(page); len(h) != 2 || h["5/0"] != "0" || h["2/400"] != "180" {
-		t.Errorf("bars of tokens: %v, want 400 tokens 180 high, none 0", h)
+	// The scale's top is a round 500 above the peak of 400: 400 is 144
+	// of the chart's 180.
+	if h := heights(page); len(h) != 2 || h["5/0"] != "0" || h["2/400"] != "144" {
+		t.Errorf("bars of tokens: %v, want 400 tokens 144 high (scale 0–500), none 0", h)
 	}
 	// The table follows what the chart shows: the most tokens first.
 	if i, j := strings.Index(page, "/api/chat</code>"), strings.Index(page, "tags&lt;/b&gt;</code>"); i < 0 || j < 0 || i > j {
@@ -85,5 +87,20 @@ func TestUsagePageTokens(t *testing.T) {
 	}
 	if page := get("&show=<script>"); !strings.Contains(page, `<option value="requests" selected>`) {
 		t.Error("an unknown show does not show requests")
+	}
+}
+
+// TestChartScale: the scale's top is the round number (1, 2 or 5 times a
+// power of ten) at or above the peak, written short.
+func TestChartScale(t *testing.T) {
+	for peak, want := range map[int64]int64{1: 1, 3: 5, 5: 5, 7: 10, 20: 20, 400: 500, 1001: 2000, 49_999: 50_000} {
+		if got := scaleTop(peak); got != want {
+			t.Errorf("scaleTop(%d) = %d, want %d", peak, got, want)
+		}
+	}
+	for n, want := range map[int64]string{0: "0", 950: "950", 1200: "1.2k", 45_000: "45k", 3_000_000: "3M"} {
+		if got := compact(n); got != want {
+			t.Errorf("compact(%d) = %q, want %q", n, got, want)
+		}
 	}
 }

@@ -7,8 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
+	"slices"
 	"sort"
+	"strings"
+	"sync"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
@@ -19,14 +23,28 @@ import (
 type Store struct {
 	// Path of the key file.
 	Path string
+
+	// read keeps the records last read, for listings and gets while the
+	// file is unchanged; nil reads the file each time.
+	read *readCache
 }
 
-// NewStore returns the store of the key file at path.
-func NewStore(path string) *Store { return &Store{Path: path} }
+// readCache is the file's records, sorted by id, as read at stamp.
+type readCache struct {
+	mu      sync.Mutex
+	stamp   fileStamp
+	records []keystore.Record
+}
+
+// NewStore returns the store of the key file at path. It keeps the records
+// it last read while the file's stamp (size, modification and change
+// times, identity: as the file's watcher compares them) is unchanged, so
+// paging through a large file reads it once.
+func NewStore(path string) *Store { return &Store{Path: path, read: &readCache{}} }
 
 // Identity is the file's path: two stores of one file change the same
 // records.
-func (s *Store) Identity() any { return *s }
+func (s *Store) Identity() any { return Store{Path: s.Path} }
 
 // Describe names the store: the file's path.
 func (s *Store) Describe() string { return s.Path }
@@ -93,26 +111,84 @@ func (s *Store) Update(ctx context.Context, id string, change func(*keystore.Rec
 
 // Get returns the record with id.
 func (s *Store) Get(_ context.Context, id string) (keystore.Record, error) {
-	records, err := s.records()
+	records, err := s.sorted()
 	if err != nil {
 		return keystore.Record{}, err
 	}
-	for _, r := range records {
-		if r.ID == id {
-			return r, nil
-		}
+	if i, ok := slices.BinarySearchFunc(records, id, func(r keystore.Record, id string) int { return strings.Compare(r.ID, id) }); ok {
+		return clone(records[i]), nil
 	}
 	return keystore.Record{}, fmt.Errorf("%w: %q is not in %s", keystore.ErrUnknownID, id, s.Path)
 }
 
 // List returns a page of the file's records, in id order.
 func (s *Store) List(_ context.Context, q keystore.ListQuery) (keystore.Page, error) {
-	records, err := s.records()
+	records, err := s.sorted()
 	if err != nil {
 		return keystore.Page{}, err
 	}
+	page := keystore.PageOf(records, q)
+	for i := range page.Records {
+		page.Records[i] = clone(page.Records[i])
+	}
+	return page, nil
+}
+
+// sorted are the file's records by id: those read before while the file is
+// unchanged, shared (callers get clones).
+func (s *Store) sorted() ([]keystore.Record, error) {
+	if s.read == nil {
+		return s.readSorted()
+	}
+	c := s.read
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	stamp, err := stampOf(s.Path)
+	if err == nil && c.records != nil && stamp.same(c.stamp) {
+		return c.records, nil
+	}
+	// The stamp is taken before the read: a change made in between shows
+	// as a new stamp next time, and the file is read again.
+	records, rerr := s.readSorted()
+	if rerr != nil || err != nil {
+		c.records = nil
+		return records, rerr
+	}
+	c.stamp, c.records = stamp, records
+	return records, nil
+}
+
+func (s *Store) readSorted() ([]keystore.Record, error) {
+	records, err := s.records()
+	if err != nil {
+		return nil, err
+	}
 	sort.Slice(records, func(i, j int) bool { return records[i].ID < records[j].ID })
-	return keystore.PageOf(records, q), nil
+	return records, nil
+}
+
+// clone is a copy of r sharing nothing with it.
+func clone(r keystore.Record) keystore.Record {
+	r.Services = slices.Clone(r.Services)
+	r.Permissions = slices.Clone(r.Permissions)
+	r.AllowedIPs = slices.Clone(r.AllowedIPs)
+	r.Models = slices.Clone(r.Models)
+	r.PreviousHashes = slices.Clone(r.PreviousHashes)
+	r.ModelTokensPerDay = maps.Clone(r.ModelTokensPerDay)
+	if g := r.PendingGrant; g != nil {
+		r.PendingGrant = &keystore.Grant{Role: g.Role, Services: slices.Clone(g.Services),
+			Permissions: slices.Clone(g.Permissions), AllowedIPs: slices.Clone(g.AllowedIPs)}
+	}
+	if c := r.AdminChange; c != nil {
+		r.AdminChange = &keystore.AdminChange{Action: c.Action, By: c.By, At: c.At}
+	}
+	for _, p := range []**int64{&r.QuotaPerDay, &r.TokensPerDay, &r.TokensPerMinute} {
+		if *p != nil {
+			v := **p
+			*p = &v
+		}
+	}
+	return r
 }
 
 // records reads the file. A missing file is an error (a mistyped path must

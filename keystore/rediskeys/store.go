@@ -26,6 +26,10 @@ const DefaultKeyPrefix = "apikey:"
 //	                current secret or an old one in rotation grace)
 //	ids             every id, a sorted set read by lexical range
 //	owner:<owner>   the ids of one owner, the same way
+//	waiting         the ids of the records waiting for approval
+//	                (Record.Waiting), the same way; waiting-indexed is set
+//	                once the records written before this index existed are
+//	                in it
 //	changes         the channel each change publishes the id on
 //
 // A record and its indexes change in one Lua script, so they never disagree,
@@ -74,41 +78,43 @@ func (s *Store) Close() error { return nil }
 func (s *Store) Channel() string { return s.p + "changes" }
 
 var createScript = redis.NewScript(`
-local p, id, rec, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local p, id, rec, owner, waiting = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if redis.call('EXISTS', p .. 'rec:' .. id) == 1 then return {'id_taken'} end
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local other = redis.call('GET', p .. 'hash:' .. ARGV[i])
   if other then return {'hash_taken', other} end
 end
 redis.call('SET', p .. 'rec:' .. id, rec)
-for i = 5, #ARGV do redis.call('SET', p .. 'hash:' .. ARGV[i], id) end
+for i = 6, #ARGV do redis.call('SET', p .. 'hash:' .. ARGV[i], id) end
 redis.call('ZADD', KEYS[1], 0, id)
 if owner ~= '' then redis.call('ZADD', p .. 'owner:' .. owner, 0, id) end
+if waiting == '1' then redis.call('ZADD', p .. 'waiting', 0, id) end
 redis.call('PUBLISH', p .. 'changes', id)
 return {'ok'}
 `)
 
 var updateScript = redis.NewScript(`
-local p, id, old, new, oldOwner, newOwner = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local nOld = tonumber(ARGV[7])
+local p, id, old, new, oldOwner, newOwner, waiting = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local nOld = tonumber(ARGV[8])
 local cur = redis.call('GET', p .. 'rec:' .. id)
 if not cur then return {'unknown'} end
 if cur ~= old then return {'conflict'} end
 local keep = {}
-for i = 8 + nOld, #ARGV do
+for i = 9 + nOld, #ARGV do
   keep[ARGV[i]] = true
   local other = redis.call('GET', p .. 'hash:' .. ARGV[i])
   if other and other ~= id then return {'hash_taken', other} end
 end
-for i = 8, 7 + nOld do
+for i = 9, 8 + nOld do
   if not keep[ARGV[i]] then redis.call('DEL', p .. 'hash:' .. ARGV[i]) end
 end
-for i = 8 + nOld, #ARGV do redis.call('SET', p .. 'hash:' .. ARGV[i], id) end
+for i = 9 + nOld, #ARGV do redis.call('SET', p .. 'hash:' .. ARGV[i], id) end
 redis.call('SET', p .. 'rec:' .. id, new)
 if oldOwner ~= newOwner then
   if oldOwner ~= '' then redis.call('ZREM', p .. 'owner:' .. oldOwner, id) end
   if newOwner ~= '' then redis.call('ZADD', p .. 'owner:' .. newOwner, 0, id) end
 end
+if waiting == '1' then redis.call('ZADD', p .. 'waiting', 0, id) else redis.call('ZREM', p .. 'waiting', id) end
 redis.call('PUBLISH', p .. 'changes', id)
 return {'ok'}
 `)
@@ -186,7 +192,7 @@ func (s *Store) Create(ctx context.Context, rec keystore.Record) error {
 	if err != nil {
 		return err
 	}
-	args := append([]any{s.p, rec.ID, data, rec.Owner}, hashes...)
+	args := append([]any{s.p, rec.ID, data, rec.Owner, flag(rec.Waiting())}, hashes...)
 	res, err := createScript.Run(ctx, s.client, []string{s.p + "ids"}, args...).Result()
 	return outcome(res, err, rec.ID)
 }
@@ -235,7 +241,7 @@ func (s *Store) Update(ctx context.Context, id string, change func(*keystore.Rec
 		if err != nil {
 			return keystore.Record{}, err
 		}
-		args := append([]any{s.p, id, old, data, before.Owner, after.Owner, len(oldHashes)}, oldHashes...)
+		args := append([]any{s.p, id, old, data, before.Owner, after.Owner, flag(after.Waiting()), len(oldHashes)}, oldHashes...)
 		args = append(args, newHashes...)
 		res, err := updateScript.Run(ctx, s.client, []string{s.p + "ids"}, args...).Result()
 		if err := outcome(res, err, id); errors.Is(err, errConflict) {
@@ -270,7 +276,13 @@ func (s *Store) List(ctx context.Context, q keystore.ListQuery) (keystore.Page, 
 	}
 	limit = min(limit, keystore.MaxListLimit)
 	index := s.p + "ids"
-	if q.Owner != "" {
+	switch {
+	case q.Waiting:
+		if err := s.indexWaiting(ctx); err != nil {
+			return keystore.Page{}, err
+		}
+		index = s.p + "waiting"
+	case q.Owner != "":
 		index = s.p + "owner:" + q.Owner
 	}
 	from := "-"
@@ -306,9 +318,61 @@ func (s *Store) List(ctx context.Context, q keystore.ListQuery) (keystore.Page, 
 		if err != nil {
 			continue // damaged by hand; Get names the problem, a listing goes on
 		}
+		if q.Waiting && (!rec.Waiting() || (q.Owner != "" && rec.Owner != q.Owner)) {
+			// The index may name a record approved while it was being
+			// filled (see indexWaiting); the owner is checked here.
+			continue
+		}
 		page.Records = append(page.Records, rec)
 	}
 	return page, nil
+}
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// indexWaiting fills the index of waiting records with those written before
+// it existed, once per store: every write keeps it from then on. A record
+// approved while this runs may be left in it; List skips the records that
+// no longer wait.
+func (s *Store) indexWaiting(ctx context.Context) error {
+	done, err := s.client.Exists(ctx, s.p+"waiting-indexed").Result()
+	if err != nil {
+		return fmt.Errorf("%w: %v", keystore.ErrUnavailable, err)
+	}
+	if done == 1 {
+		return nil
+	}
+	q := keystore.ListQuery{Limit: keystore.MaxListLimit}
+	for {
+		page, err := s.List(ctx, q)
+		if err != nil {
+			return err
+		}
+		var ids []redis.Z
+		for _, rec := range page.Records {
+			if rec.Waiting() {
+				ids = append(ids, redis.Z{Member: rec.ID})
+			}
+		}
+		if len(ids) > 0 {
+			if err := s.client.ZAdd(ctx, s.p+"waiting", ids...).Err(); err != nil {
+				return fmt.Errorf("%w: %v", keystore.ErrUnavailable, err)
+			}
+		}
+		if page.Next == "" {
+			break
+		}
+		q.After = page.Next
+	}
+	if err := s.client.Set(ctx, s.p+"waiting-indexed", "1", 0).Err(); err != nil {
+		return fmt.Errorf("%w: %v", keystore.ErrUnavailable, err)
+	}
+	return nil
 }
 
 // lookup finds the record that answers to d, in one round trip.

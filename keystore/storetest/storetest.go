@@ -229,6 +229,49 @@ func Run(t *testing.T, open func(t *testing.T) keystore.Store) {
 		}
 	})
 
+	t.Run("keys waiting for approval", func(t *testing.T) {
+		s := open(t)
+		waiting := func(want ...string) {
+			t.Helper()
+			page, err := s.List(ctx, keystore.ListQuery{Waiting: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, r := range page.Records {
+				got = append(got, r.ID)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("waiting: %v, want %v", got, want)
+			}
+		}
+		for i := range 8 {
+			rec := record(t, fmt.Sprintf("k_w%d", i), "alice")
+			rec.Pending = i%3 == 0 // 0, 3, 6
+			rec.Revoked = i == 6   // a refused one waits no more
+			if i == 5 {
+				rec.PendingGrant = &keystore.Grant{Role: "writer"}
+			}
+			if err := s.Create(ctx, rec); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waiting("k_w0", "k_w3", "k_w5")
+		if _, err := s.Update(ctx, "k_w0", func(r *keystore.Record) error { r.Pending = false; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Update(ctx, "k_w5", func(r *keystore.Record) error { r.Revoked = true; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Update(ctx, "k_w7", func(r *keystore.Record) error {
+			r.PendingGrant = &keystore.Grant{Role: "admin"}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		waiting("k_w3", "k_w7")
+	})
+
 	t.Run("concurrent changes all land", func(t *testing.T) {
 		s := open(t)
 		var wg sync.WaitGroup

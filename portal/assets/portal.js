@@ -1,6 +1,16 @@
-// The developer portal's only script: copy buttons, and the playground's
-// path following the chosen service. Every page works without it.
+// The developer portal's only script: focus on the page's heading, copy
+// buttons, and the playground's path following the chosen service. Every
+// page works without it.
 "use strict";
+
+// A new page starts at its heading (or at the alert of a form that was
+// refused), not at the top of the document: a screen reader reads it
+// first, and Tab goes on from there.
+const start = document.querySelector("main [role=alert]") ?? document.getElementById("title");
+if (start && document.activeElement === document.body) {
+  if (!start.hasAttribute("tabindex")) start.setAttribute("tabindex", "-1");
+  start.focus();
+}
 
 document.addEventListener("click", async (event) => {
   const button = event.target.closest("[data-copy]");
