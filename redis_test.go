@@ -86,7 +86,12 @@ func TestTwoInstancesShareOneBudget(t *testing.T) {
 // and counting back in Redis once it returns.
 func TestRedisOutageThroughCaddy(t *testing.T) {
 	const timeout = 100 * time.Millisecond
-	const margin = 400 * time.Millisecond // -race on two cores
+	// The background clients send requests throughout each outage, held
+	// at least outageAtLeast: one that waited on Redis until it came back
+	// would take longer than timeout+margin; one slowed by -race on two
+	// loaded cores does not (715ms was seen with a 400ms margin).
+	const margin = 1500 * time.Millisecond
+	const outageAtLeast = 2 * time.Second
 	srv := redistest.Start(t)
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer rc.Close()
@@ -146,6 +151,7 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 				} else {
 					srv.Kill()
 				}
+				outageBegan := time.Now()
 				// The instance first spends the units of the lease it holds
 				// (fewer than 50 here), counted: then on_failure applies.
 				outages := 1
@@ -192,6 +198,11 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 							t.Errorf("%s: open: %d, RateLimit %q (want none: uncounted)", outage, r.Status, r.Header.Get("RateLimit"))
 						}
 					}
+				}
+				// Long enough that a request waiting on Redis throughout
+				// would show past timeout+margin.
+				for time.Since(outageBegan) < outageAtLeast {
+					time.Sleep(50 * time.Millisecond)
 				}
 				close(stop)
 				bg.Wait()
