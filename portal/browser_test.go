@@ -972,12 +972,22 @@ func tabEval[T any](t *testing.T, ctx context.Context, js string) T {
 }
 
 // tabPoll waits (up to 5 s) until a JavaScript expression is a non-empty
-// string, and returns it.
+// string, and returns it; an evaluation that meets a navigation is tried
+// again.
 func tabPoll(t *testing.T, ctx context.Context, js string) string {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if v := tabEval[string](t, ctx, js); v != "" || time.Now().After(deadline) {
+		// The page may be navigating (a form just sent): an evaluation
+		// that meets the navigation is tried again.
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
+		if err == nil && v != "" {
+			return v
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				t.Fatalf("evaluating %.80s: %v", js, err)
+			}
 			return v
 		}
 		time.Sleep(50 * time.Millisecond)
