@@ -2,7 +2,6 @@ package apikey
 
 import (
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -47,18 +46,11 @@ func (l *LeakReport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		seen[sub] = true
 		switch sub {
 		case "keys":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			name := d.Val()
-			if name != "file" && name != "redis" {
-				return d.Errf("apikey_leak_report: keys %s cannot be changed; use keys file <path> or keys redis {…}", name)
-			}
-			keys, err := caddyfile.UnmarshalModule(d, "http.apikey.sources."+name)
+			raw, err := unmarshalEditableKeys(d, "apikey_leak_report")
 			if err != nil {
 				return err
 			}
-			l.KeysRaw = caddyconfig.JSONModuleObject(keys, "source", name, nil)
+			l.KeysRaw = raw
 		case "public_keys":
 			if !d.AllArgs(&l.PublicKeys) {
 				return d.ArgErr()

@@ -1,6 +1,7 @@
 package apikey
 
 import (
+	"encoding/json"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -55,19 +56,11 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		seen[sub] = true
 		switch sub {
 		case "keys":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			name := d.Val()
-			modID := "http.apikey.sources." + name
-			if name != "file" && name != "redis" {
-				return d.Errf("apikey_portal: keys %s cannot be changed; use keys file <path> or keys redis {…}", name)
-			}
-			keys, err := caddyfile.UnmarshalModule(d, modID)
+			raw, err := unmarshalEditableKeys(d, "apikey_portal")
 			if err != nil {
 				return err
 			}
-			p.KeysRaw = caddyconfig.JSONModuleObject(keys, "source", name, nil)
+			p.KeysRaw = raw
 		case "base_path":
 			if !d.AllArgs(&p.BasePath) {
 				return d.ArgErr()
@@ -167,3 +160,21 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Portal)(nil)
+
+// unmarshalEditableKeys reads the keys block of a directive that changes
+// keys (the portal, the leak report endpoint): keys file <path> or keys
+// redis {…}, the sources whose keys can be changed.
+func unmarshalEditableKeys(d *caddyfile.Dispenser, directive string) (json.RawMessage, error) {
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	name := d.Val()
+	if name != "file" && name != "redis" {
+		return nil, d.Errf("%s: keys %s cannot be changed; use keys file <path> or keys redis {…}", directive, name)
+	}
+	keys, err := caddyfile.UnmarshalModule(d, "http.apikey.sources."+name)
+	if err != nil {
+		return nil, err
+	}
+	return caddyconfig.JSONModuleObject(keys, "source", name, nil), nil
+}
