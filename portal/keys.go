@@ -473,16 +473,8 @@ func (v *visit) rotate(id string) {
 		if r.Revoked {
 			return refuse("key", "is revoked; a revoked key cannot be rotated")
 		}
-		if exp, err := time.Parse(time.RFC3339, r.ExpiresAt); err == nil && !now.Before(exp) {
-			// Rotating must not bring an expired key (or its old secret)
-			// back, nor get round max_keys.
-			return refuse("key", "has expired; create a new key instead")
-		}
-		if r.ExpiresAt != "" && (v.admin || v.s.policy.withinPolicy(*r)) {
-			// The new secret gets a whole lifetime: rotating is how a
-			// key is kept. Not for a key an operator gave more than the
-			// policy allows: its expiry is the operator's.
-			r.ExpiresAt = now.Add(v.s.policy.Expiry).Format(time.RFC3339)
+		if err := v.renew(r, now); err != nil {
+			return err
 		}
 		rec = *r
 		return nil
@@ -674,4 +666,19 @@ func humanDuration(d time.Duration) string {
 		parts = append(parts, unit(s, "second"))
 	}
 	return strings.Join(parts, " ")
+}
+
+// renew gives a key being rotated a whole lifetime from now: rotating is
+// how a key is kept. Not a key that has expired (rotating must not bring
+// it, or its old secret, back, nor get round max_keys), and not the expiry
+// of a key an operator gave more than the policy allows: that is the
+// operator's.
+func (v *visit) renew(r *keystore.Record, now time.Time) error {
+	if exp, err := time.Parse(time.RFC3339, r.ExpiresAt); err == nil && !now.Before(exp) {
+		return refuse("key", "has expired; create a new key instead")
+	}
+	if r.ExpiresAt != "" && (v.admin || v.s.policy.withinPolicy(*r)) {
+		r.ExpiresAt = now.Add(v.s.policy.Expiry).Format(time.RFC3339)
+	}
+	return nil
 }

@@ -48,11 +48,8 @@ func (v *visit) rotateLeaked(id string) {
 		if err := v.mine(r); err != nil {
 			return err
 		}
-		if exp, err := time.Parse(time.RFC3339, r.ExpiresAt); err == nil && !now.Before(exp) {
-			return refuse("key", "has expired; create a new key instead")
-		}
-		if r.ExpiresAt != "" && (v.admin || v.s.policy.withinPolicy(*r)) {
-			r.ExpiresAt = now.Add(v.s.policy.Expiry).Format(time.RFC3339)
+		if err := v.renew(r, now); err != nil {
+			return err
 		}
 		rec = *r
 		return nil
