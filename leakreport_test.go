@@ -512,3 +512,48 @@ http://127.0.0.1:%d {
 		t.Errorf("list:\n%s", out)
 	}
 }
+
+// TestLeakReportOfASecretPastItsGrace: a report of a rotated-out secret
+// whose grace has ended is answered false_positive and changes nothing: the
+// key's current secret, never leaked, keeps working. (One still in its
+// grace counts for its key; see TestLeakReportRevokesOnEveryInstance.)
+func TestLeakReportOfASecretPastItsGrace(t *testing.T) {
+	const secret = "internal-scanner-secret"
+	t.Setenv("APIKEY_TEST_LEAK_HMAC", secret)
+	old := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_old_secret", Type: "dev", Role: "reader"})
+	cur := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_rotated_leak", Type: "dev", Role: "reader",
+		PreviousHashes: []keystore.PreviousHash{{Hash: old.Record.Hash, ValidUntil: time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)}}})
+	keyFile := gatewaytest.WriteKeyFile(t, cur.Record)
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	handle /leaks {
+		apikey_leak_report {
+			keys file %[2]s
+			hmac {env.APIKEY_TEST_LEAK_HMAC}
+		}
+	}
+	handle {
+		apikey {
+			keys file %[2]s
+			failed_auth_limit off
+		}
+		respond "ok"
+	}
+}`, port, keyFile))
+	endpoint := fmt.Sprintf("http://127.0.0.1:%d/leaks", port)
+	api := fmt.Sprintf("http://127.0.0.1:%d/v1", port)
+	body := report(old.Secret)
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write(body)
+	status, answer := postReport(t, endpoint, body, leak.HMACHeader, "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	if fb := feedbackOf(t, answer); status != 200 || len(fb) != 1 || fb[0].Label != leak.FalsePositive {
+		t.Fatalf("a report of key %s's old secret past its grace: %d %v, want false_positive", cur.Record.ID, status, fb)
+	}
+	if r := gatewaytest.Send(t, "GET", api, cur.Bearer()...); r.Status != 200 {
+		t.Errorf("key %s's current secret after a report of its expired old one: %d %s", cur.Record.ID, r.Status, r.Err.Code)
+	}
+}

@@ -201,6 +201,12 @@ func (rc *Receiver) process(ctx context.Context, items []Item, now time.Time) ([
 		if m.Key == nil || (m.Key.Type != 0 && m.Key.Type != typ) {
 			continue
 		}
+		if m.Previous != nil && !now.Before(m.Previous.ValidUntil) {
+			// An old secret past its rotation grace no longer works: it
+			// is no live credential, and the key's current secret was
+			// not leaked with it.
+			continue
+		}
 		action := keystore.LeakRevoke
 		if rc.Action != nil {
 			action = rc.Action(typ)
