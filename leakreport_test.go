@@ -471,13 +471,8 @@ http://127.0.0.1:%d {
 }`, port, keyFile))
 	endpoint := fmt.Sprintf("http://127.0.0.1:%d/leaks", port)
 	api := fmt.Sprintf("http://127.0.0.1:%d/v1", port)
-	sign := func(body []byte, with string) []string {
-		mac := hmac.New(sha256.New, []byte(with))
-		mac.Write(body)
-		return []string{leak.HMACHeader, "sha256=" + hex.EncodeToString(mac.Sum(nil))}
-	}
 	body := report(prod.Secret, dev.Secret)
-	for what, h := range map[string][]string{"another secret": sign(body, "guess"), "no signature": nil, "a GitHub signature": {leak.KeyIDHeader, "k", leak.SignatureHeader, "c2ln"}} {
+	for what, h := range map[string][]string{"another secret": hmacSigned(body, "guess"), "no signature": nil, "a GitHub signature": {leak.KeyIDHeader, "k", leak.SignatureHeader, "c2ln"}} {
 		if status, _ := postReport(t, endpoint, body, h...); status != 401 {
 			t.Errorf("%s: %d, want 401", what, status)
 		}
@@ -488,7 +483,7 @@ http://127.0.0.1:%d {
 	if r := gatewaytest.Send(t, "GET", api, prod.Bearer()...); r.Status != 200 {
 		t.Fatalf("the refused reports changed the prod key: %d", r.Status)
 	}
-	status, answer := postReport(t, endpoint, body, sign(body, secret)...)
+	status, answer := postReport(t, endpoint, body, hmacSigned(body, secret)...)
 	if fb := feedbackOf(t, answer); status != 200 || len(fb) != 2 || fb[0].Label != leak.TruePositive || fb[1].Label != leak.TruePositive {
 		t.Fatalf("the signed report: %d %v", status, fb)
 	}
@@ -547,13 +542,19 @@ http://127.0.0.1:%d {
 	endpoint := fmt.Sprintf("http://127.0.0.1:%d/leaks", port)
 	api := fmt.Sprintf("http://127.0.0.1:%d/v1", port)
 	body := report(old.Secret)
-	mac := hmac.New(sha256.New, []byte(secret))
-	mac.Write(body)
-	status, answer := postReport(t, endpoint, body, leak.HMACHeader, "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	status, answer := postReport(t, endpoint, body, hmacSigned(body, secret)...)
 	if fb := feedbackOf(t, answer); status != 200 || len(fb) != 1 || fb[0].Label != leak.FalsePositive {
 		t.Fatalf("a report of key %s's old secret past its grace: %d %v, want false_positive", cur.Record.ID, status, fb)
 	}
 	if r := gatewaytest.Send(t, "GET", api, cur.Bearer()...); r.Status != 200 {
 		t.Errorf("key %s's current secret after a report of its expired old one: %d %s", cur.Record.ID, r.Status, r.Err.Code)
 	}
+}
+
+// hmacSigned is the header that signs body with secret, as an internal
+// scanner does.
+func hmacSigned(body []byte, secret string) []string {
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write(body)
+	return []string{leak.HMACHeader, "sha256=" + hex.EncodeToString(mac.Sum(nil))}
 }
