@@ -558,3 +558,76 @@ func hmacSigned(body []byte, secret string) []string {
 	mac.Write(body)
 	return []string{leak.HMACHeader, "sha256=" + hex.EncodeToString(mac.Sum(nil))}
 }
+
+// TestLeakReportRefusesMalformedBodies: a signed body that is not a JSON
+// array of match objects (an object, a string, null, a number too large
+// for any type, nested arrays, a field that is not a string, ...) gets 400
+// malformed with a message that says what is wrong (never the body's
+// text), and changes nothing.
+func TestLeakReportRefusesMalformedBodies(t *testing.T) {
+	const secret = "internal-scanner-secret"
+	t.Setenv("APIKEY_TEST_LEAK_HMAC", secret)
+	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_malformed", Type: "dev", Role: "reader"})
+	keyFile := gatewaytest.WriteKeyFile(t, k.Record)
+	before, _ := os.ReadFile(keyFile)
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	handle /leaks {
+		apikey_leak_report {
+			keys file %[2]s
+			hmac {env.APIKEY_TEST_LEAK_HMAC}
+		}
+	}
+	handle {
+		apikey {
+			keys file %[2]s
+			failed_auth_limit off
+		}
+		respond "ok"
+	}
+}`, port, keyFile))
+	endpoint := fmt.Sprintf("http://127.0.0.1:%d/leaks", port)
+	api := fmt.Sprintf("http://127.0.0.1:%d/v1", port)
+	tok := `"` + k.Secret + `"`
+	many := "[" + strings.TrimSuffix(strings.Repeat(`{"token":`+tok+`},`, leak.MaxItems+1), ",") + "]"
+	for _, c := range []struct{ what, body, message string }{
+		{"an object", `{"token": ` + tok + `}`, "the body must be a JSON array of token reports"},
+		{"an empty object", `{}`, "the body must be a JSON array of token reports"},
+		{"a string", tok, "the body must be a JSON array of token reports"},
+		{"null", `null`, "the body must be a JSON array of token reports"},
+		{"a number too large", `1e999999`, "the body must be a JSON array of token reports"},
+		{"nothing", ``, "the body must be a JSON array of token reports"},
+		{"an empty array", `[]`, "the report has no matches"},
+		{"nested arrays", `[[{"token": ` + tok + `}]]`, "match 0 is not a JSON object"},
+		{"a null match", `[null]`, "match 0 is not a JSON object"},
+		{"a string match", `[{"token": ` + tok + `}, ` + tok + `]`, "match 1 is not a JSON object"},
+		{"a number as the token", `[{"token": 1e999999}]`, "match 0: its token is not a string"},
+		{"an object as the url", `[{"token": ` + tok + `, "url": {"a": ` + tok + `}}]`, "match 0: its url is not a string"},
+		{"a torn array", `[{"token": ` + tok + `}`, "the body is not valid JSON"},
+		{"text after the array", `[{"token": ` + tok + `}] ` + tok, "the body has more after its JSON array"},
+		{"too many matches", many, fmt.Sprintf("the report has more than %d matches", leak.MaxItems)},
+	} {
+		status, answer := postReport(t, endpoint, []byte(c.body), hmacSigned([]byte(c.body), secret)...)
+		if bytes.Contains(answer, []byte(k.Secret)) {
+			t.Errorf("%s: the answer carries key %s's secret", c.what, k.Record.ID)
+			continue
+		}
+		var refusal struct {
+			Error struct{ Code, Message string }
+		}
+		_ = json.Unmarshal(answer, &refusal)
+		if status != 400 || refusal.Error.Code != "malformed" || !strings.Contains(refusal.Error.Message, c.message) || strings.Contains(refusal.Error.Message, "  ") {
+			t.Errorf("%s: %d %s %q, want 400 malformed saying %q", c.what, status, refusal.Error.Code, refusal.Error.Message, c.message)
+		}
+	}
+	if after, _ := os.ReadFile(keyFile); !bytes.Equal(after, before) {
+		t.Error("a malformed report changed the key file")
+	}
+	if r := gatewaytest.Send(t, "GET", api, k.Bearer()...); r.Status != 200 {
+		t.Errorf("key %s after the malformed reports: %d %s", k.Record.ID, r.Status, r.Err.Code)
+	}
+}

@@ -11,11 +11,13 @@
 package leak
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
 )
@@ -43,46 +45,88 @@ type Item struct {
 	Source string `json:"source"`
 }
 
-// ParseReport reads a report body: a JSON array of matches. It refuses a
-// body that is not such an array, that has more than MaxItems matches, or
-// whose fields are longer than a URL can reasonably be.
+// ParseReport reads a report body: a JSON array of matches, each a JSON
+// object. It refuses a body that is not such an array, that has more than
+// MaxItems matches, or whose fields are not strings or are longer than a
+// URL can reasonably be. Its errors never quote the body, which may hold
+// tokens: they say which match and which field.
 func ParseReport(body []byte) ([]Item, error) {
 	if len(body) > MaxBody {
 		return nil, fmt.Errorf("the report is %d bytes, more than %d", len(body), MaxBody)
 	}
+	// The first byte says what the body is; the decoder would say it
+	// with the body's text in its error (a number too large, say).
+	if trimmed := bytes.TrimLeft(body, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '[' {
+		return nil, errNotArray
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if _, err := dec.Token(); err != nil { // the '['
+		return nil, errNotJSON(err)
+	}
 	var items []Item
-	if err := json.Unmarshal(body, &items); err != nil {
-		return nil, fmt.Errorf("the report is not a JSON array of matches: %w", errWithoutInput(err))
-	}
-	if len(items) == 0 {
-		return nil, errors.New("the report has no matches")
-	}
-	if len(items) > MaxItems {
-		return nil, fmt.Errorf("the report has %d matches, more than %d", len(items), MaxItems)
-	}
-	for i, it := range items {
+	for dec.More() {
+		if len(items) == MaxItems {
+			return nil, fmt.Errorf("the report has more than %d matches", MaxItems)
+		}
+		i := len(items)
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, errNotJSON(err)
+		}
+		if raw[0] != '{' {
+			return nil, fmt.Errorf("match %d is not a JSON object", i)
+		}
+		var it Item
+		if err := json.Unmarshal(raw, &it); err != nil {
+			var typ *json.UnmarshalTypeError
+			if errors.As(err, &typ) {
+				return nil, fmt.Errorf("match %d: its %s is not a string", i, fieldName(typ.Field))
+			}
+			return nil, errNotJSON(err)
+		}
 		if it.Token == "" {
 			return nil, fmt.Errorf("match %d has no token", i)
 		}
 		if len(it.Token) > maxField || len(it.URL) > maxField || len(it.Type) > maxField || len(it.Source) > maxField {
 			return nil, fmt.Errorf("match %d has a field longer than %d bytes", i, maxField)
 		}
+		items = append(items, it)
+	}
+	if _, err := dec.Token(); err != nil { // the ']'
+		return nil, errNotJSON(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("the body has more after its JSON array")
+	}
+	if len(items) == 0 {
+		return nil, errors.New("the report has no matches")
 	}
 	return items, nil
 }
 
-// errWithoutInput keeps a JSON error's position but not the text around
-// it, which may be a token.
-func errWithoutInput(err error) error {
+// errNotArray is the error of a body that is not a JSON array: an object,
+// a string, a number, null, or nothing.
+var errNotArray = errors.New("the body must be a JSON array of token reports")
+
+// errNotJSON says where the body stops being JSON, but not the text
+// around it, which may be a token.
+func errNotJSON(err error) error {
 	var syn *json.SyntaxError
 	if errors.As(err, &syn) {
-		return fmt.Errorf("syntax error at byte %d", syn.Offset)
+		return fmt.Errorf("the body is not valid JSON (at byte %d)", syn.Offset)
 	}
-	var typ *json.UnmarshalTypeError
-	if errors.As(err, &typ) {
-		return fmt.Errorf("a %s where %s belongs (byte %d)", typ.Value, typ.Field, typ.Offset)
+	return errors.New("the body is not valid JSON")
+}
+
+// fieldName names a match's field for an error: one of Item's, never a
+// name from the body.
+func fieldName(field string) string {
+	switch field {
+	case "token", "type", "url", "source":
+		return field
 	}
-	return errors.New("malformed")
+	return "field"
 }
 
 // Label is the scanner's verdict on one token.
