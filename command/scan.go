@@ -11,6 +11,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -54,14 +56,18 @@ func scanCommand() *cobra.Command {
 		})
 	c.Long = `Finds keys in the files under each path (default: the current folder), or
 with --git in every commit, tag and blob reachable from every ref of each
-git repository, read with git. Only keys whose checksum matches are
-reported, as file:line (or commit:path:line), with the key's type and a
-fingerprint (the first 12 hex digits of its hash); never the key or its
-hash. With a store (--keys or --redis), each key is named by its record,
-with its status.
+git repository, read with git; and in the names of files and folders (with
+--git: every path in history, and every ref's name). Only keys whose
+checksum matches are reported, as file:line (or commit:path:line, or
+ref:path:line for what a tag reaches other than through a commit; (name)
+for the line of a key in a name), with the key's type and a fingerprint
+(the first 12 hex digits of its hash); never the key or its hash. With a
+store (--keys or --redis), each key is named by its record, with its
+status.
 
-.git folders, symbolic links, binary files and files larger than
---max-size are skipped, and each skip is said on stderr.
+.git folders, binary files and files larger than --max-size are skipped,
+and each skip is said on stderr. Symbolic links are not followed; their
+targets are read as text.
 
 Exit status: 0 no live key found; 1 a live key found (without a store, any
 key); 2 the scan could not be done (a usage error, a path or store that
@@ -91,8 +97,18 @@ type scanFinding struct {
 	// seen. Path is empty for a commit's or a tag's own text.
 	Repository string `json:"repository,omitempty"`
 	Commit     string `json:"commit,omitempty"`
-	Path       string `json:"path,omitempty"`
-	Line       int    `json:"line"`
+	// Ref is set instead of Commit for an object a ref reaches other than
+	// through a commit: an annotated tag's own text, a tree or a blob a
+	// tag or a ref points at (refs/tags/v2). Object is set instead of
+	// both for an object found with neither (its id).
+	Ref    string `json:"ref,omitempty"`
+	Object string `json:"object,omitempty"`
+	Path   string `json:"path,omitempty"`
+	// Line is the key's line; 0 for a key in a name.
+	Line int `json:"line"`
+	// InName is set for a key in a name, not in a text: a file's or a
+	// folder's (File or Path ends with that name) or a ref's (Ref).
+	InName bool `json:"in_name,omitempty"`
 	// Type is dev or prod.
 	Type string `json:"type"`
 	// Fingerprint is the first 12 hex digits of the key's SHA-256, as in
@@ -214,11 +230,17 @@ func (s *scanner) scanPath(root string) error {
 	if err != nil {
 		return err
 	}
+	// The path named may hold a key (a pre-commit hook names the files
+	// committed): every name in it is read.
+	s.findInName(root, func(end int) scanFinding { return scanFinding{File: root[:end]} })
 	if !info.IsDir() {
 		s.scanFile(root, info)
 		return nil
 	}
 	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if path != root {
+			s.findInName(d.Name(), func(int) scanFinding { return scanFinding{File: path} })
+		}
 		if err != nil {
 			if path == root {
 				return err
@@ -232,8 +254,14 @@ func (s *scanner) scanPath(root string) error {
 				return filepath.SkipDir
 			}
 			return nil
+		case d.Type()&fs.ModeSymlink != 0:
+			// Never followed; its target is its text (as git keeps it).
+			if target, err := os.Readlink(path); err == nil {
+				s.find([]byte(target), func(line int) scanFinding { return scanFinding{File: path, Line: line} })
+			}
+			return nil
 		case !d.Type().IsRegular():
-			return nil // symbolic links, devices, pipes: never followed or read
+			return nil // devices, pipes: never read
 		}
 		info, err := d.Info()
 		if err != nil {
@@ -294,13 +322,33 @@ func (s *scanner) find(data []byte, at func(line int) scanFinding) {
 	keystore.Find(data, func(off int, key string) bool {
 		line += bytes.Count(data[last:off], []byte{'\n'})
 		last = off
-		fd := at(line)
-		// A file named after a key (it happens) is named masked.
-		fd.File, fd.Path, fd.Repository = keystore.MaskSecrets(fd.File), keystore.MaskSecrets(fd.Path), keystore.MaskSecrets(fd.Repository)
-		s.describe(&fd, key)
-		s.report.Findings = append(s.report.Findings, fd)
+		s.add(at(line), key)
 		return true
 	})
+}
+
+// findInName adds a finding for each key in name, a path (a file's, a
+// folder's, or in git a ref's); at makes the finding's location from end,
+// where the path's part (between slashes) that holds the key ends.
+func (s *scanner) findInName(name string, at func(end int) scanFinding) {
+	keystore.Find([]byte(name), func(off int, key string) bool {
+		end := len(name)
+		if i := strings.IndexAny(name[off+len(key):], "/"+string(filepath.Separator)); i >= 0 {
+			end = off + len(key) + i
+		}
+		fd := at(end)
+		fd.InName = true
+		s.add(fd, key)
+		return true
+	})
+}
+
+// add adds the finding of key, its names masked: a file named after a key
+// (it happens) is named masked.
+func (s *scanner) add(fd scanFinding, key string) {
+	fd.File, fd.Path, fd.Ref, fd.Repository = keystore.MaskSecrets(fd.File), keystore.MaskSecrets(fd.Path), keystore.MaskSecrets(fd.Ref), keystore.MaskSecrets(fd.Repository)
+	s.describe(&fd, key)
+	s.report.Findings = append(s.report.Findings, fd)
 }
 
 // describe fills in what a finding says about its key: its type and
@@ -350,16 +398,32 @@ func (s *scanner) print(out, errOut io.Writer) {
 		s.report.Scanned, what, len(s.report.Skipped), len(s.report.Findings), s.report.Live)
 }
 
-// location is file:line, or commit:path:line, printable on a terminal.
+// location is file:line, or commit:path:line (ref:path:line for what a
+// ref reaches other than through a commit), with (name) for the line of a
+// key in a name; printable on a terminal.
 func (fd scanFinding) location() string {
 	var loc string
 	switch {
 	case fd.File != "":
-		loc = fmt.Sprintf("%s:%d", fd.File, fd.Line)
-	case fd.Path != "":
-		loc = fmt.Sprintf("%s:%s:%d", fd.Commit[:min(len(fd.Commit), 12)], fd.Path, fd.Line)
+		loc = fd.File
+	case fd.Commit != "":
+		loc = fd.Commit[:min(len(fd.Commit), 12)]
+	case fd.Ref != "":
+		loc = fd.Ref
 	default:
-		loc = fmt.Sprintf("%s:(object text):%d", fd.Commit[:min(len(fd.Commit), 12)], fd.Line)
+		loc = "object " + fd.Object[:min(len(fd.Object), 12)]
+	}
+	switch {
+	case fd.File != "":
+	case fd.Path != "":
+		loc += ":" + fd.Path
+	case !fd.InName: // a ref's name is the location itself
+		loc += ":(object text)"
+	}
+	if fd.InName {
+		loc += ":(name)"
+	} else {
+		loc += ":" + strconv.Itoa(fd.Line)
 	}
 	if fd.Repository != "" && fd.Repository != "." {
 		loc = fd.Repository + "@" + loc

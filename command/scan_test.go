@@ -2,6 +2,7 @@ package command_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,8 +20,11 @@ type scanReport struct {
 		File        string `json:"file"`
 		Repository  string `json:"repository"`
 		Commit      string `json:"commit"`
+		Ref         string `json:"ref"`
+		Object      string `json:"object"`
 		Path        string `json:"path"`
 		Line        int    `json:"line"`
+		InName      bool   `json:"in_name"`
 		Type        string `json:"type"`
 		Fingerprint string `json:"fingerprint"`
 		ID          string `json:"id"`
@@ -245,11 +249,12 @@ func TestScanSkipsFoldersAndFiles(t *testing.T) {
 	write(t, filepath.Join(dir, ".git", "config"), k.Secret+"\n")
 	write(t, filepath.Join(dir, "image.bin"), "\x00\x01"+k.Secret)
 	write(t, filepath.Join(dir, "big.txt"), strings.Repeat("x\n", 1024)+k.Secret)
-	// A file named after a key is named masked.
+	// A file named after a key is named masked (and its name is a
+	// finding: see TestScanFindsKeysInNames).
 	write(t, filepath.Join(dir, "copy-of-"+k.Secret+".bin"), "\x00")
 	out, errOut, code := scan(t, keys, "--max-size", "1KiB", dir)
-	if code != 0 || out != "" {
-		t.Errorf("scan exited %d and printed %q, want 0 and nothing", code, out)
+	if code != 1 || strings.Count(out, "\n") != 1 || !strings.Contains(out, "copy-of-[key].bin:(name): dev key") {
+		t.Errorf("scan exited %d and printed %q, want 1 and the key in copy-of-[key].bin's name alone", code, out)
 	}
 	for _, want := range []string{"image.bin: binary", "big.txt: larger than --max-size 1.0 KiB", "copy-of-[key].bin: binary", "(3 skipped)"} {
 		if !strings.Contains(errOut, want) {
@@ -361,5 +366,157 @@ func TestScanGitNamesOddPaths(t *testing.T) {
 	}
 	if code != 1 || len(r.Findings) != 2 || !paths["a\tb.env"] || !paths["réglages/clé.txt"] {
 		t.Errorf("scan --git exited %d with paths %v, want 1 and the two paths as they are", code, paths)
+	}
+}
+
+// fingerprintOf is the fingerprint scan gives k.
+func fingerprintOf(k gatewaytest.Key) string {
+	return strings.TrimPrefix(k.Record.Hash, "sha256:")[:12]
+}
+
+// TestScanFindsKeysInNames: a key in a file's or a folder's name (and not
+// in any text) is found, named by its path, masked, once per name; so is
+// a key a symbolic link points at (its text, as git keeps it), and a key
+// in a path given to scan (as a pre-commit hook gives them).
+func TestScanFindsKeysInNames(t *testing.T) {
+	inFile := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_file_name"})
+	inFolder := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_folder_name"})
+	inLink := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_link"})
+	keys := []gatewaytest.Key{inFile, inFolder, inLink}
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "notes", inFile.Secret+".txt"), "nothing here\n")
+	write(t, filepath.Join(dir, "PROD_API_x", "fine.txt"), "no key\n") // a folder shaped like no key
+	write(t, filepath.Join(dir, "cache", inFolder.Secret, "a.txt"), "a\n")
+	write(t, filepath.Join(dir, "cache", inFolder.Secret, "b.txt"), "b\n")
+	if err := os.Symlink(inLink.Secret, filepath.Join(dir, "current")); err != nil {
+		t.Fatal(err)
+	}
+	r, code := scanJSON(t, keys, dir)
+	got := map[string]string{}
+	for _, f := range r.Findings {
+		rel, _ := filepath.Rel(dir, f.File)
+		got[f.Fingerprint] = fmt.Sprintf("%s:%d in name %v", rel, f.Line, f.InName)
+	}
+	want := map[string]string{
+		fingerprintOf(inFile):   "notes/[key].txt:0 in name true",
+		fingerprintOf(inFolder): "cache/[key]:0 in name true",
+		fingerprintOf(inLink):   "current:1 in name false",
+	}
+	if code != 1 || len(r.Findings) != 3 || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("scan exited %d with %d findings %v; want 1 and %v", code, len(r.Findings), got, want)
+	}
+	out, errOut, code := scan(t, keys, dir)
+	if want := filepath.Join(dir, "notes", "[key].txt") + ":(name): dev key, fingerprint " + fingerprintOf(inFile); code != 1 || !strings.Contains(out, want) {
+		t.Errorf("scan printed (exit %d):\n%s%s\nwant a line with %s", code, out, errOut, want)
+	}
+	// As a pre-commit hook names the files committed.
+	path := filepath.Join("notes", inFile.Secret+".txt")
+	cmd := exec.Command(gatewaytest.CaddyBinary(t), "apikey", "scan", path)
+	cmd.Dir = dir
+	hook, err := cmd.Output()
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.HasPrefix(string(hook), "notes/[key].txt:(name): dev key") || strings.Contains(string(hook), inFile.Secret) {
+		t.Errorf("scan of a file named after k_file_name exited %d (%v), printed %q", code, err, strings.ReplaceAll(string(hook), inFile.Secret, "<the key>"))
+	}
+}
+
+// TestScanGitFindsKeysInNames: with --git, a key in a path of any commit
+// (a file renamed to it, a folder, a submodule) or in a ref's name is
+// found, once per path, where it first appeared, masked.
+func TestScanGitFindsKeysInNames(t *testing.T) {
+	renamed := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_renamed"})
+	inFolder := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_git_folder"})
+	inBranch := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_branch_name"})
+	keys := []gatewaytest.Key{renamed, inFolder, inBranch}
+	repo := gitRepo(t)
+	commitFile(t, repo, "README", []byte("a project\n"), "first")
+	// The same text under a new name: a blob seen before, a new path.
+	runGit(t, repo, "mv", "README", renamed.Secret+".txt")
+	runGit(t, repo, "commit", "-q", "-m", "rename")
+	rename := runGit(t, repo, "rev-parse", "HEAD")
+	folder := commitFile(t, repo, inFolder.Secret+"/a.txt", []byte("a\n"), "a")
+	commitFile(t, repo, inFolder.Secret+"/b.txt", []byte("b\n"), "b")
+	commitFile(t, repo, renamed.Secret+".txt", nil, "remove")
+	runGit(t, repo, "branch", "try-"+inBranch.Secret)
+
+	r, code := scanJSON(t, keys, "--git", repo)
+	got := map[string]string{}
+	for _, f := range r.Findings {
+		got[f.Fingerprint] = fmt.Sprintf("%s|%s|%s|%d|%v", f.Commit, f.Ref, f.Path, f.Line, f.InName)
+	}
+	want := map[string]string{
+		fingerprintOf(renamed):  rename + "||[key].txt|0|true",
+		fingerprintOf(inFolder): folder + "||[key]|0|true",
+		fingerprintOf(inBranch): "|refs/heads/try-[key]||0|true",
+	}
+	if code != 1 || len(r.Findings) != 3 || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("scan --git exited %d with %d findings %v; want 1 and %v", code, len(r.Findings), got, want)
+	}
+	out, errOut, _ := scan(t, keys, "--git", repo)
+	for _, want := range []string{
+		repo + "@" + rename[:12] + ":[key].txt:(name): dev key, fingerprint " + fingerprintOf(renamed),
+		repo + "@" + folder[:12] + ":[key]:(name): prod key",
+		repo + "@refs/heads/try-[key]:(name): dev key",
+	} {
+		if !strings.Contains(out, want+"") {
+			t.Errorf("scan --git printed:\n%s%s\nwant a line with %s", out, errOut, want)
+		}
+	}
+}
+
+// TestScanGitNamesWhatTagsReach: a key in an object no commit holds (an
+// annotated tag's text, a blob or a tree a tag points at, a tag of a tag)
+// is named by the ref that reaches it, never by an empty commit.
+func TestScanGitNamesWhatTagsReach(t *testing.T) {
+	inTag := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_tag_text"})
+	inBlob := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_tagged_blob"})
+	inTree := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_tagged_tree"})
+	inNested := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_nested_tag"})
+	keys := []gatewaytest.Key{inTag, inBlob, inTree, inNested}
+	repo := gitRepo(t)
+	commitFile(t, repo, "README", []byte("a project\n"), "first")
+	// The key on the tag text's line 11: four header lines, a blank line, the message.
+	runGit(t, repo, "tag", "-a", "v2", "-m", "release notes\n\nfive\nlines\nthen\nthe key "+inTag.Secret)
+	write(t, filepath.Join(repo, "loose.txt"), inBlob.Secret+"\n")
+	blob := runGit(t, repo, "hash-object", "-w", "loose.txt")
+	runGit(t, repo, "tag", "-a", "blobtag", "-m", "a blob", blob)
+	write(t, filepath.Join(repo, "d", "in.txt"), "x\n"+inTree.Secret+"\n")
+	runGit(t, repo, "add", "d/in.txt")
+	tree := runGit(t, repo, "write-tree")
+	runGit(t, repo, "rm", "-q", "--cached", "d/in.txt")
+	runGit(t, repo, "tag", "-a", "treetag", "-m", "a tree", tree)
+	runGit(t, repo, "tag", "-a", "inner", "-m", "inner "+inNested.Secret, "HEAD")
+	runGit(t, repo, "-c", "advice.nestedTag=false", "tag", "-a", "outer", "-m", "outer", "inner")
+	runGit(t, repo, "tag", "-d", "inner") // reached only through outer
+	for _, f := range []string{"loose.txt", "d/in.txt"} {
+		os.Remove(filepath.Join(repo, f))
+	}
+
+	r, code := scanJSON(t, keys, "--git", repo)
+	got := map[string]string{}
+	for _, f := range r.Findings {
+		got[f.Fingerprint] = fmt.Sprintf("%s|%s|%s|%s|%d", f.Commit, f.Ref, f.Object, f.Path, f.Line)
+	}
+	want := map[string]string{
+		fingerprintOf(inTag):    "|refs/tags/v2|||11",
+		fingerprintOf(inBlob):   "|refs/tags/blobtag|||1",
+		fingerprintOf(inTree):   "|refs/tags/treetag||d/in.txt|2",
+		fingerprintOf(inNested): "|refs/tags/outer|||6",
+	}
+	if code != 1 || len(r.Findings) != 4 || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("scan --git exited %d with %d findings %v; want 1 and %v", code, len(r.Findings), got, want)
+	}
+	out, errOut, _ := scan(t, keys, "--git", repo)
+	for _, want := range []string{
+		repo + "@refs/tags/v2:(object text):11: prod key, fingerprint " + fingerprintOf(inTag),
+		repo + "@refs/tags/blobtag:(object text):1: dev key",
+		repo + "@refs/tags/treetag:d/in.txt:2: dev key",
+		repo + "@refs/tags/outer:(object text):6: dev key",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("scan --git printed:\n%s%s\nwant a line with %s", out, errOut, want)
+		}
+	}
+	if strings.Contains(out, "@:") || strings.Contains(out, "::") {
+		t.Errorf("scan --git printed a location with an empty field:\n%s", out)
 	}
 }
