@@ -54,7 +54,7 @@ func exportCommand() *cobra.Command {
 func encodeKeyFile(records []keystore.Record) ([]byte, error) {
 	sort.Slice(records, func(i, j int) bool { return records[i].ID < records[j].ID })
 	var b bytes.Buffer
-	b.WriteString("{\n  \"keys\": [")
+	fmt.Fprintf(&b, "{\n  \"version\": %d,\n  \"keys\": [", keystore.FileVersion)
 	for i, rec := range records {
 		line, err := json.Marshal(rec)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 )
 
@@ -24,20 +25,47 @@ func ParseRecords(data []byte) ([]Record, error) {
 	// One strict pass over the whole file; only when it fails does a
 	// second, record by record, find which record and field to name.
 	var fast struct {
-		Keys []Record `json:"keys"`
+		Version json.RawMessage `json:"version"`
+		Keys    []Record        `json:"keys"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&fast); err == nil && !dec.More() && fast.Keys != nil {
+		if err := checkFileVersion(fast.Version); err != nil {
+			return nil, err
+		}
 		return fast.Keys, nil
 	}
 	return parseRecordsSlowly(data)
 }
 
+// FileVersion is the version of the key file's format that this release
+// writes and the newest it reads: {"version": 1, "keys": [...]}. A file
+// without "version" is version 1 (the files written before it was added).
+const FileVersion = 1
+
+// checkFileVersion checks a key file's "version" (nil when absent). A newer
+// version is refused, never read as if it were this one: its records may
+// mean something this release does not know.
+func checkFileVersion(raw json.RawMessage) error {
+	if raw == nil {
+		return nil
+	}
+	v, err := strconv.Atoi(string(raw))
+	switch {
+	case err != nil || v < 1:
+		return fmt.Errorf(`"version" must be a whole number from 1, not %s`, raw)
+	case v > FileVersion:
+		return fmt.Errorf(`"version" is %d: the file was written by a newer caddy-apikey, and this one reads key files up to version %d; upgrade caddy-apikey, or restore a key file this release wrote (caddy apikey export)`, v, FileVersion)
+	}
+	return nil
+}
+
 // parseRecordsSlowly decodes record by record, for errors that name them.
 func parseRecordsSlowly(data []byte) ([]Record, error) {
 	var doc struct {
-		Keys []json.RawMessage `json:"keys"`
+		Version json.RawMessage   `json:"version"`
+		Keys    []json.RawMessage `json:"keys"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -46,6 +74,9 @@ func parseRecordsSlowly(data []byte) ([]Record, error) {
 	}
 	if dec.More() {
 		return nil, errors.New("unexpected data after the top-level object")
+	}
+	if err := checkFileVersion(doc.Version); err != nil {
+		return nil, err
 	}
 	if doc.Keys == nil {
 		return nil, errors.New(`no "keys" array: want {"keys": [ ... ]}`)

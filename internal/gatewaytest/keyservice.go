@@ -118,7 +118,8 @@ func (s *KeyService) serve(w http.ResponseWriter, r *http.Request) {
 
 // Remote is a running Caddy with its admin endpoint, its log in a file,
 // and one route whose keys come from a KeyService (asked with a bearer
-// token, 300 ms timeout), in front of an Upstream.
+// token, a 300 ms timeout unless StartRemoteTimeout says otherwise), in
+// front of an Upstream.
 type Remote struct {
 	// URL is the route's /x; Admin the admin endpoint; Log Caddy's log.
 	URL, Admin, Log string
@@ -129,6 +130,13 @@ type Remote struct {
 // StartRemote starts a Remote with the given cache settings (the lines of
 // the cache block) and the key service's records until the test ends.
 func StartRemote(t *testing.T, cache string, records ...keystore.Record) *Remote {
+	t.Helper()
+	return StartRemoteTimeout(t, "300ms", cache, records...)
+}
+
+// StartRemoteTimeout is StartRemote with the key service's timeout: longer
+// than any Hold of the service that a request waits through.
+func StartRemoteTimeout(t *testing.T, timeout, cache string, records ...keystore.Record) *Remote {
 	t.Helper()
 	t.Setenv("APIKEY_TEST_KEYSVC_TOKEN", "keysvc-token-0003")
 	g := &Remote{Svc: NewKeyService(t, records...), Up: NewUpstream(t), Log: filepath.Join(t.TempDir(), "caddy.log")}
@@ -146,7 +154,7 @@ http://127.0.0.1:%[2]d {
 	apikey {
 		keys http %[3]s/lookup {
 			header Authorization "Bearer {env.APIKEY_TEST_KEYSVC_TOKEN}"
-			timeout 300ms
+			timeout %[8]s
 		}
 		cache {
 			%[4]s
@@ -157,6 +165,6 @@ http://127.0.0.1:%[2]d {
 		}
 	}
 	reverse_proxy %[6]s
-}`, g.Log, port, g.Svc.URL, cache, filepath.Join(t.TempDir(), "counters.json"), g.Up.Addr(), adminPort))
+}`, g.Log, port, g.Svc.URL, cache, filepath.Join(t.TempDir(), "counters.json"), g.Up.Addr(), adminPort, timeout))
 	return g
 }

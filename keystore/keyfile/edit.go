@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
@@ -62,7 +63,7 @@ func EditKeyFile(path string, change func(*KeyFile) error) error {
 	data, err := capped.ReadFile("key file", target, maxFileSize)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		data = []byte(`{"keys": []}`)
+		data = []byte(`{"version": 1, "keys": []}`)
 	case errors.Is(err, capped.ErrTooLarge):
 		return &capped.TooLargeError{What: "key file", Path: path, Limit: maxFileSize}
 	case err != nil:
@@ -87,6 +88,7 @@ func EditKeyFile(path string, change func(*KeyFile) error) error {
 	if err := change(kf); err != nil {
 		return err
 	}
+	kf.markVersion()
 	out, err := kf.encode()
 	if err != nil {
 		return err
@@ -307,6 +309,18 @@ func encodeObject(fields []field) []byte {
 	}
 	b.WriteByte('}')
 	return b.Bytes()
+}
+
+// markVersion gives a file written before the format had a version (it is
+// version 1) its "version", first; a file that has one keeps it (the check
+// before the change took only versions this release reads).
+func (kf *KeyFile) markVersion() {
+	for _, f := range kf.top {
+		if f.name == "version" {
+			return
+		}
+	}
+	kf.top = append([]field{{name: "version", value: json.RawMessage(strconv.Itoa(keystore.FileVersion))}}, kf.top...)
 }
 
 // encode writes the file: top-level fields in order, one record a line.

@@ -35,7 +35,8 @@ import (
 // them), so a change of one record costs the new index, not new keys.
 //
 // The records are decoded with keystore.DecodeRecord's rules (unknown fields
-// are errors); anything but the plain shape, {"keys": [ {...}, ... ]}, and
+// are errors); anything but the plain shape, {"version": 1, "keys": [ {...},
+// ... ]} with or without the version, and
 // every error, is read again whole and parsed by keystore.ParseAndValidate,
 // so that errors name the record and field as before and odd but valid
 // files (a "Keys" field, a repeated "keys") load as before, their records
@@ -195,8 +196,11 @@ func (l *loader) scan() bool {
 		l.pos++
 		return true
 	}
+	if !expect('{') || !l.version() {
+		return false
+	}
 	const keys = `"keys"`
-	if !expect('{') || !l.skipSpace() || !l.more(len(keys)) || string(l.buf[l.pos:l.pos+len(keys)]) != keys {
+	if !l.skipSpace() || !l.more(len(keys)) || string(l.buf[l.pos:l.pos+len(keys)]) != keys {
 		return false
 	}
 	l.pos += len(keys)
@@ -219,6 +223,29 @@ func (l *loader) scan() bool {
 		return false
 	}
 	return l.eof && l.readErr == nil && l.flush()
+}
+
+// version reads a leading "version": 1, if there is one. Any other version,
+// or one elsewhere, is left to the whole parse (and its errors).
+func (l *loader) version() bool {
+	const version = `"version"`
+	if !l.skipSpace() || !l.more(len(version)) || string(l.buf[l.pos:l.pos+len(version)]) != version {
+		return true
+	}
+	l.pos += len(version)
+	if !l.skipSpace() || l.buf[l.pos] != ':' {
+		return false
+	}
+	l.pos++
+	if !l.skipSpace() || !l.more(2) || l.buf[l.pos] != '0'+keystore.FileVersion || (l.buf[l.pos+1] >= '0' && l.buf[l.pos+1] <= '9') {
+		return false
+	}
+	l.pos++
+	if !l.skipSpace() || l.buf[l.pos] != ',' {
+		return false
+	}
+	l.pos++
+	return true
 }
 
 // records reads the array's records, up to and past its closing bracket.

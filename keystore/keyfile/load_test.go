@@ -197,3 +197,72 @@ func TestReloadRejectsAsBefore(t *testing.T) {
 		})
 	}
 }
+
+// TestFileVersion: a key file says its format's version, {"version": 1,
+// "keys": [...]}, or none (version 1, the files written before); a version
+// 1 file loads on the fast path; a newer version, or a version that is not
+// a whole number, is refused with a message that says so, by the fast load
+// and the whole parse alike; the gateway's edits write the version.
+func TestFileVersion(t *testing.T) {
+	record := `{"id":"k_0001","hash":"sha256:` + strings.Repeat("ab", 32) + `","role":"reader"}`
+	for _, data := range []string{
+		`{"version": 1, "keys": [` + record + `]}`,
+		"{\n  \"version\" : 1 ,\n  \"keys\": [\n    " + record + "\n  ]\n}\n",
+	} {
+		l := compareLoads(t, []byte(data), nil)
+		if l == nil || l.sums == nil || l.set.Len() != 1 {
+			t.Fatalf("%q: not loaded record by record", data)
+		}
+	}
+	// Valid, but not the plain shape: the whole parse reads it.
+	if l := compareLoads(t, []byte(`{"keys": [`+record+`], "version": 1}`), nil); l == nil || l.set.Len() != 1 {
+		t.Fatal("a version after the keys was refused")
+	}
+	for data, want := range map[string]string{
+		`{"version": 2, "keys": [` + record + `]}`:  `"version" is 2: the file was written by a newer caddy-apikey, and this one reads key files up to version 1`,
+		`{"version": 10, "keys": [` + record + `]}`: `"version" is 10: the file was written by a newer caddy-apikey`,
+		`{"version": 0, "keys": []}`:                `"version" must be a whole number from 1, not 0`,
+		`{"version": "1", "keys": []}`:              `"version" must be a whole number from 1, not "1"`,
+		`{"version": 1.5, "keys": []}`:              `"version" must be a whole number from 1, not 1.5`,
+		`{"keys": [` + record + `], "version": 2}`:  `"version" is 2`,
+	} {
+		path := filepath.Join(t.TempDir(), "keys.json")
+		if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := loadKeyFile("keys.json", path, nil, false)
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.HasPrefix(err.Error(), "key file keys.json: ") {
+			t.Errorf("%s: %v; want an error naming the file and saying %s", data, err, want)
+		}
+		compareLoads(t, []byte(data), nil) // the fast load and the whole parse agree
+	}
+
+	// An edit of a file without a version writes one, first; an edit of a
+	// newer file writes nothing.
+	path := filepath.Join(t.TempDir(), "keys.json")
+	if err := os.WriteFile(path, []byte(`{"keys": [`+record+`]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := EditKeyFile(path, func(kf *KeyFile) error { return kf.Find("k_0001").Set("name", "n") }); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	if !strings.HasPrefix(string(data), "{\n  \"version\": 1,\n  \"keys\": [") {
+		t.Errorf("edited file starts %.40q, want the version first", data)
+	}
+	newer := []byte(`{"version": 2, "keys": [` + record + `]}`)
+	os.WriteFile(path, newer, 0o600)
+	if err := EditKeyFile(path, func(*KeyFile) error { return nil }); err == nil || !strings.Contains(err.Error(), "left as it is") {
+		t.Errorf("edit of a newer file: %v", err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != string(newer) {
+		t.Error("a newer file was rewritten")
+	}
+	fresh := filepath.Join(t.TempDir(), "new.json")
+	if err := EditKeyFile(fresh, func(*KeyFile) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(fresh); !strings.Contains(string(data), `"version": 1`) {
+		t.Errorf("a new file: %s", data)
+	}
+}
