@@ -163,7 +163,7 @@ http://127.0.0.1:%d {
 	url := fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", port)
 	body := llmBody(size)
 	// Many connections at once: none may wait for an idle one.
-	cl := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 0, MaxIdleConnsPerHost: 100}}
+	cl := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxConnsPerHost: 0, MaxIdleConnsPerHost: 100}}
 	defer cl.CloseIdleConnections()
 
 	var wg sync.WaitGroup
@@ -183,7 +183,7 @@ http://127.0.0.1:%d {
 				return
 			}
 			defer conn.Close()
-			_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+			_ = conn.SetDeadline(time.Now().Add(time.Minute))
 			go func() {
 				fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", port, k.Secret, len(body))
 				_, _ = conn.Write(body) // fails once a refusal closed the connection

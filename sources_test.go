@@ -248,7 +248,9 @@ func TestHTTPSourceProtocolAndCache(t *testing.T) {
 // one call.
 func TestHTTPSourceSingleflight(t *testing.T) {
 	k := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_many", Role: "reader"})
-	g := gatewaytest.StartRemote(t, "ttl 1h\n\t\t\tstale 2h", k.Record)
+	// The one call waits until every request has missed: the timeout must
+	// outlast that wait, however loaded the machine (300 ms did not).
+	g := gatewaytest.StartRemoteTimeout(t, "1m", "ttl 1h\n\t\t\tstale 2h", k.Record)
 	misses := func() float64 {
 		_, body := gatewaytest.Admin(t, "GET", g.Admin, "/metrics")
 		v, _ := gatewaytest.MetricValue(t, body, "caddy_apikey_cache_requests_total", map[string]string{"result": "miss"})
