@@ -100,9 +100,10 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 	for _, mode := range []string{"local", "closed", "open"} {
 		t.Run(mode, func(t *testing.T) {
 			key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_outage_" + mode, Role: "reader"})
+			warm := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_warm_" + mode, Role: "reader"})
 			port := gatewaytest.Port(t)
 			logPath := filepath.Join(t.TempDir(), "caddy.log")
-			cfg := strings.Replace(redisSite(port, gatewaytest.WriteKeyFile(t, key.Record), srv.Addr(), up.Addr(),
+			cfg := strings.Replace(redisSite(port, gatewaytest.WriteKeyFile(t, key.Record, warm.Record), srv.Addr(), up.Addr(),
 				fmt.Sprintf("timeout %v\n\t\t\ton_failure %s", timeout, mode)),
 				"persist_config off", "persist_config off\n\tlog {\n\t\toutput file "+logPath+"\n\t}", 1)
 			gatewaytest.Start(t, cfg)
@@ -112,6 +113,14 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 				return v
 			}
 
+			// The first requests dial Redis and load the script: on a loaded
+			// machine that can take longer than the timeout. Another key
+			// warms the connections until Redis counts in time.
+			gatewaytest.WaitUntil(t, "Redis answering within the timeout", 30*time.Second, func() bool {
+				gatewaytest.Send(t, "GET", url, warm.Bearer()...)
+				n, _ := rc.HGet(context.Background(), ratelimit.RedisKey(ratelimit.DefaultRedisKeyPrefix, warm.Record.ID), "n").Result()
+				return n != ""
+			})
 			if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 200 || r.Header.Get("X-RateLimit-Remaining") != "4999" {
 				t.Fatalf("before the outage: %d, remaining %q", r.Status, r.Header.Get("X-RateLimit-Remaining"))
 			}
