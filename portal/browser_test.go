@@ -479,7 +479,7 @@ func (p *portalDemo) revoke(t *testing.T, k createdKey, old string) {
 	}
 	// So the pages must not say that the old secret still works.
 	for _, c := range []struct{ path, js string }{
-		{"/portal/keys", `[...document.querySelectorAll('table.keys tbody tr')].find(tr => tr.querySelector('code')?.textContent === ` + jsQuote(k.id) + `)?.innerText ?? ''`},
+		{"/portal/keys?stopped=1", `[...document.querySelectorAll('table.keys tbody tr')].find(tr => tr.querySelector('code')?.textContent === ` + jsQuote(k.id) + `)?.innerText ?? ''`},
 		{"/portal/keys/" + k.id, `document.querySelector('dl.facts')?.innerText ?? ''`},
 	} {
 		p.open(t, ctx, c.path)

@@ -65,13 +65,7 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 		kv.Requested = grantText(*g)
 	}
 	kv.Others = rec.Owner != v.user
-	if rec.Hint != "" {
-		prefix := "DEV_API_"
-		if rec.Type == keystore.Prod.String() {
-			prefix = "PROD_API_"
-		}
-		kv.Masked = prefix + "…" + rec.Hint
-	}
+	kv.Masked = masked(rec)
 	if t, err := time.Parse(time.RFC3339, rec.CreatedAt); err == nil {
 		kv.CreatedAt = t.UTC().Format("2006-01-02 15:04 UTC")
 	}
@@ -87,16 +81,13 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 		kv.Status, kv.StatusText = "invalid", "invalid record"
 		return kv
 	}
-	kv.Status = k.Status(now)
-	kv.StatusText = map[string]string{keystore.StatusActive: "active", keystore.StatusExpired: "expired",
+	kv.Status = statusOf(k, now)
+	kv.StatusText = map[string]string{"expiring": "expiring soon", keystore.StatusActive: "active", keystore.StatusExpired: "expired",
 		keystore.StatusRevoked: "revoked", keystore.StatusRotationGrace: "in rotation grace",
 		keystore.StatusPending: "waiting for approval", keystore.StatusPaused: "paused",
 		keystore.StatusLeaked: "leaked"}[kv.Status]
 	kv.Stopped, kv.Expired = k.Stopped(now), k.Expired(now)
 	kv.Leak = leakOf(rec)
-	if kv.Status == keystore.StatusActive && !k.ExpiresAt.IsZero() && k.ExpiresAt.Sub(now) < expiringSoon {
-		kv.Status, kv.StatusText = "expiring", "expiring soon"
-	}
 	// A revoked or expired key has no working old secret to announce.
 	if !kv.Stopped {
 		var until time.Time
@@ -233,8 +224,9 @@ func (v *visit) myKeys() {
 			notices = append(notices, kv)
 		}
 	}
+	listed, find := readFilter(v.r).find(views)
 	v.render(http.StatusOK, "keys.html", "keys", "My keys", map[string]any{
-		"Keys": views, "Flash": flash(v.r), "Working": working(views), "MaxKeys": v.s.policy.MaxKeys, "Notices": notices})
+		"Keys": listed, "Find": find, "Flash": flash(v.r), "Working": working(views), "MaxKeys": v.s.policy.MaxKeys, "Notices": notices})
 }
 
 // working counts the keys that count against max_keys.
@@ -255,7 +247,8 @@ func flash(r *http.Request) string {
 		"requested": "Saved. The wider permissions wait for an administrator's approval; until then the key keeps working with what it had.",
 		"approved":  "Approved: the key works from the next request.",
 		"paused":    "Paused: the gateway refuses the key (403, reason paused) from the next request, until it is resumed.",
-		"resumed":   "Resumed: the key works again from the next request."}[r.URL.Query().Get("done")]
+		"resumed":   "Resumed: the key works again from the next request.",
+		"extended":  "Extended: the key's new expiry applies from the next request; its secret is unchanged."}[r.URL.Query().Get("done")]
 }
 
 type formView struct {
@@ -378,7 +371,7 @@ func (v *visit) keyPageWith(rec keystore.Record, f keyForm, ferr error, status i
 	fv.Editing = true
 	fv.Key = v.view(rec, v.s.lastUsed(v.r.Context()))
 	v.render(status, "key.html", "keys", "Key "+rec.ID, map[string]any{"Form": fv, "Flash": flash(v.r),
-		"Grace": humanDuration(v.s.policy.RotationGrace)})
+		"Grace": humanDuration(v.s.policy.RotationGrace), "Extend": v.mayExtend(rec, v.s.now()) == ""})
 }
 
 func (v *visit) edit(id string) {

@@ -30,6 +30,7 @@ func (s *Server) routes() *http.ServeMux {
 	page("GET "+b+"/keys/{id}", withID((*visit).keyPage))
 	page("POST "+b+"/keys/{id}", withID((*visit).edit))
 	page("POST "+b+"/keys/{id}/rotate", withID((*visit).rotate))
+	page("POST "+b+"/keys/{id}/extend", withID((*visit).extend))
 	page("POST "+b+"/keys/{id}/pause", withID(func(v *visit, id string) { v.pause(id, true) }))
 	page("POST "+b+"/keys/{id}/resume", withID(func(v *visit, id string) { v.pause(id, false) }))
 	page("GET "+b+"/keys/{id}/secret", withID((*visit).secretPage))
