@@ -135,6 +135,13 @@ type Grant struct {
 	Services    []string `json:"services,omitempty"`
 	Permissions []string `json:"permissions,omitempty"`
 	AllowedIPs  []string `json:"allowed_ips,omitempty"`
+	// Rate, QuotaPerDay, TokensPerDay, TokensPerMinute and Models are the
+	// key's own limits, as the record's fields.
+	Rate            string   `json:"rate,omitempty"`
+	QuotaPerDay     *int64   `json:"quota_per_day,omitempty"`
+	TokensPerDay    *int64   `json:"tokens_per_day,omitempty"`
+	TokensPerMinute *int64   `json:"tokens_per_minute,omitempty"`
+	Models          []string `json:"models,omitempty"`
 }
 
 // PreviousHash is a secret a key had before a rotation.

@@ -79,8 +79,8 @@ func startPortalDemo(t *testing.T, redis bool) (*portalDemo, string) {
 }
 
 // startPortalDemoWithin is startPortalDemo with a browser that gives up
-// after timeout.
-func startPortalDemoWithin(t *testing.T, redis bool, timeout time.Duration) (*portalDemo, string) {
+// after timeout, on the demo's Caddyfile as edits change it.
+func startPortalDemoWithin(t *testing.T, redis bool, timeout time.Duration, edits ...func(cfg string) string) (*portalDemo, string) {
 	t.Helper()
 	demo, err := os.ReadFile("../examples/portal/Caddyfile")
 	if err != nil {
@@ -99,6 +99,9 @@ func startPortalDemoWithin(t *testing.T, redis bool, timeout time.Duration) (*po
 	).Replace(string(demo))
 	if !strings.Contains(cfg, fmt.Sprintf("localhost:%d", gw)) || !strings.Contains(cfg, fmt.Sprintf("admin localhost:%d", admin)) {
 		t.Fatal("the portal demo's ports were not found")
+	}
+	for _, edit := range edits {
+		cfg = edit(cfg)
 	}
 	if redis {
 		cfg = portalOnRedis(t, cfg, redistest.Start(t).Addr())

@@ -85,7 +85,7 @@ func (f keyFilter) showsStopped() bool {
 
 // keeps reports whether a key is listed.
 func (f keyFilter) keeps(kv keyView) bool {
-	if kv.Stopped && !f.showsStopped() {
+	if hidden(kv) && !f.showsStopped() {
 		return false
 	}
 	if f.Status != "" && kv.Status != f.Status {
@@ -167,7 +167,7 @@ func (f keyFilter) find(views []keyView) ([]keyView, findView) {
 	fv.Of = len(views)
 	var out []keyView
 	for _, kv := range views {
-		if kv.Stopped && !f.showsStopped() {
+		if hidden(kv) && !f.showsStopped() {
 			fv.Hidden++
 		}
 		if f.keeps(kv) {
@@ -266,3 +266,8 @@ func masked(rec keystore.Record) string {
 	}
 	return prefix + "…" + rec.Hint
 }
+
+// hidden reports whether a list leaves a key out unless asked: revoked
+// and expired keys, but not a leaked one (its page offers the rotation
+// that brings it back).
+func hidden(kv keyView) bool { return kv.Stopped && kv.Status != keystore.StatusLeaked }

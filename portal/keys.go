@@ -47,6 +47,8 @@ type keyView struct {
 	// Notice is what an administrator last did to the key, for its owner;
 	// "" for nothing.
 	Notice string
+	// Limits are the key's own limits in words; "" for none.
+	Limits string
 	// Others is a key of someone else that an administrator looks at: they
 	// may approve and revoke it, not edit or rotate it.
 	Others bool
@@ -66,6 +68,7 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 	}
 	kv.Others = rec.Owner != v.user
 	kv.Masked = masked(rec)
+	kv.Limits = limitsText(rec.Rate, rec.QuotaPerDay, rec.TokensPerDay, rec.TokensPerMinute, rec.Models)
 	if t, err := time.Parse(time.RFC3339, rec.CreatedAt); err == nil {
 		kv.CreatedAt = t.UTC().Format("2006-01-02 15:04 UTC")
 	}
@@ -291,7 +294,10 @@ func (v *visit) newKeyForm(ferr error, status int) {
 func readForm(r *http.Request) keyForm {
 	return keyForm{Name: r.PostFormValue("name"), Type: r.PostFormValue("type"), Role: r.PostFormValue("role"),
 		Services: r.PostForm["services"], Permissions: r.PostFormValue("permissions"),
-		AllowedIPs: r.PostFormValue("allowed_ips"), Days: r.PostFormValue("expiry_days")}
+		AllowedIPs: r.PostFormValue("allowed_ips"), Days: r.PostFormValue("expiry_days"),
+		Limits: limitsForm{Rate: r.PostFormValue("rate"), QuotaPerDay: r.PostFormValue("quota_per_day"),
+			TokensPerDay: r.PostFormValue("tokens_per_day"), TokensPerMinute: r.PostFormValue("tokens_per_minute"),
+			Models: r.PostFormValue("models")}}
 }
 
 func (v *visit) create() {
@@ -333,6 +339,7 @@ func (v *visit) create() {
 		Services: g.services, Permissions: g.permissions, AllowedIPs: g.allowedIPs, Owner: v.user,
 		Hint: keystore.HintOf(key), CreatedAt: now.Format(time.RFC3339), ExpiresAt: now.Add(time.Duration(g.days) * 24 * time.Hour).Format(time.RFC3339),
 		Pending: g.typ == keystore.Prod && v.s.policy.ApproveProd && !v.admin}
+	g.limits.apply(&rec)
 	for tries := 0; tries < 5; tries++ {
 		rec.ID = keystore.NewID()
 		if err = v.s.backend.Store.Create(v.r.Context(), rec); !errors.Is(err, keystore.ErrIDTaken) {
@@ -362,7 +369,7 @@ func (v *visit) keyPage(id string) {
 		return
 	}
 	f := keyForm{Name: rec.Name, Role: rec.Role, Services: rec.Services,
-		Permissions: strings.Join(rec.Permissions, "\n"), AllowedIPs: strings.Join(rec.AllowedIPs, "\n")}
+		Permissions: strings.Join(rec.Permissions, "\n"), AllowedIPs: strings.Join(rec.AllowedIPs, "\n"), Limits: limitsOf(rec)}
 	v.keyPageWith(rec, f, nil, http.StatusOK)
 }
 
@@ -416,6 +423,8 @@ func (v *visit) edit(id string) {
 			return refuse("key", "was given more than the portal's policy allows, so only an operator may change it")
 		}
 		asked := keystore.Grant{Role: g.role.String(), Services: g.services, Permissions: g.permissions, AllowedIPs: g.allowedIPs}
+		v.s.policy.Limits.keepUnoffered(&g.limits, recordLimits(*rec))
+		g.limits.toGrant(&asked)
 		rec.Name, rec.PendingGrant = g.name, nil
 		if rec.Type == keystore.Prod.String() && v.s.policy.ApproveProd && !v.admin && widens(*rec, asked) {
 			// A production key's wider grant needs approval; until then
@@ -424,6 +433,7 @@ func (v *visit) edit(id string) {
 			return nil
 		}
 		rec.Role, rec.Services, rec.Permissions, rec.AllowedIPs = asked.Role, asked.Services, asked.Permissions, asked.AllowedIPs
+		g.limits.apply(rec)
 		return nil
 	})
 	if err != nil {
@@ -443,8 +453,10 @@ func (v *visit) edit(id string) {
 // have chosen.
 func (p *Policy) withinPolicy(rec keystore.Record) bool {
 	_, err := p.checkForm(keyForm{Name: rec.Name, Role: rec.Role, Services: rec.Services,
-		Permissions: strings.Join(rec.Permissions, "\n"), AllowedIPs: strings.Join(rec.AllowedIPs, "\n")}, false)
-	return err == nil
+		Permissions: strings.Join(rec.Permissions, "\n"), AllowedIPs: strings.Join(rec.AllowedIPs, "\n"), Limits: p.Limits.offered(limitsOf(rec))}, false)
+	// A key with a model_tokens_per_day of its own was given it by an
+	// operator: the forms offer none.
+	return err == nil && len(rec.ModelTokensPerDay) == 0
 }
 
 func (v *visit) rotate(id string) {
@@ -520,6 +532,7 @@ func (v *visit) approve(id string) {
 		}
 		if g := rec.PendingGrant; g != nil {
 			rec.Role, rec.Services, rec.Permissions, rec.AllowedIPs = g.Role, g.Services, g.Permissions, g.AllowedIPs
+			grantLimits(*g).apply(rec)
 			rec.PendingGrant = nil
 		}
 		rec.Pending = false

@@ -41,6 +41,8 @@ type Policy struct {
 	ApproveProd bool
 	// Admins are the users who see every key, approve and revoke any.
 	Admins []string
+	// Limits bound the limits developers may give their keys.
+	Limits Limits
 }
 
 // Service is one service developers may choose, and how its route is called.
@@ -116,7 +118,7 @@ func (p *Policy) check() error {
 	if p.RotationGrace < 0 {
 		return errors.New("rotation_grace must not be negative")
 	}
-	return nil
+	return p.Limits.check()
 }
 
 func (p *Policy) isAdmin(user string) bool { return slices.Contains(p.Admins, user) }
@@ -154,6 +156,7 @@ type keyForm struct {
 	Permissions string // one "METHOD /path" a line
 	AllowedIPs  string // one CIDR or address a line, or comma separated
 	Days        string
+	Limits      limitsForm
 }
 
 // grant is a checked keyForm.
@@ -165,6 +168,7 @@ type grant struct {
 	permissions []string
 	allowedIPs  []string
 	days        int
+	limits      keyLimits
 }
 
 // formError is a refusal to show the developer, naming the field.
@@ -265,10 +269,14 @@ func (p *Policy) checkForm(f keyForm, creating bool) (grant, error) {
 		}
 		return g, refuse("allowed_ips", "%q is not an address or a CIDR range such as 203.0.113.0/24", clip(line, 60))
 	}
+	if g.limits, err = p.checkLimits(f.Limits); err != nil {
+		return g, err
+	}
 	// The store checks every record it writes; check the same way here,
 	// so a refusal names the field rather than failing the write.
 	check := keystore.Record{ID: "k_check", Hash: checkHash, Name: g.name, Role: g.role.String(), Services: g.services,
 		Permissions: g.permissions, AllowedIPs: g.allowedIPs}
+	g.limits.apply(&check)
 	if _, err := keystore.Compile(check); err != nil {
 		var fe *keystore.FieldError
 		if errors.As(err, &fe) {
