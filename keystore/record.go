@@ -106,13 +106,16 @@ type Record struct {
 
 // AdminChange is a change an administrator made to a developer's key.
 type AdminChange struct {
-	// Action is what was done: "approved", "paused", "resumed" or
-	// "revoked".
+	// Action is what was done: "approved", "denied", "paused",
+	// "resumed" or "revoked".
 	Action string `json:"action"`
 	// By is the administrator's identity.
 	By string `json:"by"`
 	// At is the RFC 3339 time of the change.
 	At string `json:"at"`
+	// Reason is what the administrator gave as the reason, for the
+	// owner; "" for none.
+	Reason string `json:"reason,omitempty"`
 }
 
 // HintLength is how many of a secret's last characters a record keeps.

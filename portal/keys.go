@@ -47,6 +47,9 @@ type keyView struct {
 	// Notice is what an administrator last did to the key, for its owner;
 	// "" for nothing.
 	Notice string
+	// Grant is everything the key may do, in words (role, services,
+	// permissions, addresses, limits, expiry).
+	Grant string
 	// Limits are the key's own limits in words; "" for none.
 	Limits string
 	// Others is a key of someone else that an administrator looks at: they
@@ -66,6 +69,7 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 	if g := rec.PendingGrant; g != nil {
 		kv.Requested = grantText(*g)
 	}
+	kv.Grant = wholeGrant(rec)
 	kv.Others = rec.Owner != v.user
 	kv.Masked = masked(rec)
 	kv.Limits = limitsText(rec.Rate, rec.QuotaPerDay, rec.TokensPerDay, rec.TokensPerMinute, rec.Models)
@@ -76,6 +80,9 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 		kv.Notice = "An administrator, " + c.By + ", " + c.Action + " this key"
 		if t, err := time.Parse(time.RFC3339, c.At); err == nil {
 			kv.Notice += " on " + t.UTC().Format("2006-01-02 15:04 UTC")
+		}
+		if c.Reason != "" {
+			kv.Notice += ", saying: “" + c.Reason + "”"
 		}
 		kv.Notice += "."
 	}
@@ -251,6 +258,7 @@ func flash(r *http.Request) string {
 		"approved":  "Approved: the key works from the next request.",
 		"paused":    "Paused: the gateway refuses the key (403, reason paused) from the next request, until it is resumed.",
 		"resumed":   "Resumed: the key works again from the next request.",
+		"denied":    "Denied: the owner sees your reason on the key's page.",
 		"extended":  "Extended: the key's new expiry applies from the next request; its secret is unchanged."}[r.URL.Query().Get("done")]
 }
 
@@ -338,7 +346,7 @@ func (v *visit) create() {
 	rec := keystore.Record{Name: g.name, Hash: keystore.Sum(key).Encode(), Type: g.typ.String(), Role: g.role.String(),
 		Services: g.services, Permissions: g.permissions, AllowedIPs: g.allowedIPs, Owner: v.user,
 		Hint: keystore.HintOf(key), CreatedAt: now.Format(time.RFC3339), ExpiresAt: now.Add(time.Duration(g.days) * 24 * time.Hour).Format(time.RFC3339),
-		Pending: g.typ == keystore.Prod && v.s.policy.ApproveProd && !v.admin}
+		Pending: g.typ == keystore.Prod && v.s.policy.ApproveProd && v.approvedByOthers()}
 	g.limits.apply(&rec)
 	for tries := 0; tries < 5; tries++ {
 		rec.ID = keystore.NewID()
@@ -413,7 +421,7 @@ func (v *visit) edit(id string) {
 			// since: saving it would undo their change.
 			return refuse("key", "was changed since this page was opened, so nothing was saved; open the key again and make your change there")
 		}
-		if rec.Pending && !v.admin {
+		if rec.Pending && v.approvedByOthers() {
 			// What the administrator approves must be what they saw.
 			return refuse("key", "waits for approval, and cannot be changed until it is approved")
 		}
@@ -426,7 +434,7 @@ func (v *visit) edit(id string) {
 		v.s.policy.Limits.keepUnoffered(&g.limits, recordLimits(*rec))
 		g.limits.toGrant(&asked)
 		rec.Name, rec.PendingGrant = g.name, nil
-		if rec.Type == keystore.Prod.String() && v.s.policy.ApproveProd && !v.admin && widens(*rec, asked) {
+		if rec.Type == keystore.Prod.String() && v.s.policy.ApproveProd && v.approvedByOthers() && widens(*rec, asked) {
 			// A production key's wider grant needs approval; until then
 			// the key keeps working with what it had.
 			rec.PendingGrant, waits = &asked, true
@@ -519,32 +527,6 @@ func (v *visit) revoke(id string) {
 	}
 	v.changed(id, audit.Entry{"event": "key.revoked", "key_id": id})
 	v.render(http.StatusOK, "revoked.html", "keys", "Key revoked", map[string]any{"ID": id})
-}
-
-func (v *visit) approve(id string) {
-	if !v.admin {
-		v.s.fail(v.w, v, http.StatusForbidden, "Only the portal's administrators approve keys.")
-		return
-	}
-	_, err := v.s.backend.Store.Update(v.r.Context(), id, func(rec *keystore.Record) error {
-		if !rec.Pending && rec.PendingGrant == nil {
-			return refuse("key", "is not waiting for approval")
-		}
-		if g := rec.PendingGrant; g != nil {
-			rec.Role, rec.Services, rec.Permissions, rec.AllowedIPs = g.Role, g.Services, g.Permissions, g.AllowedIPs
-			grantLimits(*g).apply(rec)
-			rec.PendingGrant = nil
-		}
-		rec.Pending = false
-		v.noteAdminChange(rec, "approved")
-		return nil
-	})
-	if err != nil {
-		v.changeFailed(id, err)
-		return
-	}
-	v.changed(id, audit.Entry{"event": "key.approved", "key_id": id})
-	http.Redirect(v.w, v.r, v.s.base+"/admin?done=approved", http.StatusSeeOther)
 }
 
 // pause pauses a key (the gateway refuses it, 403 paused) or resumes it.

@@ -18,11 +18,16 @@ type page struct {
 	CSRF  string
 	Nav   string
 	Data  any
+	// others is an administrator other than the visitor, who approves
+	// their own keys; "" for none.
+	others string
 }
 
 var funcs = template.FuncMap{
 	"join": strings.Join,
 	"add":  func(a, b int) int { return a + b },
+	// decision is what the pending list's form shows of a key.
+	"decision": func(p page, kv keyView) decisionView { return decisionView{Page: p, Key: kv} },
 }
 
 // parsePages parses each page with the layout around it.
@@ -56,6 +61,7 @@ func (s *Server) write(w http.ResponseWriter, v *visit, status int, name, nav, t
 	p := page{Title: title, Base: s.base, Nav: nav, Data: data}
 	if v != nil {
 		p.User, p.Admin, p.CSRF = v.user, v.admin, v.csrf
+		p.others = s.policy.otherAdmin(v.user)
 	}
 	var buf bytes.Buffer
 	if err := s.pages[name].ExecuteTemplate(&buf, "layout", p); err != nil {

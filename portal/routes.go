@@ -40,7 +40,8 @@ func (s *Server) routes() *http.ServeMux {
 	page("GET "+b+"/playground", func(v *visit) { v.playground(nil) })
 	page("POST "+b+"/playground", (*visit).try)
 	page("GET "+b+"/admin", (*visit).adminPage)
-	page("POST "+b+"/admin/keys/{id}/approve", withID((*visit).approve))
+	page("POST "+b+"/admin/keys/{id}/approve", withID(func(v *visit, id string) { v.decide(id, true) }))
+	page("POST "+b+"/admin/keys/{id}/deny", withID(func(v *visit, id string) { v.decide(id, false) }))
 	return mux
 }
 
