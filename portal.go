@@ -96,6 +96,11 @@ type Portal struct {
 	// visitor's request, with the same scheme and Host.
 	PlaygroundURL string `json:"playground_url,omitempty"`
 
+	// LogoutURL is where the portal's Sign out link goes: the identity
+	// provider's sign-out (e.g. oauth2-proxy's "/oauth2/sign_out"). Unset:
+	// no link.
+	LogoutURL string `json:"logout_url,omitempty"`
+
 	// MaxRate is the fastest burst rate a developer may give a key
 	// ("<n>/s", "/m" or "/h"): the key's own rate, which overrides the
 	// route's. Unset: the forms offer no rate.
@@ -139,6 +144,11 @@ type PortalService struct {
 	// Scheme comes before the key in Header, e.g. "Bearer" (the default
 	// with Authorization); "" sends the key alone.
 	Scheme string `json:"scheme,omitempty"`
+	// Description says what the service is, on the portal's API catalog.
+	Description string `json:"description,omitempty"`
+	// Docs is a link to the service's documentation (http, https, or a
+	// path on the portal's host), on the API catalog.
+	Docs string `json:"docs,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -233,8 +243,10 @@ func (p *Portal) policy() (portal.Policy, error) {
 	}
 	pol.Limits.MaxQuotaPerDay, pol.Limits.MaxTokensPerDay, pol.Limits.MaxTokensPerMinute = p.MaxQuotaPerDay, p.MaxTokensPerDay, p.MaxTokensPerMinute
 	pol.Limits.Models = p.Models
+	pol.LogoutURL = p.LogoutURL
 	for _, s := range p.Services {
-		pol.Services = append(pol.Services, portal.Service{Name: s.Name, Path: s.Path, Header: s.Header, Scheme: s.Scheme})
+		pol.Services = append(pol.Services, portal.Service{Name: s.Name, Path: s.Path, Header: s.Header, Scheme: s.Scheme,
+			Description: s.Description, Docs: s.Docs})
 	}
 	return pol, nil
 }

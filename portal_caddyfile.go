@@ -31,7 +31,10 @@ func parsePortalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //	apikey_portal [<matcher>] {
 //	    keys file <path> | keys redis { … }
 //	    base_path <path>
-//	    service <name> [<path> [<Header> [<scheme>]]]
+//	    service <name> [<path> [<Header> [<scheme>]]] [{
+//	        description <text>
+//	        docs <url>
+//	    }]
 //	    types dev|prod ...
 //	    max_role reader|writer|admin
 //	    custom_permissions
@@ -43,6 +46,7 @@ func parsePortalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //	    audit_log <path>
 //	    user <placeholder>
 //	    playground_url <url>
+//	    logout_url <url>
 //	    max_rate <n>/s|m|h
 //	    max_quota_per_day <n>
 //	    max_tokens_per_day <n>
@@ -89,6 +93,20 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			if len(args) > 3 {
 				svc.Scheme = args[3]
+			}
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				switch d.Val() {
+				case "description":
+					if !d.AllArgs(&svc.Description) {
+						return d.Errf("service %s: want description \"<text>\" (quoted when it has spaces)", svc.Name)
+					}
+				case "docs":
+					if !d.AllArgs(&svc.Docs) {
+						return d.ArgErr()
+					}
+				default:
+					return d.Errf("service %s: unrecognized option %q (want description or docs)", svc.Name, d.Val())
+				}
 			}
 			p.Services = append(p.Services, svc)
 		case "types":
@@ -150,6 +168,10 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "playground_url":
 			if !d.AllArgs(&p.PlaygroundURL) {
+				return d.ArgErr()
+			}
+		case "logout_url":
+			if !d.AllArgs(&p.LogoutURL) {
 				return d.ArgErr()
 			}
 		case "max_rate":

@@ -95,6 +95,8 @@ func TestPortalPagesPassAxe(t *testing.T) {
 				{alice, "/portal/keys/" + prod.id}, {alice, "/portal/keys/" + k.id + "/revoke"},
 				{alice, "/portal/usage"}, {alice, "/portal/playground"}, {alice, "/portal/nowhere"},
 				{admin, "/portal/admin"}, {admin, "/portal/usage?all=1"}, {admin, "/portal/keys/" + prod.id},
+				{alice, "/portal/catalog"}, {alice, "/portal/keys?q=axe&stopped=1&sort=name"}, {alice, "/portal/keys?q=nothing-matches"},
+				{admin, "/portal/admin?owner=alice&type=prod&status=pending_approval"},
 			} {
 				p.open(t, pg.ctx, pg.path)
 				axeCheck(t, pg.ctx, axe, pg.path)

@@ -43,6 +43,8 @@ type Policy struct {
 	Admins []string
 	// Limits bound the limits developers may give their keys.
 	Limits Limits
+	// LogoutURL is where Sign out goes; "" for no link.
+	LogoutURL string
 }
 
 // Service is one service developers may choose, and how its route is called.
@@ -55,6 +57,8 @@ type Service struct {
 	// Header and Scheme say how the route reads the key, e.g.
 	// "Authorization" and "Bearer"; default Authorization: Bearer.
 	Header, Scheme string
+	// Description and Docs (a link) are shown on the API catalog.
+	Description, Docs string
 }
 
 // Defaults.
@@ -89,6 +93,12 @@ func (p *Policy) check() error {
 		if svc.Header == "" {
 			svc.Header, svc.Scheme = "Authorization", "Bearer"
 		}
+		if svc.Docs != "" && !linkable(svc.Docs) {
+			return fmt.Errorf("service %s: docs %q is not an http(s) URL or a path starting with /", svc.Name, svc.Docs)
+		}
+		if len(svc.Description) > 1000 || hasControl(svc.Description) {
+			return fmt.Errorf("service %s: the description is over 1,000 bytes or has control characters", svc.Name)
+		}
 	}
 	if len(p.Types) == 0 {
 		p.Types = []keystore.Type{keystore.Dev, keystore.Prod}
@@ -117,6 +127,9 @@ func (p *Policy) check() error {
 	}
 	if p.RotationGrace < 0 {
 		return errors.New("rotation_grace must not be negative")
+	}
+	if p.LogoutURL != "" && !linkable(p.LogoutURL) {
+		return fmt.Errorf("logout_url %q is not an http(s) URL or a path starting with /", p.LogoutURL)
 	}
 	return p.Limits.check()
 }

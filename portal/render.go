@@ -18,6 +18,8 @@ type page struct {
 	CSRF  string
 	Nav   string
 	Data  any
+	// Logout is where Sign out goes; "" for no link.
+	Logout string
 	// others is an administrator other than the visitor, who approves
 	// their own keys; "" for none.
 	others string
@@ -58,7 +60,7 @@ func (v *visit) render(status int, name, nav, title string, data any) {
 }
 
 func (s *Server) write(w http.ResponseWriter, v *visit, status int, name, nav, title string, data any) {
-	p := page{Title: title, Base: s.base, Nav: nav, Data: data}
+	p := page{Title: title, Base: s.base, Nav: nav, Data: data, Logout: s.policy.LogoutURL}
 	if v != nil {
 		p.User, p.Admin, p.CSRF = v.user, v.admin, v.csrf
 		p.others = s.policy.otherAdmin(v.user)
