@@ -36,8 +36,12 @@ func (v *visit) reason() (string, error) {
 	if n := utf8.RuneCountInString(r); n > maxReason || !utf8.ValidString(r) {
 		return "", refuse("reason", "is %d characters long or not valid text; at most %d", n, maxReason)
 	}
-	if hasControl(strings.ReplaceAll(r, "\r\n", " ")) {
+	if hasControl(strings.ReplaceAll(strings.ReplaceAll(r, "\r\n", " "), "\n", " ")) {
 		return "", refuse("reason", "has control or invisible formatting characters")
+	}
+	if keystore.LooksLikeSecret(r) {
+		// The owner's pages and the audit log show it.
+		return "", refuse("reason", "looks like it holds a key; a reason is shown to the key's owner and written to the audit log")
 	}
 	return strings.Join(strings.Fields(r), " "), nil
 }

@@ -63,7 +63,8 @@ func axeCheck(t *testing.T, ctx context.Context, axe, what string) {
 func TestPortalPagesPassAxe(t *testing.T) {
 	axe := axeSource(t)
 	// axe-core takes seconds a page on a loaded machine.
-	p, _ := startPortalDemoWithin(t, false, 8*time.Minute)
+	// With limits in the forms and a described service in the catalog.
+	p, _ := startPortalDemoWithin(t, false, 8*time.Minute, withLimits(t), withCatalog(t))
 	alice, admin := p.signIn(t, "alice"), p.signIn(t, "admin")
 	for _, width := range []int{0, 390} {
 		name := "desktop"

@@ -29,11 +29,6 @@ type Limits struct {
 // maxModels bounds the models a form may give a key.
 const maxModels = 32
 
-// offers reports whether the forms offer any limit.
-func (l Limits) offers() bool {
-	return !l.MaxRate.IsZero() || l.MaxQuotaPerDay > 0 || l.MaxTokensPerDay > 0 || l.MaxTokensPerMinute > 0 || len(l.Models) > 0
-}
-
 func (l Limits) check() error {
 	for _, m := range l.Models {
 		probe := keystore.Record{ID: "k_check", Hash: checkHash, Role: "reader", Models: []string{m}}
@@ -173,9 +168,6 @@ func limitsText(rate string, quota, tokensDay, tokensMinute *int64, models []str
 	}
 	return strings.Join(parts, " · ")
 }
-
-// eqInt64 reports whether two optional numbers are the same.
-func eqInt64(a, b *int64) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
 
 // widensLimits reports whether asked allows more than had: a limit
 // raised or removed, a faster rate, a model not allowed before, or no
