@@ -81,6 +81,9 @@ func TestPortalExtendsAKeysExpiry(t *testing.T) {
 	if status := tabEval[string](t, alice, `document.querySelector('dl.facts .status')?.textContent ?? ''`); status != "expiring soon" {
 		t.Errorf("key %s, 3 days from its expiry, is shown %q, want expiring soon", k.id, status)
 	}
+	if n := tabEval[int](t, alice, `document.querySelectorAll('form[action$="/extend"] #extend_days').length`); n != 1 {
+		t.Fatalf("key %s's page offers no extension", k.id)
+	}
 	tabDo(t, alice, "choosing 30 days", chromedp.SetValue(chromedp.ID("extend_days"), "30"))
 	p.submit(t, alice, `form[action="/portal/keys/`+k.id+`/extend"] button[type=submit]`)
 	if flash := p.alerts(t, alice); !strings.Contains(flash, "Extended") {
