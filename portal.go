@@ -17,6 +17,7 @@ import (
 	"github.com/moodmnky/caddy-apikey/internal/keylist"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/portal"
+	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
 func init() {
@@ -95,6 +96,32 @@ type Portal struct {
 	// visitor's request, with the same scheme and Host.
 	PlaygroundURL string `json:"playground_url,omitempty"`
 
+	// LogoutURL is where the portal's Sign out link goes: the identity
+	// provider's sign-out (e.g. oauth2-proxy's "/oauth2/sign_out"). Unset:
+	// no link.
+	LogoutURL string `json:"logout_url,omitempty"`
+
+	// MaxRate is the fastest burst rate a developer may give a key
+	// ("<n>/s", "/m" or "/h"): the key's own rate, which overrides the
+	// route's. Unset: the forms offer no rate.
+	MaxRate string `json:"max_rate,omitempty"`
+
+	// MaxQuotaPerDay is the largest daily quota of requests a developer
+	// may give a key (its quota_per_day). 0: the forms offer none.
+	MaxQuotaPerDay int64 `json:"max_quota_per_day,omitempty"`
+
+	// MaxTokensPerDay and MaxTokensPerMinute are the largest token
+	// budgets a developer may give a key (its tokens_per_day and
+	// tokens_per_minute, on routes with tokens). 0: the forms offer none.
+	MaxTokensPerDay    int64 `json:"max_tokens_per_day,omitempty"`
+	MaxTokensPerMinute int64 `json:"max_tokens_per_minute,omitempty"`
+
+	// Models are the models (names, or patterns with * and ?) a developer
+	// may allow a key (its models, on routes with tokens); a key given
+	// none is given all of these. Empty: the forms offer no models, and
+	// keys allow any.
+	Models []string `json:"models,omitempty"`
+
 	server       *portal.Server
 	source       keystore.Editable
 	audit        *audit.Writer
@@ -117,6 +144,11 @@ type PortalService struct {
 	// Scheme comes before the key in Header, e.g. "Bearer" (the default
 	// with Authorization); "" sends the key alone.
 	Scheme string `json:"scheme,omitempty"`
+	// Description says what the service is, on the portal's API catalog.
+	Description string `json:"description,omitempty"`
+	// Docs is a link to the service's documentation (http, https, or a
+	// path on the portal's host), on the API catalog.
+	Docs string `json:"docs,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -197,8 +229,24 @@ func (p *Portal) policy() (portal.Policy, error) {
 		}
 		pol.MaxRole = role
 	}
+	if p.MaxRate != "" {
+		rate, err := ratelimit.ParseRate(p.MaxRate)
+		if err != nil {
+			return pol, fmt.Errorf("max_rate: %w", err)
+		}
+		pol.Limits.MaxRate = rate
+	}
+	for name, n := range map[string]int64{"max_quota_per_day": p.MaxQuotaPerDay, "max_tokens_per_day": p.MaxTokensPerDay, "max_tokens_per_minute": p.MaxTokensPerMinute} {
+		if n < 0 {
+			return pol, fmt.Errorf("%s: %d is negative", name, n)
+		}
+	}
+	pol.Limits.MaxQuotaPerDay, pol.Limits.MaxTokensPerDay, pol.Limits.MaxTokensPerMinute = p.MaxQuotaPerDay, p.MaxTokensPerDay, p.MaxTokensPerMinute
+	pol.Limits.Models = p.Models
+	pol.LogoutURL = p.LogoutURL
 	for _, s := range p.Services {
-		pol.Services = append(pol.Services, portal.Service{Name: s.Name, Path: s.Path, Header: s.Header, Scheme: s.Scheme})
+		pol.Services = append(pol.Services, portal.Service{Name: s.Name, Path: s.Path, Header: s.Header, Scheme: s.Scheme,
+			Description: s.Description, Docs: s.Docs})
 	}
 	return pol, nil
 }

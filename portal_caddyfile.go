@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
 func init() {
@@ -29,7 +31,10 @@ func parsePortalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //	apikey_portal [<matcher>] {
 //	    keys file <path> | keys redis { … }
 //	    base_path <path>
-//	    service <name> [<path> [<Header> [<scheme>]]]
+//	    service <name> [<path> [<Header> [<scheme>]]] [{
+//	        description <text>
+//	        docs <url>
+//	    }]
 //	    types dev|prod ...
 //	    max_role reader|writer|admin
 //	    custom_permissions
@@ -41,6 +46,12 @@ func parsePortalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //	    audit_log <path>
 //	    user <placeholder>
 //	    playground_url <url>
+//	    logout_url <url>
+//	    max_rate <n>/s|m|h
+//	    max_quota_per_day <n>
+//	    max_tokens_per_day <n>
+//	    max_tokens_per_minute <n>
+//	    models <model|pattern> ...
 //	}
 func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive
@@ -50,7 +61,7 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for d.NextBlock(0) {
 		sub := d.Val()
-		if seen[sub] && sub != "service" && sub != "admins" {
+		if seen[sub] && sub != "service" && sub != "admins" && sub != "models" {
 			return d.Errf("apikey_portal: %s given more than once", sub)
 		}
 		seen[sub] = true
@@ -82,6 +93,20 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			if len(args) > 3 {
 				svc.Scheme = args[3]
+			}
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				switch d.Val() {
+				case "description":
+					if !d.AllArgs(&svc.Description) {
+						return d.Errf("service %s: want description \"<text>\" (quoted when it has spaces)", svc.Name)
+					}
+				case "docs":
+					if !d.AllArgs(&svc.Docs) {
+						return d.ArgErr()
+					}
+				default:
+					return d.Errf("service %s: unrecognized option %q (want description or docs)", svc.Name, d.Val())
+				}
 			}
 			p.Services = append(p.Services, svc)
 		case "types":
@@ -145,6 +170,34 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&p.PlaygroundURL) {
 				return d.ArgErr()
 			}
+		case "logout_url":
+			if !d.AllArgs(&p.LogoutURL) {
+				return d.ArgErr()
+			}
+		case "max_rate":
+			if !d.AllArgs(&p.MaxRate) {
+				return d.ArgErr()
+			}
+			if _, err := ratelimit.ParseRate(p.MaxRate); err != nil {
+				return d.Errf("max_rate: %v", err)
+			}
+		case "max_quota_per_day", "max_tokens_per_day", "max_tokens_per_minute":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 1 {
+				return d.Errf("%s %q is not a positive whole number", sub, v)
+			}
+			*map[string]*int64{"max_quota_per_day": &p.MaxQuotaPerDay, "max_tokens_per_day": &p.MaxTokensPerDay,
+				"max_tokens_per_minute": &p.MaxTokensPerMinute}[sub] = n
+		case "models":
+			models := d.RemainingArgs()
+			if len(models) == 0 {
+				return d.Errf("models: name the models (or patterns such as llama3*) developers may allow their keys")
+			}
+			p.Models = append(p.Models, models...)
 		default:
 			return d.Errf("unrecognized apikey_portal subdirective %q", sub)
 		}

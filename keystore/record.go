@@ -106,13 +106,16 @@ type Record struct {
 
 // AdminChange is a change an administrator made to a developer's key.
 type AdminChange struct {
-	// Action is what was done: "approved", "paused", "resumed" or
-	// "revoked".
+	// Action is what was done: "approved", "denied", "paused",
+	// "resumed" or "revoked".
 	Action string `json:"action"`
 	// By is the administrator's identity.
 	By string `json:"by"`
 	// At is the RFC 3339 time of the change.
 	At string `json:"at"`
+	// Reason is what the administrator gave as the reason, for the
+	// owner; "" for none.
+	Reason string `json:"reason,omitempty"`
 }
 
 // HintLength is how many of a secret's last characters a record keeps.
@@ -135,6 +138,13 @@ type Grant struct {
 	Services    []string `json:"services,omitempty"`
 	Permissions []string `json:"permissions,omitempty"`
 	AllowedIPs  []string `json:"allowed_ips,omitempty"`
+	// Rate, QuotaPerDay, TokensPerDay, TokensPerMinute and Models are the
+	// key's own limits, as the record's fields.
+	Rate            string   `json:"rate,omitempty"`
+	QuotaPerDay     *int64   `json:"quota_per_day,omitempty"`
+	TokensPerDay    *int64   `json:"tokens_per_day,omitempty"`
+	TokensPerMinute *int64   `json:"tokens_per_minute,omitempty"`
+	Models          []string `json:"models,omitempty"`
 }
 
 // PreviousHash is a secret a key had before a rotation.

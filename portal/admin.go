@@ -26,16 +26,12 @@ func (v *visit) adminPage() {
 		return
 	}
 	ctx := v.r.Context()
-	after := v.r.URL.Query().Get("after")
-	page, err := v.s.backend.Store.List(ctx, keystore.ListQuery{After: after, Limit: adminPageSize})
+	used := v.s.lastUsed(ctx)
+	filter := readFilter(v.r)
+	list, err := v.adminKeys(filter, v.r.URL.Query().Get("after"), used)
 	if err != nil {
 		v.storeFailed(err)
 		return
-	}
-	used := v.s.lastUsed(ctx)
-	keys := make([]keyView, len(page.Records))
-	for i, rec := range page.Records {
-		keys[i] = v.view(rec, used)
 	}
 	// Keys waiting for approval: the store's index of them, the first
 	// adminPageSize in id order.
@@ -72,7 +68,7 @@ func (v *visit) adminPage() {
 		}
 	}
 	v.render(http.StatusOK, "admin.html", "admin", "Administration", map[string]any{
-		"Keys": keys, "Next": page.Next, "Pending": pending, "Audit": trail, "AuditError": auditErr,
+		"List": list, "Find": findView{Action: "/admin", Admin: true, Filter: filter, Statuses: statusChoices}, "Pending": pending, "Audit": trail, "AuditError": auditErr,
 		"HasAudit": v.s.backend.RecentAudit != nil, "Flash": flash(v.r), "Now": v.s.now().UTC().Format(time.RFC3339)})
 }
 

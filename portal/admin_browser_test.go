@@ -93,7 +93,7 @@ func TestPortalAdminsApproveAndRevokeButDoNotRotate(t *testing.T) {
 	dev := p.createKey(t, alice, "tests", "dev")
 
 	p.open(t, admin, "/portal/admin")
-	p.submit(t, admin, `form[action="/portal/admin/keys/`+prod.id+`/approve"] button[type=submit]`)
+	p.submit(t, admin, `button[aria-label="Approve key `+prod.id+`"]`)
 	p.open(t, admin, "/portal/keys/"+dev.id)
 	for _, sel := range []string{`form[action$="/rotate"]`, `form[action="/portal/keys/` + dev.id + `"]`} {
 		if n := tabEval[int](t, admin, `document.querySelectorAll(`+jsQuote(sel)+`).length`); n != 0 {

@@ -63,7 +63,8 @@ func axeCheck(t *testing.T, ctx context.Context, axe, what string) {
 func TestPortalPagesPassAxe(t *testing.T) {
 	axe := axeSource(t)
 	// axe-core takes seconds a page on a loaded machine.
-	p, _ := startPortalDemoWithin(t, false, 8*time.Minute)
+	// With limits in the forms and a described service in the catalog.
+	p, _ := startPortalDemoWithin(t, false, 8*time.Minute, withLimits(t), withCatalog(t))
 	alice, admin := p.signIn(t, "alice"), p.signIn(t, "admin")
 	widths := []int{0, 390}
 	if testing.Short() {
@@ -99,6 +100,8 @@ func TestPortalPagesPassAxe(t *testing.T) {
 				{alice, "/portal/keys/" + prod.id}, {alice, "/portal/keys/" + k.id + "/revoke"},
 				{alice, "/portal/usage"}, {alice, "/portal/playground"}, {alice, "/portal/nowhere"},
 				{admin, "/portal/admin"}, {admin, "/portal/usage?all=1"}, {admin, "/portal/keys/" + prod.id},
+				{alice, "/portal/catalog"}, {alice, "/portal/keys?q=axe&stopped=1&sort=name"}, {alice, "/portal/keys?q=nothing-matches"},
+				{admin, "/portal/admin?owner=alice&type=prod&status=pending_approval"},
 			} {
 				p.open(t, pg.ctx, pg.path)
 				axeCheck(t, pg.ctx, axe, pg.path)

@@ -79,8 +79,8 @@ func startPortalDemo(t *testing.T, redis bool) (*portalDemo, string) {
 }
 
 // startPortalDemoWithin is startPortalDemo with a browser that gives up
-// after timeout.
-func startPortalDemoWithin(t *testing.T, redis bool, timeout time.Duration) (*portalDemo, string) {
+// after timeout, on the demo's Caddyfile as edits change it.
+func startPortalDemoWithin(t *testing.T, redis bool, timeout time.Duration, edits ...func(cfg string) string) (*portalDemo, string) {
 	t.Helper()
 	demo, err := os.ReadFile("../examples/portal/Caddyfile")
 	if err != nil {
@@ -99,6 +99,9 @@ func startPortalDemoWithin(t *testing.T, redis bool, timeout time.Duration) (*po
 	).Replace(string(demo))
 	if !strings.Contains(cfg, fmt.Sprintf("localhost:%d", gw)) || !strings.Contains(cfg, fmt.Sprintf("admin localhost:%d", admin)) {
 		t.Fatal("the portal demo's ports were not found")
+	}
+	for _, edit := range edits {
+		cfg = edit(cfg)
 	}
 	if redis {
 		cfg = portalOnRedis(t, cfg, redistest.Start(t).Addr())
@@ -482,7 +485,7 @@ func (p *portalDemo) revoke(t *testing.T, k createdKey, old string) {
 	}
 	// So the pages must not say that the old secret still works.
 	for _, c := range []struct{ path, js string }{
-		{"/portal/keys", `[...document.querySelectorAll('table.keys tbody tr')].find(tr => tr.querySelector('code')?.textContent === ` + jsQuote(k.id) + `)?.innerText ?? ''`},
+		{"/portal/keys?stopped=1", `[...document.querySelectorAll('table.keys tbody tr')].find(tr => tr.querySelector('code')?.textContent === ` + jsQuote(k.id) + `)?.innerText ?? ''`},
 		{"/portal/keys/" + k.id, `document.querySelector('dl.facts')?.innerText ?? ''`},
 	} {
 		p.open(t, ctx, c.path)

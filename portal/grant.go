@@ -16,6 +16,9 @@ var roleRank = map[string]int{"reader": 1, "writer": 2, "admin": 3}
 // rec's grant lacks. It errs on the side of widening: what it cannot show
 // to be narrower waits for approval.
 func widens(rec keystore.Record, g keystore.Grant) bool {
+	if widensLimits(recordLimits(rec), grantLimits(g)) {
+		return true
+	}
 	if g.Role != rec.Role {
 		old, okOld := roleRank[rec.Role]
 		asked, okAsked := roleRank[g.Role]
@@ -90,6 +93,9 @@ func grantText(g keystore.Grant) string {
 		parts = append(parts, "from "+strings.Join(g.AllowedIPs, ", "))
 	} else {
 		parts = append(parts, "from any address")
+	}
+	if l := limitsText(g.Rate, g.QuotaPerDay, g.TokensPerDay, g.TokensPerMinute, g.Models); l != "" {
+		parts = append(parts, l)
 	}
 	return strings.Join(parts, " · ")
 }

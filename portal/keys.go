@@ -47,6 +47,11 @@ type keyView struct {
 	// Notice is what an administrator last did to the key, for its owner;
 	// "" for nothing.
 	Notice string
+	// Grant is everything the key may do, in words (role, services,
+	// permissions, addresses, limits, expiry).
+	Grant string
+	// Limits are the key's own limits in words; "" for none.
+	Limits string
 	// Others is a key of someone else that an administrator looks at: they
 	// may approve and revoke it, not edit or rotate it.
 	Others bool
@@ -64,14 +69,10 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 	if g := rec.PendingGrant; g != nil {
 		kv.Requested = grantText(*g)
 	}
+	kv.Grant = wholeGrant(rec)
 	kv.Others = rec.Owner != v.user
-	if rec.Hint != "" {
-		prefix := "DEV_API_"
-		if rec.Type == keystore.Prod.String() {
-			prefix = "PROD_API_"
-		}
-		kv.Masked = prefix + "…" + rec.Hint
-	}
+	kv.Masked = masked(rec)
+	kv.Limits = limitsText(rec.Rate, rec.QuotaPerDay, rec.TokensPerDay, rec.TokensPerMinute, rec.Models)
 	if t, err := time.Parse(time.RFC3339, rec.CreatedAt); err == nil {
 		kv.CreatedAt = t.UTC().Format("2006-01-02 15:04 UTC")
 	}
@@ -80,6 +81,9 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 		if t, err := time.Parse(time.RFC3339, c.At); err == nil {
 			kv.Notice += " on " + t.UTC().Format("2006-01-02 15:04 UTC")
 		}
+		if c.Reason != "" {
+			kv.Notice += ", saying: “" + c.Reason + "”"
+		}
 		kv.Notice += "."
 	}
 	k, err := keystore.Compile(rec)
@@ -87,16 +91,13 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 		kv.Status, kv.StatusText = "invalid", "invalid record"
 		return kv
 	}
-	kv.Status = k.Status(now)
-	kv.StatusText = map[string]string{keystore.StatusActive: "active", keystore.StatusExpired: "expired",
+	kv.Status = statusOf(k, now)
+	kv.StatusText = map[string]string{"expiring": "expiring soon", keystore.StatusActive: "active", keystore.StatusExpired: "expired",
 		keystore.StatusRevoked: "revoked", keystore.StatusRotationGrace: "in rotation grace",
 		keystore.StatusPending: "waiting for approval", keystore.StatusPaused: "paused",
 		keystore.StatusLeaked: "leaked"}[kv.Status]
 	kv.Stopped, kv.Expired = k.Stopped(now), k.Expired(now)
 	kv.Leak = leakOf(rec)
-	if kv.Status == keystore.StatusActive && !k.ExpiresAt.IsZero() && k.ExpiresAt.Sub(now) < expiringSoon {
-		kv.Status, kv.StatusText = "expiring", "expiring soon"
-	}
 	// A revoked or expired key has no working old secret to announce.
 	if !kv.Stopped {
 		var until time.Time
@@ -233,8 +234,9 @@ func (v *visit) myKeys() {
 			notices = append(notices, kv)
 		}
 	}
+	listed, find := readFilter(v.r).find(views)
 	v.render(http.StatusOK, "keys.html", "keys", "My keys", map[string]any{
-		"Keys": views, "Flash": flash(v.r), "Working": working(views), "MaxKeys": v.s.policy.MaxKeys, "Notices": notices})
+		"Keys": listed, "Find": find, "Flash": flash(v.r), "Working": working(views), "MaxKeys": v.s.policy.MaxKeys, "Notices": notices})
 }
 
 // working counts the keys that count against max_keys.
@@ -255,7 +257,9 @@ func flash(r *http.Request) string {
 		"requested": "Saved. The wider permissions wait for an administrator's approval; until then the key keeps working with what it had.",
 		"approved":  "Approved: the key works from the next request.",
 		"paused":    "Paused: the gateway refuses the key (403, reason paused) from the next request, until it is resumed.",
-		"resumed":   "Resumed: the key works again from the next request."}[r.URL.Query().Get("done")]
+		"resumed":   "Resumed: the key works again from the next request.",
+		"denied":    "Denied: the owner sees your reason on the key's page.",
+		"extended":  "Extended: the key's new expiry applies from the next request; its secret is unchanged."}[r.URL.Query().Get("done")]
 }
 
 type formView struct {
@@ -298,7 +302,10 @@ func (v *visit) newKeyForm(ferr error, status int) {
 func readForm(r *http.Request) keyForm {
 	return keyForm{Name: r.PostFormValue("name"), Type: r.PostFormValue("type"), Role: r.PostFormValue("role"),
 		Services: r.PostForm["services"], Permissions: r.PostFormValue("permissions"),
-		AllowedIPs: r.PostFormValue("allowed_ips"), Days: r.PostFormValue("expiry_days")}
+		AllowedIPs: r.PostFormValue("allowed_ips"), Days: r.PostFormValue("expiry_days"),
+		Limits: limitsForm{Rate: r.PostFormValue("rate"), QuotaPerDay: r.PostFormValue("quota_per_day"),
+			TokensPerDay: r.PostFormValue("tokens_per_day"), TokensPerMinute: r.PostFormValue("tokens_per_minute"),
+			Models: r.PostFormValue("models")}}
 }
 
 func (v *visit) create() {
@@ -339,7 +346,8 @@ func (v *visit) create() {
 	rec := keystore.Record{Name: g.name, Hash: keystore.Sum(key).Encode(), Type: g.typ.String(), Role: g.role.String(),
 		Services: g.services, Permissions: g.permissions, AllowedIPs: g.allowedIPs, Owner: v.user,
 		Hint: keystore.HintOf(key), CreatedAt: now.Format(time.RFC3339), ExpiresAt: now.Add(time.Duration(g.days) * 24 * time.Hour).Format(time.RFC3339),
-		Pending: g.typ == keystore.Prod && v.s.policy.ApproveProd && !v.admin}
+		Pending: g.typ == keystore.Prod && v.s.policy.ApproveProd && v.approvedByOthers()}
+	g.limits.apply(&rec)
 	for tries := 0; tries < 5; tries++ {
 		rec.ID = keystore.NewID()
 		if err = v.s.backend.Store.Create(v.r.Context(), rec); !errors.Is(err, keystore.ErrIDTaken) {
@@ -369,7 +377,7 @@ func (v *visit) keyPage(id string) {
 		return
 	}
 	f := keyForm{Name: rec.Name, Role: rec.Role, Services: rec.Services,
-		Permissions: strings.Join(rec.Permissions, "\n"), AllowedIPs: strings.Join(rec.AllowedIPs, "\n")}
+		Permissions: strings.Join(rec.Permissions, "\n"), AllowedIPs: strings.Join(rec.AllowedIPs, "\n"), Limits: limitsOf(rec)}
 	v.keyPageWith(rec, f, nil, http.StatusOK)
 }
 
@@ -378,7 +386,7 @@ func (v *visit) keyPageWith(rec keystore.Record, f keyForm, ferr error, status i
 	fv.Editing = true
 	fv.Key = v.view(rec, v.s.lastUsed(v.r.Context()))
 	v.render(status, "key.html", "keys", "Key "+rec.ID, map[string]any{"Form": fv, "Flash": flash(v.r),
-		"Grace": humanDuration(v.s.policy.RotationGrace)})
+		"Grace": humanDuration(v.s.policy.RotationGrace), "Extend": v.mayExtend(rec, v.s.now()) == ""})
 }
 
 func (v *visit) edit(id string) {
@@ -413,7 +421,7 @@ func (v *visit) edit(id string) {
 			// since: saving it would undo their change.
 			return refuse("key", "was changed since this page was opened, so nothing was saved; open the key again and make your change there")
 		}
-		if rec.Pending && !v.admin {
+		if rec.Pending && v.approvedByOthers() {
 			// What the administrator approves must be what they saw.
 			return refuse("key", "waits for approval, and cannot be changed until it is approved")
 		}
@@ -423,14 +431,17 @@ func (v *visit) edit(id string) {
 			return refuse("key", "was given more than the portal's policy allows, so only an operator may change it")
 		}
 		asked := keystore.Grant{Role: g.role.String(), Services: g.services, Permissions: g.permissions, AllowedIPs: g.allowedIPs}
+		v.s.policy.Limits.keepUnoffered(&g.limits, recordLimits(*rec))
+		g.limits.toGrant(&asked)
 		rec.Name, rec.PendingGrant = g.name, nil
-		if rec.Type == keystore.Prod.String() && v.s.policy.ApproveProd && !v.admin && widens(*rec, asked) {
+		if rec.Type == keystore.Prod.String() && v.s.policy.ApproveProd && v.approvedByOthers() && widens(*rec, asked) {
 			// A production key's wider grant needs approval; until then
 			// the key keeps working with what it had.
 			rec.PendingGrant, waits = &asked, true
 			return nil
 		}
 		rec.Role, rec.Services, rec.Permissions, rec.AllowedIPs = asked.Role, asked.Services, asked.Permissions, asked.AllowedIPs
+		g.limits.apply(rec)
 		return nil
 	})
 	if err != nil {
@@ -450,8 +461,10 @@ func (v *visit) edit(id string) {
 // have chosen.
 func (p *Policy) withinPolicy(rec keystore.Record) bool {
 	_, err := p.checkForm(keyForm{Name: rec.Name, Role: rec.Role, Services: rec.Services,
-		Permissions: strings.Join(rec.Permissions, "\n"), AllowedIPs: strings.Join(rec.AllowedIPs, "\n")}, false)
-	return err == nil
+		Permissions: strings.Join(rec.Permissions, "\n"), AllowedIPs: strings.Join(rec.AllowedIPs, "\n"), Limits: p.Limits.offered(limitsOf(rec))}, false)
+	// A key with a model_tokens_per_day of its own was given it by an
+	// operator: the forms offer none.
+	return err == nil && len(rec.ModelTokensPerDay) == 0
 }
 
 func (v *visit) rotate(id string) {
@@ -514,31 +527,6 @@ func (v *visit) revoke(id string) {
 	}
 	v.changed(id, audit.Entry{"event": "key.revoked", "key_id": id})
 	v.render(http.StatusOK, "revoked.html", "keys", "Key revoked", map[string]any{"ID": id})
-}
-
-func (v *visit) approve(id string) {
-	if !v.admin {
-		v.s.fail(v.w, v, http.StatusForbidden, "Only the portal's administrators approve keys.")
-		return
-	}
-	_, err := v.s.backend.Store.Update(v.r.Context(), id, func(rec *keystore.Record) error {
-		if !rec.Pending && rec.PendingGrant == nil {
-			return refuse("key", "is not waiting for approval")
-		}
-		if g := rec.PendingGrant; g != nil {
-			rec.Role, rec.Services, rec.Permissions, rec.AllowedIPs = g.Role, g.Services, g.Permissions, g.AllowedIPs
-			rec.PendingGrant = nil
-		}
-		rec.Pending = false
-		v.noteAdminChange(rec, "approved")
-		return nil
-	})
-	if err != nil {
-		v.changeFailed(id, err)
-		return
-	}
-	v.changed(id, audit.Entry{"event": "key.approved", "key_id": id})
-	http.Redirect(v.w, v.r, v.s.base+"/admin?done=approved", http.StatusSeeOther)
 }
 
 // pause pauses a key (the gateway refuses it, 403 paused) or resumes it.

@@ -41,6 +41,10 @@ type Policy struct {
 	ApproveProd bool
 	// Admins are the users who see every key, approve and revoke any.
 	Admins []string
+	// Limits bound the limits developers may give their keys.
+	Limits Limits
+	// LogoutURL is where Sign out goes; "" for no link.
+	LogoutURL string
 }
 
 // Service is one service developers may choose, and how its route is called.
@@ -53,6 +57,8 @@ type Service struct {
 	// Header and Scheme say how the route reads the key, e.g.
 	// "Authorization" and "Bearer"; default Authorization: Bearer.
 	Header, Scheme string
+	// Description and Docs (a link) are shown on the API catalog.
+	Description, Docs string
 }
 
 // Defaults.
@@ -87,6 +93,12 @@ func (p *Policy) check() error {
 		if svc.Header == "" {
 			svc.Header, svc.Scheme = "Authorization", "Bearer"
 		}
+		if svc.Docs != "" && !linkable(svc.Docs) {
+			return fmt.Errorf("service %s: docs %q is not an http(s) URL or a path starting with /", svc.Name, svc.Docs)
+		}
+		if len(svc.Description) > 1000 || hasControl(svc.Description) {
+			return fmt.Errorf("service %s: the description is over 1,000 bytes or has control characters", svc.Name)
+		}
 	}
 	if len(p.Types) == 0 {
 		p.Types = []keystore.Type{keystore.Dev, keystore.Prod}
@@ -116,7 +128,10 @@ func (p *Policy) check() error {
 	if p.RotationGrace < 0 {
 		return errors.New("rotation_grace must not be negative")
 	}
-	return nil
+	if p.LogoutURL != "" && !linkable(p.LogoutURL) {
+		return fmt.Errorf("logout_url %q is not an http(s) URL or a path starting with /", p.LogoutURL)
+	}
+	return p.Limits.check()
 }
 
 func (p *Policy) isAdmin(user string) bool { return slices.Contains(p.Admins, user) }
@@ -154,6 +169,7 @@ type keyForm struct {
 	Permissions string // one "METHOD /path" a line
 	AllowedIPs  string // one CIDR or address a line, or comma separated
 	Days        string
+	Limits      limitsForm
 }
 
 // grant is a checked keyForm.
@@ -165,6 +181,7 @@ type grant struct {
 	permissions []string
 	allowedIPs  []string
 	days        int
+	limits      keyLimits
 }
 
 // formError is a refusal to show the developer, naming the field.
@@ -265,10 +282,14 @@ func (p *Policy) checkForm(f keyForm, creating bool) (grant, error) {
 		}
 		return g, refuse("allowed_ips", "%q is not an address or a CIDR range such as 203.0.113.0/24", clip(line, 60))
 	}
+	if g.limits, err = p.checkLimits(f.Limits); err != nil {
+		return g, err
+	}
 	// The store checks every record it writes; check the same way here,
 	// so a refusal names the field rather than failing the write.
 	check := keystore.Record{ID: "k_check", Hash: checkHash, Name: g.name, Role: g.role.String(), Services: g.services,
 		Permissions: g.permissions, AllowedIPs: g.allowedIPs}
+	g.limits.apply(&check)
 	if _, err := keystore.Compile(check); err != nil {
 		var fe *keystore.FieldError
 		if errors.As(err, &fe) {

@@ -482,6 +482,14 @@ func TestPortalCaddyfileErrors(t *testing.T) {
 		{"keys file /tmp/k.json\n service echo /e\n max_keys 0", "max_keys"},
 		{"keys file /tmp/k.json\n service echo /e\n expiry soon", "expiry"},
 		{"keys file /tmp/k.json\n service echo /e\n colour blue", `unrecognized apikey_portal subdirective "colour"`},
+		{"keys file /tmp/k.json\n service echo /e\n max_rate fast", "max_rate"},
+		{"keys file /tmp/k.json\n service echo /e\n max_rate 10/d", `unit "d"`},
+		{"keys file /tmp/k.json\n service echo /e\n max_quota_per_day -5", `max_quota_per_day "-5" is not a positive whole number`},
+		{"keys file /tmp/k.json\n service echo /e\n max_tokens_per_day lots", `max_tokens_per_day "lots"`},
+		{"keys file /tmp/k.json\n service echo /e\n max_tokens_per_minute", "wrong argument count"},
+		{"keys file /tmp/k.json\n service echo /e\n models", "models: name the models"},
+		{"keys file /tmp/k.json\n service echo /e {\n colour blue\n }", `service echo: unrecognized option "colour"`},
+		{"keys file /tmp/k.json\n service echo /e {\n description\n }", `service echo: want description`},
 	} {
 		_, err := gatewaytest.Adapt(fmt.Sprintf("http://127.0.0.1:1 {\n apikey_portal {\n %s\n }\n}\n", c.block))
 		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "Caddyfile:") {
@@ -497,6 +505,9 @@ func TestPortalCaddyfileErrors(t *testing.T) {
 		{"types staging", "types"},
 		{"playground_url ftp://x", "playground_url"},
 		{"service echo relative/path", "must start with /"},
+		{"models [abc]", "models"},
+		{"logout_url javascript:alert(1)", "logout_url"},
+		{"service docs /d {\n docs javascript:alert(1)\n }", "service docs: docs"},
 	} {
 		err := gatewaytest.Load(fmt.Sprintf("{\n admin off\n}\nhttp://127.0.0.1:%d {\n apikey_portal {\n keys file %s\n service ok /ok\n %s\n }\n}\n", gatewaytest.Port(t), keys, c.block))
 		gatewaytest.Stop()

@@ -18,11 +18,18 @@ type page struct {
 	CSRF  string
 	Nav   string
 	Data  any
+	// Logout is where Sign out goes; "" for no link.
+	Logout string
+	// others is an administrator other than the visitor, who approves
+	// their own keys; "" for none.
+	others string
 }
 
 var funcs = template.FuncMap{
 	"join": strings.Join,
 	"add":  func(a, b int) int { return a + b },
+	// decision is what the pending list's form shows of a key.
+	"decision": func(p page, kv keyView) decisionView { return decisionView{Page: p, Key: kv} },
 }
 
 // parsePages parses each page with the layout around it.
@@ -34,10 +41,11 @@ func parsePages() (map[string]*template.Template, error) {
 	pages := map[string]*template.Template{}
 	for _, name := range names {
 		base := strings.TrimPrefix(name, "templates/")
-		if base == "layout.html" {
+		if base == "layout.html" || strings.HasPrefix(base, "_") {
 			continue
 		}
-		t, err := template.New(base).Funcs(funcs).ParseFS(templateFiles, "templates/layout.html", name)
+		// Files named _*.html hold parts several pages use.
+		t, err := template.New(base).Funcs(funcs).ParseFS(templateFiles, "templates/layout.html", "templates/_*.html", name)
 		if err != nil {
 			return nil, fmt.Errorf("portal template %s: %w", base, err)
 		}
@@ -52,9 +60,10 @@ func (v *visit) render(status int, name, nav, title string, data any) {
 }
 
 func (s *Server) write(w http.ResponseWriter, v *visit, status int, name, nav, title string, data any) {
-	p := page{Title: title, Base: s.base, Nav: nav, Data: data}
+	p := page{Title: title, Base: s.base, Nav: nav, Data: data, Logout: s.policy.LogoutURL}
 	if v != nil {
 		p.User, p.Admin, p.CSRF = v.user, v.admin, v.csrf
+		p.others = s.policy.otherAdmin(v.user)
 	}
 	var buf bytes.Buffer
 	if err := s.pages[name].ExecuteTemplate(&buf, "layout", p); err != nil {

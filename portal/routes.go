@@ -30,16 +30,19 @@ func (s *Server) routes() *http.ServeMux {
 	page("GET "+b+"/keys/{id}", withID((*visit).keyPage))
 	page("POST "+b+"/keys/{id}", withID((*visit).edit))
 	page("POST "+b+"/keys/{id}/rotate", withID((*visit).rotate))
+	page("POST "+b+"/keys/{id}/extend", withID((*visit).extend))
 	page("POST "+b+"/keys/{id}/pause", withID(func(v *visit, id string) { v.pause(id, true) }))
 	page("POST "+b+"/keys/{id}/resume", withID(func(v *visit, id string) { v.pause(id, false) }))
 	page("GET "+b+"/keys/{id}/secret", withID((*visit).secretPage))
 	page("GET "+b+"/keys/{id}/revoke", withID((*visit).confirmRevoke))
 	page("POST "+b+"/keys/{id}/revoke", withID((*visit).revoke))
 	page("GET "+b+"/usage", (*visit).usagePage)
+	page("GET "+b+"/catalog", (*visit).catalog)
 	page("GET "+b+"/playground", func(v *visit) { v.playground(nil) })
 	page("POST "+b+"/playground", (*visit).try)
 	page("GET "+b+"/admin", (*visit).adminPage)
-	page("POST "+b+"/admin/keys/{id}/approve", withID((*visit).approve))
+	page("POST "+b+"/admin/keys/{id}/approve", withID(func(v *visit, id string) { v.decide(id, true) }))
+	page("POST "+b+"/admin/keys/{id}/deny", withID(func(v *visit, id string) { v.decide(id, false) }))
 	return mux
 }
 

@@ -176,11 +176,20 @@ func clone(r keystore.Record) keystore.Record {
 	r.PreviousHashes = slices.Clone(r.PreviousHashes)
 	r.ModelTokensPerDay = maps.Clone(r.ModelTokensPerDay)
 	if g := r.PendingGrant; g != nil {
-		r.PendingGrant = &keystore.Grant{Role: g.Role, Services: slices.Clone(g.Services),
-			Permissions: slices.Clone(g.Permissions), AllowedIPs: slices.Clone(g.AllowedIPs)}
+		c := *g
+		c.Services, c.Permissions, c.AllowedIPs, c.Models = slices.Clone(g.Services), slices.Clone(g.Permissions),
+			slices.Clone(g.AllowedIPs), slices.Clone(g.Models)
+		for _, p := range []**int64{&c.QuotaPerDay, &c.TokensPerDay, &c.TokensPerMinute} {
+			if *p != nil {
+				v := **p
+				*p = &v
+			}
+		}
+		r.PendingGrant = &c
 	}
 	if c := r.AdminChange; c != nil {
-		r.AdminChange = &keystore.AdminChange{Action: c.Action, By: c.By, At: c.At}
+		change := *c
+		r.AdminChange = &change
 	}
 	for _, p := range []**int64{&r.QuotaPerDay, &r.TokensPerDay, &r.TokensPerMinute} {
 		if *p != nil {
