@@ -521,7 +521,12 @@ func (h *Handler) proxyLLM(x *exchange, next caddyhttp.Handler) error {
 			delete(r.Header, "Accept-Encoding")
 		}
 	}()
-	return next.ServeHTTP(call.tw, r)
+	err := next.ServeHTTP(call.tw, r)
+	if err != nil {
+		// Unless the upstream answered (settle then notes its status).
+		x.status = errorStatus(err)
+	}
+	return err
 }
 
 // settle settles the request's reservation, exactly once: ServeHTTP defers
@@ -559,6 +564,7 @@ func (h *Handler) settle(x *exchange) {
 	if !st.answered {
 		return // refused before the upstream, or the upstream never answered
 	}
+	x.status, x.tokens = st.status, st.prompt+st.completion
 	if st.reported {
 		h.usage.AddTokens(k.ID, h.Service, r.Method, usage.Endpoint(r.URL.Path, h.usageDepth), x.now, st.prompt, st.completion)
 	}

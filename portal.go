@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/moodmnky/caddy-apikey/activity"
 	"github.com/moodmnky/caddy-apikey/app"
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/internal/keylist"
@@ -166,6 +167,7 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 		Lookup:      src.Lookup,
 		Changed:     src.Changed,
 		Usage:       p.app.UsageRows,
+		Activity:    activity.Default.Of,
 		Quota:       func(ctx context.Context, k *keystore.Key) (portal.Quota, bool) { return p.todaysQuota(ctx, store, k) },
 		Audit:       p.writeAudit,
 		RecentAudit: p.recentAudit,

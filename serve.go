@@ -43,6 +43,12 @@ type exchange struct {
 	call *llmCall
 	// res is what the request spent of the key's request limits.
 	res ratelimit.Result
+
+	// For the key's activity (activity.go): the answer's status, the
+	// refusal's reason, the tokens the answer used.
+	status int
+	reason string
+	tokens int64
 }
 
 // ServeHTTP admits or refuses the request: authenticate the key,
@@ -52,6 +58,7 @@ type exchange struct {
 // however the request ends.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	x := exchange{w: w, r: r, now: time.Now(), client: clientIP(r)}
+	defer h.recordActivity(&x)
 	if f := h.throttle(&x); f.refused() {
 		return h.refuse(&x, f)
 	}
@@ -86,7 +93,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if x.call != nil {
 		return h.proxyLLM(&x, next)
 	}
-	return next.ServeHTTP(w, r)
+	return h.serveNext(&x, next)
 }
 
 // authenticate finds the record of the key the request carries, and

@@ -18,6 +18,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/moodmnky/caddy-apikey/activity"
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/usage"
@@ -41,6 +42,9 @@ type Backend struct {
 	Changed func(id string)
 	// Usage answers usage queries: cluster-wide when counts are shared.
 	Usage func(ctx context.Context, q usage.Query) ([]usage.Row, error)
+	// Activity is a key's refusals by reason, use per model and last
+	// requests, on this instance; nil: not shown.
+	Activity func(keyID string) (activity.Snapshot, bool)
 	// Quota is a key's use of today's quota; ok is false when unknown.
 	Quota func(ctx context.Context, k *keystore.Key) (q Quota, ok bool)
 	// Audit records a change; nil when there is no audit log.

@@ -274,7 +274,8 @@ func (v *visit) usagePage() {
 		"Shows": usageShows, "Show": show, "Tokens": tokens, "TotalTokens": total.PromptTokens + total.CompletionTokens,
 		"ChartW": chartW, "PlotH": plotH, "YAxisW": yAxisW, "YTicks": yTicks, "Top": top,
 		"PlotTop": percent(plotTop), "PlotHeight": percent(plotHeight), "From": from.Format("2006-01-02 15:04"), "To": now.Format("2006-01-02 15:04"),
-		"Unit": map[bool]string{false: "hour", true: "day"}[rng.byDay],
+		"Unit":     map[bool]string{false: "hour", true: "day"}[rng.byDay],
+		"Activity": v.activityOf(keyID, all || owned[keyID]),
 	})
 }
 
