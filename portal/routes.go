@@ -36,6 +36,8 @@ func (s *Server) routes() *http.ServeMux {
 	page("GET "+b+"/keys/{id}/revoke", withID((*visit).confirmRevoke))
 	page("POST "+b+"/keys/{id}/revoke", withID((*visit).revoke))
 	page("GET "+b+"/usage", (*visit).usagePage)
+	page("GET "+b+"/usage.csv", (*visit).usageCSV)
+	page("GET "+b+"/keys.csv", (*visit).keysCSV)
 	page("GET "+b+"/playground", func(v *visit) { v.playground(nil) })
 	page("POST "+b+"/playground", (*visit).try)
 	page("GET "+b+"/admin", (*visit).adminPage)
