@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -96,6 +98,16 @@ type Portal struct {
 	// visitor's request, with the same scheme and Host.
 	PlaygroundURL string `json:"playground_url,omitempty"`
 
+	// WebhooksFile is where developers' webhooks (URL and signing secret)
+	// are kept. Default: apikey/portal-webhooks.json in Caddy's data
+	// directory.
+	WebhooksFile string `json:"webhooks_file,omitempty"`
+
+	// WebhooksLoopback lets developers' webhooks go to http(s)://127.0.0.1,
+	// [::1] and localhost, for tests and local receivers. Off by default:
+	// only https URLs of public addresses.
+	WebhooksLoopback bool `json:"webhooks_loopback,omitempty"`
+
 	server       *portal.Server
 	source       keystore.Editable
 	audit        *audit.Writer
@@ -173,6 +185,15 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 		RecentAudit: p.recentAudit,
 		Gateway:     p.PlaygroundURL,
 		Logger:      ctx.Logger(),
+
+		WebhooksFile:     p.WebhooksFile,
+		WebhooksLoopback: p.WebhooksLoopback,
+	}
+	if backend.WebhooksFile == "" {
+		backend.WebhooksFile = filepath.Join(caddy.AppDataDir(), "apikey", "portal-webhooks.json")
+	}
+	if err := os.MkdirAll(filepath.Dir(backend.WebhooksFile), 0o700); err != nil {
+		return fmt.Errorf("webhooks_file: %w", err)
 	}
 	base := p.BasePath
 	if base == "" {
@@ -269,8 +290,11 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 	return nil
 }
 
-// Cleanup lets go of the audit log.
+// Cleanup lets go of the audit log, and stops delivering notices.
 func (p *Portal) Cleanup() error {
+	if p.server != nil {
+		p.server.Close()
+	}
 	return letGo(&p.auditRelease)
 }
 

@@ -41,6 +41,8 @@ func parsePortalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //	    audit_log <path>
 //	    user <placeholder>
 //	    playground_url <url>
+//	    webhooks_file <path>
+//	    webhooks_loopback
 //	}
 func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive
@@ -145,6 +147,15 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&p.PlaygroundURL) {
 				return d.ArgErr()
 			}
+		case "webhooks_file":
+			if !d.AllArgs(&p.WebhooksFile) {
+				return d.ArgErr()
+			}
+		case "webhooks_loopback":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			p.WebhooksLoopback = true
 		default:
 			return d.Errf("unrecognized apikey_portal subdirective %q", sub)
 		}

@@ -55,6 +55,13 @@ type Backend struct {
 	// "http://127.0.0.1:8080"; "" means the address that accepted the
 	// portal's own request, with the same scheme.
 	Gateway string
+	// WebhooksFile is where developers' webhooks (URL and secret) are
+	// kept; "" keeps them in memory only.
+	WebhooksFile string
+	// WebhooksLoopback lets webhooks go to http://127.0.0.1, [::1] and
+	// localhost (for tests and local receivers); off, only https to public
+	// addresses.
+	WebhooksLoopback bool
 	// Logger gets the portal's failures; never a key.
 	Logger *zap.Logger
 }
@@ -81,6 +88,9 @@ type Server struct {
 
 	// showings are new secrets waiting for their one showing.
 	showings showings
+
+	// notes tells developers of what administrators did to their keys.
+	notes *notifier
 }
 
 // New makes a portal served under base (e.g. "/portal").
@@ -99,6 +109,7 @@ func New(base string, policy Policy, backend Backend) (*Server, error) {
 		base = ""
 	}
 	s := &Server{base: base, policy: policy, backend: backend, now: time.Now}
+	s.notes = newNotifier(backend.WebhooksFile, backend.WebhooksLoopback, backend.Logger)
 	var err error
 	if s.pages, err = parsePages(); err != nil {
 		return nil, err
@@ -165,4 +176,7 @@ type visit struct {
 	user  string
 	admin bool
 	csrf  string
+	// notice is what an administrator's change tells the key's owner,
+	// once it is made (see notifications.go).
+	notice *ownerNotice
 }

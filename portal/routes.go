@@ -37,6 +37,8 @@ func (s *Server) routes() *http.ServeMux {
 	page("POST "+b+"/keys/{id}/revoke", withID((*visit).revoke))
 	page("GET "+b+"/usage", (*visit).usagePage)
 	page("GET "+b+"/usage.csv", (*visit).usageCSV)
+	page("GET "+b+"/notifications", func(v *visit) { v.notificationsPage(http.StatusOK, "", nil) })
+	page("POST "+b+"/notifications", (*visit).setWebhook)
 	page("GET "+b+"/keys.csv", (*visit).keysCSV)
 	page("GET "+b+"/playground", func(v *visit) { v.playground(nil) })
 	page("POST "+b+"/playground", (*visit).try)
