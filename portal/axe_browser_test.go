@@ -97,7 +97,7 @@ func TestPortalPagesPassAxe(t *testing.T) {
 			}{
 				{alice, "/portal/keys"}, {alice, "/portal/keys/new"}, {alice, "/portal/keys/" + k.id},
 				{alice, "/portal/keys/" + prod.id}, {alice, "/portal/keys/" + k.id + "/revoke"},
-				{alice, "/portal/usage"}, {alice, "/portal/usage?key=" + k.id}, {alice, "/portal/playground"}, {alice, "/portal/nowhere"},
+				{alice, "/portal/usage"}, {alice, "/portal/usage?key=" + k.id}, {alice, "/portal/playground"}, {alice, "/portal/notifications"}, {alice, "/portal/nowhere"},
 				{admin, "/portal/admin"}, {admin, "/portal/usage?all=1"}, {admin, "/portal/keys/" + prod.id},
 			} {
 				p.open(t, pg.ctx, pg.path)
