@@ -24,7 +24,7 @@ func (h *Handler) recordActivity(x *exchange) {
 		return
 	}
 	q := activity.Request{KeyID: x.key.ID, At: x.now, Method: x.r.Method, Path: x.r.URL.Path,
-		Status: x.status, Reason: x.reason, Tokens: x.tokens}
+		Status: x.status, Reason: x.reason, Tokens: x.tokens, Expires: x.key.ExpiresAt}
 	if x.call != nil {
 		q.Model = x.call.req.Model
 	}

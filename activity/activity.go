@@ -98,6 +98,8 @@ type keyActivity struct {
 	models      []modelCount       // at most MaxModels, then OtherModel
 	log         []entry            // a ring once LogSize long
 	next        int                // where the next entry goes, once the ring is full
+	// expiryNoticed is the expiry (Unix s) the key's owner was told of.
+	expiryNoticed int64
 }
 
 const shards = 16
@@ -147,12 +149,26 @@ type Request struct {
 	Model string
 	// Tokens is what its answer used (prompt and completion).
 	Tokens int64
+	// Expires is when the key expires; zero for never. A key used within
+	// ExpiryNotice of it is published as "key.expiring", once per expiry.
+	Expires time.Time
 }
+
+// ExpiryNotice is how long before its expiry a key's use tells its owner.
+const ExpiryNotice = 14 * 24 * time.Hour
 
 // Record adds a request to its key's activity: to the refusals by reason
 // when it was refused, to its model's counts when it names one, and to the
 // log.
 func (t *Tracker) Record(q Request) {
+	if t.record(q) {
+		Publish(KeyEvent{KeyID: q.KeyID, Event: "key.expiring", Reset: q.Expires, At: q.At})
+	}
+}
+
+// record is Record under the shard's lock; it reports whether the key's
+// coming expiry is to be published.
+func (t *Tracker) record(q Request) (expiring bool) {
 	sh := &t.shards[maphash.String(t.seed, q.KeyID)%shards]
 	now := q.At.UnixNano()
 	sh.mu.Lock()
@@ -172,6 +188,10 @@ func (t *Tracker) Record(q Request) {
 		t.keys.Add(1)
 	}
 	a.last = now
+	if !q.Expires.IsZero() && q.Expires.After(q.At) && q.Expires.Sub(q.At) <= ExpiryNotice &&
+		a.expiryNoticed != q.Expires.Unix() && Listening() {
+		a.expiryNoticed, expiring = q.Expires.Unix(), true
+	}
 	e := entry{at: now, tokens: max(q.Tokens, 0), status: uint16(q.Status), method: methodIndex(q.Method)}
 	if q.Reason != "" {
 		i := reasonIndex(q.Reason)
@@ -194,6 +214,7 @@ func (t *Tracker) Record(q Request) {
 		a.log[a.next] = e
 		a.next = (a.next + 1) % LogSize
 	}
+	return expiring
 }
 
 // evictOldest forgets the key of the shard seen least recently; false when

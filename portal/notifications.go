@@ -31,8 +31,12 @@ func (v *visit) sendNotice() {
 	}
 }
 
-// Close stops the deliveries of notices.
-func (s *Server) Close() { s.notes.close() }
+// Close stops listening for the gateway's key events and delivering
+// notices.
+func (s *Server) Close() {
+	s.stopKeyEvents()
+	s.notes.close()
+}
 
 // notificationsPage shows the visitor's webhook, notices and deliveries;
 // secret is a new webhook secret, shown this once.

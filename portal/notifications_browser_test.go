@@ -1,6 +1,7 @@
 package portal_test
 
 import (
+	"context"
 	"crypto/hmac"
 	"encoding/json"
 	"io"
@@ -126,5 +127,103 @@ func TestPortalNotifiesByWebhook(t *testing.T) {
 	}
 	if len(row) != 6 || row[1] != "key.paused" || row[3] != "1" || row[4] != "200" || row[5] != "delivered" {
 		t.Errorf("the last delivery shows %q, want key.paused, 1 attempt, 200, delivered", row)
+	}
+}
+
+// saveWebhook sets the tab's developer's webhook on the Notifications page
+// and gives the receiver the secret shown.
+func (p *portalDemo) saveWebhook(t *testing.T, ctx context.Context, recv *webhookReceiver) {
+	t.Helper()
+	p.open(t, ctx, "/portal/notifications")
+	tabDo(t, ctx, "typing the receiver's URL", chromedp.SendKeys(chromedp.ID("url"), recv.URL+"/hook"))
+	p.submit(t, ctx, `form[action="/portal/notifications"] button[type=submit]:not([name])`)
+	secret := tabEval[string](t, ctx, `document.getElementById('webhook-secret')?.value ?? ''`)
+	if secret == "" {
+		t.Fatalf("no signing secret shown after saving the webhook; the page says: %s", p.alerts(t, ctx))
+	}
+	recv.mu.Lock()
+	recv.secret = secret
+	recv.mu.Unlock()
+}
+
+// waitForNotices waits until the receiver holds n notices, and returns them.
+func (recv *webhookReceiver) waitForNotices(t *testing.T, n int) []receivedNotice {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		recv.mu.Lock()
+		got := append([]receivedNotice(nil), recv.received...)
+		recv.mu.Unlock()
+		if len(got) >= n || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPortalNotifiesOfQuotaAndExpiry: a developer with a webhook is told,
+// signed, when their key reaches 80, 90 and 100 % of its daily quota (the
+// demo's 20 a day), and when a key that expires within 14 days is used;
+// the Notifications page lists the same notices.
+func TestPortalNotifiesOfQuotaAndExpiry(t *testing.T) {
+	p, _ := startPortalDemoWithLLM(t, false, func(cfg string) string {
+		return strings.Replace(cfg, "\t\t\tapprove_prod\n", "\t\t\tapprove_prod\n\t\t\twebhooks_loopback\n", 1)
+	})
+	alice := p.signIn(t, "alice")
+	recv := newWebhookReceiver(t)
+	p.saveWebhook(t, alice, recv)
+
+	k := p.createWriter(t, alice, "busy")
+	for i := range 21 {
+		want := 200
+		if i == 20 {
+			want = 429
+		}
+		if r := p.gateway(t, "GET", "/echo/hello", k.secret); r.status != want {
+			t.Fatalf("key %s, request %d: %d, want %d", k.id, i+1, r.status, want)
+		}
+	}
+	got := recv.waitForNotices(t, 3)
+	var percents []string
+	for _, n := range got {
+		if n.event != "key.quota" || n.keyID != k.id || !n.signed {
+			t.Errorf("the receiver got %+v, want signed key.quota notices of key %s", n, k.id)
+		}
+	}
+	p.open(t, alice, "/portal/notifications")
+	percents = tabEval[[]string](t, alice, `[...document.querySelectorAll('li.notice[data-event="key.quota"]')].map(li => li.innerText)`)
+	if len(got) != 3 || len(percents) != 3 || !strings.Contains(percents[0], "all of its daily quota") ||
+		!strings.Contains(percents[1], "90%") || !strings.Contains(percents[2], "80%") {
+		t.Errorf("key %s: %d notices received, the page lists %q; want 80 %%, 90 %% and all of the quota", k.id, len(got), percents)
+	}
+
+	// A key that expires in 7 days: its first use tells its owner, once.
+	p.open(t, alice, "/portal/keys/new")
+	tabDo(t, alice, "filling the form",
+		chromedp.SendKeys(chromedp.ID("name"), "short-lived"),
+		chromedp.Click(chromedp.CSS(`input[name=type][value=dev]`)),
+		chromedp.Click(chromedp.CSS(`input[name=services][value=echo]`)),
+		chromedp.SetValue(chromedp.ID("expiry_days"), "7"),
+	)
+	p.submit(t, alice, `form[action="/portal/keys"] button[type=submit]`)
+	short := createdKey{
+		secret: tabEval[string](t, alice, `document.getElementById('secret')?.value ?? ''`),
+		id:     tabEval[string](t, alice, `document.querySelector('.card.secret p code')?.textContent ?? ''`),
+	}
+	if short.secret == "" {
+		t.Fatalf("no key was shown; the page says: %s", p.alerts(t, alice))
+	}
+	for range 2 {
+		if r := p.gateway(t, "GET", "/echo/hello", short.secret); r.status != 200 {
+			t.Fatalf("key %s: %d", short.id, r.status)
+		}
+	}
+	got = recv.waitForNotices(t, 4)
+	if len(got) != 4 || got[3] != (receivedNotice{"key.expiring", short.id, "", true}) {
+		t.Errorf("after using key %s, which expires in 7 days: the receiver got %+v, want a 4th, signed key.expiring", short.id, got)
+	}
+	p.open(t, alice, "/portal/notifications")
+	if text := tabEval[string](t, alice, `document.querySelector('li.notice[data-event="key.expiring"]')?.innerText ?? ''`); !strings.Contains(text, short.id) || !strings.Contains(text, "within 14 days") {
+		t.Errorf("the page's expiry notice: %q", text)
 	}
 }

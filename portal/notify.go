@@ -57,12 +57,16 @@ const (
 
 // Notice is what a developer is told.
 type Notice struct {
-	ID    string    `json:"id"`
-	Event string    `json:"event"` // key.approved, key.paused, key.resumed, key.revoked
-	KeyID string    `json:"key_id"`
-	By    string    `json:"by,omitempty"`
-	Time  time.Time `json:"time"`
-	Text  string    `json:"text"`
+	ID string `json:"id"`
+	// Event is key.approved, key.paused, key.resumed, key.revoked (an
+	// administrator's action), key.quota, key.tokens (Percent of the daily
+	// quota or token budget used), key.expiring or key.leaked.
+	Event   string    `json:"event"`
+	KeyID   string    `json:"key_id"`
+	By      string    `json:"by,omitempty"`
+	Percent int64     `json:"percent,omitempty"`
+	Time    time.Time `json:"time"`
+	Text    string    `json:"text"`
 }
 
 // Delivery is one notice's delivery to a webhook, as it went.

@@ -1,13 +1,21 @@
 package portal
 
 import (
+	"context"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/moodmnky/caddy-apikey/activity"
+	"github.com/moodmnky/caddy-apikey/keystore"
+	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 )
 
 // TestWebhookURLs: https to public hosts only; loopback only when the
@@ -102,6 +110,41 @@ func waitDelivered(t *testing.T, n *notifier, owner string) Delivery {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s's delivery did not end", owner)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestLeakReportsAreTold: a key event the gateway publishes (here a leak
+// report's) becomes a notice for the key's owner, found in the portal's
+// store; a key of another store tells no one.
+func TestLeakReportsAreTold(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	if err := os.WriteFile(path, []byte(`{"keys": []}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	store := keyfile.NewStore(path)
+	if err := store.Create(context.Background(), keystore.Record{ID: "k_leaky", Owner: "alice", Hash: "sha256:" + strings.Repeat("ab", 32), Type: "dev", Role: "reader"}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New("/portal", Policy{Services: []Service{{Name: "echo"}}}, Backend{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	activity.Publish(activity.KeyEvent{KeyID: "k_elsewhere", Event: "key.leaked", Detail: "found", At: time.Now()})
+	activity.Publish(activity.KeyEvent{KeyID: "k_leaky", Event: "key.leaked", Detail: "found at https://github.com/a/b (commit); action: revoke", At: time.Now()})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, notices, _ := s.notes.of("alice")
+		if len(notices) == 1 {
+			if n := notices[0]; n.Event != "key.leaked" || n.KeyID != "k_leaky" || !strings.Contains(n.Text, "https://github.com/a/b") {
+				t.Errorf("notice: %+v", n)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alice has %d notices, want 1", len(notices))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -91,6 +91,8 @@ type Server struct {
 
 	// notes tells developers of what administrators did to their keys.
 	notes *notifier
+	// keyEvents are the gateway's events about keys (keyevents.go).
+	keyEvents *keyEvents
 }
 
 // New makes a portal served under base (e.g. "/portal").
@@ -120,6 +122,7 @@ func New(base string, policy Policy, backend Backend) (*Server, error) {
 	}
 	s.assets = http.StripPrefix(base+"/assets/", http.FileServer(http.FS(sub)))
 	s.mux = s.routes()
+	s.listenForKeyEvents()
 	return s, nil
 }
 
