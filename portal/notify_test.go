@@ -3,10 +3,10 @@ package portal
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
