@@ -17,6 +17,13 @@ import (
 	"github.com/moodmnky/caddy-apikey/portal"
 )
 
+// withWebhooks lets the demo portal's webhooks go to loopback, and keeps
+// them in the demo's folder.
+func withWebhooks(cfg string) string {
+	return strings.Replace(cfg, "\t\t\tapprove_prod\n",
+		"\t\t\tapprove_prod\n\t\t\twebhooks_loopback\n\t\t\twebhooks_file {$APIKEY_DEMO_DIR}/webhooks.json\n", 1)
+}
+
 // webhookReceiver is a developer's webhook receiver on 127.0.0.1: it
 // checks each delivery's signature with the secret the portal showed.
 type webhookReceiver struct {
@@ -63,9 +70,7 @@ func newWebhookReceiver(t *testing.T) *webhookReceiver {
 // developer's Notifications page lists the notice and the delivery, 200.
 // A URL that is not https (or loopback, allowed) is refused.
 func TestPortalNotifiesByWebhook(t *testing.T) {
-	p, _ := startPortalDemoWithLLM(t, false, func(cfg string) string {
-		return strings.Replace(cfg, "\t\t\tapprove_prod\n", "\t\t\tapprove_prod\n\t\t\twebhooks_loopback\n", 1)
-	})
+	p, _ := startPortalDemoWithLLM(t, false, withWebhooks)
 	alice, admin := p.signIn(t, "alice"), p.signIn(t, "admin")
 	recv := newWebhookReceiver(t)
 
@@ -166,9 +171,7 @@ func (recv *webhookReceiver) waitForNotices(t *testing.T, n int) []receivedNotic
 // demo's 20 a day), and when a key that expires within 14 days is used;
 // the Notifications page lists the same notices.
 func TestPortalNotifiesOfQuotaAndExpiry(t *testing.T) {
-	p, _ := startPortalDemoWithLLM(t, false, func(cfg string) string {
-		return strings.Replace(cfg, "\t\t\tapprove_prod\n", "\t\t\tapprove_prod\n\t\t\twebhooks_loopback\n", 1)
-	})
+	p, _ := startPortalDemoWithLLM(t, false, withWebhooks)
 	alice := p.signIn(t, "alice")
 	recv := newWebhookReceiver(t)
 	p.saveWebhook(t, alice, recv)
