@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/moodmnky/caddy-apikey/activity"
 	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
@@ -521,7 +522,12 @@ func (h *Handler) proxyLLM(x *exchange, next caddyhttp.Handler) error {
 			delete(r.Header, "Accept-Encoding")
 		}
 	}()
-	return next.ServeHTTP(call.tw, r)
+	err := next.ServeHTTP(call.tw, r)
+	if err != nil {
+		// Unless the upstream answered (settle then notes its status).
+		x.status = errorStatus(err)
+	}
+	return err
 }
 
 // settle settles the request's reservation, exactly once: ServeHTTP defers
@@ -559,6 +565,7 @@ func (h *Handler) settle(x *exchange) {
 	if !st.answered {
 		return // refused before the upstream, or the upstream never answered
 	}
+	x.status, x.tokens = st.status, st.prompt+st.completion
 	if st.reported {
 		h.usage.AddTokens(k.ID, h.Service, r.Method, usage.Endpoint(r.URL.Path, h.usageDepth), x.now, st.prompt, st.completion)
 	}
@@ -590,12 +597,21 @@ func tokenLogDue(last *atomic.Int64) bool {
 // tokenWarnings sends apikey_token_warning at 80 % and 90 % of a daily
 // token budget, once per key and window (once per cluster on Redis).
 func (h *Handler) tokenWarnings(k *keystore.Key, call *llmCall, charged int64) {
-	if !h.events.on() || call.res.Uncounted || call.policy.Daily <= 0 {
+	if (!h.events.on() && !activity.Listening()) || call.res.Uncounted || call.policy.Daily <= 0 {
 		return
 	}
 	d := call.res.Daily
 	used := d.Limit - d.Remaining - call.reserve + charged
-	if level := h.warningDue(k.ID+"\x00tokens", used, d.Limit, d.Reset); level > 0 {
+	level := h.warningDue(k.ID+"\x00tokens", used, d.Limit, d.Reset)
+	if level > 0 {
+		activity.Publish(activity.KeyEvent{KeyID: k.ID, Event: "key.tokens", Percent: level, Used: used, Limit: d.Limit, Reset: d.Reset, At: time.Now()})
+	}
+	// The budget used up: told to the key's owner (the gateway's event for
+	// it is the refusal, apikey_denied with reason tokens_daily).
+	if used >= d.Limit && activity.Listening() && h.markSent(k.ID+"\x00tokens_spent", d.Reset, 100) {
+		activity.Publish(activity.KeyEvent{KeyID: k.ID, Event: "key.tokens", Percent: 100, Used: used, Limit: d.Limit, Reset: d.Reset, At: time.Now()})
+	}
+	if level > 0 && h.events.on() {
 		h.emitOnce(eventTokenWarning, k.ID, "tokens_warning"+strconv.FormatInt(level, 10), d.Reset,
 			map[string]any{"key_id": k.ID, "service": h.Service, "percent": level, "used": used, "limit": d.Limit,
 				"reset": d.Reset.UTC().Format(time.RFC3339)})

@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/moodmnky/caddy-apikey/activity"
 	"github.com/moodmnky/caddy-apikey/app"
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/keystore"
@@ -246,6 +247,20 @@ func (l *LeakReport) reported(k leak.Leaked) {
 		}
 	}
 	l.emitLeaked(fields)
+	activity.Publish(activity.KeyEvent{KeyID: k.KeyID, Event: "key.leaked", Detail: leakDetail(k), At: k.At})
+}
+
+// leakDetail is what the key's owner is told of a leak: where it was
+// found and what was done.
+func leakDetail(k leak.Leaked) string {
+	d := "found"
+	if k.URL != "" {
+		d += " at " + k.URL
+	}
+	if k.Source != "" {
+		d += " (" + k.Source + ")"
+	}
+	return d + "; action: " + string(k.Action)
 }
 
 // emitLeaked sends apikey_leaked.

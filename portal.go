@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/moodmnky/caddy-apikey/activity"
 	"github.com/moodmnky/caddy-apikey/app"
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/internal/keylist"
@@ -121,6 +124,15 @@ type Portal struct {
 	// none is given all of these. Empty: the forms offer no models, and
 	// keys allow any.
 	Models []string `json:"models,omitempty"`
+	// WebhooksFile is where developers' webhooks (URL and signing secret)
+	// are kept. Default: apikey/portal-webhooks.json in Caddy's data
+	// directory.
+	WebhooksFile string `json:"webhooks_file,omitempty"`
+
+	// WebhooksLoopback lets developers' webhooks go to http(s)://127.0.0.1,
+	// [::1] and localhost, for tests and local receivers. Off by default:
+	// only https URLs of public addresses.
+	WebhooksLoopback bool `json:"webhooks_loopback,omitempty"`
 
 	server       *portal.Server
 	source       keystore.Editable
@@ -198,11 +210,21 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 		Lookup:      src.Lookup,
 		Changed:     src.Changed,
 		Usage:       p.app.UsageRows,
+		Activity:    activity.Default.Of,
 		Quota:       func(ctx context.Context, k *keystore.Key) (portal.Quota, bool) { return p.todaysQuota(ctx, store, k) },
 		Audit:       p.writeAudit,
 		RecentAudit: p.recentAudit,
 		Gateway:     p.PlaygroundURL,
 		Logger:      ctx.Logger(),
+
+		WebhooksFile:     p.WebhooksFile,
+		WebhooksLoopback: p.WebhooksLoopback,
+	}
+	if backend.WebhooksFile == "" {
+		backend.WebhooksFile = filepath.Join(caddy.AppDataDir(), "apikey", "portal-webhooks.json")
+	}
+	if err := os.MkdirAll(filepath.Dir(backend.WebhooksFile), 0o700); err != nil {
+		return fmt.Errorf("webhooks_file: %w", err)
 	}
 	base := p.BasePath
 	if base == "" {
@@ -315,8 +337,11 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 	return nil
 }
 
-// Cleanup lets go of the audit log.
+// Cleanup lets go of the audit log, and stops delivering notices.
 func (p *Portal) Cleanup() error {
+	if p.server != nil {
+		p.server.Close()
+	}
 	return letGo(&p.auditRelease)
 }
 

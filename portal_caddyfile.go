@@ -52,6 +52,8 @@ func parsePortalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //	    max_tokens_per_day <n>
 //	    max_tokens_per_minute <n>
 //	    models <model|pattern> ...
+//	    webhooks_file <path>
+//	    webhooks_loopback
 //	}
 func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive
@@ -198,6 +200,15 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("models: name the models (or patterns such as llama3*) developers may allow their keys")
 			}
 			p.Models = append(p.Models, models...)
+		case "webhooks_file":
+			if !d.AllArgs(&p.WebhooksFile) {
+				return d.ArgErr()
+			}
+		case "webhooks_loopback":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			p.WebhooksLoopback = true
 		default:
 			return d.Errf("unrecognized apikey_portal subdirective %q", sub)
 		}

@@ -76,6 +76,10 @@ func invalidRequest(status int, reason, message string) refusal {
 // client reads the refusal.
 func (h *Handler) refuse(x *exchange, f refusal) error {
 	h.settle(x)
+	x.status, x.reason = f.status, f.reason
+	if x.reason == "" {
+		x.reason = f.decision
+	}
 	if f.unread {
 		answerUnread(x.w)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/moodmnky/caddy-apikey/activity"
 	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
@@ -43,6 +44,12 @@ type exchange struct {
 	call *llmCall
 	// res is what the request spent of the key's request limits.
 	res ratelimit.Result
+
+	// For the key's activity (activity.go): the answer's status, the
+	// refusal's reason, the tokens the answer used.
+	status int
+	reason string
+	tokens int64
 }
 
 // ServeHTTP admits or refuses the request: authenticate the key,
@@ -52,6 +59,7 @@ type exchange struct {
 // however the request ends.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	x := exchange{w: w, r: r, now: time.Now(), client: clientIP(r)}
+	defer h.recordActivity(&x)
 	if f := h.throttle(&x); f.refused() {
 		return h.refuse(&x, f)
 	}
@@ -86,7 +94,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if x.call != nil {
 		return h.proxyLLM(&x, next)
 	}
-	return next.ServeHTTP(w, r)
+	return h.serveNext(&x, next)
 }
 
 // authenticate finds the record of the key the request carries, and
@@ -233,10 +241,15 @@ func (h *Handler) admit(x *exchange) {
 // or 90 % of its daily quota, once per level and window.
 func (h *Handler) quotaWarning(x *exchange) {
 	d := x.res.Daily
-	if x.res.Uncounted || !h.events.on() {
+	if x.res.Uncounted || (!h.events.on() && !activity.Listening()) {
 		return
 	}
 	if level := h.warningDue(x.key.ID, d.Limit-d.Remaining, d.Limit, d.Reset); level > 0 {
+		activity.Publish(activity.KeyEvent{KeyID: x.key.ID, Event: "key.quota", Percent: level,
+			Used: d.Limit - d.Remaining, Limit: d.Limit, Reset: d.Reset, At: x.now})
+		if !h.events.on() {
+			return
+		}
 		h.emitOnce(eventQuotaWarning, x.key.ID, "warning"+strconv.FormatInt(level, 10), d.Reset,
 			map[string]any{"key_id": x.key.ID, "service": h.Service, "percent": level,
 				"used": d.Limit - d.Remaining, "limit": d.Limit, "reset": d.Reset.UTC().Format(time.RFC3339)})
@@ -246,7 +259,12 @@ func (h *Handler) quotaWarning(x *exchange) {
 // quotaExceeded sends apikey_quota_exceeded once per key and window.
 func (h *Handler) quotaExceeded(x *exchange) {
 	d := x.res.Daily
-	if h.events.on() && h.markSent(x.key.ID, d.Reset, 100) {
+	if (h.events.on() || activity.Listening()) && h.markSent(x.key.ID, d.Reset, 100) {
+		activity.Publish(activity.KeyEvent{KeyID: x.key.ID, Event: "key.quota", Percent: 100,
+			Used: d.Limit, Limit: d.Limit, Reset: d.Reset, At: x.now})
+		if !h.events.on() {
+			return
+		}
 		h.emitOnce(eventQuotaExceeded, x.key.ID, "quota_exceeded", d.Reset, map[string]any{"key_id": x.key.ID,
 			"service": h.Service, "limit": d.Limit, "reset": d.Reset.UTC().Format(time.RFC3339)})
 	}

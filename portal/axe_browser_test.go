@@ -98,7 +98,7 @@ func TestPortalPagesPassAxe(t *testing.T) {
 			}{
 				{alice, "/portal/keys"}, {alice, "/portal/keys/new"}, {alice, "/portal/keys/" + k.id},
 				{alice, "/portal/keys/" + prod.id}, {alice, "/portal/keys/" + k.id + "/revoke"},
-				{alice, "/portal/usage"}, {alice, "/portal/playground"}, {alice, "/portal/nowhere"},
+				{alice, "/portal/usage"}, {alice, "/portal/usage?key=" + k.id}, {alice, "/portal/playground"}, {alice, "/portal/notifications"}, {alice, "/portal/nowhere"},
 				{admin, "/portal/admin"}, {admin, "/portal/usage?all=1"}, {admin, "/portal/keys/" + prod.id},
 				{alice, "/portal/catalog"}, {alice, "/portal/keys?q=axe&stopped=1&sort=name"}, {alice, "/portal/keys?q=nothing-matches"},
 				{admin, "/portal/admin?owner=alice&type=prod&status=pending_approval"},

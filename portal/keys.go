@@ -570,6 +570,7 @@ func (v *visit) noteAdminChange(rec *keystore.Record, action string) {
 		return
 	}
 	rec.AdminChange = &keystore.AdminChange{Action: action, By: v.user, At: v.s.now().UTC().Format(time.RFC3339)}
+	v.noticeFor(rec, action)
 }
 
 // changed tells the gateway and the audit log of a change the visitor made.
@@ -577,6 +578,7 @@ func (v *visit) changed(id string, e audit.Entry) {
 	if v.s.backend.Changed != nil {
 		v.s.backend.Changed(id)
 	}
+	v.sendNotice()
 	v.audit(id, e)
 }
 

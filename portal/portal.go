@@ -18,6 +18,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/moodmnky/caddy-apikey/activity"
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/usage"
@@ -41,6 +42,9 @@ type Backend struct {
 	Changed func(id string)
 	// Usage answers usage queries: cluster-wide when counts are shared.
 	Usage func(ctx context.Context, q usage.Query) ([]usage.Row, error)
+	// Activity is a key's refusals by reason, use per model and last
+	// requests, on this instance; nil: not shown.
+	Activity func(keyID string) (activity.Snapshot, bool)
 	// Quota is a key's use of today's quota; ok is false when unknown.
 	Quota func(ctx context.Context, k *keystore.Key) (q Quota, ok bool)
 	// Audit records a change; nil when there is no audit log.
@@ -51,6 +55,13 @@ type Backend struct {
 	// "http://127.0.0.1:8080"; "" means the address that accepted the
 	// portal's own request, with the same scheme.
 	Gateway string
+	// WebhooksFile is where developers' webhooks (URL and secret) are
+	// kept; "" keeps them in memory only.
+	WebhooksFile string
+	// WebhooksLoopback lets webhooks go to http://127.0.0.1, [::1] and
+	// localhost (for tests and local receivers); off, only https to public
+	// addresses.
+	WebhooksLoopback bool
 	// Logger gets the portal's failures; never a key.
 	Logger *zap.Logger
 }
@@ -77,6 +88,11 @@ type Server struct {
 
 	// showings are new secrets waiting for their one showing.
 	showings showings
+
+	// notes tells developers of what administrators did to their keys.
+	notes *notifier
+	// keyEvents are the gateway's events about keys (keyevents.go).
+	keyEvents *keyEvents
 }
 
 // New makes a portal served under base (e.g. "/portal").
@@ -95,6 +111,7 @@ func New(base string, policy Policy, backend Backend) (*Server, error) {
 		base = ""
 	}
 	s := &Server{base: base, policy: policy, backend: backend, now: time.Now}
+	s.notes = newNotifier(backend.WebhooksFile, backend.WebhooksLoopback, backend.Logger)
 	var err error
 	if s.pages, err = parsePages(); err != nil {
 		return nil, err
@@ -105,6 +122,7 @@ func New(base string, policy Policy, backend Backend) (*Server, error) {
 	}
 	s.assets = http.StripPrefix(base+"/assets/", http.FileServer(http.FS(sub)))
 	s.mux = s.routes()
+	s.listenForKeyEvents()
 	return s, nil
 }
 
@@ -161,4 +179,7 @@ type visit struct {
 	user  string
 	admin bool
 	csrf  string
+	// notice is what an administrator's change tells the key's owner,
+	// once it is made (see notifications.go).
+	notice *ownerNotice
 }

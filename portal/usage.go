@@ -121,6 +121,14 @@ func compact(n int64) string {
 func percent(f float64) string { return strconv.FormatFloat(f, 'f', 2, 64) + "%" }
 
 func (v *visit) usagePage() {
+	if data, ok := v.usageData(); ok {
+		v.render(http.StatusOK, "usage.html", "usage", "Usage", data)
+	}
+}
+
+// usageData is what the usage page shows, as its query asks; ok is false
+// when the page failed (and said so).
+func (v *visit) usageData() (data map[string]any, ok bool) {
 	q := v.r.URL.Query()
 	rng := usageRanges[0]
 	for _, r := range usageRanges {
@@ -144,7 +152,7 @@ func (v *visit) usagePage() {
 		recs, err := v.s.ownRecords(ctx, v.user)
 		if err != nil {
 			v.storeFailed(err)
-			return
+			return nil, false
 		}
 		for _, rec := range recs {
 			owned[rec.ID] = true
@@ -267,15 +275,16 @@ func (v *visit) usagePage() {
 		}
 		bars[i] = b
 	}
-	v.render(http.StatusOK, "usage.html", "usage", "Usage", map[string]any{
+	return map[string]any{
 		"Ranges": usageRanges, "Range": rng.Name, "All": all, "KeyID": keyID, "Service": service, "Endpoint": endpoint,
 		"KeyIDs": keyIDs, "Services": sortedKeys(services, service), "Endpoints": sortedKeys(endpoints, endpoint),
 		"Bars": bars, "Peak": peak, "Quotas": quotas, "Total": total, "Table": table, "Cut": cut, "Error": usageErr,
 		"Shows": usageShows, "Show": show, "Tokens": tokens, "TotalTokens": total.PromptTokens + total.CompletionTokens,
 		"ChartW": chartW, "PlotH": plotH, "YAxisW": yAxisW, "YTicks": yTicks, "Top": top,
 		"PlotTop": percent(plotTop), "PlotHeight": percent(plotHeight), "From": from.Format("2006-01-02 15:04"), "To": now.Format("2006-01-02 15:04"),
-		"Unit": map[bool]string{false: "hour", true: "day"}[rng.byDay],
-	})
+		"Unit":     map[bool]string{false: "hour", true: "day"}[rng.byDay],
+		"Activity": v.activityOf(keyID, all || owned[keyID]), "CSV": v.csvLinks(),
+	}, true
 }
 
 func sortedKeys(m map[string]bool, keep string) []string {
