@@ -12,9 +12,10 @@ import (
 
 // The activity of a known key (its refusals by reason, its requests and
 // tokens per model, the log of its last requests) is recorded once the
-// request ends, in activity.Default, which the portal reads. Requests
-// refused before their key was known (no key, a made-up key) have no key to
-// record them under: the metrics and the throttling count those.
+// request ends, in the activity of the route's store (app.HoldActivity),
+// which the portal of that store reads. Requests refused before their key
+// was known (no key, a made-up key) have no key to record them under: the
+// metrics and the throttling count those.
 
 // recordActivity records the request in its key's activity, when a key was
 // found: ServeHTTP defers it first, so it runs after the reservation is
@@ -28,7 +29,7 @@ func (h *Handler) recordActivity(x *exchange) {
 	if x.call != nil {
 		q.Model = x.call.req.Model
 	}
-	activity.Default.Record(q)
+	h.activity.Record(q)
 }
 
 // serveNext hands an admitted request to the next handler, noting the

@@ -597,19 +597,19 @@ func tokenLogDue(last *atomic.Int64) bool {
 // tokenWarnings sends apikey_token_warning at 80 % and 90 % of a daily
 // token budget, once per key and window (once per cluster on Redis).
 func (h *Handler) tokenWarnings(k *keystore.Key, call *llmCall, charged int64) {
-	if (!h.events.on() && !activity.Listening()) || call.res.Uncounted || call.policy.Daily <= 0 {
+	if (!h.events.on() && !h.activity.Listening()) || call.res.Uncounted || call.policy.Daily <= 0 {
 		return
 	}
 	d := call.res.Daily
 	used := d.Limit - d.Remaining - call.reserve + charged
 	level := h.warningDue(k.ID+"\x00tokens", used, d.Limit, d.Reset)
 	if level > 0 {
-		activity.Publish(activity.KeyEvent{KeyID: k.ID, Event: "key.tokens", Percent: level, Used: used, Limit: d.Limit, Reset: d.Reset, At: time.Now()})
+		h.activity.Publish(activity.KeyEvent{KeyID: k.ID, Event: "key.tokens", Percent: level, Used: used, Limit: d.Limit, Reset: d.Reset, At: time.Now()})
 	}
 	// The budget used up: told to the key's owner (the gateway's event for
 	// it is the refusal, apikey_denied with reason tokens_daily).
-	if used >= d.Limit && activity.Listening() && h.markSent(k.ID+"\x00tokens_spent", d.Reset, 100) {
-		activity.Publish(activity.KeyEvent{KeyID: k.ID, Event: "key.tokens", Percent: 100, Used: used, Limit: d.Limit, Reset: d.Reset, At: time.Now()})
+	if used >= d.Limit && h.activity.Listening() && h.markSent(k.ID+"\x00tokens_spent", d.Reset, 100) {
+		h.activity.Publish(activity.KeyEvent{KeyID: k.ID, Event: "key.tokens", Percent: 100, Used: used, Limit: d.Limit, Reset: d.Reset, At: time.Now()})
 	}
 	if level > 0 && h.events.on() {
 		h.emitOnce(eventTokenWarning, k.ID, "tokens_warning"+strconv.FormatInt(level, 10), d.Reset,

@@ -85,10 +85,14 @@ type LeakReport struct {
 	source       keystore.Editable
 	audit        *audit.Writer
 	auditRelease func() error
-	app          *app.App
-	events       emitter
-	logger       *zap.Logger
-	stop         context.CancelFunc
+	// activity is where the store's portal hears of a leak, to tell the
+	// key's owner.
+	activity        *activity.Tracker
+	activityRelease func() error
+	app             *app.App
+	events          emitter
+	logger          *zap.Logger
+	stop            context.CancelFunc
 }
 
 // CaddyModule returns the Caddy module information.
@@ -118,6 +122,9 @@ func (l *LeakReport) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("keys: a leaked key is changed in its store, and a %T cannot be changed; use keys file or keys redis", mod)
 	}
 	l.source = src
+	if l.activity, l.activityRelease, err = app.HoldActivity(src.Store()); err != nil {
+		return err
+	}
 	rc := &leak.Receiver{Store: src.Store(), Lookup: src.Lookup, Changed: src.Changed, Logger: l.logger, Reported: l.reported}
 	if rc.Action, err = l.actions(); err != nil {
 		return err
@@ -247,7 +254,7 @@ func (l *LeakReport) reported(k leak.Leaked) {
 		}
 	}
 	l.emitLeaked(fields)
-	activity.Publish(activity.KeyEvent{KeyID: k.KeyID, Event: "key.leaked", Detail: leakDetail(k), At: k.At})
+	l.activity.Publish(activity.KeyEvent{KeyID: k.KeyID, Event: "key.leaked", Detail: leakDetail(k), At: k.At})
 }
 
 // leakDetail is what the key's owner is told of a leak: where it was
@@ -279,7 +286,7 @@ func (l *LeakReport) Cleanup() error {
 	if l.stop != nil {
 		l.stop()
 	}
-	return letGo(&l.auditRelease)
+	return errors.Join(letGo(&l.auditRelease), letGo(&l.activityRelease))
 }
 
 // Interface guards

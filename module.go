@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/moodmnky/caddy-apikey/activity"
 	"github.com/moodmnky/caddy-apikey/app"
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/headers"
@@ -242,6 +243,10 @@ type Handler struct {
 	events       emitter
 	marks        *app.Marks // the events sent once per window or period
 	marksRelease func() error
+	// activity is the activity of the keys of the route's store (nil when
+	// its keys cannot be changed, so no portal reads them).
+	activity        *activity.Tracker
+	activityRelease func() error
 
 	// app is the config's apikey app (nil outside a config), where route
 	// is registered for the admin API and the portal.
@@ -406,7 +411,7 @@ func (h *Handler) Cleanup() error {
 	// h.held stays when let go of: a request still in flight gives its
 	// bytes back.
 	errs = append(errs, letGo(&h.refusalsRelease), letGo(&h.wideRelease), letGo(&h.failuresRelease),
-		letGo(&h.heldRelease), letGo(&h.marksRelease))
+		letGo(&h.heldRelease), letGo(&h.marksRelease), letGo(&h.activityRelease))
 	// The last route on the usage file ends the tracker (which sends the
 	// last counts to its Redis) before it lets go of that Redis.
 	errs = append(errs, letGo(&h.usageRelease))
@@ -514,6 +519,11 @@ func (h *Handler) provisionTracking(ctx caddy.Context) error {
 	h.events = newEmitter(ctx)
 	if h.marks, h.marksRelease, err = app.HoldMarks(); err != nil {
 		return err
+	}
+	if src, ok := h.source.(keystore.Editable); ok {
+		if h.activity, h.activityRelease, err = app.HoldActivity(src.Store()); err != nil {
+			return err
+		}
 	}
 	h.route = h.appRoute()
 	h.app.Register(h.route)

@@ -138,6 +138,9 @@ type Portal struct {
 	source       keystore.Editable
 	audit        *audit.Writer
 	auditRelease func() error
+	// activity is the activity of the store's keys, which its routes record.
+	activity        *activity.Tracker
+	activityRelease func() error
 	// app is the config's apikey app: the routes whose counters and audit
 	// log serve the portal's store.
 	app *app.App
@@ -205,12 +208,15 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 		}
 	}
 	store := src.Store()
+	if p.activity, p.activityRelease, err = app.HoldActivity(store); err != nil {
+		return err
+	}
 	backend := portal.Backend{
 		Store:       store,
 		Lookup:      src.Lookup,
 		Changed:     src.Changed,
 		Usage:       p.app.UsageRows,
-		Activity:    activity.Default.Of,
+		Activity:    p.activity,
 		Quota:       func(ctx context.Context, k *keystore.Key) (portal.Quota, bool) { return p.todaysQuota(ctx, store, k) },
 		Audit:       p.writeAudit,
 		RecentAudit: p.recentAudit,
@@ -337,12 +343,13 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 	return nil
 }
 
-// Cleanup lets go of the audit log, and stops delivering notices.
+// Cleanup lets go of the audit log and the keys' activity, and stops
+// delivering notices.
 func (p *Portal) Cleanup() error {
 	if p.server != nil {
 		p.server.Close()
 	}
-	return letGo(&p.auditRelease)
+	return errors.Join(letGo(&p.auditRelease), letGo(&p.activityRelease))
 }
 
 // Interface guards

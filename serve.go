@@ -241,11 +241,11 @@ func (h *Handler) admit(x *exchange) {
 // or 90 % of its daily quota, once per level and window.
 func (h *Handler) quotaWarning(x *exchange) {
 	d := x.res.Daily
-	if x.res.Uncounted || (!h.events.on() && !activity.Listening()) {
+	if x.res.Uncounted || (!h.events.on() && !h.activity.Listening()) {
 		return
 	}
 	if level := h.warningDue(x.key.ID, d.Limit-d.Remaining, d.Limit, d.Reset); level > 0 {
-		activity.Publish(activity.KeyEvent{KeyID: x.key.ID, Event: "key.quota", Percent: level,
+		h.activity.Publish(activity.KeyEvent{KeyID: x.key.ID, Event: "key.quota", Percent: level,
 			Used: d.Limit - d.Remaining, Limit: d.Limit, Reset: d.Reset, At: x.now})
 		if !h.events.on() {
 			return
@@ -259,8 +259,8 @@ func (h *Handler) quotaWarning(x *exchange) {
 // quotaExceeded sends apikey_quota_exceeded once per key and window.
 func (h *Handler) quotaExceeded(x *exchange) {
 	d := x.res.Daily
-	if (h.events.on() || activity.Listening()) && h.markSent(x.key.ID, d.Reset, 100) {
-		activity.Publish(activity.KeyEvent{KeyID: x.key.ID, Event: "key.quota", Percent: 100,
+	if (h.events.on() || h.activity.Listening()) && h.markSent(x.key.ID, d.Reset, 100) {
+		h.activity.Publish(activity.KeyEvent{KeyID: x.key.ID, Event: "key.quota", Percent: 100,
 			Used: d.Limit, Limit: d.Limit, Reset: d.Reset, At: x.now})
 		if !h.events.on() {
 			return

@@ -115,6 +115,9 @@ type Tracker struct {
 	// Untracked counts the requests not recorded: MaxKeys keys were
 	// tracked, none of them in the shard of the request's key.
 	Untracked atomic.Uint64
+
+	listenersMu sync.Mutex                  // changes listeners
+	listeners   atomic.Pointer[[]*listener] // read without the lock
 }
 
 type shard struct {
@@ -131,9 +134,10 @@ func New() *Tracker {
 	return t
 }
 
-// Default is the process's tracker: the gateway's routes record in it, and
-// the portal reads it. It outlives config reloads.
-var Default = New()
+// Destruct does nothing: a tracker holds memory only. It lets the apikey
+// app share one tracker a store between the routes, portals and leak
+// endpoints of a config, and across a reload (caddy.UsagePool).
+func (*Tracker) Destruct() error { return nil }
 
 // Request is one request of a known key, as it ended.
 type Request struct {
@@ -161,8 +165,11 @@ const ExpiryNotice = 14 * 24 * time.Hour
 // when it was refused, to its model's counts when it names one, and to the
 // log.
 func (t *Tracker) Record(q Request) {
+	if t == nil {
+		return
+	}
 	if t.record(q) {
-		Publish(KeyEvent{KeyID: q.KeyID, Event: "key.expiring", Reset: q.Expires, At: q.At})
+		t.Publish(KeyEvent{KeyID: q.KeyID, Event: "key.expiring", Reset: q.Expires, At: q.At})
 	}
 }
 
@@ -189,7 +196,7 @@ func (t *Tracker) record(q Request) (expiring bool) {
 	}
 	a.last = now
 	if !q.Expires.IsZero() && q.Expires.After(q.At) && q.Expires.Sub(q.At) <= ExpiryNotice &&
-		a.expiryNoticed != q.Expires.Unix() && Listening() {
+		a.expiryNoticed != q.Expires.Unix() && t.Listening() {
 		a.expiryNoticed, expiring = q.Expires.Unix(), true
 	}
 	e := entry{at: now, tokens: max(q.Tokens, 0), status: uint16(q.Status), method: methodIndex(q.Method)}

@@ -2,7 +2,6 @@ package activity
 
 import (
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -23,52 +22,62 @@ type KeyEvent struct {
 	At     time.Time
 }
 
-var (
-	listenersMu sync.Mutex
-	listeners   []*listener
-	listening   atomic.Int32
-)
-
 type listener struct{ fn func(KeyEvent) }
 
-// Listening reports whether anything listens for key events (a portal);
-// the gateway does not work out warnings nobody hears.
-func Listening() bool { return listening.Load() > 0 }
+// Listening reports whether anything listens for the tracker's key events
+// (a portal of the same store); the gateway does not work out warnings
+// nobody hears. A nil tracker has no listeners.
+func (t *Tracker) Listening() bool {
+	if t == nil {
+		return false
+	}
+	ls := t.listeners.Load()
+	return ls != nil && len(*ls) > 0
+}
 
 // Listen calls fn with every key event published until stop is called. fn
 // must not block (the gateway calls it on the request path): queue the
 // event, bounded.
-func Listen(fn func(KeyEvent)) (stop func()) {
+func (t *Tracker) Listen(fn func(KeyEvent)) (stop func()) {
 	l := &listener{fn}
-	listenersMu.Lock()
-	listeners = append(listeners, l)
-	listening.Add(1)
-	listenersMu.Unlock()
+	t.listenersMu.Lock()
+	t.listeners.Store(withListener(t.listeners.Load(), l, true))
+	t.listenersMu.Unlock()
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			listenersMu.Lock()
-			defer listenersMu.Unlock()
-			for i, x := range listeners {
-				if x == l {
-					listeners = append(listeners[:i:i], listeners[i+1:]...)
-					listening.Add(-1)
-					return
-				}
-			}
+			t.listenersMu.Lock()
+			defer t.listenersMu.Unlock()
+			t.listeners.Store(withListener(t.listeners.Load(), l, false))
 		})
 	}
 }
 
-// Publish tells every listener of e.
-func Publish(e KeyEvent) {
-	if !Listening() {
+// withListener is a new list: old with l added or taken out. Lists are
+// never changed in place, so Publish reads one without a lock.
+func withListener(old *[]*listener, l *listener, add bool) *[]*listener {
+	var ls []*listener
+	if old != nil {
+		for _, x := range *old {
+			if x != l {
+				ls = append(ls, x)
+			}
+		}
+	}
+	if add {
+		ls = append(ls, l)
+	}
+	return &ls
+}
+
+// Publish tells every listener of e. A nil tracker tells nobody.
+func (t *Tracker) Publish(e KeyEvent) {
+	if t == nil {
 		return
 	}
-	listenersMu.Lock()
-	ls := listeners
-	listenersMu.Unlock()
-	for _, l := range ls {
-		l.fn(e)
+	if ls := t.listeners.Load(); ls != nil {
+		for _, l := range *ls {
+			l.fn(e)
+		}
 	}
 }

@@ -46,7 +46,7 @@ func Current(key string) (v any, ok bool) {
 	return v, ok
 }
 
-func load[T caddy.Destructor](pool *caddy.UsagePool, key string, newValue func() (T, error)) (T, func() error, error) {
+func load[T caddy.Destructor](pool *caddy.UsagePool, key any, newValue func() (T, error)) (T, func() error, error) {
 	val, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) { return newValue() })
 	if err != nil {
 		var zero T

@@ -24,7 +24,7 @@ func (v *visit) activityOf(keyID string, mayRead bool) *activityView {
 		return nil
 	}
 	av := &activityView{KeyID: keyID, LogSize: activity.LogSize, MaxModels: activity.MaxModels}
-	if snap, ok := v.s.backend.Activity(keyID); ok {
+	if snap, ok := v.s.backend.Activity.Of(keyID); ok {
 		av.Since = snap.Since.Format("2006-01-02 15:04 UTC")
 		av.Refusals, av.Models, av.Log = snap.Refusals, snap.Models, snap.Log
 	}

@@ -9,7 +9,8 @@ import (
 	"github.com/moodmnky/caddy-apikey/activity"
 )
 
-// The gateway's routes publish key events (activity.Publish): a quota or
+// The gateway's routes of the portal's store publish key events (its
+// activity.Tracker's Publish): a quota or
 // token budget at 80, 90 or 100 %, a key used within 14 days of its
 // expiry, a key reported leaked. The portal tells each key's owner, as it
 // tells them of an administrator's action.
@@ -28,9 +29,12 @@ type keyEvents struct {
 
 // listenForKeyEvents starts telling owners of their keys' events.
 func (s *Server) listenForKeyEvents() {
+	if s.backend.Activity == nil {
+		return
+	}
 	ke := &keyEvents{queue: make(chan activity.KeyEvent, maxKeyEvents), done: make(chan struct{})}
 	s.keyEvents = ke
-	ke.stop = activity.Listen(func(e activity.KeyEvent) {
+	ke.stop = s.backend.Activity.Listen(func(e activity.KeyEvent) {
 		select {
 		case ke.queue <- e:
 		default:

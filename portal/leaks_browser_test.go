@@ -22,7 +22,7 @@ func TestPortalShowsALeakedKey(t *testing.T) {
 	k := p.createKey(t, alice, "laptop", "dev")
 	const where = "https://github.com/alice/app/blob/main/.env"
 	store := keyfile.NewStore(filepath.Join(dir, "keys.json"))
-	if _, err := keystore.MarkLeaked(context.Background(), store, k.id, keystore.Leak{At: time.Now(), URL: where, Source: "commit", Action: keystore.LeakRevoke}); err != nil {
+	if _, err := keystore.MarkLeaked(context.Background(), store, k.id, keystore.Leak{At: time.Now(), URL: where, Source: "commit", Action: keystore.LeakRevoke, Secret: keystore.Sum(k.secret)}); err != nil {
 		t.Fatal(err)
 	}
 	waitForGateway(t, p, k, 401, "revoked_key")

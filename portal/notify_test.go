@@ -127,13 +127,16 @@ func TestLeakReportsAreTold(t *testing.T) {
 	if err := store.Create(context.Background(), keystore.Record{ID: "k_leaky", Owner: "alice", Hash: "sha256:" + strings.Repeat("ab", 32), Type: "dev", Role: "reader"}); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New("/portal", Policy{Services: []Service{{Name: "echo"}}}, Backend{Store: store})
+	tracker, otherStore := activity.New(), activity.New()
+	s, err := New("/portal", Policy{Services: []Service{{Name: "echo"}}}, Backend{Store: store, Activity: tracker})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	activity.Publish(activity.KeyEvent{KeyID: "k_elsewhere", Event: "key.leaked", Detail: "found", At: time.Now()})
-	activity.Publish(activity.KeyEvent{KeyID: "k_leaky", Event: "key.leaked", Detail: "found at https://github.com/a/b (commit); action: revoke", At: time.Now()})
+	// The same id in another store's activity is another key.
+	otherStore.Publish(activity.KeyEvent{KeyID: "k_leaky", Event: "key.leaked", Detail: "found elsewhere", At: time.Now()})
+	tracker.Publish(activity.KeyEvent{KeyID: "k_elsewhere", Event: "key.leaked", Detail: "found", At: time.Now()})
+	tracker.Publish(activity.KeyEvent{KeyID: "k_leaky", Event: "key.leaked", Detail: "found at https://github.com/a/b (commit); action: revoke", At: time.Now()})
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		_, notices, _ := s.notes.of("alice")

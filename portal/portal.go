@@ -42,9 +42,10 @@ type Backend struct {
 	Changed func(id string)
 	// Usage answers usage queries: cluster-wide when counts are shared.
 	Usage func(ctx context.Context, q usage.Query) ([]usage.Row, error)
-	// Activity is a key's refusals by reason, use per model and last
-	// requests, on this instance; nil: not shown.
-	Activity func(keyID string) (activity.Snapshot, bool)
+	// Activity is the activity of the store's keys, on this instance: their
+	// refusals by reason, use per model and last requests, and the events
+	// the gateway tells their owners of. nil: neither.
+	Activity *activity.Tracker
 	// Quota is a key's use of today's quota; ok is false when unknown.
 	Quota func(ctx context.Context, k *keystore.Key) (q Quota, ok bool)
 	// Audit records a change; nil when there is no audit log.
