@@ -520,3 +520,54 @@ func TestScanGitNamesWhatTagsReach(t *testing.T) {
 		t.Errorf("scan --git printed a location with an empty field:\n%s", out)
 	}
 }
+
+// TestScanPreCommitHookTakesNamesAsFiles: the pre-commit hook of
+// docs/scanning.md, run as written in a repository, stops a commit that
+// adds a key even when a staged file is named like a flag (--max-size=1B
+// would skip the key's file, --keys=<empty store> would call it not live).
+func TestScanPreCommitHookTakesNamesAsFiles(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git is not installed")
+	}
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "scanning.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, hook, _ := strings.Cut(string(doc), "```sh\n#!/bin/sh\n# .git/hooks/pre-commit")
+	hook, _, _ = strings.Cut(hook, "```")
+	if !strings.Contains(hook, "caddy apikey scan") {
+		t.Fatal("docs/scanning.md has no pre-commit hook")
+	}
+	k := gatewaytest.NewKey(t, keystore.Prod, keystore.Record{ID: "k_staged"})
+	bin := t.TempDir()
+	if err := os.Symlink(gatewaytest.CaddyBinary(t), filepath.Join(bin, "caddy")); err != nil {
+		t.Fatal(err)
+	}
+	for _, flagName := range []string{"--max-size=1B", "--keys=empty.json"} {
+		repo := t.TempDir()
+		git := func(args ...string) {
+			cmd := exec.Command("git", args...)
+			cmd.Dir = repo
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("git %v: %v\n%s", args, err, out)
+			}
+		}
+		git("init", "-q")
+		write(t, filepath.Join(repo, "app.env"), "TOKEN="+k.Secret+"\n")
+		write(t, filepath.Join(repo, "empty.json"), `{"keys": []}`)
+		write(t, filepath.Join(repo, flagName), "x\n")
+		git("add", "-A")
+		cmd := exec.Command("sh", "-c", "#"+hook) // the rest of the hook's first comment line
+		cmd.Dir = repo
+		cmd.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+		out, _ := cmd.CombinedOutput()
+		if strings.Contains(string(out), k.Secret) {
+			t.Fatal("the hook printed the key of k_staged")
+		}
+		// xargs exits 123 when the scan exits 1 or 2: any status but 0
+		// stops the commit.
+		if cmd.ProcessState.ExitCode() == 0 || !strings.Contains(string(out), "app.env:1: prod key") || !strings.Contains(string(out), "1 live") {
+			t.Errorf("with a staged file named %s the hook exited %d, want a failure naming app.env's live key:\n%s", flagName, cmd.ProcessState.ExitCode(), out)
+		}
+	}
+}

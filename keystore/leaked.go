@@ -43,6 +43,34 @@ type Leak struct {
 	URL, Source string
 	// Action is what to do with the key.
 	Action LeakAction
+	// Secret is the digest of the secret reported. The record must still
+	// answer to it when the change is made (its hash, or an old secret
+	// within its grace at At), or nothing is written (ErrNotThisSecret):
+	// the lookup that found the key may be older than a rotation.
+	Secret Digest
+}
+
+// ErrNotThisSecret is MarkLeaked's answer when the key no longer answers
+// to the reported secret (rotated since it was looked up, with no grace or
+// past it): its current secret was not leaked, and nothing is written.
+var ErrNotThisSecret = errors.New("the key no longer answers to the reported secret")
+
+// answersTo reports whether rec's secret, or an old one still within its
+// grace at now, is d.
+func answersTo(rec *Record, d Digest, now time.Time) bool {
+	if cur, err := ParseDigest(rec.Hash); err == nil && cur.Equal(d) {
+		return true
+	}
+	for _, ph := range rec.PreviousHashes {
+		old, err := ParseDigest(ph.Hash)
+		if err != nil || !old.Equal(d) {
+			continue
+		}
+		if until, err := time.Parse(time.RFC3339, ph.ValidUntil); err == nil && now.Before(until) {
+			return true
+		}
+	}
+	return false
 }
 
 // ErrAlreadyLeaked is MarkLeaked's answer for a key already marked leaked:
@@ -50,7 +78,8 @@ type Leak struct {
 var ErrAlreadyLeaked = errors.New("the key is already marked leaked")
 
 // MarkLeaked records the leak on the key id and applies its action, in one
-// change. A key already marked leaked is left as it is (ErrAlreadyLeaked):
+// change, if the record still answers to the secret reported
+// (ErrNotThisSecret otherwise). A key already marked leaked is left as it is (ErrAlreadyLeaked):
 // the same report twice changes nothing twice. It returns the record as
 // written.
 func MarkLeaked(ctx context.Context, store Store, id string, l Leak) (Record, error) {
@@ -58,6 +87,9 @@ func MarkLeaked(ctx context.Context, store Store, id string, l Leak) (Record, er
 		return Record{}, err
 	}
 	return store.Update(ctx, id, func(rec *Record) error {
+		if !answersTo(rec, l.Secret, l.At) {
+			return ErrNotThisSecret
+		}
 		if rec.LeakedAt != "" {
 			return ErrAlreadyLeaked
 		}

@@ -194,7 +194,8 @@ func (rc *Receiver) process(ctx context.Context, items []Item, now time.Time) ([
 		if !ok {
 			continue // not one of ours: no lookup
 		}
-		m, err := rc.Lookup(ctx, keystore.Sum(it.Token))
+		digest := keystore.Sum(it.Token)
+		m, err := rc.Lookup(ctx, digest)
 		if err != nil {
 			return nil, marked, err
 		}
@@ -211,13 +212,13 @@ func (rc *Receiver) process(ctx context.Context, items []Item, now time.Time) ([
 		if rc.Action != nil {
 			action = rc.Action(typ)
 		}
-		_, err = keystore.MarkLeaked(ctx, rc.Store, m.Key.ID, keystore.Leak{At: now, URL: it.URL, Source: it.Source, Action: action})
+		_, err = keystore.MarkLeaked(ctx, rc.Store, m.Key.ID, keystore.Leak{At: now, URL: it.URL, Source: it.Source, Action: action, Secret: digest})
 		switch {
 		case errors.Is(err, keystore.ErrAlreadyLeaked):
 			feedback[i].Label = TruePositive
 			continue
-		case errors.Is(err, keystore.ErrUnknownID):
-			continue // removed since the lookup: no longer a key
+		case errors.Is(err, keystore.ErrUnknownID), errors.Is(err, keystore.ErrNotThisSecret):
+			continue // removed or rotated since the lookup: the secret is no longer a key's
 		case err != nil:
 			return nil, marked, err
 		}

@@ -146,7 +146,28 @@ func Run(t *testing.T, open func(t *testing.T) keystore.Store) {
 			}
 		}
 		at := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
-		rec, err := keystore.MarkLeaked(ctx, s, "k_leak", keystore.Leak{At: at, URL: "https://github.com/o/r/blob/x/.env", Source: "commit", Action: keystore.LeakRevoke})
+		secretOf := func(id string) keystore.Digest {
+			rec, err := s.Get(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := keystore.ParseDigest(rec.Hash)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+		leaked := secretOf("k_leak")
+		// A secret the key no longer answers to (rotated since the report's
+		// lookup) changes nothing.
+		unchanged, _ := s.Get(ctx, "k_leak")
+		if _, err := keystore.MarkLeaked(ctx, s, "k_leak", keystore.Leak{At: at, Action: keystore.LeakRevoke, Secret: secretOf("k_notified")}); !errors.Is(err, keystore.ErrNotThisSecret) {
+			t.Fatalf("a report of another secret: %v, want ErrNotThisSecret", err)
+		}
+		if got, _ := s.Get(ctx, "k_leak"); !keystore.Same(unchanged, got) {
+			t.Fatal("a report of another secret changed the record")
+		}
+		rec, err := keystore.MarkLeaked(ctx, s, "k_leak", keystore.Leak{At: at, URL: "https://github.com/o/r/blob/x/.env", Source: "commit", Action: keystore.LeakRevoke, Secret: leaked})
 		if err != nil || !rec.Revoked || rec.LeakedAt != "2026-12-02T10:00:00Z" || rec.LeakSource != "commit" || rec.LeakAction != "revoke" {
 			t.Fatalf("marked: %+v, %v", rec, err)
 		}
@@ -154,7 +175,7 @@ func Run(t *testing.T, open func(t *testing.T) keystore.Store) {
 			t.Fatalf("read back: leak_url %q revoked %v", got.LeakURL, got.Revoked)
 		}
 		before, _ := s.Get(ctx, "k_leak")
-		if _, err := keystore.MarkLeaked(ctx, s, "k_leak", keystore.Leak{At: at.Add(time.Hour), URL: "elsewhere", Action: keystore.LeakPause}); !errors.Is(err, keystore.ErrAlreadyLeaked) {
+		if _, err := keystore.MarkLeaked(ctx, s, "k_leak", keystore.Leak{At: at.Add(time.Hour), URL: "elsewhere", Action: keystore.LeakPause, Secret: leaked}); !errors.Is(err, keystore.ErrAlreadyLeaked) {
 			t.Fatalf("a second report: %v, want ErrAlreadyLeaked", err)
 		}
 		if after, _ := s.Get(ctx, "k_leak"); !keystore.Same(before, after) {
@@ -172,7 +193,7 @@ func Run(t *testing.T, open func(t *testing.T) keystore.Store) {
 			t.Fatal("a key no longer leaked was rotated as leaked")
 		}
 		// Notified only, then revoked by hand: not brought back.
-		if _, err := keystore.MarkLeaked(ctx, s, "k_notified", keystore.Leak{At: at, Action: keystore.LeakNotify}); err != nil {
+		if _, err := keystore.MarkLeaked(ctx, s, "k_notified", keystore.Leak{At: at, Action: keystore.LeakNotify, Secret: secretOf("k_notified")}); err != nil {
 			t.Fatal(err)
 		}
 		if err := keystore.Revoke(ctx, s, "k_notified", nil); err != nil {
