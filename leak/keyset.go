@@ -37,6 +37,7 @@ type KeySet struct {
 	fetched     PublicKeys
 	lastAttempt time.Time
 	lastErr     error
+	refetching  chan struct{} // closed when the refetch in flight ends; nil: none
 }
 
 // NewKeySet makes a key set of fixed keys (may be nil) and, when rawURL is
@@ -75,13 +76,38 @@ func (ks *KeySet) Verify(ctx context.Context, keyID, sig string, body []byte) er
 	if pub := ks.key(keyID); pub != nil || ks.url == "" {
 		return PublicKeys{keyID: pub}.Verify(keyID, sig, body)
 	}
-	ks.mu.Lock()
-	due := time.Since(ks.lastAttempt) >= refetchUnknownEvery
-	ks.mu.Unlock()
-	if due {
-		_ = ks.Refresh(ctx)
-	}
+	ks.refetch(ctx)
 	return PublicKeys{keyID: ks.key(keyID)}.Verify(keyID, sig, body)
+}
+
+// refetch fetches the document again, at most once a minute, and waits for
+// the fetch (or for ctx). The fetch runs on its own context: a request that
+// goes away does not end it (which would also spend the minute's fetch),
+// and the reports that come while it runs wait for it rather than being
+// refused for a key it is about to bring.
+func (ks *KeySet) refetch(ctx context.Context) {
+	ks.mu.Lock()
+	wait := ks.refetching
+	if wait == nil {
+		if time.Since(ks.lastAttempt) < refetchUnknownEvery {
+			ks.mu.Unlock()
+			return
+		}
+		done := make(chan struct{})
+		ks.refetching, wait = done, done
+		go func() {
+			_ = ks.Refresh(context.Background()) // bounded by fetchTimeout
+			ks.mu.Lock()
+			ks.refetching = nil
+			ks.mu.Unlock()
+			close(done)
+		}()
+	}
+	ks.mu.Unlock()
+	select {
+	case <-wait:
+	case <-ctx.Done():
+	}
 }
 
 func (ks *KeySet) key(keyID string) *ecdsa.PublicKey {

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestKeySetFetchKeepsLastGood: the keys are fetched from the URL; a
@@ -83,5 +84,69 @@ func TestKeySetURLMustBeHTTPS(t *testing.T) {
 	}
 	if _, err := NewKeySet(nil, ""); err == nil {
 		t.Error("a key set of nothing was accepted")
+	}
+}
+
+// TestKeySetRefetchOutlivesItsRequest: a report that names an unknown
+// identifier and goes away at once does not end the fetch it started (nor
+// spend the minute's fetch on nothing): the scanner's new key arrives, and
+// a genuine report signed with it, sent while the fetch runs, waits for it
+// and is taken.
+func TestKeySetRefetchOutlivesItsRequest(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	doc := publicKeysDoc(t, "new", &key.PublicKey)
+	release := make(chan struct{})
+	var fetches atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		<-release // a slow document server
+		w.Write(doc)
+	}))
+	defer srv.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	ks, err := NewKeySet(nil, srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`[{"token":"x"}]`)
+	gone, cancel := context.WithCancel(context.Background())
+	cancel() // an unsigned request that went away
+	if err := ks.Verify(gone, "bogus", "AAAA", body); !errors.Is(err, ErrSignature) {
+		t.Fatalf("a made-up identifier: %v", err)
+	}
+	verified := make(chan error, 1)
+	go func() { verified <- ks.Verify(context.Background(), "new", sign(t, key, body), body) }()
+	close(release)
+	if err := <-verified; err != nil {
+		t.Fatalf("a report signed with the scanner's new key, sent while the fetch ran: %v", err)
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Errorf("%d fetches, want 1", n)
+	}
+}
+
+// TestReplaysAreBoundedInBytes: the answers remembered for replayed
+// reports hold at most replayMaxBytes together, the oldest let go first.
+func TestReplaysAreBoundedInBytes(t *testing.T) {
+	var r replays
+	now := time.Now()
+	answer := make([]byte, 1<<20) // about the largest answer
+	for i := range 100 {
+		r.put([]byte{byte(i), byte(i >> 8)}, answer, now)
+		if r.bytes > replayMaxBytes {
+			t.Fatalf("after %d answers: %d bytes remembered, over %d", i+1, r.bytes, replayMaxBytes)
+		}
+	}
+	if _, ok := r.get([]byte{0, 0}, now); ok {
+		t.Error("the oldest answer is still remembered")
+	}
+	if _, ok := r.get([]byte{99, 0}, now); !ok {
+		t.Error("the newest answer is forgotten")
 	}
 }
