@@ -519,6 +519,22 @@ func TestLeakReportOfASecretPastItsGrace(t *testing.T) {
 	cur := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_rotated_leak", Type: "dev", Role: "reader",
 		PreviousHashes: []keystore.PreviousHash{{Hash: old.Record.Hash, ValidUntil: time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)}}})
 	keyFile := gatewaytest.WriteKeyFile(t, cur.Record)
+	endpoint, api := startHMACLeakSite(t, keyFile)
+	body := report(old.Secret)
+	status, answer := postReport(t, endpoint, body, hmacSigned(body, secret)...)
+	if fb := feedbackOf(t, answer); status != 200 || len(fb) != 1 || fb[0].Label != leak.FalsePositive {
+		t.Fatalf("a report of key %s's old secret past its grace: %d %v, want false_positive", cur.Record.ID, status, fb)
+	}
+	if r := gatewaytest.Send(t, "GET", api, cur.Bearer()...); r.Status != 200 {
+		t.Errorf("key %s's current secret after a report of its expired old one: %d %s", cur.Record.ID, r.Status, r.Err.Code)
+	}
+}
+
+// startHMACLeakSite starts a Caddy with a leak endpoint at /leaks taking
+// reports signed with $APIKEY_TEST_LEAK_HMAC, and an apikey route beside
+// it, both on keyFile.
+func startHMACLeakSite(t *testing.T, keyFile string) (endpoint, api string) {
+	t.Helper()
 	port := gatewaytest.Port(t)
 	gatewaytest.Start(t, fmt.Sprintf(`{
 	admin off
@@ -539,16 +555,7 @@ http://127.0.0.1:%d {
 		respond "ok"
 	}
 }`, port, keyFile))
-	endpoint := fmt.Sprintf("http://127.0.0.1:%d/leaks", port)
-	api := fmt.Sprintf("http://127.0.0.1:%d/v1", port)
-	body := report(old.Secret)
-	status, answer := postReport(t, endpoint, body, hmacSigned(body, secret)...)
-	if fb := feedbackOf(t, answer); status != 200 || len(fb) != 1 || fb[0].Label != leak.FalsePositive {
-		t.Fatalf("a report of key %s's old secret past its grace: %d %v, want false_positive", cur.Record.ID, status, fb)
-	}
-	if r := gatewaytest.Send(t, "GET", api, cur.Bearer()...); r.Status != 200 {
-		t.Errorf("key %s's current secret after a report of its expired old one: %d %s", cur.Record.ID, r.Status, r.Err.Code)
-	}
+	return fmt.Sprintf("http://127.0.0.1:%d/leaks", port), fmt.Sprintf("http://127.0.0.1:%d/v1", port)
 }
 
 // hmacSigned is the header that signs body with secret, as an internal
@@ -570,28 +577,7 @@ func TestLeakReportRefusesMalformedBodies(t *testing.T) {
 	k := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_malformed", Type: "dev", Role: "reader"})
 	keyFile := gatewaytest.WriteKeyFile(t, k.Record)
 	before, _ := os.ReadFile(keyFile)
-	port := gatewaytest.Port(t)
-	gatewaytest.Start(t, fmt.Sprintf(`{
-	admin off
-	persist_config off
-}
-http://127.0.0.1:%d {
-	handle /leaks {
-		apikey_leak_report {
-			keys file %[2]s
-			hmac {env.APIKEY_TEST_LEAK_HMAC}
-		}
-	}
-	handle {
-		apikey {
-			keys file %[2]s
-			failed_auth_limit off
-		}
-		respond "ok"
-	}
-}`, port, keyFile))
-	endpoint := fmt.Sprintf("http://127.0.0.1:%d/leaks", port)
-	api := fmt.Sprintf("http://127.0.0.1:%d/v1", port)
+	endpoint, api := startHMACLeakSite(t, keyFile)
 	tok := `"` + k.Secret + `"`
 	many := "[" + strings.TrimSuffix(strings.Repeat(`{"token":`+tok+`},`, leak.MaxItems+1), ",") + "]"
 	for _, c := range []struct{ what, body, message string }{
