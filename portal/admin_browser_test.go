@@ -38,6 +38,13 @@ func writeManyKeys(t *testing.T, dir string, n int, waiting ...string) {
 			recs[i].Hash, recs[i].Type, recs[i].Pending = keystore.Sum(prod).Encode(), "prod", true
 		}
 	}
+	replaceDemoKeys(t, dir, recs)
+}
+
+// replaceDemoKeys replaces the demo's key file with recs, at once (a new
+// file renamed over it), as an operator's tool would.
+func replaceDemoKeys(t *testing.T, dir string, recs []keystore.Record) {
+	t.Helper()
 	data, err := json.Marshal(map[string]any{"keys": recs})
 	if err != nil {
 		t.Fatal(err)

@@ -1,10 +1,7 @@
 package portal_test
 
 import (
-	"encoding/json"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,23 +22,11 @@ func changeDemoRecord(t *testing.T, dir, id string, change func(*keystore.Record
 	}
 	change(&rec)
 	recs[id] = rec
-	var file struct {
-		Keys []keystore.Record `json:"keys"`
-	}
+	all := make([]keystore.Record, 0, len(recs))
 	for _, r := range recs {
-		file.Keys = append(file.Keys, r)
+		all = append(all, r)
 	}
-	data, err := json.Marshal(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmp := filepath.Join(dir, "keys.json.new")
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, "keys.json")); err != nil {
-		t.Fatal(err)
-	}
+	replaceDemoKeys(t, dir, all)
 }
 
 // TestPortalExtendsAKeysExpiry: a developer gives a key that expires soon
