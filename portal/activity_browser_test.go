@@ -3,17 +3,11 @@ package portal_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
-
-	"github.com/moodmnky/caddy-apikey/internal/browsertest"
-	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
-	"github.com/moodmnky/caddy-apikey/internal/redistest"
 )
 
 // llmRoute is a route with tokens added to the demo for these tests: Caddy
@@ -36,35 +30,20 @@ const llmRoute = `
 // webhooks is set, with the option that lets webhooks go to loopback.
 func startPortalDemoWithLLM(t *testing.T, redis bool, edit func(cfg string) string) (*portalDemo, string) {
 	t.Helper()
-	demo, err := os.ReadFile("../examples/portal/Caddyfile")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := browsertest.Start(t, 5*time.Minute)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "keys.json"), []byte(`{"keys": []}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("APIKEY_DEMO_DIR", dir)
-	gw, admin := gatewaytest.Port(t), gatewaytest.Port(t)
-	cfg := strings.NewReplacer(
-		"localhost:8080", fmt.Sprintf("localhost:%d", gw),
-		"localhost:2019", fmt.Sprintf("localhost:%d", admin),
-	).Replace(string(demo))
-	const anchor = "\thandle /models/* {"
-	if !strings.Contains(cfg, anchor) {
-		t.Fatal("the portal demo has no models route to add the LLM route before")
-	}
-	cfg = strings.Replace(cfg, anchor, llmRoute+anchor, 1)
-	if edit != nil {
-		cfg = edit(cfg)
-	}
-	if redis {
-		cfg = strings.Replace(cfg, "keys file {$APIKEY_DEMO_DIR:/tmp/apikey-portal-demo}/keys.json", "keys redis", 1) // the LLM route's
-		cfg = portalOnRedis(t, cfg, redistest.Start(t).Addr())
-	}
-	gatewaytest.Start(t, cfg)
-	return &portalDemo{base: fmt.Sprintf("http://localhost:%d", gw), b: b}, dir
+	return startPortalDemoWithin(t, redis, 5*time.Minute, func(cfg string) string {
+		const anchor = "\thandle /models/* {"
+		if !strings.Contains(cfg, anchor) {
+			t.Fatal("the portal demo has no models route to add the LLM route before")
+		}
+		cfg = strings.Replace(cfg, anchor, llmRoute+anchor, 1)
+		if edit != nil {
+			cfg = edit(cfg)
+		}
+		if redis {
+			cfg = strings.Replace(cfg, "keys file {$APIKEY_DEMO_DIR:/tmp/apikey-portal-demo}/keys.json", "keys redis", 1) // the LLM route's
+		}
+		return cfg
+	})
 }
 
 // createWriter makes a development key for echo, role writer, through the
