@@ -92,6 +92,7 @@ func appendLocked(path string, entries []Entry) (Head, error) {
 			e["ts"] = now
 		}
 		e["prev"] = prev
+		e["v"] = FormatVersion
 		line, err := json.Marshal(e) // map keys come out sorted: lines are stable
 		if err != nil {
 			return Head{}, err
@@ -148,6 +149,10 @@ func inspect(f *os.File, path string) (logEnd, error) {
 		return end, err
 	}
 	head, headErr := readHeadFile(path)
+	var newer *NewerFormatError
+	if errors.As(headErr, &newer) {
+		return end, fmt.Errorf("%w (nothing was written)", headErr)
+	}
 	switch {
 	case headErr == nil && head.Size <= whole && holds(f, head):
 		n, err := countLines(f, head.Size, whole)
@@ -169,6 +174,9 @@ func inspect(f *os.File, path string) (logEnd, error) {
 			return end, err
 		}
 		if end.prev, err = hashRange(f, from, whole-1); err != nil {
+			return end, err
+		}
+		if err := checkLastLine(f, from, whole-1); err != nil {
 			return end, err
 		}
 	}

@@ -36,6 +36,13 @@ type Head struct {
 	Size int64 `json:"size,omitempty"`
 }
 
+// headFile is a head file's content: the head and the log's format (see
+// FormatVersion); none is format 1.
+type headFile struct {
+	Head
+	Version int64 `json:"version,omitempty"`
+}
+
 // String is the head as "<lines>:<sha256>", the form ParseHead reads.
 func (h Head) String() string { return strconv.FormatInt(h.Lines, 10) + ":" + h.SHA256 }
 
@@ -76,10 +83,14 @@ func readHeadFile(path string) (Head, error) {
 	if err != nil {
 		return Head{}, err
 	}
-	var h Head
-	if err := json.Unmarshal(data, &h); err != nil {
+	var file headFile
+	if err := json.Unmarshal(data, &file); err != nil {
 		return Head{}, fmt.Errorf("%s.head: %w", path, err)
 	}
+	if file.Version > FormatVersion {
+		return Head{}, &NewerFormatError{HeadFile: path + ".head", Version: file.Version}
+	}
+	h := file.Head
 	if h.Lines < 0 || h.Size < 0 || len(h.SHA256) != 64 || !isLowerHex(h.SHA256) || (h.Lines == 0) != (h.Size == 0) {
 		return Head{}, fmt.Errorf("%s.head: not a head", path)
 	}
@@ -93,7 +104,7 @@ func readHeadFile(path string) (Head, error) {
 // append or check finds it behind (or works it out again), never a false
 // cut.
 func writeHead(path string, h Head) error {
-	data, err := json.Marshal(h)
+	data, err := json.Marshal(headFile{h, FormatVersion})
 	if err != nil {
 		return err
 	}

@@ -120,16 +120,22 @@ func check(r io.Reader, after *Head, heads []Head, loose []Head) (res Result, er
 		n++
 		size += int64(len(cur.data) + 1)
 		var e struct {
-			Prev           *string `json:"prev"`
-			Event          string  `json:"event"`
-			HeadLines      int64   `json:"head_lines"`
-			HeadSHA256     string  `json:"head_sha256"`
-			LinesFound     int64   `json:"lines_found"`
-			PreviousLines  int64   `json:"previous_lines"`
-			PreviousSHA256 string  `json:"previous_sha256"`
+			V              json.RawMessage `json:"v"`
+			Prev           *string         `json:"prev"`
+			Event          string          `json:"event"`
+			HeadLines      int64           `json:"head_lines"`
+			HeadSHA256     string          `json:"head_sha256"`
+			LinesFound     int64           `json:"lines_found"`
+			PreviousLines  int64           `json:"previous_lines"`
+			PreviousSHA256 string          `json:"previous_sha256"`
 		}
 		if err := json.Unmarshal(cur.data, &e); err != nil {
 			return res, fmt.Errorf("line %d: not valid JSON: %v", n, err)
+		}
+		if v, err := lineVersion(e.V); err != nil {
+			return res, fmt.Errorf("line %d: %v", n, err)
+		} else if v > FormatVersion {
+			return res, &NewerFormatError{Line: n, Version: v}
 		}
 		if e.Prev == nil {
 			return res, fmt.Errorf("line %d: no \"prev\" field", n)

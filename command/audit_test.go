@@ -2,6 +2,8 @@ package command_test
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -85,5 +87,55 @@ func TestCLIAuditVerifyHeadOutput(t *testing.T) {
 		if !strings.HasSuffix(out, "the head "+c.shown+" is in the log\n") {
 			t.Errorf("--head %s: %q", c.name, out)
 		}
+	}
+}
+
+// chainLine appends a line to the log at path chained to its last line, as
+// any release writes it; fields are the line's own (a "v", or none).
+func chainLine(t *testing.T, path string, fields string) {
+	t.Helper()
+	data, _ := os.ReadFile(path)
+	prev := strings.Repeat("0", 64)
+	if len(data) > 0 {
+		lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+		sum := sha256.Sum256([]byte(lines[len(lines)-1]))
+		prev = hex.EncodeToString(sum[:])
+	}
+	data = fmt.Appendf(data, `{%s,"prev":%q}`+"\n", fields, prev)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCLIAuditLogFormats: audit verify checks a log that v0.1.0 wrote
+// (lines without "v") and the lines this release writes after them; a line
+// of a newer format is refused, by audit verify with an error naming the
+// file, the line and both formats, and by a command writing to the log,
+// which leaves it as it was.
+func TestCLIAuditLogFormats(t *testing.T) {
+	dir := t.TempDir()
+	keyFile, auditLog := filepath.Join(dir, "keys.json"), filepath.Join(dir, "audit.log")
+	chainLine(t, auditLog, `"actor":"cli","event":"key.created","key_id":"k_old","ts":"2026-12-02T10:00:00Z"`)
+	chainLine(t, auditLog, `"actor":"cli","event":"key.revoked","key_id":"k_old","ts":"2026-12-02T10:01:00Z"`)
+	gatewaytest.NewKeyByCLI(t, "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_1", "--audit-log", auditLog)
+	out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", auditLog)
+	if code != 0 || !strings.Contains(out, "3 lines") {
+		t.Fatalf("a log of v0.1.0 written on: exit %d, %q %q", code, out, errOut)
+	}
+
+	chainLine(t, auditLog, `"event":"key.created","key_id":"k_2","v":2`)
+	os.Remove(auditLog + ".head") // a writer of format 2 records its own
+	_, errOut, code = gatewaytest.CLI(t, "", "audit", "verify", auditLog)
+	want := "Error: " + auditLog + ": line 4 is format 2; this caddy-apikey reads audit logs up to format 1: upgrade caddy-apikey\n"
+	if code != 1 || errOut != want {
+		t.Errorf("a line of format 2: exit %d, %q, want %q", code, errOut, want)
+	}
+	before, _ := os.ReadFile(auditLog)
+	_, errOut, code = gatewaytest.CLI(t, "", "new", "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_3", "--audit-log", auditLog)
+	if code == 0 || !strings.Contains(errOut, "its last line is format 2; this caddy-apikey writes audit logs up to format 1: upgrade caddy-apikey (nothing was written)") {
+		t.Errorf("new after a line of format 2: exit %d, %q", code, errOut)
+	}
+	if after, _ := os.ReadFile(auditLog); !bytes.Equal(before, after) {
+		t.Errorf("the log was changed:\n%s", after)
 	}
 }

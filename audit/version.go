@@ -1,0 +1,68 @@
+package audit
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+)
+
+// FormatVersion is the format of the lines this release writes, in each
+// line's "v" field (covered by the chain, as every field is) and in the head
+// file's "version". A line or head without one is format 1: what v0.1.0
+// wrote. Check refuses a line of a newer format, and Append refuses to
+// write on after one, rather than chaining a line of this format to a log
+// whose format it does not know.
+const FormatVersion = 1
+
+// NewerFormatError is a line or a head file written by a newer
+// caddy-apikey, in a format this one does not read.
+type NewerFormatError struct {
+	// Line is the line's number; 0 for the head file.
+	Line int64
+	// HeadFile names the head file, when it is the head file.
+	HeadFile string
+	Version  int64
+}
+
+func (e *NewerFormatError) Error() string {
+	if e.Line == 0 {
+		return fmt.Sprintf("%s is format %d; this caddy-apikey reads audit logs up to format %d: upgrade caddy-apikey", e.HeadFile, e.Version, FormatVersion)
+	}
+	return fmt.Sprintf("line %d is format %d; this caddy-apikey reads audit logs up to format %d: upgrade caddy-apikey", e.Line, e.Version, FormatVersion)
+}
+
+// lineVersion reads a line's "v": 1 when there is none.
+func lineVersion(raw json.RawMessage) (int64, error) {
+	if raw == nil {
+		return 1, nil
+	}
+	v, err := strconv.ParseInt(string(raw), 10, 64)
+	if err != nil || v < 1 {
+		return 0, fmt.Errorf(`"v" is %s, not a format version`, raw)
+	}
+	return v, nil
+}
+
+// checkLastLine refuses to write on after a last line (between from and
+// to in f) of a newer format. A line that is not JSON is left to Check to
+// report: Append has always written on after one.
+func checkLastLine(f *os.File, from, to int64) error {
+	if to-from > maxLine {
+		return nil
+	}
+	buf := make([]byte, to-from)
+	if _, err := f.ReadAt(buf, from); err != nil {
+		return err
+	}
+	var e struct {
+		V json.RawMessage `json:"v"`
+	}
+	if json.Unmarshal(buf, &e) != nil {
+		return nil
+	}
+	if v, err := lineVersion(e.V); err == nil && v > FormatVersion {
+		return fmt.Errorf("its last line is format %d; this caddy-apikey writes audit logs up to format %d: upgrade caddy-apikey (nothing was written)", v, FormatVersion)
+	}
+	return nil
+}
