@@ -216,7 +216,7 @@ func (s *Store) Update(ctx context.Context, id string, change func(*keystore.Rec
 		if err != nil {
 			return keystore.Record{}, err
 		}
-		after, _ := keystore.DecodeRecord([]byte(old)) // a copy, slices included
+		after, _ := decodeRecord(id, []byte(old)) // a copy, slices included
 		if err := change(&after); err != nil {
 			return keystore.Record{}, err
 		}
@@ -402,9 +402,9 @@ func (s *Store) lookup(ctx context.Context, d keystore.Digest) (keystore.Record,
 // parse, or whose own id is not the one it is stored under, is refused:
 // admitting it would act under another key's name.
 func decodeStored(id, data string) (keystore.Record, bool, error) {
-	rec, err := keystore.DecodeRecord([]byte(data))
+	rec, err := decodeRecord(id, []byte(data))
 	if err != nil {
-		return keystore.Record{}, false, fmt.Errorf("record %q in redis: %w", id, err)
+		return keystore.Record{}, false, err
 	}
 	if rec.ID != id {
 		return keystore.Record{}, false, fmt.Errorf("record %q in redis holds the id %q; fix or remove it", id, rec.ID)
