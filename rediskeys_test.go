@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/internal/redisconn"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
@@ -418,5 +420,57 @@ func quotaOfTwo(t *testing.T, url, what string, storeArgs ...string) {
 	}
 	if fmt.Sprint(statuses) != "[200 200 429]" {
 		t.Errorf("%s: %v, want [200 200 429]", what, statuses)
+	}
+}
+
+// TestNewerRedisRecordIsAStoreError: a key whose record on Redis was
+// written by a newer caddy-apikey (its "version" is 2) gets 503 from the
+// gateway, as when Redis fails, never 401 "invalid key"; Caddy's log names
+// the key id and the format, never the hash; a record without a version
+// (as v0.1.0 wrote it) still authenticates beside it.
+func TestNewerRedisRecordIsAStoreError(t *testing.T) {
+	srv := redistest.Start(t)
+	up := gatewaytest.NewUpstream(t)
+	port := gatewaytest.Port(t)
+	caddyProc := gatewaytest.StartProcess(t, redisKeysSite(port, gatewaytest.Port(t), srv.Addr(), up.Addr()))
+	url := fmt.Sprintf("http://127.0.0.1:%d/v1/models", port)
+	keys := map[string]string{}
+	for _, id := range []string{"k_v1", "k_v2"} {
+		key, err := apikeyCLI(t, "new", "--redis", srv.Addr(), "--type", "dev", "--role", "reader", "--id", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[id] = key
+	}
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rc.Close()
+	ctx := context.Background()
+	rec, err := rc.Get(ctx, "apikey:{keys}:rec:k_v2").Result()
+	if err != nil || strings.Contains(rec, `"version"`) {
+		t.Fatalf("the record as written: %v (a version in it: %v)", err, strings.Contains(rec, `"version"`))
+	}
+	if err := rc.Set(ctx, "apikey:{keys}:rec:k_v2", `{"version":2,"scopes":["chat"],`+rec[1:], 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	if r := gatewaytest.Send(t, "GET", url, "Authorization", "Bearer "+keys["k_v1"]); r.Status != 200 {
+		t.Errorf("a record of format 1 (no version): %d", r.Status)
+	}
+	if r := gatewaytest.Send(t, "GET", url, "Authorization", "Bearer "+keys["k_v2"]); r.Status != 503 || r.Err.Code != decisionUnavailable {
+		t.Errorf("a record of format 2: %d %q, want 503 %q (never 401)", r.Status, r.Err.Code, decisionUnavailable)
+	}
+	logPath := caddyProc.Stdout.(*os.File).Name()
+	want := `record \"k_v2\" in redis is format 2; this caddy-apikey reads key records up to format 1: upgrade caddy-apikey`
+	deadline := time.Now().Add(5 * time.Second)
+	var log []byte
+	for ; !strings.Contains(string(log), want); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Caddy's log does not say %s", want)
+		}
+		log, _ = os.ReadFile(logPath)
+	}
+	sum := keystore.Sum(keys["k_v2"])
+	if strings.Contains(string(log), sum.Hex()) || strings.Contains(string(log), sum.Encode()) {
+		t.Error("Caddy's log names the key's hash")
 	}
 }
