@@ -177,7 +177,7 @@ func inspect(f *os.File, path string) (logEnd, error) {
 			return end, err
 		}
 		if err := checkLastLine(f, from, whole-1); err != nil {
-			return end, err
+			return end, fmt.Errorf("%w (nothing was written)", err)
 		}
 	}
 	if whole < end.size {

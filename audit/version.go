@@ -2,9 +2,12 @@ package audit
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
+
+	"github.com/moodmnky/caddy-apikey/internal/flock"
 )
 
 // FormatVersion is the format of the lines this release writes, in each
@@ -62,7 +65,40 @@ func checkLastLine(f *os.File, from, to int64) error {
 		return nil
 	}
 	if v, err := lineVersion(e.V); err == nil && v > FormatVersion {
-		return fmt.Errorf("its last line is format %d; this caddy-apikey writes audit logs up to format %d: upgrade caddy-apikey (nothing was written)", v, FormatVersion)
+		return fmt.Errorf("its last line is format %d; this caddy-apikey writes audit logs up to format %d: upgrade caddy-apikey", v, FormatVersion)
+	}
+	return nil
+}
+
+// CheckFormat returns the error Append would return for a log at path (or
+// a head file beside it) of a newer format than this release writes, for
+// a caller that must know before it makes the change it will record. A
+// log that is not there, or cannot be read, is left to Append.
+func CheckFormat(path string) error {
+	path = flock.Resolve(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var newer *NewerFormatError
+	if _, err := readHeadFile(path); errors.As(err, &newer) {
+		return fmt.Errorf("audit log %s: %w", path, err)
+	}
+	info, err := f.Stat()
+	if err != nil {
+		return nil
+	}
+	whole, err := lineStart(f, info.Size())
+	if err != nil || whole == 0 {
+		return nil
+	}
+	from, err := lineStart(f, whole-1)
+	if err != nil {
+		return nil
+	}
+	if err := checkLastLine(f, from, whole-1); err != nil {
+		return fmt.Errorf("audit log %s: %w", path, err)
 	}
 	return nil
 }

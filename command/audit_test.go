@@ -132,8 +132,12 @@ func TestCLIAuditLogFormats(t *testing.T) {
 	}
 	before, _ := os.ReadFile(auditLog)
 	_, errOut, code = gatewaytest.CLI(t, "", "new", "--keys", keyFile, "--type", "dev", "--role", "reader", "--id", "k_3", "--audit-log", auditLog)
-	if code == 0 || !strings.Contains(errOut, "its last line is format 2; this caddy-apikey writes audit logs up to format 1: upgrade caddy-apikey (nothing was written)") {
-		t.Errorf("new after a line of format 2: exit %d, %q", code, errOut)
+	want = "Error: audit log " + auditLog + ": its last line is format 2; this caddy-apikey writes audit logs up to format 1: upgrade caddy-apikey; nothing was changed\n"
+	if code != 1 || errOut != want {
+		t.Errorf("new after a line of format 2: exit %d, %q, want %q", code, errOut, want)
+	}
+	if keys, _ := os.ReadFile(keyFile); strings.Contains(string(keys), "k_3") {
+		t.Error("the key was made, though the audit log could not record it")
 	}
 	if after, _ := os.ReadFile(auditLog); !bytes.Equal(before, after) {
 		t.Errorf("the log was changed:\n%s", after)

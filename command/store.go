@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/internal/capped"
 	"github.com/moodmnky/caddy-apikey/internal/redisconn"
 	"github.com/moodmnky/caddy-apikey/keystore"
@@ -86,6 +87,12 @@ func openStore(c *cobra.Command) (keystore.Store, func(), error) {
 // withStore runs fn with the store the flags name (see openStore), and
 // closes the store after it.
 func withStore(c *cobra.Command, fn func(keystore.Store) error) error {
+	if path, _ := c.Flags().GetString("audit-log"); path != "" {
+		// A change the audit log cannot record is not made.
+		if err := audit.CheckFormat(path); err != nil {
+			return fmt.Errorf("%w; nothing was changed", err)
+		}
+	}
 	store, closeStore, err := openStore(c)
 	if err != nil {
 		return err
