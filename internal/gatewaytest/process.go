@@ -84,8 +84,9 @@ func moduleRoot() (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-// sourcesSum hashes what the binary is built from: go.mod, go.sum and
-// every Go file of the module but tests, by path and content.
+// sourcesSum hashes what the binary is built from (see builtFrom), by
+// path and content: a changed portal template is a new binary, as a
+// changed Go file is.
 func sourcesSum(root string) (string, error) {
 	h := sha256.New()
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
@@ -99,7 +100,7 @@ func sourcesSum(root string) (string, error) {
 			}
 			return nil
 		}
-		if !(name == "go.mod" || name == "go.sum" || strings.HasSuffix(name, ".go") && !strings.HasSuffix(name, "_test.go")) {
+		if !builtFrom(name) {
 			return nil
 		}
 		data, err := os.ReadFile(path)
@@ -112,6 +113,19 @@ func sourcesSum(root string) (string, error) {
 		return nil
 	})
 	return hex.EncodeToString(h.Sum(nil))[:16], err
+}
+
+// builtFrom tells whether a file named name may be in the build: Go
+// sources but tests, the module files, and what the portal embeds (its
+// templates, stylesheet and script).
+func builtFrom(name string) bool {
+	switch filepath.Ext(name) {
+	case ".go":
+		return !strings.HasSuffix(name, "_test.go")
+	case ".html", ".css", ".js":
+		return true
+	}
+	return name == "go.mod" || name == "go.sum"
 }
 
 // pruneBinaries removes the builds of other sources not used for a day.
