@@ -321,18 +321,26 @@ func TestRedisTokensSettleAndLayout(t *testing.T) {
 // RedisStores with their own clients (two instances) sharing one Redis.
 func TestTokensExact(t *testing.T) {
 	srv := redistest.Start(t)
-	a := newRedisStore(t, srv.Addr(), "closed", nil, 5*time.Second)
-	b := newRedisStore(t, srv.Addr(), "closed", nil, 5*time.Second)
+	// A timeout for 1,000 calls queued at once on two loaded cores under
+	// -race (5 s was too short once): this test is about exactness.
+	a := newRedisStore(t, srv.Addr(), "closed", nil, 30*time.Second)
+	b := newRedisStore(t, srv.Addr(), "closed", nil, 30*time.Second)
 	mem := NewMemory(nil)
 	for name, stores := range map[string][2]TokenStore{"memory": {mem, mem}, "redis": {a, b}} {
 		t.Run(name, func(t *testing.T) {
 			p := TokenPolicy{Daily: 3000, Window: DayIn(nil), Model: "gpt", ModelDaily: 10000}
 			var passed, failed atomic.Int64
 			var wg sync.WaitGroup
+			// 200 in flight at once: more than the pool's connections,
+			// fewer than wait past its 5 s safety net for one on two
+			// loaded cores under -race.
+			inFlight := make(chan struct{}, 200)
 			for i := range 1000 {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
+					inFlight <- struct{}{}
+					defer func() { <-inFlight }()
 					res, err := stores[i%2].Reserve(ctx, "k_exact", p, 10)
 					switch {
 					case err != nil:
