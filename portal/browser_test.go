@@ -86,12 +86,18 @@ func startPortalDemoWithin(t *testing.T, redis bool, timeout time.Duration, edit
 	if err != nil {
 		t.Fatal(err)
 	}
+	if testing.Short() {
+		// -short: the demo runs as a process of its own (the built
+		// cmd/caddy), so that two browser tests run at once; the full
+		// suite runs it in the test binary, where -race sees the portal.
+		// Before the browser starts: its time runs from there.
+		t.Parallel()
+	}
 	b := browsertest.Start(t, timeout)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "keys.json"), []byte(`{"keys": []}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("APIKEY_DEMO_DIR", dir)
 	gw, admin := gatewaytest.Port(t), gatewaytest.Port(t)
 	cfg := strings.NewReplacer(
 		"localhost:8080", fmt.Sprintf("localhost:%d", gw),
@@ -106,7 +112,12 @@ func startPortalDemoWithin(t *testing.T, redis bool, timeout time.Duration, edit
 	if redis {
 		cfg = portalOnRedis(t, cfg, redistest.Start(t).Addr())
 	}
-	gatewaytest.Start(t, cfg)
+	if testing.Short() {
+		gatewaytest.StartProcess(t, cfg, "APIKEY_DEMO_DIR="+dir)
+	} else {
+		t.Setenv("APIKEY_DEMO_DIR", dir)
+		gatewaytest.Start(t, cfg)
+	}
 	return &portalDemo{base: fmt.Sprintf("http://localhost:%d", gw), b: b}, dir
 }
 
