@@ -30,6 +30,7 @@ func redisSite(port int, keyFile, redisAddr, upstream, redisExtra string) string
 // Caddy processes on one Redis: the demo reader (100 requests a day) gets
 // exactly 100 passes in all under concurrent load across both.
 func TestTwoInstancesShareOneBudget(t *testing.T) {
+	gatewaytest.ParallelWhenShort(t)
 	const quota, requests = 100, 250
 	srv := redistest.Start(t)
 	cfg, err := os.ReadFile("examples/redis/Caddyfile")

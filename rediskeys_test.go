@@ -48,6 +48,7 @@ func apikeyCLI(t *testing.T, args ...string) (string, error) {
 // Deprecation; with Redis down, a cached key still works and an unknown one
 // gets 503, never 401.
 func TestKeysOnRedisAcrossInstances(t *testing.T) {
+	gatewaytest.ParallelWhenShort(t)
 	srv := redistest.Start(t)
 	up := gatewaytest.NewUpstream(t)
 	var urls, admins []string
@@ -139,6 +140,7 @@ func TestKeysOnRedisAcrossInstances(t *testing.T) {
 // walks through what README.md says: a key made once works on both
 // instances, counts one budget, and a revocation on one is refused by both.
 func TestClusterExample(t *testing.T) {
+	gatewaytest.ParallelWhenShort(t)
 	srv := redistest.Start(t)
 	cfg, err := os.ReadFile("examples/cluster/Caddyfile")
 	if err != nil {
@@ -248,6 +250,7 @@ func TestQuotaEventsOncePerCluster(t *testing.T) {
 // works, its quota is exact under concurrent load, its usage is summed, and
 // a revocation is seen.
 func TestGatewayOnARedisCluster(t *testing.T) {
+	gatewaytest.ParallelWhenShort(t)
 	cluster := redistest.StartCluster(t, 3)
 	addrs := strings.Join(cluster.Addrs(), " ")
 	up := gatewaytest.NewUpstream(t)
@@ -328,6 +331,7 @@ http://127.0.0.1:%d {
 // again (on the same usage file) does not add its history to the cluster's
 // totals again, and its last counts before a clean stop are in them.
 func TestClusterUsageSurvivesRestarts(t *testing.T) {
+	gatewaytest.ParallelWhenShort(t)
 	srv := redistest.Start(t)
 	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_restarts", Type: "dev", Role: "reader"})
 	keyFile := gatewaytest.WriteKeyFile(t, key.Record)
@@ -352,6 +356,7 @@ func TestClusterUsageSurvivesRestarts(t *testing.T) {
 // TestRedisGivenOnce: with the global apikey { redis { … } } option, keys
 // redis and counters redis name no Redis of their own, and share it.
 func TestRedisGivenOnce(t *testing.T) {
+	gatewaytest.ParallelWhenShort(t)
 	srv := redistest.Start(t)
 	port := gatewaytest.Port(t)
 	gatewaytest.StartProcess(t, gatewaytest.Site{Port: port, Global: "address " + srv.Addr(), KeysRedis: "global", CountersRedis: "global",
@@ -377,6 +382,7 @@ http://127.0.0.1:1 {
 // TestRedisThroughSentinel: keys and counters reached through a real
 // sentinel (master_name), as given once in the global option.
 func TestRedisThroughSentinel(t *testing.T) {
+	gatewaytest.ParallelWhenShort(t)
 	master := redistest.Start(t)
 	sentinel := redistest.StartSentinel(t, master, "gwmaster")
 	port := gatewaytest.Port(t)
@@ -429,6 +435,7 @@ func quotaOfTwo(t *testing.T, url, what string, storeArgs ...string) {
 // the key id and the format, never the hash; a record without a version
 // (as v0.1.0 wrote it) still authenticates beside it.
 func TestNewerRedisRecordIsAStoreError(t *testing.T) {
+	gatewaytest.ParallelWhenShort(t)
 	srv := redistest.Start(t)
 	up := gatewaytest.NewUpstream(t)
 	port := gatewaytest.Port(t)

@@ -43,6 +43,7 @@ func TestUsageSurvivesRestart(t *testing.T) {
 // 1 MB, and /apikey/usage answers in pages. Under -short it sends 5,000
 // (100 MB of distinct paths: kept, they would still pass the bound).
 func TestUsageStaysBoundedUnderDistinctPaths(t *testing.T) {
+	gatewaytest.ParallelWhenShort(t)
 	distinct := 20000
 	if testing.Short() {
 		distinct = 5000

@@ -71,6 +71,7 @@ func fileUsage(path, keyID string) int64 {
 // after) once the instance restarted a second time. Under -short only the
 // kill -9 stop runs: it loses what was not saved, the harder of the two.
 func TestUsageCountedDuringAnOutageReachesRedisOnce(t *testing.T) {
+	gatewaytest.ParallelWhenShort(t)
 	stops := []string{"SIGTERM", "kill -9"}
 	if testing.Short() {
 		stops = stops[1:]

@@ -128,6 +128,17 @@ func builtFrom(name string) bool {
 	return name == "go.mod" || name == "go.sum"
 }
 
+// ParallelWhenShort lets a test whose Caddys are all processes of their
+// own (StartProcess) run beside others like it under -short, where the
+// wall time is what counts; one that starts Caddy in the test binary must
+// not call it (one Caddy config a process). The full suite runs them one
+// after another, as it was measured under load.
+func ParallelWhenShort(t *testing.T) {
+	if testing.Short() {
+		t.Parallel()
+	}
+}
+
 // pruneBinaries removes the builds of other sources not used for a day.
 func pruneBinaries(keep string) {
 	entries, _ := os.ReadDir(binaryCache)
