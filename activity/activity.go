@@ -32,6 +32,12 @@ const (
 	MaxPath = 64
 	// MaxModelName is how many bytes of a model's name are kept.
 	MaxModelName = 64
+	// MaxExpiryNotices is how many keys' expiry notices are remembered,
+	// so that each key's owner is told once per expiry whether a request
+	// or the portal's sweep noticed it first; a notice of an expiry that
+	// has passed is forgotten first. Past it, further keys are not told
+	// (counted in Unnoticed).
+	MaxExpiryNotices = 100_000
 
 	// OtherModel counts the models past MaxModels.
 	OtherModel = ":other"
@@ -98,8 +104,6 @@ type keyActivity struct {
 	models      []modelCount       // at most MaxModels, then OtherModel
 	log         []entry            // a ring once LogSize long
 	next        int                // where the next entry goes, once the ring is full
-	// expiryNoticed is the expiry (Unix s) the key's owner was told of.
-	expiryNoticed int64
 }
 
 const shards = 16
@@ -115,6 +119,9 @@ type Tracker struct {
 	// Untracked counts the requests not recorded: MaxKeys keys were
 	// tracked, none of them in the shard of the request's key.
 	Untracked atomic.Uint64
+	// Unnoticed counts the expiry notices not published because
+	// MaxExpiryNotices notices of expiries still to come were remembered.
+	Unnoticed atomic.Uint64
 
 	listenersMu sync.Mutex                  // changes listeners
 	listeners   atomic.Pointer[[]*listener] // read without the lock
@@ -123,6 +130,11 @@ type Tracker struct {
 type shard struct {
 	mu sync.Mutex
 	m  map[string]*keyActivity
+	// noticed is the expiry (Unix s) each key's owner was told of, at
+	// most MaxExpiryNotices/shards; noticedMin is the earliest of them
+	// (or earlier), before which none has passed.
+	noticed    map[string]int64
+	noticedMin int64
 }
 
 // New returns an empty tracker.
@@ -130,6 +142,7 @@ func New() *Tracker {
 	t := &Tracker{seed: maphash.MakeSeed()}
 	for i := range t.shards {
 		t.shards[i].m = map[string]*keyActivity{}
+		t.shards[i].noticed = map[string]int64{}
 	}
 	return t
 }
@@ -154,12 +167,72 @@ type Request struct {
 	// Tokens is what its answer used (prompt and completion).
 	Tokens int64
 	// Expires is when the key expires; zero for never. A key used within
-	// ExpiryNotice of it is published as "key.expiring", once per expiry.
+	// ExpiryNotice of it is published as "key.expiring", once per expiry
+	// (see NoticeExpiry).
 	Expires time.Time
 }
 
-// ExpiryNotice is how long before its expiry a key's use tells its owner.
+// ExpiryNotice is how long before its expiry a key's owner is told.
 const ExpiryNotice = 14 * 24 * time.Hour
+
+// NoticeExpiry publishes "key.expiring" for the key when, at now, it
+// expires within ExpiryNotice, its owner was not told of this expiry yet
+// (by a request of the key or an earlier call) and something listens; it
+// reports whether it did. The portal calls it for the keys nobody uses
+// (its sweep); a request of the key calls it through Record.
+func (t *Tracker) NoticeExpiry(keyID string, expires, now time.Time) bool {
+	if t == nil {
+		return false
+	}
+	sh := &t.shards[maphash.String(t.seed, keyID)%shards]
+	sh.mu.Lock()
+	expiring := t.noticeLocked(sh, keyID, expires, now)
+	sh.mu.Unlock()
+	if expiring {
+		t.Publish(KeyEvent{KeyID: keyID, Event: "key.expiring", Reset: expires, At: now})
+	}
+	return expiring
+}
+
+// noticeLocked is NoticeExpiry's decision, under the shard's lock: it
+// remembers the expiry it reports.
+func (t *Tracker) noticeLocked(sh *shard, keyID string, expires, now time.Time) bool {
+	if expires.IsZero() || !expires.After(now) || expires.Sub(now) > ExpiryNotice || !t.Listening() {
+		return false
+	}
+	exp := expires.Unix()
+	if old, ok := sh.noticed[keyID]; ok {
+		if old == exp {
+			return false
+		}
+		sh.noticed[keyID] = exp // a new expiry: extended, or renewed
+		sh.noticedMin = min(sh.noticedMin, exp)
+		return true
+	}
+	if len(sh.noticed) >= MaxExpiryNotices/shards {
+		// Forget the expiries passed, if any has.
+		if nowS := now.Unix(); sh.noticedMin < nowS {
+			sh.noticedMin = exp
+			for id, e := range sh.noticed {
+				if e < nowS {
+					delete(sh.noticed, id)
+				} else {
+					sh.noticedMin = min(sh.noticedMin, e)
+				}
+			}
+		}
+		if len(sh.noticed) >= MaxExpiryNotices/shards {
+			t.Unnoticed.Add(1)
+			return false
+		}
+	}
+	if len(sh.noticed) == 0 {
+		sh.noticedMin = exp
+	}
+	sh.noticed[strings.Clone(keyID)] = exp
+	sh.noticedMin = min(sh.noticedMin, exp)
+	return true
+}
 
 // Record adds a request to its key's activity: to the refusals by reason
 // when it was refused, to its model's counts when it names one, and to the
@@ -180,6 +253,7 @@ func (t *Tracker) record(q Request) (expiring bool) {
 	now := q.At.UnixNano()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
+	expiring = t.noticeLocked(sh, q.KeyID, q.Expires, q.At)
 	a := sh.m[q.KeyID]
 	if a == nil {
 		if t.keys.Load() >= MaxKeys {
@@ -195,10 +269,6 @@ func (t *Tracker) record(q Request) (expiring bool) {
 		t.keys.Add(1)
 	}
 	a.last = now
-	if !q.Expires.IsZero() && q.Expires.After(q.At) && q.Expires.Sub(q.At) <= ExpiryNotice &&
-		a.expiryNoticed != q.Expires.Unix() && t.Listening() {
-		a.expiryNoticed, expiring = q.Expires.Unix(), true
-	}
 	e := entry{at: now, tokens: max(q.Tokens, 0), status: uint16(q.Status), method: methodIndex(q.Method)}
 	if q.Reason != "" {
 		i := reasonIndex(q.Reason)

@@ -83,3 +83,70 @@ func BenchmarkRecord(b *testing.B) {
 		tr.Record(q)
 	}
 }
+
+// TestExpiryIsNoticedOnce: a key's owner is told of its coming expiry once
+// per expiry, whether a request of the key or a sweep (NoticeExpiry) sees
+// it first; a new expiry is told again; nothing is told with nobody
+// listening, or of a key expiring later than ExpiryNotice.
+func TestExpiryIsNoticedOnce(t *testing.T) {
+	tr := New()
+	now := time.Unix(1_700_000_000, 0)
+	soon := now.Add(3 * 24 * time.Hour)
+	if tr.NoticeExpiry("k1", soon, now) {
+		t.Error("noticed with nobody listening")
+	}
+	var got []KeyEvent
+	stop := tr.Listen(func(e KeyEvent) { got = append(got, e) })
+	defer stop()
+	if !tr.NoticeExpiry("k1", soon, now) || tr.NoticeExpiry("k1", soon, now.Add(time.Hour)) {
+		t.Error("the sweep did not notice k1 once")
+	}
+	tr.Record(Request{KeyID: "k1", At: now.Add(2 * time.Hour), Method: "GET", Path: "/", Status: 200, Expires: soon})
+	tr.Record(Request{KeyID: "k2", At: now, Method: "GET", Path: "/", Status: 200, Expires: soon})
+	if tr.NoticeExpiry("k2", soon, now.Add(time.Hour)) {
+		t.Error("the sweep noticed k2 again after its request did")
+	}
+	if tr.NoticeExpiry("k3", now.Add(ExpiryNotice+time.Minute), now) || tr.NoticeExpiry("k3", now.Add(-time.Minute), now) {
+		t.Error("noticed a key expiring later than ExpiryNotice, or expired")
+	}
+	later := soon.Add(30 * 24 * time.Hour)
+	if !tr.NoticeExpiry("k1", later, later.Add(-24*time.Hour)) {
+		t.Error("k1's new expiry was not noticed")
+	}
+	if len(got) != 3 || got[0].KeyID != "k1" || got[1].KeyID != "k2" || got[2].KeyID != "k1" || !got[2].Reset.Equal(later) {
+		t.Errorf("published %+v, want k1, k2, k1 (its new expiry)", got)
+	}
+	for _, e := range got {
+		if e.Event != "key.expiring" {
+			t.Errorf("published %q", e.Event)
+		}
+	}
+}
+
+// TestExpiryNoticesAreBounded: MaxExpiryNotices notices of expiries to
+// come are remembered; past it none is published (counted), and once
+// those expiries pass, their room is used again.
+func TestExpiryNoticesAreBounded(t *testing.T) {
+	tr := New()
+	defer tr.Listen(func(KeyEvent) {})()
+	now := time.Unix(1_700_000_000, 0)
+	soon := now.Add(24 * time.Hour)
+	told := 0
+	for i := range MaxExpiryNotices + 5_000 {
+		if tr.NoticeExpiry(fmt.Sprintf("k%06d", i), soon, now) {
+			told++
+		}
+	}
+	if told > MaxExpiryNotices || told < MaxExpiryNotices-shards*200 {
+		t.Errorf("%d notices remembered, want at most %d (and not far below)", told, MaxExpiryNotices)
+	}
+	if n := tr.Unnoticed.Load(); n != uint64(MaxExpiryNotices+5_000-told) {
+		t.Errorf("Unnoticed = %d, want %d", n, MaxExpiryNotices+5_000-told)
+	}
+	after := soon.Add(time.Hour)
+	for i := range 1_000 {
+		if !tr.NoticeExpiry(fmt.Sprintf("n%06d", i), after.Add(24*time.Hour), after) {
+			t.Fatalf("key n%06d not noticed once the remembered expiries had passed", i)
+		}
+	}
+}

@@ -34,6 +34,7 @@ func (v *visit) sendNotice() {
 // Close stops listening for the gateway's key events and delivering
 // notices.
 func (s *Server) Close() {
+	s.stopExpirySweep()
 	s.stopKeyEvents()
 	s.notes.close()
 }

@@ -94,6 +94,8 @@ type Server struct {
 	notes *notifier
 	// keyEvents are the gateway's events about keys (keyevents.go).
 	keyEvents *keyEvents
+	// sweep looks for keys about to expire (expirysweep.go).
+	sweep *expirySweep
 }
 
 // New makes a portal served under base (e.g. "/portal").
@@ -124,6 +126,7 @@ func New(base string, policy Policy, backend Backend) (*Server, error) {
 	s.assets = http.StripPrefix(base+"/assets/", http.FileServer(http.FS(sub)))
 	s.mux = s.routes()
 	s.listenForKeyEvents()
+	s.startExpirySweep()
 	return s, nil
 }
 
