@@ -376,10 +376,19 @@ func (v *visit) keyPage(id string) {
 		v.notFoundOr(err)
 		return
 	}
-	f := keyForm{Name: rec.Name, Role: rec.Role, Services: rec.Services,
-		Permissions: strings.Join(rec.Permissions, "\n"), AllowedIPs: strings.Join(rec.AllowedIPs, "\n"), Limits: limitsOf(rec)}
-	v.keyPageWith(rec, f, nil, http.StatusOK)
+	v.keyPageWith(rec, formOf(rec), nil, http.StatusOK)
 }
+
+// formOf is the edit form filled in with what rec holds.
+func formOf(rec keystore.Record) keyForm {
+	return keyForm{Name: rec.Name, Role: rec.Role, Services: rec.Services,
+		Permissions: strings.Join(rec.Permissions, "\n"), AllowedIPs: strings.Join(rec.AllowedIPs, "\n"), Limits: limitsOf(rec)}
+}
+
+// errStale refuses an edit filled in over a version of the record that
+// has changed since: saving it would undo that change.
+var errStale = refuse("key", "was changed since you opened this page (in another tab, or by someone else), so nothing "+
+	"was saved. The form below shows the key as it is now: make your change again and save")
 
 func (v *visit) keyPageWith(rec keystore.Record, f keyForm, ferr error, status int) {
 	fv := v.formView(f, ferr)
@@ -417,9 +426,7 @@ func (v *visit) edit(id string) {
 			return refuse("key", "is revoked; a revoked key cannot be changed")
 		}
 		if shown != "" && shown != keystore.Version(*rec) {
-			// The form was filled in over a version someone has changed
-			// since: saving it would undo their change.
-			return refuse("key", "was changed since this page was opened, so nothing was saved; open the key again and make your change there")
+			return errStale
 		}
 		if rec.Pending && v.approvedByOthers() {
 			// What the administrator approves must be what they saw.
@@ -444,6 +451,16 @@ func (v *visit) edit(id string) {
 		g.limits.apply(rec)
 		return nil
 	})
+	if errors.Is(err, errStale) {
+		// The key as it is now, to make the change again over.
+		rec, gerr := v.ownKey(id)
+		if gerr != nil {
+			v.notFoundOr(gerr)
+			return
+		}
+		v.keyPageWith(rec, formOf(rec), errStale, http.StatusConflict)
+		return
+	}
 	if err != nil {
 		v.changeFailed(id, err)
 		return
