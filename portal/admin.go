@@ -46,30 +46,44 @@ func (v *visit) adminPage() {
 			pending = append(pending, v.view(rec, used))
 		}
 	}
-	var trail []auditLine
-	auditErr := ""
-	if v.s.backend.RecentAudit != nil {
-		entries, err := v.s.backend.RecentAudit(auditShown)
-		if err != nil {
-			auditErr = "The audit log could not be read."
-		}
-		for i := len(entries) - 1; i >= 0; i-- {
-			e := entries[i]
-			line := auditLine{Time: str(e["ts"]), Event: str(e["event"]), KeyID: str(e["key_id"]), Actor: str(e["actor"])}
-			var details []string
-			for _, name := range []string{"decision", "reason", "status", "client_ip", "service", "role", "owner"} {
-				if s := str(e[name]); s != "" {
-					details = append(details, name+"="+s)
-				}
-			}
-			sort.Strings(details)
-			line.Detail = fmt.Sprint(details)
-			trail = append(trail, line)
-		}
+	trail, auditErr := v.auditTrail()
+	csvQuery := filter.values()
+	if after := v.r.URL.Query().Get("after"); after != "" {
+		csvQuery.Set("after", after)
+	}
+	keysCSV := v.s.base + "/admin/keys.csv"
+	if len(csvQuery) > 0 {
+		keysCSV += "?" + csvQuery.Encode()
 	}
 	v.render(http.StatusOK, "admin.html", "admin", "Administration", map[string]any{
 		"List": list, "Find": findView{Action: "/admin", Admin: true, Filter: filter, Statuses: statusChoices}, "Pending": pending, "Audit": trail, "AuditError": auditErr,
-		"HasAudit": v.s.backend.RecentAudit != nil, "Flash": flash(v.r), "Now": v.s.now().UTC().Format(time.RFC3339)})
+		"HasAudit": v.s.backend.RecentAudit != nil, "Flash": flash(v.r), "Now": v.s.now().UTC().Format(time.RFC3339), "KeysCSV": keysCSV})
+}
+
+// auditTrail is the audit log's last auditShown entries, newest first, as
+// the admin page shows them; errText says when the log could not be read.
+func (v *visit) auditTrail() (trail []auditLine, errText string) {
+	if v.s.backend.RecentAudit == nil {
+		return nil, ""
+	}
+	entries, err := v.s.backend.RecentAudit(auditShown)
+	if err != nil {
+		errText = "The audit log could not be read."
+	}
+	for i := len(entries) - 1; i >= 0; i-- {
+		e := entries[i]
+		line := auditLine{Time: str(e["ts"]), Event: str(e["event"]), KeyID: str(e["key_id"]), Actor: str(e["actor"])}
+		var details []string
+		for _, name := range []string{"decision", "reason", "status", "client_ip", "service", "role", "owner"} {
+			if s := str(e[name]); s != "" {
+				details = append(details, name+"="+s)
+			}
+		}
+		sort.Strings(details)
+		line.Detail = fmt.Sprint(details)
+		trail = append(trail, line)
+	}
+	return trail, errText
 }
 
 func str(x any) string {

@@ -10,9 +10,10 @@ import (
 )
 
 // Every table the portal shows a developer (the usage table, today's
-// quotas, a key's refusals, models and request log, and My keys) can be
-// downloaded as CSV from a link beside it: the same rows, as the page's
-// query selects them, served as an attachment.
+// quotas, a key's refusals, models and request log, and My keys), and an
+// administrator (every key, the recent audit entries), can be downloaded
+// as CSV from a link beside it: the same rows, as the page's query
+// selects them, served as an attachment.
 
 // csvTables are the usage page's tables, by the name the link gives.
 var csvTables = []string{"usage", "quotas", "refusals", "models", "requestlog"}
@@ -101,6 +102,54 @@ func (v *visit) keysCSV() {
 			strings.Join(kv.AllowedIPs, " "), kv.CreatedAt, kv.Expires, kv.Status, kv.LastUsed, today, limit})
 	}
 	v.writeCSV("keys", rows)
+}
+
+// adminKeysCSV serves the admin page's list of every key as CSV: the same
+// page of it (at most adminPageSize keys, from at most adminScan records
+// looked through), with the page's filter and place.
+func (v *visit) adminKeysCSV() {
+	if !v.admin {
+		v.s.fail(v.w, v, http.StatusForbidden, "Only the portal's administrators see this page.")
+		return
+	}
+	used := v.s.lastUsed(v.r.Context())
+	list, err := v.adminKeys(readFilter(v.r), v.r.URL.Query().Get("after"), used)
+	if err != nil {
+		v.storeFailed(err)
+		return
+	}
+	rows := [][]string{{"id", "name", "key", "owner", "type", "role", "services", "created", "expires", "status", "last_used", "used_today", "daily_limit"}}
+	for _, kv := range list.Keys {
+		var today, limit string
+		if kv.Quota != nil {
+			today, limit = itoa(kv.Quota.Used), itoa(kv.Quota.Limit)
+		}
+		rows = append(rows, []string{kv.ID, kv.Name, kv.Masked, kv.Owner, kv.Type, kv.Role, strings.Join(kv.Services, " "),
+			kv.CreatedAt, kv.Expires, kv.Status, kv.LastUsed, today, limit})
+	}
+	v.writeCSV("all-keys", rows)
+}
+
+// auditCSV serves the admin page's recent audit entries as CSV.
+func (v *visit) auditCSV() {
+	if !v.admin {
+		v.s.fail(v.w, v, http.StatusForbidden, "Only the portal's administrators see this page.")
+		return
+	}
+	if v.s.backend.RecentAudit == nil {
+		v.s.fail(v.w, v, http.StatusNotFound, "No audit log is configured (audit_log).")
+		return
+	}
+	trail, errText := v.auditTrail()
+	if errText != "" && len(trail) == 0 {
+		v.s.fail(v.w, v, http.StatusServiceUnavailable, errText)
+		return
+	}
+	rows := [][]string{{"time", "event", "key", "actor", "detail"}}
+	for _, l := range trail {
+		rows = append(rows, []string{l.Time, l.Event, l.KeyID, l.Actor, l.Detail})
+	}
+	v.writeCSV("audit", rows)
 }
 
 // writeCSV sends rows as a CSV attachment named after the table, each cell

@@ -45,6 +45,8 @@ func (s *Server) routes() *http.ServeMux {
 	page("GET "+b+"/playground", func(v *visit) { v.playground(nil) })
 	page("POST "+b+"/playground", (*visit).try)
 	page("GET "+b+"/admin", (*visit).adminPage)
+	page("GET "+b+"/admin/keys.csv", (*visit).adminKeysCSV)
+	page("GET "+b+"/admin/audit.csv", (*visit).auditCSV)
 	page("POST "+b+"/admin/keys/{id}/approve", withID(func(v *visit, id string) { v.decide(id, true) }))
 	page("POST "+b+"/admin/keys/{id}/deny", withID(func(v *visit, id string) { v.decide(id, false) }))
 	return mux
