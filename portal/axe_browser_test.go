@@ -63,8 +63,9 @@ func axeCheck(t *testing.T, ctx context.Context, axe, what string) {
 func TestPortalPagesPassAxe(t *testing.T) {
 	axe := axeSource(t)
 	// axe-core takes seconds a page on a loaded machine.
-	// With limits in the forms and a described service in the catalog.
-	p, _ := startPortalDemoWithin(t, false, 8*time.Minute, withLimits(t), withCatalog(t))
+	// With an LLM route and a Sign out link (the demo has limits in the forms
+	// and described services in the catalog).
+	p, _ := startPortalDemoWithin(t, false, 8*time.Minute, withLimits(t), withSignOut(t))
 	alice, admin := p.signIn(t, "alice"), p.signIn(t, "admin")
 	widths := []int{0, 390}
 	if testing.Short() {

@@ -6,16 +6,14 @@ import (
 	"time"
 )
 
-// withCatalog describes the demo's echo service, links its docs, and
-// gives the portal a sign-out URL.
-func withCatalog(t *testing.T) func(string) string {
+// withSignOut gives the demo's portal a sign-out URL.
+func withSignOut(t *testing.T) func(string) string {
 	return func(cfg string) string {
-		const echo = "\t\t\tservice echo /echo/hello\n"
-		if !strings.Contains(cfg, echo) {
-			t.Fatal("the portal demo's echo service was not found")
+		const policy = "\t\t\tmax_keys 5\n"
+		if !strings.Contains(cfg, policy) {
+			t.Fatal("the portal demo's max_keys was not found")
 		}
-		return strings.Replace(cfg, echo, "\t\t\tservice echo /echo/hello {\n\t\t\t\tdescription \"Says hello, and which key you used.\"\n"+
-			"\t\t\t\tdocs https://docs.example.com/echo\n\t\t\t}\n\t\t\tlogout_url /oauth2/sign_out\n", 1)
+		return strings.Replace(cfg, policy, policy+"\t\t\tlogout_url /oauth2/sign_out\n", 1)
 	}
 }
 
@@ -24,7 +22,7 @@ func withCatalog(t *testing.T) func(string) string {
 // with its description, an example path, how its route reads the key and
 // a link to its docs.
 func TestPortalCatalogAndSignOut(t *testing.T) {
-	p, _ := startPortalDemoWithin(t, false, 5*time.Minute, withCatalog(t))
+	p, _ := startPortalDemoWithin(t, false, 5*time.Minute, withSignOut(t))
 	alice := p.signIn(t, "alice")
 	for _, path := range []string{"/portal/keys", "/portal/usage"} {
 		p.open(t, alice, path)
@@ -48,12 +46,15 @@ func TestPortalCatalogAndSignOut(t *testing.T) {
 	if len(got) != 2 || got[0].Name != "echo" || got[1].Name != "models" {
 		t.Fatalf("the catalog lists %+v, want echo and models", got)
 	}
-	if got[0].Description != "Says hello, and which key you used." || got[0].Docs != "https://docs.example.com/echo" ||
+	// As the demo describes them.
+	if got[0].Description != "Says hello, and which key you used: a demo service Caddy answers itself." ||
+		got[0].Docs != "https://github.com/moodmnky/caddy-apikey/blob/main/docs/portal.md" ||
 		got[0].Example != "/echo/hello" || !strings.Contains(got[0].Facts, "Authorization: Bearer <key>") {
 		t.Errorf("the catalog shows echo as %+v", got[0])
 	}
-	if got[1].Description != "" || got[1].Docs != "" || got[1].Example != "/models/v1/models" {
-		t.Errorf("the catalog shows models (no description or docs) as %+v", got[1])
+	if got[1].Description != "Lists the models an LLM gateway offers, as OpenAI's GET /v1/models does." ||
+		got[1].Docs != "https://platform.openai.com/docs/api-reference/models/list" || got[1].Example != "/models/v1/models" {
+		t.Errorf("the catalog shows models as %+v", got[1])
 	}
 	if cur := tabEval[string](t, alice, `document.querySelector('nav a[aria-current=page]')?.textContent ?? ''`); cur != "APIs" {
 		t.Errorf("the catalog's menu entry is %q, want APIs", cur)

@@ -15,8 +15,10 @@ import (
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 )
 
-// withLimits lets the demo's developers give their keys limits, and adds
-// an LLM route (tokens openai, answered by Caddy itself) for a service llm.
+// withLimits adds to the demo (whose developers may give their keys
+// limits: max_rate 10/s, max_quota_per_day 100, max_tokens_per_day 100000,
+// models llama3* mistral* qwen2.5) an LLM route (tokens openai, answered
+// by Caddy itself) for a service llm.
 func withLimits(t *testing.T) func(string) string {
 	return func(cfg string) string {
 		const policy = "\t\t\tmax_keys 5\n"
@@ -24,8 +26,12 @@ func withLimits(t *testing.T) func(string) string {
 		if !strings.Contains(cfg, policy) || !strings.Contains(cfg, route) {
 			t.Fatal("the portal demo's max_keys or its last redir was not found")
 		}
-		cfg = strings.Replace(cfg, policy, policy+"\t\t\tservice llm /llm/v1/models\n\t\t\tmax_rate 10/s\n\t\t\tmax_quota_per_day 100\n"+
-			"\t\t\tmax_tokens_per_day 100000\n\t\t\tmodels llama3* qwen2.5\n", 1)
+		for _, limit := range []string{"max_rate 10/s\n", "max_quota_per_day 100\n", "max_tokens_per_day 100000\n", "models llama3* mistral* qwen2.5\n"} {
+			if !strings.Contains(cfg, "\t\t\t"+limit) {
+				t.Fatalf("the portal demo does not offer %s", strings.TrimSpace(limit))
+			}
+		}
+		cfg = strings.Replace(cfg, policy, policy+"\t\t\tservice llm /llm/v1/models\n", 1)
 		return strings.Replace(cfg, route, "\thandle /llm/* {\n\t\tapikey {\n"+
 			"\t\t\tkeys file {$APIKEY_DEMO_DIR:/tmp/apikey-portal-demo}/keys.json\n\t\t\tservice llm\n\t\t\tfailed_auth_limit 1000/m\n\t\t\ttokens openai\n\t\t}\n"+
 			"\t\theader Content-Type application/json\n"+
@@ -124,11 +130,11 @@ func TestPortalKeyLimitsWithinPolicy(t *testing.T) {
 	}
 	// A key given no models gets the policy's, not every model.
 	open := create("any model", "llm", nil)
-	if got := demoRecords(t, dir)[open.id].Models; !slices.Equal(got, []string{"llama3*", "qwen2.5"}) {
-		t.Errorf("key %s, given no models, allows %v, want the policy's [llama3* qwen2.5]", open.id, got)
+	if got := demoRecords(t, dir)[open.id].Models; !slices.Equal(got, []string{"llama3*", "mistral*", "qwen2.5"}) {
+		t.Errorf("key %s, given no models, allows %v, want the policy's [llama3* mistral* qwen2.5]", open.id, got)
 	}
-	if r := p.chat(t, open.secret, "mistral"); r.status != 403 || r.reason != "model" {
-		t.Errorf("key %s asking for mistral, outside the policy: %d %s/%s, want 403 reason model", open.id, r.status, r.code, r.reason)
+	if r := p.chat(t, open.secret, "gpt-4o"); r.status != 403 || r.reason != "model" {
+		t.Errorf("key %s asking for gpt-4o, outside the policy: %d %s/%s, want 403 reason model", open.id, r.status, r.code, r.reason)
 	}
 
 	// Beyond the policy: refused, naming the field; nothing is made.
