@@ -13,7 +13,8 @@ import (
 // The activity of a known key (its refusals by reason, its requests and
 // tokens per model, the log of its last requests) is recorded once the
 // request ends, in the activity of the route's store (app.HoldActivity),
-// which the portal of that store reads. Requests refused before their key
+// which the portal of that store reads (while no portal of the store runs,
+// nothing is recorded). Requests refused before their key
 // was known (no key, a made-up key) have no key to record them under: the
 // metrics and the throttling count those.
 
@@ -21,7 +22,7 @@ import (
 // found: ServeHTTP defers it first, so it runs after the reservation is
 // settled (which sets the tokens and, on a route with tokens, the status).
 func (h *Handler) recordActivity(x *exchange) {
-	if x.key == nil || x.status == 0 {
+	if x.key == nil || x.status == 0 || !h.activity.Listening() {
 		return
 	}
 	q := activity.Request{KeyID: x.key.ID, At: x.now, Method: x.r.Method, Path: x.r.URL.Path,
@@ -33,8 +34,15 @@ func (h *Handler) recordActivity(x *exchange) {
 }
 
 // serveNext hands an admitted request to the next handler, noting the
-// status of the answer for the key's activity.
+// status of the answer for the key's activity. Only a portal of the
+// route's store reads the activity, and a portal listens to the tracker:
+// without one, the next handler gets the writer as it came (no wrapper
+// between it and Caddy's), and the request is not recorded (x.status
+// stays 0).
 func (h *Handler) serveNext(x *exchange, next caddyhttp.Handler) error {
+	if !h.activity.Listening() {
+		return next.ServeHTTP(x.w, x.r)
+	}
 	sw := statusWriters.Get().(*statusWriter)
 	sw.ResponseWriter = x.w
 	err := next.ServeHTTP(sw, x.r)
