@@ -18,9 +18,8 @@ import (
 // activity tracker (activity.Tracker.NoticeExpiry), which publishes it
 // once per key and expiry, whoever noticed it first.
 
-// expirySweepEvery is how often the store is looked through; tests
-// shorten it (export_test.go).
-var expirySweepEvery = time.Hour
+// expirySweepEvery is how often the store is looked through.
+const expirySweepEvery = time.Hour
 
 // expirySweepPause is the pause between two pages of a sweep: 100,000
 // keys are 100 pages, looked through in about 10 s plus the reading. The
