@@ -21,16 +21,16 @@ import (
 type keyView struct {
 	ID, Name, Owner, Type, Role string
 	// Team is the team the key belongs to; "" for a personal key.
-	Team string
-	Services, Permissions       []string
-	AllowedIPs                  []string
-	Created, Expires            string
-	Status, StatusText          string
-	GraceUntil                  string
-	LastUsed                    string
-	Quota                       *Quota
-	QuotaPercent                int
-	Revoked, Pending            bool
+	Team                  string
+	Services, Permissions []string
+	AllowedIPs            []string
+	Created, Expires      string
+	Status, StatusText    string
+	GraceUntil            string
+	LastUsed              string
+	Quota                 *Quota
+	QuotaPercent          int
+	Revoked, Pending      bool
 	// Stopped is a revoked or expired key: it counts against no limit
 	// and can no longer be edited; Expired is an expired one.
 	Stopped, Expired bool
