@@ -82,6 +82,17 @@ func withTeams(t *testing.T, idp string) func(string) string {
 	}
 }
 
+// withOperatorTeam defines team in the demo's portal, with members.
+func withOperatorTeam(t *testing.T, team string, members ...string) func(string) string {
+	return func(cfg string) string {
+		const policy = "\t\t\tadmins admin\n"
+		if !strings.Contains(cfg, policy) {
+			t.Fatal("the portal demo's admins was not found")
+		}
+		return strings.Replace(cfg, policy, policy+"\t\t\tteam "+team+" "+strings.Join(members, " ")+"\n", 1)
+	}
+}
+
 // createTeamKey creates a dev key for the echo service owned by team (""
 // for the visitor), as the Create key form offers.
 func (p *portalDemo) createTeamKey(t *testing.T, ctx context.Context, name, team string) createdKey {
