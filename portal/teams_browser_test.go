@@ -174,10 +174,11 @@ func (p *portalDemo) listed(t *testing.T, ctx context.Context, query, id string)
 // identity provider's group ml (forward_auth's X-Auth-Request-Groups);
 // alice creates a key for ml; bob sees it and rotates, pauses and resumes
 // it; carol, in no such group, gets 404 on its pages and every change,
-// and cannot make a key for ml. When alice leaves ml she no longer sees
+// and cannot make a key for ml. An administrator's pause is told to the
+// members. When alice leaves ml she no longer sees
 // the key, which keeps working at the gateway, and bob revokes it. The
 // operator's team ops (bob, carol) works the same way. Under -short, the
-// operator's team and pause/resume are left out.
+// operator's team, pause/resume and the notices are left out.
 func TestPortalTeamKeys(t *testing.T) {
 	idp := &teamsIdP{groups: map[string]string{"alice": "ml", "bob": "research, ml", "carol": "", "admin": ""}}
 	addr := startIdP(t, idp)
@@ -276,6 +277,34 @@ func TestPortalTeamKeys(t *testing.T) {
 	}
 	if r := p.gateway(t, "GET", "/echo/hello", k.secret); r.status != 200 || r.header.Get("Deprecation") != "" {
 		t.Errorf("after carol's attempts, team key %s answers %d (Deprecation %q), want 200 unchanged", k.id, r.status, r.header.Get("Deprecation"))
+	}
+
+	if !testing.Short() {
+		// An administrator (in no team) pauses the team's key: every
+		// member is told, on their Notifications page and the key's page;
+		// carol is not.
+		admin := p.b.User("admin", teamsPasswords["admin"])
+		p.console.watch(t, "admin", admin)
+		p.open(t, admin, "/portal/keys/"+k.id)
+		p.submit(t, admin, `form[action="/portal/keys/`+k.id+`/pause"] button[type=submit]`)
+		for who, ctx := range map[string]context.Context{"alice": alice, "bob": bob} {
+			p.open(t, ctx, "/portal/notifications")
+			if text := tabEval[string](t, ctx, `[...document.querySelectorAll('li.notice[data-event="key.paused"]')].map(li => li.textContent).join('|')`); !strings.Contains(text, k.id) {
+				t.Errorf("%s, in team ml, is not told on Notifications that admin paused its key %s (notices: %q)", who, k.id, text)
+			}
+			p.open(t, ctx, "/portal/keys/"+k.id)
+			if notice := tabEval[string](t, ctx, `document.querySelector('.alert.notice')?.textContent ?? ''`); !strings.Contains(notice, "paused") {
+				t.Errorf("%s: team key %s's page does not say admin paused it (%q)", who, k.id, notice)
+			}
+		}
+		if _, body := p.teamPage(t, "carol", "GET", "/portal/notifications", nil); strings.Contains(body, k.id) {
+			t.Errorf("carol, out of team ml, is told of its key %s", k.id)
+		}
+		p.open(t, admin, "/portal/keys/"+k.id)
+		p.submit(t, admin, `form[action="/portal/keys/`+k.id+`/resume"] button[type=submit]`)
+		if r := p.gateway(t, "GET", "/echo/hello", k.secret); r.status != 200 {
+			t.Errorf("team key %s resumed by admin: %d %s/%s, want 200", k.id, r.status, r.code, r.reason)
+		}
 	}
 
 	// alice leaves ml: the key is no longer hers to see; it keeps working,
