@@ -177,12 +177,25 @@ func (p *portalDemo) listed(t *testing.T, ctx context.Context, query, id string)
 // and cannot make a key for ml. An administrator's pause is told to the
 // members. When alice leaves ml she no longer sees
 // the key, which keeps working at the gateway, and bob revokes it. The
-// operator's team ops (bob, carol) works the same way. Under -short, the
-// operator's team, pause/resume and the notices are left out.
+// operator's team ops (bob, carol) works the same way. On a key file and
+// on Redis; under -short, on a key file without the operator's team,
+// pause/resume and the notices.
 func TestPortalTeamKeys(t *testing.T) {
+	for _, variant := range []struct {
+		name  string
+		redis bool
+	}{{"key file", false}, {"redis", true}} {
+		if variant.redis && testing.Short() {
+			continue // the Redis store's team index is checked by its store contract
+		}
+		t.Run(variant.name, func(t *testing.T) { teamKeys(t, variant.redis) })
+	}
+}
+
+func teamKeys(t *testing.T, redis bool) {
 	idp := &teamsIdP{groups: map[string]string{"alice": "ml", "bob": "research, ml", "carol": "", "admin": ""}}
 	addr := startIdP(t, idp)
-	p, dir := startPortalDemoWithin(t, false, 5*time.Minute, withTeams(t, addr))
+	p, dir := startPortalDemoWithin(t, redis, 5*time.Minute, withTeams(t, addr))
 	alice := p.b.User("alice", teamsPasswords["alice"])
 	bob := p.b.User("bob", teamsPasswords["bob"])
 	carol := p.b.User("carol", teamsPasswords["carol"])
