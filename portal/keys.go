@@ -140,7 +140,7 @@ func newestFirst(a, b keystore.Record) int { return strings.Compare(b.CreatedAt,
 // none is missed however many revoked ones came before.
 func (s *Server) ownRecords(ctx context.Context, q keystore.ListQuery) ([]keystore.Record, error) {
 	var recs []keystore.Record
-	err := s.eachRecordOf(ctx, q, 0, func(rec keystore.Record) {
+	err := s.eachRecord(ctx, q, 0, func(rec keystore.Record) {
 		recs = append(recs, rec)
 		if len(recs) >= 2*maxOwnKeys {
 			slices.SortStableFunc(recs, newestFirst)
@@ -154,15 +154,9 @@ func (s *Server) ownRecords(ctx context.Context, q keystore.ListQuery) ([]keysto
 	return recs[:min(len(recs), maxOwnKeys)], nil
 }
 
-// eachRecord calls fn with every record of owner (of every owner for ""),
-// page by page, up to limit records (0: all).
-func (s *Server) eachRecord(ctx context.Context, owner string, limit int, fn func(keystore.Record)) error {
-	return s.eachRecordOf(ctx, keystore.ListQuery{Owner: owner}, limit, fn)
-}
-
-// eachRecordOf calls fn with every record q selects, page by page, up to
+// eachRecord calls fn with every record q selects, page by page, up to
 // limit records (0: all).
-func (s *Server) eachRecordOf(ctx context.Context, q keystore.ListQuery, limit int, fn func(keystore.Record)) error {
+func (s *Server) eachRecord(ctx context.Context, q keystore.ListQuery, limit int, fn func(keystore.Record)) error {
 	q.Limit = keystore.MaxListLimit
 	n := 0
 	for {
@@ -349,7 +343,7 @@ func (v *visit) create() {
 	mu.(*sync.Mutex).Lock()
 	defer mu.(*sync.Mutex).Unlock()
 	n := 0
-	err = v.s.eachRecordOf(v.r.Context(), q, 0, func(rec keystore.Record) {
+	err = v.s.eachRecord(v.r.Context(), q, 0, func(rec keystore.Record) {
 		if rec.Team == f.Team && !v.stopped(rec) {
 			n++
 		}
