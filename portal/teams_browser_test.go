@@ -313,6 +313,20 @@ func teamKeys(t *testing.T, redis bool) {
 		if _, body := p.teamPage(t, "carol", "GET", "/portal/notifications", nil); strings.Contains(body, k.id) {
 			t.Errorf("carol, out of team ml, is told of its key %s", k.id)
 		}
+		// The admin page lists the key with its team, filters by team,
+		// and says which team a waiting production key is for.
+		p.open(t, admin, "/portal/admin?team=ml")
+		if row := tabEval[string](t, admin, `[...document.querySelectorAll('table.keys tbody tr')].map(tr => tr.innerText).join('|')`); !strings.Contains(row, k.id) || !strings.Contains(row, "team ml") {
+			t.Errorf("the admin page filtered by team ml lists %q, want key %s of team ml", row, k.id)
+		}
+		if status, body := p.teamPage(t, "alice", "POST", "/portal/keys", url.Values{"team": {"ml"}, "name": {"ml prod"}, "type": {"prod"},
+			"role": {"reader"}, "services": {"echo"}}); status >= 400 {
+			t.Fatalf("alice creating a prod key for team ml: %d (%s)", status, firstAlert(body))
+		}
+		p.open(t, admin, "/portal/admin")
+		if waiting := tabEval[string](t, admin, `document.querySelector('ul.pending')?.innerText ?? ''`); !strings.Contains(waiting, "by alice for team ml") {
+			t.Errorf("the admin page's waiting list does not say the prod key is alice's for team ml: %q", waiting)
+		}
 		p.open(t, admin, "/portal/keys/"+k.id)
 		p.submit(t, admin, `form[action="/portal/keys/`+k.id+`/resume"] button[type=submit]`)
 		if r := p.gateway(t, "GET", "/echo/hello", k.secret); r.status != 200 {
