@@ -3,6 +3,7 @@ package portal_test
 import (
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,4 +66,30 @@ func TestPortalTeamsCaddyfile(t *testing.T) {
 		t.Errorf("a team named with spaces in JSON: %v, want an error naming it", err)
 	}
 	gatewaytest.Stop()
+}
+
+// TestPortalTeamKeysCountForTheTeam: max_keys counts a team's working keys
+// for the team, not for their maker: alice at her own limit still makes
+// keys for her team ml, up to the team's limit, which bob (in ml) meets
+// too; a revoked team key frees a place.
+func TestPortalTeamKeysCountForTheTeam(t *testing.T) {
+	base, _, _ := portalSite(t, "\t\t\tmax_keys 2\n\t\t\tteam ml alice bob")
+	alice, bob := newVisitor(t, base, "alice"), newVisitor(t, base, "bob")
+	for range 2 {
+		alice.create(devForm())
+	}
+	if status, body := alice.post("/portal/keys", devForm()); status != 403 || !strings.Contains(body, "you already hold 2 working keys") {
+		t.Fatalf("alice's third own key: %d %s, want 403 at her limit", status, errorText(body))
+	}
+	first, _ := alice.create(devForm("team", "ml"))
+	bob.create(devForm("team", "ml"))
+	for who, v := range map[string]*visitor{"alice": alice, "bob": bob} {
+		if status, body := v.post("/portal/keys", devForm("team", "ml")); status != 403 || !strings.Contains(body, "team ml already holds 2 working keys") {
+			t.Errorf("%s's third key for team ml: %d %s, want 403 at the team's limit", who, status, errorText(body))
+		}
+	}
+	if status, _ := bob.post("/portal/keys/"+first+"/revoke", url.Values{}); status != 200 {
+		t.Fatalf("bob revoking alice's team key %s: %d", first, status)
+	}
+	bob.create(devForm("team", "ml"))
 }
