@@ -94,6 +94,24 @@ type Portal struct {
 	// that header from the client's request first, so it cannot be forged).
 	User string `json:"user,omitempty"`
 
+	// Groups is the visitor's groups at the identity provider, as a
+	// placeholder, e.g. "{http.request.header.X-Auth-Request-Groups}"
+	// (forward_auth's copy_headers, from oauth2-proxy): a list separated
+	// by commas or spaces. Each group is a team whose members share its
+	// keys (at most 64 teams a visitor, names of at most 64 letters,
+	// digits and . _ - @ : / +; others are ignored). Unset: teams come
+	// from Teams only.
+	Groups string `json:"groups,omitempty"`
+
+	// TeamGroups, when set, are the only groups (of Groups) that count as
+	// teams: an identity provider may send many groups. Empty: every group
+	// does.
+	TeamGroups []string `json:"team_groups,omitempty"`
+
+	// Teams are teams the operator defines, with their members: besides
+	// (or instead of) the identity provider's groups.
+	Teams []PortalTeam `json:"teams,omitempty"`
+
 	// PlaygroundURL is where the playground sends its requests, e.g.
 	// "http://127.0.0.1:8080". Default: the address that accepted the
 	// visitor's request, with the same scheme and Host.
@@ -144,6 +162,15 @@ type Portal struct {
 	// app is the config's apikey app: the routes whose counters and audit
 	// log serve the portal's store.
 	app *app.App
+}
+
+// PortalTeam is a team an operator defines.
+type PortalTeam struct {
+	// Name names the team, as key records' team field: at most 64
+	// letters, digits and . _ - @ : / +.
+	Name string `json:"name"`
+	// Members are the users (as User names them) in the team.
+	Members []string `json:"members"`
 }
 
 // PortalService is a service developers may choose.
@@ -272,6 +299,10 @@ func (p *Portal) policy() (portal.Policy, error) {
 	pol.Limits.MaxQuotaPerDay, pol.Limits.MaxTokensPerDay, pol.Limits.MaxTokensPerMinute = p.MaxQuotaPerDay, p.MaxTokensPerDay, p.MaxTokensPerMinute
 	pol.Limits.Models = p.Models
 	pol.LogoutURL = p.LogoutURL
+	pol.TeamGroups = p.TeamGroups
+	for _, t := range p.Teams {
+		pol.Teams = append(pol.Teams, portal.Team{Name: t.Name, Members: t.Members})
+	}
 	for _, s := range p.Services {
 		pol.Services = append(pol.Services, portal.Service{Name: s.Name, Path: s.Path, Header: s.Header, Scheme: s.Scheme,
 			Description: s.Description, Docs: s.Docs})
@@ -326,8 +357,11 @@ func (p *Portal) todaysQuota(ctx context.Context, store keystore.Store, k *keyst
 // ServeHTTP serves a portal page to the visitor User names.
 func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	user := ""
+	user, groups := "", ""
 	if repl != nil {
+		if p.Groups != "" {
+			groups = repl.ReplaceAll(p.Groups, "")
+		}
 		if p.User == "" {
 			user, _ = repl.GetString("http.auth.user.id")
 		} else {
@@ -339,7 +373,7 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 	if r.Method == http.MethodPost {
 		r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
 	}
-	p.server.ServeHTTP(w, r, user)
+	p.server.ServeMember(w, r, user, groups)
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
 )
 
@@ -45,6 +46,9 @@ func parsePortalCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //	    admins <user> ...
 //	    audit_log <path>
 //	    user <placeholder>
+//	    groups <placeholder>
+//	    team_groups <group> ...
+//	    team <name> <member> ...
 //	    playground_url <url>
 //	    logout_url <url>
 //	    max_rate <n>/s|m|h
@@ -63,7 +67,7 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for d.NextBlock(0) {
 		sub := d.Val()
-		if seen[sub] && sub != "service" && sub != "admins" && sub != "models" {
+		if seen[sub] && sub != "service" && sub != "admins" && sub != "models" && sub != "team" && sub != "team_groups" {
 			return d.Errf("apikey_portal: %s given more than once", sub)
 		}
 		seen[sub] = true
@@ -168,6 +172,35 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&p.User) {
 				return d.ArgErr()
 			}
+		case "groups":
+			if !d.AllArgs(&p.Groups) {
+				return d.Errf("groups: want groups <placeholder>, e.g. groups {http.request.header.X-Auth-Request-Groups}")
+			}
+		case "team_groups":
+			groups := d.RemainingArgs()
+			if len(groups) == 0 {
+				return d.Errf("team_groups: name the groups that count as teams")
+			}
+			for _, g := range groups {
+				if err := keystore.CheckTeam(g); err != nil {
+					return d.Errf("team_groups %q: %v", g, err)
+				}
+			}
+			p.TeamGroups = append(p.TeamGroups, groups...)
+		case "team":
+			args := d.RemainingArgs()
+			if len(args) < 2 {
+				return d.Errf("team: want team <name> <member> ..., got %d arguments", len(args))
+			}
+			if err := keystore.CheckTeam(args[0]); err != nil {
+				return d.Errf("team %q: %v", args[0], err)
+			}
+			for _, t := range p.Teams {
+				if t.Name == args[0] {
+					return d.Errf("team %s is defined twice; list all its members on one line", args[0])
+				}
+			}
+			p.Teams = append(p.Teams, PortalTeam{Name: args[0], Members: args[1:]})
 		case "playground_url":
 			if !d.AllArgs(&p.PlaygroundURL) {
 				return d.ArgErr()

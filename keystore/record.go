@@ -90,6 +90,12 @@ type Record struct {
 	// Owner is who the key belongs to: the identity of the developer who
 	// created it in the portal, or any name an operator gives.
 	Owner string `json:"owner,omitempty"`
+	// Team is the team the key belongs to, when it is a team's key (a
+	// service account): every member of the team sees and manages it in the
+	// developer portal, whoever made it (Owner). At most MaxTeamLength
+	// bytes of letters, digits and . _ - @ : / +. The gateway does not read
+	// it.
+	Team string `json:"team,omitempty"`
 	// CreatedAt is the RFC 3339 time the key was created.
 	CreatedAt string `json:"created_at,omitempty"`
 	// Hint is the secret's last HintLength characters, kept when the
@@ -202,7 +208,26 @@ const (
 	MaxIDLength    = 128
 	MaxOwnerLength = 256
 	MaxNameLength  = 1024
+	// MaxTeamLength bounds a team's name (Record.Team).
+	MaxTeamLength = 64
 )
+
+// CheckTeam reports whether name may name a team: 1 to MaxTeamLength
+// bytes of ASCII letters, digits and . _ - @ : / + (what identity
+// providers' group names are made of; no spaces or commas, which separate
+// groups in a header).
+func CheckTeam(name string) error {
+	if name == "" || len(name) > MaxTeamLength {
+		return fmt.Errorf("a team's name is 1 to %d bytes long", MaxTeamLength)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("._-@:/+", c) >= 0) {
+			return fmt.Errorf("a team's name is made of letters, digits and . _ - @ : / +; %q is not", c)
+		}
+	}
+	return nil
+}
 
 // Key is a validated record, ready to authorize requests.
 type Key struct {
@@ -210,6 +235,8 @@ type Key struct {
 	Name string
 	// Owner is who the key belongs to, as the record says.
 	Owner string
+	// Team is the team the key belongs to, as the record says; "" for none.
+	Team string
 	// Type is the record's type, or 0 when the prefix decides.
 	Type    Type
 	Role    Role
@@ -279,7 +306,7 @@ func fieldErr(field string, format string, args ...any) error {
 
 // Compile validates a record and turns it into a Key.
 func Compile(rec Record) (*Key, error) {
-	k := &Key{ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Revoked: rec.Revoked, Pending: rec.Pending, Paused: rec.PausedAt != "", Leaked: rec.LeakedAt != "", IDValue: rec.ID, NameValue: rec.Name, grantSum: grantSum(rec)}
+	k := &Key{ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Team: rec.Team, Revoked: rec.Revoked, Pending: rec.Pending, Paused: rec.PausedAt != "", Leaked: rec.LeakedAt != "", IDValue: rec.ID, NameValue: rec.Name, grantSum: grantSum(rec)}
 	if strings.TrimSpace(rec.ID) == "" {
 		return nil, fieldErr("id", "is required")
 	}
@@ -296,6 +323,11 @@ func Compile(rec Record) (*Key, error) {
 	}{{"id", rec.ID, MaxIDLength}, {"owner", rec.Owner, MaxOwnerLength}, {"name", rec.Name, MaxNameLength}} {
 		if len(f.value) > f.max {
 			return nil, fieldErr(f.name, "is %d bytes long; at most %d", len(f.value), f.max)
+		}
+	}
+	if rec.Team != "" {
+		if err := CheckTeam(rec.Team); err != nil {
+			return nil, &FieldError{Field: "team", Err: err}
 		}
 	}
 	if rec.Hash == "" {
@@ -611,6 +643,12 @@ func grantSum(r Record) uint64 {
 	for _, m := range models {
 		write(m)
 		write(strconv.FormatInt(r.ModelTokensPerDay[m], 10))
+	}
+	if r.Team != "" {
+		// Only when set, so that the digests of records without a team
+		// stay what they were.
+		write("team")
+		write(r.Team)
 	}
 	return h.Sum64()
 }

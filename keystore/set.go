@@ -200,6 +200,9 @@ func (s *Set) Page(q ListQuery) ([]*Key, string) {
 		if q.Owner != "" && k.Owner != q.Owner {
 			continue
 		}
+		if q.Team != "" && k.Team != q.Team {
+			continue
+		}
 		if len(page) == limit {
 			return page, page[limit-1].ID
 		}

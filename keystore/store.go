@@ -57,6 +57,9 @@ type Editable interface {
 type ListQuery struct {
 	// Owner, when set, keeps only the records with this owner.
 	Owner string
+	// Team, when set, keeps only the records of this team (Record.Team).
+	// Stores index them, as they do owners.
+	Team string
 	// Waiting, when set, keeps only the records that wait for an
 	// administrator's approval (Record.Waiting). Stores index them, so
 	// finding them does not read every record.
@@ -103,6 +106,9 @@ func PageOf(sorted []Record, q ListQuery) Page {
 			continue
 		}
 		if q.Owner != "" && r.Owner != q.Owner {
+			continue
+		}
+		if q.Team != "" && r.Team != q.Team {
 			continue
 		}
 		if q.Waiting && !r.Waiting() {

@@ -65,7 +65,7 @@ func (v *visit) decide(id string, approve bool) {
 		if !rec.Waiting() {
 			return refuse("key", "is not waiting for approval")
 		}
-		if approve && rec.Owner == v.user {
+		if approve && v.holds(*rec) {
 			if other := v.s.policy.otherAdmin(v.user); other != "" {
 				return refuse("key", "is your own; another administrator (such as %s) approves it", other)
 			}
@@ -84,7 +84,7 @@ func (v *visit) decide(id string, approve bool) {
 			rec.Revoked, rec.PendingGrant, action = true, nil, "denied"
 		}
 		v.noteAdminChange(rec, action)
-		if rec.AdminChange != nil && rec.Owner != v.user {
+		if rec.AdminChange != nil && !v.holds(*rec) {
 			rec.AdminChange.Reason = why
 		}
 		return nil

@@ -64,8 +64,9 @@ func TestPortalPagesPassAxe(t *testing.T) {
 	axe := axeSource(t)
 	// axe-core takes seconds a page on a loaded machine.
 	// With an LLM route and a Sign out link (the demo has limits in the forms
-	// and described services in the catalog).
-	p, _ := startPortalDemoWithin(t, false, 8*time.Minute, withLimits(t), withSignOut(t))
+	// and described services in the catalog), and a team, so that the forms
+	// offer owners and the lists a team.
+	p, _ := startPortalDemoWithin(t, false, 8*time.Minute, withLimits(t), withSignOut(t), withOperatorTeam(t, "axe", "alice"))
 	alice, admin := p.signIn(t, "alice"), p.signIn(t, "admin")
 	widths := []int{0, 390}
 	if testing.Short() {
@@ -86,6 +87,7 @@ func TestPortalPagesPassAxe(t *testing.T) {
 			tabDo(t, alice, "reloading it", chromedp.Reload())
 			axeCheck(t, alice, axe, "the page saying a key was shown already")
 			prod := p.createKey(t, alice, "axe prod "+name, "prod")
+			team := p.createTeamKey(t, alice, "axe team "+name, "axe")
 			p.open(t, alice, "/portal/playground")
 			tabDo(t, alice, "filling the playground",
 				chromedp.SetValue(chromedp.ID("service"), "echo"),
@@ -103,6 +105,7 @@ func TestPortalPagesPassAxe(t *testing.T) {
 				{admin, "/portal/admin"}, {admin, "/portal/usage?all=1"}, {admin, "/portal/keys/" + prod.id},
 				{alice, "/portal/catalog"}, {alice, "/portal/keys?q=axe&stopped=1&sort=name"}, {alice, "/portal/keys?q=nothing-matches"},
 				{admin, "/portal/admin?owner=alice&type=prod&status=pending_approval"},
+				{alice, "/portal/keys/" + team.id}, {alice, "/portal/keys?team=axe"}, {admin, "/portal/keys/" + team.id},
 			} {
 				p.open(t, pg.ctx, pg.path)
 				axeCheck(t, pg.ctx, axe, pg.path)

@@ -85,7 +85,7 @@ func (v *visit) usageCSV() {
 
 // keysCSV serves My keys as CSV.
 func (v *visit) keysCSV() {
-	recs, err := v.s.ownRecords(v.r.Context(), v.user)
+	recs, err := v.myRecords(v.r.Context())
 	if err != nil {
 		v.storeFailed(err)
 		return

@@ -19,8 +19,8 @@ import (
 func (v *visit) mayExtend(rec keystore.Record, now time.Time) string {
 	exp, err := time.Parse(time.RFC3339, rec.ExpiresAt)
 	switch {
-	case rec.Owner != v.user:
-		return "belongs to " + rec.Owner + "; only its owner changes its expiry"
+	case !v.holds(rec):
+		return "belongs to " + ownerText(rec) + "; only its owner changes its expiry"
 	case rec.Revoked:
 		return "is revoked; a revoked key cannot be extended"
 	case rec.ExpiresAt == "" || err != nil:

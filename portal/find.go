@@ -28,6 +28,8 @@ type keyFilter struct {
 	Stopped bool
 	// Owner keeps one developer's keys (the admin page only).
 	Owner string
+	// Team keeps one team's keys ("-": personal keys only).
+	Team string
 	// Secret says the search text was a whole key, which is dropped.
 	Secret bool
 }
@@ -52,7 +54,7 @@ const maxSearch = 200
 func readFilter(r *http.Request) keyFilter {
 	q := r.URL.Query()
 	f := keyFilter{Q: strings.TrimSpace(clip(q.Get("q"), maxSearch)), Sort: "created", Stopped: q.Get("stopped") == "1",
-		Owner: strings.TrimSpace(q.Get("owner"))}
+		Owner: strings.TrimSpace(q.Get("owner")), Team: q.Get("team")}
 	if i := strings.LastIndex(f.Q, "…"); i >= 0 {
 		// A masked key, as the lists show it: its hint.
 		f.Q = f.Q[i+len("…"):]
@@ -64,6 +66,9 @@ func readFilter(r *http.Request) keyFilter {
 	}
 	if len(f.Owner) > keystore.MaxOwnerLength {
 		f.Owner = ""
+	}
+	if f.Team != "-" && keystore.CheckTeam(f.Team) != nil {
+		f.Team = ""
 	}
 	if s := q.Get("status"); slices.ContainsFunc(statusChoices, func(c choice) bool { return c.Value == s }) {
 		f.Status = s
@@ -97,6 +102,9 @@ func (f keyFilter) keeps(kv keyView) bool {
 	if f.Owner != "" && kv.Owner != f.Owner {
 		return false
 	}
+	if f.Team == "-" && kv.Team != "" || f.Team != "-" && f.Team != "" && kv.Team != f.Team {
+		return false
+	}
 	if f.Q != "" {
 		q := strings.ToLower(f.Q)
 		if !strings.Contains(strings.ToLower(kv.ID), q) && !strings.Contains(strings.ToLower(kv.Name), q) &&
@@ -128,7 +136,7 @@ func (f keyFilter) sortViews(views []keyView) {
 // values is the filter as a query, for links that keep it.
 func (f keyFilter) values() url.Values {
 	v := url.Values{}
-	for name, val := range map[string]string{"q": f.Q, "status": f.Status, "type": f.Type, "owner": f.Owner} {
+	for name, val := range map[string]string{"q": f.Q, "status": f.Status, "type": f.Type, "owner": f.Owner, "team": f.Team} {
 		if val != "" {
 			v.Set(name, val)
 		}
@@ -155,6 +163,8 @@ type findView struct {
 	Hidden int
 	// Shown and Of are how many keys are listed, of how many there are.
 	Shown, Of int
+	// Teams are the visitor's teams, which My keys may be filtered by.
+	Teams []string
 }
 
 func newFindView(f keyFilter) findView {
@@ -203,6 +213,9 @@ func (v *visit) adminKeys(f keyFilter, after string, used map[string]time.Time) 
 	ctx := v.r.Context()
 	out := adminList{From: after}
 	q := keystore.ListQuery{Owner: f.Owner, After: after, Limit: adminPageSize, Waiting: f.Status == keystore.StatusPending}
+	if f.Team != "-" {
+		q.Team = f.Team
+	}
 	now := v.s.now()
 	for {
 		page, err := v.s.backend.Store.List(ctx, q)
@@ -234,7 +247,7 @@ func (v *visit) adminKeys(f keyFilter, after string, used map[string]time.Time) 
 // keepsRecord is keeps on a record, without the work of a view (usage,
 // quota): the admin page looks through thousands.
 func (f keyFilter) keepsRecord(rec keystore.Record, now time.Time) bool {
-	kv := keyView{ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Type: rec.Type, Masked: masked(rec)}
+	kv := keyView{ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Team: rec.Team, Type: rec.Type, Masked: masked(rec)}
 	k, err := keystore.Compile(rec)
 	if err != nil {
 		kv.Status = "invalid"

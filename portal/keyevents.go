@@ -68,7 +68,7 @@ func (s *Server) tellOwner(e activity.KeyEvent) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	rec, err := s.backend.Store.Get(ctx, e.KeyID)
-	if err != nil || rec.Owner == "" {
+	if err != nil || (rec.Owner == "" && rec.Team == "") {
 		return // a key of another store, or of no developer
 	}
 	n := Notice{Event: e.Event, KeyID: e.KeyID, Percent: e.Percent, Time: e.At.UTC()}
@@ -84,6 +84,12 @@ func (s *Server) tellOwner(e activity.KeyEvent) {
 	case e.Event == "key.leaked":
 		n.Text = fmt.Sprintf("Your key %s was reported leaked: %s. Rotate it now.", e.KeyID, e.Detail)
 	default:
+		return
+	}
+	if rec.Team != "" {
+		// The team's key: its members are told, not its maker, who may
+		// have left the team.
+		s.tellTeam(rec.Team, n)
 		return
 	}
 	s.notes.notify(rec.Owner, n)

@@ -20,15 +20,17 @@ import (
 // keyView is a key as the pages show it: never its hash.
 type keyView struct {
 	ID, Name, Owner, Type, Role string
-	Services, Permissions       []string
-	AllowedIPs                  []string
-	Created, Expires            string
-	Status, StatusText          string
-	GraceUntil                  string
-	LastUsed                    string
-	Quota                       *Quota
-	QuotaPercent                int
-	Revoked, Pending            bool
+	// Team is the team the key belongs to; "" for a personal key.
+	Team                  string
+	Services, Permissions []string
+	AllowedIPs            []string
+	Created, Expires      string
+	Status, StatusText    string
+	GraceUntil            string
+	LastUsed              string
+	Quota                 *Quota
+	QuotaPercent          int
+	Revoked, Pending      bool
 	// Stopped is a revoked or expired key: it counts against no limit
 	// and can no longer be edited; Expired is an expired one.
 	Stopped, Expired bool
@@ -63,14 +65,14 @@ const maxOwnKeys = 1000
 
 func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView {
 	now := v.s.now()
-	kv := keyView{Version: keystore.Version(rec), ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Type: rec.Type, Role: rec.Role,
+	kv := keyView{Version: keystore.Version(rec), ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Team: rec.Team, Type: rec.Type, Role: rec.Role,
 		Services: rec.Services, Permissions: rec.Permissions, AllowedIPs: rec.AllowedIPs,
 		Created: day(rec.CreatedAt), Expires: day(rec.ExpiresAt), Revoked: rec.Revoked, Pending: rec.Pending}
 	if g := rec.PendingGrant; g != nil {
 		kv.Requested = grantText(*g)
 	}
 	kv.Grant = wholeGrant(rec)
-	kv.Others = rec.Owner != v.user
+	kv.Others = !v.holds(rec)
 	kv.Masked = masked(rec)
 	kv.Limits = limitsText(rec.Rate, rec.QuotaPerDay, rec.TokensPerDay, rec.TokensPerMinute, rec.Models)
 	if t, err := time.Parse(time.RFC3339, rec.CreatedAt); err == nil {
@@ -131,13 +133,14 @@ func day(rfc3339 string) string {
 	return ""
 }
 
-// ownRecords are owner's records, the newest maxOwnKeys of them, newest
-// first; every one of their records is read, so that none is missed
-// however many revoked ones came before.
-func (s *Server) ownRecords(ctx context.Context, owner string) ([]keystore.Record, error) {
+func newestFirst(a, b keystore.Record) int { return strings.Compare(b.CreatedAt, a.CreatedAt) }
+
+// ownRecords are the records q selects (an owner's, a team's), the newest
+// maxOwnKeys of them, newest first; every one of them is read, so that
+// none is missed however many revoked ones came before.
+func (s *Server) ownRecords(ctx context.Context, q keystore.ListQuery) ([]keystore.Record, error) {
 	var recs []keystore.Record
-	newestFirst := func(a, b keystore.Record) int { return strings.Compare(b.CreatedAt, a.CreatedAt) }
-	err := s.eachRecord(ctx, owner, 0, func(rec keystore.Record) {
+	err := s.eachRecord(ctx, q, 0, func(rec keystore.Record) {
 		recs = append(recs, rec)
 		if len(recs) >= 2*maxOwnKeys {
 			slices.SortStableFunc(recs, newestFirst)
@@ -151,10 +154,10 @@ func (s *Server) ownRecords(ctx context.Context, owner string) ([]keystore.Recor
 	return recs[:min(len(recs), maxOwnKeys)], nil
 }
 
-// eachRecord calls fn with every record of owner (of every owner for ""),
-// page by page, up to limit records (0: all).
-func (s *Server) eachRecord(ctx context.Context, owner string, limit int, fn func(keystore.Record)) error {
-	q := keystore.ListQuery{Owner: owner, Limit: keystore.MaxListLimit}
+// eachRecord calls fn with every record q selects, page by page, up to
+// limit records (0: all).
+func (s *Server) eachRecord(ctx context.Context, q keystore.ListQuery, limit int, fn func(keystore.Record)) error {
+	q.Limit = keystore.MaxListLimit
 	n := 0
 	for {
 		page, err := s.backend.Store.List(ctx, q)
@@ -207,7 +210,7 @@ func (v *visit) ownKey(id string) (keystore.Record, error) {
 	return rec, err
 }
 
-func (v *visit) mayTouch(rec keystore.Record) bool { return v.admin || rec.Owner == v.user }
+func (v *visit) mayTouch(rec keystore.Record) bool { return v.admin || v.holds(rec) }
 
 // mine refuses, inside a store's update, a record the visitor may not change.
 func (v *visit) mine(rec *keystore.Record) error {
@@ -218,7 +221,7 @@ func (v *visit) mine(rec *keystore.Record) error {
 }
 
 func (v *visit) myKeys() {
-	recs, err := v.s.ownRecords(v.r.Context(), v.user)
+	recs, err := v.myRecords(v.r.Context())
 	if err != nil {
 		v.storeFailed(err)
 		return
@@ -235,8 +238,11 @@ func (v *visit) myKeys() {
 		}
 	}
 	listed, find := readFilter(v.r).find(views)
+	find.Teams = v.teams
+	personal := slices.DeleteFunc(slices.Clone(views), func(kv keyView) bool { return kv.Team != "" })
 	v.render(http.StatusOK, "keys.html", "keys", "My keys", map[string]any{
-		"Keys": listed, "Find": find, "Flash": flash(v.r), "Working": working(views), "MaxKeys": v.s.policy.MaxKeys, "Notices": notices})
+		"Keys": listed, "Find": find, "Flash": flash(v.r), "Working": working(personal), "MaxKeys": v.s.policy.MaxKeys, "Notices": notices,
+		"Teams": v.teams})
 }
 
 // working counts the keys that count against max_keys.
@@ -272,6 +278,9 @@ type formView struct {
 	Roles    []string
 	Types    []string
 	MaxDays  int
+	// Owners are the owners a new key may have (the visitor, their
+	// teams); none when the visitor is in no team.
+	Owners []ownerChoice
 }
 
 type serviceChoice struct {
@@ -280,7 +289,7 @@ type serviceChoice struct {
 }
 
 func (v *visit) formView(f keyForm, ferr error) formView {
-	fv := formView{Policy: &v.s.policy, Form: f, Roles: v.s.policy.roles(), MaxDays: v.s.policy.maxDays()}
+	fv := formView{Policy: &v.s.policy, Form: f, Roles: v.s.policy.roles(), MaxDays: v.s.policy.maxDays(), Owners: v.ownerChoices(f.Team)}
 	for _, t := range v.s.policy.Types {
 		fv.Types = append(fv.Types, t.String())
 	}
@@ -300,7 +309,7 @@ func (v *visit) newKeyForm(ferr error, status int) {
 }
 
 func readForm(r *http.Request) keyForm {
-	return keyForm{Name: r.PostFormValue("name"), Type: r.PostFormValue("type"), Role: r.PostFormValue("role"),
+	return keyForm{Name: r.PostFormValue("name"), Team: r.PostFormValue("team"), Type: r.PostFormValue("type"), Role: r.PostFormValue("role"),
 		Services: r.PostForm["services"], Permissions: r.PostFormValue("permissions"),
 		AllowedIPs: r.PostFormValue("allowed_ips"), Days: r.PostFormValue("expiry_days"),
 		Limits: limitsForm{Rate: r.PostFormValue("rate"), QuotaPerDay: r.PostFormValue("quota_per_day"),
@@ -318,14 +327,24 @@ func (v *visit) create() {
 		v.newKeyForm(err, http.StatusBadRequest)
 		return
 	}
-	// One creation at a time per developer on this instance, so the count
-	// below holds until the record is written.
-	mu, _ := v.s.creating.LoadOrStore(v.user, new(sync.Mutex))
+	if f.Team != "" && !v.inTeam(f.Team) {
+		v.newKeyForm(refuse("owner", "%v", errNotInTeam), http.StatusForbidden)
+		return
+	}
+	// One creation at a time per developer (per team, for a team's key)
+	// on this instance, so the count below holds until the record is
+	// written. A team's keys count against max_keys for the team, not
+	// their maker.
+	holder, q := v.user, keystore.ListQuery{Owner: v.user}
+	if f.Team != "" {
+		holder, q = "\x00team "+f.Team, keystore.ListQuery{Team: f.Team}
+	}
+	mu, _ := v.s.creating.LoadOrStore(holder, new(sync.Mutex))
 	mu.(*sync.Mutex).Lock()
 	defer mu.(*sync.Mutex).Unlock()
 	n := 0
-	err = v.s.eachRecord(v.r.Context(), v.user, 0, func(rec keystore.Record) {
-		if !v.stopped(rec) {
+	err = v.s.eachRecord(v.r.Context(), q, 0, func(rec keystore.Record) {
+		if rec.Team == f.Team && !v.stopped(rec) {
 			n++
 		}
 	})
@@ -334,7 +353,11 @@ func (v *visit) create() {
 		return
 	}
 	if n >= v.s.policy.MaxKeys {
-		v.newKeyForm(refuse("keys", "you already hold %d working keys, the most allowed; revoke one first", n), http.StatusForbidden)
+		who := "you already hold"
+		if f.Team != "" {
+			who = "team " + f.Team + " already holds"
+		}
+		v.newKeyForm(refuse("keys", "%s %d working keys, the most allowed; revoke one first", who, n), http.StatusForbidden)
 		return
 	}
 	key, err := keystore.Generate(g.typ)
@@ -344,7 +367,7 @@ func (v *visit) create() {
 	}
 	now := v.s.now().UTC()
 	rec := keystore.Record{Name: g.name, Hash: keystore.Sum(key).Encode(), Type: g.typ.String(), Role: g.role.String(),
-		Services: g.services, Permissions: g.permissions, AllowedIPs: g.allowedIPs, Owner: v.user,
+		Services: g.services, Permissions: g.permissions, AllowedIPs: g.allowedIPs, Owner: v.user, Team: f.Team,
 		Hint: keystore.HintOf(key), CreatedAt: now.Format(time.RFC3339), ExpiresAt: now.Add(time.Duration(g.days) * 24 * time.Hour).Format(time.RFC3339),
 		Pending: g.typ == keystore.Prod && v.s.policy.ApproveProd && v.approvedByOthers()}
 	g.limits.apply(&rec)
@@ -359,7 +382,7 @@ func (v *visit) create() {
 		return
 	}
 	v.changed(rec.ID, audit.Entry{"event": "key.created", "key_id": rec.ID, "type": rec.Type, "role": rec.Role,
-		"services": rec.Services, "owner": rec.Owner, "pending": rec.Pending})
+		"services": rec.Services, "owner": rec.Owner, "team": rec.Team, "pending": rec.Pending})
 	v.showKey("created", "Your new key", key, rec, time.Time{})
 }
 
@@ -419,8 +442,8 @@ func (v *visit) edit(id string) {
 		if err := v.mine(rec); err != nil {
 			return err
 		}
-		if rec.Owner != v.user {
-			return refuse("key", "belongs to %s; only its owner edits it (an administrator may approve or revoke it)", rec.Owner)
+		if !v.holds(*rec) {
+			return refuse("key", "belongs to %s; only its owner edits it (an administrator may approve or revoke it)", ownerText(*rec))
 		}
 		if rec.Revoked {
 			return refuse("key", "is revoked; a revoked key cannot be changed")
@@ -495,10 +518,10 @@ func (v *visit) rotate(id string) {
 		if err := v.mine(r); err != nil {
 			return err
 		}
-		if r.Owner != v.user {
+		if !v.holds(*r) {
 			// The new secret would be shown to the administrator, and the
 			// owner's would stop working: rotating is the owner's.
-			return refuse("key", "belongs to %s; only its owner rotates it (an administrator may approve or revoke it)", r.Owner)
+			return refuse("key", "belongs to %s; only its owner rotates it (an administrator may approve or revoke it)", ownerText(*r))
 		}
 		if r.Revoked {
 			return refuse("key", "is revoked; a revoked key cannot be rotated")
@@ -583,7 +606,7 @@ func (v *visit) pause(id string, pause bool) {
 // noteAdminChange records, on a key of someone else, what the visiting
 // administrator did, for its owner to see.
 func (v *visit) noteAdminChange(rec *keystore.Record, action string) {
-	if rec.Owner == v.user || rec.Owner == "" {
+	if v.holds(*rec) || (rec.Owner == "" && rec.Team == "") {
 		return
 	}
 	rec.AdminChange = &keystore.AdminChange{Action: action, By: v.user, At: v.s.now().UTC().Format(time.RFC3339)}

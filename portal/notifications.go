@@ -10,25 +10,30 @@ import (
 
 // ownerNotice is a notice waiting for the change that makes it to be made.
 type ownerNotice struct {
-	owner  string
-	notice Notice
+	owner, team string
+	notice      Notice
 }
 
 // noticeFor readies the notice of an administrator's action on rec, sent
 // by sendNotice once the change is saved (a store's update may run its
 // function more than once, or fail).
 func (v *visit) noticeFor(rec *keystore.Record, action string) {
-	v.notice = &ownerNotice{owner: rec.Owner, notice: Notice{Event: "key." + action, KeyID: rec.ID, By: v.user,
+	v.notice = &ownerNotice{owner: rec.Owner, team: rec.Team, notice: Notice{Event: "key." + action, KeyID: rec.ID, By: v.user,
 		Time: v.s.now().UTC(), Text: "Your key " + rec.ID + " was " + action + " by the administrator " + v.user + "."}}
 }
 
 // sendNotice tells the owner of the change just made, if it was an
 // administrator's.
 func (v *visit) sendNotice() {
-	if v.notice != nil {
+	switch {
+	case v.notice == nil:
+		return
+	case v.notice.team != "":
+		v.s.tellTeam(v.notice.team, v.notice.notice)
+	default:
 		v.s.notes.notify(v.notice.owner, v.notice.notice)
-		v.notice = nil
 	}
+	v.notice = nil
 }
 
 // Close stops listening for the gateway's key events and delivering
@@ -43,6 +48,7 @@ func (s *Server) Close() {
 // secret is a new webhook secret, shown this once.
 func (v *visit) notificationsPage(status int, secret string, ferr error) {
 	url, notices, deliveries := v.s.notes.of(v.user)
+	notices = v.noticesOf(notices)
 	form := url
 	if ferr != nil {
 		form = v.r.PostFormValue("url")

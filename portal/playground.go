@@ -327,11 +327,12 @@ func (v *visit) keyOwned(key string) (id string, ok bool, err error) {
 		if m.Key == nil {
 			return "", false, nil
 		}
-		return m.Key.ID, v.admin || m.Key.Owner == v.user, nil
+		return m.Key.ID, v.admin || v.holds(keystore.Record{Owner: m.Key.Owner, Team: m.Key.Team}), nil
 	}
 	// No lookup: the visitor's own records.
 	hash := d.Encode()
-	err = v.s.eachRecord(v.r.Context(), v.user, 0, func(rec keystore.Record) {
+	recs, err := v.myRecords(v.r.Context())
+	for _, rec := range recs {
 		if rec.Hash == hash {
 			id = rec.ID
 		}
@@ -340,6 +341,6 @@ func (v *visit) keyOwned(key string) (id string, ok bool, err error) {
 				id = rec.ID
 			}
 		}
-	})
+	}
 	return id, id != "", err
 }

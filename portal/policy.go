@@ -45,6 +45,12 @@ type Policy struct {
 	Limits Limits
 	// LogoutURL is where Sign out goes; "" for no link.
 	LogoutURL string
+	// Teams are the operator's teams, whose members share their keys
+	// (teams.go).
+	Teams []Team
+	// TeamGroups, when set, are the only groups of the identity
+	// provider's groups that count as teams; empty: every group does.
+	TeamGroups []string
 }
 
 // Service is one service developers may choose, and how its route is called.
@@ -128,6 +134,9 @@ func (p *Policy) check() error {
 	if p.RotationGrace < 0 {
 		return errors.New("rotation_grace must not be negative")
 	}
+	if err := p.checkTeams(); err != nil {
+		return err
+	}
 	if p.LogoutURL != "" && !linkable(p.LogoutURL) {
 		return fmt.Errorf("logout_url %q is not an http(s) URL or a path starting with /", p.LogoutURL)
 	}
@@ -163,6 +172,7 @@ func (p *Policy) maxDays() int { return int(p.Expiry / (24 * time.Hour)) }
 // keyForm is what the create and edit forms send, before it is checked.
 type keyForm struct {
 	Name        string
+	Team        string // the team a new key is made for; "" for the visitor
 	Type        string
 	Role        string
 	Services    []string

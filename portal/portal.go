@@ -96,6 +96,8 @@ type Server struct {
 	keyEvents *keyEvents
 	// sweep looks for keys about to expire (expirysweep.go).
 	sweep *expirySweep
+	// teamNotes are the notices about teams' keys (teams.go).
+	teamNotes teamNotices
 }
 
 // New makes a portal served under base (e.g. "/portal").
@@ -146,6 +148,13 @@ func securityHeaders(h http.Header) {
 // ServeHTTP serves one request from the visitor named user (the identity
 // the authentication in front of the portal established).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request, user string) {
+	s.ServeMember(w, r, user, "")
+}
+
+// ServeMember serves one request from the visitor named user, whom the
+// identity provider puts in groups (separated by commas or white space;
+// see teams.go).
+func (s *Server) ServeMember(w http.ResponseWriter, r *http.Request, user, groups string) {
 	securityHeaders(w.Header())
 	path, ok := strings.CutPrefix(r.URL.Path, s.base)
 	if !ok || (path != "" && path[0] != '/') {
@@ -165,7 +174,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request, user string) 
 		s.fail(w, nil, http.StatusForbidden, "Your user name is too long to own keys here.")
 		return
 	}
-	v := &visit{s: s, w: w, r: r, user: user, admin: s.policy.isAdmin(user), csrf: csrfToken(w, r, s.base, user)}
+	v := &visit{s: s, w: w, r: r, user: user, admin: s.policy.isAdmin(user), csrf: csrfToken(w, r, s.base, user),
+		teams: s.policy.teamsOf(user, groups)}
 	if r.Method == http.MethodPost {
 		if err := checkPost(r, user); err != nil {
 			s.fail(w, v, http.StatusForbidden, err.Error())
@@ -183,6 +193,8 @@ type visit struct {
 	user  string
 	admin bool
 	csrf  string
+	// teams are the teams the visitor is a member of now, sorted.
+	teams []string
 	// notice is what an administrator's change tells the key's owner,
 	// once it is made (see notifications.go).
 	notice *ownerNotice

@@ -490,6 +490,13 @@ func TestPortalCaddyfileErrors(t *testing.T) {
 		{"keys file /tmp/k.json\n service echo /e\n models", "models: name the models"},
 		{"keys file /tmp/k.json\n service echo /e {\n colour blue\n }", `service echo: unrecognized option "colour"`},
 		{"keys file /tmp/k.json\n service echo /e {\n description\n }", `service echo: want description`},
+		{"keys file /tmp/k.json\n service echo /e\n team ml", "team: want team <name> <member>"},
+		{"keys file /tmp/k.json\n service echo /e\n team \"m l\" alice", `team "m l"`},
+		{"keys file /tmp/k.json\n service echo /e\n team ml alice\n team ml bob", "team ml is defined twice"},
+		{"keys file /tmp/k.json\n service echo /e\n groups", "groups: want groups <placeholder>"},
+		{"keys file /tmp/k.json\n service echo /e\n groups {a} {b}", "groups: want groups <placeholder>"},
+		{"keys file /tmp/k.json\n service echo /e\n team_groups", "team_groups: name the groups"},
+		{"keys file /tmp/k.json\n service echo /e\n team_groups ok a,b", `team_groups "a,b"`},
 	} {
 		_, err := gatewaytest.Adapt(fmt.Sprintf("http://127.0.0.1:1 {\n apikey_portal {\n %s\n }\n}\n", c.block))
 		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "Caddyfile:") {

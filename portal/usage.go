@@ -149,7 +149,7 @@ func (v *visit) usageData() (data map[string]any, ok bool) {
 	var keyIDs []string
 	var quotas []keyView // today's quota of the visitor's working keys
 	if !all {
-		recs, err := v.s.ownRecords(ctx, v.user)
+		recs, err := v.myRecords(ctx)
 		if err != nil {
 			v.storeFailed(err)
 			return nil, false

@@ -26,6 +26,7 @@ const DefaultKeyPrefix = "apikey:"
 //	                current secret or an old one in rotation grace)
 //	ids             every id, a sorted set read by lexical range
 //	owner:<owner>   the ids of one owner, the same way
+//	team:<team>     the ids of one team's keys (Record.Team), the same way
 //	waiting         the ids of the records waiting for approval
 //	                (Record.Waiting), the same way; waiting-indexed is set
 //	                once the records written before this index existed are
@@ -78,16 +79,17 @@ func (s *Store) Close() error { return nil }
 func (s *Store) Channel() string { return s.p + "changes" }
 
 var createScript = redis.NewScript(`
-local p, id, rec, owner, waiting = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local p, id, rec, owner, waiting, team = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if redis.call('EXISTS', p .. 'rec:' .. id) == 1 then return {'id_taken'} end
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local other = redis.call('GET', p .. 'hash:' .. ARGV[i])
   if other then return {'hash_taken', other} end
 end
 redis.call('SET', p .. 'rec:' .. id, rec)
-for i = 6, #ARGV do redis.call('SET', p .. 'hash:' .. ARGV[i], id) end
+for i = 7, #ARGV do redis.call('SET', p .. 'hash:' .. ARGV[i], id) end
 redis.call('ZADD', KEYS[1], 0, id)
 if owner ~= '' then redis.call('ZADD', p .. 'owner:' .. owner, 0, id) end
+if team ~= '' then redis.call('ZADD', p .. 'team:' .. team, 0, id) end
 if waiting == '1' then redis.call('ZADD', p .. 'waiting', 0, id) end
 redis.call('PUBLISH', p .. 'changes', id)
 return {'ok'}
@@ -95,24 +97,29 @@ return {'ok'}
 
 var updateScript = redis.NewScript(`
 local p, id, old, new, oldOwner, newOwner, waiting = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local nOld = tonumber(ARGV[8])
+local oldTeam, newTeam = ARGV[8], ARGV[9]
+local nOld = tonumber(ARGV[10])
 local cur = redis.call('GET', p .. 'rec:' .. id)
 if not cur then return {'unknown'} end
 if cur ~= old then return {'conflict'} end
 local keep = {}
-for i = 9 + nOld, #ARGV do
+for i = 11 + nOld, #ARGV do
   keep[ARGV[i]] = true
   local other = redis.call('GET', p .. 'hash:' .. ARGV[i])
   if other and other ~= id then return {'hash_taken', other} end
 end
-for i = 9, 8 + nOld do
+for i = 11, 10 + nOld do
   if not keep[ARGV[i]] then redis.call('DEL', p .. 'hash:' .. ARGV[i]) end
 end
-for i = 9 + nOld, #ARGV do redis.call('SET', p .. 'hash:' .. ARGV[i], id) end
+for i = 11 + nOld, #ARGV do redis.call('SET', p .. 'hash:' .. ARGV[i], id) end
 redis.call('SET', p .. 'rec:' .. id, new)
 if oldOwner ~= newOwner then
   if oldOwner ~= '' then redis.call('ZREM', p .. 'owner:' .. oldOwner, id) end
   if newOwner ~= '' then redis.call('ZADD', p .. 'owner:' .. newOwner, 0, id) end
+end
+if oldTeam ~= newTeam then
+  if oldTeam ~= '' then redis.call('ZREM', p .. 'team:' .. oldTeam, id) end
+  if newTeam ~= '' then redis.call('ZADD', p .. 'team:' .. newTeam, 0, id) end
 end
 if waiting == '1' then redis.call('ZADD', p .. 'waiting', 0, id) else redis.call('ZREM', p .. 'waiting', id) end
 redis.call('PUBLISH', p .. 'changes', id)
@@ -192,7 +199,7 @@ func (s *Store) Create(ctx context.Context, rec keystore.Record) error {
 	if err != nil {
 		return err
 	}
-	args := append([]any{s.p, rec.ID, data, rec.Owner, flag(rec.Waiting())}, hashes...)
+	args := append([]any{s.p, rec.ID, data, rec.Owner, flag(rec.Waiting()), rec.Team}, hashes...)
 	res, err := createScript.Run(ctx, s.client, []string{s.p + "ids"}, args...).Result()
 	return outcome(res, err, rec.ID)
 }
@@ -241,7 +248,7 @@ func (s *Store) Update(ctx context.Context, id string, change func(*keystore.Rec
 		if err != nil {
 			return keystore.Record{}, err
 		}
-		args := append([]any{s.p, id, old, data, before.Owner, after.Owner, flag(after.Waiting()), len(oldHashes)}, oldHashes...)
+		args := append([]any{s.p, id, old, data, before.Owner, after.Owner, flag(after.Waiting()), before.Team, after.Team, len(oldHashes)}, oldHashes...)
 		args = append(args, newHashes...)
 		res, err := updateScript.Run(ctx, s.client, []string{s.p + "ids"}, args...).Result()
 		if err := outcome(res, err, id); errors.Is(err, errConflict) {
@@ -282,6 +289,8 @@ func (s *Store) List(ctx context.Context, q keystore.ListQuery) (keystore.Page, 
 			return keystore.Page{}, err
 		}
 		index = s.p + "waiting"
+	case q.Team != "":
+		index = s.p + "team:" + q.Team
 	case q.Owner != "":
 		index = s.p + "owner:" + q.Owner
 	}
@@ -318,9 +327,10 @@ func (s *Store) List(ctx context.Context, q keystore.ListQuery) (keystore.Page, 
 		if err != nil {
 			continue // damaged by hand; Get names the problem, a listing goes on
 		}
-		if q.Waiting && (!rec.Waiting() || (q.Owner != "" && rec.Owner != q.Owner)) {
+		if (q.Waiting && !rec.Waiting()) || (q.Owner != "" && rec.Owner != q.Owner) || (q.Team != "" && rec.Team != q.Team) {
 			// The index may name a record approved while it was being
-			// filled (see indexWaiting); the owner is checked here.
+			// filled (see indexWaiting); an index serves one filter, and
+			// the others are checked here.
 			continue
 		}
 		page.Records = append(page.Records, rec)

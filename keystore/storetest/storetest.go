@@ -250,6 +250,62 @@ func Run(t *testing.T, open func(t *testing.T) keystore.Store) {
 		}
 	})
 
+	t.Run("team keys", func(t *testing.T) {
+		s := open(t)
+		team := func(want ...string) {
+			t.Helper()
+			var got []string
+			q := keystore.ListQuery{Team: "ml", Limit: 2}
+			for {
+				page, err := s.List(ctx, q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range page.Records {
+					if r.Team != "ml" {
+						t.Errorf("team ml's page holds %s of team %q", r.ID, r.Team)
+					}
+					got = append(got, r.ID)
+				}
+				if page.Next == "" {
+					break
+				}
+				q.After = page.Next
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("team ml's keys: %v, want %v", got, want)
+			}
+		}
+		for i, owner := range []string{"alice", "bob", "alice", "carol"} {
+			rec := record(t, fmt.Sprintf("k_%d", i), owner)
+			if i < 3 {
+				rec.Team = "ml"
+			}
+			if err := s.Create(ctx, rec); err != nil {
+				t.Fatal(err)
+			}
+		}
+		team("k_0", "k_1", "k_2")
+		// The team's keys whoever made them; one owner's keys, whatever
+		// their team.
+		page, err := s.List(ctx, keystore.ListQuery{Owner: "alice"})
+		if err != nil || len(page.Records) != 2 {
+			t.Fatalf("alice's keys: %d, %v", len(page.Records), err)
+		}
+		// A key moved out of the team, and one moved in.
+		for id, to := range map[string]string{"k_1": "", "k_3": "ml"} {
+			if _, err := s.Update(ctx, id, func(r *keystore.Record) error { r.Team = to; return nil }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		team("k_0", "k_2", "k_3")
+		bad := record(t, "k_bad", "alice")
+		bad.Team = "m l"
+		if err := s.Create(ctx, bad); err == nil {
+			t.Error("a team named with a space was stored")
+		}
+	})
+
 	t.Run("keys waiting for approval", func(t *testing.T) {
 		s := open(t)
 		waiting := func(want ...string) {
