@@ -17,7 +17,7 @@ import (
 	"github.com/moodmnky/caddy-apikey/keystore/keycache"
 	"github.com/moodmnky/caddy-apikey/keystore/keyservice"
 	"github.com/moodmnky/caddy-apikey/keystore/rediskeys"
-	"github.com/moodmnky/caddy-apikey/ratelimit"
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 func init() {
@@ -225,7 +225,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if _, err := keystore.ParseType(typ); err != nil {
 				return d.Errf("quota: %v", err)
 			}
-			n, err := ratelimit.ParseDaily(value)
+			n, err := rate.ParseDaily(value)
 			if err != nil {
 				return d.Err(err.Error())
 			}
@@ -313,7 +313,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if _, err := keystore.ParseType(typ); err != nil {
 				return d.Errf("rate: %v", err)
 			}
-			if _, err := ratelimit.ParseRate(value); err != nil {
+			if _, err := rate.Parse(value); err != nil {
 				return d.Err(err.Error())
 			}
 			if _, dup := h.Rate[typ]; dup {
@@ -337,7 +337,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			if h.FailedAuthLimit != "off" {
-				if _, err := ratelimit.ParseRate(h.FailedAuthLimit); err != nil {
+				if _, err := rate.Parse(h.FailedAuthLimit); err != nil {
 					return d.Errf("failed_auth_limit: %v (or off)", err)
 				}
 			}
@@ -348,7 +348,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.FailedAuthPrefixLimit = d.Val()
 			if h.FailedAuthPrefixLimit != "off" {
-				if _, err := ratelimit.ParseRate(h.FailedAuthPrefixLimit); err != nil {
+				if _, err := rate.Parse(h.FailedAuthPrefixLimit); err != nil {
 					return d.Errf("failed_auth_prefix_limit: %v (or off)", err)
 				}
 			}

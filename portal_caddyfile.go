@@ -10,7 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/moodmnky/caddy-apikey/ratelimit"
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 func init() {
@@ -180,7 +180,7 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&p.MaxRate) {
 				return d.ArgErr()
 			}
-			if _, err := ratelimit.ParseRate(p.MaxRate); err != nil {
+			if _, err := rate.Parse(p.MaxRate); err != nil {
 				return d.Errf("max_rate: %v", err)
 			}
 		case "max_quota_per_day", "max_tokens_per_day", "max_tokens_per_minute":
