@@ -370,16 +370,43 @@ func takesDispenser(fn *ast.FuncDecl) bool {
 	return false
 }
 
+// parserTable reports whether lit is a map from names to functions that
+// read a Caddyfile.
+func parserTable(lit *ast.CompositeLit) bool {
+	m, ok := lit.Type.(*ast.MapType)
+	if !ok {
+		return false
+	}
+	ft, ok := m.Value.(*ast.FuncType)
+	return ok && takesDispenser(&ast.FuncDecl{Type: ft})
+}
+
 // TestCaddyfileReferenceHasEveryDirective: every directive and global
 // option the plugin registers, and every subdirective its Caddyfile
-// parsers take (the cases they switch on, and the names of the extra
-// settings they hand on), is named in docs/caddyfile.md.
+// parsers take (the cases they switch on, the keys of their tables of
+// subdirective parsers, and the names of the extra settings they hand on),
+// is named in docs/caddyfile.md.
 func TestCaddyfileReferenceHasEveryDirective(t *testing.T) {
 	fset, files := goFiles(t)
 	words := codeWords(readDoc(t, "docs/caddyfile.md"))
 	names := map[string]string{}
 	for _, f := range files {
 		for _, decl := range f.Decls {
+			if g, ok := decl.(*ast.GenDecl); ok {
+				// Tables of subdirective parsers: map[string]func(…, *caddyfile.Dispenser) error{…}.
+				ast.Inspect(g, func(n ast.Node) bool {
+					if lit, ok := n.(*ast.CompositeLit); ok && parserTable(lit) {
+						for _, e := range lit.Elts {
+							if kv, ok := e.(*ast.KeyValueExpr); ok {
+								if s, ok := stringLit(kv.Key); ok {
+									names[s] = fset.Position(kv.Pos()).String()
+								}
+							}
+						}
+					}
+					return true
+				})
+			}
 			fn, ok := decl.(*ast.FuncDecl)
 			if !ok || fn.Body == nil {
 				continue
