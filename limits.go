@@ -299,7 +299,7 @@ const maxBlockEndsWritten = 100
 // The requests it then sends are only counted in the metrics, and their
 // number is reported when the block ends.
 func (h *Handler) throttled(x *exchange, prefix netip.Prefix, limit rate.Rate) {
-	if h.anon != nil && !h.anon.admit(decisionRateLimited, "failed_auth", x.client, prefix, time.Now()) {
+	if h.anon != nil && !h.anon.admit(decisionRateLimited, reasonFailedAuth, x.client, prefix, time.Now()) {
 		return // summarised with the interval's other refusals of unknown clients
 	}
 	until := time.Now().Add(limit.Period).UTC().Format(time.RFC3339)
@@ -311,7 +311,7 @@ func (h *Handler) throttled(x *exchange, prefix netip.Prefix, limit rate.Rate) {
 			"limit": limit.String(), "until": until})
 	}
 	if h.events.on() {
-		h.events.emit(eventDenied, map[string]any{"decision": decisionRateLimited, "reason": "failed_auth",
+		h.events.emit(eventDenied, map[string]any{"decision": decisionRateLimited, "reason": reasonFailedAuth,
 			"service": h.Service, "method": loggedMethod(x.r.Method), "path": loggedPath(x.r.URL.Path), "client_ip": x.client.String(), "until": until})
 	}
 }
