@@ -661,3 +661,56 @@ func TestReferenceEntriesAreNotRepeated(t *testing.T) {
 		}
 	}
 }
+
+// TestLayoutTableIsTrue: the table in docs/development.md's Layout section
+// lists every package directory and every root source file, and every path
+// it lists exists, so that a newcomer's map of the tree is the tree.
+func TestLayoutTableIsTrue(t *testing.T) {
+	page := readDoc(t, "docs/development.md")
+	_, section, ok := strings.Cut(page, "### Layout\n")
+	if !ok {
+		t.Fatal("docs/development.md has no ### Layout section")
+	}
+	section, _, _ = strings.Cut(section, "\n#")
+	listed := map[string]bool{}
+	for _, line := range strings.Split(section, "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 3 || !strings.HasPrefix(line, "| `") {
+			continue
+		}
+		for _, m := range regexp.MustCompile("`([^`]+)`").FindAllStringSubmatch(cells[1], -1) {
+			listed[strings.TrimSuffix(m[1], "/")] = true
+		}
+	}
+	if len(listed) < 20 {
+		t.Fatalf("read %d paths from the Layout table: the table's format changed", len(listed))
+	}
+	for path := range listed {
+		if _, err := os.Stat(path); err != nil {
+			t.Errorf("the Layout table lists %s, which does not exist", path)
+		}
+	}
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "testdata" || d.Name() == "node_modules" || strings.HasPrefix(d.Name(), ".") && path != ".") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") {
+			return nil
+		}
+		dir := filepath.ToSlash(filepath.Dir(path))
+		switch {
+		case dir == "." && !strings.HasSuffix(path, "_test.go") && !listed[path]:
+			t.Errorf("root file %s is not in docs/development.md's Layout table", path)
+		case dir != "." && !listed[dir]:
+			t.Errorf("package directory %s/ is not in docs/development.md's Layout table", dir)
+			listed[dir] = true // once per directory
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
