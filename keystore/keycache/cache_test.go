@@ -165,9 +165,8 @@ func TestCacheWhileSourceFails(t *testing.T) {
 
 func TestCacheSingleflight(t *testing.T) {
 	cache, r, _, d := newTestCache(t, CacheConfig{})
-	// The source answers once all 100 lookups have missed the cache: each
-	// then waits on the one call in flight (the last may be a few
-	// instructions from joining it; the call is still held then).
+	// The source answers once all 100 lookups have missed the cache: a
+	// miss is counted once the lookup has joined the one call in flight.
 	r.gate = make(chan struct{})
 	missesBefore := cacheMisses(t)
 	misses := func() int64 { return int64(cacheMisses(t) - missesBefore) }
