@@ -45,17 +45,6 @@ const (
 	settleTimeout = 5 * time.Second
 )
 
-// Decision and reasons of refusals on routes with tokens.
-const (
-	decisionInvalidRequest = "invalid_request"
-	reasonModel            = "model"
-	reasonBody             = "body"
-	reasonBodyTooLarge     = "body_too_large"
-	reasonTokensDaily      = "tokens_daily"
-	reasonTokensMinute     = "tokens_minute"
-	reasonTokensModel      = "tokens_model"
-)
-
 // tokenLimits are a route's token settings, resolved.
 type tokenLimits struct {
 	format    tokens.Format

@@ -370,16 +370,43 @@ func takesDispenser(fn *ast.FuncDecl) bool {
 	return false
 }
 
+// parserTable reports whether lit is a map from names to functions that
+// read a Caddyfile.
+func parserTable(lit *ast.CompositeLit) bool {
+	m, ok := lit.Type.(*ast.MapType)
+	if !ok {
+		return false
+	}
+	ft, ok := m.Value.(*ast.FuncType)
+	return ok && takesDispenser(&ast.FuncDecl{Type: ft})
+}
+
 // TestCaddyfileReferenceHasEveryDirective: every directive and global
 // option the plugin registers, and every subdirective its Caddyfile
-// parsers take (the cases they switch on, and the names of the extra
-// settings they hand on), is named in docs/caddyfile.md.
+// parsers take (the cases they switch on, the keys of their tables of
+// subdirective parsers, and the names of the extra settings they hand on),
+// is named in docs/caddyfile.md.
 func TestCaddyfileReferenceHasEveryDirective(t *testing.T) {
 	fset, files := goFiles(t)
 	words := codeWords(readDoc(t, "docs/caddyfile.md"))
 	names := map[string]string{}
 	for _, f := range files {
 		for _, decl := range f.Decls {
+			if g, ok := decl.(*ast.GenDecl); ok {
+				// Tables of subdirective parsers: map[string]func(…, *caddyfile.Dispenser) error{…}.
+				ast.Inspect(g, func(n ast.Node) bool {
+					if lit, ok := n.(*ast.CompositeLit); ok && parserTable(lit) {
+						for _, e := range lit.Elts {
+							if kv, ok := e.(*ast.KeyValueExpr); ok {
+								if s, ok := stringLit(kv.Key); ok {
+									names[s] = fset.Position(kv.Pos()).String()
+								}
+							}
+						}
+					}
+					return true
+				})
+			}
 			fn, ok := decl.(*ast.FuncDecl)
 			if !ok || fn.Body == nil {
 				continue
@@ -632,5 +659,58 @@ func TestReferenceEntriesAreNotRepeated(t *testing.T) {
 		if len(at) > 1 && different[name] == "" {
 			t.Errorf("%q has %d reference entries (%s); keep one and link to it", name, len(at), strings.Join(at, ", "))
 		}
+	}
+}
+
+// TestLayoutTableIsTrue: the table in docs/development.md's Layout section
+// lists every package directory and every root source file, and every path
+// it lists exists, so that a newcomer's map of the tree is the tree.
+func TestLayoutTableIsTrue(t *testing.T) {
+	page := readDoc(t, "docs/development.md")
+	_, section, ok := strings.Cut(page, "### Layout\n")
+	if !ok {
+		t.Fatal("docs/development.md has no ### Layout section")
+	}
+	section, _, _ = strings.Cut(section, "\n#")
+	listed := map[string]bool{}
+	for _, line := range strings.Split(section, "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 3 || !strings.HasPrefix(line, "| `") {
+			continue
+		}
+		for _, m := range regexp.MustCompile("`([^`]+)`").FindAllStringSubmatch(cells[1], -1) {
+			listed[strings.TrimSuffix(m[1], "/")] = true
+		}
+	}
+	if len(listed) < 20 {
+		t.Fatalf("read %d paths from the Layout table: the table's format changed", len(listed))
+	}
+	for path := range listed {
+		if _, err := os.Stat(path); err != nil {
+			t.Errorf("the Layout table lists %s, which does not exist", path)
+		}
+	}
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "testdata" || d.Name() == "node_modules" || strings.HasPrefix(d.Name(), ".") && path != ".") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") {
+			return nil
+		}
+		dir := filepath.ToSlash(filepath.Dir(path))
+		switch {
+		case dir == "." && !strings.HasSuffix(path, "_test.go") && !listed[path]:
+			t.Errorf("root file %s is not in docs/development.md's Layout table", path)
+		case dir != "." && !listed[dir]:
+			t.Errorf("package directory %s/ is not in docs/development.md's Layout table", dir)
+			listed[dir] = true // once per directory
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -42,7 +42,6 @@ const (
 )
 
 const (
-	reasonInflightBody = "inflight_body"
 	// bodyChunk is how much of a body of unknown length is read at a time.
 	bodyChunk = 64 << 10
 	// bodySlack is room after a body for the field AskUsage appends, so

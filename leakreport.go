@@ -19,7 +19,7 @@ import (
 	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/leak"
-	"github.com/moodmnky/caddy-apikey/ratelimit"
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 func init() {
@@ -129,13 +129,13 @@ func (l *LeakReport) Provision(ctx caddy.Context) error {
 	if rc.Action, err = l.actions(); err != nil {
 		return err
 	}
-	rate := ratelimit.Rate{Limit: leak.DefaultRate, Period: time.Minute}
+	limit := rate.Rate{Limit: leak.DefaultRate, Period: time.Minute}
 	if l.Rate != "" {
-		if rate, err = ratelimit.ParseRate(l.Rate); err != nil {
+		if limit, err = rate.Parse(l.Rate); err != nil {
 			return fmt.Errorf("rate: %w", err)
 		}
 	}
-	rc.SetRate(rate.Limit, rate.Period)
+	rc.SetRate(limit.Limit, limit.Period)
 	if l.HMAC != "" {
 		secret := caddy.NewReplacer().ReplaceKnown(l.HMAC, "")
 		if secret == "" {

@@ -16,6 +16,7 @@ import (
 	"github.com/moodmnky/caddy-apikey/headers"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 // Defaults for limits a route does not set.
@@ -23,7 +24,7 @@ var (
 	defaultDaily = map[keystore.Type]int64{keystore.Dev: 5000, keystore.Prod: 50000}
 	// DefaultFailedAuthLimit throttles an address after 20 failed
 	// authentications in a minute.
-	defaultFailedAuthLimit = ratelimit.Rate{Limit: 20, Period: time.Minute}
+	defaultFailedAuthLimit = rate.Rate{Limit: 20, Period: time.Minute}
 )
 
 // wideFactor: a network's failed-authentication limit is, by default, ten
@@ -114,7 +115,7 @@ func (p *pooledFailures) Destruct() error {
 // limits is a route's resolved limit settings.
 type limits struct {
 	daily  [keystore.Prod + 1]int64
-	burst  [keystore.Prod + 1]ratelimit.Rate
+	burst  [keystore.Prod + 1]rate.Rate
 	window ratelimit.Window
 }
 
@@ -150,7 +151,7 @@ func (h *Handler) provisionLimits() error {
 		if err != nil {
 			return fmt.Errorf("rate: %w", err)
 		}
-		if h.limits.burst[t], err = ratelimit.ParseRate(s); err != nil {
+		if h.limits.burst[t], err = rate.Parse(s); err != nil {
 			return fmt.Errorf("rate: %s: %w", name, err)
 		}
 	}
@@ -167,9 +168,9 @@ func (h *Handler) provisionLimits() error {
 	case "":
 		h.failLimit = defaultFailedAuthLimit
 	case "off":
-		h.failLimit = ratelimit.Rate{}
+		h.failLimit = rate.Rate{}
 	default:
-		r, err := ratelimit.ParseRate(h.FailedAuthLimit)
+		r, err := rate.Parse(h.FailedAuthLimit)
 		if err != nil {
 			return fmt.Errorf("failed_auth_limit: %w", err)
 		}
@@ -207,14 +208,14 @@ func (h *Handler) provisionWideLimit() error {
 	case "":
 		// Ten times the address's limit, in its period (200/m by default);
 		// off when that is off.
-		h.wideLimit = ratelimit.Rate{}
+		h.wideLimit = rate.Rate{}
 		if !h.failLimit.IsZero() {
-			h.wideLimit = ratelimit.Rate{Limit: h.failLimit.Limit * wideFactor, Period: h.failLimit.Period}
+			h.wideLimit = rate.Rate{Limit: h.failLimit.Limit * wideFactor, Period: h.failLimit.Period}
 		}
 	case "off":
-		h.wideLimit = ratelimit.Rate{}
+		h.wideLimit = rate.Rate{}
 	default:
-		r, err := ratelimit.ParseRate(h.FailedAuthPrefixLimit)
+		r, err := rate.Parse(h.FailedAuthPrefixLimit)
 		if err != nil {
 			return fmt.Errorf("failed_auth_prefix_limit: %w", err)
 		}
@@ -297,8 +298,8 @@ const maxBlockEndsWritten = 100
 // after failed authentications: one log line, one audit entry, one event.
 // The requests it then sends are only counted in the metrics, and their
 // number is reported when the block ends.
-func (h *Handler) throttled(x *exchange, prefix netip.Prefix, limit ratelimit.Rate) {
-	if h.anon != nil && !h.anon.admit(decisionRateLimited, "failed_auth", x.client, prefix, time.Now()) {
+func (h *Handler) throttled(x *exchange, prefix netip.Prefix, limit rate.Rate) {
+	if h.anon != nil && !h.anon.admit(decisionRateLimited, reasonFailedAuth, x.client, prefix, time.Now()) {
 		return // summarised with the interval's other refusals of unknown clients
 	}
 	until := time.Now().Add(limit.Period).UTC().Format(time.RFC3339)
@@ -310,7 +311,7 @@ func (h *Handler) throttled(x *exchange, prefix netip.Prefix, limit ratelimit.Ra
 			"limit": limit.String(), "until": until})
 	}
 	if h.events.on() {
-		h.events.emit(eventDenied, map[string]any{"decision": decisionRateLimited, "reason": "failed_auth",
+		h.events.emit(eventDenied, map[string]any{"decision": decisionRateLimited, "reason": reasonFailedAuth,
 			"service": h.Service, "method": loggedMethod(x.r.Method), "path": loggedPath(x.r.URL.Path), "client_ip": x.client.String(), "until": until})
 	}
 }

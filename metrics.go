@@ -20,6 +20,9 @@ import (
 // single counter that every core adds to on every request would make the
 // cores wait on each other. They are package-wide, so that counts survive a
 // config reload; each config registers the collector in its own registry.
+// That is what Caddy's own metrics do (reverse_proxy's upstreams_healthy,
+// the admin API's counters): the apikey app lives and dies with a config,
+// so it cannot be the owner of counts that outlive one (docs/choices.md).
 
 // allowedIndex is the decision index of an admitted request.
 const allowedIndex = 0
@@ -97,8 +100,6 @@ var metrics = struct {
 	duration      durationHistogram
 	collector     *collector
 	requestsByKey *prometheus.CounterVec
-	cache         *prometheus.CounterVec
-	sourceErrors  *prometheus.CounterVec
 	// tokens counts LLM tokens by service and kind: prompt and completion
 	// as reported, charged as settled (reports, or reservations for
 	// answers that reported none).
@@ -210,14 +211,6 @@ func initMetrics() {
 			Namespace: ns, Subsystem: sub, Name: "requests_by_key_total",
 			Help: "Requests by key id, service and decision; only from routes with metrics per_key.",
 		}, []string{"key_id", "service", "decision"})
-		metrics.cache = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "cache_requests_total",
-			Help: "Lookups in the cache in front of a remote key source, by result: hit, stale, negative_hit, miss.",
-		}, []string{"result"})
-		metrics.sourceErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "source_errors_total",
-			Help: "Failures of key sources: a rejected key file version, a failed key service call, a failed Redis lookup.",
-		}, []string{"source"})
 		metrics.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "tokens_total",
 			Help: "LLM tokens on routes with tokens, by service and kind: prompt and completion as the upstream reported, charged as settled to the budgets.",
@@ -226,22 +219,6 @@ func initMetrics() {
 			Namespace: ns, Subsystem: sub, Name: "token_reports_missing_total",
 			Help: "Answers on routes with tokens that should have reported usage and did not: 2xx answers of endpoints that generate (chat, completions, responses, embeddings; Ollama chat, generate, embed) cut before their report, or from upstreams that do not report. They were charged their reservation, or the content chunks they passed when more.",
 		}, []string{"service"})
-		cacheResults := map[string]prometheus.Counter{}
-		for _, r := range []string{"hit", "stale", "negative_hit", "miss"} {
-			cacheResults[r] = metrics.cache.WithLabelValues(r)
-		}
-		sources := map[string]prometheus.Counter{}
-		for _, s := range []string{"file", "http", "redis"} {
-			sources[s] = metrics.sourceErrors.WithLabelValues(s)
-		}
-		keystore.SetObserver(&keystore.Observer{
-			CacheResult: func(result string) { cacheResults[result].Inc() },
-			SourceError: func(source string) {
-				if c := sources[source]; c != nil {
-					c.Inc()
-				}
-			},
-		})
 	})
 }
 
@@ -249,7 +226,8 @@ func initMetrics() {
 // apikey route in the same config finds them there already.
 func registerMetrics(registry *prometheus.Registry) error {
 	initMetrics()
-	for _, c := range []prometheus.Collector{metrics.collector, metrics.requestsByKey, metrics.cache, metrics.sourceErrors, metrics.tokens, metrics.unreported, audit.Collector()} {
+	collectors := []prometheus.Collector{metrics.collector, metrics.requestsByKey, metrics.tokens, metrics.unreported, audit.Collector()}
+	for _, c := range append(collectors, keystore.Collectors()...) {
 		if err := registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

@@ -25,6 +25,7 @@ import (
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keyfile"
 	"github.com/moodmnky/caddy-apikey/ratelimit"
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 	"github.com/moodmnky/caddy-apikey/usage"
 )
 
@@ -215,12 +216,12 @@ type Handler struct {
 	// the route's max_inflight_body, or its defaults.
 	peekPerKey, peekTotal int64
 	counters              ratelimit.Store
-	failLimit             ratelimit.Rate
+	failLimit             rate.Rate
 	failures              *ratelimit.Failures
 	failuresRelease       func() error // lets go of failures, while held
 	// wideLimit and wide: the failed-authentication throttle of networks
 	// of wideBits bits (IPv4, IPv6).
-	wideLimit       ratelimit.Rate
+	wideLimit       rate.Rate
 	wide            *ratelimit.Failures
 	wideRelease     func() error // lets go of wide, while held
 	wideBits        [2]int

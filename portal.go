@@ -20,7 +20,7 @@ import (
 	"github.com/moodmnky/caddy-apikey/internal/keylist"
 	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/portal"
-	"github.com/moodmnky/caddy-apikey/ratelimit"
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 func init() {
@@ -285,11 +285,11 @@ func (p *Portal) policy() (portal.Policy, error) {
 		pol.MaxRole = role
 	}
 	if p.MaxRate != "" {
-		rate, err := ratelimit.ParseRate(p.MaxRate)
+		maxRate, err := rate.Parse(p.MaxRate)
 		if err != nil {
 			return pol, fmt.Errorf("max_rate: %w", err)
 		}
-		pol.Limits.MaxRate = rate
+		pol.Limits.MaxRate = maxRate
 	}
 	for name, n := range map[string]int64{"max_quota_per_day": p.MaxQuotaPerDay, "max_tokens_per_day": p.MaxTokensPerDay, "max_tokens_per_minute": p.MaxTokensPerMinute} {
 		if n < 0 {

@@ -1,17 +1,15 @@
 package apikey
 
 import (
-	"encoding/json"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
-	"github.com/moodmnky/caddy-apikey/ratelimit"
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 func init() {
@@ -213,7 +211,7 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&p.MaxRate) {
 				return d.ArgErr()
 			}
-			if _, err := ratelimit.ParseRate(p.MaxRate); err != nil {
+			if _, err := rate.Parse(p.MaxRate); err != nil {
 				return d.Errf("max_rate: %v", err)
 			}
 		case "max_quota_per_day", "max_tokens_per_day", "max_tokens_per_minute":
@@ -257,21 +255,3 @@ func (p *Portal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Portal)(nil)
-
-// unmarshalEditableKeys reads the keys block of a directive that changes
-// keys (the portal, the leak report endpoint): keys file <path> or keys
-// redis {…}, the sources whose keys can be changed.
-func unmarshalEditableKeys(d *caddyfile.Dispenser, directive string) (json.RawMessage, error) {
-	if !d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	name := d.Val()
-	if name != "file" && name != "redis" {
-		return nil, d.Errf("%s: keys %s cannot be changed; use keys file <path> or keys redis {…}", directive, name)
-	}
-	keys, err := caddyfile.UnmarshalModule(d, "http.apikey.sources."+name)
-	if err != nil {
-		return nil, err
-	}
-	return caddyconfig.JSONModuleObject(keys, "source", name, nil), nil
-}

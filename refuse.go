@@ -158,7 +158,7 @@ func (h *Handler) throttle(x *exchange) refusal {
 	if wide {
 		msg = wideThrottleMessage(wait)
 	}
-	f := tooMany(decisionRateLimited, "failed_auth", msg, wait, false)
+	f := tooMany(decisionRateLimited, reasonFailedAuth, msg, wait, false)
 	f.quiet = true
 	return f
 }
@@ -168,7 +168,7 @@ func (h *Handler) throttle(x *exchange) refusal {
 // address like a failed authentication, so that a flood of made-up keys
 // ends in a block rather than in calls to the source.
 func (h *Handler) busy(x *exchange) refusal {
-	f := tooMany(decisionRateLimited, "key_checks_in_flight",
+	f := tooMany(decisionRateLimited, reasonKeyChecksInFlight,
 		"Too many keys from this address are being checked at once; retry in 1 s.", time.Second, false)
 	// Blocked by the wave it belongs to: counted, not logged again.
 	_, f.quiet, _ = h.blocked(x)

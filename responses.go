@@ -10,30 +10,6 @@ import (
 	"github.com/moodmnky/caddy-apikey/headers"
 )
 
-// Decisions: the "code" of an error body, and the outcome logged for a request.
-const (
-	decisionMissingKey  = "missing_key"
-	decisionInvalidKey  = "invalid_key"
-	decisionExpiredKey  = "expired_key"
-	decisionRevokedKey  = "revoked_key"
-	decisionForbidden   = "forbidden"
-	decisionUnavailable = "unavailable"
-
-	decisionRateLimited   = "rate_limited"
-	decisionQuotaExceeded = "quota_exceeded"
-)
-
-// Reasons a 403 gives.
-const (
-	reasonMethod  = "method"
-	reasonService = "service"
-	reasonIP      = "ip"
-	reasonKeyType = "key_type"
-	reasonPath    = "path"
-	reasonPending = "pending_approval"
-	reasonPaused  = "paused"
-)
-
 // errorFormat is the shape of a refusal's JSON body, chosen per route so
 // that each ecosystem's client libraries show the gateway's message.
 type errorFormat uint8

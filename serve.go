@@ -213,7 +213,7 @@ func (h *Handler) spend(x *exchange) refusal {
 		h.quotaExceeded(x)
 		return tooMany(decisionQuotaExceeded, "", quotaMessage(res), res.RetryAfter, true)
 	default:
-		return tooMany(decisionRateLimited, "burst", burstMessage(x.policy, res), res.RetryAfter, false)
+		return tooMany(decisionRateLimited, reasonBurst, burstMessage(x.policy, res), res.RetryAfter, false)
 	}
 }
 

@@ -114,6 +114,20 @@ func HasKnownPrefix(s string) bool {
 	return strings.HasPrefix(s, devPrefix) || strings.HasPrefix(s, prodPrefix)
 }
 
+// MaskedHint is a key as far as its record's hint shows it, "DEV_API_…abcd":
+// the prefix of the record's type (a dev key's when it names none) and the
+// secret's last HintLength characters; "" for a record without a hint.
+func MaskedHint(rec Record) string {
+	if rec.Hint == "" {
+		return ""
+	}
+	prefix := devPrefix
+	if rec.Type == Prod.String() {
+		prefix = prodPrefix
+	}
+	return prefix + "…" + rec.Hint
+}
+
 // Generate returns a new key of type t, with its random part from crypto/rand.
 func Generate(t Type) (string, error) {
 	prefix := t.Prefix()

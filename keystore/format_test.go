@@ -164,3 +164,21 @@ func TestParseType(t *testing.T) {
 		t.Error("ParseType accepted Dev")
 	}
 }
+
+// TestMaskedHint: a record's hint shown with its type's prefix, and
+// nothing for a record without a hint (never more of the secret).
+func TestMaskedHint(t *testing.T) {
+	for _, c := range []struct {
+		rec  Record
+		want string
+	}{
+		{Record{Type: "prod", Hint: "abcd"}, "PROD_API_…abcd"},
+		{Record{Type: "dev", Hint: "abcd"}, "DEV_API_…abcd"},
+		{Record{Hint: "abcd"}, "DEV_API_…abcd"},
+		{Record{Type: "prod"}, ""},
+	} {
+		if got := MaskedHint(c.rec); got != c.want {
+			t.Errorf("MaskedHint(type %q, hint %q) = %q, want %q", c.rec.Type, c.rec.Hint, got, c.want)
+		}
+	}
+}

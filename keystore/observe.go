@@ -1,32 +1,51 @@
 package keystore
 
-import "sync/atomic"
+import "github.com/prometheus/client_golang/prometheus"
 
-// Observer hears what key sources do, for metrics.
-type Observer struct {
-	// CacheResult is called for every lookup in a cache in front of a
-	// remote source: "hit", "stale", "negative_hit" or "miss".
-	CacheResult func(result string)
-	// SourceError is called when a source fails: "file" for a rejected key
-	// file version, "http" for a failed key service call.
-	SourceError func(source string)
-}
+// What key sources do is counted for the metrics in collectors made once
+// per process, as Caddy's own are (reverse_proxy's upstreams_healthy): each
+// config registers them in its own registry (Collectors), and the counts
+// survive a config reload. Sources count into them directly, so no source
+// needs to be handed anything to report with.
+var (
+	cacheRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "apikey", Name: "cache_requests_total",
+		Help: "Lookups in the cache in front of a remote key source, by result: hit, stale, negative_hit, miss.",
+	}, []string{"result"})
+	sourceErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "apikey", Name: "source_errors_total",
+		Help: "Failures of key sources: a rejected key file version, a failed key service call, a failed Redis lookup.",
+	}, []string{"source"})
 
-var observer atomic.Pointer[Observer]
+	// cacheResults and sourceErrorCounts are every series, made at once so
+	// that each is scraped (as 0) before it first happens.
+	cacheResults      = series(cacheRequests, "hit", "stale", "negative_hit", "miss")
+	sourceErrorCounts = series(sourceErrors, "file", "http", "redis")
+)
 
-// SetObserver installs the observer for every source.
-func SetObserver(o *Observer) { observer.Store(o) }
-
-// ObserveCache reports a cache lookup's result to the observer.
-func ObserveCache(result string) {
-	if o := observer.Load(); o != nil && o.CacheResult != nil {
-		o.CacheResult(result)
+func series(vec *prometheus.CounterVec, labels ...string) map[string]prometheus.Counter {
+	m := make(map[string]prometheus.Counter, len(labels))
+	for _, l := range labels {
+		m[l] = vec.WithLabelValues(l)
 	}
+	return m
 }
 
-// ObserveSourceError reports a source's failure to the observer.
+// Collectors are caddy_apikey_cache_requests_total and
+// caddy_apikey_source_errors_total, for a config's metrics registry.
+func Collectors() []prometheus.Collector {
+	return []prometheus.Collector{cacheRequests, sourceErrors}
+}
+
+// ObserveCache counts a lookup in a cache in front of a remote source:
+// "hit", "stale", "negative_hit" or "miss".
+func ObserveCache(result string) { cacheResults[result].Inc() }
+
+// ObserveSourceError counts a source's failure: "file" for a rejected key
+// file version, "http" for a failed key service call, "redis" for a failed
+// Redis lookup.
 func ObserveSourceError(source string) {
-	if o := observer.Load(); o != nil && o.SourceError != nil {
-		o.SourceError(source)
+	if c := sourceErrorCounts[source]; c != nil {
+		c.Inc()
 	}
 }

@@ -16,7 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/moodmnky/caddy-apikey/ratelimit"
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 // Record is one key as written in a key file or returned by a key service.
@@ -255,7 +255,7 @@ type Key struct {
 	QuotaPerDay int64
 	HasQuota    bool
 	// Rate is the key's own burst rate; the zero Rate when it has none.
-	Rate ratelimit.Rate
+	Rate rate.Rate
 
 	// TokensPerDay and TokensPerMinute are the key's own token budgets,
 	// when HasTokensPerDay and HasTokensPerMinute.
@@ -400,7 +400,7 @@ func Compile(rec Record) (*Key, error) {
 		k.QuotaPerDay, k.HasQuota = *rec.QuotaPerDay, true
 	}
 	if rec.Rate != "" {
-		if k.Rate, err = ratelimit.ParseRate(rec.Rate); err != nil {
+		if k.Rate, err = rate.Parse(rec.Rate); err != nil {
 			return nil, &FieldError{Field: "rate", Err: err}
 		}
 	}

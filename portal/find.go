@@ -247,7 +247,7 @@ func (v *visit) adminKeys(f keyFilter, after string, used map[string]time.Time) 
 // keepsRecord is keeps on a record, without the work of a view (usage,
 // quota): the admin page looks through thousands.
 func (f keyFilter) keepsRecord(rec keystore.Record, now time.Time) bool {
-	kv := keyView{ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Team: rec.Team, Type: rec.Type, Masked: masked(rec)}
+	kv := keyView{ID: rec.ID, Name: rec.Name, Owner: rec.Owner, Team: rec.Team, Type: rec.Type, Masked: keystore.MaskedHint(rec)}
 	k, err := keystore.Compile(rec)
 	if err != nil {
 		kv.Status = "invalid"
@@ -265,19 +265,6 @@ func statusOf(k *keystore.Key, now time.Time) string {
 		return "expiring"
 	}
 	return s
-}
-
-// masked is a key as far as its record's hint shows it, "DEV_API_…abcd";
-// "" for a key without a hint.
-func masked(rec keystore.Record) string {
-	if rec.Hint == "" {
-		return ""
-	}
-	prefix := "DEV_API_"
-	if rec.Type == keystore.Prod.String() {
-		prefix = "PROD_API_"
-	}
-	return prefix + "…" + rec.Hint
 }
 
 // hidden reports whether a list leaves a key out unless asked: revoked

@@ -73,7 +73,7 @@ func (v *visit) view(rec keystore.Record, lastUsed map[string]time.Time) keyView
 	}
 	kv.Grant = wholeGrant(rec)
 	kv.Others = !v.holds(rec)
-	kv.Masked = masked(rec)
+	kv.Masked = keystore.MaskedHint(rec)
 	kv.Limits = limitsText(rec.Rate, rec.QuotaPerDay, rec.TokensPerDay, rec.TokensPerMinute, rec.Models)
 	if t, err := time.Parse(time.RFC3339, rec.CreatedAt); err == nil {
 		kv.CreatedAt = t.UTC().Format("2006-01-02 15:04 UTC")

@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
-	"github.com/moodmnky/caddy-apikey/ratelimit"
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 // Limits bound the limits a developer may give a key of their own (the
@@ -16,7 +16,7 @@ import (
 // key's own limit overrides the route's, so an unbounded one could raise it.
 type Limits struct {
 	// MaxRate is the fastest burst rate a key may be given.
-	MaxRate ratelimit.Rate
+	MaxRate rate.Rate
 	// MaxQuotaPerDay is the largest daily quota of requests.
 	MaxQuotaPerDay int64
 	// MaxTokensPerDay and MaxTokensPerMinute are the largest token budgets.
@@ -67,14 +67,14 @@ func (p *Policy) checkLimits(f limitsForm) (keyLimits, error) {
 		if l.MaxRate.IsZero() {
 			return k, refuse("rate", "your operator does not let developers set a key's rate")
 		}
-		rate, err := ratelimit.ParseRate(r)
+		asked, err := rate.Parse(r)
 		if err != nil {
 			return k, refuse("rate", "%q is not a rate such as 10/s, 600/m or 1000/h", clip(r, 40))
 		}
-		if perSecond(rate) > perSecond(l.MaxRate) {
-			return k, refuse("rate", "%s is faster than the most your operator allows, %s", rate, l.MaxRate)
+		if perSecond(asked) > perSecond(l.MaxRate) {
+			return k, refuse("rate", "%s is faster than the most your operator allows, %s", asked, l.MaxRate)
 		}
-		k.rate = rate.String()
+		k.rate = asked.String()
 	}
 	for _, n := range []struct {
 		field, value, what string
@@ -134,7 +134,7 @@ func (l Limits) allowsModel(m string) bool {
 	return err == nil && k.AllowsModel(m)
 }
 
-func perSecond(r ratelimit.Rate) float64 { return float64(r.Limit) / r.Period.Seconds() }
+func perSecond(r rate.Rate) float64 { return float64(r.Limit) / r.Period.Seconds() }
 
 // limitsOf is a record's limits as the forms show them.
 func limitsOf(rec keystore.Record) limitsForm {
@@ -179,9 +179,9 @@ func widensLimits(had, asked keyLimits) bool {
 		}
 	}
 	if had.rate != "" {
-		old, err1 := ratelimit.ParseRate(had.rate)
-		rate, err2 := ratelimit.ParseRate(asked.rate)
-		if asked.rate == "" || err1 != nil || err2 != nil || perSecond(rate) > perSecond(old) {
+		old, err1 := rate.Parse(had.rate)
+		newRate, err2 := rate.Parse(asked.rate)
+		if asked.rate == "" || err1 != nil || err2 != nil || perSecond(newRate) > perSecond(old) {
 			return true
 		}
 	}

@@ -7,14 +7,14 @@ import (
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/keystore"
-	"github.com/moodmnky/caddy-apikey/ratelimit"
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 // TestCheckLimits: each limit a form sends is checked against its bound,
 // and a refusal names the field; a limit the policy does not bound is
 // refused; no models means the policy's models.
 func TestCheckLimits(t *testing.T) {
-	p := Policy{Limits: Limits{MaxRate: ratelimit.Rate{Limit: 10, Period: time.Second}, MaxQuotaPerDay: 100, Models: []string{"llama3*", "qwen2.5"}}}
+	p := Policy{Limits: Limits{MaxRate: rate.Rate{Limit: 10, Period: time.Second}, MaxQuotaPerDay: 100, Models: []string{"llama3*", "qwen2.5"}}}
 	for _, c := range []struct {
 		form  limitsForm
 		field string // "" for accepted

@@ -1,6 +1,10 @@
 package ratelimit
 
-import "time"
+import (
+	"time"
+
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
+)
 
 // state is one key's counters, as any store keeps them: O(1) whatever the
 // key's traffic.
@@ -33,7 +37,7 @@ func decide(s state, now time.Time, p Policy) (state, Result) {
 	if !p.Burst.IsZero() {
 		// GCRA: each request pushes the theoretical arrival time one
 		// emission interval on; a burst of up to Limit fits in one Period.
-		newTAT = max(s.tat, nowNs) + p.Burst.interval()
+		newTAT = max(s.tat, nowNs) + interval(p.Burst)
 		burstOK = newTAT-nowNs <= int64(p.Burst.Period)
 	}
 
@@ -85,11 +89,11 @@ func (s state) report(res *Result, now time.Time, p Policy) {
 	backlog := max(s.tat-now.UnixNano(), 0) // until the bucket is full again
 	res.Burst = Usage{
 		Limit:     p.Burst.Limit,
-		Remaining: max((int64(p.Burst.Period)-backlog)/p.Burst.interval(), 0),
+		Remaining: max((int64(p.Burst.Period)-backlog)/interval(p.Burst), 0),
 		Reset:     now.Add(time.Duration(backlog)),
 		Window:    p.Burst.Period,
 	}
 }
 
 // interval is GCRA's emission interval: the period shared out per request.
-func (r Rate) interval() int64 { return max(int64(r.Period)/r.Limit, 1) }
+func interval(r rate.Rate) int64 { return max(int64(r.Period)/r.Limit, 1) }

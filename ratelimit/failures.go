@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 // maxFailureEntries bounds the addresses tracked per shard, so a flood from
@@ -79,7 +81,7 @@ func (f *Failures) Active() bool { return f.tracked.Load() > 0 }
 // Blocked reports whether addr has reached limit in its current window, and
 // how long until the window ends. A blocked request is counted, for the
 // report when the block ends (see Sweep).
-func (f *Failures) Blocked(addr netip.Addr, limit Rate) (time.Duration, bool) {
+func (f *Failures) Blocked(addr netip.Addr, limit rate.Rate) (time.Duration, bool) {
 	if f.tracked.Load() == 0 || !addr.IsValid() {
 		return 0, false
 	}
@@ -100,7 +102,7 @@ func WidePrefix(addr netip.Addr, bits4, bits6 int) netip.Prefix {
 }
 
 // BlockedPrefix is Blocked for a prefix given whole (see WidePrefix).
-func (f *Failures) BlockedPrefix(key netip.Prefix, limit Rate) (time.Duration, bool) {
+func (f *Failures) BlockedPrefix(key netip.Prefix, limit rate.Rate) (time.Duration, bool) {
 	if f.tracked.Load() == 0 || !key.IsValid() {
 		return 0, false
 	}
@@ -123,7 +125,7 @@ func (f *Failures) BlockedPrefix(key netip.Prefix, limit Rate) (time.Duration, b
 // Fail counts one failed authentication from addr. It reports whether this
 // failure is the one that blocks the address, so that a block costs one log
 // line, not one per refused request.
-func (f *Failures) Fail(addr netip.Addr, limit Rate) (blocksNow bool) {
+func (f *Failures) Fail(addr netip.Addr, limit rate.Rate) (blocksNow bool) {
 	if !addr.IsValid() {
 		return false
 	}
@@ -131,7 +133,7 @@ func (f *Failures) Fail(addr netip.Addr, limit Rate) (blocksNow bool) {
 }
 
 // FailPrefix is Fail for a prefix given whole (see WidePrefix).
-func (f *Failures) FailPrefix(key netip.Prefix, limit Rate) (blocksNow bool) {
+func (f *Failures) FailPrefix(key netip.Prefix, limit rate.Rate) (blocksNow bool) {
 	if !key.IsValid() {
 		return false
 	}

@@ -4,12 +4,14 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 func TestFailuresBlockForTheRestOfTheWindow(t *testing.T) {
 	clock := newClock(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
 	f := NewFailures(clock.Now)
-	limit := Rate{Limit: 3, Period: time.Minute}
+	limit := rate.Rate{Limit: 3, Period: time.Minute}
 	ip := netip.MustParseAddr("198.51.100.7")
 	other := netip.MustParseAddr("198.51.100.8")
 
@@ -43,7 +45,7 @@ func TestFailuresBlockForTheRestOfTheWindow(t *testing.T) {
 
 func TestFailuresGroupIPv6By64(t *testing.T) {
 	f := NewFailures(nil)
-	limit := Rate{Limit: 2, Period: time.Minute}
+	limit := rate.Rate{Limit: 2, Period: time.Minute}
 	f.Fail(netip.MustParseAddr("2001:db8:1:2::1"), limit)
 	f.Fail(netip.MustParseAddr("2001:db8:1:2::ffff"), limit)
 	if _, blocked := f.Blocked(netip.MustParseAddr("2001:db8:1:2:abcd::9"), limit); !blocked {
@@ -63,7 +65,7 @@ func TestFailuresGroupIPv6By64(t *testing.T) {
 func TestFailuresStayBounded(t *testing.T) {
 	clock := newClock(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
 	f := NewFailures(clock.Now)
-	limit := Rate{Limit: 5, Period: time.Minute}
+	limit := rate.Rate{Limit: 5, Period: time.Minute}
 	addr := netip.MustParseAddr("10.0.0.0")
 	total := shardCount*maxFailureEntries + 5000
 	for i := 0; i < total; i++ {
@@ -87,7 +89,7 @@ func TestFailuresStayBounded(t *testing.T) {
 func TestFailuresReportBlocksOnce(t *testing.T) {
 	clock := newClock(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
 	f := NewFailures(clock.Now)
-	limit := Rate{Limit: 3, Period: time.Minute}
+	limit := rate.Rate{Limit: 3, Period: time.Minute}
 	ip := netip.MustParseAddr("198.51.100.9")
 	var blocks int
 	for range 3 {

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 var ctx = context.Background()
@@ -77,7 +79,7 @@ func TestDailyQuotaInZoneAcrossDST(t *testing.T) {
 func TestGCRABurstAndSteadyRate(t *testing.T) {
 	clock := newClock(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
 	m := NewMemory(clock.Now)
-	p := Policy{Daily: 1000, Window: DayIn(nil), Burst: Rate{Limit: 10, Period: time.Second}}
+	p := Policy{Daily: 1000, Window: DayIn(nil), Burst: rate.Rate{Limit: 10, Period: time.Second}}
 
 	// A burst of 10 at one instant passes, the 11th does not.
 	for i := 0; i < 10; i++ {
@@ -133,7 +135,7 @@ func TestGCRABurstAndSteadyRate(t *testing.T) {
 func TestBurstRefusalSpendsNoQuotaAndQuotaRefusalNoBurst(t *testing.T) {
 	clock := newClock(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
 	m := NewMemory(clock.Now)
-	p := Policy{Daily: 2, Window: DayIn(nil), Burst: Rate{Limit: 1, Period: time.Minute}}
+	p := Policy{Daily: 2, Window: DayIn(nil), Burst: rate.Rate{Limit: 1, Period: time.Minute}}
 	if res, _ := m.Take(ctx, "k", p); !res.Allowed {
 		t.Fatal("first refused")
 	}
@@ -209,7 +211,7 @@ func TestSweepAndReset(t *testing.T) {
 // BenchmarkMemoryTake measures one quota check with a burst rate.
 func BenchmarkMemoryTake(b *testing.B) {
 	m := NewMemory(nil)
-	p := Policy{Daily: 1 << 62, Window: DayIn(nil), Burst: Rate{Limit: 1000000, Period: time.Second}}
+	p := Policy{Daily: 1 << 62, Window: DayIn(nil), Burst: rate.Rate{Limit: 1000000, Period: time.Second}}
 	keys := make([]string, 1024)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("k_%d", i)
@@ -232,7 +234,7 @@ func BenchmarkMemoryBytesPerKey(b *testing.B) {
 	for i := range keys {
 		keys[i] = fmt.Sprintf("k_%06d", i) // the strings belong to the key records, not to the store
 	}
-	p := Policy{Daily: 10, Window: DayIn(nil), Burst: Rate{Limit: 10, Period: time.Second}}
+	p := Policy{Daily: 10, Window: DayIn(nil), Burst: rate.Rate{Limit: 10, Period: time.Second}}
 	for b.Loop() {
 		var before, after runtime.MemStats
 		runtime.GC()
@@ -278,7 +280,7 @@ func TestRoutesInOtherZonesShareOneWindow(t *testing.T) {
 
 func TestPeekSpendsNothing(t *testing.T) {
 	m := NewMemory(nil)
-	p := Policy{Daily: 5, Window: DayIn(nil), Burst: Rate{Limit: 2, Period: time.Second}}
+	p := Policy{Daily: 5, Window: DayIn(nil), Burst: rate.Rate{Limit: 2, Period: time.Second}}
 	m.Take(ctx, "k", p)
 	for i := 0; i < 10; i++ {
 		res, _ := m.Peek(ctx, "k", p)

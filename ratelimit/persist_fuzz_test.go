@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 // FuzzCounterFile loads arbitrary counter files. A file is used whole or not
@@ -44,7 +46,7 @@ func FuzzCounterFile(f *testing.F) {
 			t.Fatal(err)
 		}
 		clock := func() time.Time { return now }
-		policy := Policy{Daily: 10, Window: DayIn(time.UTC), Burst: Rate{Limit: 5, Period: time.Second}}
+		policy := Policy{Daily: 10, Window: DayIn(time.UTC), Burst: rate.Rate{Limit: 5, Period: time.Second}}
 		m := NewMemory(clock)
 		// A counter from before the load, which a refused file must not touch.
 		m.Take(context.Background(), "sentinel", policy)

@@ -9,11 +9,13 @@ import (
 	"time"
 
 	"github.com/moodmnky/caddy-apikey/internal/atomicfile"
+
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 func TestSaveAndLoadKeepCounts(t *testing.T) {
 	clock := newClock(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
-	p := Policy{Daily: 5, Window: DayIn(nil), Burst: Rate{Limit: 2, Period: time.Minute}}
+	p := Policy{Daily: 5, Window: DayIn(nil), Burst: rate.Rate{Limit: 2, Period: time.Minute}}
 	m := NewMemory(clock.Now)
 	m.Take(ctx, "k_a", p)
 	m.Take(ctx, "k_a", p)

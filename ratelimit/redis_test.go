@@ -12,6 +12,8 @@ import (
 
 	"github.com/moodmnky/caddy-apikey/internal/redisconn"
 	"github.com/moodmnky/caddy-apikey/internal/redistest"
+
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 // newRedisStore is one instance's store, with its own client and clock.
@@ -68,7 +70,7 @@ func TestRedisQuotaAndBurst(t *testing.T) {
 		t.Errorf("TTL %v, want about %v (%v)", ttl, want, err)
 	}
 
-	b := Policy{Daily: 100, Window: DayIn(nil), Burst: Rate{Limit: 5, Period: time.Minute}}
+	b := Policy{Daily: 100, Window: DayIn(nil), Burst: rate.Rate{Limit: 5, Period: time.Minute}}
 	passed := 0
 	var last Result
 	for i := 0; i < 8; i++ {
@@ -269,10 +271,10 @@ func TestRedisAnsweredErrorsStayWithTheirCall(t *testing.T) {
 // TestRedisRejectsRatesItCannotCount: a rate finer than a microsecond per
 // request would count nothing in Redis's microsecond arithmetic.
 func TestRedisRejectsRatesItCannotCount(t *testing.T) {
-	if _, err := ParseRate("2000000/s"); err == nil {
+	if _, err := rate.Parse("2000000/s"); err == nil {
 		t.Fatal("2000000/s accepted")
 	}
-	if _, err := ParseRate("1000000/s"); err != nil {
+	if _, err := rate.Parse("1000000/s"); err != nil {
 		t.Fatalf("1000000/s refused: %v", err)
 	}
 }

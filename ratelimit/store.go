@@ -1,8 +1,12 @@
+// Package ratelimit counts requests per key against a daily quota and a
+// burst rate, in stores that may be local or shared.
 package ratelimit
 
 import (
 	"context"
 	"time"
+
+	"github.com/moodmnky/caddy-apikey/ratelimit/rate"
 )
 
 // Store keeps request counters per key. A store may be remote, may fail, and
@@ -37,7 +41,7 @@ type Policy struct {
 	// Window is the daily window.
 	Window Window
 	// Burst, when set, limits short bursts with GCRA.
-	Burst Rate
+	Burst rate.Rate
 }
 
 // Limit names which limit refused a request.

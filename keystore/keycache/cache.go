@@ -285,9 +285,11 @@ func (c *Cache) cached(d keystore.Digest) (keystore.Match, bool) {
 }
 
 // miss asks the source, joining a call for d that is already in flight.
+// The miss is counted once joined, so a count of n misses means n lookups
+// wait on calls (TestCacheSingleflight holds the call until then).
 func (c *Cache) miss(ctx context.Context, d keystore.Digest) (keystore.Match, error) {
-	keystore.ObserveCache("miss")
 	ch := c.calls.DoChan(string(d[:]), func() (any, error) { return c.fetchAndStore(d) })
+	keystore.ObserveCache("miss")
 	select {
 	case res := <-ch:
 		if res.Err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/moodmnky/caddy-apikey/keystore"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // remote stands in for a key service in cache unit tests (the HTTP tests
@@ -164,17 +165,11 @@ func TestCacheWhileSourceFails(t *testing.T) {
 
 func TestCacheSingleflight(t *testing.T) {
 	cache, r, _, d := newTestCache(t, CacheConfig{})
-	// The source answers once all 100 lookups have missed the cache: each
-	// then waits on the one call in flight (the last may be a few
-	// instructions from joining it; the call is still held then).
+	// The source answers once all 100 lookups have missed the cache: a
+	// miss is counted once the lookup has joined the one call in flight.
 	r.gate = make(chan struct{})
-	var misses atomic.Int64
-	keystore.SetObserver(&keystore.Observer{CacheResult: func(result string) {
-		if result == "miss" {
-			misses.Add(1)
-		}
-	}})
-	t.Cleanup(func() { keystore.SetObserver(nil) })
+	missesBefore := cacheMisses(t)
+	misses := func() int64 { return int64(cacheMisses(t) - missesBefore) }
 	var wg sync.WaitGroup
 	var found atomic.Int64
 	for i := 0; i < 100; i++ {
@@ -187,14 +182,40 @@ func TestCacheSingleflight(t *testing.T) {
 		}()
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for misses.Load() < 100 && time.Now().Before(deadline) {
+	for misses() < 100 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	close(r.gate)
 	wg.Wait()
 	if r.calls.Load() != 1 || found.Load() != 100 {
-		t.Fatalf("%d calls, %d found (%d missed); want 1 and 100", r.calls.Load(), found.Load(), misses.Load())
+		t.Fatalf("%d calls, %d found (%d missed); want 1 and 100", r.calls.Load(), found.Load(), misses())
 	}
+}
+
+// cacheMisses reads caddy_apikey_cache_requests_total{result="miss"}, as a
+// config's registry would have it scraped.
+func cacheMisses(t *testing.T) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(keystore.Collectors()...)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "caddy_apikey_cache_requests_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == "miss" {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatal("no miss series in caddy_apikey_cache_requests_total")
+	return 0
 }
 
 func TestCachePurge(t *testing.T) {

@@ -1,27 +1,27 @@
-package ratelimit
+package rate
 
 import (
 	"testing"
 	"time"
 )
 
-func TestParseRate(t *testing.T) {
+func TestParse(t *testing.T) {
 	for s, want := range map[string]Rate{
 		"10/s":   {10, time.Second},
 		"600/m":  {600, time.Minute},
 		"1000/h": {1000, time.Hour},
 	} {
-		got, err := ParseRate(s)
+		got, err := Parse(s)
 		if err != nil || got != want {
-			t.Errorf("ParseRate(%q) = %+v, %v", s, got, err)
+			t.Errorf("Parse(%q) = %+v, %v", s, got, err)
 		}
 		if got.String() != s {
 			t.Errorf("%q prints as %q", s, got.String())
 		}
 	}
 	for _, bad := range []string{"", "10", "10/d", "0/s", "-1/s", "x/s", "10/S", "1.5/s"} {
-		if _, err := ParseRate(bad); err == nil {
-			t.Errorf("ParseRate(%q) accepted", bad)
+		if _, err := Parse(bad); err == nil {
+			t.Errorf("Parse(%q) accepted", bad)
 		}
 	}
 }

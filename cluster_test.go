@@ -1,5 +1,11 @@
 package apikey
 
+// Gateways sharing keys and counters on Redis, through real Caddy
+// processes: keys on Redis seen by every instance, the cluster example, quota
+// events once per cluster, a Redis Cluster, a reload of the Redis source,
+// usage across restarts. (The Redis key store's own behaviour, without
+// Caddy, is tested in keystore/rediskeys.)
+
 import (
 	"context"
 	"encoding/json"

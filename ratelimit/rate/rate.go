@@ -1,6 +1,7 @@
-// Package ratelimit counts requests per key against a daily quota and a
-// burst rate, in stores that may be local or shared.
-package ratelimit
+// Package rate holds the limits written in configuration and key records as
+// values — a burst rate such as "10/s" and a daily quota such as "10000/day" —
+// with their parsers; it counts nothing (package ratelimit does).
+package rate
 
 import (
 	"fmt"
@@ -18,7 +19,7 @@ type Rate struct {
 // IsZero reports whether r sets no limit.
 func (r Rate) IsZero() bool { return r.Limit <= 0 || r.Period <= 0 }
 
-// String writes r as ParseRate reads it.
+// String writes r as Parse reads it.
 func (r Rate) String() string {
 	unit := "s"
 	n := r.Period / time.Second
@@ -34,8 +35,8 @@ func (r Rate) String() string {
 	return strconv.FormatInt(r.Limit, 10) + "/" + strconv.FormatInt(int64(n), 10) + unit
 }
 
-// ParseRate reads a rate such as "10/s", "600/m" or "1000/h".
-func ParseRate(s string) (Rate, error) {
+// Parse reads a rate such as "10/s", "600/m" or "1000/h".
+func Parse(s string) (Rate, error) {
 	n, unit, ok := strings.Cut(s, "/")
 	if !ok {
 		return Rate{}, fmt.Errorf("rate %q: want <n>/s, <n>/m or <n>/h", s)
