@@ -220,10 +220,10 @@ func CheckTeam(name string) error {
 	if name == "" || len(name) > MaxTeamLength {
 		return fmt.Errorf("a team's name is 1 to %d bytes long", MaxTeamLength)
 	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("._-@:/+", c) >= 0) {
-			return fmt.Errorf("a team's name is made of letters, digits and . _ - @ : / +; %q is not", c)
+	for _, c := range name {
+		alnum := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+		if !alnum && !strings.ContainsRune("._-@:/+", c) {
+			return fmt.Errorf("a team's name is made of ASCII letters, digits and . _ - @ : / +; %q is not", c)
 		}
 	}
 	return nil

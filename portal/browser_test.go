@@ -988,6 +988,17 @@ func tabEval[T any](t *testing.T, ctx context.Context, js string) T {
 	return v
 }
 
+// tabAwait is tabEval of an expression whose value is a promise: its
+// value once settled.
+func tabAwait[T any](t *testing.T, ctx context.Context, js string) T {
+	t.Helper()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](js, chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatalf("evaluating %.80s: %v", js, err)
+	}
+	return v
+}
+
 // tabPoll waits (up to 5 s) until a JavaScript expression is a non-empty
 // string, and returns it; an evaluation that meets a navigation is tried
 // again.

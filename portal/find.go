@@ -28,7 +28,7 @@ type keyFilter struct {
 	Stopped bool
 	// Owner keeps one developer's keys (the admin page only).
 	Owner string
-	// Team keeps one team's keys ("-": personal keys only).
+	// Team keeps one team's keys (onlyMine: personal keys only).
 	Team string
 	// Secret says the search text was a whole key, which is dropped.
 	Secret bool
@@ -39,6 +39,11 @@ type choice struct{ Value, Label string }
 
 // statusChoices are the statuses a list may be filtered by, as keyView's
 // Status names them.
+// onlyMine is the team filter's value for the visitor's personal keys
+// only: "!" is in no team's name (keystore.CheckTeam), so no team can be
+// taken for it.
+const onlyMine = "!me"
+
 var statusChoices = []choice{{"active", "active"}, {"expiring", "expiring soon"},
 	{keystore.StatusRotationGrace, "in rotation grace"}, {keystore.StatusPending, "waiting for approval"},
 	{keystore.StatusPaused, "paused"}, {keystore.StatusLeaked, "leaked"},
@@ -67,7 +72,7 @@ func readFilter(r *http.Request) keyFilter {
 	if len(f.Owner) > keystore.MaxOwnerLength {
 		f.Owner = ""
 	}
-	if f.Team != "-" && keystore.CheckTeam(f.Team) != nil {
+	if f.Team != onlyMine && keystore.CheckTeam(f.Team) != nil {
 		f.Team = ""
 	}
 	if s := q.Get("status"); slices.ContainsFunc(statusChoices, func(c choice) bool { return c.Value == s }) {
@@ -102,7 +107,7 @@ func (f keyFilter) keeps(kv keyView) bool {
 	if f.Owner != "" && kv.Owner != f.Owner {
 		return false
 	}
-	if f.Team == "-" && kv.Team != "" || f.Team != "-" && f.Team != "" && kv.Team != f.Team {
+	if f.Team == onlyMine && kv.Team != "" || f.Team != onlyMine && f.Team != "" && kv.Team != f.Team {
 		return false
 	}
 	if f.Q != "" {
@@ -213,7 +218,7 @@ func (v *visit) adminKeys(f keyFilter, after string, used map[string]time.Time) 
 	ctx := v.r.Context()
 	out := adminList{From: after}
 	q := keystore.ListQuery{Owner: f.Owner, After: after, Limit: adminPageSize, Waiting: f.Status == keystore.StatusPending}
-	if f.Team != "-" {
+	if f.Team != onlyMine {
 		q.Team = f.Team
 	}
 	now := v.s.now()

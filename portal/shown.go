@@ -104,6 +104,12 @@ func (v *visit) secretPage(id string) {
 		v.render(http.StatusGone, "shown.html", "keys", "Already shown", map[string]any{"ID": id})
 		return
 	}
+	if !v.holds(sh.rec) {
+		// A team's key, made or rotated by a member who has left the team
+		// since: its secret is the team's now, as its other pages are.
+		v.notFoundOr(errNotYours)
+		return
+	}
 	data := map[string]any{"What": sh.what, "Key": sh.key, "Record": v.view(sh.rec, nil), "Snippets": v.s.snippets(sh.key, origin(v.r), sh.rec)}
 	if !sh.graceUntil.IsZero() {
 		data["GraceUntil"] = sh.graceUntil.UTC().Format("2006-01-02 15:04 UTC")

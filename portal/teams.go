@@ -50,6 +50,9 @@ func (p *Policy) checkTeams() error {
 		if len(t.Members) == 0 {
 			return fmt.Errorf("team %s: name its members", t.Name)
 		}
+		if slices.Contains(t.Members, "") {
+			return fmt.Errorf("team %s: a member's name is empty", t.Name)
+		}
 	}
 	for _, g := range p.TeamGroups {
 		if err := keystore.CheckTeam(g); err != nil {
@@ -62,8 +65,8 @@ func (p *Policy) checkTeams() error {
 // teamsOf are the teams of user, whose identity provider named groups (a
 // list separated by commas or white space, as oauth2-proxy's
 // X-Auth-Request-Groups): the operator's teams that list them, then
-// their groups (those of TeamGroups, when it is set), sorted, at most
-// MaxTeams.
+// their groups (those of TeamGroups, when it is set; never one named as an
+// operator's team), sorted, at most MaxTeams.
 func (p *Policy) teamsOf(user, groups string) []string {
 	var teams []string
 	for _, t := range p.Teams {
@@ -80,7 +83,9 @@ func (p *Policy) teamsOf(user, groups string) []string {
 		}
 		g := rest[:end]
 		rest = rest[end:]
-		if g == "" || keystore.CheckTeam(g) != nil || slices.Contains(teams, g) {
+		if g == "" || keystore.CheckTeam(g) != nil || slices.Contains(teams, g) || p.defines(g) {
+			// An operator's team is its members list alone: a group of
+			// the same name at the identity provider does not join it.
 			continue
 		}
 		if len(p.TeamGroups) > 0 && !slices.Contains(p.TeamGroups, g) {
@@ -91,6 +96,11 @@ func (p *Policy) teamsOf(user, groups string) []string {
 	teams = teams[:min(len(teams), MaxTeams)]
 	slices.Sort(teams)
 	return teams
+}
+
+// defines reports whether the operator defines a team named name.
+func (p *Policy) defines(name string) bool {
+	return slices.ContainsFunc(p.Teams, func(t Team) bool { return t.Name == name })
 }
 
 // members are the operator-defined members of team: the ones the portal

@@ -226,7 +226,7 @@ func teamKeys(t *testing.T, redis bool) {
 	if !p.listed(t, bob, "", k.id) {
 		t.Fatalf("bob's My keys does not list team ml's key %s", k.id)
 	}
-	if !p.listed(t, bob, "?team=ml", k.id) || p.listed(t, bob, "?team=-", k.id) {
+	if !p.listed(t, bob, "?team=ml", k.id) || p.listed(t, bob, "?team=!me", k.id) {
 		t.Errorf("bob's My keys filtered by owner: team ml's key %s is not under team ml only", k.id)
 	}
 	p.open(t, bob, "/portal/keys/"+k.id)
@@ -334,9 +334,20 @@ func teamKeys(t *testing.T, redis bool) {
 		}
 	}
 
+	// A new secret not yet shown when its maker leaves the team is the
+	// team's: alice rotates the key without opening the page that shows
+	// the new secret, leaves ml, and that page answers her 404.
+	p.open(t, alice, "/portal/keys/"+k.id)
+	if got := tabAwait[string](t, alice, `(async f => (await fetch(f.action, {method: 'POST', body: new FormData(f), redirect: 'manual'})).type)(document.querySelector('form[action="/portal/keys/`+k.id+`/rotate"]'))`); got != "opaqueredirect" {
+		t.Fatalf("alice's rotation of team key %s: %q, want a redirect to its secret", k.id, got)
+	}
+
 	// alice leaves ml: the key is no longer hers to see; it keeps working,
 	// and bob still manages it.
 	idp.set("alice", "")
+	if got := tabAwait[string](t, alice, `(async () => { const r = await fetch('/portal/keys/`+k.id+`/secret'); const text = await r.text(); return r.status + (/(DEV|PROD)_API_[A-Za-z0-9]{20}/.test(text) ? ' with a secret' : '') })()`); got != "404" {
+		t.Errorf("alice, out of team ml, opening the new secret of its key %s: %s, want 404", k.id, got)
+	}
 	if p.listed(t, alice, "?stopped=1", k.id) {
 		t.Errorf("alice, out of team ml, still sees its key %s on My keys", k.id)
 	}

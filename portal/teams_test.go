@@ -35,6 +35,11 @@ func TestTeamsOfAVisitor(t *testing.T) {
 	if got := p.teamsOf("alice", strings.Join(many, ",")); len(got) != MaxTeams || got[0] != "g000" {
 		t.Errorf("200 groups make %d teams (first %q), want the first %d", len(got), got[0], MaxTeams)
 	}
+	// A group named as an operator's team does not join it: its members
+	// are the operator's list (mallory's group ops is not the team ops).
+	if got := p.teamsOf("mallory", "ops,sre,ml"); !slices.Equal(got, []string{"ml"}) {
+		t.Errorf("mallory's groups ops,sre,ml make the teams %q, want [ml]: the operator's teams are theirs to fill", got)
+	}
 	// team_groups: only these groups count.
 	p.TeamGroups = []string{"ml"}
 	if got := p.teamsOf("bob", "research,ml"); !slices.Equal(got, []string{"ml", "ops"}) {
