@@ -226,6 +226,9 @@ func teamKeys(t *testing.T, redis bool) {
 	if !p.listed(t, bob, "", k.id) {
 		t.Fatalf("bob's My keys does not list team ml's key %s", k.id)
 	}
+	if mark := tabEval[string](t, bob, `[...document.querySelectorAll('table.keys tbody tr')].find(r => r.querySelector('a code')?.textContent === `+jsQuote(k.id)+`)?.querySelector('.team')?.textContent ?? ''`); mark != "team ml" {
+		t.Errorf("bob's My keys marks team ml's key %s %q, want team ml", k.id, mark)
+	}
 	if !p.listed(t, bob, "?team=ml", k.id) || p.listed(t, bob, "?team=!me", k.id) {
 		t.Errorf("bob's My keys filtered by owner: team ml's key %s is not under team ml only", k.id)
 	}
