@@ -100,7 +100,16 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 
 	for _, mode := range []string{"local", "closed", "open"} {
 		t.Run(mode, func(t *testing.T) {
-			key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_outage_" + mode, Role: "reader"})
+			// The dev default, 5,000 a day; on_failure local gets a quota the
+			// background clients cannot spend during the outage (on an idle
+			// machine they sent over 5,000 requests in it, and the key's 429
+			// once back in Redis was taken for a failure to resume).
+			quota := int64(5000)
+			if mode == "local" {
+				quota = 1_000_000
+			}
+			leaseCap := min(1000, quota/100) // ratelimit's leaseCap
+			key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_outage_" + mode, Role: "reader", QuotaPerDay: int64p(quota)})
 			warm := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_warm_" + mode, Role: "reader"})
 			port := gatewaytest.Port(t)
 			logPath := filepath.Join(t.TempDir(), "caddy.log")
@@ -122,7 +131,7 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 				n, _ := rc.HGet(context.Background(), ratelimit.RedisKey(ratelimit.DefaultRedisKeyPrefix, warm.Record.ID), "n").Result()
 				return n != ""
 			})
-			if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 200 || r.Header.Get("X-RateLimit-Remaining") != "4999" {
+			if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 200 || r.Header.Get("X-RateLimit-Remaining") != strconv.FormatInt(quota-1, 10) {
 				t.Fatalf("before the outage: %d, remaining %q", r.Status, r.Header.Get("X-RateLimit-Remaining"))
 			}
 			if redisCount() != "1" {
@@ -196,7 +205,7 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 					}
 					switch mode {
 					case "local":
-						if r.Status != 200 || r.Header.Get("X-RateLimit-Limit") != "5000" {
+						if r.Status != 200 || r.Header.Get("X-RateLimit-Limit") != strconv.FormatInt(quota, 10) {
 							t.Errorf("%s: local: %d, limit header %q", outage, r.Status, r.Header.Get("X-RateLimit-Limit"))
 						}
 					case "closed":
@@ -227,12 +236,13 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 				// Back in Redis once the prober sees it answer: the answer's
 				// remaining count is Redis's, less the units of the lease
 				// this instance holds unspent (fewer than leaseCap, 50 for
-				// 5,000), where a local count during the outage is below it.
+				// 5,000, 1,000 for 1,000,000), where a local count during
+				// the outage is below it.
 				inRedis := func() bool {
 					r := gatewaytest.Send(t, "GET", url, key.Bearer()...)
-					n, _ := strconv.Atoi(redisCount())
-					rem, err := strconv.Atoi(r.Header.Get("X-RateLimit-Remaining"))
-					return r.Status == 200 && err == nil && rem >= 5000-n && rem < 5000-n+50
+					n, _ := strconv.ParseInt(redisCount(), 10, 64)
+					rem, err := strconv.ParseInt(r.Header.Get("X-RateLimit-Remaining"), 10, 64)
+					return r.Status == 200 && err == nil && rem >= quota-n && rem < quota-n+leaseCap
 				}
 				// Two answers in a row, so that one lucky count is not taken
 				// for the switch back.
