@@ -57,6 +57,13 @@ func TestPortalShowsASecretOnceAfterARedirect(t *testing.T) {
 			t.Errorf("after %s alice has %d keys, want 1 (no second key)", what, n)
 		}
 	}
+	// Straight Back to the page that showed it: the browser may keep that
+	// page to show again (Chromium's back/forward cache), and it must not
+	// show the secret.
+	p.open(t, ctx, "/portal/keys")
+	tabDo(t, ctx, "going back", chromedp.NavigateBack())
+	tabPoll(t, ctx, `document.readyState === 'complete' && (document.querySelector('main')?.innerText ?? '').includes('shown already') ? 'yes' : ''`)
+	alreadyShown("Back from my keys to the page that showed the key")
 	tabDo(t, ctx, "reloading the page that showed the key", chromedp.Reload())
 	alreadyShown("reloading")
 	p.open(t, ctx, "/portal/keys")

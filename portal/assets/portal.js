@@ -1,6 +1,7 @@
 // The developer portal's only script: focus on the page's heading, copy
-// buttons, and the playground's path following the chosen service. Every
-// page works without it.
+// buttons, the playground's path following the chosen service, and a
+// secret shown once forgotten when its page is left. Every page works
+// without it.
 "use strict";
 
 // A new page starts at its heading (or at the alert of a form that was
@@ -43,4 +44,15 @@ if (service && path) {
     const option = service.selectedOptions[0];
     if (!touched && option && option.dataset.path) path.value = option.dataset.path;
   });
+}
+
+// The page that shows a secret once forgets it when it is left: a browser
+// may keep the page as it was and show it again on Back (its back/forward
+// cache, which Chromium uses even for a page sent with no-store). What it
+// keeps is the page emptied here; shown again, it asks the server, which
+// says the secret was shown already.
+const once = document.querySelector("[data-shown-once]")?.closest("main");
+if (once) {
+  window.addEventListener("pagehide", () => { once.replaceChildren(); });
+  window.addEventListener("pageshow", (event) => { if (event.persisted) location.reload(); });
 }
