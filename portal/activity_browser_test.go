@@ -81,13 +81,11 @@ func activityTable(t *testing.T, ctx context.Context, class string) [][]string {
 // requests (time, method, path without the query, status, reason,
 // tokens), on the key file and on Redis.
 func TestPortalExplainsRefusals(t *testing.T) {
+	fullSuiteOnly(t)
 	for _, variant := range []struct {
 		name  string
 		redis bool
 	}{{"key file", false}, {"redis", true}} {
-		if variant.redis && testing.Short() {
-			continue
-		}
 		t.Run(variant.name, func(t *testing.T) {
 			p, _ := startPortalDemoWithLLM(t, variant.redis, nil)
 			alice := p.signIn(t, "alice")

@@ -63,6 +63,7 @@ func replaceDemoKeys(t *testing.T, dir string, recs []keystore.Record) {
 // store's index of waiting keys; the page used to read every record, a
 // page of 1,000 at a time: 7.2 s on a loaded test machine, 13 ms now).
 func TestPortalAdminPageAtManyKeys(t *testing.T) {
+	fullSuiteOnly(t)
 	p, dir := startPortalDemo(t, false)
 	waiting := []string{"k_many00000", "k_many07777", "k_many19999"}
 	writeManyKeys(t, dir, 20_000, waiting...)
@@ -92,6 +93,7 @@ func TestPortalAdminPageAtManyKeys(t *testing.T) {
 // show them the new secret and stop the owner's). The owner sees what an
 // administrator did to their keys.
 func TestPortalAdminsApproveAndRevokeButDoNotRotate(t *testing.T) {
+	fullSuiteOnly(t)
 	p, dir := startPortalDemo(t, false)
 	alice, admin := p.signIn(t, "alice"), p.signIn(t, "admin")
 	prod := p.createKey(t, alice, "production", "prod")
@@ -145,6 +147,7 @@ func TestPortalAdminsApproveAndRevokeButDoNotRotate(t *testing.T) {
 // key an administrator paused is resumed only by an administrator, and its
 // owner is told.
 func TestPortalPausesAndResumesKeys(t *testing.T) {
+	fullSuiteOnly(t)
 	p, dir := startPortalDemo(t, false)
 	alice, admin := p.signIn(t, "alice"), p.signIn(t, "admin")
 	k := p.createKey(t, alice, "pausable", "dev")

@@ -26,6 +26,7 @@ func withAdmins(t *testing.T) func(string) string {
 // own production key waits for another administrator, and they cannot
 // approve it themselves.
 func TestPortalApprovalsShowTheGrantAndTakeAReason(t *testing.T) {
+	fullSuiteOnly(t)
 	p, dir := startPortalDemoWithin(t, false, 5*time.Minute, withLimits(t), withAdmins(t))
 	alice, admin, bob := p.signIn(t, "alice"), p.signIn(t, "admin"), p.signIn(t, "bob")
 

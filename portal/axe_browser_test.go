@@ -59,8 +59,9 @@ func axeCheck(t *testing.T, ctx context.Context, axe, what string) {
 // TestPortalPagesPassAxe: axe-core finds no serious or critical violation
 // on any portal page (a developer's and an administrator's; forms, a key
 // shown once and shown already, a playground answer, an error page), at
-// desktop width and at 390 px (under -short, at 390 px only).
+// desktop width and at 390 px.
 func TestPortalPagesPassAxe(t *testing.T) {
+	fullSuiteOnly(t)
 	axe := axeSource(t)
 	// axe-core takes seconds a page on a loaded machine.
 	// With an LLM route and a Sign out link (the demo has limits in the forms
@@ -68,11 +69,7 @@ func TestPortalPagesPassAxe(t *testing.T) {
 	// offer owners and the lists a team.
 	p, _ := startPortalDemoWithin(t, false, 8*time.Minute, withLimits(t), withSignOut(t), withOperatorTeam(t, "axe", "alice"))
 	alice, admin := p.signIn(t, "alice"), p.signIn(t, "admin")
-	widths := []int{0, 390}
-	if testing.Short() {
-		widths = widths[1:] // under -short, the phone width only: the narrower layout
-	}
-	for _, width := range widths {
+	for _, width := range []int{0, 390} {
 		name := "desktop"
 		if width != 0 {
 			name = fmt.Sprintf("%d px", width)

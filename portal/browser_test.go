@@ -68,6 +68,20 @@ func TestPortalInBrowser(t *testing.T) {
 	}
 }
 
+// fullSuiteOnly leaves a browser test out of the quick pass (-short),
+// which keeps four of them: the developer's whole path on the key file
+// (TestPortalInBrowser), a secret shown once (TestPortalShowsASecretOnce…),
+// who may see and change a team's key (TestPortalTeamKeys) and the form
+// token (TestPortalFormTokenFromAnotherPort…). Each browser test costs
+// seconds of CPU for its tabs alone, so the others run in the full suite,
+// which CI runs.
+func fullSuiteOnly(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("a browser test of the full suite: -short leaves it out")
+	}
+}
+
 // startPortalDemo runs examples/portal/Caddyfile on free ports, on a key
 // file (in the folder it returns) or on Redis, with a browser to drive it.
 func startPortalDemo(t *testing.T, redis bool) (*portalDemo, string) {

@@ -22,6 +22,7 @@ func withSignOut(t *testing.T) func(string) string {
 // with its description, an example path, how its route reads the key and
 // a link to its docs.
 func TestPortalCatalogAndSignOut(t *testing.T) {
+	fullSuiteOnly(t)
 	p, _ := startPortalDemoWithin(t, false, 5*time.Minute, withSignOut(t))
 	alice := p.signIn(t, "alice")
 	for _, path := range []string{"/portal/keys", "/portal/usage"} {

@@ -20,6 +20,7 @@ import (
 // a spreadsheet would run as a formula (a key named "=SUM(1+1)") starts
 // with a '.
 func TestPortalExportsTablesAsCSV(t *testing.T) {
+	fullSuiteOnly(t)
 	p, _ := startPortalDemoWithLLM(t, false, nil)
 	alice := p.signIn(t, "alice")
 	k := p.createWriter(t, alice, "=SUM(1+1)")
@@ -118,6 +119,7 @@ func downloader(t *testing.T, ctx context.Context) func(link string) [][]string 
 // page shows, the filter applied, with formula cells defused. A developer
 // gets 403 for both.
 func TestPortalAdminExportsTablesAsCSV(t *testing.T) {
+	fullSuiteOnly(t)
 	p, _ := startPortalDemo(t, false)
 	alice, bob, admin := p.signIn(t, "alice"), p.signIn(t, "bob"), p.signIn(t, "admin")
 	a1 := p.createKey(t, alice, "@alice one", "dev")

@@ -50,6 +50,7 @@ func phone(t *testing.T, ctx context.Context) {
 // width; the OpenAI SDK snippet prints the models' ids, not the SDK's
 // page object.
 func TestPortalPageDetails(t *testing.T) {
+	fullSuiteOnly(t)
 	p, _ := startPortalDemo(t, false)
 	alice := p.signIn(t, "alice")
 
@@ -167,6 +168,7 @@ func TestPortalPageDetails(t *testing.T) {
 // secret's last 4 characters (DEV_API_…abcd), kept at creation and at each
 // rotation, never more of it; and when and by whom it was created.
 func TestPortalTellsKeysApart(t *testing.T) {
+	fullSuiteOnly(t)
 	p, dir := startPortalDemo(t, false)
 	alice := p.signIn(t, "alice")
 	k := p.createKey(t, alice, "hinted", "dev")

@@ -58,6 +58,7 @@ func aliceKey(t *testing.T, id string, days int) (keystore.Record, string) {
 // nothing more, while a key created later, expiring in 5 days, is told of
 // at its first use. Before the sweep, only a request of the key told.
 func TestPortalNotifiesOfExpiryOfUnusedKey(t *testing.T) {
+	fullSuiteOnly(t)
 	recv := newWebhookReceiver(t)
 	recv.secret = "whsec_" + strings.Repeat("5eed", 16)
 	// The operator's key file holds the keys before the portal starts, and

@@ -35,6 +35,7 @@ func changeDemoRecord(t *testing.T, dir, id string, change func(*keystore.Record
 // expired key is not offered the form, and a crafted extension of it is
 // refused.
 func TestPortalExtendsAKeysExpiry(t *testing.T) {
+	fullSuiteOnly(t)
 	p, dir := startPortalDemo(t, false)
 	alice := p.signIn(t, "alice")
 	p.open(t, alice, "/portal/keys/new")

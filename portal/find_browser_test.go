@@ -41,6 +41,7 @@ func (p *portalDemo) find(t *testing.T, ctx context.Context, fields map[string]s
 // until asked for; an administrator finds keys by owner, status and type.
 // The forms are GET forms: every search is a link.
 func TestPortalFindsKeys(t *testing.T) {
+	fullSuiteOnly(t)
 	p, _ := startPortalDemo(t, false)
 	alice, bob, admin := p.signIn(t, "alice"), p.signIn(t, "bob"), p.signIn(t, "admin")
 	zulu := p.createKey(t, alice, "zulu batch job", "dev")
@@ -124,6 +125,7 @@ func TestPortalFindsKeys(t *testing.T) {
 // 5,000 records, says how far it looked, and links to where it stopped;
 // following the links finds keys wherever their ids fall.
 func TestPortalAdminFindsKeysAtManyKeys(t *testing.T) {
+	fullSuiteOnly(t)
 	p, dir := startPortalDemo(t, false)
 	writeManyKeys(t, dir, 20_000, "k_many00003", "k_many19998")
 	admin := p.signIn(t, "admin")

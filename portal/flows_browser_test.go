@@ -101,6 +101,7 @@ func TestPortalShowsASecretOnceAfterARedirect(t *testing.T) {
 // developer's own keys only (an administrator's any key, on the audit
 // log), and says "Admitted" only when a gateway route admitted the key.
 func TestPortalPlaygroundSendsOwnKeysToGatewayRoutes(t *testing.T) {
+	fullSuiteOnly(t)
 	p, dir := startPortalDemo(t, false)
 	alice, bob, admin := p.signIn(t, "alice"), p.signIn(t, "bob"), p.signIn(t, "admin")
 	k := p.createKey(t, alice, "mine", "dev")
@@ -149,6 +150,7 @@ func TestPortalPlaygroundSendsOwnKeysToGatewayRoutes(t *testing.T) {
 // key keeps it approved and working; a wider role waits for approval while
 // the key keeps working with what it had, and applies once approved.
 func TestPortalProdKeyEditsWaitOnlyWhenWider(t *testing.T) {
+	fullSuiteOnly(t)
 	p, _ := startPortalDemo(t, false)
 	alice, admin := p.signIn(t, "alice"), p.signIn(t, "admin")
 	k := p.createKey(t, alice, "production app", "prod")

@@ -17,6 +17,7 @@ import (
 // was found and what was done; one click rotates it: the new secret works
 // at once, the leaked one never again.
 func TestPortalShowsALeakedKey(t *testing.T) {
+	fullSuiteOnly(t)
 	p, dir := startPortalDemo(t, false)
 	alice := p.signIn(t, "alice")
 	k := p.createKey(t, alice, "laptop", "dev")

@@ -76,6 +76,7 @@ func (p *portalDemo) chat(t *testing.T, key, model string) gatewayAnswer {
 // limits; a limit beyond the policy is refused naming the field; the key's
 // page edits them.
 func TestPortalKeyLimitsWithinPolicy(t *testing.T) {
+	fullSuiteOnly(t)
 	p, dir := startPortalDemoWithin(t, false, 5*time.Minute, withLimits(t))
 	alice := p.signIn(t, "alice")
 

@@ -70,6 +70,7 @@ func newWebhookReceiver(t *testing.T) *webhookReceiver {
 // developer's Notifications page lists the notice and the delivery, 200.
 // A URL that is not https (or loopback, allowed) is refused.
 func TestPortalNotifiesByWebhook(t *testing.T) {
+	fullSuiteOnly(t)
 	p, _ := startPortalDemoWithLLM(t, false, withWebhooks)
 	alice, admin := p.signIn(t, "alice"), p.signIn(t, "admin")
 	recv := newWebhookReceiver(t)
@@ -171,6 +172,7 @@ func (recv *webhookReceiver) waitForNotices(t *testing.T, n int) []receivedNotic
 // demo's 20 a day), and when a key that expires within 14 days is used;
 // the Notifications page lists the same notices.
 func TestPortalNotifiesOfQuotaAndExpiry(t *testing.T) {
+	fullSuiteOnly(t)
 	p, _ := startPortalDemoWithLLM(t, false, withWebhooks)
 	alice := p.signIn(t, "alice")
 	recv := newWebhookReceiver(t)

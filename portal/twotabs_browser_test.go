@@ -20,6 +20,7 @@ import (
 // opened before that, saves a quota of 40: refused the same way, then
 // saved over the key as it is now.
 func TestPortalTwoTabsDoNotUndoEachOther(t *testing.T) {
+	fullSuiteOnly(t)
 	p, dir := startPortalDemoWithin(t, false, 5*time.Minute, withLimits(t))
 	one, two := p.signIn(t, "alice"), p.signIn(t, "alice")
 	k := p.createExpiring(t, one, "two tabs", "10")

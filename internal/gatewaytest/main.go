@@ -28,8 +28,10 @@ import (
 // and the XDG folders at a temporary folder, and Caddy's autosave path and
 // default storage into it, so that no test writes into the real ones; it
 // pins GOCACHE and GOPATH first, so that a go command the tests run (to
-// build cmd/caddy) keeps its warm caches. Then it runs the tests and exits.
-func Main(m *testing.M) {
+// build cmd/caddy) keeps its warm caches. Then it runs the tests, then
+// each of after (what the tests shared, such as browsertest.Stop), and
+// exits.
+func Main(m *testing.M, after ...func()) {
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "caddy-apikey-test-")
 	if err != nil {
@@ -58,6 +60,9 @@ func Main(m *testing.M) {
 	caddy.ConfigAutosavePath = filepath.Join(caddy.AppConfigDir(), "autosave.json")
 	caddy.DefaultStorage.Path = caddy.AppDataDir()
 	code := m.Run()
+	for _, f := range after {
+		f()
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
