@@ -173,11 +173,12 @@ func inspect(f *os.File, path string) (logEnd, error) {
 		if err != nil {
 			return end, err
 		}
-		if end.prev, err = hashRange(f, from, whole-1); err != nil {
+		var newer error
+		if end.prev, newer, err = readLastLine(f, from, whole-1); err != nil {
 			return end, err
 		}
-		if err := checkLastLine(f, from, whole-1); err != nil {
-			return end, fmt.Errorf("%w (nothing was written)", err)
+		if newer != nil {
+			return end, fmt.Errorf("%w (nothing was written)", newer)
 		}
 	}
 	if whole < end.size {

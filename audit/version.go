@@ -47,21 +47,30 @@ func lineVersion(raw json.RawMessage) (int64, error) {
 	return v, nil
 }
 
-// checkLastLine refuses to write on after a last line (between from and
-// to in f) of a newer format. A line that is not JSON is left to Check to
-// report: Append has always written on after one.
-func checkLastLine(f *os.File, from, to int64) error {
+// readLastLine reads the last whole line of f (between from and to) once,
+// for both things a writer needs from it: its hash, the next line's
+// "prev", and whether it is of a newer format, which newer reports: no
+// line is to be written on after one. A line that is not JSON is left to
+// Check to report: Append has always written on after one. A line longer
+// than maxLine is hashed as it is read, not held, and not looked into.
+func readLastLine(f *os.File, from, to int64) (sum string, newer, err error) {
 	if to-from > maxLine {
-		return nil
+		sum, err = hashRange(f, from, to)
+		return sum, nil, err
 	}
 	buf := make([]byte, to-from)
 	if _, err := f.ReadAt(buf, from); err != nil {
-		return err
+		return "", nil, err
 	}
+	return lineHash(buf), lineFormat(buf), nil
+}
+
+// lineFormat refuses a line of a newer format.
+func lineFormat(line []byte) error {
 	var e struct {
 		V json.RawMessage `json:"v"`
 	}
-	if json.Unmarshal(buf, &e) != nil {
+	if json.Unmarshal(line, &e) != nil {
 		return nil
 	}
 	if v, err := lineVersion(e.V); err == nil && v > FormatVersion {
@@ -97,7 +106,11 @@ func CheckFormat(path string) error {
 	if err != nil {
 		return nil
 	}
-	if err := checkLastLine(f, from, whole-1); err != nil {
+	_, lineErr, err := readLastLine(f, from, whole-1)
+	if err == nil {
+		err = lineErr
+	}
+	if err != nil {
 		return fmt.Errorf("audit log %s: %w", path, err)
 	}
 	return nil

@@ -176,7 +176,9 @@ type portalDemo struct {
 	console           consoleWatch
 }
 
-var demoPasswords = map[string]string{"alice": "alice-demo", "bob": "bob-demo", "admin": "admin-demo"}
+// demoPasswords are the demo users' passwords; carol is a user of the
+// teams tests' identity provider only.
+var demoPasswords = map[string]string{"alice": "alice-demo", "bob": "bob-demo", "carol": "carol-demo", "admin": "admin-demo"}
 
 // run is every flow, in order. The first six go on with the key the first
 // makes, and are skipped when it made none; the others make their own
@@ -923,8 +925,8 @@ func (p *portalDemo) gateway(t *testing.T, method, path, key string) gatewayAnsw
 }
 
 // page requests a portal page from Go as user; a POST sends form with the
-// form token cookie.
-func (p *portalDemo) page(t *testing.T, user, method, path string, form url.Values, token string) (int, http.Header, string) {
+// form token cookie. header is more request headers, name then value.
+func (p *portalDemo) page(t *testing.T, user, method, path string, form url.Values, token string, header ...string) (int, http.Header, string) {
 	t.Helper()
 	var body io.Reader
 	if form != nil {
@@ -938,6 +940,9 @@ func (p *portalDemo) page(t *testing.T, user, method, path string, form url.Valu
 	if form != nil {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		req.Header.Set("Origin", p.base)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
 	}
 	if token != "" {
 		req.AddCookie(&http.Cookie{Name: "apikey_portal_csrf", Value: token})

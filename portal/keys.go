@@ -381,8 +381,12 @@ func (v *visit) create() {
 		v.changeFailed("", err)
 		return
 	}
-	v.changed(rec.ID, audit.Entry{"event": "key.created", "key_id": rec.ID, "type": rec.Type, "role": rec.Role,
-		"services": rec.Services, "owner": rec.Owner, "team": rec.Team, "pending": rec.Pending})
+	created := audit.Entry{"event": "key.created", "key_id": rec.ID, "type": rec.Type, "role": rec.Role,
+		"services": rec.Services, "owner": rec.Owner, "pending": rec.Pending}
+	if rec.Team != "" { // a personal key has no team: no "team" field
+		created["team"] = rec.Team
+	}
+	v.changed(rec.ID, created)
 	v.showKey("created", "Your new key", key, rec, time.Time{})
 }
 

@@ -3,7 +3,6 @@ package portal_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -15,8 +14,6 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
-
-	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 )
 
 // teamsIdP stands for an identity provider behind forward_auth, as
@@ -29,8 +26,6 @@ type teamsIdP struct {
 	groups map[string]string
 }
 
-var teamsPasswords = map[string]string{"alice": "alice-demo", "bob": "bob-demo", "carol": "carol-demo", "admin": "admin-demo"}
-
 func (idp *teamsIdP) set(user, groups string) {
 	idp.mu.Lock()
 	defer idp.mu.Unlock()
@@ -39,7 +34,7 @@ func (idp *teamsIdP) set(user, groups string) {
 
 func (idp *teamsIdP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	user, password, ok := r.BasicAuth()
-	if !ok || teamsPasswords[user] == "" || teamsPasswords[user] != password {
+	if !ok || demoPasswords[user] == "" || demoPasswords[user] != password {
 		w.Header().Set("WWW-Authenticate", `Basic realm="demo"`)
 		w.WriteHeader(http.StatusUnauthorized)
 		return
@@ -121,46 +116,13 @@ func (p *portalDemo) teamPage(t *testing.T, user, method, path string, form url.
 	t.Helper()
 	var token string
 	if method == http.MethodPost {
-		req, _ := http.NewRequest("GET", p.base+"/portal/keys", nil)
-		req.SetBasicAuth(user, teamsPasswords[user])
-		resp, err := gatewaytest.Client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		for _, c := range resp.Cookies() {
-			if c.Name == "apikey_portal_csrf" {
-				token = c.Value
-			}
-		}
+		token = p.csrfToken(t, user)
 		form.Set("csrf", token)
 	}
-	body := strings.NewReader("")
-	if form != nil {
-		body = strings.NewReader(form.Encode())
-	}
-	req, err := http.NewRequest(method, p.base+path, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.SetBasicAuth(user, teamsPasswords[user])
 	// A client's own groups header: forward_auth replaces it with the
 	// identity provider's.
-	req.Header.Set("X-Auth-Request-Groups", "ml,ops")
-	if form != nil {
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.Header.Set("Origin", p.base)
-	}
-	if token != "" {
-		req.AddCookie(&http.Cookie{Name: "apikey_portal_csrf", Value: token})
-	}
-	resp, err := gatewaytest.Client.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s as %s: %v", method, path, user, err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(data)
+	status, _, body := p.page(t, user, method, path, form, token, "X-Auth-Request-Groups", "ml,ops")
+	return status, body
 }
 
 // listed reports whether the visitor's My keys page lists key id.
@@ -196,9 +158,9 @@ func teamKeys(t *testing.T, redis bool) {
 	idp := &teamsIdP{groups: map[string]string{"alice": "ml", "bob": "research, ml", "carol": "", "admin": ""}}
 	addr := startIdP(t, idp)
 	p, dir := startPortalDemoWithin(t, redis, 5*time.Minute, withTeams(t, addr))
-	alice := p.b.User("alice", teamsPasswords["alice"])
-	bob := p.b.User("bob", teamsPasswords["bob"])
-	carol := p.b.User("carol", teamsPasswords["carol"])
+	alice := p.b.User("alice", demoPasswords["alice"])
+	bob := p.b.User("bob", demoPasswords["bob"])
+	carol := p.b.User("carol", demoPasswords["carol"])
 	for who, ctx := range map[string]context.Context{"alice": alice, "bob": bob, "carol": carol} {
 		p.console.watch(t, who, ctx)
 	}
@@ -299,7 +261,7 @@ func teamKeys(t *testing.T, redis bool) {
 		// An administrator (in no team) pauses the team's key: every
 		// member is told, on their Notifications page and the key's page;
 		// carol is not.
-		admin := p.b.User("admin", teamsPasswords["admin"])
+		admin := p.b.User("admin", demoPasswords["admin"])
 		p.console.watch(t, "admin", admin)
 		p.open(t, admin, "/portal/keys/"+k.id)
 		p.submit(t, admin, `form[action="/portal/keys/`+k.id+`/pause"] button[type=submit]`)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moodmnky/caddy-apikey/audit"
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 )
 
@@ -92,4 +93,41 @@ func TestPortalTeamKeysCountForTheTeam(t *testing.T) {
 		t.Fatalf("bob revoking alice's team key %s: %d", first, status)
 	}
 	bob.create(devForm("team", "ml"))
+}
+
+// TestPortalKeyCreatedNamesItsTeam: the key.created line of a team's key
+// names its team; a personal key's has no team field at all. Lines that
+// older releases wrote with "team":"" for a personal key still verify, as
+// the chain hashes each line as written.
+func TestPortalKeyCreatedNamesItsTeam(t *testing.T) {
+	base, _, auditLog := portalSite(t, "\t\t\tteam ml alice")
+	old := audit.Entry{"event": "key.created", "key_id": "k_old", "actor": "portal:alice", "owner": "alice", "team": ""}
+	if err := audit.Append(auditLog, old); err != nil {
+		t.Fatal(err)
+	}
+	alice := newVisitor(t, base, "alice")
+	own, _ := alice.create(devForm())
+	team, _ := alice.create(devForm("team", "ml"))
+	if err := gatewaytest.Stop(); err != nil { // every writer done: the log is whole
+		t.Fatal(err)
+	}
+
+	created := map[string]map[string]any{}
+	for _, line := range strings.Split(string(readFile(t, auditLog)), "\n") {
+		var e map[string]any
+		if json.Unmarshal([]byte(line), &e) == nil && e["event"] == "key.created" && e["actor"] == "portal:alice" {
+			created[fmt.Sprint(e["key_id"])] = e
+		}
+	}
+	if e, ok := created[own]; !ok {
+		t.Errorf("no key.created line for alice's own key %s", own)
+	} else if v, has := e["team"]; has {
+		t.Errorf("alice's own key %s: its key.created line has \"team\": %q, want no team field", own, v)
+	}
+	if e, ok := created[team]; !ok || e["team"] != "ml" {
+		t.Errorf("team ml's key %s: its key.created line has \"team\": %q, want \"ml\"", team, e["team"])
+	}
+	if out, errOut, code := gatewaytest.CLI(t, "", "audit", "verify", auditLog); code != 0 || !strings.Contains(out, "chain intact") {
+		t.Errorf("caddy apikey audit verify: exit %d, %s%s", code, out, errOut)
+	}
 }
