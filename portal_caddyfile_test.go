@@ -2,6 +2,7 @@ package apikey
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -105,10 +106,11 @@ func TestPortalCaddyfileErrorsExactly(t *testing.T) {
 	}
 }
 
-// TestPortalCaddyfileEverySubdirective: a block with every subdirective,
-// the repeatable ones repeated, becomes the portal's settings.
+// TestPortalCaddyfileEverySubdirective: a block with every subdirective
+// (every one the table of parsers has), the repeatable ones repeated,
+// becomes the portal's settings.
 func TestPortalCaddyfileEverySubdirective(t *testing.T) {
-	p, err := portalBlock(`keys file /tmp/k.json
+	const block = `keys file /tmp/k.json
 base_path /dev
 service echo /e
 service llm /v1/models X-Key Token {
@@ -140,7 +142,17 @@ max_tokens_per_minute 2000
 models llama3*
 models gpt-4o
 webhooks_file /var/lib/hooks.json
-webhooks_loopback`)
+webhooks_loopback`
+	given := map[string]bool{}
+	for _, line := range strings.Split(block, "\n") {
+		given[strings.Fields(line)[0]] = true
+	}
+	for name := range portalSubdirectives {
+		if !given[name] {
+			t.Errorf("the block lacks %s", name)
+		}
+	}
+	p, err := portalBlock(block)
 	if err != nil {
 		t.Fatal(err)
 	}
