@@ -452,6 +452,42 @@ func TestCaddyfileReferenceHasEveryDirective(t *testing.T) {
 	}
 }
 
+// TestCaddyfileReferenceHasAnEntryForEverySubdirective: named in passing
+// (in a syntax block) is not enough: each subdirective the apikey block's
+// table of parsers reads has its own heading (#### `name`) in
+// docs/caddyfile.md, and each the apikey_portal block's table reads has a
+// row (| `name …` |) of the table in that directive's section.
+func TestCaddyfileReferenceHasAnEntryForEverySubdirective(t *testing.T) {
+	page := readDoc(t, "docs/caddyfile.md")
+	at := strings.Index(page, "\n### `apikey_portal`\n")
+	if at < 0 {
+		t.Fatal("docs/caddyfile.md has no ### `apikey_portal` section")
+	}
+	portal := page[at+1:]
+	if end := strings.Index(portal, "\n### "); end >= 0 {
+		portal = portal[:end]
+	}
+	entries := func(text, pattern string) map[string]bool {
+		found := map[string]bool{}
+		for _, m := range regexp.MustCompile(pattern).FindAllStringSubmatch(text, -1) {
+			found[m[1]] = true
+		}
+		return found
+	}
+	headings := entries(page[:at], "(?m)^#### `([a-z_]+)`\\s*$")
+	for name := range handlerSubdirectives {
+		if !headings[name] {
+			t.Errorf("apikey subdirective %q has no heading #### `%s` in docs/caddyfile.md", name, name)
+		}
+	}
+	rows := entries(portal, "(?m)^\\| `([a-z_]+)")
+	for name := range portalSubdirectives {
+		if !rows[name] {
+			t.Errorf("apikey_portal subdirective %q has no row | `%s …` | in the apikey_portal table of docs/caddyfile.md", name, name)
+		}
+	}
+}
+
 // referenceRows are the names of a page's reference entries: the table
 // rows whose first cell starts with code (| `name` …) and the headings that
 // name one thing (#### `name`), as TestReferenceEntriesAreNotRepeated
