@@ -6,9 +6,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/portal"
 )
 
@@ -45,6 +47,11 @@ func TestPortalFindsKeys(t *testing.T) {
 	p, _ := startPortalDemo(t, false)
 	alice, bob, admin := p.signIn(t, "alice"), p.signIn(t, "bob"), p.signIn(t, "admin")
 	zulu := p.createKey(t, alice, "zulu batch job", "dev")
+	// A record's created_at is in whole seconds, and keys made in the same
+	// second are listed by id: alpha is made in a later second than zulu,
+	// so that newest first is what orders them.
+	madeBy := time.Now()
+	gatewaytest.WaitUntil(t, "the second after zulu was made", 2*time.Second, func() bool { return time.Now().Unix() > madeBy.Unix() })
 	alpha := p.createKey(t, alice, "alpha website", "prod")
 	gone := p.createKey(t, alice, "mike old laptop", "dev")
 	bobs := p.createKey(t, bob, "bob's tool", "dev")

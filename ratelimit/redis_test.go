@@ -193,7 +193,11 @@ func TestRedisFailureModes(t *testing.T) {
 				t.Errorf("%s: local call %d: remaining %d, want %d (%v)", when, i, res.Daily.Remaining, allowance-int64(i), err)
 			}
 			took := time.Since(start)
-			if took > 3*DefaultRedisTimeout+300*time.Millisecond {
+			// Each call gives up on Redis after the timeout: one that
+			// waited on the frozen server would not return before it
+			// thawed. The margin is the scheduler's: -race on two cores
+			// shared with a second full run added 340 ms to the 150.
+			if took > 3*DefaultRedisTimeout+time.Second {
 				t.Errorf("%s: three calls took %v", when, took)
 			}
 			// Once marked down, nobody waits on Redis.
