@@ -182,9 +182,10 @@ func TestRedisOutageThroughCaddy(t *testing.T) {
 				// (fewer than 50 here), counted: then on_failure applies.
 				if mode == "local" {
 					// Nothing shows the switch to local counting: wait for
-					// the background traffic to spend the lease and the
-					// instance to mark Redis down.
-					gatewaytest.WaitForLogCount(t, logPath, "redis is failing", o+1)
+					// the background traffic to spend the lease (up to
+					// 1,000 units: 7 s and more under -race on two loaded
+					// cores) and the instance to mark Redis down.
+					gatewaytest.WaitForLogCountWithin(t, logPath, "redis is failing", o+1, 60*time.Second)
 				} else {
 					for spent := 0; ; spent++ {
 						began := time.Now()
@@ -297,6 +298,7 @@ func TestForbiddenAsksRedisNothing(t *testing.T) {
 		return n
 	}
 
+	counted := time.Now() // the key's lease is last used by this GET
 	if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 200 || r.Header.Get("X-RateLimit-Remaining") != "4" {
 		t.Fatalf("GET: %d, remaining %q", r.Status, r.Header.Get("X-RateLimit-Remaining"))
 	}
@@ -309,7 +311,11 @@ func TestForbiddenAsksRedisNothing(t *testing.T) {
 	if r := gatewaytest.Send(t, "POST", url, fresh.Bearer()...); r.Status != 403 || r.Header.Get("X-RateLimit-Remaining") != "" {
 		t.Errorf("POST by a reader this instance never counted: %d, remaining %q", r.Status, r.Header.Get("X-RateLimit-Remaining"))
 	}
-	if n := scripts() - before; n != 0 {
-		t.Errorf("21 forbidden requests ran %d scripts on Redis, want none", n)
+	// A lease unused for 2 s goes back to Redis (one script, the sweeper's,
+	// not a request's): allowed once when the requests took that long on a
+	// loaded machine. A 403 that asked Redis would run 21.
+	idle := time.Since(counted)
+	if n := scripts() - before; n != 0 && (n != 1 || idle < 2*time.Second) {
+		t.Errorf("21 forbidden requests ran %d scripts on Redis in %v, want none (one, the lease's return, after 2 s)", n, idle.Round(time.Millisecond))
 	}
 }

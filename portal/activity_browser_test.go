@@ -105,7 +105,7 @@ func TestPortalExplainsRefusals(t *testing.T) {
 			// Paused by its owner on the portal: refused, reason paused.
 			p.open(t, alice, "/portal/keys/"+k.id)
 			p.submit(t, alice, `form[action="/portal/keys/`+k.id+`/pause"] button[type=submit]`)
-			waitForGateway(t, p, k, 403, "forbidden")
+			waitForGateway(t, p, k, "GET", 403, "forbidden")
 
 			p.open(t, alice, "/portal/keys/"+k.id)
 			p.submit(t, alice, `a[href="/portal/usage?key=`+k.id+`"]`)

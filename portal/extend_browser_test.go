@@ -108,7 +108,7 @@ func TestPortalExtendsAKeysExpiry(t *testing.T) {
 	changeDemoRecord(t, dir, k.id, func(r *keystore.Record) {
 		r.ExpiresAt = time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
 	})
-	waitForGateway(t, p, k, 401, "expired_key")
+	waitForGateway(t, p, k, "GET", 401, "expired_key")
 	p.open(t, alice, "/portal/keys/"+k.id)
 	if n := tabEval[int](t, alice, `document.querySelectorAll('form[action$="/extend"]').length`); n != 0 {
 		t.Errorf("expired key %s's page offers an extension", k.id)
@@ -117,5 +117,5 @@ func TestPortalExtendsAKeysExpiry(t *testing.T) {
 	if status != 409 || !strings.Contains(body, "expired key cannot be extended") {
 		t.Errorf("extending expired key %s: %d %q, want 409 saying an expired key cannot be extended", k.id, status, firstAlert(body))
 	}
-	waitForGateway(t, p, k, 401, "expired_key")
+	waitForGateway(t, p, k, "GET", 401, "expired_key")
 }

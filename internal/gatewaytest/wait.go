@@ -31,7 +31,14 @@ func WaitForLog(t testing.TB, path, want string) string {
 // times, and returns its content. A failure shows the log when n > 1.
 func WaitForLogCount(t testing.TB, path, want string, n int) string {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	return WaitForLogCountWithin(t, path, want, n, 5*time.Second)
+}
+
+// WaitForLogCountWithin is WaitForLogCount for a line that may take longer
+// than 5 s to come.
+func WaitForLogCountWithin(t testing.TB, path, want string, n int, within time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(within)
 	for {
 		data, _ := os.ReadFile(path)
 		if strings.Count(string(data), want) >= n {
