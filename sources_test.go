@@ -187,7 +187,11 @@ func TestHTTPSourceProtocolAndCache(t *testing.T) {
 	known := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_remote", Role: "reader"})
 	old := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{})
 	known.Record.PreviousHashes = []keystore.PreviousHash{{Hash: old.Record.Hash, ValidUntil: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}}
-	soon := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_soon", Role: "reader", ExpiresAt: time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339)})
+	// Expiry is in whole seconds: 2 to 3 s from now, time enough for the
+	// requests before it on a loaded machine (1.5 s, cut to 0.5 to 1.5,
+	// was not under -race beside a second full run).
+	soonExpiry := time.Now().Add(3 * time.Second).UTC().Truncate(time.Second)
+	soon := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_soon", Role: "reader", ExpiresAt: soonExpiry.Format(time.RFC3339)})
 	g := gatewaytest.StartRemote(t, "ttl 1h\n\t\t\tstale 2h\n\t\t\tnegative_ttl 1h", known.Record, soon.Record)
 
 	if r := gatewaytest.Send(t, "GET", g.URL, known.Bearer()...); r.Status != 200 {
@@ -234,7 +238,7 @@ func TestHTTPSourceProtocolAndCache(t *testing.T) {
 		t.Fatalf("key before expiry: %d", r.Status)
 	}
 	calls := g.Svc.Calls.Load()
-	time.Sleep(time.Until(time.Now().Add(1600 * time.Millisecond).Truncate(time.Second)))
+	time.Sleep(time.Until(soonExpiry))
 	eventually(t, "cached key expires", func() bool {
 		r := gatewaytest.Send(t, "GET", g.URL, soon.Bearer()...)
 		return r.Status == 401 && r.Err.Code == "expired_key"
