@@ -241,10 +241,7 @@ func (p *portalDemo) createKey(t *testing.T, ctx context.Context, name, typ stri
 		t.Fatal("clicking the echo service and the type did not check them")
 	}
 	p.submit(t, ctx, `form[action="/portal/keys"] button[type=submit]`)
-	k := createdKey{
-		secret: tabEval[string](t, ctx, `document.getElementById('secret')?.value ?? ''`),
-		id:     tabEval[string](t, ctx, `document.querySelector('.card.secret p code')?.textContent ?? ''`),
-	}
+	k := p.shownKey(t, ctx)
 	if k.secret == "" || k.id == "" {
 		t.Fatalf("no key was shown after Generate key; the page says: %s", p.alerts(t, ctx))
 	}
@@ -254,6 +251,16 @@ func (p *portalDemo) createKey(t *testing.T, ctx context.Context, name, typ stri
 		t.Fatalf("key %s: the shown secret does not start with %s", k.id, wantPrefix)
 	}
 	return k
+}
+
+// shownKey reads the id and the secret off the page that shows a key once
+// (empty when the page shows none).
+func (p *portalDemo) shownKey(t *testing.T, ctx context.Context) createdKey {
+	t.Helper()
+	return createdKey{
+		secret: tabEval[string](t, ctx, `document.getElementById('secret')?.value ?? ''`),
+		id:     tabEval[string](t, ctx, `document.querySelector('.card.secret p code')?.textContent ?? ''`),
+	}
 }
 
 func (p *portalDemo) createShowsKeyOnce(t *testing.T) createdKey {

@@ -100,10 +100,7 @@ func (p *portalDemo) createTeamKey(t *testing.T, ctx context.Context, name, team
 		chromedp.Click(chromedp.CSS(`input[name=services][value=echo]`)),
 	)
 	p.submit(t, ctx, `form[action="/portal/keys"] button[type=submit]`)
-	k := createdKey{
-		secret: tabEval[string](t, ctx, `document.getElementById('secret')?.value ?? ''`),
-		id:     tabEval[string](t, ctx, `document.querySelector('.card.secret p code')?.textContent ?? ''`),
-	}
+	k := p.shownKey(t, ctx)
 	if k.secret == "" || k.id == "" {
 		t.Fatalf("no key was shown after Generate key for team %q; the page says: %s", team, p.alerts(t, ctx))
 	}
