@@ -750,3 +750,30 @@ func TestLayoutTableIsTrue(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestLayoutDependenciesPointDown holds the Layout section's rules against
+// the imports: no package imports the root but cmd/caddy (which builds Caddy
+// with it), and the root imports the commands and the admin API only blank,
+// so that no root file, the request path's least of all, reaches into them.
+func TestLayoutDependenciesPointDown(t *testing.T) {
+	const root = "github.com/moodmnky/caddy-apikey"
+	fset, files := goFiles(t)
+	checked := 0
+	for _, f := range files {
+		path := filepath.ToSlash(fset.Position(f.Package).Filename)
+		dir := filepath.ToSlash(filepath.Dir(path))
+		for _, imp := range f.Imports {
+			p, _ := strconv.Unquote(imp.Path.Value)
+			checked++
+			switch {
+			case p == root && dir != "cmd/caddy":
+				t.Errorf("%s imports the root package; only cmd/caddy may", path)
+			case dir == "." && (p == root+"/admin" || p == root+"/command") && (imp.Name == nil || imp.Name.Name != "_"):
+				t.Errorf("root file %s imports %s by name; the root imports it only blank", path, p)
+			}
+		}
+	}
+	if checked < 100 {
+		t.Fatalf("read %d imports: the tree was not read", checked)
+	}
+}

@@ -45,7 +45,7 @@ type exchange struct {
 	// res is what the request spent of the key's request limits.
 	res ratelimit.Result
 
-	// For the key's activity (activity.go): the answer's status, the
+	// For the key's activity (serve_activity.go): the answer's status, the
 	// refusal's reason, the tokens the answer used.
 	status int
 	reason string

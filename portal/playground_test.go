@@ -32,7 +32,7 @@ func TestUnderService(t *testing.T) {
 }
 
 // TestExplain reads each of the gateway's error formats, as the gateway
-// writes them (responses.go), and says what the answer means.
+// writes them (serve_responses.go), and says what the answer means.
 func TestExplain(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	for _, c := range []struct {

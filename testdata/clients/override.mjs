@@ -4,7 +4,7 @@
 // express.urlencoded and express.json, and a "_method" query parameter.
 // It listens on a free loopback port, prints {"port": N} and answers every
 // request with the method the app routed it as. Driven by
-// method_override_test.go.
+// serve_override_test.go.
 import express from 'express'
 import methodOverride from 'method-override'
 

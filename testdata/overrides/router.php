@@ -1,5 +1,5 @@
 <?php
-// The PHP built-in server's router for method_override_test.go: reports
+// The PHP built-in server's router for serve_override_test.go: reports
 // the request method, what PHP parsed into $_POST['_method'] (which
 // Symfony and Laravel read as the method of a POST), and the method such
 // a framework would run the request as.

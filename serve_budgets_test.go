@@ -110,7 +110,7 @@ func TestTokenBudgetsSmoke(t *testing.T) {
 	t.Logf("after: %s", resp.Header.Get("RateLimit"))
 }
 
-// Helpers shared by the token tests (budgets_test.go, tokens_clients_test.go,
+// Helpers shared by the token tests (serve_budgets_test.go, tokens_clients_test.go,
 // tokens_cluster_test.go).
 
 // tokenKey makes a dev writer key for every service with the given budgets.

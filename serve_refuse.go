@@ -219,8 +219,8 @@ func (h *Handler) counted(x *exchange, decision int) {
 // refused records a refusal everywhere it is recorded: the metrics, the
 // log (at info), the audit log and the events. Never the key or its hash;
 // the key id when the key is known. Repeated refusals are bounded: a known
-// key's 10 a minute per kind (refusals.go), unknown clients' summarised
-// (refusals_summary.go).
+// key's 10 a minute per kind (serve_refusals.go), unknown clients' summarised
+// (serve_refusals_summary.go).
 func (h *Handler) refused(x *exchange, decision, reason string) {
 	h.counted(x, decisionIndexes[decision])
 	r, k := x.r, x.key

@@ -53,7 +53,7 @@ type tokenLimits struct {
 	maxTokens int64
 	maxBody   int64
 	store     ratelimit.TokenStore
-	// inflightPerKey and inflightTotal cap the bodies held (inflight.go).
+	// inflightPerKey and inflightTotal cap the bodies held (serve_inflight.go).
 	inflightPerKey, inflightTotal int64
 	// logs are when the route last logged each warning of settle.
 	logs tokenLogs
@@ -382,7 +382,7 @@ type tokenWriter struct {
 	status  int
 	written bool
 	// dec decodes an answer the upstream compressed although it was asked
-	// for identity (see decode.go); nil for a plain answer.
+	// for identity (see serve_decode.go); nil for a plain answer.
 	dec *decoder
 	// unread: the answer is in an encoding the gateway cannot decode; it
 	// passes on unread, and is charged its reservation.
