@@ -2,12 +2,14 @@ package apikey
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/moodmnky/caddy-apikey/keystore"
 	"github.com/moodmnky/caddy-apikey/keystore/keycache"
 	"github.com/moodmnky/caddy-apikey/keystore/keyservice"
 	"github.com/moodmnky/caddy-apikey/keystore/rediskeys"
@@ -123,4 +125,22 @@ func parseCacheBlock(d *caddyfile.Dispenser) (*keycache.CacheConfig, error) {
 		return nil, d.Errf("cache: stale must be at least ttl")
 	}
 	return &c, nil
+}
+
+// loadEditable loads the keys of the portal or the leak report endpoint
+// (who), which change keys and so need a store that can be changed: a key
+// file or keys on Redis. m's field KeysRaw holds raw.
+func loadEditable(ctx caddy.Context, m any, raw json.RawMessage, who string) (keystore.Editable, error) {
+	if raw == nil {
+		return nil, fmt.Errorf("keys: %s needs the key store, e.g. keys file /etc/caddy/keys/keys.json", who)
+	}
+	mod, err := ctx.LoadModule(m, "KeysRaw")
+	if err != nil {
+		return nil, fmt.Errorf("keys: %w", err)
+	}
+	src, ok := mod.(keystore.Editable)
+	if !ok {
+		return nil, fmt.Errorf("keys: %s changes keys, and keys %s cannot be changed; use keys file or keys redis", who, caddy.GetModuleName(mod))
+	}
+	return src, nil
 }

@@ -106,20 +106,13 @@ func (LeakReport) CaddyModule() caddy.ModuleInfo {
 // Provision loads the key store and the public keys.
 func (l *LeakReport) Provision(ctx caddy.Context) error {
 	l.logger = ctx.Logger()
-	if l.KeysRaw == nil {
-		return errors.New("keys: the leak report endpoint needs the key store, e.g. keys file /etc/caddy/keys/keys.json")
-	}
 	var err error
 	if l.app, err = app.Of(ctx); err != nil {
 		return err
 	}
-	mod, err := ctx.LoadModule(l, "KeysRaw")
+	src, err := loadEditable(ctx, l, l.KeysRaw, "the leak report endpoint")
 	if err != nil {
-		return fmt.Errorf("keys: %w", err)
-	}
-	src, ok := mod.(keystore.Editable)
-	if !ok {
-		return fmt.Errorf("keys: a leaked key is changed in its store, and a %T cannot be changed; use keys file or keys redis", mod)
+		return err
 	}
 	l.source = src
 	if l.activity, l.activityRelease, err = app.HoldActivity(src.Store()); err != nil {

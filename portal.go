@@ -203,20 +203,13 @@ func (Portal) CaddyModule() caddy.ModuleInfo {
 
 // Provision loads the key store and prepares the pages.
 func (p *Portal) Provision(ctx caddy.Context) error {
-	if p.KeysRaw == nil {
-		return errors.New("keys: the portal needs the key store, e.g. keys file /etc/caddy/keys/keys.json")
-	}
 	var err error
 	if p.app, err = app.Of(ctx); err != nil {
 		return err
 	}
-	mod, err := ctx.LoadModule(p, "KeysRaw")
+	src, err := loadEditable(ctx, p, p.KeysRaw, "the portal")
 	if err != nil {
-		return fmt.Errorf("keys: %w", err)
-	}
-	src, ok := mod.(keystore.Editable)
-	if !ok {
-		return fmt.Errorf("keys: the portal changes keys, and a %T cannot be changed; use keys file or keys redis", mod)
+		return err
 	}
 	p.source = src
 	policy, err := p.policy()
