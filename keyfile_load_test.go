@@ -14,9 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
-
 	"github.com/moodmnky/caddy-apikey/internal/capped"
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
 	"github.com/moodmnky/caddy-apikey/keystore"
@@ -27,22 +24,9 @@ import (
 // creates it, not a chain ending in "open …: no such file or directory".
 func TestMissingKeyFileError(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys", "keys.json")
-	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(fmt.Sprintf(`{
-	admin off
-}
-http://localhost:0 {
-	apikey {
-		keys file %s
-	}
-	respond ok
-}
-`, path)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = caddy.Load(cfg, true)
+	err := gatewaytest.Load(gatewaytest.Site{Port: gatewaytest.Port(t), KeyFile: path}.Caddyfile())
 	if err == nil {
-		_ = caddy.Stop()
+		_ = gatewaytest.Stop()
 		t.Fatal("Caddy loaded a config whose key file does not exist")
 	}
 	msg := err.Error()

@@ -109,7 +109,7 @@ func auditHeadCommand() *cobra.Command {
 			}
 			fmt.Println(h.Head)
 			if !h.Recorded {
-				fmt.Fprintf(stderr, "No head file beside %s yet: worked out from the log itself.\n", args[0])
+				fmt.Fprintf(os.Stderr, "No head file beside %s yet: worked out from the log itself.\n", args[0])
 			}
 			return nil
 		})
@@ -131,7 +131,7 @@ func auditRotateCommand() *cobra.Command {
 				return err
 			}
 			fmt.Println(h)
-			fmt.Fprintf(stderr, "Moved %s to %s (head %s above); the next line starts a new log.\n", args[0], aside, h)
+			fmt.Fprintf(os.Stderr, "Moved %s to %s (head %s above); the next line starts a new log.\n", args[0], aside, h)
 			return nil
 		})
 	c.Long = `

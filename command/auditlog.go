@@ -3,6 +3,7 @@ package command
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -24,7 +25,7 @@ func auditChange(c *cobra.Command, e audit.Entry) error {
 	e["actor"] = "cli"
 	err := audit.Append(path, e)
 	if errors.Is(err, audit.ErrHeadNotWritten) {
-		fmt.Fprintf(stderr, "Warning: %v\n", err)
+		fmt.Fprintf(os.Stderr, "Warning: %v\n", err)
 		return nil
 	}
 	if err != nil {

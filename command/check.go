@@ -68,13 +68,13 @@ const maxKeyLine = 4 << 10
 // readKey reads a key from stdin: a prompt without echo on a terminal, the
 // first line otherwise, of at most maxKeyLine bytes.
 func readKey() (string, error) {
-	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		fmt.Fprint(stderr, "Key: ")
-		b, err := term.ReadPassword(int(f.Fd()))
-		fmt.Fprintln(stderr)
+	if fd := int(os.Stdin.Fd()); term.IsTerminal(fd) {
+		fmt.Fprint(os.Stderr, "Key: ")
+		b, err := term.ReadPassword(fd)
+		fmt.Fprintln(os.Stderr)
 		return strings.TrimSpace(string(b)), err
 	}
-	line, err := bufio.NewReaderSize(io.LimitReader(stdin, maxKeyLine+1), maxKeyLine+1).ReadString('\n')
+	line, err := bufio.NewReaderSize(io.LimitReader(os.Stdin, maxKeyLine+1), maxKeyLine+1).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
 		return "", err
 	}

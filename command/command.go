@@ -7,8 +7,6 @@ package command
 import (
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strconv"
 	"strings"
 
@@ -50,13 +48,6 @@ path of the Caddyfile's audit_log).
 		},
 	})
 }
-
-// stderr and stdin are variables so that tests could swap them; the
-// commands are tested as the built binary.
-var (
-	stdin  io.Reader = os.Stdin
-	stderr io.Writer = os.Stderr
-)
 
 // leaf makes a command without subcommands: args checks its arguments,
 // and an error is printed without the usage (which would hide it).

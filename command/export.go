@@ -40,7 +40,7 @@ func exportCommand() *cobra.Command {
 				if err := atomicfile.WriteFile(out, data, 0o600); err != nil {
 					return err
 				}
-				fmt.Fprintf(stderr, "Wrote %d keys from %s to %s.\n", len(records), store.Describe(), out)
+				fmt.Fprintf(os.Stderr, "Wrote %d keys from %s to %s.\n", len(records), store.Describe(), out)
 				return nil
 			})
 		})

@@ -64,7 +64,7 @@ func runImport(c *cobra.Command, args []string) error {
 			fmt.Fprintf(os.Stdout, "! %s stays revoked: revoked in %s, not in the file (--unrevoke undoes that)\n", id, store.Describe())
 		}
 		if dry {
-			fmt.Fprintf(stderr, "Dry run: %s; nothing was written to %s.\n", plan.summary(), store.Describe())
+			fmt.Fprintf(os.Stderr, "Dry run: %s; nothing was written to %s.\n", plan.summary(), store.Describe())
 			return nil
 		}
 		return applyImport(ctx, store, plan)
@@ -92,7 +92,7 @@ func applyImport(ctx context.Context, store keystore.Store, plan importPlan) err
 		return fmt.Errorf("%d record(s) changed in %s while the import ran and were left as they now are, not overwritten: %s; the other changes were made; run the import again to re-plan them",
 			len(left), store.Describe(), strings.Join(left, ", "))
 	}
-	fmt.Fprintf(stderr, "Imported %s into %s.\n", plan.summary(), store.Describe())
+	fmt.Fprintf(os.Stderr, "Imported %s into %s.\n", plan.summary(), store.Describe())
 	return nil
 }
 

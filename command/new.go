@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -72,7 +73,7 @@ func runNew(c *cobra.Command, _ []string) error {
 			return err
 		}
 		fmt.Println(key)
-		fmt.Fprintf(stderr, "Added key %s (%s, %s) to %s.\nThe key above is shown once and not stored anywhere: only its hash is kept. Give it to its owner now.\n",
+		fmt.Fprintf(os.Stderr, "Added key %s (%s, %s) to %s.\nThe key above is shown once and not stored anywhere: only its hash is kept. Give it to its owner now.\n",
 			rec.ID, rec.Type, rec.Role, store.Describe())
 		return auditChange(c, audit.Entry{"event": "key.created", "key_id": rec.ID, "type": rec.Type, "role": rec.Role, "store": store.Describe()})
 	})

@@ -3,6 +3,7 @@ package command
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -19,7 +20,7 @@ func revokeCommand() *cobra.Command {
 				if err := keystore.Revoke(context.Background(), store, id, nil); err != nil {
 					return err
 				}
-				fmt.Fprintf(stderr, "Revoked key %s in %s.\n", id, store.Describe())
+				fmt.Fprintf(os.Stderr, "Revoked key %s in %s.\n", id, store.Describe())
 				return auditChange(c, audit.Entry{"event": "key.revoked", "key_id": id, "store": store.Describe()})
 			})
 		})

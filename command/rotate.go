@@ -3,6 +3,7 @@ package command
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -30,7 +31,7 @@ func rotateCommand() *cobra.Command {
 					return err
 				}
 				fmt.Println(key)
-				fmt.Fprintf(stderr, "Rotated key %s in %s. The old secret works until %s.\nThe new key above is shown once and not stored anywhere: give it to its owner now.\n",
+				fmt.Fprintf(os.Stderr, "Rotated key %s in %s. The old secret works until %s.\nThe new key above is shown once and not stored anywhere: give it to its owner now.\n",
 					id, store.Describe(), until.Format(time.RFC3339))
 				return auditChange(c, audit.Entry{"event": "key.rotated", "key_id": id, "old_valid_until": until.Format(time.RFC3339), "store": store.Describe()})
 			})

@@ -45,7 +45,7 @@ func scanCommand() *cobra.Command {
 			if err != nil {
 				// A path may be a key pasted in the wrong place: errors
 				// name paths, masked.
-				fmt.Fprintln(stderr, "Error:", keystore.MaskSecrets(err.Error()))
+				fmt.Fprintln(os.Stderr, "Error:", keystore.MaskSecrets(err.Error()))
 				os.Exit(scanUsage)
 			}
 			if found > 0 {
@@ -80,7 +80,7 @@ cannot be read, git failing).`
 	// A usage error is status 2, as the other errors that stop a scan:
 	// status 1 is for keys found.
 	c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
-		fmt.Fprintln(stderr, "Error:", keystore.MaskSecrets(err.Error()))
+		fmt.Fprintln(os.Stderr, "Error:", keystore.MaskSecrets(err.Error()))
 		os.Exit(scanUsage)
 		return err
 	})
@@ -201,7 +201,7 @@ func runScan(c *cobra.Command, args []string) (int, error) {
 			return 0, err
 		}
 	} else {
-		s.print(os.Stdout, stderr)
+		s.print(os.Stdout, os.Stderr)
 	}
 	return s.report.Live, nil
 }
