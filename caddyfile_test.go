@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/moodmnky/caddy-apikey/internal/gatewaytest"
+	"github.com/moodmnky/caddy-apikey/keystore"
 )
 
 var update = flag.Bool("update", false, "rewrite the expected output of the adapt tests")
@@ -104,4 +106,28 @@ func adaptJSON(t *testing.T, caddyfile string) map[string]any {
 		t.Fatal(err)
 	}
 	return doc
+}
+
+// TestRunsBeforeRespondWithoutOrder: with no "order" line, apikey guards a
+// site whose only other handler is respond.
+func TestRunsBeforeRespondWithoutOrder(t *testing.T) {
+	key := gatewaytest.NewKey(t, keystore.Dev, keystore.Record{ID: "k_any", Role: "reader"})
+	port := gatewaytest.Port(t)
+	gatewaytest.Start(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	respond "secret content"
+	apikey {
+		keys file %s
+	}
+}`, port, gatewaytest.WriteKeyFile(t, key.Record)))
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	if r := gatewaytest.Send(t, "GET", url); r.Status != 401 || strings.Contains(r.Body, "secret content") {
+		t.Fatalf("without a key: %d %q", r.Status, r.Body)
+	}
+	if r := gatewaytest.Send(t, "GET", url, key.Bearer()...); r.Status != 200 || r.Body != "secret content" {
+		t.Fatalf("with a key: %d %q", r.Status, r.Body)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"runtime"
 	"strings"
 	"sync"
@@ -508,4 +509,70 @@ http://127.0.0.1:%d {
 			t.Errorf("the held request: %d", s)
 		}
 	})
+}
+
+// TestOverrideReadsCountInFlight: the method-override check reads the start
+// of a form body (up to 64 KiB) before the request is admitted; a client
+// that sends a little and stalls holds that buffer. Those starts count in
+// max_inflight_body: beyond the key's cap its next such request gets 429,
+// beyond the total any key's gets 503, at once; once the stalled requests
+// end, requests pass again. (Before, each stalled request held its 64 KiB
+// uncounted, 3,000 of them 276 MB more.)
+func TestOverrideReadsCountInFlight(t *testing.T) {
+	up := newLLMUpstream(t, 0)
+	var keys []gatewaytest.Key
+	for _, id := range []string{"k_stall_a", "k_stall_b", "k_stall_c"} {
+		keys = append(keys, tokenKey(t, id, func(r *keystore.Record) { r.TokensPerDay = int64p(1_000_000) }))
+	}
+	g := newTokenGateway(t, tokenSite(t, up, gatewaytest.WriteKeyFile(t, keys[0].Record, keys[1].Record, keys[2].Record),
+		"max_request_body 65536\n\t\t\tmax_inflight_body 128KiB 256KiB"))
+	u, _ := url.Parse(g.base)
+	const path = "/openai/v1/chat/completions"
+	// stall sends a form body's first bytes of 65,536 and waits.
+	stall := func(k gatewaytest.Key) net.Conn {
+		t.Helper()
+		conn, err := net.Dial("tcp", u.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"+
+			"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 65536\r\n\r\na=1&b=2", path, u.Host, k.Secret)
+		return conn
+	}
+	// answer sends one more such request and reads its answer.
+	answer := func(k gatewaytest.Key) (int, string) {
+		t.Helper()
+		conn := stall(k)
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("%s: no answer within 10 s: %v", k.Record.ID, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	held := func() int64 { return bodiesHeld("") }
+	var stalled []net.Conn
+	for range 2 {
+		stalled = append(stalled, stall(keys[0]))
+	}
+	gatewaytest.WaitUntil(t, "two body starts held", 10*time.Second, func() bool { return held() == 2*65536 })
+	if code, body := answer(keys[0]); code != 429 || !strings.Contains(body, `"reason":"inflight_body"`) {
+		t.Fatalf("%s, a third stalled body: %d %s, want 429 inflight_body", keys[0].Record.ID, code, body)
+	}
+	for range 2 {
+		stalled = append(stalled, stall(keys[1]))
+	}
+	gatewaytest.WaitUntil(t, "four body starts held", 10*time.Second, func() bool { return held() == 4*65536 })
+	if code, body := answer(keys[2]); code != 503 || !strings.Contains(body, `"reason":"inflight_body"`) {
+		t.Fatalf("%s, over the total: %d %s, want 503 inflight_body", keys[2].Record.ID, code, body)
+	}
+	for _, c := range stalled {
+		c.Close()
+	}
+	gatewaytest.WaitUntil(t, "the stalled requests' starts given back", 10*time.Second, func() bool { return held() == 0 })
+	if resp, got := g.do(keys[2], path, `{"model":"llama3","max_tokens":3,"messages":[]}`); resp.StatusCode != 200 {
+		t.Fatalf("%s after the stalls: %d %s", keys[2].Record.ID, resp.StatusCode, got)
+	}
 }

@@ -15,8 +15,8 @@ import (
 
 // guardedSite is a gateway on one port with the given apikey settings on
 // /api/*, in front of up, and Caddy's log at DEBUG in logPath. Request
-// headers may be 64 KB (Caddy's default is 16 KB), as on the servers where
-// the issues were found.
+// headers may be 64 KB (Caddy's default is 16 KB), so the tests can send
+// headers longer than the gateway's own limits on what it reads.
 func guardedSite(port int, logPath, keyFile, upstream, settings, siteExtra string) string {
 	return fmt.Sprintf(`{
 	admin off

@@ -36,8 +36,9 @@ func writeKeyFileAtomic(t *testing.T, path string, records ...keystore.Record) {
 	}
 }
 
-// eventually retries check until it passes or 2 seconds (the bound
-// for a key-file change) have passed.
+// eventually retries check until it passes or 2 seconds have passed: a
+// key-file change is in use within a second (docs/key-sources.md), and the
+// second one is the margin of a loaded machine.
 func eventually(t *testing.T, what string, check func() bool) {
 	t.Helper()
 	gatewaytest.WaitUntil(t, what, 2*time.Second, check)
