@@ -34,6 +34,7 @@ export function recordingFetch(attempts) {
       should_retry: res.headers.get('x-should-retry'),
     };
     if (res.status >= 400) a.body = await res.clone().text();
+    a.answered = now();
     attempts.push(a);
     return res;
   };
@@ -51,8 +52,10 @@ export function describeError(err) {
 }
 
 // runSteps runs each step with run(step, fetch, chunk) and prints the
-// results. chunk(text) records a streamed chunk's arrival; pkg names the SDK,
-// whose installed version the result reports.
+// results. await chunk(text) records a streamed chunk's arrival and, when the
+// step has an ack URL, tells the test's upstream (straight, not through the
+// gateway) that the client has it: the upstream sends the next chunk only
+// then. pkg names the SDK, whose installed version the result reports.
 export async function runSteps(pkg, run) {
   const { version } = JSON.parse(await readFile(new URL(`./node_modules/${pkg}/package.json`, import.meta.url), 'utf8'));
   const plan = await readPlan();
@@ -62,7 +65,13 @@ export async function runSteps(pkg, run) {
     const chunks = [];
     const r = { name: step.name, start: now(), attempts, chunks };
     try {
-      r.content = await run(step, recordingFetch(attempts), (text) => chunks.push({ t: now(), text }));
+      r.content = await run(step, recordingFetch(attempts), async (text) => {
+        chunks.push({ t: now(), text });
+        if (step.ack) {
+          const res = await fetch(step.ack, { method: 'POST' });
+          await res.arrayBuffer();
+        }
+      });
       r.ok = true;
     } catch (err) {
       r.ok = false;

@@ -15,7 +15,7 @@ await runSteps('ollama', async (step, fetch, chunk) => {
     case 'chat_stream': {
       let text = '';
       for await (const part of await client.chat({ model: step.model, messages, stream: true })) {
-        if (part.message.content !== '') chunk(part.message.content);
+        if (part.message.content !== '') await chunk(part.message.content);
         text += part.message.content;
       }
       return text;
@@ -23,7 +23,7 @@ await runSteps('ollama', async (step, fetch, chunk) => {
     case 'generate_stream': {
       let text = '';
       for await (const part of await client.generate({ model: step.model, prompt: 'say hello', stream: true })) {
-        if (part.response !== '') chunk(part.response);
+        if (part.response !== '') await chunk(part.response);
         text += part.response;
       }
       return text;

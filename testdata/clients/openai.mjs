@@ -22,7 +22,7 @@ await runSteps('openai', async (step, fetch, chunk) => {
       let text = '';
       for await (const c of stream) {
         const delta = c.choices[0]?.delta?.content ?? '';
-        if (delta !== '') chunk(delta);
+        if (delta !== '') await chunk(delta);
         text += delta;
       }
       return text;

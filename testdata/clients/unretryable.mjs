@@ -4,7 +4,7 @@
 // input (keys never in argv):
 //   {"client", "base", "key", "model", "max_tokens", "deadline_ms"}
 // and for each, once its call ended, one JSON line is printed:
-//   {"client", "version", "ok", "error", "attempts", "elapsed_ms"}
+//   {"client", "version", "ok", "error", "attempts", "elapsed_ms", "after_answer_ms"}
 // attempts are the HTTP requests the client made, retries included (a
 // fetch wrapper records each answer); the test checks the gateway between
 // steps. A call still retrying at deadline_ms is aborted, so a client that
@@ -95,6 +95,7 @@ for await (const line of createInterface({ input: process.stdin })) {
       should_retry: res.headers.get('x-should-retry'),
     };
     if (res.status >= 400) a.body = await res.clone().text();
+    a.answered = now();
     attempts.push(a);
     return res;
   };
@@ -107,7 +108,11 @@ for await (const line of createInterface({ input: process.stdin })) {
     out.ok = false;
     out.error = describeError(err);
   }
-  out.elapsed_ms = now() - start;
+  const end = now();
+  out.elapsed_ms = end - start;
+  // From the last answer to the end of the call: how long the client took
+  // to give up once it had the gateway's word.
+  if (attempts.length > 0) out.after_answer_ms = end - attempts[attempts.length - 1].answered;
   out.aborted = deadline.aborted;
   process.stdout.write(JSON.stringify(out).replaceAll(step.key, '<key>') + '\n');
 }
